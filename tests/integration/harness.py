@@ -1,0 +1,165 @@
+"""Processes the integration tests run for real: `vkprovider run` and `vkprovider sim`, plus an admin API client.
+
+Both run as separate processes (as in production), so a test can SIGKILL vkprovider or stop a simulated base
+and watch the real control plane react.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[2]
+LOGS = ROOT / ".local" / "test-logs"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ProviderProcess:
+    """`vkprovider run` against the test cluster with the restricted RBAC identity."""
+
+    def __init__(self, kubeconfig: str, env_name: str, **overrides: str) -> None:
+        self.env_name = env_name
+        self.http_port = free_port()
+        self.metrics_port = free_port()
+        self.probe_port = free_port()
+        self.env = {
+            **os.environ,
+            "KUBECONFIG": kubeconfig,
+            "ENV": env_name,
+            "CLIENT_ID": f"vkprovider-{env_name}",
+            "HTTP_TUNNEL_LISTEN_PORT": str(self.http_port),
+            "VKP_HTTP_TUNNEL_HOST": "127.0.0.1",
+            "VKP_METRICS_PORT": str(self.metrics_port),
+            "VKP_PROBE_PORT": str(self.probe_port),
+            "VKP_LOG_LEVEL": "INFO",
+            "VKP_BASE_UNREACHABLE_AFTER": "8",
+            "VKP_BASE_DEAD_AFTER": "40",
+            "VKP_BASE_QUERY_INTERVAL": "10",
+            "VKP_ORPHAN_GRACE": "5",
+            **overrides,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        LOGS.mkdir(parents=True, exist_ok=True)
+        self.log_path = LOGS / f"vkprovider-{env_name}.log"
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    async def start(self, timeout_s: float = 30.0) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
+        self.proc = subprocess.Popen([sys.executable, "-m", "vkprovider", "run"], env=self.env,
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"vkprovider exited with {self.proc.returncode}: {self.tail()}")
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(f"http://127.0.0.1:{self.probe_port}/readyz") as resp:
+                        if resp.status == 200:
+                            return
+                await asyncio.sleep(0.2)
+        raise RuntimeError(f"vkprovider not ready within {timeout_s}s: {self.tail()}")
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=20)
+
+    async def metrics(self) -> str:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{self.metrics_port}/metrics") as resp:
+                return await resp.text()
+
+
+class SimProcess:
+    """`vkprovider sim` with its control API."""
+
+    def __init__(self, endpoint: str, *args: str, name: str = "sim") -> None:
+        self.args = ["--endpoint", endpoint, "--control-port", "0", *args]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.control = ""
+        LOGS.mkdir(parents=True, exist_ok=True)
+        self.log_path = LOGS / f"{name}-{os.getpid()}-{time.monotonic_ns()}.log"
+
+    async def start(self, timeout_s: float = 60.0) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "vkprovider", "sim", *self.args],
+                                     stdout=subprocess.PIPE, stderr=open(self.log_path, "ab"),  # noqa: SIM115
+                                     start_new_session=True)
+        assert self.proc.stdout is not None
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            line = await asyncio.wait_for(loop.run_in_executor(None, self.proc.stdout.readline), timeout_s)
+            if not line:
+                raise RuntimeError(f"sim exited: {self.log_path.read_text(errors='replace')[-2000:]}")
+            text = line.decode().strip()
+            if text.startswith("SIM READY"):
+                port = dict(part.split("=", 1) for part in text.split()[2:])["control"]
+                self.control = f"http://127.0.0.1:{port}"
+                loop.run_in_executor(None, self._drain)
+                return
+        raise RuntimeError("sim did not become ready")
+
+    def _drain(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for _ in iter(self.proc.stdout.readline, b""):
+            pass
+
+    async def call(self, method: str, path: str, **kw: Any) -> Any:
+        async with aiohttp.ClientSession() as http:
+            async with http.request(method, self.control + path, **kw) as resp:
+                resp.raise_for_status()
+                return await resp.json(content_type=None)
+
+    async def bases(self) -> list[dict[str, Any]]:
+        return list(await self.call("GET", "/bases"))
+
+    async def stats(self) -> dict[str, Any]:
+        return dict(await self.call("GET", "/stats"))
+
+    async def stop_base(self, identity: str) -> None:
+        await self.call("POST", f"/bases/{identity}/stop")
+
+    async def start_base(self, identity: str) -> None:
+        await self.call("POST", f"/bases/{identity}/start")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=20)
+
+
+async def wait_until(predicate: Any, timeout_s: float, interval_s: float = 0.5, what: str = "condition") -> Any:
+    """Poll an async predicate until it returns something truthy; fail with the last value."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while True:
+        last = await predicate()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last: {last!r}"[:3000])
+        await asyncio.sleep(interval_s)

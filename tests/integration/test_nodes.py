@@ -1,0 +1,267 @@
+"""Bases become virtual Nodes on the real control plane (issue: HTTP tunnel, node lifecycle, simulator)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.integration.harness import wait_until
+from vkprovider.kube.client import Kube
+
+SEED_TOLERATION = {"key": "schedule.koupleless.io/virtual-node", "operator": "Equal", "value": "True",
+                   "effect": "NoExecute"}
+
+
+async def vnodes(admin: Kube, env: str) -> dict[str, dict[str, Any]]:
+    got = await admin.get("/api/v1/nodes", params={"labelSelector": f"virtual-kubelet.koupleless.io/env={env}"})
+    return {n["metadata"]["name"]: n for n in got["items"]}
+
+
+def ready(node: dict[str, Any]) -> str:
+    for cond in (node.get("status") or {}).get("conditions") or []:
+        if cond["type"] == "Ready":
+            return str(cond["status"])
+    return "None"
+
+
+async def test_twenty_bases_become_ready_nodes_with_labels_and_taints(admin, env_name, provider_factory,
+                                                                      sim_factory):
+    provider = await provider_factory()
+    await sim_factory(provider.endpoint, "--bases", "20", "--heartbeat-interval", "3", "--identity-prefix",
+                      env_name, "--zone", "zone-a,zone-b", "--base-version", "1.1.1")
+
+    async def all_ready():
+        nodes = await vnodes(admin, env_name)
+        return nodes if len(nodes) == 20 and all(ready(n) == "True" for n in nodes.values()) else None
+
+    nodes = await wait_until(all_ready, 30, what="20 Ready vnodes")
+    for name, node in nodes.items():
+        assert name.startswith(f"vnode.{env_name}-") and name.endswith(f".{env_name}")
+        labels = node["metadata"]["labels"]
+        assert labels["base.koupleless.io/name"] == "base"
+        assert labels["base.koupleless.io/version"] == "1.1.1"
+        assert labels["base.koupleless.io/stack"] == "java"
+        assert labels["base.koupleless.io/cluster-name"] == "default"
+        assert labels["virtual-kubelet.koupleless.io/component"] == "vnode"
+        assert labels["virtual-kubelet.koupleless.io/env"] == env_name
+        assert labels["type"] == "virtual-kubelet"
+        assert labels["kubernetes.io/role"] == "agent"
+        assert labels["topology.kubernetes.io/zone"] in ("zone-a", "zone-b")
+        assert labels["base.koupleless.io/tunnel-port"].isdigit()
+        taints = {(t["key"], t.get("value"), t["effect"]) for t in node["spec"]["taints"]}
+        assert ("schedule.koupleless.io/virtual-node", "True", "NoExecute") in taints
+        assert ("schedule.koupleless.io/node-env", env_name, "NoExecute") in taints
+        status = node["status"]
+        assert status["capacity"]["cpu"] == "4"
+        assert int(status["capacity"]["memory"]) > 0
+        assert "vkprovider" in status["nodeInfo"]["kubeletVersion"]
+        assert {"type": "InternalIP", "address": "127.0.0.1"} in status["addresses"]
+        lease = await admin.get(f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}")
+        assert lease["spec"]["holderIdentity"] == f"vkprovider-{env_name}"
+        assert lease["spec"]["leaseDurationSeconds"] == 40
+
+
+async def test_seed_affinity_pod_is_bound_only_to_a_matching_vnode(admin, env_name, namespace, provider_factory,
+                                                                   sim_factory):
+    provider = await provider_factory()
+    await sim_factory(provider.endpoint, "--bases", "2", "--heartbeat-interval", "3", "--identity-prefix",
+                      f"{env_name}-match", "--base-version", "1.1.1", "--base-name", "base")
+    await sim_factory(provider.endpoint, "--bases", "3", "--heartbeat-interval", "3", "--identity-prefix",
+                      f"{env_name}-other", "--base-version", "9.9.9", "--base-name", "other")
+    await wait_until(lambda: _count_ready(admin, env_name, 5), 30, what="5 Ready vnodes")
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [
+            {"key": "base.koupleless.io/stack", "operator": "In", "values": ["java"]},
+            {"key": "base.koupleless.io/version", "operator": "In", "values": ["1.1.1"]},
+            {"key": "base.koupleless.io/name", "operator": "In", "values": ["base"]},
+            {"key": "virtual-kubelet.koupleless.io/env", "operator": "In", "values": [env_name]},
+        ]}]}}}
+    for i in range(6):
+        await admin.create(f"/api/v1/namespaces/{namespace}/pods", {
+            "metadata": {"name": f"m{i}", "labels": {"module-controller.koupleless.io/component": "module"}},
+            "spec": {
+                "containers": [{"name": "biz1", "image": "http://127.0.0.1/biz1.jar",
+                                "env": [{"name": "BIZ_VERSION", "value": "0.0.1"}]}],
+                "affinity": affinity,
+                "tolerations": [SEED_TOLERATION,
+                                {"key": "schedule.koupleless.io/node-env", "operator": "Equal", "value": env_name,
+                                 "effect": "NoExecute"}],
+            },
+        })
+
+    async def all_bound():
+        pods = (await admin.get(f"/api/v1/namespaces/{namespace}/pods"))["items"]
+        nodes = [p["spec"].get("nodeName") for p in pods]
+        return nodes if all(nodes) and len(nodes) == 6 else None
+
+    for node in await wait_until(all_bound, 30, what="pods bound"):
+        assert node.startswith(f"vnode.{env_name}-match-"), node
+
+
+async def _count_ready(admin: Kube, env: str, count: int) -> bool:
+    nodes = await vnodes(admin, env)
+    return len(nodes) == count and all(ready(n) == "True" for n in nodes.values())
+
+
+async def test_silent_bases_go_unknown_get_tainted_then_removed_and_come_back(admin, env_name, provider_factory,
+                                                                              sim_factory):
+    provider = await provider_factory(VKP_BASE_UNREACHABLE_AFTER="8", VKP_BASE_DEAD_AFTER="45")
+    sim = await sim_factory(provider.endpoint, "--bases", "8", "--heartbeat-interval", "2",
+                            "--identity-prefix", env_name)
+    await wait_until(lambda: _count_ready(admin, env_name, 8), 30, what="8 Ready vnodes")
+    stopped = [b["identity"] for b in await sim.bases()][:5]
+    for identity in stopped:
+        await sim.stop_base(identity)
+    names = {f"vnode.{i}.{env_name}" for i in stopped}
+
+    async def unknown_and_tainted():
+        nodes = await vnodes(admin, env_name)
+        for name in names:
+            node = nodes.get(name)
+            if node is None or ready(node) != "Unknown":
+                return None
+            taints = {t["key"] for t in node["spec"].get("taints", [])}
+            if "node.kubernetes.io/unreachable" not in taints:
+                return None
+        return nodes
+
+    nodes = await wait_until(unknown_and_tainted, 8 + 10 + 25, what="Unknown + unreachable taint")
+    assert sum(ready(n) == "True" for n in nodes.values()) == 3
+
+    async def removed():
+        nodes = await vnodes(admin, env_name)
+        return not (names & nodes.keys())
+
+    await wait_until(removed, 45 + 15, what="silent nodes removed")
+    for identity in stopped:
+        await sim.start_base(identity)
+    await wait_until(lambda: _count_ready(admin, env_name, 8), 30, what="restarted bases Ready again")
+
+
+async def test_sigkilled_provider_adopts_its_nodes(admin, env_name, provider_factory, sim_factory):
+    provider = await provider_factory()
+    await sim_factory(provider.endpoint, "--bases", "6", "--heartbeat-interval", "2", "--identity-prefix", env_name)
+    await wait_until(lambda: _count_ready(admin, env_name, 6), 30, what="6 Ready vnodes")
+    before = {n: node["metadata"]["uid"] for n, node in (await vnodes(admin, env_name)).items()}
+    provider.kill()
+    await provider.start()
+    await asyncio.sleep(8)
+    after = await vnodes(admin, env_name)
+    assert {n: node["metadata"]["uid"] for n, node in after.items()} == before
+    assert all(ready(n) == "True" for n in after.values())
+
+
+async def test_deleted_node_is_recreated_and_base_changes_are_applied(admin, env_name, provider_factory):
+    provider = await provider_factory()
+    identity = f"{env_name}-manual"
+    body = {"baseMetadata": {"clusterName": "c1", "identity": identity, "name": "base", "version": "1.0.0"},
+            "localHostName": "h1", "localIP": "127.0.0.1", "port": 1238, "state": "activated"}
+    name = f"vnode.{identity}.{env_name}"
+
+    async def beat(**changes: Any) -> None:
+        payload = json.loads(json.dumps(body))
+        for key, value in changes.items():
+            if key in ("version", "clusterName", "name"):
+                payload["baseMetadata"][key] = value
+            else:
+                payload[key] = value
+        async with aiohttp.ClientSession() as http:
+            async with http.post(provider.endpoint + "/heartbeat", json=payload) as resp:
+                assert resp.status == 200, await resp.text()
+
+    await beat()
+    await wait_until(lambda: _get_node(admin, name), 20, what="node created")
+    await admin.delete(f"/api/v1/nodes/{name}")
+    await asyncio.sleep(1)
+    await beat()
+    node = await wait_until(lambda: _get_node(admin, name), 20, what="node recreated")
+    await beat(version="2.0.0", clusterName="c2", localIP="127.0.0.2", port=1300)
+
+    async def changed():
+        node = await _get_node(admin, name)
+        if not node:
+            return None
+        labels = node["metadata"]["labels"]
+        ok = (labels["base.koupleless.io/version"] == "2.0.0" and labels["base.koupleless.io/cluster-name"] == "c2"
+              and labels["base.koupleless.io/tunnel-port"] == "1300"
+              and {"type": "InternalIP", "address": "127.0.0.2"} in node["status"].get("addresses", []))
+        return node if ok else None
+
+    await wait_until(changed, 20, what="labels, IP and port updated")
+    assert node
+
+
+async def _get_node(admin: Kube, name: str) -> dict[str, Any] | None:
+    try:
+        return dict(await admin.get(f"/api/v1/nodes/{name}"))
+    except Exception:
+        return None
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    max_leaves=20,
+)
+GOOD = {"baseMetadata": {"clusterName": "default", "identity": "x", "name": "base", "version": "1.0.0"},
+        "localHostName": "h", "localIP": "127.0.0.1", "port": 1238, "state": "activated"}
+
+
+@st.composite
+def malformed_bodies(draw: st.DrawFn) -> bytes:
+    kind = draw(st.sampled_from(["random_json", "broken_field", "missing", "bytes", "huge"]))
+    if kind == "random_json":
+        value = draw(json_values.filter(lambda v: not isinstance(v, dict) or "baseMetadata" not in v))
+        return json.dumps(value).encode()
+    if kind == "broken_field":
+        body = json.loads(json.dumps(GOOD))
+        field = draw(st.sampled_from(["port", "localIP", "identity", "name", "version", "clusterName"]))
+        bad = draw(st.sampled_from([None, -1, 70000, "", "not an ip", "UPPER CASE!", [], {}, "a" * 300]))
+        if field in ("identity", "name", "version", "clusterName"):
+            if field == "identity" and bad == "UPPER CASE!":
+                bad = "bad/identity"
+            body["baseMetadata"][field] = bad
+        else:
+            body[field] = bad
+        if field == "port" and bad in ("", None):
+            bad = "x"
+        return json.dumps(body).encode()
+    if kind == "missing":
+        body = json.loads(json.dumps(GOOD))
+        del body[draw(st.sampled_from(["baseMetadata", "localIP", "port"]))]
+        return json.dumps(body).encode()
+    if kind == "huge":
+        return json.dumps({**GOOD, "pad": "x" * 200_000}).encode()
+    return draw(st.binary(min_size=1, max_size=200).filter(lambda b: not b.strip().startswith(b"{")))
+
+
+async def test_malformed_heartbeats_are_rejected_and_create_nothing(admin, env_name, provider_factory):
+    provider = await provider_factory()
+    statuses: list[int] = []
+    bodies: list[bytes] = []
+
+    @settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(malformed_bodies())
+    def collect(body: bytes) -> None:
+        bodies.append(body)
+
+    collect()
+    assert len(bodies) >= 400
+    async with aiohttp.ClientSession() as http:
+        for body in bodies:
+            async with http.post(provider.endpoint + "/heartbeat", data=body,
+                                 headers={"Content-Type": "application/json"}) as resp:
+                statuses.append(resp.status)
+        async with http.post(provider.endpoint + "/heartbeat", json={**GOOD, "baseMetadata": {
+                **GOOD["baseMetadata"], "identity": f"{env_name}-good"}}) as resp:
+            assert resp.status == 200
+    bad = [(s, b[:80]) for s, b in zip(statuses, bodies, strict=True) if not 400 <= s < 500]
+    assert not bad, bad[:5]
+    await wait_until(lambda: _get_node(admin, f"vnode.{env_name}-good.{env_name}"), 20, what="the good base")
+    nodes = await vnodes(admin, env_name)
+    assert list(nodes) == [f"vnode.{env_name}-good.{env_name}"]

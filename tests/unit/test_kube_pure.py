@@ -1,0 +1,458 @@
+"""Unit tests for the kube facade without a cluster: pure helpers, the informer loop over a fake client, and the
+REST client's retry policy against an in-process aiohttp server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+from vkprovider.kube.client import (
+    ApiConnectionError,
+    ApiError,
+    Kube,
+    LineSplitter,
+    api_error_from_response,
+    parse_retry_after,
+    parse_watch_line,
+    resource_of,
+    should_retry,
+)
+from vkprovider.kube.events import object_reference, timestamp, truncate_message
+from vkprovider.kube.informer import Informer, backoff_delay, default_key, diff_snapshots, trim
+
+# ------------------------------------------------------------------------------------------- pure helpers
+
+
+def obj(name: str, rv: str, ns: str | None = "ns", **extra: Any) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "resourceVersion": rv}
+    if ns:
+        meta["namespace"] = ns
+    return {"metadata": meta, **extra}
+
+
+def status(code: int, reason: str, message: str = "m") -> bytes:
+    return orjson.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
+                         "reason": reason, "message": message})
+
+
+def test_api_error_mapping() -> None:
+    e = api_error_from_response(404, "Not Found", status(404, "NotFound", "pods \"x\" not found"))
+    assert (e.status, e.reason, e.message) == (404, "NotFound", 'pods "x" not found')
+    assert e.is_not_found and not e.is_conflict and not e.is_gone
+    assert isinstance(e.body, dict) and e.body["code"] == 404
+
+    e = api_error_from_response(409, "Conflict", status(409, "AlreadyExists"))
+    assert e.is_already_exists and not e.is_conflict
+    e = api_error_from_response(409, "Conflict", status(409, "Conflict"))
+    assert e.is_conflict and not e.is_already_exists
+    e = api_error_from_response(410, "Gone", status(410, "Expired"))
+    assert e.is_gone and e.is_retryable
+    e = api_error_from_response(403, "Forbidden", status(403, "Forbidden"))
+    assert e.is_forbidden and not e.is_retryable
+
+    e = api_error_from_response(502, "Bad Gateway", b"<html>oops</html>")
+    assert (e.status, e.reason, e.message, e.body) == (502, "Bad Gateway", "<html>oops</html>", "<html>oops</html>")
+    e = api_error_from_response(429, "Too Many Requests", status(429, "TooManyRequests"), "3")
+    assert e.retry_after_s == 3.0 and e.is_too_many_requests
+
+
+def test_retry_after_parsing() -> None:
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("") is None
+    assert parse_retry_after("2") == 2.0
+    assert parse_retry_after("1000") == 30.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") is None
+    assert parse_retry_after("-1") is None
+
+
+def test_should_retry_policy() -> None:
+    e503 = ApiError(503, "ServiceUnavailable", "")
+    e429 = ApiError(429, "TooManyRequests", "")
+    e409 = ApiError(409, "Conflict", "")
+    not_sent = ApiConnectionError("ConnectError", "refused", sent=False)
+    maybe_sent = ApiConnectionError("ServerDisconnectedError", "", sent=True)
+    assert should_retry(e503, idempotent=True)
+    assert not should_retry(e503, idempotent=False)
+    assert should_retry(e429, idempotent=False)
+    assert not should_retry(e409, idempotent=True)
+    assert should_retry(not_sent, idempotent=False)
+    assert not should_retry(maybe_sent, idempotent=False)
+    assert should_retry(maybe_sent, idempotent=True)
+    assert not should_retry(ApiConnectionError("SSLError", "bad cert", sent=False), idempotent=True)
+    assert not should_retry(ValueError(), idempotent=True)
+
+
+def test_line_splitter_reassembles_chunks() -> None:
+    s = LineSplitter()
+    assert s.feed(b'{"a"') == []
+    assert s.feed(b':1}\n{"b":2}\n{"c"') == [b'{"a":1}', b'{"b":2}']
+    assert s.feed(b"\n\n") == [b'{"c"']
+    assert s.feed(b'{"d":4}') == []
+    assert s.flush() == b'{"d":4}'
+    assert s.flush() is None
+
+
+def test_parse_watch_line() -> None:
+    ev = parse_watch_line(b'{"type":"ADDED","object":{"metadata":{"name":"a"}}}')
+    assert ev == {"type": "ADDED", "object": {"metadata": {"name": "a"}}}
+    assert parse_watch_line(b"not json") is None
+    assert parse_watch_line(b"[1,2]") is None
+    assert parse_watch_line(b'{"type":"ADDED"}') is None
+    assert parse_watch_line(b'{"type":1,"object":{}}') is None
+
+
+def test_resource_of() -> None:
+    assert resource_of("/api/v1/pods") == "pods"
+    assert resource_of("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases?x=1") == "leases"
+    assert resource_of("/") == "unknown"
+
+
+def test_key_and_trim() -> None:
+    assert default_key(obj("a", "1")) == "ns/a"
+    assert default_key(obj("n1", "1", ns=None)) == "n1"
+    o = obj("a", "1")
+    o["metadata"]["managedFields"] = [{"manager": "x"}]
+    assert "managedFields" not in trim(o)["metadata"]
+
+
+def test_diff_snapshots_adds_updates_deletes() -> None:
+    old = {"ns/a": obj("a", "1"), "ns/b": obj("b", "2"), "ns/c": obj("c", "3")}
+    new = {"ns/a": obj("a", "1"), "ns/b": obj("b", "5"), "ns/d": obj("d", "6")}
+    changes = diff_snapshots(old, new)
+    assert [(k, o is not None, n is not None) for k, o, n in changes] == [
+        ("ns/b", True, True),
+        ("ns/d", False, True),
+        ("ns/c", True, False),
+    ]
+    assert diff_snapshots(new, new) == []
+    assert diff_snapshots({}, {}) == []
+
+
+def test_backoff_delay_bounds() -> None:
+    assert backoff_delay(1, rand=lambda: 1.0) == 0.5
+    assert backoff_delay(3, rand=lambda: 1.0) == 2.0
+    assert backoff_delay(100, rand=lambda: 1.0) == 30.0
+    assert backoff_delay(100, rand=lambda: 0.0) == 15.0
+
+
+def test_event_helpers() -> None:
+    pod = {"kind": "Pod", "apiVersion": "v1",
+           "metadata": {"name": "p", "namespace": "n", "uid": "u1", "resourceVersion": "7"}}
+    assert object_reference(pod) == {"kind": "Pod", "apiVersion": "v1", "namespace": "n", "name": "p",
+                                     "uid": "u1", "resourceVersion": "7"}
+    node = {"kind": "Node", "apiVersion": "v1", "metadata": {"name": "vnode", "uid": "u2"}}
+    assert "namespace" not in object_reference(node)
+    assert len(truncate_message("x" * 5000)) == 1024
+    assert truncate_message("short") == "short"
+    assert timestamp(0) == "1970-01-01T00:00:00Z"
+
+
+# ------------------------------------------------------------------------------- informer over a fake Kube
+
+
+class FakeKube:
+    """Scripted LIST/WATCH answers: each watch call pops a script (a list of events or an exception)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.rv = 10
+        self.lists = 0
+        self.watch_rvs: list[str] = []
+        self.scripts: list[list[dict[str, Any]] | BaseException] = []
+        self.list_errors: list[BaseException] = []
+
+    async def list_all(self, path: str, *, params: Mapping[str, Any] | None = None,
+                       page_size: int = 500) -> tuple[list[dict[str, Any]], str, str]:
+        self.lists += 1
+        if self.list_errors:
+            raise self.list_errors.pop(0)
+        items = [orjson.loads(orjson.dumps(o)) for o in self.objects.values()]
+        return items, str(self.rv), "ConfigMap"
+
+    async def watch(self, path: str, *, params: Mapping[str, Any] | None = None
+                    ) -> AsyncGenerator[dict[str, Any], None]:
+        self.watch_rvs.append(str((params or {}).get("resourceVersion")))
+        script = self.scripts.pop(0) if self.scripts else None
+        if script is None:
+            await asyncio.sleep(3600)  # an idle watch
+            return
+        if isinstance(script, BaseException):
+            raise script
+        for ev in script:
+            yield ev
+
+
+async def wait_until(pred: Any, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not pred():
+            await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def running(inf: Informer) -> AsyncGenerator[asyncio.Task[None], None]:
+    task = asyncio.create_task(inf.run())
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_informer_list_watch_bookmark_and_relist_on_410() -> None:
+    fake = FakeKube()
+    fake.objects = {"a": obj("a", "1"), "b": obj("b", "2")}
+    changes: list[tuple[str, str | None, str | None]] = []
+
+    def on_change(key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        changes.append((key, old["metadata"]["resourceVersion"] if old else None,
+                        new["metadata"]["resourceVersion"] if new else None))
+
+    fake.scripts = [
+        [
+            {"type": "ADDED", "object": obj("c", "11")},
+            {"type": "MODIFIED", "object": obj("a", "12")},
+            {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "15"}}},
+            {"type": "GARBAGE", "object": {}},
+            {"type": "DELETED", "object": obj("b", "16")},
+        ],
+        # the watch ended normally; the next one starts at 16 and hits a 410
+        [{"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old"}}],
+    ]
+    inf = Informer(fake, "/api/v1/configmaps", on_change=on_change)  # type: ignore[arg-type]
+    async with running(inf):
+        await asyncio.wait_for(inf.synced.wait(), 5)
+        await wait_until(lambda: fake.lists == 2)
+        # after the 410 the informer re-lists; meanwhile (the gap) c was deleted and d created
+        await wait_until(lambda: len(fake.watch_rvs) >= 3)
+    assert fake.watch_rvs[:2] == ["10", "16"]
+    assert changes[:2] == [("ns/a", None, "1"), ("ns/b", None, "2")]
+    assert changes[2:5] == [("ns/c", None, "11"), ("ns/a", "1", "12"), ("ns/b", "2", None)]
+    # the re-LIST (fake still has a@1, b@2) restores b, drops c and reverts a
+    assert set(changes[5:]) == {("ns/a", "12", "1"), ("ns/b", None, "2"), ("ns/c", "11", None)}
+    assert sorted(inf.keys()) == ["ns/a", "ns/b"]
+
+
+async def test_informer_survives_errors_and_bad_callbacks() -> None:
+    fake = FakeKube()
+    fake.objects = {"a": obj("a", "1")}
+    fake.list_errors = [ApiError(500, "InternalError", "boom")]
+    fake.scripts = [ApiConnectionError("ServerDisconnectedError", "", sent=True),
+                    [{"type": "ADDED", "object": obj("z", "20")}]]
+
+    def on_change(key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        raise RuntimeError("callback bug")
+
+    inf = Informer(fake, "/api/v1/configmaps", on_change=on_change)  # type: ignore[arg-type]
+    inf_task_failures: list[BaseException] = []
+    async with running(inf) as task:
+        await asyncio.wait_for(inf.synced.wait(), 10)
+        await wait_until(lambda: inf.get("ns/z") is not None, 10)
+        if task.done():
+            inf_task_failures.append(task.exception() or RuntimeError("ended"))
+    assert not inf_task_failures
+    assert fake.lists >= 3  # the failed LIST, the first good one, and the one after the watch error
+
+
+async def test_informer_paused_resumes_from_given_rv() -> None:
+    fake = FakeKube()
+    inf = Informer(fake, "/api/v1/configmaps")  # type: ignore[arg-type]
+    async with running(inf):
+        await asyncio.wait_for(inf.synced.wait(), 5)
+        await wait_until(lambda: len(fake.watch_rvs) == 1)
+        async with inf.paused(resume_from="1"):
+            await asyncio.sleep(0.05)
+            assert len(fake.watch_rvs) == 1
+        await wait_until(lambda: len(fake.watch_rvs) == 2)
+    assert fake.watch_rvs == ["10", "1"]
+
+
+# ------------------------------------------------------------------- REST client against a local server
+
+
+class FakeApi:
+    def __init__(self) -> None:
+        self.hits: dict[str, int] = {}
+        self.auth: list[str | None] = []
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        key = f"{request.method} {request.path}"
+        n = self.hits[key] = self.hits.get(key, 0) + 1
+        self.auth.append(request.headers.get("Authorization"))
+        if request.path == "/flaky":  # two 503s, then OK
+            if n <= 2:
+                return web.Response(status=503, body=status(503, "ServiceUnavailable"),
+                                    content_type="application/json")
+            return web.json_response({"ok": n, "query": dict(request.query)})
+        if request.path == "/throttled":  # one 429 with Retry-After
+            if n == 1:
+                return web.Response(status=429, body=status(429, "TooManyRequests"),
+                                    headers={"Retry-After": "1"}, content_type="application/json")
+            return web.json_response({"ok": n})
+        if request.path == "/broken":
+            return web.Response(status=500, body=status(500, "InternalError"), content_type="application/json")
+        if request.path == "/gone":
+            return web.Response(status=404, body=status(404, "NotFound"), content_type="application/json")
+        if request.path == "/auth":  # only the rotated token is accepted
+            if request.headers.get("Authorization") != "Bearer new-token":
+                return web.Response(status=401, body=status(401, "Unauthorized"), content_type="application/json")
+            return web.json_response({"ok": True})
+        if request.path == "/watch":
+            resp = web.StreamResponse()
+            resp.content_type = "application/json"
+            await resp.prepare(request)
+            big = "x" * 300_000
+            lines = [
+                orjson.dumps({"type": "ADDED", "object": {"metadata": {"name": "a", "big": big}}}),
+                b"garbage",
+                orjson.dumps({"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "9"}}}),
+            ]
+            payload = b"\n".join(lines) + b"\n"
+            for i in range(0, len(payload), 7000):
+                await resp.write(payload[i:i + 7000])
+            await resp.write_eof()
+            return resp
+        return web.json_response({"method": request.method, "query": dict(request.query),
+                                  "ctype": request.content_type,
+                                  "body": (await request.read()).decode() or None})
+
+
+@pytest.fixture
+async def fake_api(tmp_path: Path) -> AsyncGenerator[tuple[Kube, FakeApi], None]:
+    api = FakeApi()
+    runner = web.AppRunner(api.app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    cfg = tmp_path / "kubeconfig"
+    cfg.write_text(f"""
+apiVersion: v1
+kind: Config
+clusters: [{{name: c, cluster: {{server: "http://127.0.0.1:{port}"}}}}]
+users: [{{name: u, user: {{token: t0ken}}}}, {{name: f, user: {{tokenFile: "{tmp_path / 'token'}"}}}}]
+contexts: [{{name: x, context: {{cluster: c, user: u}}}}, {{name: y, context: {{cluster: c, user: f}}}}]
+current-context: x
+""")
+    kube = await Kube.connect(str(cfg), timeout_s=5)
+    try:
+        yield kube, api
+    finally:
+        await kube.close()
+        await runner.cleanup()
+
+
+async def test_client_reloads_kubeconfig_credentials_after_401(fake_api: tuple[Kube, FakeApi],
+                                                                tmp_path: Path) -> None:
+    _, api = fake_api
+    cfg = tmp_path / "kubeconfig"
+    cfg.write_text(cfg.read_text().replace("current-context: x", "current-context: y"))
+    token = tmp_path / "token"
+    token.write_text("old-token\n")
+    kube = await Kube.connect(str(cfg), timeout_s=5)
+    try:
+        with pytest.raises(ApiError) as info:
+            await kube.get("/auth")
+        assert info.value.is_unauthorized
+        token.write_text("new-token\n")  # rotated: the next 401 reloads the kubeconfig's tokenFile
+        assert await kube.get("/auth") == {"ok": True}
+        assert api.auth[-2:] == ["Bearer old-token", "Bearer new-token"]
+    finally:
+        await kube.close()
+
+
+def test_in_cluster_token_file_is_reread_when_it_changes(tmp_path: Path) -> None:
+    from vkprovider.kube.client import _Credentials
+
+    token = tmp_path / "token"
+    token.write_text("one\n")
+    creds = _Credentials(None, token_file=str(token))
+    assert creds.header() == "Bearer one"
+    token.write_text("two-rotated\n")
+    assert creds.header() == "Bearer one"  # checked at most once a second
+    creds._checked_at -= 5
+    assert creds.header() == "Bearer two-rotated"
+    token.unlink()
+    creds._checked_at -= 5
+    assert creds.header() == "Bearer two-rotated"  # a missing file keeps the last good token
+
+
+async def test_client_retries_get_on_503_and_sends_token(fake_api: tuple[Kube, FakeApi]) -> None:
+    kube, api = fake_api
+    answer = await kube.get("/flaky", params={"labelSelector": "a=b", "watch": False, "skip": None})
+    assert answer["ok"] == 3
+    assert answer["query"] == {"labelSelector": "a=b", "watch": "false"}
+    assert api.auth[-1] == "Bearer t0ken"
+
+
+async def test_client_honours_retry_after_on_429_even_for_post(fake_api: tuple[Kube, FakeApi]) -> None:
+    kube, _ = fake_api
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    answer = await kube.request("POST", "/throttled", body={"x": 1})
+    assert answer == {"ok": 2}
+    assert loop.time() - t0 >= 0.9
+
+
+async def test_client_does_not_retry_a_failed_post(fake_api: tuple[Kube, FakeApi]) -> None:
+    kube, api = fake_api
+    with pytest.raises(ApiError) as info:
+        await kube.create("/broken", {"a": 1})
+    assert info.value.status == 500 and info.value.reason == "InternalError"
+    assert api.hits["POST /broken"] == 1
+
+
+async def test_client_delete_404_is_none_and_patch_content_types(fake_api: tuple[Kube, FakeApi]) -> None:
+    kube, _ = fake_api
+    assert await kube.delete("/gone") is None
+    for kind, ctype in [("strategic", "application/strategic-merge-patch+json"),
+                        ("merge", "application/merge-patch+json"),
+                        ("json", "application/json-patch+json"),
+                        ("apply", "application/apply-patch+yaml")]:
+        answer = await kube.patch("/echo", {"a": 1} if kind != "json" else [{"op": "add"}], kind=kind)  # type: ignore[arg-type]
+        assert answer["ctype"] == ctype
+        assert answer["query"]["fieldManager"] == "vkprovider"
+        assert ("force" in answer["query"]) == (kind == "apply")
+    with pytest.raises(ValueError):
+        await kube.patch("/echo", {}, kind="bogus")  # type: ignore[arg-type]
+
+
+async def test_client_connection_refused_is_api_connection_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "kubeconfig"
+    cfg.write_text("""
+apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "http://127.0.0.1:1"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+""")
+    kube = await Kube.connect(str(cfg), timeout_s=2)
+    try:
+        with pytest.raises(ApiConnectionError) as info:
+            await kube.create("/x", {})
+        assert info.value.status == 0 and not info.value.sent
+    finally:
+        await kube.close()
+
+
+async def test_watch_streams_large_lines_and_skips_garbage(fake_api: tuple[Kube, FakeApi]) -> None:
+    kube, _ = fake_api
+    events = []
+    async with contextlib.aclosing(kube.watch("/watch", params={"timeoutSeconds": 5})) as stream:
+        async for ev in stream:
+            events.append(ev)
+    assert [e["type"] for e in events] == ["ADDED", "BOOKMARK"]
+    assert len(events[0]["object"]["metadata"]["big"]) == 300_000

@@ -1,0 +1,114 @@
+"""Every biz-state → pod-status row of core.podstatus, as a table."""
+
+import pytest
+
+from vkprovider.core.model import BizInfo, BizState, BizStateRecord
+from vkprovider.core.module import pod_modules
+from vkprovider.core.podstatus import OpFacts, OpState, pod_status, status_changed
+
+SCHEMES = frozenset({"http", "https", "file"})
+NOW = "2026-01-01T00:00:00Z"
+
+
+def pod(*containers, phase=None):
+    p = {
+        "metadata": {"namespace": "ns", "name": "p", "uid": "u1"},
+        "spec": {"containers": list(containers)},
+        "status": {"conditions": [{"type": "PodScheduled", "status": "True"}]},
+    }
+    if phase:
+        p["status"]["phase"] = phase
+    return p
+
+
+def container(name="biz1", version="0.0.1", image="http://h/biz1.jar"):
+    c = {"name": name, "image": image}
+    if version is not None:
+        c["env"] = [{"name": "BIZ_VERSION", "value": version}]
+    return c
+
+
+def biz(state, version="0.0.1", reason="", message="", name="biz1"):
+    return BizInfo(name, version, state, (BizStateRecord(1_700_000_000_000, state, reason, message),))
+
+
+@pytest.mark.parametrize(
+    ("bizs", "ops", "phase", "state_key", "reason", "ready"),
+    [
+        ([], {}, "Pending", "waiting", "ContainerCreating", False),
+        ([], {"biz1:0.0.1": OpFacts(OpState.INSTALLING)}, "Pending", "waiting", "ContainerCreating", False),
+        ([], {"biz1:0.0.1": OpFacts(OpState.INSTALL_FAILED, "boom")}, "Pending", "waiting", "BizInstallFailed", False),
+        ([biz(BizState.RESOLVED)], {}, "Pending", "waiting", "BizResolving", False),
+        ([biz(BizState.ACTIVATED)], {}, "Running", "running", None, True),
+        ([biz(BizState.DEACTIVATED), biz(BizState.ACTIVATED, "0.0.2")], {}, "Failed", "terminated",
+         "BizDeactivate", False),
+        ([biz(BizState.BROKEN, message="start failed")], {}, "Pending", "waiting", "BizBroken", False),
+        ([biz(BizState.STOPPED)], {}, "Pending", "terminated", "BizStopped", False),
+        ([biz(BizState.UNKNOWN)], {}, "Pending", "waiting", "BizStateUnknown", False),
+    ],
+)
+def test_biz_state_table(bizs, ops, phase, state_key, reason, ready):
+    p = pod(container())
+    mods = pod_modules(p, SCHEMES)
+    bizmap = {b.key: b for b in bizs}
+    opmap = {mods.bizs[0].key: next(iter(ops.values()))} if ops else {}
+    st = pod_status(p, mods, bizmap, opmap, base_ip="10.0.0.5", now_iso=NOW)
+    assert st["phase"] == phase
+    cs = st["containerStatuses"][0]
+    assert state_key in cs["state"]
+    if reason:
+        assert cs["state"][state_key]["reason"] == reason
+    assert cs["ready"] is ready
+    conds = {c["type"]: c["status"] for c in st["conditions"]}
+    assert conds["Ready"] == ("True" if ready else "False")
+    assert st["hostIP"] == st["podIP"] == "10.0.0.5"
+    assert st["startTime"]
+
+
+def test_deactivated_pod_says_which_version_is_active():
+    p = pod(container())
+    mods = pod_modules(p, SCHEMES)
+    bizs = [biz(BizState.DEACTIVATED, reason="Switched"), biz(BizState.ACTIVATED, "0.0.2")]
+    st = pod_status(p, mods, {b.key: b for b in bizs}, {}, base_ip="1.1.1.1", now_iso=NOW)
+    assert st["reason"] == "BizDeactivate"
+    assert "biz1:0.0.2 is active" in st["message"]
+
+
+def test_missing_biz_version_gives_reason_and_message():
+    p = pod(container(version=None))
+    mods = pod_modules(p, SCHEMES)
+    assert mods.bizs == () and mods.problems[0].reason == "MissingBizVersion"
+    st = pod_status(p, mods, {}, {}, base_ip="1.1.1.1", now_iso=NOW)
+    assert st["containerStatuses"][0]["state"]["waiting"]["reason"] == "MissingBizVersion"
+    assert "BIZ_VERSION" in st["message"]
+
+
+@pytest.mark.parametrize("image", ["nginx:latest", "ftp://h/x.jar", "http:///nohost.jar"])
+def test_invalid_urls_are_problems(image):
+    mods = pod_modules(pod(container(image=image)), SCHEMES)
+    assert mods.bizs == () and mods.problems[0].reason == "InvalidBizURL"
+
+
+def test_running_pod_stays_running_when_its_base_lost_the_biz():
+    p = pod(container(), phase="Running")
+    st = pod_status(p, pod_modules(p, SCHEMES), {}, {}, base_ip="1.1.1.1", now_iso=NOW)
+    assert st["phase"] == "Running"
+    assert {c["type"]: c["status"] for c in st["conditions"]}["Ready"] == "False"
+
+
+def test_status_change_detection_ignores_times_only():
+    p = pod(container())
+    mods = pod_modules(p, SCHEMES)
+    b = biz(BizState.ACTIVATED)
+    first = pod_status(p, mods, {b.key: b}, {}, base_ip="1.1.1.1", now_iso=NOW)
+    assert status_changed(first, p["status"])
+    p["status"] = first
+    again = pod_status(p, mods, {b.key: b}, {}, base_ip="1.1.1.1", now_iso="2026-01-01T00:05:00Z")
+    assert not status_changed(again, p["status"])
+    assert again["conditions"] == first["conditions"]
+
+
+def test_pod_scheduled_condition_is_not_in_the_patch():
+    p = pod(container())
+    st = pod_status(p, pod_modules(p, SCHEMES), {}, {}, base_ip="1.1.1.1", now_iso=NOW)
+    assert "PodScheduled" not in {c["type"] for c in st["conditions"]}  # strategic merge keeps it

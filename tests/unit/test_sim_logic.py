@@ -1,0 +1,235 @@
+"""The simulated arklet's biz state machine (no sockets): the behaviours vkprovider relies on."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+
+from vkprovider.core import wire
+from vkprovider.core.model import CommandOutcome
+from vkprovider.sim.arklet import ArkletBehaviour, MultiVersionMode, SimArklet
+
+
+def _arklet(**behaviour: Any) -> SimArklet:
+    behaviour.setdefault("install_latency_s", 0.0)
+    behaviour.setdefault("uninstall_latency_s", 0.0)
+    return SimArklet(ArkletBehaviour(**behaviour), rng=random.Random(7))
+
+
+def _install_body(
+    name: str = "biz1", version: str = "1.0.0", url: str = "file:///tmp/biz1.jar"
+) -> dict[str, Any]:
+    return {"bizName": name, "bizVersion": version, "bizUrl": url}
+
+
+def _states(arklet: SimArklet) -> dict[str, str]:
+    return {f"{b['bizName']}:{b['bizVersion']}": b["bizState"] for b in arklet.query_all_biz()}
+
+
+async def test_install_records_resolved_then_activated() -> None:
+    arklet = _arklet()
+    answer = await arklet.handle("installBiz", _install_body())
+    result = wire.parse_command_result(answer)
+    assert result.ok and "Install Biz: biz1:1.0.0 success" in result.message
+    (biz,) = arklet.query_all_biz()
+    assert biz["bizState"] == "activated"
+    assert [(r["state"], r["reason"]) for r in biz["bizStateRecords"]] == [
+        ("resolved", "Created"),
+        ("activated", "Started"),
+    ]
+    assert arklet.install_calls == 1 and arklet.calls_by_biz == {"biz1:1.0.0": [1, 0]}
+
+
+async def test_second_install_of_same_version_is_repeat() -> None:
+    arklet = _arklet()
+    await arklet.handle("installBiz", _install_body())
+    answer = await arklet.handle("installBiz", _install_body())
+    assert answer["data"]["code"] == "REPEAT_BIZ"
+    assert wire.parse_command_result(answer).outcome is CommandOutcome.REPEAT
+    assert len(arklet.bizs) == 1
+
+
+async def test_uninstall_moves_through_killing_and_stopped_then_removes() -> None:
+    arklet = _arklet(uninstall_latency_s=0.05)
+    await arklet.handle("installBiz", _install_body())
+    biz = arklet.bizs["biz1:1.0.0"]
+    task = asyncio.create_task(arklet.handle("uninstallBiz", {"bizName": "biz1", "bizVersion": "1.0.0"}))
+    await asyncio.sleep(0.01)
+    assert _states(arklet) == {"biz1:1.0.0": "deactivated"}
+    answer = await task
+    assert wire.parse_command_result(answer).ok
+    assert arklet.bizs == {}
+    assert [(r.state, r.reason) for r in biz.records][-2:] == [
+        ("deactivated", "Killing"),
+        ("stopped", "Stopped"),
+    ]
+    assert arklet.uninstall_calls == 1
+
+
+async def test_uninstall_unknown_is_not_found() -> None:
+    answer = await _arklet().handle("uninstallBiz", {"bizName": "nope", "bizVersion": "1"})
+    assert answer == {
+        "code": "FAILED",
+        "data": {"code": "NOT_FOUND_BIZ", "message": "Uninstall biz: nope:1 not found."},
+        "message": "uninstall biz not success!",
+    }
+
+
+async def test_command_on_a_running_key_conflicts_while_other_keys_and_queries_proceed() -> None:
+    arklet = _arklet(install_latency_s=0.5)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    slow = asyncio.create_task(arklet.handle("installBiz", _install_body()))
+    await asyncio.sleep(0.01)
+    assert _states(arklet) == {"biz1:1.0.0": "resolved"}
+    conflict = await arklet.handle("uninstallBiz", {"bizName": "biz1", "bizVersion": "1.0.0"})
+    assert wire.parse_command_result(conflict).outcome is CommandOutcome.CONFLICT
+    assert "exist unfinished command(installBiz)" in conflict["message"]
+    again = await arklet.handle("installBiz", _install_body())
+    assert wire.parse_command_result(again).outcome is CommandOutcome.CONFLICT
+    # queries answer while the install runs, and a different key installs in parallel
+    assert (await arklet.handle("health", {}))["code"] == "SUCCESS"
+    assert not slow.done()
+    other = asyncio.create_task(arklet.handle("installBiz", _install_body("biz2", url="http://h/biz2.jar")))
+    results = await asyncio.gather(slow, other)
+    assert all(wire.parse_command_result(answer).ok for answer in results)
+    assert loop.time() - started < 0.95  # in series it would take 1.0 s
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        (MultiVersionMode.ACTIVATE_NEW, {"biz1:1": "deactivated", "biz1:2": "activated"}),
+        (MultiVersionMode.KEEP_OLD, {"biz1:1": "activated", "biz1:2": "deactivated"}),
+        (MultiVersionMode.MULTI, {"biz1:1": "activated", "biz1:2": "activated"}),
+    ],
+)
+async def test_same_name_new_version(mode: MultiVersionMode, expected: dict[str, str]) -> None:
+    arklet = _arklet(multi_version_mode=mode)
+    await arklet.handle("installBiz", _install_body(version="1"))
+    await arklet.handle("installBiz", _install_body(version="2", url="file:///tmp/biz1-2.jar"))
+    assert _states(arklet) == expected
+    if mode is MultiVersionMode.ACTIVATE_NEW:
+        assert arklet.bizs["biz1:1"].records[-1].reason == "Switched"
+
+
+async def test_switch_biz_activates_the_target() -> None:
+    arklet = _arklet(multi_version_mode=MultiVersionMode.KEEP_OLD)
+    await arklet.handle("installBiz", _install_body(version="1"))
+    await arklet.handle("installBiz", _install_body(version="2"))
+    answer = await arklet.handle("switchBiz", {"bizName": "biz1", "bizVersion": "2"})
+    assert answer["data"]["message"] == "Switch biz: biz1:2 is activated."
+    assert _states(arklet) == {"biz1:1": "deactivated", "biz1:2": "activated"}
+    missing = await arklet.handle("switchBiz", {"bizName": "biz1", "bizVersion": "9"})
+    assert missing["data"]["code"] == "NOT_FOUND_BIZ"
+
+
+async def test_uninstall_then_install_strategy_removes_old_versions() -> None:
+    arklet = _arklet()
+    await arklet.handle("installBiz", _install_body(version="1"))
+    await arklet.handle(
+        "installBiz", {**_install_body(version="2"), "installStrategy": "uninstallThenInstall"}
+    )
+    assert _states(arklet) == {"biz1:2": "activated"}
+
+
+async def test_fail_biz_is_auto_uninstalled_with_arklet_style_error() -> None:
+    arklet = _arklet(fail_bizs=frozenset({"bad"}))
+    answer = await arklet.handle("installBiz", _install_body("bad"))
+    result = wire.parse_command_result(answer)
+    assert result.outcome is CommandOutcome.FAILED
+    assert "Install Biz: bad:1.0.0 fail" in result.message and "RuntimeException" in result.message
+    assert arklet.bizs == {}
+    # a retry is a fresh install, not REPEAT_BIZ: the broken biz was removed
+    assert (
+        wire.parse_command_result(await arklet.handle("installBiz", _install_body("bad"))).outcome
+        is CommandOutcome.FAILED
+    )
+
+
+async def test_failure_rate() -> None:
+    always = _arklet(failure_rate=1.0)
+    never = _arklet(failure_rate=0.0)
+    bodies = [_install_body(f"b{i}") for i in range(20)]
+    half = _arklet(failure_rate=0.5)
+
+    async def oks(arklet: SimArklet) -> list[bool]:
+        return [wire.parse_command_result(await arklet.handle("installBiz", b)).ok for b in bodies]
+
+    assert await oks(always) == [False] * 20
+    assert await oks(never) == [True] * 20
+    assert 0 < sum(await oks(half)) < 20
+
+
+@pytest.mark.parametrize(
+    ("command", "body", "text"),
+    [
+        ("installBiz", None, "Internal Error: request body is empty"),
+        ("uninstallBiz", None, "Internal Error: request body is empty"),
+        ("installBiz", {"bizName": "a", "bizVersion": "1"}, "Internal Error: bizUrl should not be blank"),
+        (
+            "installBiz",
+            {"bizName": " ", "bizVersion": "1", "bizUrl": "file:///x"},
+            "bizName should not be blank",
+        ),
+        (
+            "installBiz",
+            _install_body(url="ftp://h/x.jar"),
+            "Internal Error: java.net.MalformedURLException: unknown protocol: ftp",
+        ),
+        ("installBiz", _install_body(url="biz1.jar"), "unknown protocol"),
+        ("uninstallBiz", {"bizName": "a"}, "bizVersion should not be blank"),
+        ("batchInstallBiz", {"bizList": []}, "bizList should not be empty"),
+        ("batchInstallBiz", {"bizList": [1]}, "bizList should not be empty"),
+    ],
+)
+async def test_invalid_input_is_an_internal_error(
+    command: str, body: dict[str, Any] | None, text: str
+) -> None:
+    arklet = _arklet()
+    answer = await arklet.handle(command, body)
+    assert answer["code"] == "CMD_PROCESS_INTERNAL_ERROR"
+    assert text in answer["message"]
+    assert wire.parse_command_result(answer).outcome is CommandOutcome.FAILED
+    assert arklet.bizs == {}
+
+
+async def test_queries_work_with_an_empty_body_and_unknown_commands_are_refused() -> None:
+    arklet = _arklet(cpu_count=16, metaspace_max_bytes=1000)
+    health = wire.parse_health((await arklet.handle("health", None))["data"])
+    assert (health.cpu_count, health.memory_max_bytes, health.master_biz_name) == (16, 1000, "base")
+    assert (await arklet.handle("queryAllBiz", None)) == {"code": "SUCCESS", "data": []}
+    assert (await arklet.handle("rebootJvm", {}))["code"] == "CMD_NOT_FOUND"
+
+
+async def test_batch_install_reports_per_url() -> None:
+    arklet = _arklet(fail_bizs=frozenset({"bad"}))
+    await arklet.handle("installBiz", _install_body("dup", url="file:///dup.jar"))
+    body = {
+        "bizList": [
+            _install_body("a", url="file:///a.jar"),
+            _install_body("dup", url="file:///dup.jar"),
+            _install_body("bad", url="file:///bad.jar"),
+        ]
+    }
+    answer = await arklet.handle("batchInstallBiz", body)
+    results = wire.parse_batch_install_result(answer, ["file:///a.jar", "file:///dup.jar", "file:///bad.jar"])
+    assert {u: r.outcome for u, r in results.items()} == {
+        "file:///a.jar": CommandOutcome.SUCCESS,
+        "file:///dup.jar": CommandOutcome.REPEAT,
+        "file:///bad.jar": CommandOutcome.FAILED,
+    }
+    assert arklet.install_calls == 4  # 1 direct + 3 in the batch
+    assert _states(arklet) == {"dup:1.0.0": "activated", "a:1.0.0": "activated"}
+
+
+async def test_direct_install_is_not_counted_and_reset_stats() -> None:
+    arklet = _arklet()
+    assert wire.parse_command_result(await arklet.install_direct("orphan", "1", "file:///o.jar")).ok
+    assert arklet.install_calls == 0 and "orphan:1" in arklet.bizs
+    await arklet.handle("installBiz", _install_body())
+    arklet.reset_stats()
+    assert (arklet.install_calls, arklet.calls_by_biz) == (0, {})

@@ -1,0 +1,158 @@
+"""What vkprovider knows about bases and bizs, as plain immutable values.
+
+Both tunnels (HTTP and MQTT) translate the arklet wire format into these types on arrival, so the
+controllers and the pure status functions never see wire casing or optional-field quirks.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class BizState(enum.StrEnum):
+    """SOFAArk biz states. Arklet sends them lowercase over HTTP and mostly uppercase over MQTT."""
+
+    UNRESOLVED = "UNRESOLVED"
+    RESOLVED = "RESOLVED"
+    ACTIVATED = "ACTIVATED"
+    DEACTIVATED = "DEACTIVATED"
+    BROKEN = "BROKEN"
+    STOPPED = "STOPPED"
+    UNKNOWN = "UNKNOWN"
+
+    @classmethod
+    def parse(cls, raw: object) -> BizState:
+        """Normalise any casing; anything unrecognised is UNKNOWN rather than an error."""
+        if isinstance(raw, str):
+            try:
+                return cls(raw.strip().upper())
+            except ValueError:
+                return cls.UNKNOWN
+        return cls.UNKNOWN
+
+
+@dataclass(frozen=True, slots=True)
+class BizKey:
+    """A biz on a base is identified by name and version (arklet's lock key too)."""
+
+    name: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+@dataclass(frozen=True, slots=True)
+class BizSpec:
+    """A biz a pod wants installed: the container name is the bizName, the image is the jar URL."""
+
+    name: str
+    version: str
+    url: str
+
+    @property
+    def key(self) -> BizKey:
+        return BizKey(self.name, self.version)
+
+
+@dataclass(frozen=True, slots=True)
+class BizStateRecord:
+    """One entry of a biz's state history as arklet reports it."""
+
+    change_time_ms: int
+    state: BizState
+    reason: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BizInfo:
+    """A biz as the base reports it (queryAllBiz or an MQTT biz report)."""
+
+    name: str
+    version: str
+    state: BizState
+    records: tuple[BizStateRecord, ...] = ()
+
+    @property
+    def key(self) -> BizKey:
+        return BizKey(self.name, self.version)
+
+    @property
+    def last_record(self) -> BizStateRecord | None:
+        """The newest state record, if arklet sent any."""
+        if not self.records:
+            return None
+        return max(self.records, key=lambda r: r.change_time_ms)
+
+    def time_entered(self, state: BizState) -> int | None:
+        """Epoch ms of the newest record that entered ``state``, if any."""
+        times = [r.change_time_ms for r in self.records if r.state is state]
+        return max(times) if times else None
+
+
+@dataclass(frozen=True, slots=True)
+class BaseMetadata:
+    """Who a base is. ``identity`` is the stable key of a base across restarts."""
+
+    identity: str
+    name: str
+    version: str
+    cluster_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class BaseHeartbeat:
+    """A heartbeat: metadata plus where the base's arklet listens.
+
+    ``labels`` are extra node labels the base asked for (e.g. a zone or stack); ``tunnel`` names the tunnel
+    the heartbeat arrived on, so commands go back the same way.
+    """
+
+    metadata: BaseMetadata
+    host_name: str
+    ip: str
+    port: int
+    state: str = "ACTIVATED"
+    labels: tuple[tuple[str, str], ...] = ()
+    tunnel: str = "http"
+
+    @property
+    def identity(self) -> str:
+        return self.metadata.identity
+
+
+@dataclass(frozen=True, slots=True)
+class BaseHealth:
+    """Resource facts from arklet's ``health`` command. ``None`` means the base did not say."""
+
+    cpu_count: int | None = None
+    memory_max_bytes: int | None = None
+    memory_committed_bytes: int | None = None
+    memory_used_bytes: int | None = None
+    master_biz_name: str | None = None
+    master_biz_version: str | None = None
+
+
+class CommandOutcome(enum.StrEnum):
+    """How a biz command ended, folded from arklet's two levels of ``code``."""
+
+    SUCCESS = "SUCCESS"
+    REPEAT = "REPEAT_BIZ"
+    NOT_FOUND = "NOT_FOUND_BIZ"
+    CONFLICT = "CONFLICT"
+    FAILED = "FAILED"
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    """The answer to installBiz / uninstallBiz (one entry of batchInstallBiz too)."""
+
+    outcome: CommandOutcome
+    message: str = ""
+    bizs: tuple[BizInfo, ...] = field(default_factory=tuple)
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is CommandOutcome.SUCCESS

@@ -1,0 +1,342 @@
+"""A watch-backed cache of one resource type: LIST, then WATCH, and LIST again whenever the watch loses its place.
+
+Why it exists: controllers must read cluster state from memory (thousands of pods on 2 cores) and be told which
+keys changed. kubernetes-asyncio's ``Watch`` retries a 410 once and raises; this loop instead treats "410 Gone" as
+the normal signal to re-LIST, diffs the fresh LIST against the cache so deletes missed during a watch gap are still
+delivered, advances on BOOKMARK events so a re-WATCH rarely needs a LIST, backs off with jitter on other errors and
+never dies on a bad event. ``on_change(key, old, new)`` is a cheap synchronous callback (controllers enqueue keys).
+
+The cache diff (:func:`diff_snapshots`), key function and object trimming are pure and unit-tested.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import Counter
+
+from vkprovider.kube.client import ApiError, Kube, error_from_status, resource_of
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+OnChange = Callable[[str, Obj | None, Obj | None], None]
+KeyFunc = Callable[[Obj], str]
+
+INFORMER_EVENTS = Counter(
+    "vkprovider_informer_events_total",
+    "Events applied by informers: ADDED/MODIFIED/DELETED/BOOKMARK from watches, ERROR, INVALID (skipped).",
+    ["resource", "type"],
+)
+INFORMER_RELISTS = Counter(
+    "vkprovider_informer_relists_total",
+    "LISTs after the first one (410 Gone, errors), by resource.",
+    ["resource"],
+)
+
+_EVENT_TYPES = ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR", "INVALID")
+_BACKOFF_INITIAL_S = 0.5
+_BACKOFF_MAX_S = 30.0
+
+
+def default_key(obj: Mapping[str, Any]) -> str:
+    """``namespace/name`` for namespaced objects, ``name`` for cluster-scoped ones."""
+    meta = obj.get("metadata") or {}
+    ns = meta.get("namespace")
+    name = meta.get("name") or ""
+    return f"{ns}/{name}" if ns else str(name)
+
+
+def trim(obj: Obj) -> Obj:
+    """Drop what no controller reads but costs memory for every cached object (``managedFields``)."""
+    meta = obj.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+    return obj
+
+
+def resource_version(obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("resourceVersion") or "")
+
+
+def diff_snapshots(old: Mapping[str, Obj], new: Mapping[str, Obj]) -> list[tuple[str, Obj | None, Obj | None]]:
+    """The changes that turn cache ``old`` into ``new`` as ``(key, old, new)``: adds, updates, deletes.
+
+    An object counts as updated only when its resourceVersion changed (or is missing), so a re-LIST that finds
+    nothing new delivers nothing. Deletes come last, in key order, after adds/updates in ``new``'s order.
+    """
+    changes: list[tuple[str, Obj | None, Obj | None]] = []
+    for key, obj in new.items():
+        prev = old.get(key)
+        if prev is None:
+            changes.append((key, None, obj))
+        else:
+            rv = resource_version(obj)
+            if not rv or rv != resource_version(prev):
+                changes.append((key, prev, obj))
+    changes.extend((key, old[key], None) for key in sorted(old.keys() - new.keys()))
+    return changes
+
+
+def backoff_delay(failures: int, *, initial_s: float = _BACKOFF_INITIAL_S, max_s: float = _BACKOFF_MAX_S,
+                  rand: Callable[[], float] = random.random) -> float:
+    """Exponential backoff with jitter for the ``failures``-th consecutive failure (1-based)."""
+    ceiling = min(max_s, initial_s * float(2 ** max(0, failures - 1)))
+    return ceiling * (0.5 + 0.5 * rand())
+
+
+class _Gone(Exception):
+    """The watch's resourceVersion is too old: LIST again."""
+
+
+class Informer:
+    """Cache of the objects under ``list_path`` (e.g. ``/api/v1/pods``), kept current by LIST + WATCH.
+
+    Start :meth:`run` as a task; wait for :attr:`synced`; read with :meth:`get` / :meth:`items`. The objects
+    handed out are the cached dicts themselves: treat them as read-only.
+    """
+
+    def __init__(self, kube: Kube, list_path: str, *, label_selector: str | None = None,
+                 field_selector: str | None = None, key: KeyFunc = default_key,
+                 on_change: OnChange | None = None, page_size: int = 500, watch_timeout_s: int = 300,
+                 resource: str | None = None) -> None:
+        self._kube = kube
+        self._path = list_path
+        self._label_selector = label_selector
+        self._field_selector = field_selector
+        self._key = key
+        self._on_change = on_change
+        self._page_size = page_size
+        self._watch_timeout_s = watch_timeout_s
+        self.resource = resource or resource_of(list_path)
+        self._cache: dict[str, Obj] = {}
+        self._rv = ""
+        self.synced = asyncio.Event()
+        self._lists = 0
+        # Test/diagnostic hooks: pause the watch (a gap) and resume from a chosen resourceVersion.
+        self._watch_allowed = asyncio.Event()
+        self._watch_allowed.set()
+        self._watch_task: asyncio.Task[None] | None = None
+        self._interrupted = False
+        self._resume_rv: str | None = None
+        self._force_relist = False
+        self._events = {t: INFORMER_EVENTS.labels(self.resource, t) for t in _EVENT_TYPES}
+        self._relists = INFORMER_RELISTS.labels(self.resource)
+
+    # -------------------------------------------------------------------------------- reading
+
+    def get(self, key: str) -> Obj | None:
+        return self._cache.get(key)
+
+    def items(self) -> Iterable[Obj]:
+        """A snapshot of the cached objects (safe to iterate while the cache changes)."""
+        return list(self._cache.values())
+
+    def keys(self) -> list[str]:
+        return list(self._cache.keys())
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._cache
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._cache))
+
+    @property
+    def list_count(self) -> int:
+        """How many LISTs this informer has made (the first plus every re-LIST)."""
+        return self._lists
+
+    @property
+    def resource_version(self) -> str:
+        """The resourceVersion the cache is current to (from the last LIST, event or bookmark)."""
+        return self._rv
+
+    # -------------------------------------------------------------------------------- the loop
+
+    async def run(self) -> None:
+        """LIST -> WATCH -> (re-WATCH | re-LIST) forever. Cancel the task to stop."""
+        failures = 0
+        listed_at = 0.0
+        while True:
+            try:
+                await self._list()
+                listed_at = time.monotonic()
+                while True:
+                    await self._watch_allowed.wait()
+                    if self._force_relist:
+                        self._force_relist = False
+                        raise _Gone("re-LIST requested")
+                    rv = self._resume_rv if self._resume_rv is not None else self._rv
+                    self._resume_rv = None
+                    started = time.monotonic()
+                    got_events = await self._watch_guarded(rv)
+                    if not got_events and time.monotonic() - started < 1.0 and self._watch_allowed.is_set():
+                        # A watch that ends at once with nothing in it: do not spin on the server.
+                        failures += 1
+                        await asyncio.sleep(backoff_delay(failures))
+                    else:
+                        failures = 0
+            except asyncio.CancelledError:
+                raise
+            except _Gone as gone:
+                log.info("informer %s: resourceVersion expired (%s); re-listing", self.resource, gone)
+                if time.monotonic() - listed_at < 1.0:
+                    # Gone again right after a LIST: something is off; do not hammer the server.
+                    failures += 1
+                    await asyncio.sleep(backoff_delay(failures))
+            except ApiError as exc:
+                failures += 1
+                delay = backoff_delay(failures)
+                log.warning("informer %s: %s; re-listing in %.1fs", self.resource, exc, delay)
+                await asyncio.sleep(delay)
+            except Exception:
+                failures += 1
+                delay = backoff_delay(failures)
+                log.exception("informer %s: unexpected error; re-listing in %.1fs", self.resource, delay)
+                await asyncio.sleep(delay)
+
+    def _selectors(self) -> dict[str, str]:
+        params: dict[str, str] = {}
+        if self._label_selector:
+            params["labelSelector"] = self._label_selector
+        if self._field_selector:
+            params["fieldSelector"] = self._field_selector
+        return params
+
+    async def _list(self) -> None:
+        if self._lists:
+            self._relists.inc()
+        self._lists += 1
+        items, rv, _kind = await self._kube.list_all(self._path, params=self._selectors(),
+                                                     page_size=self._page_size)
+        fresh: dict[str, Obj] = {}
+        for item in items:
+            try:
+                fresh[self._key(trim(item))] = item
+            except Exception:
+                self._events["INVALID"].inc()
+                log.warning("informer %s: cannot key a listed object; skipped", self.resource, exc_info=True)
+        old = self._cache
+        self._cache = fresh
+        self._rv = rv
+        self._resume_rv = None  # a LIST sets the position; a pending resume point is obsolete
+        for key, prev, new in diff_snapshots(old, fresh):
+            self._notify(key, prev, new)
+        self.synced.set()
+        log.debug("informer %s: listed %d objects at resourceVersion %s", self.resource, len(fresh), rv)
+
+    async def _watch_guarded(self, rv: str) -> bool:
+        """Run one watch in a child task so :meth:`paused` can cut it; True when it carried any event."""
+        self._interrupted = False
+        seen: list[bool] = [False]
+        task = asyncio.create_task(self._watch(rv, seen), name=f"informer-watch-{self.resource}")
+        self._watch_task = task
+        try:
+            await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if self._interrupted and not (current is not None and current.cancelling()):
+                return True  # cut by paused(): not a failure
+            task.cancel()
+            raise
+        finally:
+            self._watch_task = None
+        return seen[0]
+
+    async def _watch(self, rv: str, seen: list[bool]) -> None:
+        params = self._selectors()
+        params["timeoutSeconds"] = str(self._watch_timeout_s)
+        params["allowWatchBookmarks"] = "true"
+        if rv:
+            params["resourceVersion"] = rv
+        try:
+            async with contextlib.aclosing(self._kube.watch(self._path, params=params)) as events:
+                async for event in events:
+                    seen[0] = True
+                    self._apply(event)
+        except ApiError as exc:
+            if exc.is_gone:  # the server may answer a too-old resourceVersion with an HTTP 410
+                raise _Gone(exc.message) from exc
+            raise
+
+    def _apply(self, event: Mapping[str, Any]) -> None:
+        """Apply one watch event to the cache. Raises _Gone / ApiError for ERROR events; never for bad data."""
+        etype = event.get("type")
+        obj = event.get("object")
+        if etype == "ERROR":
+            self._events["ERROR"].inc()
+            status = obj if isinstance(obj, Mapping) else {}
+            err = error_from_status(status)
+            if err.is_gone:
+                raise _Gone(err.message)
+            raise err
+        if not isinstance(obj, dict) or etype not in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
+            self._events["INVALID"].inc()
+            log.warning("informer %s: skipping a malformed watch event of type %r", self.resource, etype)
+            return
+        rv = resource_version(obj)
+        if etype == "BOOKMARK":
+            self._events["BOOKMARK"].inc()
+            if rv:
+                self._rv = rv
+            return
+        try:
+            key = self._key(trim(obj))
+        except Exception:
+            self._events["INVALID"].inc()
+            log.warning("informer %s: cannot key a watched object; skipped", self.resource, exc_info=True)
+            return
+        self._events[etype].inc()
+        if rv:
+            self._rv = rv
+        prev = self._cache.get(key)
+        if etype == "DELETED":
+            if prev is not None:
+                del self._cache[key]
+                self._notify(key, prev, None)
+            return
+        self._cache[key] = obj
+        self._notify(key, prev, obj)
+
+    def _notify(self, key: str, old: Obj | None, new: Obj | None) -> None:
+        if self._on_change is None:
+            return
+        try:
+            self._on_change(key, old, new)
+        except Exception:
+            log.exception("informer %s: on_change failed for %s", self.resource, key)
+
+    # -------------------------------------------------------------------------------- hooks
+
+    @contextlib.asynccontextmanager
+    async def paused(self, *, resume_from: str | None = None, relist: bool = False) -> AsyncIterator[None]:
+        """Stop watching for the body of the ``async with``; then watch again from ``resume_from`` if given.
+
+        A test hook for watch gaps: changes made inside the block are only seen through the resumed watch, or,
+        when ``resume_from`` is a too-old resourceVersion, through the re-LIST its 410 forces. ``relist=True``
+        behaves as if the resumed watch had answered 410 Gone (for servers that still hold the old history).
+        """
+        self._watch_allowed.clear()
+        task = self._watch_task
+        if task is not None and not task.done():
+            self._interrupted = True
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait({task})
+        try:
+            yield
+        finally:
+            if resume_from is not None:
+                self._resume_rv = resume_from
+            self._force_relist = relist
+            self._watch_allowed.set()

@@ -1,0 +1,21 @@
+"""A simulator of Koupleless bases (arklet) so vkprovider can be tested and benchmarked without JVMs.
+
+Layout: ``arklet`` is the per-base biz state machine (transport-free), ``http_transport`` serves it the way
+Netty arklet does and sends heartbeats, ``simulator`` runs many bases in one process, ``control`` is the HTTP
+control API, ``cli`` the ``vkprovider sim`` command line. Only the CLI imports this package.
+"""
+
+from vkprovider.sim.arklet import ArkletBehaviour, MultiVersionMode, SimArklet
+from vkprovider.sim.cli import add_arguments, run_sim
+from vkprovider.sim.simulator import SimBase, SimConfig, Simulator
+
+__all__ = [
+    "ArkletBehaviour",
+    "MultiVersionMode",
+    "SimArklet",
+    "SimBase",
+    "SimConfig",
+    "Simulator",
+    "add_arguments",
+    "run_sim",
+]

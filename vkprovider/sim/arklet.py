@@ -1,0 +1,380 @@
+"""The simulated arklet of one base: a sofa-ark-like biz state machine that answers arklet commands.
+
+This is the part of the simulator that does not care how commands arrive: the HTTP transport
+(``http_transport``) and a future MQTT transport both call ``SimArklet.handle(command, body)`` and send the
+envelope it returns. It reproduces what vkprovider must cope with on a real base: lowercase biz states with
+state records, REPEAT_BIZ / NOT_FOUND_BIZ, the per-name:version "conflict, exist unfinished command" answer,
+install latency that does not block other commands, injected failures (auto-uninstalled like sofa-ark), and
+what happens to the other versions of a biz when a new version starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+BIZ_COMMANDS: Final = frozenset({"installBiz", "uninstallBiz", "switchBiz", "batchInstallBiz"})
+QUERY_COMMANDS: Final = frozenset({"health", "queryAllBiz"})
+ALLOWED_URL_PREFIXES: Final = ("http://", "https://", "file://")
+
+_BIZ_MODEL_FRAME: Final = "com.alipay.sofa.ark.container.model.BizModel.start(BizModel.java)"
+
+Envelope = dict[str, Any]
+
+
+class MultiVersionMode(enum.StrEnum):
+    """What happens to other versions of a biz when a new version starts (sofa-ark system properties)."""
+
+    ACTIVATE_NEW = "activate-new"  # -Dactivate.new.module=true: new ACTIVATED, old DEACTIVATED (Switched)
+    KEEP_OLD = "keep-old"  # sofa-ark default: new one DEACTIVATED until switchBiz
+    MULTI = "multi"  # -Dsofa.ark.activate.multi.biz.version.enable=true: all ACTIVATED
+
+
+@dataclass(frozen=True, slots=True)
+class ArkletBehaviour:
+    """Knobs shared by every simulated base."""
+
+    install_latency_s: float = 0.05
+    uninstall_latency_s: float = 0.01
+    failure_rate: float = 0.0
+    fail_bizs: frozenset[str] = frozenset()
+    multi_version_mode: MultiVersionMode = MultiVersionMode.ACTIVATE_NEW
+    cpu_count: int = 4
+    metaspace_max_bytes: int = 512 * 1024 * 1024
+    metaspace_committed_bytes: int = 96 * 1024 * 1024
+    metaspace_used_bytes: int = 90 * 1024 * 1024
+    master_biz_name: str = "base"
+    master_biz_version: str = "1.0.0"
+
+
+@dataclass(slots=True)
+class StateRecord:
+    change_time_ms: int
+    state: str  # lowercase, as arklet sends over HTTP
+    reason: str
+    message: str = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "changeTime": self.change_time_ms,
+            "state": self.state,
+            "reason": self.reason,
+            "message": self.message,
+        }
+
+
+@dataclass(slots=True)
+class SimBiz:
+    name: str
+    version: str
+    url: str
+    state: str = "unresolved"
+    records: list[StateRecord] = field(default_factory=list)
+
+    def move(self, state: str, reason: str, message: str = "", *, now_ms: int) -> None:
+        self.state = state
+        self.records.append(StateRecord(now_ms, state, reason, message))
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "bizName": self.name,
+            "bizVersion": self.version,
+            "bizState": self.state,
+            "mainClass": f"com.example.{self.name.replace('-', '_')}.Application",
+            "webContextPath": self.name,
+            "bizStateRecords": [record.to_wire() for record in self.records],
+        }
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _key(name: str, version: str) -> str:
+    return f"{name}:{version}"
+
+
+def _internal_error(text: str) -> Envelope:
+    return {"code": "CMD_PROCESS_INTERNAL_ERROR", "message": f"Internal Error: {text}"}
+
+
+def _blank(value: object) -> bool:
+    return not isinstance(value, str) or not value.strip()
+
+
+class SimArklet:
+    """One base's arklet. All state lives here; a JVM restart is a new instance.
+
+    ``handle`` returns the envelope to send back. Counters (``install_calls`` ...) count commands that came
+    through a transport; ``install_direct`` (the control API's orphan installs) does not count.
+    """
+
+    def __init__(
+        self,
+        behaviour: ArkletBehaviour,
+        *,
+        rng: random.Random | None = None,
+        clock_ms: Callable[[], int] = _now_ms,
+    ) -> None:
+        self.behaviour = behaviour
+        self._rng = rng or random.Random()
+        self._clock_ms = clock_ms
+        self.bizs: dict[str, SimBiz] = {}
+        self._running: dict[str, str] = {}  # name:version -> the command running on it
+        self.install_calls = 0
+        self.uninstall_calls = 0
+        self.calls_by_biz: dict[str, list[int]] = {}  # name:version -> [installs, uninstalls]
+
+    # --- dispatch ----------------------------------------------------------------------------------------
+
+    async def handle(self, command: str, body: Mapping[str, Any] | None) -> Envelope:
+        """Answer one command. ``body`` is None when the request had no body at all."""
+        if command == "health":
+            return self.health()
+        if command == "queryAllBiz":
+            return {"code": "SUCCESS", "data": self.query_all_biz()}
+        if command not in BIZ_COMMANDS:
+            return {"code": "CMD_NOT_FOUND", "message": f"Internal Error: command {command} not found"}
+        if body is None:
+            return _internal_error("request body is empty")
+        if command == "installBiz":
+            self._count(body, install=True)
+            return await self.install(body)
+        if command == "uninstallBiz":
+            self._count(body, install=False)
+            return await self.uninstall(body)
+        if command == "switchBiz":
+            return self.switch(body)
+        return await self.batch_install(body)
+
+    def _count(self, body: Mapping[str, Any], *, install: bool) -> None:
+        key = _key(str(body.get("bizName")), str(body.get("bizVersion")))
+        counts = self.calls_by_biz.setdefault(key, [0, 0])
+        if install:
+            self.install_calls += 1
+            counts[0] += 1
+        else:
+            self.uninstall_calls += 1
+            counts[1] += 1
+
+    def reset_stats(self) -> None:
+        self.install_calls = 0
+        self.uninstall_calls = 0
+        self.calls_by_biz.clear()
+
+    # --- queries -----------------------------------------------------------------------------------------
+
+    def query_all_biz(self) -> list[dict[str, Any]]:
+        """Every biz but the master biz (arklet leaves it out)."""
+        return [biz.to_wire() for biz in self.bizs.values()]
+
+    def health(self) -> Envelope:
+        b = self.behaviour
+        return {
+            "code": "SUCCESS",
+            "data": {
+                "healthData": {
+                    "jvm": {
+                        "java max metaspace": b.metaspace_max_bytes,
+                        "java committed metaspace": b.metaspace_committed_bytes,
+                        "java used metaspace": b.metaspace_used_bytes,
+                        "java max memory": 2 * 1024 * 1024 * 1024,
+                        "java used memory": 300 * 1024 * 1024,
+                    },
+                    "cpu": {"count": b.cpu_count, "total used (%)": 7.5, "type": "simulated"},
+                    "masterBizInfo": {
+                        "bizName": b.master_biz_name,
+                        "bizState": "activated",
+                        "bizVersion": b.master_biz_version,
+                        "webContextPath": "/",
+                    },
+                }
+            },
+        }
+
+    # --- biz commands ------------------------------------------------------------------------------------
+
+    def _conflict(self, command: str, key: str) -> Envelope | None:
+        running = self._running.get(key)
+        if running is None:
+            return None
+        return {
+            "code": "FAILED",
+            "message": f"FAILED:{key} {command} conflict, exist unfinished command({running}) for this biz",
+        }
+
+    def _versions_of(self, name: str, *, other_than: str) -> list[SimBiz]:
+        return [biz for biz in self.bizs.values() if biz.name == name and biz.version != other_than]
+
+    def _should_fail(self, name: str) -> bool:
+        if name in self.behaviour.fail_bizs:
+            return True
+        return self.behaviour.failure_rate > 0 and self._rng.random() < self.behaviour.failure_rate
+
+    async def install(self, body: Mapping[str, Any]) -> Envelope:
+        name, version, url = body.get("bizName"), body.get("bizVersion"), body.get("bizUrl")
+        for field_name, value in (("bizName", name), ("bizVersion", version), ("bizUrl", url)):
+            if _blank(value):
+                return _internal_error(f"{field_name} should not be blank")
+        assert isinstance(name, str) and isinstance(version, str) and isinstance(url, str)
+        key = _key(name, version)
+        conflict = self._conflict("installBiz", key)
+        if conflict is not None:
+            return conflict
+        if not url.startswith(ALLOWED_URL_PREFIXES):
+            scheme = url.partition(":")[0] if ":" in url else url
+            return _internal_error(f"java.net.MalformedURLException: unknown protocol: {scheme[:40]}")
+        if key in self.bizs:
+            return {
+                "code": "FAILED",
+                "data": {"code": "REPEAT_BIZ", "message": f"Biz: {key} has been installed or registered."},
+                "message": "install biz not success!",
+            }
+        self._running[key] = "installBiz"
+        started_ms = self._clock_ms()
+        try:
+            if body.get("installStrategy") == "uninstallThenInstall":
+                for old in self._versions_of(name, other_than=version):
+                    await self._stop_and_remove(old)
+            biz = SimBiz(name, version, url)
+            biz.move("resolved", "Created", now_ms=started_ms)
+            self.bizs[key] = biz
+            if self.behaviour.install_latency_s > 0:
+                await asyncio.sleep(self.behaviour.install_latency_s)
+            now_ms = self._clock_ms()
+            cost = now_ms - started_ms
+            if self._should_fail(name):
+                return self._fail_install(biz, cost, started_ms)
+            self._activate(biz, now_ms)
+            return {
+                "code": "SUCCESS",
+                "data": {
+                    "bizInfos": [biz.to_wire()],
+                    "code": "SUCCESS",
+                    "elapsedSpace": cost,
+                    "message": f"Install Biz: {key} success, cost: {cost} ms, started at: {started_ms}",
+                },
+            }
+        finally:
+            self._running.pop(key, None)
+
+    def _fail_install(self, biz: SimBiz, cost: int, started_ms: int) -> Envelope:
+        """A biz whose start throws: recorded broken, then auto-uninstalled (sofa-ark's default)."""
+        key = _key(biz.name, biz.version)
+        cause = f"java.lang.RuntimeException: simulated start failure of {key}"
+        now_ms = self._clock_ms()
+        biz.move("broken", "Install Failed", cause, now_ms=now_ms)
+        biz.move("stopped", "Stopped", now_ms=now_ms)
+        self.bizs.pop(key, None)
+        return {
+            "code": "FAILED",
+            "data": {
+                "code": "FAILED",
+                "elapsedSpace": cost,
+                "message": f"Install Biz: {key} fail, cost: {cost} ms, started at: {started_ms}",
+            },
+            "message": "install biz not success!",
+            "errorStackTrace": f"{cause}\n\tat {_BIZ_MODEL_FRAME}",
+        }
+
+    def _activate(self, biz: SimBiz, now_ms: int) -> None:
+        others = [b for b in self._versions_of(biz.name, other_than=biz.version) if b.state == "activated"]
+        mode = self.behaviour.multi_version_mode
+        if mode is MultiVersionMode.KEEP_OLD and others:
+            biz.move("deactivated", "Started", f"{biz.name} has another activated version", now_ms=now_ms)
+            return
+        if mode is MultiVersionMode.ACTIVATE_NEW:
+            for old in others:
+                old.move("deactivated", "Switched", f"switched to {biz.version}", now_ms=now_ms)
+        biz.move("activated", "Started", now_ms=now_ms)
+
+    async def _stop_and_remove(self, biz: SimBiz) -> None:
+        biz.move("deactivated", "Killing", now_ms=self._clock_ms())
+        if self.behaviour.uninstall_latency_s > 0:
+            await asyncio.sleep(self.behaviour.uninstall_latency_s)
+        biz.move("stopped", "Stopped", now_ms=self._clock_ms())
+        self.bizs.pop(_key(biz.name, biz.version), None)
+
+    async def uninstall(self, body: Mapping[str, Any]) -> Envelope:
+        name, version = body.get("bizName"), body.get("bizVersion")
+        for field_name, value in (("bizName", name), ("bizVersion", version)):
+            if _blank(value):
+                return _internal_error(f"{field_name} should not be blank")
+        key = _key(str(name), str(version))
+        conflict = self._conflict("uninstallBiz", key)
+        if conflict is not None:
+            return conflict
+        biz = self.bizs.get(key)
+        if biz is None:
+            return {
+                "code": "FAILED",
+                "data": {"code": "NOT_FOUND_BIZ", "message": f"Uninstall biz: {key} not found."},
+                "message": "uninstall biz not success!",
+            }
+        self._running[key] = "uninstallBiz"
+        try:
+            await self._stop_and_remove(biz)
+        finally:
+            self._running.pop(key, None)
+        return {"code": "SUCCESS", "data": {"code": "SUCCESS", "message": f"Uninstall biz: {key} success."}}
+
+    def switch(self, body: Mapping[str, Any]) -> Envelope:
+        name, version = body.get("bizName"), body.get("bizVersion")
+        if _blank(name) or _blank(version):
+            return _internal_error("bizName and bizVersion should not be blank")
+        key = _key(str(name), str(version))
+        conflict = self._conflict("switchBiz", key)
+        if conflict is not None:
+            return conflict
+        biz = self.bizs.get(key)
+        if biz is None:
+            return {
+                "code": "FAILED",
+                "data": {"code": "NOT_FOUND_BIZ", "message": f"Switch biz: {key} not found."},
+                "message": "switch biz not success!",
+            }
+        now_ms = self._clock_ms()
+        for other in self._versions_of(biz.name, other_than=biz.version):
+            if other.state == "activated":
+                other.move("deactivated", "Switched", now_ms=now_ms)
+        if biz.state != "activated":
+            biz.move("activated", "Switched", now_ms=now_ms)
+        return {"code": "SUCCESS", "data": {"code": "SUCCESS", "message": f"Switch biz: {key} is activated."}}
+
+    async def batch_install(self, body: Mapping[str, Any]) -> Envelope:
+        biz_list = body.get("bizList")
+        if not isinstance(biz_list, list) or not biz_list or not all(isinstance(b, dict) for b in biz_list):
+            return _internal_error("bizList should not be empty")
+        for item in biz_list:
+            self._count(item, install=True)
+        started = self._clock_ms()
+        answers = await asyncio.gather(*(self.install(item) for item in biz_list))
+        per_url: dict[str, Any] = {}
+        for item, answer in zip(biz_list, answers, strict=True):
+            data = answer.get("data") or {}
+            per_url[str(item.get("bizUrl"))] = {
+                "code": data.get("code", "FAILED"),
+                "message": data.get("message", answer.get("message", "")),
+                "bizInfos": data.get("bizInfos", []),
+            }
+        all_ok = all(entry["code"] == "SUCCESS" for entry in per_url.values())
+        code = "SUCCESS" if all_ok else "FAILED"
+        return {
+            "code": code,
+            "data": {
+                "code": code,
+                "message": "batch install biz " + ("success" if all_ok else "failed"),
+                "bizUrlToResponse": per_url,
+                "elapsedSpace": self._clock_ms() - started,
+            },
+            **({} if all_ok else {"message": "batch install biz not success!"}),
+        }
+
+    async def install_direct(self, name: str, version: str, url: str) -> Envelope:
+        """Install without counting it as a vkprovider call (an orphan biz, e.g. installed by hand)."""
+        return await self.install({"bizName": name, "bizVersion": version, "bizUrl": url})

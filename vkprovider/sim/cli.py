@@ -1,0 +1,158 @@
+"""``vkprovider sim``: the command line of the base simulator.
+
+``add_arguments`` fills the sub-command's parser; ``run_sim`` runs until SIGINT/SIGTERM. Once every arklet
+port listens it prints exactly one line, ``SIM READY control=<port> bases=<n>``, so scripts can wait for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from vkprovider.sim.arklet import ArkletBehaviour, MultiVersionMode
+from vkprovider.sim.simulator import SimConfig, Simulator
+
+log = logging.getLogger(__name__)
+_MB = 1024 * 1024
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the simulator's flags to ``parser`` (the ``vkprovider sim`` sub-command)."""
+    add = parser.add_argument
+    add("--bases", type=int, default=1, help="number of simulated bases (default 1)")
+    add("--endpoint", default="http://127.0.0.1:7777", help="heartbeat endpoint (vkprovider's HTTP tunnel)")
+    add("--heartbeat-interval", type=_non_negative, default=12.0, help="seconds between heartbeats (12)")
+    add(
+        "--heartbeat-spread",
+        type=_non_negative,
+        default=1.0,
+        help="first heartbeats are spread over this many seconds (1)",
+    )
+    add("--host", default="127.0.0.1", help="address the arklet servers and the control API bind to")
+    add(
+        "--port-start",
+        type=int,
+        default=None,
+        help="first arklet port (base i gets port-start+i); ephemeral ports when unset",
+    )
+    add("--base-name", default="base")
+    add("--base-version", default="1.0.0")
+    add("--cluster-name", default="default")
+    add("--identity-prefix", default="sim", help="identities are <prefix>-0000, <prefix>-0001, ...")
+    add("--zone", default="", help="comma list of zones, assigned round-robin (topology.kubernetes.io/zone)")
+    add("--stack", default=None, help="value of the base.koupleless.io/stack label the bases ask for")
+    add("--token", default=None, help="Bearer token sent with heartbeats")
+    add("--env", default="default", help="the bases' runtime env (used by the MQTT transport's topics)")
+    add("--tunnel", choices=["http"], default="http", help="how bases talk to vkprovider")
+    add("--control-port", type=int, default=7780, help="control API port (0 = ephemeral; printed)")
+    add("--install-latency", type=_non_negative, default=0.05, help="seconds an install takes (0.05)")
+    add("--uninstall-latency", type=_non_negative, default=0.01, help="seconds an uninstall takes (0.01)")
+    add("--failure-rate", type=_fraction, default=0.0, help="fraction of installs that fail (0..1)")
+    add(
+        "--fail-biz",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="installs of this biz always fail (repeatable)",
+    )
+    add(
+        "--multi-version-mode",
+        choices=[m.value for m in MultiVersionMode],
+        default="activate-new",
+        help="same name, new version: activate-new (old one DEACTIVATED), keep-old, "
+        "or multi (both ACTIVATED)",
+    )
+    add("--cpu-count", type=int, default=4, help="cpu count health reports")
+    add("--metaspace-max-mb", type=int, default=512, help="'java max metaspace' health reports, in MiB")
+    add("--metaspace-committed-mb", type=int, default=96)
+    add("--metaspace-used-mb", type=int, default=90)
+    add("--seed", type=int, default=None, help="random seed (jitter, failure rate)")
+
+
+def config_from_args(args: argparse.Namespace) -> SimConfig:
+    behaviour = ArkletBehaviour(
+        install_latency_s=args.install_latency,
+        uninstall_latency_s=args.uninstall_latency,
+        failure_rate=args.failure_rate,
+        fail_bizs=frozenset(args.fail_biz),
+        multi_version_mode=MultiVersionMode(args.multi_version_mode),
+        cpu_count=args.cpu_count,
+        metaspace_max_bytes=args.metaspace_max_mb * _MB,
+        metaspace_committed_bytes=args.metaspace_committed_mb * _MB,
+        metaspace_used_bytes=args.metaspace_used_mb * _MB,
+        master_biz_name=args.base_name,
+        master_biz_version=args.base_version,
+    )
+    return SimConfig(
+        bases=args.bases,
+        endpoint=args.endpoint,
+        heartbeat_interval_s=args.heartbeat_interval,
+        heartbeat_first_spread_s=args.heartbeat_spread,
+        host=args.host,
+        port_start=args.port_start,
+        base_name=args.base_name,
+        base_version=args.base_version,
+        cluster_name=args.cluster_name,
+        identity_prefix=args.identity_prefix,
+        zones=tuple(z.strip() for z in args.zone.split(",") if z.strip()),
+        stack=args.stack,
+        token=args.token,
+        env=args.env,
+        tunnel=args.tunnel,
+        control_port=args.control_port,
+        seed=args.seed,
+        behaviour=behaviour,
+    )
+
+
+def _raise_open_file_limit(bases: int) -> None:
+    """Each base holds a listening socket plus connections: lift the soft fd limit to the hard one."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft < bases * 3 + 64:
+        log.warning("open file limit %d is low for %d bases", soft, bases)
+
+
+async def run_sim(args: argparse.Namespace) -> None:
+    """Run the simulator until SIGINT/SIGTERM."""
+    config = config_from_args(args)
+    _raise_open_file_limit(config.bases)
+    sim = Simulator(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await sim.start()
+    try:
+        sys.stdout.write(f"SIM READY control={sim.control_port} bases={len(sim.bases)}\n")
+        sys.stdout.flush()
+        await stop.wait()
+    finally:
+        await sim.stop()

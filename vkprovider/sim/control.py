@@ -1,0 +1,108 @@
+"""The simulator's control API: lets tests and benchmarks in other processes inspect and disturb the bases.
+
+Routes: ``GET /bases``, ``GET /stats``, ``POST /bases?count=N``, ``POST /bases/{identity}/stop``,
+``POST /bases/{identity}/start``, ``POST /bases/{identity}/bizs`` (install an orphan biz directly),
+``POST /reset-stats``.
+"""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from vkprovider.sim.simulator import SimBase, Simulator
+
+_SIM_KEY = web.AppKey("simulator", Simulator)
+MAX_ADD_PER_CALL = 5000
+
+
+def _json(value: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(value), status=status, content_type="application/json")
+
+
+def _sim(request: web.Request) -> Simulator:
+    return request.app[_SIM_KEY]
+
+
+def _base_or_404(request: web.Request) -> SimBase:
+    identity = request.match_info["identity"]
+    base = _sim(request).bases.get(identity)
+    if base is None:
+        raise web.HTTPNotFound(
+            text=orjson.dumps({"error": f"no base {identity}"}).decode(), content_type="application/json"
+        )
+    return base
+
+
+async def _list_bases(request: web.Request) -> web.Response:
+    return _json([base.describe() for base in _sim(request).bases.values()])
+
+
+async def _stats(request: web.Request) -> web.Response:
+    return _json(_sim(request).stats())
+
+
+async def _add_bases(request: web.Request) -> web.Response:
+    try:
+        count = int(request.query.get("count", "1"))
+    except ValueError:
+        return _json({"error": "count must be an integer"}, status=400)
+    if not 1 <= count <= MAX_ADD_PER_CALL:
+        return _json({"error": f"count must be 1..{MAX_ADD_PER_CALL}"}, status=400)
+    added = await _sim(request).add_bases(count)
+    return _json([{"identity": b.identity, "port": b.port} for b in added])
+
+
+async def _stop_base(request: web.Request) -> web.Response:
+    base = _base_or_404(request)
+    await base.stop()
+    return _json({"identity": base.identity, "running": base.running})
+
+
+async def _start_base(request: web.Request) -> web.Response:
+    base = _base_or_404(request)
+    await base.start()
+    return _json({"identity": base.identity, "running": base.running, "port": base.port})
+
+
+async def _install_orphan(request: web.Request) -> web.Response:
+    base = _base_or_404(request)
+    if not base.running:
+        return _json({"error": f"base {base.identity} is stopped"}, status=409)
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return _json({"error": "body is not JSON"}, status=400)
+    if (
+        not isinstance(body, dict)
+        or not isinstance(body.get("bizName"), str)
+        or not isinstance(body.get("bizVersion"), str)
+    ):
+        return _json({"error": "need bizName and bizVersion"}, status=400)
+    url = body.get("bizUrl") or f"file:///tmp/{body['bizName']}-{body['bizVersion']}.jar"
+    answer = await base.arklet.install_direct(body["bizName"], body["bizVersion"], str(url))
+    return _json(answer)
+
+
+async def _reset_stats(request: web.Request) -> web.Response:
+    _sim(request).reset_stats()
+    return _json({"reset": True})
+
+
+async def start_control_api(sim: Simulator, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Serve the control API; returns the runner (to clean up) and the bound port (``port`` may be 0)."""
+    app = web.Application()
+    app[_SIM_KEY] = sim
+    app.router.add_get("/bases", _list_bases)
+    app.router.add_post("/bases", _add_bases)
+    app.router.add_get("/stats", _stats)
+    app.router.add_post("/bases/{identity}/stop", _stop_base)
+    app.router.add_post("/bases/{identity}/start", _start_base)
+    app.router.add_post("/bases/{identity}/bizs", _install_orphan)
+    app.router.add_post("/reset-stats", _reset_stats)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = runner.addresses[0][1]
+    return runner, int(bound)

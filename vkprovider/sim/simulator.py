@@ -1,0 +1,247 @@
+"""Many simulated Koupleless bases in one asyncio process, for tests and benchmarks without JVMs.
+
+A ``SimBase`` is one "JVM": an identity, a ``SimArklet`` (its bizs), an arklet HTTP server and a heartbeat
+sender. ``Simulator`` owns them all plus the one shared HTTP client session, and offers what tests need to
+play with bases: stop one (the JVM dies), start it again (a restart loses every biz, keeps identity and port),
+add more, read the counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+from vkprovider.sim.arklet import ArkletBehaviour, SimArklet
+from vkprovider.sim.http_transport import ArkletHttpServer, HeartbeatSender
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """Everything the simulator can be told (the CLI flags map one to one)."""
+
+    bases: int = 1
+    endpoint: str = "http://127.0.0.1:7777"
+    heartbeat_interval_s: float = 12.0
+    heartbeat_first_spread_s: float = 1.0
+    host: str = "127.0.0.1"
+    port_start: int | None = None  # None: ephemeral ports
+    base_name: str = "base"
+    base_version: str = "1.0.0"
+    cluster_name: str = "default"
+    identity_prefix: str = "sim"
+    zones: tuple[str, ...] = ()
+    stack: str | None = None
+    token: str | None = None
+    env: str = "default"
+    tunnel: str = "http"
+    control_port: int | None = None  # None: no control API (in-process use)
+    seed: int | None = None
+    behaviour: ArkletBehaviour = field(default_factory=ArkletBehaviour)
+
+
+class SimBase:
+    """One simulated JVM running arklet."""
+
+    def __init__(self, sim: Simulator, index: int, port: int) -> None:
+        config = sim.config
+        self.index = index
+        self.identity = f"{config.identity_prefix}-{index:04d}"
+        self.zone = config.zones[index % len(config.zones)] if config.zones else None
+        self._sim = sim
+        self.arklet = SimArklet(config.behaviour, rng=random.Random(sim.rng.random()))
+        self.server = ArkletHttpServer(lambda: self.arklet, config.host, port)
+        self.heartbeats_sent = 0
+        self.heartbeat_failures = 0
+        self._heartbeat_body: bytes | None = None
+        self._sender: HeartbeatSender | None = None
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def running(self) -> bool:
+        return self.server.listening
+
+    def heartbeat_body(self) -> bytes:
+        """Arklet's heartbeat: keys sorted, state always "activated", plus the ``labels`` extension."""
+        if self._heartbeat_body is None:
+            config = self._sim.config
+            body: dict[str, Any] = {
+                "baseMetadata": {
+                    "clusterName": config.cluster_name,
+                    "identity": self.identity,
+                    "name": config.base_name,
+                    "version": config.base_version,
+                },
+                "localHostName": self.identity,
+                "localIP": config.host,
+                "port": self.port,
+                "state": "activated",
+            }
+            labels = {}
+            if self.zone:
+                labels["topology.kubernetes.io/zone"] = self.zone
+            if config.stack:
+                labels["base.koupleless.io/stack"] = config.stack
+            if labels:
+                body["labels"] = labels
+            self._heartbeat_body = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+        return self._heartbeat_body
+
+    def _on_heartbeat(self, ok: bool) -> None:
+        if ok:
+            self.heartbeats_sent += 1
+        else:
+            self.heartbeat_failures += 1
+
+    async def start(self) -> None:
+        """Start the JVM: arklet listens, then heartbeats begin. Called after ``stop`` it is a restart."""
+        if self.running:
+            return
+        await self.server.start()
+        self._heartbeat_body = None
+        if self._sim.session is not None:
+            config = self._sim.config
+            self._sender = HeartbeatSender(
+                self._sim.session,
+                config.endpoint,
+                self.heartbeat_body,
+                interval_s=config.heartbeat_interval_s,
+                first_spread_s=config.heartbeat_first_spread_s,
+                token=config.token,
+                rng=random.Random(self._sim.rng.random()),
+                on_result=self._on_heartbeat,
+            )
+            self._sender.start()
+
+    async def stop(self) -> None:
+        """The JVM dies: heartbeats stop, the port closes, every biz is lost (a restart starts empty)."""
+        if self._sender is not None:
+            await self._sender.stop()
+            self._sender = None
+        await self.server.stop()
+        stats = (self.arklet.install_calls, self.arklet.uninstall_calls, self.arklet.calls_by_biz)
+        self.arklet = SimArklet(self._sim.config.behaviour, rng=random.Random(self._sim.rng.random()))
+        # Call counters describe what vkprovider did to this base; they survive the restart.
+        self.arklet.install_calls, self.arklet.uninstall_calls, self.arklet.calls_by_biz = stats
+
+    def describe(self) -> dict[str, Any]:
+        config = self._sim.config
+        return {
+            "identity": self.identity,
+            "name": config.base_name,
+            "version": config.base_version,
+            "clusterName": config.cluster_name,
+            "port": self.port,
+            "zone": self.zone,
+            "running": self.running,
+            "bizs": [
+                {"bizName": b.name, "bizVersion": b.version, "bizState": b.state}
+                for b in self.arklet.bizs.values()
+            ],
+            "installCalls": self.arklet.install_calls,
+            "uninstallCalls": self.arklet.uninstall_calls,
+            "heartbeatsSent": self.heartbeats_sent,
+            "heartbeatFailures": self.heartbeat_failures,
+        }
+
+
+class Simulator:
+    """N simulated bases. ``start`` returns once every arklet port listens (heartbeats run on their own)."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self.rng = random.Random(config.seed)
+        self.bases: dict[str, SimBase] = {}
+        self.session: aiohttp.ClientSession | None = None
+        self.control_port: int | None = None
+        self._control_runner: Any = None
+
+    async def start(self, *, heartbeats: bool = True) -> None:
+        if heartbeats:
+            connector = aiohttp.TCPConnector(limit=64, limit_per_host=64)
+            self.session = aiohttp.ClientSession(connector=connector)
+        await self.add_bases(self.config.bases)
+        if self.config.control_port is not None:
+            from vkprovider.sim.control import start_control_api
+
+            self._control_runner, self.control_port = await start_control_api(
+                self, self.config.host, self.config.control_port
+            )
+
+    async def stop(self) -> None:
+        if self._control_runner is not None:
+            await self._control_runner.cleanup()
+            self._control_runner = None
+        await asyncio.gather(*(base.stop() for base in self.bases.values()), return_exceptions=True)
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    async def add_bases(self, count: int) -> list[SimBase]:
+        """Start ``count`` more bases (ports continue from ``port_start`` when it is set)."""
+        first = len(self.bases)
+        new: list[SimBase] = []
+        for index in range(first, first + count):
+            port = 0 if self.config.port_start is None else self.config.port_start + index
+            base = SimBase(self, index, port)
+            self.bases[base.identity] = base
+            new.append(base)
+        # Start in slices so 1,000 binds do not all wait on one another.
+        for offset in range(0, len(new), 100):
+            await asyncio.gather(*(base.start() for base in new[offset : offset + 100]))
+        return new
+
+    def base(self, identity: str) -> SimBase:
+        try:
+            return self.bases[identity]
+        except KeyError:
+            raise KeyError(f"no simulated base {identity!r}") from None
+
+    async def stop_base(self, identity: str) -> None:
+        await self.base(identity).stop()
+
+    async def start_base(self, identity: str) -> None:
+        await self.base(identity).start()
+
+    def reset_stats(self) -> None:
+        for base in self.bases.values():
+            base.arklet.reset_stats()
+            base.heartbeats_sent = 0
+            base.heartbeat_failures = 0
+
+    def stats(self) -> dict[str, Any]:
+        """Totals, plus install/uninstall calls per ``identity/name:version``."""
+        installs: dict[str, int] = {}
+        uninstalls: dict[str, int] = {}
+        bizs_by_state: dict[str, int] = {}
+        for base in self.bases.values():
+            for key, (install_count, uninstall_count) in base.arklet.calls_by_biz.items():
+                if install_count:
+                    installs[f"{base.identity}/{key}"] = install_count
+                if uninstall_count:
+                    uninstalls[f"{base.identity}/{key}"] = uninstall_count
+            for biz in base.arklet.bizs.values():
+                bizs_by_state[biz.state] = bizs_by_state.get(biz.state, 0) + 1
+        bases = self.bases.values()
+        return {
+            "bases": len(self.bases),
+            "running": sum(1 for b in bases if b.running),
+            "bizs": sum(bizs_by_state.values()),
+            "bizsByState": bizs_by_state,
+            "installCalls": sum(b.arklet.install_calls for b in bases),
+            "uninstallCalls": sum(b.arklet.uninstall_calls for b in bases),
+            "heartbeatsSent": sum(b.heartbeats_sent for b in bases),
+            "heartbeatFailures": sum(b.heartbeat_failures for b in bases),
+            "installsByBiz": installs,
+            "uninstallsByBiz": uninstalls,
+        }

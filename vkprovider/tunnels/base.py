@@ -1,0 +1,60 @@
+"""The one interface every tunnel implements, so controllers never care how a base is reached.
+
+A tunnel delivers what bases say (heartbeats, health, biz lists) to a ``BaseEvents`` sink and turns
+commands into arklet requests. Commands are request/response from the caller's point of view, also over
+MQTT where the answer arrives on another topic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from vkprovider.core.model import (
+    BaseHealth,
+    BaseHeartbeat,
+    BaseMetadata,
+    BizInfo,
+    BizSpec,
+    CommandResult,
+)
+
+
+class TunnelError(Exception):
+    """The base could not be reached or did not answer (transport failure, timeout, garbage)."""
+
+
+class BaseEvents(Protocol):
+    """What a tunnel reports. Implemented by the controllers; every method must return quickly."""
+
+    def on_heartbeat(self, heartbeat: BaseHeartbeat) -> None: ...
+
+    def on_health(self, identity: str, health: BaseHealth) -> None: ...
+
+    def on_bizs(self, identity: str, bizs: Sequence[BizInfo]) -> None: ...
+
+    def baseline(self, metadata: BaseMetadata) -> list[BizSpec]:
+        """The bizs a base that asks for its baseline should run (queryBaseline)."""
+        ...
+
+
+class Tunnel(Protocol):
+    """A way to reach bases. ``name`` is stored on each heartbeat it delivers (``BaseHeartbeat.tunnel``)."""
+
+    name: str
+
+    async def start(self, events: BaseEvents) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def health(self, base: BaseHeartbeat) -> BaseHealth: ...
+
+    async def query_all_biz(self, base: BaseHeartbeat) -> list[BizInfo]: ...
+
+    async def install_biz(self, base: BaseHeartbeat, biz: BizSpec) -> CommandResult: ...
+
+    async def uninstall_biz(self, base: BaseHeartbeat, name: str, version: str) -> CommandResult: ...
+
+    async def batch_install_biz(self, base: BaseHeartbeat, bizs: Sequence[BizSpec]) -> dict[str, CommandResult]:
+        """Install several bizs in one call; the answer is keyed by biz URL."""
+        ...
