@@ -36,6 +36,7 @@ class BaseView:
     failures: dict[BizKey, int] = field(default_factory=dict)
     orphan_since: dict[BizKey, float] = field(default_factory=dict)
     known: set[BizKey] = field(default_factory=set)
+    superseded: dict[BizKey, BizKey] = field(default_factory=dict)  # old version -> the version that replaced it
     unreachable_since: float | None = None
 
     def silent_for(self, now: float) -> float:

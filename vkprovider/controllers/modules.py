@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +21,7 @@ from prometheus_client import Counter
 from vkprovider.config import Settings
 from vkprovider.controllers.bases import BaseRegistry, BaseView, Clock
 from vkprovider.controllers.queue import WorkQueue
-from vkprovider.core.model import BizKey, BizSpec, CommandOutcome, CommandResult
+from vkprovider.core.model import BizInfo, BizKey, BizSpec, BizState, BizStateRecord, CommandOutcome, CommandResult
 from vkprovider.core.module import is_module_pod, is_terminal, is_terminating, pod_key, pod_modules
 from vkprovider.core.node import is_vnode_name
 from vkprovider.core.plan import PodWant, plan_base
@@ -132,6 +133,8 @@ class ModuleController:
             else:
                 bizs = await tunnel.query_all_biz(view.heartbeat)
                 self.registry.bizs(node, bizs)
+        present = view.bizs or {}
+        view.superseded = {old: new for old, new in view.superseded.items() if new in present and old not in present}
         pods = self.pods_on(node)
         wants: list[PodWant] = []
         modules_of: dict[str, Any] = {}
@@ -142,7 +145,9 @@ class ModuleController:
                 continue
             modules = pod_modules(pod, self._schemes, self._hosts)
             modules_of[key] = modules
-            wants.append(PodWant(key, modules.bizs, terminating=is_terminating(pod), terminal=is_terminal(pod)))
+            # A version another one replaced on this base is not wanted here any more: its pod fails BizDeactivate.
+            still_wanted = tuple(spec for spec in modules.bizs if spec.key not in view.superseded)
+            wants.append(PodWant(key, still_wanted, terminating=is_terminating(pod), terminal=is_terminal(pod)))
         plan = plan_base(
             wants,
             view.bizs,
@@ -196,7 +201,11 @@ class ModuleController:
     async def _write_statuses(
         self, view: BaseView, pods: Sequence[dict[str, Any]], modules_of: Mapping[str, Any]
     ) -> None:
-        bizs = view.bizs or {}
+        bizs: dict[BizKey, BizInfo] = dict(view.bizs or {})
+        for old, new in view.superseded.items():
+            record = BizStateRecord(int(time.time() * 1000), BizState.DEACTIVATED, "Switched",
+                                    f"replaced by {new} (installStrategy uninstallThenInstall)")
+            bizs.setdefault(old, BizInfo(old.name, old.version, BizState.DEACTIVATED, (record,)))
         stamp = now_iso()
         for pod in pods:
             key = pod_key(pod)
@@ -259,6 +268,20 @@ class ModuleController:
             return
         try:
             result = await tunnel.install_biz(view.heartbeat, spec)
+            others = [k for k in (view.bizs or {}) if k.name == spec.name and k != spec.key]
+            if result.outcome is CommandOutcome.FAILED and others:
+                # Some bases cannot run two versions side by side (a web biz's context path is taken): replace the
+                # old version, as the seeds' batch-update contract expects (its pod then fails BizDeactivate).
+                BIZ_COMMANDS.labels("install", result.outcome.value).inc()
+                log.info("install of %s on %s failed next to %s (%s); retrying with uninstallThenInstall",
+                         spec.key, node, ", ".join(map(str, others)), result.message,
+                         extra={"node": node, "biz": str(spec.key)})
+                result = await tunnel.install_biz(view.heartbeat, spec, replace_other_versions=True)
+                if result.ok:
+                    for old in others:
+                        view.superseded[old] = spec.key
+                        if view.bizs is not None:
+                            view.bizs.pop(old, None)
         except TunnelError as exc:
             result = CommandResult(CommandOutcome.FAILED, f"base unreachable: {exc}")
             BIZ_COMMANDS.labels("install", "ERROR").inc()

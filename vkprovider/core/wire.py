@@ -457,8 +457,12 @@ def _install_input(biz: BizSpec) -> dict[str, str]:
     return {"bizName": biz.name, "bizVersion": biz.version, "bizUrl": biz.url}
 
 
-def install_request(biz: BizSpec) -> bytes:
-    return orjson.dumps(_install_input(biz))
+def install_request(biz: BizSpec, *, replace_other_versions: bool = False) -> bytes:
+    """installBiz input; ``replace_other_versions`` asks arklet to uninstall other versions of the biz first."""
+    body: dict[str, str] = _install_input(biz)
+    if replace_other_versions:
+        body["installStrategy"] = "uninstallThenInstall"
+    return orjson.dumps(body)
 
 
 def uninstall_request(name: str, version: str) -> bytes:

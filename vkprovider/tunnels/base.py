@@ -51,10 +51,17 @@ class Tunnel(Protocol):
 
     async def query_all_biz(self, base: BaseHeartbeat) -> list[BizInfo]: ...
 
-    async def install_biz(self, base: BaseHeartbeat, biz: BizSpec) -> CommandResult: ...
+    async def install_biz(
+        self, base: BaseHeartbeat, biz: BizSpec, *, replace_other_versions: bool = False
+    ) -> CommandResult:
+        """Install a biz; with ``replace_other_versions`` the base uninstalls other versions of it first."""
+        ...
 
     async def uninstall_biz(self, base: BaseHeartbeat, name: str, version: str) -> CommandResult: ...
 
     async def batch_install_biz(self, base: BaseHeartbeat, bizs: Sequence[BizSpec]) -> dict[str, CommandResult]:
-        """Install several bizs in one call; the answer is keyed by biz URL."""
+        """Install several bizs in one call; the answer is keyed by biz URL.
+
+        A base without batchInstallBiz (arklet before 2.1.7) is served by single installs instead.
+        """
         ...

@@ -25,7 +25,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from vkprovider.config import Settings
 from vkprovider.core import wire
-from vkprovider.core.model import BaseHealth, BaseHeartbeat, BizInfo, BizSpec, CommandResult
+from vkprovider.core.model import BaseHealth, BaseHeartbeat, BizInfo, BizSpec, CommandOutcome, CommandResult
 from vkprovider.tunnels.base import BaseEvents, TunnelError
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,7 @@ class HttpTunnel:
         self._port: int | None = None
         self._session: aiohttp.ClientSession | None = None
         self._limiter = _BaseLimiter(settings.arklet_max_inflight_per_base)
+        self._no_batch: set[str] = set()  # bases (ip:port) whose arklet predates batchInstallBiz
         token = settings.http_heartbeat_token
         self._expected_auth = f"Bearer {token}".encode() if token else None
 
@@ -296,10 +297,11 @@ class HttpTunnel:
         except wire.WireError as exc:
             raise TunnelError(f"queryAllBiz from {base.identity}: {exc.reason}") from None
 
-    async def install_biz(self, base: BaseHeartbeat, biz: BizSpec) -> CommandResult:
-        envelope = await self._call(
-            base, "installBiz", wire.install_request(biz), idempotent=False, judge=_command_ok
-        )
+    async def install_biz(
+        self, base: BaseHeartbeat, biz: BizSpec, *, replace_other_versions: bool = False
+    ) -> CommandResult:
+        body = wire.install_request(biz, replace_other_versions=replace_other_versions)
+        envelope = await self._call(base, "installBiz", body, idempotent=False, judge=_command_ok)
         return wire.parse_command_result(envelope)
 
     async def uninstall_biz(self, base: BaseHeartbeat, name: str, version: str) -> CommandResult:
@@ -313,10 +315,23 @@ class HttpTunnel:
     ) -> dict[str, CommandResult]:
         if not bizs:
             return {}
-        envelope = await self._call(
-            base, "batchInstallBiz", wire.batch_install_request(bizs), idempotent=False, judge=_command_ok
-        )
-        return wire.parse_batch_install_result(envelope, [biz.url for biz in bizs])
+        address = f"{base.ip}:{base.port}"
+        if address not in self._no_batch:
+            envelope = await self._call(
+                base, "batchInstallBiz", wire.batch_install_request(bizs), idempotent=False, judge=_command_ok
+            )
+            if envelope.get("code") != "CMD_NOT_FOUND":
+                return wire.parse_batch_install_result(envelope, [biz.url for biz in bizs])
+            log.info("base %s has no batchInstallBiz (arklet < 2.1.7): installing one by one", base.identity)
+            self._no_batch.add(address)
+        results = await asyncio.gather(*(self.install_biz(base, biz) for biz in bizs), return_exceptions=True)
+        answers: dict[str, CommandResult] = {}
+        for biz, result in zip(bizs, results, strict=True):
+            if isinstance(result, BaseException):
+                answers[biz.url] = CommandResult(CommandOutcome.FAILED, f"base unreachable: {result}")
+            else:
+                answers[biz.url] = result
+        return answers
 
 
 def _host(ip: str) -> str:
