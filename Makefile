@@ -31,7 +31,7 @@ test-unit: setup ## Pure unit tests (no cluster)
 test-integration: setup kcp ## Integration tests against the real local control plane and the base simulator
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
-test: setup lint kcp test-deps ## Lint plus every test tier (unit, integration, e2e with real Koupleless bases)
+test: setup lint kcp test-deps java-build ## Lint plus every test tier (unit, integration, e2e with real Koupleless bases)
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 test-deps: ## System packages the tests start (mosquitto), installed when missing

@@ -77,10 +77,9 @@ def build_tunnels(settings: Settings) -> list[Tunnel]:
 
         tunnels.append(HttpTunnel(settings))
     if settings.mqtt_enabled:
-        import importlib
+        from vkprovider.tunnels.mqtt_tunnel import MqttTunnel
 
-        mqtt = importlib.import_module("vkprovider.tunnels.mqtt_tunnel")
-        tunnels.append(mqtt.MqttTunnel(settings))
+        tunnels.append(MqttTunnel(settings))
     if not tunnels:
         raise SystemExit("no tunnel enabled: set ENABLE_HTTP_TUNNEL=true and/or ENABLE_MQTT_TUNNEL=true")
     return tunnels

@@ -94,15 +94,26 @@ async def test_seed_deployment_runs_on_three_bases_and_rolls_to_a_new_version(ad
         {"name": "biz1", "env": [{"name": "BIZ_VERSION", "value": "0.0.2"}]}]}}}}
     await admin.patch(f"/apis/apps/v1/namespaces/{namespace}/deployments/test-module-deployment", patch)
 
+    seen: dict[str, Any] = {}
+
     async def rolled():
         pods = await pods_of(admin, namespace, "app=test-module-deployment")
         versions = {p["spec"]["containers"][0]["env"][0]["value"] for p in pods}
         bizs = await bizs_by_base(sim)
+        seen["pods"] = [(p["metadata"]["name"], p["spec"].get("nodeName"), p["status"].get("phase"),
+                         p["status"].get("reason"), is_ready(p), p["spec"]["containers"][0]["env"][0]["value"],
+                         bool(p["metadata"].get("deletionTimestamp"))) for p in pods]
+        seen["bizs"] = bizs
+        with_pods = {p["spec"].get("nodeName", "..").split(".")[1] for p in pods}
         done = (len(pods) == 3 and all(is_ready(p) for p in pods) and versions == {"0.0.2"}
-                and all(v == [("biz1", "0.0.2", "ACTIVATED")] for v in bizs.values()))
+                and all(v == ([("biz1", "0.0.2", "ACTIVATED")] if base in with_pods else [])
+                        for base, v in bizs.items()))
         return bizs if done else None
 
-    await wait_until(rolled, 90, what="rollout to 0.0.2 with no old version left")
+    try:
+        await wait_until(rolled, 90, what="rollout to 0.0.2 with no old version left")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {seen}") from None
     stats = await sim.stats()
     assert not [k for k in stats["uninstallsByBiz"] if k.endswith(":0.0.2")], stats
 
@@ -203,10 +214,14 @@ async def test_bad_module_pods_get_a_clear_reason_and_a_warning_event(admin, env
         ok = ("BIZ_VERSION" in state["no-version"] and state["broken"]
               and state["not-a-module"] == ("Failed", "NotAModule") and state["good"]
               and ("no-version", "MissingBizVersion") in warned and ("broken", "BizInstallFailed") in warned)
-        return ok or state
+        seen["state"] = state
+        return ok
 
-    result = await wait_until(reasons, 40, what="reasons and warnings")
-    assert result is True, result
+    seen: dict[str, Any] = {}
+    try:
+        await wait_until(reasons, 40, what="reasons and warnings")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {seen}") from None
     assert (await sim.bases())[0]["bizs"][0]["bizName"] == "biz1"
     assert provider.proc is not None and provider.proc.poll() is None
 

@@ -112,3 +112,27 @@ def test_pod_scheduled_condition_is_not_in_the_patch():
     p = pod(container())
     st = pod_status(p, pod_modules(p, SCHEMES), {}, {}, base_ip="1.1.1.1", now_iso=NOW)
     assert "PodScheduled" not in {c["type"] for c in st["conditions"]}  # strategic merge keeps it
+
+
+def test_pod_replaced_by_its_own_rollout_stays_running_not_ready():
+    p = pod(container(), phase="Running")
+    mods = pod_modules(p, SCHEMES)
+    bizs = [biz(BizState.DEACTIVATED, reason="Switched"), biz(BizState.ACTIVATED, "0.0.2")]
+    st = pod_status(p, mods, {b.key: b for b in bizs}, {}, base_ip="1.1.1.1", now_iso=NOW,
+                    replaced_in_rollout=frozenset({"biz1"}))
+    assert st["phase"] == "Running" and st["reason"] == "BizDeactivate"
+    assert {c["type"]: c["status"] for c in st["conditions"]}["Ready"] == "False"
+
+
+def test_workload_of_joins_the_replicasets_of_one_deployment():
+    from vkprovider.core.module import workload_of
+
+    def owned(kind, name, template_hash=None):
+        labels = {"pod-template-hash": template_hash} if template_hash else {}
+        return {"metadata": {"namespace": "ns", "labels": labels,
+                             "ownerReferences": [{"kind": kind, "name": name, "controller": True}]}}
+
+    assert workload_of(owned("ReplicaSet", "web-abc", "abc")) == workload_of(owned("ReplicaSet", "web-def", "def"))
+    assert workload_of(owned("ReplicaSet", "web-abc", "abc")) == "ns/Deployment/web"
+    assert workload_of(owned("DaemonSet", "ds")) == "ns/DaemonSet/ds"
+    assert workload_of({"metadata": {"namespace": "ns"}}) is None

@@ -22,7 +22,7 @@ from vkprovider.config import Settings
 from vkprovider.controllers.bases import BaseRegistry, BaseView, Clock
 from vkprovider.controllers.queue import WorkQueue
 from vkprovider.core.model import BizInfo, BizKey, BizSpec, BizState, BizStateRecord, CommandOutcome, CommandResult
-from vkprovider.core.module import is_module_pod, is_terminal, is_terminating, pod_key, pod_modules
+from vkprovider.core.module import is_module_pod, is_terminal, is_terminating, pod_key, pod_modules, workload_of
 from vkprovider.core.node import is_vnode_name
 from vkprovider.core.plan import PodWant, plan_base
 from vkprovider.core.podstatus import OpFacts, OpState, not_a_module_status, pod_status, status_changed
@@ -207,13 +207,32 @@ class ModuleController:
                                     f"replaced by {new} (installStrategy uninstallThenInstall)")
             bizs.setdefault(old, BizInfo(old.name, old.version, BizState.DEACTIVATED, (record,)))
         stamp = now_iso()
+        active = {b.name: b.key for b in bizs.values() if b.state is BizState.ACTIVATED}
+        workloads_wanting: dict[BizKey, set[str]] = {}
+        for pod in pods:
+            modules = modules_of.get(pod_key(pod))
+            workload = workload_of(pod)
+            if modules is None or workload is None or is_terminating(pod) or is_terminal(pod):
+                continue
+            for spec in modules.bizs:
+                workloads_wanting.setdefault(spec.key, set()).add(workload)
         for pod in pods:
             key = pod_key(pod)
             modules = modules_of.get(key)
             if modules is None or is_terminating(pod) or is_terminal(pod):
                 continue
             ops = {spec.key: view.ops[spec.key] for spec in modules.bizs if spec.key in view.ops}
-            desired = pod_status(pod, modules, bizs, ops, base_ip=view.heartbeat.ip, now_iso=stamp)
+            workload = workload_of(pod)
+            replaced = frozenset(
+                spec.name
+                for spec in modules.bizs
+                if workload is not None
+                and spec.name in active
+                and active[spec.name] != spec.key
+                and workload in workloads_wanting.get(active[spec.name], ())
+            )
+            desired = pod_status(pod, modules, bizs, ops, base_ip=view.heartbeat.ip, now_iso=stamp,
+                                 replaced_in_rollout=replaced)
             if not status_changed(desired, pod.get("status")):
                 continue
             md = pod["metadata"]

@@ -53,6 +53,22 @@ def is_terminal(pod: Mapping[str, Any]) -> bool:
     return (pod.get("status") or {}).get("phase") in ("Failed", "Succeeded")
 
 
+def workload_of(pod: Mapping[str, Any]) -> str | None:
+    """The workload a pod belongs to: ``ns/Deployment/name`` for ReplicaSet pods (old and new ReplicaSets of one
+    Deployment are one workload), ``ns/Kind/name`` for other controllers, None for bare pods."""
+    md = pod.get("metadata") or {}
+    owner = next((o for o in md.get("ownerReferences") or [] if o.get("controller")), None)
+    if owner is None:
+        return None
+    name = str(owner.get("name", ""))
+    kind = str(owner.get("kind", ""))
+    if kind == "ReplicaSet":
+        template_hash = (md.get("labels") or {}).get("pod-template-hash")
+        if template_hash and name.endswith("-" + template_hash):
+            return f"{md.get('namespace', '')}/Deployment/{name[: -len(template_hash) - 1]}"
+    return f"{md.get('namespace', '')}/{kind}/{name}"
+
+
 def check_biz_url(url: str, schemes: frozenset[str], hosts: frozenset[str]) -> str | None:
     """None if the URL may be given to a base, else why not."""
     try:

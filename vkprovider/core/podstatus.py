@@ -18,6 +18,11 @@ return the pod status. The controller writes it only when ``status_changed`` say
 Pod phase: Failed when a biz was deactivated (the seeds' BizDeactivate contract); Running when a container runs
 or once the pod has been Running (a base restart shows as containers waiting, as kubelet shows a restart);
 Pending otherwise. Terminal phases are never left.
+
+One exception to Failed: when the version that took over belongs to a pod of the SAME workload (a rolling update
+of one Deployment or DaemonSet), the old pod stays Running but not Ready, with reason BizDeactivate. Its controller
+then removes it while scaling the old revision down (not-ready pods go first); a Failed pod would instead be
+replaced by the old ReplicaSet, which would install the old version again and fight the rollout.
 """
 
 from __future__ import annotations
@@ -101,14 +106,19 @@ def pod_status(
     *,
     base_ip: str,
     now_iso: str,
+    replaced_in_rollout: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
-    """The status this module pod should have."""
+    """The status this module pod should have.
+
+    ``replaced_in_rollout`` names the bizs whose newer version on the base belongs to this pod's own workload.
+    """
     current = pod.get("status") or {}
     active = {b.name: b.version for b in bizs.values() if b.state is BizState.ACTIVATED}
     specs = {spec.name: spec for spec in modules.bizs}
     problems = {p.container: p for p in modules.problems}
     statuses: list[dict[str, Any]] = []
     failure: tuple[str, str] | None = None
+    replaced: tuple[str, str] | None = None
     install_failure: str | None = None
     any_running = False
     for container in (pod.get("spec") or {}).get("containers") or []:
@@ -124,8 +134,11 @@ def pod_status(
             biz = bizs.get(spec.key)
             state, ready = _container_state(biz, ops.get(spec.key), active, now_iso)
             terminated = state.get("terminated")
-            if terminated and terminated["reason"] == REASON_BIZ_DEACTIVATE and failure is None:
-                failure = (REASON_BIZ_DEACTIVATE, terminated["message"])
+            if terminated and terminated["reason"] == REASON_BIZ_DEACTIVATE:
+                if name in replaced_in_rollout:
+                    replaced = replaced or (REASON_BIZ_DEACTIVATE, terminated["message"] + " (rolling update)")
+                elif failure is None:
+                    failure = (REASON_BIZ_DEACTIVATE, terminated["message"])
             waiting = state.get("waiting")
             if waiting and waiting["reason"] in ("BizInstallFailed", "BizBroken") and install_failure is None:
                 install_failure = f"{name}: {waiting.get('message', waiting['reason'])}"
@@ -150,6 +163,8 @@ def pod_status(
     else:
         phase = "Pending"
     ready_reason = None if all_ready else ("PodFailed" if failure else "ContainersNotReady")
+    if replaced is not None and phase == "Pending":
+        phase = "Running"
     conditions = [
         _condition("PodReadyToStartContainers", True),
         _condition("Initialized", True),
@@ -169,6 +184,8 @@ def pod_status(
     }
     if failure is not None:
         status["reason"], status["message"] = failure
+    elif replaced is not None:
+        status["reason"], status["message"] = replaced
     elif install_failure is not None:
         status["reason"], status["message"] = "BizNotReady", install_failure
     else:

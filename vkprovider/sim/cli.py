@@ -1,7 +1,8 @@
 """``vkprovider sim``: the command line of the base simulator.
 
 ``add_arguments`` fills the sub-command's parser; ``run_sim`` runs until SIGINT/SIGTERM. Once every arklet
-port listens it prints exactly one line, ``SIM READY control=<port> bases=<n>``, so scripts can wait for it.
+port listens (over MQTT: once the broker connection is up and every base has subscribed) it prints exactly one
+line, ``SIM READY control=<port> bases=<n>``, so scripts can wait for it.
 """
 
 from __future__ import annotations
@@ -61,7 +62,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--stack", default=None, help="value of the base.koupleless.io/stack label the bases ask for")
     add("--token", default=None, help="Bearer token sent with heartbeats")
     add("--env", default="default", help="the bases' runtime env (used by the MQTT transport's topics)")
-    add("--tunnel", choices=["http"], default="http", help="how bases talk to vkprovider")
+    add("--tunnel", choices=["http", "mqtt"], default="http", help="how bases talk to vkprovider")
+    add("--mqtt-broker", default="127.0.0.1", help="MQTT broker host (--tunnel mqtt)")
+    add("--mqtt-port", type=int, default=1883, help="MQTT broker port (1883)")
+    add("--mqtt-username", default=None, help="MQTT user name")
+    add("--mqtt-password", default=None, help="MQTT password")
+    add("--mqtt-ca", default=None, help="CA file: connect with TLS and verify the broker's certificate")
+    add("--mqtt-client-prefix", default="koupleless", help="MQTT client id prefix (koupleless)")
     add("--control-port", type=int, default=7780, help="control API port (0 = ephemeral; printed)")
     add("--install-latency", type=_non_negative, default=0.05, help="seconds an install takes (0.05)")
     add("--uninstall-latency", type=_non_negative, default=0.01, help="seconds an uninstall takes (0.01)")
@@ -117,6 +124,12 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         token=args.token,
         env=args.env,
         tunnel=args.tunnel,
+        mqtt_broker=args.mqtt_broker,
+        mqtt_port=args.mqtt_port,
+        mqtt_username=args.mqtt_username,
+        mqtt_password=args.mqtt_password,
+        mqtt_ca_path=args.mqtt_ca,
+        mqtt_client_prefix=args.mqtt_client_prefix,
         control_port=args.control_port,
         seed=args.seed,
         behaviour=behaviour,

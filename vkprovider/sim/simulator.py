@@ -1,9 +1,10 @@
 """Many simulated Koupleless bases in one asyncio process, for tests and benchmarks without JVMs.
 
-A ``SimBase`` is one "JVM": an identity, a ``SimArklet`` (its bizs), an arklet HTTP server and a heartbeat
-sender. ``Simulator`` owns them all plus the one shared HTTP client session, and offers what tests need to
-play with bases: stop one (the JVM dies), start it again (a restart loses every biz, keeps identity and port),
-add more, read the counters.
+A ``SimBase`` is one "JVM": an identity, a ``SimArklet`` (its bizs) and a transport: over HTTP an arklet
+HTTP server and a heartbeat sender, over MQTT (``--tunnel mqtt``) a ``MqttBaseTransport`` on the process's one
+broker connection. ``Simulator`` owns them all plus the shared HTTP client session or MQTT connection, and offers
+what tests need to play with bases: stop one (the JVM dies), start it again (a restart loses every biz, keeps
+identity and port), add more, read the counters.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import orjson
 
 from vkprovider.sim.arklet import ArkletBehaviour, SimArklet
 from vkprovider.sim.http_transport import ArkletHttpServer, HeartbeatSender
+from vkprovider.sim.mqtt_transport import MqttBaseTransport, MqttSimConnection
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,13 @@ class SimConfig:
     stack: str | None = None
     token: str | None = None
     env: str = "default"
-    tunnel: str = "http"
+    tunnel: str = "http"  # "http" or "mqtt"
+    mqtt_broker: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    mqtt_ca_path: str | None = None
+    mqtt_client_prefix: str = "koupleless"
     control_port: int | None = None  # None: no control API (in-process use)
     seed: int | None = None
     behaviour: ArkletBehaviour = field(default_factory=ArkletBehaviour)
@@ -57,45 +65,66 @@ class SimBase:
         self.zone = config.zones[index % len(config.zones)] if config.zones else None
         self._sim = sim
         self.arklet = SimArklet(config.behaviour, rng=random.Random(sim.rng.random()))
-        self.server = ArkletHttpServer(lambda: self.arklet, config.host, port)
         self.heartbeats_sent = 0
         self.heartbeat_failures = 0
         self._heartbeat_body: bytes | None = None
         self._sender: HeartbeatSender | None = None
+        self.server: ArkletHttpServer | None = None
+        self.mqtt: MqttBaseTransport | None = None
+        if sim.mqtt is not None:
+            self.mqtt = MqttBaseTransport(
+                sim.mqtt,
+                self.identity,
+                lambda: self.arklet,
+                self.heartbeat_data,
+                interval_s=config.heartbeat_interval_s,
+                first_spread_s=config.heartbeat_first_spread_s,
+                rng=random.Random(sim.rng.random()),
+                on_result=self._on_heartbeat,
+            )
+        else:
+            self.server = ArkletHttpServer(lambda: self.arklet, config.host, port)
 
     @property
     def port(self) -> int:
-        return self.server.port
+        """The arklet HTTP port; 0 over MQTT, as arklet's MQTT heartbeat says."""
+        return self.server.port if self.server is not None else 0
 
     @property
     def running(self) -> bool:
-        return self.server.listening
+        if self.mqtt is not None:
+            return self.mqtt.running
+        return self.server is not None and self.server.listening
 
     def heartbeat_body(self) -> bytes:
-        """Arklet's heartbeat: keys sorted, state always "activated", plus the ``labels`` extension."""
+        """Arklet's heartbeat as sent over HTTP: keys sorted."""
         if self._heartbeat_body is None:
-            config = self._sim.config
-            body: dict[str, Any] = {
-                "baseMetadata": {
-                    "clusterName": config.cluster_name,
-                    "identity": self.identity,
-                    "name": config.base_name,
-                    "version": config.base_version,
-                },
-                "localHostName": self.identity,
-                "localIP": config.host,
-                "port": self.port,
-                "state": "activated",
-            }
-            labels = {}
-            if self.zone:
-                labels["topology.kubernetes.io/zone"] = self.zone
-            if config.stack:
-                labels["base.koupleless.io/stack"] = config.stack
-            if labels:
-                body["labels"] = labels
-            self._heartbeat_body = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+            self._heartbeat_body = orjson.dumps(self.heartbeat_data(), option=orjson.OPT_SORT_KEYS)
         return self._heartbeat_body
+
+    def heartbeat_data(self) -> dict[str, Any]:
+        """Arklet's heartbeat (BaseStatus): state always "activated", plus the ``labels`` extension."""
+        config = self._sim.config
+        body: dict[str, Any] = {
+            "baseMetadata": {
+                "clusterName": config.cluster_name,
+                "identity": self.identity,
+                "name": config.base_name,
+                "version": config.base_version,
+            },
+            "localHostName": self.identity,
+            "localIP": config.host,
+            "port": self.port,
+            "state": "activated",
+        }
+        labels = {}
+        if self.zone:
+            labels["topology.kubernetes.io/zone"] = self.zone
+        if config.stack:
+            labels["base.koupleless.io/stack"] = config.stack
+        if labels:
+            body["labels"] = labels
+        return body
 
     def _on_heartbeat(self, ok: bool) -> None:
         if ok:
@@ -107,6 +136,10 @@ class SimBase:
         """Start the JVM: arklet listens, then heartbeats begin. Called after ``stop`` it is a restart."""
         if self.running:
             return
+        if self.mqtt is not None:
+            await self.mqtt.start()
+            return
+        assert self.server is not None
         await self.server.start()
         self._heartbeat_body = None
         if self._sim.session is not None:
@@ -128,7 +161,10 @@ class SimBase:
         if self._sender is not None:
             await self._sender.stop()
             self._sender = None
-        await self.server.stop()
+        if self.server is not None:
+            await self.server.stop()
+        if self.mqtt is not None:
+            await self.mqtt.stop()
         stats = (self.arklet.install_calls, self.arklet.uninstall_calls, self.arklet.calls_by_biz)
         self.arklet = SimArklet(self._sim.config.behaviour, rng=random.Random(self._sim.rng.random()))
         # Call counters describe what vkprovider did to this base; they survive the restart.
@@ -163,11 +199,26 @@ class Simulator:
         self.rng = random.Random(config.seed)
         self.bases: dict[str, SimBase] = {}
         self.session: aiohttp.ClientSession | None = None
+        self.mqtt: MqttSimConnection | None = None
+        if config.tunnel == "mqtt":
+            self.mqtt = MqttSimConnection(
+                broker=config.mqtt_broker,
+                port=config.mqtt_port,
+                env=config.env,
+                username=config.mqtt_username,
+                password=config.mqtt_password,
+                ca_path=config.mqtt_ca_path,
+                client_prefix=config.mqtt_client_prefix,
+            )
+        elif config.tunnel != "http":
+            raise ValueError(f"unknown sim tunnel {config.tunnel!r}")
         self.control_port: int | None = None
         self._control_runner: Any = None
 
     async def start(self, *, heartbeats: bool = True) -> None:
-        if heartbeats:
+        if self.mqtt is not None:
+            await self.mqtt.start()
+        elif heartbeats:
             connector = aiohttp.TCPConnector(limit=64, limit_per_host=64)
             self.session = aiohttp.ClientSession(connector=connector)
         await self.add_bases(self.config.bases)
@@ -183,6 +234,8 @@ class Simulator:
             await self._control_runner.cleanup()
             self._control_runner = None
         await asyncio.gather(*(base.stop() for base in self.bases.values()), return_exceptions=True)
+        if self.mqtt is not None:
+            await self.mqtt.stop()
         if self.session is not None:
             await self.session.close()
             self.session = None

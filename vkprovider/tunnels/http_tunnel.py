@@ -20,37 +20,21 @@ from typing import Any, Final, TypeVar
 import aiohttp
 import orjson
 from aiohttp import web
-from prometheus_client import Counter, Histogram
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from vkprovider.config import Settings
 from vkprovider.core import wire
 from vkprovider.core.model import BaseHealth, BaseHeartbeat, BizInfo, BizSpec, CommandOutcome, CommandResult
+from vkprovider.tunnels import metrics
 from vkprovider.tunnels.base import BaseEvents, TunnelError
+from vkprovider.tunnels.metrics import HEARTBEATS_TOTAL, TUNNEL_REQUEST_SECONDS
 
 log = logging.getLogger(__name__)
 
 TUNNEL_NAME: Final = "http"
 _T = TypeVar("_T")
 
-HEARTBEAT_RESULTS: Final = ("accepted", "bad_json", "invalid", "too_large", "unauthorized", "error")
-COMMANDS: Final = ("installBiz", "uninstallBiz", "batchInstallBiz", "health", "queryAllBiz")
-REQUEST_RESULTS: Final = ("success", "failed", "transport_error", "timeout")
-
-HEARTBEATS_TOTAL = Counter(
-    "vkprovider_heartbeats_total", "Heartbeats received, by tunnel and result.", ["tunnel", "result"]
-)
-TUNNEL_REQUEST_SECONDS = Histogram(
-    "vkprovider_tunnel_request_duration_seconds",
-    "Duration of commands sent to bases, by tunnel, command and result.",
-    ["tunnel", "command", "result"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
-)
-for _result in HEARTBEAT_RESULTS:
-    HEARTBEATS_TOTAL.labels(TUNNEL_NAME, _result)
-for _command in COMMANDS:
-    for _result in REQUEST_RESULTS:
-        TUNNEL_REQUEST_SECONDS.labels(TUNNEL_NAME, _command, _result)
+metrics.precreate(TUNNEL_NAME)
 
 _QUERY_ATTEMPTS: Final = 3
 _CONNECTOR_LIMIT: Final = 256

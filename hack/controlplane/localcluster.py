@@ -1,0 +1,704 @@
+"""A real, local Kubernetes control plane for vkprovider's tests and `make run` / `make cluster`.
+
+vkprovider registers Koupleless bases as virtual Nodes, so its tests need what a real cluster does with such
+nodes: kube-scheduler binding pods to them, the node-lifecycle controller marking them NotReady and tainting
+them, Deployments becoming ReplicaSets and Pods, and RBAC refusing what the Helm chart does not grant. This
+script runs the genuine components from the `kcp` multi-call binary (see build.sh) - no kubelet, no mocks:
+
+    etcd  ->  kube-apiserver (TLS, client-cert auth, Node,RBAC, service-account keys)
+          ->  kube-controller-manager + kube-scheduler (own client certs)
+
+Everything binds 127.0.0.1 on free ports, runs detached in its own process group (logs in DIR/logs, state in
+DIR/state.json) and is stopped by `down`. Needs only the standard library and `cryptography`.
+
+    localcluster.py up     [--dir .local/cluster] [--node-monitor-grace-period 20s] [--apiserver-port N] ...
+    localcluster.py status [--dir ...] [--json]
+    localcluster.py down   [--dir ...] [--purge]
+
+`up` writes DIR/admin.kubeconfig (system:masters) and DIR/vkprovider.kubeconfig (user "vkprovider", bound
+only to the ClusterRole made from charts/vkprovider/files/rbac-rules.yaml); with the default --dir the admin
+kubeconfig is also copied to .local/kubeconfig.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+DEFAULT_DIR = REPO / ".local" / "cluster"
+RBAC_RULES = REPO / "charts" / "vkprovider" / "files" / "rbac-rules.yaml"
+PROVIDER_USER = "vkprovider"
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+CONTROLLERS = (
+    "node-lifecycle-controller", "taint-eviction-controller", "deployment-controller",
+    "replicaset-controller", "daemonset-controller", "statefulset-controller", "garbage-collector-controller",
+    "pod-garbage-collector-controller", "namespace-controller", "serviceaccount-controller",
+    "serviceaccount-token-controller", "root-ca-certificate-publisher-controller",
+    "clusterrole-aggregation-controller",
+)
+SERVICE_CIDR = "10.0.0.0/24"
+SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+
+
+class UpError(Exception):
+    """Start-up failed; `component` names whose log tail is worth showing."""
+
+    def __init__(self, message: str, component: str | None = None) -> None:
+        super().__init__(message)
+        self.component = component
+
+
+def log(msg: str) -> None:
+    print(f"localcluster: {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------- PKI
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())  # ECDSA: fast to make, accepted by every component
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    path.chmod(0o600)
+
+
+def _cert(subject: x509.Name, key: ec.EllipticCurvePrivateKey, issuer: x509.Name,
+          issuer_key: ec.EllipticCurvePrivateKey, *, ca: bool = False, server: bool = False,
+          sans: list[x509.GeneralName] | None = None) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number()).not_valid_before(now)
+               .not_valid_after(now + dt.timedelta(days=3650 if ca else 825))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    # KeyUsage(digital_signature, content_commitment, key_encipherment, data_encipherment, key_agreement,
+    #          key_cert_sign, crl_sign, encipher_only, decipher_only)
+    builder = builder.add_extension(x509.KeyUsage(True, False, False, False, False, ca, ca, False, False),
+                                    critical=True)
+    if not ca:
+        usage = [ExtendedKeyUsageOID.SERVER_AUTH] if server else [ExtendedKeyUsageOID.CLIENT_AUTH]
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usage), critical=False)
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _name(cn: str, org: str | None = None) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    if org:
+        attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
+    return x509.Name(attrs)
+
+
+CLIENTS: dict[str, tuple[str, str | None]] = {  # file stem -> (CN, O)
+    "admin": ("kubernetes-admin", "system:masters"),
+    "kube-controller-manager": ("system:kube-controller-manager", None),
+    "kube-scheduler": ("system:kube-scheduler", None),
+    PROVIDER_USER: (PROVIDER_USER, None),
+}
+
+
+def ensure_pki(pki: Path) -> None:
+    """CA, apiserver serving cert, a client cert per identity, service-account key pair (kept across ups)."""
+    pki.mkdir(parents=True, exist_ok=True)
+    wanted = ["ca.crt", "ca.key", "apiserver.crt", "apiserver.key", "sa.key", "sa.pub", "front-proxy-ca.crt",
+              "front-proxy-client.crt", "front-proxy-client.key"]
+    wanted += [f"{stem}.{ext}" for stem in CLIENTS for ext in ("crt", "key")]
+    if all((pki / f).exists() for f in wanted):
+        return
+    ca_key = _key()
+    ca_name = _name("vkprovider-local-ca")
+    ca = _cert(ca_name, ca_key, ca_name, ca_key, ca=True)
+    _write_key(pki / "ca.key", ca_key)
+    (pki / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    sans: list[x509.GeneralName] = [
+        x509.DNSName(n) for n in ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+                                  "kubernetes.default.svc.cluster.local")]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", "::1", "10.0.0.1")]
+    srv_key = _key()
+    srv = _cert(_name("kube-apiserver"), srv_key, ca_name, ca_key, server=True, sans=sans)
+    _write_key(pki / "apiserver.key", srv_key)
+    (pki / "apiserver.crt").write_bytes(srv.public_bytes(serialization.Encoding.PEM))
+    for stem, (cn, org) in CLIENTS.items():
+        key = _key()
+        cert = _cert(_name(cn, org), key, ca_name, ca_key)
+        _write_key(pki / f"{stem}.key", key)
+        (pki / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    # Front-proxy CA: the request-header authentication of the aggregation layer. Without it the
+    # extension-apiserver-authentication ConfigMap lacks a CA and scheduler / controller-manager log errors.
+    fp_key = _key()
+    fp_name = _name("vkprovider-local-front-proxy-ca")
+    fp_ca = _cert(fp_name, fp_key, fp_name, fp_key, ca=True)
+    _write_key(pki / "front-proxy-ca.key", fp_key)
+    (pki / "front-proxy-ca.crt").write_bytes(fp_ca.public_bytes(serialization.Encoding.PEM))
+    fpc_key = _key()
+    fpc = _cert(_name("front-proxy-client"), fpc_key, fp_name, fp_key)
+    _write_key(pki / "front-proxy-client.key", fpc_key)
+    (pki / "front-proxy-client.crt").write_bytes(fpc.public_bytes(serialization.Encoding.PEM))
+    sa_key = _key()
+    _write_key(pki / "sa.key", sa_key)
+    (pki / "sa.pub").write_bytes(sa_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def write_kubeconfig(path: Path, pki: Path, server: str, user: str, stem: str) -> None:
+    """A self-contained kubeconfig (certificates embedded), so it can be copied anywhere."""
+    def b64(name: str) -> str:
+        return base64.b64encode((pki / name).read_bytes()).decode()
+
+    path.write_text(f"""apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster:
+    server: {server}
+    certificate-authority-data: {b64("ca.crt")}
+users:
+- name: {user}
+  user:
+    client-certificate-data: {b64(f"{stem}.crt")}
+    client-key-data: {b64(f"{stem}.key")}
+contexts:
+- name: {user}@local
+  context:
+    cluster: local
+    user: {user}
+current-context: {user}@local
+""")
+    path.chmod(0o600)
+
+
+# -------------------------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return []
+    return [] if state in ("Z", "X") else raw.decode(errors="replace").split("\0")
+
+
+def ours(pid: int, cluster_dir: Path) -> bool:
+    """True while pid is alive and is one of this cluster's processes (guards against recycled pids)."""
+    return any(str(cluster_dir) in arg for arg in _cmdline(pid))
+
+
+def stray_pids(cluster_dir: Path) -> list[int]:
+    """Every live kcp process whose command line mentions this cluster's directory."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            args = _cmdline(int(entry.name))
+            if args and Path(args[0]).name == "kcp" and any(str(cluster_dir) in a for a in args):
+                found.append(int(entry.name))
+    return found
+
+
+def spawn(name: str, argv: list[str], cluster_dir: Path) -> int:
+    logs = cluster_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / f"{name}.log", "ab") as out:
+        out.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n".encode())
+        out.flush()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True, cwd=cluster_dir)
+    (cluster_dir / "pids").mkdir(exist_ok=True)
+    (cluster_dir / "pids" / f"{name}.pid").write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def log_tail(cluster_dir: Path, name: str, lines: int = 40) -> str:
+    path = cluster_dir / "logs" / f"{name}.log"
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def recorded_pids(cluster_dir: Path) -> dict[str, int]:
+    pids = {}
+    for path in sorted((cluster_dir / "pids").glob("*.pid")) if (cluster_dir / "pids").is_dir() else []:
+        try:
+            pids[path.stem] = int(path.read_text().strip())
+        except ValueError:
+            continue
+    return pids
+
+
+def _exists(pid: int) -> bool:
+    """The pid is still in the process table (running, exiting or a not yet reaped zombie)."""
+    return Path(f"/proc/{pid}").exists()
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def stop_all(cluster_dir: Path, grace_s: float = 10.0) -> list[str]:
+    """Stop every recorded process group in stages - clients first, etcd last - SIGTERM, then SIGKILL.
+
+    The order matters: a kube-apiserver whose etcd is already gone hangs in its shutdown (it deletes its
+    identity lease) until a request timeout, so it is stopped while etcd still answers.
+    """
+    pids = {n: p for n, p in recorded_pids(cluster_dir).items() if p != os.getpid()}
+    stages = [["watchdog"], ["kube-scheduler", "kube-controller-manager"], ["kube-apiserver"], ["etcd"]]
+    staged = {n for stage in stages for n in stage}
+    stages.append([n for n in pids if n not in staged])
+    stopped = []
+    for stage in stages:
+        group = {n: pids[n] for n in stage if n in pids and ours(pids[n], cluster_dir)}
+        for name, pid in group.items():
+            _signal_group(pid, signal.SIGTERM)
+            stopped.append(name)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and any(_running(p) for p in group.values()):
+            time.sleep(0.05)
+        for pid in group.values():
+            if _running(pid):
+                _signal_group(pid, signal.SIGKILL)
+    for pid in stray_pids(cluster_dir):  # e.g. a child that left its group: nothing of ours may survive
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    # Wait until the processes have left the process table (reaped by init), so `pgrep kcp` shows nothing.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (stray_pids(cluster_dir) or any(_exists(p) and not _running(p)
+                                                                           for p in pids.values())):
+        time.sleep(0.05)
+    for name in pids:
+        (cluster_dir / "pids" / f"{name}.pid").unlink(missing_ok=True)
+    return stopped
+
+
+# ------------------------------------------------------------------------------------------------ health
+
+
+def _ssl_admin(pki: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+    return ctx
+
+
+def _ssl_insecure() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # kube-scheduler / controller-manager serve self-signed, loopback only
+    return ctx
+
+
+def http_get(url: str, ctx: ssl.SSLContext | None = None, timeout: float = 3.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, context=ctx, timeout=timeout) as resp:
+            return int(resp.status), resp.read().decode(errors="replace")
+    except urllib.error.HTTPError as err:
+        return int(err.code), err.read().decode(errors="replace")
+    except (OSError, ssl.SSLError) as err:
+        return 0, str(err)
+
+
+def probe(url: str, ctx: ssl.SSLContext | None, must_contain: str = "") -> Callable[[], tuple[bool, str]]:
+    def check() -> tuple[bool, str]:
+        code, body = http_get(url, ctx)
+        return code == 200 and must_contain in body, f"HTTP {code}: {body}"
+
+    return check
+
+
+def wait(what: str, component: str, cluster_dir: Path, pid: int | None, timeout_s: float,
+         probe: Callable[[], tuple[bool, str]]) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        ok, last = probe()
+        if ok:
+            return
+        if pid is not None and not ours(pid, cluster_dir):
+            raise UpError(f"{component} exited while waiting for {what}", component)
+        time.sleep(0.2)
+    raise UpError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last.strip()[:300]})",
+                  component)
+
+
+def load_state(cluster_dir: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads((cluster_dir / "state.json").read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def health(cluster_dir: Path, state: dict[str, Any]) -> dict[str, str]:
+    """Per component: 'ok' or why not."""
+    result: dict[str, str] = {}
+    pids = recorded_pids(cluster_dir)
+    pki = cluster_dir / "pki"
+    ports = state.get("ports", {})
+    for name in COMPONENTS:
+        pid = pids.get(name)
+        if pid is None or not ours(pid, cluster_dir):
+            result[name] = "not running"
+            continue
+        if name == "etcd":
+            code, body = http_get(f"http://127.0.0.1:{ports.get('etcd')}/health")
+            ok = code == 200 and '"true"' in body
+        elif name == "kube-apiserver":
+            code, body = http_get(f"https://127.0.0.1:{ports.get('apiserver')}/readyz", _ssl_admin(pki))
+            ok = code == 200
+        else:
+            port = ports.get("controller_manager" if name == "kube-controller-manager" else "scheduler")
+            code, body = http_get(f"https://127.0.0.1:{port}/healthz", _ssl_insecure())
+            ok = code == 200
+        result[name] = "ok" if ok else f"unhealthy (HTTP {code}: {body.strip()[:120]})"
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------- up
+
+
+def resolve_kcp(args: argparse.Namespace) -> str:
+    if args.kcp:
+        return str(Path(args.kcp).resolve())
+    if os.environ.get("KCP_BIN"):
+        return str(Path(os.environ["KCP_BIN"]).resolve())
+    cmd = [str(HERE / "build.sh")] + ([args.k8s_version] if args.k8s_version else [])
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()
+    return out[-1]
+
+
+def rbac_manifest() -> str:
+    """ClusterRole vkprovider = exactly the rules of rbac-rules.yaml (a YAML list, embedded by indenting)."""
+    rules = "\n".join(("  " + line) if line.strip() else "" for line in RBAC_RULES.read_text().splitlines())
+    return f"""apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: {PROVIDER_USER}
+  labels: {{app.kubernetes.io/name: vkprovider, app.kubernetes.io/managed-by: localcluster}}
+rules:
+{rules}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: {PROVIDER_USER}
+  labels: {{app.kubernetes.io/name: vkprovider, app.kubernetes.io/managed-by: localcluster}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {PROVIDER_USER}}}
+subjects:
+- {{apiGroup: rbac.authorization.k8s.io, kind: User, name: {PROVIDER_USER}}}
+"""
+
+
+def apply_rbac(kcp: str, kubeconfig: Path) -> None:
+    proc = subprocess.run([kcp, "kubectl", "--kubeconfig", str(kubeconfig), "apply", "--server-side",
+                           "--force-conflicts", "--field-manager=localcluster", "-f", "-"],
+                          input=rbac_manifest(), text=True, capture_output=True, check=False)
+    if proc.returncode != 0:
+        raise UpError(f"applying the vkprovider ClusterRole failed: {proc.stderr.strip()}", "kube-apiserver")
+
+
+def pick_ports(args: argparse.Namespace, old: dict[str, int]) -> dict[str, int]:
+    ports: dict[str, int] = {}
+    for key in ("etcd", "etcd_peer", "apiserver", "controller_manager", "scheduler"):
+        if key == "apiserver" and args.apiserver_port:
+            ports[key] = args.apiserver_port
+            if not port_is_free(ports[key]):
+                raise UpError(f"--apiserver-port {ports[key]} is in use")
+            continue
+        prev = old.get(key)  # keep ports stable across restarts (kubeconfigs, etcd member URLs)
+        port = prev if prev and port_is_free(prev) else free_port()
+        while port in ports.values():
+            port = free_port()
+        ports[key] = port
+    return ports
+
+
+def component_argv(kcp: str, d: Path, ports: dict[str, int],
+                   args: argparse.Namespace) -> dict[str, list[str]]:
+    pki = d / "pki"
+    etcd_url = f"http://127.0.0.1:{ports['etcd']}"
+    peer_url = f"http://127.0.0.1:{ports['etcd_peer']}"
+    verbosity = f"--v={args.v}"
+    return {
+        "etcd": [
+            kcp, "etcd", "--name=local", f"--data-dir={d / 'etcd'}", f"--listen-client-urls={etcd_url}",
+            f"--advertise-client-urls={etcd_url}", f"--listen-peer-urls={peer_url}",
+            f"--initial-advertise-peer-urls={peer_url}", f"--initial-cluster=local={peer_url}",
+            "--log-level=warn", f"--unsafe-no-fsync={'true' if not args.fsync else 'false'}",
+        ],
+        "kube-apiserver": [
+            kcp, "kube-apiserver", "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--secure-port={ports['apiserver']}", f"--etcd-servers={etcd_url}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}", "--authorization-mode=Node,RBAC",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}", f"--service-account-issuer={SA_ISSUER}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}", "--endpoint-reconciler-type=none",
+            f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+            f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
+            "--profiling=false", verbosity, *args.apiserver_arg,
+        ],
+        "kube-controller-manager": [
+            kcp, "kube-controller-manager", f"--kubeconfig={d / 'kube-controller-manager.kubeconfig'}",
+            f"--authentication-kubeconfig={d / 'kube-controller-manager.kubeconfig'}",
+            f"--authorization-kubeconfig={d / 'kube-controller-manager.kubeconfig'}",
+            "--bind-address=127.0.0.1", f"--secure-port={ports['controller_manager']}",
+            "--leader-elect=false", f"--controllers={','.join(CONTROLLERS)}",
+            f"--node-monitor-grace-period={args.node_monitor_grace_period}",
+            f"--node-monitor-period={args.node_monitor_period}",
+            "--use-service-account-credentials=true",
+            f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
+            "--profiling=false", verbosity, *args.controller_manager_arg,
+        ],
+        "kube-scheduler": [
+            kcp, "kube-scheduler", f"--kubeconfig={d / 'kube-scheduler.kubeconfig'}",
+            f"--authentication-kubeconfig={d / 'kube-scheduler.kubeconfig'}",
+            f"--authorization-kubeconfig={d / 'kube-scheduler.kubeconfig'}",
+            "--bind-address=127.0.0.1", f"--secure-port={ports['scheduler']}", "--leader-elect=false",
+            "--profiling=false", verbosity, *args.scheduler_arg,
+        ],
+    }
+
+
+def start_watchdog(d: Path, owner_pid: int, purge: bool) -> None:
+    argv = [sys.executable, str(Path(__file__).resolve()), "_watchdog", "--dir", str(d),
+            "--owner-pid", str(owner_pid)] + (["--purge"] if purge else [])
+    with open(d / "logs" / "watchdog.log", "ab") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True)
+    (d / "pids" / "watchdog.pid").write_text(f"{proc.pid}\n")
+
+
+def summary(d: Path, state: dict[str, Any]) -> str:
+    kcp = state.get("kcp", "kcp")
+    return (f"server:               {state.get('server')}\n"
+            f"admin kubeconfig:     {d / 'admin.kubeconfig'}\n"
+            f"vkprovider kubeconfig: {d / 'vkprovider.kubeconfig'}  (RBAC: ClusterRole {PROVIDER_USER})\n"
+            f"etcd:                 {state.get('etcd_url')}\n"
+            f"logs:                 {d / 'logs'}\n"
+            f"try:                  {kcp} kubectl --kubeconfig {d / 'admin.kubeconfig'} get --raw /readyz")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    t0 = time.monotonic()
+    d: Path = args.dir
+    d.mkdir(parents=True, exist_ok=True)
+    kcp = resolve_kcp(args)
+    old = load_state(d)
+    if old and all(v == "ok" for v in health(d, old).values()):
+        apply_rbac(old["kcp"], d / "admin.kubeconfig")  # keep the ClusterRole in sync with the rules file
+        publish(args, d)
+        log(f"already up ({time.monotonic() - t0:.1f}s)")
+        print(summary(d, old))
+        return 0
+    if recorded_pids(d) or stray_pids(d):
+        log("a previous instance is partly running; stopping it first (data kept)")
+        stop_all(d)
+    try:
+        state = start(args, d, kcp, old.get("ports", {}))
+    except UpError as err:
+        log(f"FAILED: {err}")
+        if err.component:
+            log(f"last lines of {d / 'logs' / (err.component + '.log')}:")
+            print(log_tail(d, err.component), file=sys.stderr)
+        stop_all(d)
+        return 1
+    except BaseException:
+        stop_all(d)
+        raise
+    publish(args, d)
+    log(f"up in {time.monotonic() - t0:.1f}s")
+    print(summary(d, state))
+    return 0
+
+
+def publish(args: argparse.Namespace, d: Path) -> None:
+    if d.resolve() == DEFAULT_DIR.resolve():
+        shutil.copyfile(d / "admin.kubeconfig", REPO / ".local" / "kubeconfig")
+        (REPO / ".local" / "kubeconfig").chmod(0o600)
+
+
+def start(args: argparse.Namespace, d: Path, kcp: str, old_ports: dict[str, int]) -> dict[str, Any]:
+    pki = d / "pki"
+    ensure_pki(pki)
+    ports = pick_ports(args, old_ports)
+    server = f"https://127.0.0.1:{ports['apiserver']}"
+    write_kubeconfig(d / "admin.kubeconfig", pki, server, "admin", "admin")
+    write_kubeconfig(d / "vkprovider.kubeconfig", pki, server, PROVIDER_USER, PROVIDER_USER)
+    for comp in ("kube-controller-manager", "kube-scheduler"):
+        write_kubeconfig(d / f"{comp}.kubeconfig", pki, server, comp, comp)
+    argv = component_argv(kcp, d, ports, args)
+    state: dict[str, Any] = {"kcp": kcp, "server": server, "ports": ports,
+                             "etcd_url": f"http://127.0.0.1:{ports['etcd']}", "dir": str(d),
+                             "node_monitor_grace_period": args.node_monitor_grace_period}
+    (d / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+    admin_ctx = _ssl_admin(pki)
+    insecure = _ssl_insecure()
+
+    pid = spawn("etcd", argv["etcd"], d)
+    pid_api = spawn("kube-apiserver", argv["kube-apiserver"], d)  # it retries etcd meanwhile
+    wait("etcd /health", "etcd", d, pid, args.timeout, probe(f"{state['etcd_url']}/health", None, '"true"'))
+    wait("kube-apiserver /readyz", "kube-apiserver", d, pid_api, args.timeout,
+         probe(f"{server}/readyz", admin_ctx))
+    pid_cm = spawn("kube-controller-manager", argv["kube-controller-manager"], d)
+    pid_s = spawn("kube-scheduler", argv["kube-scheduler"], d)
+    apply_rbac(kcp, d / "admin.kubeconfig")
+    local = "https://127.0.0.1"
+    wait("kube-scheduler /readyz", "kube-scheduler", d, pid_s, args.timeout,
+         probe(f"{local}:{ports['scheduler']}/readyz", insecure))
+    wait("kube-controller-manager /healthz", "kube-controller-manager", d, pid_cm, args.timeout,
+         probe(f"{local}:{ports['controller_manager']}/healthz", insecure))
+    # Its controllers really run once the serviceaccount controller has made the default ServiceAccount.
+    wait("ServiceAccount default/default (controller-manager working)", "kube-controller-manager", d, pid_cm,
+         args.timeout, probe(f"{server}/api/v1/namespaces/default/serviceaccounts/default", admin_ctx))
+    if args.owner_pid:
+        start_watchdog(d, args.owner_pid, args.purge_on_owner_exit)
+    return state
+
+
+# ------------------------------------------------------------------------------------------ down, status
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    d: Path = args.dir
+    if not d.exists():
+        log(f"nothing at {d}")
+        return 0
+    stopped = stop_all(d)
+    left = stray_pids(d)
+    if left:
+        log(f"processes still running: {left}")
+        return 1
+    log(f"stopped {', '.join(stopped) or 'nothing (was not running)'}")
+    if args.purge:
+        shutil.rmtree(d, ignore_errors=True)
+        if d.resolve() == DEFAULT_DIR.resolve():
+            (REPO / ".local" / "kubeconfig").unlink(missing_ok=True)
+        log(f"removed {d}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    d: Path = args.dir
+    state = load_state(d)
+    comps = health(d, state) if state else dict.fromkeys(COMPONENTS, "not running")
+    up = all(v == "ok" for v in comps.values())
+    if args.json:
+        print(json.dumps({"up": up, "components": comps, **state,
+                          "admin_kubeconfig": str(d / "admin.kubeconfig"),
+                          "provider_kubeconfig": str(d / "vkprovider.kubeconfig")}, indent=2))
+    else:
+        pids = recorded_pids(d)
+        for name in COMPONENTS:
+            print(f"{name:24} pid {pids.get(name, '-')!s:>7}  {comps[name]}")
+        down = all(v == "not running" for v in comps.values())
+        print(f"cluster: {'UP' if up else 'DOWN' if down else 'DEGRADED'}")
+        if state and up:
+            print(summary(d, state))
+    return 0 if up else 1
+
+
+def cmd_watchdog(args: argparse.Namespace) -> int:
+    """Stops the cluster when the process that asked for it (e.g. pytest) dies without calling `down`."""
+    while (args.dir / "state.json").exists():
+        try:
+            os.kill(args.owner_pid, 0)
+        except ProcessLookupError:
+            log(f"owner {args.owner_pid} is gone: stopping the cluster")
+            return cmd_down(args)
+        except PermissionError:
+            pass
+        time.sleep(1)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dir", type=lambda p: Path(p).resolve(), default=DEFAULT_DIR,
+                        help="state directory (default: .local/cluster)")
+    up = sub.add_parser("up", parents=[common], help="start (idempotent)")
+    up.add_argument("--k8s-version", default=None, help="default: hack/controlplane/VERSION")
+    up.add_argument("--kcp", default=None, help="path to a kcp binary (default: $KCP_BIN or build.sh)")
+    up.add_argument("--apiserver-port", type=int, default=0, help="fixed port (default: a free one)")
+    up.add_argument("--node-monitor-grace-period", default="20s")
+    up.add_argument("--node-monitor-period", default="2s")
+    up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for each component")
+    up.add_argument("--fsync", action="store_true", help="let etcd fsync (default: off, faster)")
+    up.add_argument("--v", default="1", help="klog verbosity of the Kubernetes components")
+    up.add_argument("--apiserver-arg", action="append", default=[], help="extra kube-apiserver flag")
+    up.add_argument("--controller-manager-arg", action="append", default=[], help="extra flag")
+    up.add_argument("--scheduler-arg", action="append", default=[], help="extra kube-scheduler flag")
+    up.add_argument("--owner-pid", type=int, default=0, help="stop the cluster when this process exits")
+    up.add_argument("--purge-on-owner-exit", action="store_true", help="with --owner-pid: also delete --dir")
+    down = sub.add_parser("down", parents=[common], help="stop everything started by up")
+    down.add_argument("--purge", action="store_true", help="also delete the dir (etcd data, certs, logs)")
+    status = sub.add_parser("status", parents=[common], help="print state; exit 0 only when healthy")
+    status.add_argument("--json", action="store_true")
+    dog = sub.add_parser("_watchdog", parents=[common])
+    dog.add_argument("--owner-pid", type=int, required=True)
+    dog.add_argument("--purge", action="store_true")
+    args = parser.parse_args(argv)
+    handler = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "_watchdog": cmd_watchdog}[args.cmd]
+    return handler(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
