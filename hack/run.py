@@ -20,7 +20,7 @@ PY = sys.executable
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--bases", type=int, default=3, help="simulated bases (0 for none)")
+    parser.add_argument("--bases", type=int, default=3, help="simulated bases per base version (0 for none)")
     parser.add_argument("--sim-args", default="", help="extra arguments for `vkprovider sim`")
     args = parser.parse_args()
     env = dict(os.environ)
@@ -37,10 +37,14 @@ def main() -> int:
     try:
         procs.append(subprocess.Popen([PY, "-m", "vkprovider", "run"], env=env))
         if args.bases > 0:
-            sim = [PY, "-m", "vkprovider", "sim", "--bases", str(args.bases),
-                   "--endpoint", f"http://127.0.0.1:{port}", *args.sim_args.split()]
-            procs.append(subprocess.Popen(sim, env=env))
-        print(f"vkprovider and {args.bases} simulated bases running; try: "
+            # The seeds' samples ask for base version 1.1.1 (Deployment) and 1.0.0 (anti-affinity, DaemonSet):
+            # run both kinds so every sample in samples/ schedules as written.
+            for i, version in enumerate(("1.1.1", "1.0.0")):
+                sim = [PY, "-m", "vkprovider", "sim", "--bases", str(args.bases), "--base-version", version,
+                       "--identity-prefix", f"base-{version.replace('.', '')}", "--control-port", str(7780 + i),
+                       "--endpoint", f"http://127.0.0.1:{port}", *args.sim_args.split()]
+                procs.append(subprocess.Popen(sim, env=env))
+        print(f"vkprovider and {2 * args.bases} simulated bases (versions 1.1.1 and 1.0.0) running; try: "
               f"kubectl --kubeconfig {ROOT / '.local/kubeconfig'} get nodes -w   (Ctrl-C stops)", flush=True)
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)

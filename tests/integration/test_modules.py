@@ -7,10 +7,14 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
+from tests.integration.conftest import TUNNELS
 from tests.integration.harness import ProviderProcess, SimProcess, wait_until
 from vkprovider.kube.client import Kube
+
+pytestmark = pytest.mark.parametrize("tunnel", TUNNELS, indirect=True)
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
@@ -264,9 +268,20 @@ async def test_sigkill_mid_rollout_installs_each_biz_exactly_once(admin, env_nam
                                                                   sim_factory):
     """10 Deployments x 10 replicas spread one per base: 100 distinct (base, biz) installs."""
     provider, sim = await start(provider_factory, sim_factory, env_name, 10, "--install-latency", "0.3")
-    await wait_nodes(admin, env_name, 10)
+
+    async def sigkill_and_restart() -> None:
+        provider.kill()
+        await provider.start()
+
+    await rollout_100_with_a_fault(admin, env_name, namespace, sim, sigkill_and_restart)
+
+
+async def rollout_100_with_a_fault(admin: Kube, env: str, namespace: str, sim: SimProcess,
+                                   fault: Any) -> None:
+    """Start a 100-pod rollout, run ``fault()`` once 20 installs are done, then check each biz installed once."""
+    await wait_nodes(admin, env, 10)
     for i in range(10):
-        dep = seed_deployment(env_name, replicas=10, version="0.0.1")
+        dep = seed_deployment(env, replicas=10, version="0.0.1")
         dep["metadata"]["name"] = f"mod-{i}"
         dep["spec"]["selector"]["matchLabels"] = {"app": f"mod-{i}"}
         template = dep["spec"]["template"]
@@ -281,8 +296,7 @@ async def test_sigkill_mid_rollout_installs_each_biz_exactly_once(admin, env_nam
         return (await sim.stats())["installCalls"] >= 20
 
     await wait_until(some_installed, 60, interval_s=0.2, what="rollout under way")
-    provider.kill()
-    await provider.start()
+    await fault()
 
     async def all_running():
         pods = await pods_of(admin, namespace)

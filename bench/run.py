@@ -1,0 +1,692 @@
+"""``make bench``: vkprovider's speed and cost against this machine's own ceiling.
+
+One run brings up the local control plane (.local/bench-cluster), then runs, in order:
+
+- ``limit``    the ceiling: apiserver write throughput (a raw asyncio client creating and patching ConfigMaps)
+               and scheduler-only placement (N plain fake Nodes, M Deployments of N replicas: time to all bound);
+- ``register`` N simulated bases -> N Ready vnodes: time, API writes per node;
+- ``rollout``  the same M x N Deployments on the vnodes -> all Running: total, ratio to ``limit``'s scheduler-only
+               time, p50/p99 bound->Running; vkprovider RSS against running pods (bytes per pod, linearity);
+- ``steady``   idle bases: vkprovider CPU share, RSS, API writes per node per minute;
+- ``churn``    a rolling update of every module: total time, installs and uninstalls the simulator counted.
+
+vkprovider, the simulator and the control plane are separate processes; vkprovider uses the restricted RBAC
+identity and its production defaults. Results: ``bench/results/<scenario>.json`` (``{"scenario", "params",
+"metrics", "targets"}``) and ``<scenario>.png``; a table on stdout. It reports; it never fails ``make test``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.procstat import Sample, cpu_share, sample
+from tests.integration.harness import ProviderProcess, SimProcess
+from vkprovider.kube.client import Kube
+from vkprovider.kube.informer import Informer
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+CLUSTER_DIR = ROOT / ".local" / "bench-cluster"
+ENV = "bench"
+FAKE_LABEL = "bench.vkprovider.io/fake"
+WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+MB = 1024 * 1024
+
+# Control-plane clients get room to run at the machine's speed (defaults: scheduler 50 QPS, controller-manager
+# 20 QPS); the same cluster serves every scenario, so the scheduler-only baseline and vkprovider's rollout compare.
+CLUSTER_ARGS = [
+    "--node-monitor-grace-period", "120s",
+    "--controller-manager-arg=--kube-api-qps=500", "--controller-manager-arg=--kube-api-burst=1000",
+    "--controller-manager-arg=--concurrent-deployment-syncs=10",
+    "--controller-manager-arg=--concurrent-replicaset-syncs=10",
+    "--scheduler-arg=--kube-api-qps=500", "--scheduler-arg=--kube-api-burst=1000",
+]
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))
+    return ordered[index]
+
+
+def target(name: str, value: float, limit: float, *, at_most: bool = True) -> dict[str, Any]:
+    passed = (value <= limit if at_most else value >= limit) if not math.isnan(value) else False
+    return {"name": name, "value": round(value, 4), "target": f"{'<=' if at_most else '>='} {limit:g}",
+            "pass": passed}
+
+
+@dataclass
+class Result:
+    scenario: str
+    params: dict[str, Any]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    targets: list[dict[str, Any]] = field(default_factory=list)
+    chart: Callable[[Path], None] | None = None
+
+    def write(self) -> None:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        body = {"scenario": self.scenario, "params": self.params, "metrics": self.metrics, "targets": self.targets}
+        (RESULTS / f"{self.scenario}.json").write_text(json.dumps(body, indent=2, default=float) + "\n")
+        if self.chart is not None:
+            try:
+                self.chart(RESULTS / f"{self.scenario}.png")
+            except Exception as exc:  # a chart must not lose the numbers
+                log(f"chart for {self.scenario} failed: {exc!r}")
+
+
+# ------------------------------------------------------------------------------------------- watchers
+
+
+class PodClock:
+    """When each pod of a namespace was first seen, bound to a node, and Running+Ready (monotonic seconds)."""
+
+    def __init__(self, kube: Kube, namespace: str) -> None:
+        self.created: dict[str, float] = {}
+        self.bound: dict[str, float] = {}
+        self.running: dict[str, float] = {}
+        self.version: dict[str, str] = {}
+        self.alive: set[str] = set()
+        self.informer = Informer(kube, f"/api/v1/namespaces/{namespace}/pods", on_change=self._seen,
+                                 page_size=1000)
+
+    def _seen(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        now = time.monotonic()
+        if new is None:
+            self.alive.discard(key)
+            return
+        uid = key
+        self.alive.add(uid)
+        self.created.setdefault(uid, now)
+        if new.get("spec", {}).get("nodeName"):
+            self.bound.setdefault(uid, now)
+        status = new.get("status") or {}
+        if status.get("phase") == "Running" and any(
+                c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []):
+            self.running.setdefault(uid, now)
+        env = (new["spec"]["containers"][0].get("env") or [{}])[0]
+        self.version[uid] = str(env.get("value", ""))
+
+    def count_bound(self, keys: set[str] | None = None) -> int:
+        return sum(1 for k in (keys or self.alive) if k in self.bound)
+
+    def count_running(self, keys: set[str] | None = None) -> int:
+        return sum(1 for k in (keys or self.alive) if k in self.running)
+
+
+class NodeWatch:
+    def __init__(self, kube: Kube, selector: str) -> None:
+        self.ready_at: dict[str, float] = {}
+        self.informer = Informer(kube, "/api/v1/nodes", label_selector=selector, on_change=self._seen,
+                                 page_size=1000)
+
+    def _seen(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        if new is None:
+            self.ready_at.pop(key, None)
+            return
+        for cond in (new.get("status") or {}).get("conditions") or []:
+            if cond.get("type") == "Ready" and cond.get("status") == "True":
+                self.ready_at.setdefault(key, time.monotonic())
+
+
+@contextlib.asynccontextmanager
+async def running(informer: Informer) -> Any:
+    task = asyncio.create_task(informer.run())
+    try:
+        await asyncio.wait_for(informer.synced.wait(), 60)
+        yield informer
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def until(predicate: Callable[[], bool], timeout_s: float, what: str,
+                tick: Callable[[], None] | None = None, interval_s: float = 0.25) -> float:
+    """Wait for ``predicate``; returns the monotonic time it became true; raises after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if tick is not None:
+            tick()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached within {timeout_s:.0f}s")
+        await asyncio.sleep(interval_s)
+    if tick is not None:
+        tick()
+    return time.monotonic()
+
+
+async def gather_limited(jobs: list[Awaitable[Any]], limit: int) -> list[Any]:
+    gate = asyncio.Semaphore(limit)
+
+    async def one(job: Awaitable[Any]) -> Any:
+        async with gate:
+            return await job
+
+    return list(await asyncio.gather(*(one(j) for j in jobs)))
+
+
+# ------------------------------------------------------------------------------------------- objects
+
+
+def module_deployment(index: int, replicas: int, version: str, *, fake_nodes: bool) -> dict[str, Any]:
+    """samples/module-deployment.yaml, renamed, spread one replica per node, on vnodes of ENV or fake nodes."""
+    dep = yaml.safe_load((ROOT / "samples" / "module-deployment.yaml").read_text())
+    dep["metadata"] = {"name": f"module-{index}"}
+    app = f"module-{index}"
+    dep["spec"]["replicas"] = replicas
+    dep["spec"]["selector"] = {"matchLabels": {"app": app}}
+    template = dep["spec"]["template"]
+    template["metadata"]["labels"]["app"] = app
+    spec = template["spec"]
+    spec["containers"][0]["name"] = f"biz{index}"
+    spec["containers"][0]["env"][0]["value"] = version
+    spec["topologySpreadConstraints"] = [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+                                          "whenUnsatisfiable": "DoNotSchedule",
+                                          "labelSelector": {"matchLabels": {"app": app}}}]
+    if fake_nodes:
+        spec.pop("affinity", None)
+        spec["nodeSelector"] = {FAKE_LABEL: "true"}
+    else:
+        spec["tolerations"].append({"key": "schedule.koupleless.io/node-env", "operator": "Equal", "value": ENV,
+                                    "effect": "NoExecute"})
+        terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        terms["nodeSelectorTerms"][0]["matchExpressions"].append(
+            {"key": "virtual-kubelet.koupleless.io/env", "operator": "In", "values": [ENV]})
+    return dep
+
+
+def fake_node(name: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {FAKE_LABEL: "true", "kubernetes.io/hostname": name}}}
+
+
+def ready_status() -> dict[str, Any]:
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return {"status": {
+        "capacity": {"cpu": "4", "memory": "16Gi", "pods": "200"},
+        "allocatable": {"cpu": "4", "memory": "16Gi", "pods": "200"},
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Bench", "message": "fake node",
+                        "lastHeartbeatTime": now, "lastTransitionTime": now}]}}
+
+
+# ------------------------------------------------------------------------------------------- the run
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.bases: int = args.bases
+        self.modules: int = args.modules
+        self.results: list[Result] = []
+        self.admin: Kube | None = None
+        self.cluster: dict[str, Any] = {}
+        self.provider: ProviderProcess | None = None
+        self.sim: SimProcess | None = None
+        self.scheduler_only_s = math.nan
+        self.rss_bases_only = 0
+        self.ns = ""
+        self.clock: PodClock | None = None
+        self.clock_task: asyncio.Task[None] | None = None
+        self.params = {"bases": self.bases, "modules_per_base": self.modules, "quick": args.quick,
+                       "cpus": os.cpu_count(), "steady_s": args.steady_seconds}
+
+    # --- cluster and processes
+
+    def cluster_up(self) -> None:
+        log("starting the local control plane (cached build) ...")
+        cmd = [sys.executable, str(ROOT / "hack/controlplane/localcluster.py"), "up", "--dir", str(CLUSTER_DIR),
+               "--owner-pid", str(os.getpid()), *CLUSTER_ARGS]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        self.cluster = json.loads((CLUSTER_DIR / "state.json").read_text())
+
+    def cluster_down(self) -> None:
+        subprocess.run([sys.executable, str(ROOT / "hack/controlplane/localcluster.py"), "down", "--dir",
+                        str(CLUSTER_DIR), "--purge"], check=False, capture_output=True)
+
+    async def provider_writes(self) -> float:
+        assert self.provider is not None
+        total = 0.0
+        for line in (await self.provider.metrics()).splitlines():
+            if line.startswith("rest_client_requests_total{") and any(
+                    f'method="{m}"' in line for m in WRITE_METHODS):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def provider_sample(self) -> Sample:
+        assert self.provider is not None and self.provider.proc is not None
+        return sample(self.provider.proc.pid)
+
+    async def fresh_namespace(self, name: str) -> str:
+        assert self.admin is not None
+        await self.admin.create("/api/v1/namespaces", {"metadata": {"name": name}})
+        for _ in range(120):
+            with contextlib.suppress(Exception):
+                await self.admin.get(f"/api/v1/namespaces/{name}/serviceaccounts/default")
+                return name
+            await asyncio.sleep(0.25)
+        raise TimeoutError(f"namespace {name} has no default ServiceAccount")
+
+    # --- limit
+
+    async def limit(self) -> Result:
+        assert self.admin is not None
+        kube = self.admin
+        writes = 2000 if not self.args.quick else 500
+        ns = await self.fresh_namespace(f"bench-limit-{int(time.time())}")
+        result = Result("limit", {**self.params, "configmaps": writes, "concurrency": 64})
+        path = f"/api/v1/namespaces/{ns}/configmaps"
+        log(f"limit: {writes} ConfigMap creates, then {writes} patches (64 in flight)")
+        t0 = time.monotonic()
+        await gather_limited([kube.create(path, {"metadata": {"name": f"cm-{i}"}, "data": {"v": "0"}})
+                              for i in range(writes)], 64)
+        t1 = time.monotonic()
+        await gather_limited([kube.patch(f"{path}/cm-{i}", {"data": {"v": "1"}}, kind="merge")
+                              for i in range(writes)], 64)
+        t2 = time.monotonic()
+        result.metrics["apiserver_creates_per_s"] = round(writes / (t1 - t0), 1)
+        result.metrics["apiserver_patches_per_s"] = round(writes / (t2 - t1), 1)
+
+        pods = self.bases * self.modules
+        log(f"limit: scheduler-only, {self.bases} fake nodes x {self.modules} Deployments = {pods} pods")
+        names = [f"bench-fake-{i:04d}" for i in range(self.bases)]
+        await gather_limited([kube.create("/api/v1/nodes", fake_node(n)) for n in names], 64)
+        await gather_limited([kube.patch(f"/api/v1/nodes/{n}/status", ready_status(), kind="merge")
+                              for n in names], 64)
+        clock = PodClock(kube, ns)
+        timeline: list[tuple[float, int]] = []
+        async with running(clock.informer):
+            start = time.monotonic()
+            for i in range(self.modules):
+                await kube.create(f"/apis/apps/v1/namespaces/{ns}/deployments",
+                                  module_deployment(i, self.bases, "0.0.1", fake_nodes=True))
+            done = await until(lambda: clock.count_bound() >= pods and len(clock.alive) >= pods,
+                               self.args.timeout, "all pods bound to fake nodes",
+                               tick=lambda: timeline.append((time.monotonic() - start, clock.count_bound())))
+        self.scheduler_only_s = done - start
+        latencies = [clock.bound[k] - clock.created[k] for k in clock.alive if k in clock.bound]
+        result.metrics.update({
+            "scheduler_only_s": round(self.scheduler_only_s, 2),
+            "scheduler_pods_per_s": round(pods / self.scheduler_only_s, 1),
+            "created_to_bound_p50_s": round(percentile(latencies, 50), 3),
+            "created_to_bound_p99_s": round(percentile(latencies, 99), 3),
+        })
+        log(f"limit: {result.metrics}")
+        log("limit: cleaning up (pods on fake nodes are force-deleted: no kubelet will confirm)")
+        for i in range(self.modules):
+            await kube.delete(f"/apis/apps/v1/namespaces/{ns}/deployments/module-{i}",
+                              propagation_policy="Orphan")
+        rss = await kube.list_all(f"/apis/apps/v1/namespaces/{ns}/replicasets")
+        await gather_limited([kube.delete(f"/apis/apps/v1/namespaces/{ns}/replicasets/{r['metadata']['name']}",
+                                          propagation_policy="Orphan") for r in rss], 16)
+        listed = await kube.list_all(f"/api/v1/namespaces/{ns}/pods")
+        await gather_limited([kube.delete(f"/api/v1/namespaces/{ns}/pods/{p['metadata']['name']}",
+                                          grace_period_s=0) for p in listed], 64)
+        await gather_limited([kube.delete(f"/api/v1/nodes/{n}") for n in names], 64)
+        await kube.delete(f"/api/v1/namespaces/{ns}")
+
+        def chart(path: Path) -> None:
+            plt = pyplot()
+            fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+            left.bar(["creates/s", "patches/s"], [result.metrics["apiserver_creates_per_s"],
+                                                  result.metrics["apiserver_patches_per_s"]], color="#4c72b0")
+            left.set_title("kube-apiserver write throughput (raw asyncio client)")
+            right.plot([t for t, _ in timeline], [n for _, n in timeline], color="#dd8452")
+            right.set_title(f"scheduler-only: {pods} pods bound on fake nodes")
+            right.set_xlabel("seconds since the first Deployment")
+            right.set_ylabel("pods bound")
+            fig.tight_layout()
+            fig.savefig(path, dpi=90)
+            plt.close(fig)
+
+        result.chart = chart
+        return result
+
+    # --- register
+
+    async def register(self) -> Result:
+        assert self.admin is not None
+        result = Result("register", dict(self.params))
+        self.provider = ProviderProcess(
+            str(CLUSTER_DIR / "vkprovider.kubeconfig"), ENV, VKP_LOG_LEVEL="INFO",
+            VKP_BASE_UNREACHABLE_AFTER="25", VKP_BASE_DEAD_AFTER="600", VKP_BASE_QUERY_INTERVAL="30",
+            VKP_ORPHAN_GRACE="30")
+        self.provider.log_path = ROOT / ".local" / "bench-logs" / "vkprovider.log"
+        self.provider.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.provider.log_path.write_bytes(b"")
+        await self.provider.start()
+        idle = self.provider_sample()
+        writes0 = await self.provider_writes()
+        watch = NodeWatch(self.admin, f"virtual-kubelet.koupleless.io/env={ENV}")
+        timeline: list[tuple[float, int]] = []
+        async with running(watch.informer):
+            start = time.monotonic()
+            self.sim = SimProcess(self.provider.endpoint, "--bases", str(self.bases), "--identity-prefix", "bench",
+                                  "--base-version", "1.1.1", "--install-latency", "0", "--uninstall-latency", "0",
+                                  "--heartbeat-interval", str(self.args.heartbeat_interval),
+                                  "--heartbeat-spread", "1", name="bench-sim")
+            self.sim.log_path = ROOT / ".local" / "bench-logs" / "sim.log"
+            await self.sim.start(timeout_s=300)
+            log(f"register: simulator up with {self.bases} bases after {time.monotonic() - start:.1f}s")
+            done = await until(lambda: len(watch.ready_at) >= self.bases, self.args.timeout, "all vnodes Ready",
+                               tick=lambda: timeline.append((time.monotonic() - start, len(watch.ready_at))))
+        elapsed = done - start
+        await asyncio.sleep(2)
+        writes = await self.provider_writes() - writes0
+        after = self.provider_sample()
+        self.rss_bases_only = after.rss_bytes
+        result.metrics.update({
+            "time_to_all_ready_s": round(elapsed, 2),
+            "api_writes": writes,
+            "api_writes_per_node": round(writes / self.bases, 2),
+            "provider_rss_idle_mb": round(idle.rss_bytes / MB, 1),
+            "provider_rss_mb": round(after.rss_bytes / MB, 1),
+            "provider_rss_per_base_kb": round((after.rss_bytes - idle.rss_bytes) / self.bases / 1024, 1),
+            "provider_cpu_s": round(after.cpu_s - idle.cpu_s, 2),
+        })
+        result.targets.append(target("time_to_all_ready_s", elapsed, 60))
+        log(f"register: {result.metrics}")
+
+        def chart(path: Path) -> None:
+            plt = pyplot()
+            fig, ax = plt.subplots(figsize=(7, 4))
+            ax.plot([t for t, _ in timeline], [n for _, n in timeline])
+            ax.axhline(self.bases, color="grey", linestyle=":")
+            ax.set_title(f"{self.bases} bases -> Ready vnodes ({elapsed:.1f}s)")
+            ax.set_xlabel("seconds since the simulator started")
+            ax.set_ylabel("Ready vnodes")
+            fig.tight_layout()
+            fig.savefig(path, dpi=90)
+            plt.close(fig)
+
+        result.chart = chart
+        return result
+
+    # --- rollout
+
+    async def rollout(self) -> Result:
+        assert self.admin is not None and self.provider is not None
+        kube = self.admin
+        pods = self.bases * self.modules
+        result = Result("rollout", {**self.params, "pods": pods, "install_latency_s": 0})
+        self.ns = await self.fresh_namespace(f"bench-modules-{int(time.time())}")
+        self.clock = PodClock(kube, self.ns)
+        self.clock_task = asyncio.create_task(self.clock.informer.run())
+        await asyncio.wait_for(self.clock.informer.synced.wait(), 60)
+        timeline: list[tuple[float, int, int, int]] = []
+        start = time.monotonic()
+
+        def tick() -> None:
+            rss = self.provider_sample().rss_bytes
+            timeline.append((time.monotonic() - start, self.clock.count_bound(), self.clock.count_running(), rss))
+
+        log(f"rollout: {self.modules} Deployments x {self.bases} replicas = {pods} module pods")
+        for i in range(self.modules):
+            await kube.create(f"/apis/apps/v1/namespaces/{self.ns}/deployments",
+                              module_deployment(i, self.bases, "0.0.1", fake_nodes=False))
+        done = await until(lambda: len(self.clock.alive) >= pods and self.clock.count_running() >= pods,
+                           self.args.timeout, "all module pods Running", tick=tick, interval_s=0.5)
+        total = done - start
+        latencies = [self.clock.running[k] - self.clock.bound[k] for k in self.clock.alive
+                     if k in self.clock.running and k in self.clock.bound]
+        stats = await self.sim.stats() if self.sim else {}
+        # RSS against running pods: slope = bytes per module pod, r^2 = how linear the growth is
+        points = [(n, rss) for _, _, n, rss in timeline if n > 0]
+        slope, r2 = math.nan, math.nan
+        if len({n for n, _ in points}) >= 3:
+            xs, ys = [float(n) for n, _ in points], [float(r) for _, r in points]
+            slope = statistics.linear_regression(xs, ys).slope
+            r2 = statistics.correlation(xs, ys) ** 2
+        await asyncio.sleep(3)
+        settled = self.provider_sample().rss_bytes
+        per_pod_settled = (settled - self.rss_bases_only) / pods
+        ratio = total / self.scheduler_only_s if not math.isnan(self.scheduler_only_s) else math.nan
+        result.metrics.update({
+            "total_s": round(total, 2),
+            "scheduler_only_s": round(self.scheduler_only_s, 2),
+            "ratio_to_scheduler_only": round(ratio, 3),
+            "bound_to_running_p50_s": round(percentile(latencies, 50), 3),
+            "bound_to_running_p99_s": round(percentile(latencies, 99), 3),
+            "bound_to_running_max_s": round(max(latencies, default=math.nan), 3),
+            "installs": stats.get("installCalls"),
+            "provider_rss_mb": round(settled / MB, 1),
+            "rss_per_pod_bytes": round(per_pod_settled),
+            "rss_slope_bytes_per_pod": round(slope) if not math.isnan(slope) else None,
+            "rss_linear_r2": round(r2, 3) if not math.isnan(r2) else None,
+        })
+        result.targets += [
+            target("ratio_to_scheduler_only", ratio, 2.0),
+            target("bound_to_running_p99_s", percentile(latencies, 99), 2.0),
+            target("rss_per_pod_kb", per_pod_settled / 1024, 100),
+        ]
+        log(f"rollout: {result.metrics}")
+
+        def chart(path: Path) -> None:
+            plt = pyplot()
+            fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4))
+            ts = [t for t, *_ in timeline]
+            a.plot(ts, [x[1] for x in timeline], label="bound")
+            a.plot(ts, [x[2] for x in timeline], label="Running+Ready")
+            a.axvline(self.scheduler_only_s, color="grey", linestyle=":", label="scheduler-only time")
+            a.set_title(f"{pods} module pods ({total:.1f}s)")
+            a.set_xlabel("seconds since the first Deployment")
+            a.legend()
+            b.hist(latencies, bins=50)
+            b.set_title(f"bound -> Running (p50 {percentile(latencies, 50):.2f}s, "
+                        f"p99 {percentile(latencies, 99):.2f}s)")
+            b.set_xlabel("seconds")
+            c.plot([x[2] for x in timeline], [x[3] / MB for x in timeline], ".")
+            c.set_title("vkprovider RSS vs running pods")
+            c.set_xlabel("running module pods")
+            c.set_ylabel("MiB")
+            fig.tight_layout()
+            fig.savefig(path, dpi=90)
+            plt.close(fig)
+
+        result.chart = chart
+        return result
+
+    # --- steady
+
+    async def steady(self) -> Result:
+        duration = float(self.args.steady_seconds)
+        pods = len(self.clock.alive) if self.clock is not None else 0
+        result = Result("steady", {**self.params, "module_pods": pods})
+        log(f"steady: {self.bases} bases idle for {duration:.0f}s")
+        writes0 = await self.provider_writes()
+        first = self.provider_sample()
+        sim_first = sample(self.sim.proc.pid) if self.sim and self.sim.proc else None
+        timeline: list[tuple[float, float, float]] = []
+        prev = first
+        while time.monotonic() - first.wall_s < duration:
+            await asyncio.sleep(5)
+            cur = self.provider_sample()
+            timeline.append((cur.wall_s - first.wall_s, cpu_share(prev, cur), cur.rss_bytes / MB))
+            prev = cur
+        last = self.provider_sample()
+        writes = await self.provider_writes() - writes0
+        share = cpu_share(first, last)
+        per_node_min = writes / self.bases / ((last.wall_s - first.wall_s) / 60)
+        result.metrics.update({
+            "provider_cpu_share": round(share, 4),
+            "provider_rss_mb": round(last.rss_bytes / MB, 1),
+            "api_writes": writes,
+            "api_writes_per_node_per_min": round(per_node_min, 2),
+        })
+        if sim_first is not None and self.sim and self.sim.proc:
+            result.metrics["simulator_cpu_share"] = round(cpu_share(sim_first, sample(self.sim.proc.pid)), 4)
+        result.targets += [
+            target("provider_cpu_share", share, 0.15),
+            target("provider_rss_mb", last.rss_bytes / MB, 400),
+            target("api_writes_per_node_per_min", per_node_min, 7),
+        ]
+        log(f"steady: {result.metrics}")
+
+        def chart(path: Path) -> None:
+            plt = pyplot()
+            fig, ax = plt.subplots(figsize=(8, 4))
+            ax.plot([t for t, _, _ in timeline], [c * 100 for _, c, _ in timeline], label="CPU % of one core")
+            ax.set_xlabel("seconds")
+            ax.set_ylabel("% of one core")
+            ax2 = ax.twinx()
+            ax2.plot([t for t, _, _ in timeline], [r for _, _, r in timeline], color="#dd8452", label="RSS MiB")
+            ax2.set_ylabel("RSS MiB")
+            ax.set_title(f"vkprovider at rest with {self.bases} bases")
+            fig.legend(loc="upper right")
+            fig.tight_layout()
+            fig.savefig(path, dpi=90)
+            plt.close(fig)
+
+        result.chart = chart
+        return result
+
+    # --- churn
+
+    async def churn(self) -> Result:
+        assert self.admin is not None and self.sim is not None and self.clock is not None
+        kube = self.admin
+        clock = self.clock
+        pods = self.bases * self.modules
+        result = Result("churn", {**self.params, "pods": pods, "from": "0.0.1", "to": "0.0.2"})
+        before = await self.sim.stats()
+        log(f"churn: rolling update of {self.modules} Deployments ({pods} pods) to 0.0.2")
+        timeline: list[tuple[float, int]] = []
+        start = time.monotonic()
+        for i in range(self.modules):
+            await kube.patch(f"/apis/apps/v1/namespaces/{self.ns}/deployments/module-{i}",
+                             {"spec": {"template": {"spec": {"containers": [
+                                 {"name": f"biz{i}", "env": [{"name": "BIZ_VERSION", "value": "0.0.2"}]}]}}}})
+
+        def new_running() -> int:
+            return sum(1 for k in clock.alive if clock.version.get(k) == "0.0.2" and k in clock.running)
+
+        done = await until(lambda: new_running() >= pods and len(clock.alive) == pods, self.args.timeout,
+                           "every module pod on 0.0.2",
+                           tick=lambda: timeline.append((time.monotonic() - start, new_running())), interval_s=0.5)
+        total = done - start
+        await asyncio.sleep(3)
+        after = await self.sim.stats()
+        installs = after["installCalls"] - before["installCalls"]
+        uninstalls = after["uninstallCalls"] - before["uninstallCalls"]
+        bizs = [b for base in await self.sim.bases() for b in base["bizs"]]
+        versions = sorted({b["bizVersion"] for b in bizs})
+        result.metrics.update({"total_s": round(total, 2), "installs": installs, "uninstalls": uninstalls,
+                               "bizs_after": len(bizs), "versions_after": versions})
+        result.targets += [target("installs_per_pod", installs / pods, 1.0),
+                           target("bizs_left_per_pod", len(bizs) / pods, 1.0)]
+        log(f"churn: {result.metrics}")
+
+        def chart(path: Path) -> None:
+            plt = pyplot()
+            fig, ax = plt.subplots(figsize=(7, 4))
+            ax.plot([t for t, _ in timeline], [n for _, n in timeline])
+            ax.axhline(pods, color="grey", linestyle=":")
+            ax.set_title(f"rolling update of {pods} module pods ({total:.1f}s; {installs} installs, "
+                         f"{uninstalls} uninstalls)")
+            ax.set_xlabel("seconds since the first patch")
+            ax.set_ylabel("pods Running on 0.0.2")
+            fig.tight_layout()
+            fig.savefig(path, dpi=90)
+            plt.close(fig)
+
+        result.chart = chart
+        return result
+
+    # --- driver
+
+    async def run(self) -> int:
+        wanted = self.args.scenarios.split(",")
+        order = ["limit", "register", "rollout", "steady", "churn"]
+        needs = {"rollout": ["register"], "steady": ["register"], "churn": ["register", "rollout"]}
+        todo = [s for s in order if s in wanted or any(s in needs.get(w, []) for w in wanted)]
+        self.cluster_up()
+        self.admin = await Kube.connect(str(CLUSTER_DIR / "admin.kubeconfig"), max_inflight=128)
+        try:
+            for name in todo:
+                result = await getattr(self, name)()
+                result.write()
+                self.results.append(result)
+        finally:
+            if self.sim:
+                self.sim.kill()
+            if self.provider:
+                self.provider.kill()
+            if self.clock_task is not None:
+                self.clock_task.cancel()
+            await self.admin.close()
+            self.cluster_down()
+        print_table(self.results)
+        return 0
+
+
+def pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def print_table(results: list[Result]) -> None:
+    rows: list[tuple[str, str, str, str]] = []
+    for r in results:
+        for t in r.targets:
+            rows.append((r.scenario, t["name"], f"{t['value']:g}", f"{t['target']}  {'PASS' if t['pass'] else 'MISS'}"))
+        for k, v in r.metrics.items():
+            if not any(t["name"] == k for t in r.targets):
+                rows.append((r.scenario, k, str(v), ""))
+    header = ("scenario", "metric", "value", "target")
+    widths = [max(len(row[i]) for row in [*rows, header]) for i in range(4)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
+    print(line.format("scenario", "metric", "value", "target"))
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print(line.format(*row))
+    print(f"\nresults: {RESULTS}/<scenario>.json and .png")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="100 bases, 60 s steady state (about 5 minutes)")
+    parser.add_argument("--bases", type=int, default=None, help="simulated bases (1000; --quick: 100)")
+    parser.add_argument("--modules", type=int, default=5, help="modules (Deployments) per base (5)")
+    parser.add_argument("--steady-seconds", type=float, default=None, help="idle period (300; --quick: 60)")
+    parser.add_argument("--heartbeat-interval", type=float, default=12.0, help="base heartbeat period (12 s)")
+    parser.add_argument("--scenarios", default="limit,register,rollout,steady,churn")
+    parser.add_argument("--timeout", type=float, default=900.0, help="per waiting step (s)")
+    args = parser.parse_args(argv)
+    if args.bases is None:
+        args.bases = 100 if args.quick else 1000
+    if args.steady_seconds is None:
+        args.steady_seconds = 60.0 if args.quick else 300.0
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    return asyncio.run(Bench(parse_args(argv)).run())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

@@ -1,0 +1,11 @@
+# Benchmarks: the local control plane, the simulator and vkprovider as separate processes (bench/run.py).
+# They report (bench/results/<scenario>.json + .png, a table on stdout); they never fail `make test`.
+BENCH_ARGS ?=
+
+.PHONY: bench bench-quick
+
+bench: setup kcp ## Benchmarks at 1,000 bases x 5 modules (limit, register, rollout, steady, churn; ~30 min)
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+bench-quick: setup kcp ## The same scenarios at 100 bases, 60 s steady state (about 5 minutes)
+	$(PY) -m bench.run --quick $(BENCH_ARGS)
