@@ -1,5 +1,7 @@
 """The vnode object computed from a base: labels, taints, resources, conditions and change detection."""
 
+import json
+
 from vkprovider.core import node as vnode
 from vkprovider.core.model import BaseHealth, BaseHeartbeat, BaseMetadata
 
@@ -48,7 +50,10 @@ def test_resources_from_health():
     health = BaseHealth(cpu_count=4, memory_max_bytes=1000, memory_committed_bytes=300)
     st = vnode.node_status(HB, health, CFG, reachable=True, silent_for_s=0)
     assert st["capacity"] == {"pods": "200", "cpu": "4", "memory": "1000"}
-    assert st["allocatable"] == {"pods": "200", "cpu": "4", "memory": "700"}
+    assert st["allocatable"] == {"pods": "200", "cpu": "4", "memory": "1000"}
+    moved = vnode.node_status(HB, BaseHealth(cpu_count=4, memory_max_bytes=1000, memory_committed_bytes=600), CFG,
+                              reachable=True, silent_for_s=0)
+    assert not vnode.status_differs(moved, vnode.with_times(st, None, "2026-01-01T00:00:00Z"))
     unknown = vnode.node_status(HB, BaseHealth(memory_max_bytes=-1), CFG, reachable=True, silent_for_s=0)
     assert "memory" not in unknown["capacity"]
 
@@ -65,6 +70,19 @@ def test_unreachable_base_is_ready_unknown_and_only_changes_are_writes():
     later = vnode.with_times(gone, written, "2026-01-01T00:01:00Z")
     ready_cond = next(c for c in later["conditions"] if c["type"] == "Ready")
     assert ready_cond["lastTransitionTime"] == "2026-01-01T00:01:00Z"
+
+
+def test_status_as_the_apiserver_stores_it_is_not_a_difference():
+    """The apiserver drops empty strings (bootID, kernelVersion ...) and adds fields: that is not a change."""
+    desired = vnode.node_status(HB, None, CFG, reachable=True, silent_for_s=0)
+    stored = json.loads(json.dumps(vnode.with_times(desired, None, "2026-01-01T00:00:00Z")))
+    stored["nodeInfo"] = {k: v for k, v in stored["nodeInfo"].items() if v != ""}
+    stored["nodeInfo"]["swap"] = {}
+    stored["images"] = []
+    for cond in stored["conditions"]:
+        if cond.get("message") == "":
+            del cond["message"]
+    assert not vnode.status_differs(desired, stored)
 
 
 def test_node_info_names_vkprovider_and_addresses():

@@ -1,10 +1,12 @@
 """Every biz-state → pod-status row of core.podstatus, as a table."""
 
+import json
+
 import pytest
 
 from vkprovider.core.model import BizInfo, BizState, BizStateRecord
 from vkprovider.core.module import pod_modules
-from vkprovider.core.podstatus import OpFacts, OpState, pod_status, status_changed
+from vkprovider.core.podstatus import OpFacts, OpState, pod_status, status_changed, status_patch
 
 SCHEMES = frozenset({"http", "https", "file"})
 NOW = "2026-01-01T00:00:00Z"
@@ -136,3 +138,41 @@ def test_workload_of_joins_the_replicasets_of_one_deployment():
     assert workload_of(owned("ReplicaSet", "web-abc", "abc")) == "ns/Deployment/web"
     assert workload_of(owned("DaemonSet", "ds")) == "ns/DaemonSet/ds"
     assert workload_of({"metadata": {"namespace": "ns"}}) is None
+
+
+def strategic_merge_status(current: dict, patch: dict) -> dict:
+    """What the apiserver stores for a strategic-merge patch of pod status (conditions by type, containers by
+    name, nulls delete) and then with empty/None fields dropped (omitempty)."""
+    def merge(cur, pat):
+        if isinstance(pat, dict) and isinstance(cur, dict):
+            out = dict(cur)
+            for k, v in pat.items():
+                if v is None:
+                    out.pop(k, None)
+                elif k in ("conditions", "containerStatuses"):
+                    key = "type" if k == "conditions" else "name"
+                    have = {item[key]: item for item in cur.get(k) or []}
+                    out[k] = [merge(have.get(item[key], {}), item) for item in v]
+                else:
+                    out[k] = merge(cur.get(k), v)
+            return out
+        return pat
+    return json.loads(json.dumps(merge(current, patch)))
+
+
+def test_a_written_status_reads_back_as_unchanged_and_drops_stale_reasons():
+    """Pending (reason ContainersNotReady, waiting) -> Running: the stored status keeps neither, and the next
+    reconcile sees no change (it used to rewrite every running pod on every biz query)."""
+    p = pod(container())
+    mods = pod_modules(p, SCHEMES)
+    pending = pod_status(p, mods, {}, {}, base_ip="1.1.1.1", now_iso=NOW)
+    p["status"] = strategic_merge_status(p.get("status") or {}, status_patch(pending))
+    b = biz(BizState.ACTIVATED)
+    running = pod_status(p, mods, {b.key: b}, {}, base_ip="1.1.1.1", now_iso=NOW)
+    assert status_changed(running, p["status"])
+    p["status"] = strategic_merge_status(p["status"], status_patch(running))
+    ready = {c["type"]: c for c in p["status"]["conditions"]}["Ready"]
+    assert ready["status"] == "True" and "reason" not in ready
+    assert set(p["status"]["containerStatuses"][0]["state"]) == {"running"}
+    again = pod_status(p, mods, {b.key: b}, {}, base_ip="1.1.1.1", now_iso="2026-01-01T00:05:00Z")
+    assert not status_changed(again, p["status"])

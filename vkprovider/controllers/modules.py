@@ -22,10 +22,24 @@ from vkprovider.config import Settings
 from vkprovider.controllers.bases import BaseRegistry, BaseView, Clock
 from vkprovider.controllers.queue import WorkQueue
 from vkprovider.core.model import BizInfo, BizKey, BizSpec, BizState, BizStateRecord, CommandOutcome, CommandResult
-from vkprovider.core.module import is_module_pod, is_terminal, is_terminating, pod_key, pod_modules, workload_of
+from vkprovider.core.module import (
+    is_module_pod,
+    is_terminal,
+    is_terminating,
+    pod_key,
+    pod_modules,
+    workload_of,
+)
 from vkprovider.core.node import is_vnode_name
 from vkprovider.core.plan import PodWant, plan_base
-from vkprovider.core.podstatus import OpFacts, OpState, not_a_module_status, pod_status, status_changed
+from vkprovider.core.podstatus import (
+    OpFacts,
+    OpState,
+    not_a_module_status,
+    pod_status,
+    status_changed,
+    status_patch,
+)
 from vkprovider.kube.client import ApiError, Kube
 from vkprovider.kube.events import EventRecorder
 from vkprovider.kube.informer import Informer
@@ -40,6 +54,10 @@ for _cmd in ("install", "uninstall"):
         BIZ_COMMANDS.labels(_cmd, _outcome)
 for _phase in ("Pending", "Running", "Failed"):
     POD_STATUS_WRITES.labels(_phase)
+
+
+#: How long a new pod's first "ContainerCreating" status waits for its install (a fast one writes Running once).
+PENDING_WRITE_DEFER_S = 1.0
 
 
 def now_iso() -> str:
@@ -64,6 +82,7 @@ class ModuleController:
         self.kube = kube
         self.registry = registry
         self.pods = pods
+        self._install_started: dict[tuple[str, BizKey], float] = {}
         self.tunnels = tunnels
         self.events = events
         self.owns = owns
@@ -166,8 +185,10 @@ class ModuleController:
             self._start_uninstall(view, tunnel, biz_key)
         for pod_name in plan.finalize:
             await self._finalize(pod_name)
-        await self._write_statuses(view, pods, modules_of)
+        recheck = await self._write_statuses(view, pods, modules_of)
         waits = [self.settings.base_bizs_interval_s * (0.9 + 0.2 * random.random())]
+        if recheck is not None:
+            waits.append(recheck + 0.05)
         if plan.wait_s is not None:
             waits.append(plan.wait_s + 0.05)
         return min(waits)
@@ -200,13 +221,21 @@ class ModuleController:
 
     async def _write_statuses(
         self, view: BaseView, pods: Sequence[dict[str, Any]], modules_of: Mapping[str, Any]
-    ) -> None:
+    ) -> float | None:
+        """Write the status of every pod on the base whose status changed, concurrently.
+
+        A pod seen for the first time while its installs are under way gets no "ContainerCreating" status for
+        the first ``PENDING_WRITE_DEFER_S``: a fast install goes straight to Running with one write instead of
+        two. Returns when to look again for such deferred pods (None when there are none).
+        """
         bizs: dict[BizKey, BizInfo] = dict(view.bizs or {})
         for old, new in view.superseded.items():
             record = BizStateRecord(int(time.time() * 1000), BizState.DEACTIVATED, "Switched",
                                     f"replaced by {new} (installStrategy uninstallThenInstall)")
             bizs.setdefault(old, BizInfo(old.name, old.version, BizState.DEACTIVATED, (record,)))
         stamp = now_iso()
+        now = self.clock()
+        recheck: float | None = None
         active = {b.name: b.key for b in bizs.values() if b.state is BizState.ACTIVATED}
         workloads_wanting: dict[BizKey, set[str]] = {}
         for pod in pods:
@@ -216,6 +245,7 @@ class ModuleController:
                 continue
             for spec in modules.bizs:
                 workloads_wanting.setdefault(spec.key, set()).add(workload)
+        writes = []
         for pod in pods:
             key = pod_key(pod)
             modules = modules_of.get(key)
@@ -235,19 +265,31 @@ class ModuleController:
                                  replaced_in_rollout=replaced)
             if not status_changed(desired, pod.get("status")):
                 continue
-            md = pod["metadata"]
-            try:
-                await self.kube.patch(f"/api/v1/namespaces/{md['namespace']}/pods/{md['name']}/status",
-                                      {"status": desired}, kind="strategic")
-            except ApiError as exc:
-                if exc.is_not_found:
+            if desired["phase"] == "Pending" and not (pod.get("status") or {}).get("conditions"):
+                started = [self._install_started.get((view.node, spec.key)) for spec in modules.bizs]
+                if started and all(t is not None and now - t < PENDING_WRITE_DEFER_S for t in started):
+                    due = max(t for t in started if t is not None) + PENDING_WRITE_DEFER_S - now
+                    recheck = due if recheck is None else min(recheck, due)
                     continue
-                raise
-            POD_STATUS_WRITES.labels(desired["phase"]).inc()
-            for problem in modules.problems:
-                self._warn_once(pod, problem.reason, f"container {problem.container}: {problem.message}")
-            if desired["phase"] == "Failed":
-                self._warn_once(pod, desired.get("reason") or "Failed", desired.get("message") or "")
+            writes.append(self._write_status(pod, desired, modules))
+        if writes:
+            await asyncio.gather(*writes)
+        return recheck
+
+    async def _write_status(self, pod: dict[str, Any], desired: dict[str, Any], modules: Any) -> None:
+        md = pod["metadata"]
+        try:
+            await self.kube.patch(f"/api/v1/namespaces/{md['namespace']}/pods/{md['name']}/status",
+                                  {"status": status_patch(desired)}, kind="strategic")
+        except ApiError as exc:
+            if exc.is_not_found:
+                return
+            raise
+        POD_STATUS_WRITES.labels(desired["phase"]).inc()
+        for problem in modules.problems:
+            self._warn_once(pod, problem.reason, f"container {problem.container}: {problem.message}")
+        if desired["phase"] == "Failed":
+            self._warn_once(pod, desired.get("reason") or "Failed", desired.get("message") or "")
 
     def _warn_once(self, pod: dict[str, Any], reason: str, message: str) -> None:
         uid = pod["metadata"].get("uid", "")
@@ -273,9 +315,11 @@ class ModuleController:
         return wanting
 
     def _start_installs(self, view: BaseView, tunnel: Tunnel, specs: Sequence[BizSpec], pods: Sequence[Any]) -> None:
+        now = self.clock()
         for spec in specs:
             view.inflight.add(spec.key)
             view.ops[spec.key] = OpFacts(OpState.INSTALLING, f"installing {spec.key}")
+            self._install_started[(view.node, spec.key)] = now
         if len(specs) > 1:
             self._spawn(self._batch_install(view.node, tunnel, list(specs)), f"batch-install-{view.node}")
         else:
@@ -333,6 +377,7 @@ class ModuleController:
         if view is None:
             return
         view.inflight.discard(spec.key)
+        self._install_started.pop((node, spec.key), None)
         if result.ok or result.outcome is CommandOutcome.REPEAT:
             view.ops.pop(spec.key, None)
             view.retry_after.pop(spec.key, None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from vkprovider.core.compare import holds
 from vkprovider.core.model import BaseHealth, BaseHeartbeat
 
 NODE_PREFIX = "vnode."
@@ -111,9 +112,9 @@ def _resources(health: BaseHealth | None, cfg: NodeConfig) -> tuple[dict[str, st
         if health.cpu_count is not None and health.cpu_count > 0:
             capacity["cpu"] = allocatable["cpu"] = str(health.cpu_count)
         if health.memory_max_bytes is not None and health.memory_max_bytes > 0:
-            capacity["memory"] = str(health.memory_max_bytes)
-            committed = health.memory_committed_bytes or 0
-            allocatable["memory"] = str(max(health.memory_max_bytes - committed, 0))
+            # Allocatable is the base's max heap, not max minus what is committed now: committed memory moves
+            # with every GC, and a node status that follows it would be rewritten on every health answer.
+            capacity["memory"] = allocatable["memory"] = str(health.memory_max_bytes)
     return capacity, allocatable
 
 
@@ -176,9 +177,9 @@ def status_differs(desired: dict[str, object], current: dict[str, object] | None
             have = {c.get("type"): c for c in current.get("conditions") or []}  # type: ignore[attr-defined]
             for cond in value:  # type: ignore[attr-defined]
                 got = have.get(cond["type"])
-                if got is None or any(got.get(f, "") != cond[f] for f in ("status", "reason", "message")):
+                if got is None or not holds(got, {f: cond[f] for f in ("status", "reason", "message")}):
                     return True
-        elif current.get(key) != value:
+        elif not holds(current.get(key), value):
             return True
     return False
 

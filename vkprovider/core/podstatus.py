@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from vkprovider.core.compare import holds
 from vkprovider.core.model import BizInfo, BizKey, BizState
 from vkprovider.core.module import PodModules
 
@@ -219,14 +220,27 @@ def status_changed(desired: Mapping[str, Any], current: Mapping[str, Any] | None
             have = {c.get("type"): c for c in current.get("conditions") or []}
             for cond in value:
                 got = have.get(cond["type"])
-                if got is None or got.get("status") != cond["status"] or got.get("reason") != cond.get("reason"):
+                if got is None or not holds(got, {k: cond.get(k) for k in ("status", "reason", "message")}):
                     return True
-        elif key in ("reason", "message"):
-            if (current.get(key) or None) != value:
-                return True
-        elif current.get(key) != value:
+        elif not holds(current.get(key), value):
             return True
     return False
+
+
+def status_patch(desired: Mapping[str, Any]) -> dict[str, Any]:
+    """``desired`` as a strategic-merge patch body that also clears what it no longer sets.
+
+    A merge keeps keys the patch leaves out: a condition's old ``reason`` or a container's old ``waiting`` state
+    would survive next to the new one. Explicit nulls delete them.
+    """
+    patch = dict(desired)
+    patch["conditions"] = [{"reason": None, "message": None, **c} for c in desired.get("conditions") or []]
+    if "containerStatuses" in desired:
+        patch["containerStatuses"] = [
+            {**c, "state": {"waiting": None, "running": None, "terminated": None, **(c.get("state") or {})}}
+            for c in desired["containerStatuses"]
+        ]
+    return patch
 
 
 def not_a_module_status(pod: Mapping[str, Any], now_iso: str) -> dict[str, Any]:
