@@ -16,6 +16,9 @@ Environment:
 from __future__ import annotations
 
 import atexit
+import contextlib
+import importlib.util
+import io
 import json
 import os
 import shutil
@@ -57,6 +60,16 @@ class KubeCluster:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}): "
                                  f"{proc.stderr.strip()}")
         return proc
+
+
+def _localcluster() -> Any:
+    """hack/controlplane/localcluster.py as a module (it is a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location("localcluster", LOCALCLUSTER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("localcluster", module)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _kcp_path() -> str:
@@ -102,10 +115,14 @@ class _LocalCluster:
                "--node-monitor-grace-period", grace]
         if not self.keep:  # a watchdog stops the cluster even if pytest is killed
             cmd += ["--owner-pid", str(os.getpid())] + (["--purge-on-owner-exit"] if self.purge else [])
-        proc = subprocess.run(cmd, text=True, capture_output=True, timeout=900, check=False)
-        if proc.returncode != 0:
+        # In-process, so the components are children of this process and stay in its session: a CI runner
+        # that tracks its own process tree sees them as its own (`make cluster` daemonizes them instead).
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = _localcluster().main(cmd[2:])
+        if code != 0:
             self.stop()
-            pytest.fail(f"could not start the local control plane ({' '.join(cmd)}):\n{proc.stderr[-6000:]}",
+            pytest.fail(f"could not start the local control plane ({' '.join(cmd)}):\n{err.getvalue()[-6000:]}",
                         pytrace=False)
         state = json.loads((self.dir / "state.json").read_text())
         return KubeCluster(admin_kubeconfig=self.dir / "admin.kubeconfig",

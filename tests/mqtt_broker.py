@@ -195,7 +195,7 @@ class MqttBroker:
             return
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen([self._binary, "-c", str(self.directory / "mosquitto.conf")],
-                                          stdout=log, stderr=log, start_new_session=True)
+                                          stdout=log, stderr=log, process_group=0)
         deadline = time.monotonic() + START_TIMEOUT_S
         pending = {self.port, self.tls_port}
         while pending and time.monotonic() < deadline:

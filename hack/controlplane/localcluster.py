@@ -37,7 +37,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -236,14 +236,24 @@ def stray_pids(cluster_dir: Path) -> list[int]:
     return found
 
 
+# Popen objects of the processes this process started, so a failure can say how a component ended.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
 def spawn(name: str, argv: list[str], cluster_dir: Path) -> int:
+    """Start one component in a process group of its own (so `down` can signal it with everything it forked).
+
+    It stays in the caller's session and is the caller's child: no setsid, so a supervisor that tracks the
+    caller's session or process tree (a CI runner, pytest calling `up` in-process) still sees it as its own.
+    """
     logs = cluster_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / f"{name}.log", "ab") as out:
         out.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n".encode())
         out.flush()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True, cwd=cluster_dir)
+                                process_group=0, close_fds=True, cwd=cluster_dir)
+    _CHILDREN[proc.pid] = proc
     (cluster_dir / "pids").mkdir(exist_ok=True)
     (cluster_dir / "pids" / f"{name}.pid").write_text(f"{proc.pid}\n")
     return proc.pid
@@ -278,6 +288,25 @@ def _running(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+def how_it_ended(pid: int) -> str:
+    """'exited with code N' or 'was killed by SIGNAME' for a child of this process; 'exited' otherwise."""
+    proc = _CHILDREN.get(pid)
+    code = proc.poll() if proc is not None else None
+    if code is None:
+        return "exited"
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name} (not by this script)"
+    return f"exited with code {code}"
+
+
+def _reap(pids: Iterable[int]) -> None:
+    """Collect the exit status of those that are our own children, so no zombie is left behind."""
+    for pid in pids:
+        proc = _CHILDREN.get(pid)
+        if proc is not None and proc.poll() is not None:  # poll() reaps it
+            del _CHILDREN[pid]
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
@@ -316,8 +345,10 @@ def stop_all(cluster_dir: Path, grace_s: float = 10.0) -> list[str]:
             pass
     # Wait until the processes have left the process table (reaped by init), so `pgrep kcp` shows nothing.
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and (stray_pids(cluster_dir) or any(_exists(p) and not _running(p)
-                                                                           for p in pids.values())):
+    while time.monotonic() < deadline:
+        _reap(pids.values())
+        if not stray_pids(cluster_dir) and not any(_exists(p) and not _running(p) for p in pids.values()):
+            break
         time.sleep(0.05)
     for name in pids:
         (cluster_dir / "pids" / f"{name}.pid").unlink(missing_ok=True)
@@ -367,7 +398,7 @@ def wait(what: str, component: str, cluster_dir: Path, pid: int | None, timeout_
         if ok:
             return
         if pid is not None and not ours(pid, cluster_dir):
-            raise UpError(f"{component} exited while waiting for {what}", component)
+            raise UpError(f"{component} {how_it_ended(pid)} while waiting for {what}", component)
         time.sleep(0.2)
     raise UpError(f"timed out after {timeout_s:.0f}s waiting for {what} (last: {last.strip()[:300]})",
                   component)
@@ -520,7 +551,8 @@ def start_watchdog(d: Path, owner_pid: int, purge: bool) -> None:
             "--owner-pid", str(owner_pid)] + (["--purge"] if purge else [])
     with open(d / "logs" / "watchdog.log", "ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True)
+                                process_group=0, close_fds=True)
+    _CHILDREN[proc.pid] = proc
     (d / "pids" / "watchdog.pid").write_text(f"{proc.pid}\n")
 
 
@@ -549,18 +581,23 @@ def cmd_up(args: argparse.Namespace) -> int:
     if recorded_pids(d) or stray_pids(d):
         log("a previous instance is partly running; stopping it first (data kept)")
         stop_all(d)
-    try:
-        state = start(args, d, kcp, old.get("ports", {}))
-    except UpError as err:
-        log(f"FAILED: {err}")
-        if err.component:
-            log(f"last lines of {d / 'logs' / (err.component + '.log')}:")
-            print(log_tail(d, err.component), file=sys.stderr)
-        stop_all(d)
-        return 1
-    except BaseException:
-        stop_all(d)
-        raise
+    ports = old.get("ports", {})
+    for attempt in range(1, args.attempts + 1):
+        try:
+            state = start(args, d, kcp, ports)
+            break
+        except UpError as err:
+            log(f"FAILED (attempt {attempt} of {args.attempts}): {err}")
+            if err.component:
+                log(f"last lines of {d / 'logs' / (err.component + '.log')}:")
+                print(log_tail(d, err.component), file=sys.stderr)
+            stop_all(d)
+            if attempt == args.attempts:
+                return 1
+            ports = {}  # the next attempt takes fresh ports, in case one was taken meanwhile
+        except BaseException:
+            stop_all(d)
+            raise
     publish(args, d)
     log(f"up in {time.monotonic() - t0:.1f}s")
     print(summary(d, state))
@@ -681,6 +718,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--node-monitor-grace-period", default="20s")
     up.add_argument("--node-monitor-period", default="2s")
     up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for each component")
+    up.add_argument("--attempts", type=int, default=3, help="start attempts when a component dies starting")
     up.add_argument("--fsync", action="store_true", help="let etcd fsync (default: off, faster)")
     up.add_argument("--v", default="1", help="klog verbosity of the Kubernetes components")
     up.add_argument("--apiserver-arg", action="append", default=[], help="extra kube-apiserver flag")

@@ -119,7 +119,7 @@ class BaseJvm:
         log.write(f"\n==== start {time.strftime('%H:%M:%S')}: {' '.join(self.command())}\n".encode())
         log.flush()
         self.proc = subprocess.Popen(self.command(), cwd=LOGS, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+                                     stdin=subprocess.DEVNULL, process_group=0)
 
     async def wait_ready(self, timeout_s: float = 90.0) -> None:
         """Until arklet answers `health` (the arklet port opens ~6 s after start, just before Spring is done)."""

@@ -64,7 +64,7 @@ class ProviderProcess:
     async def start(self, timeout_s: float = 30.0) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
         self.proc = subprocess.Popen([sys.executable, "-m", "vkprovider", "run"], env=self.env,
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                     stdout=log, stderr=subprocess.STDOUT, process_group=0)
         deadline = time.monotonic() + timeout_s
         async with aiohttp.ClientSession() as http:
             while time.monotonic() < deadline:
@@ -107,7 +107,7 @@ class SimProcess:
     async def start(self, timeout_s: float = 60.0) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "vkprovider", "sim", *self.args],
                                      stdout=subprocess.PIPE, stderr=open(self.log_path, "ab"),  # noqa: SIM115
-                                     start_new_session=True)
+                                     process_group=0)
         assert self.proc.stdout is not None
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + timeout_s
