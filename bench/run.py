@@ -366,6 +366,29 @@ class Bench:
         result.chart = chart
         return result
 
+    def component_cpu(self) -> dict[str, float]:
+        """Cumulative CPU seconds of every process in the run: where the machine's two cores go."""
+        pids = {p.stem: int(p.read_text()) for p in (CLUSTER_DIR / "pids").glob("*.pid") if p.stem != "watchdog"}
+        if self.provider and self.provider.proc:
+            pids["vkprovider"] = self.provider.proc.pid
+        if self.sim and self.sim.proc:
+            pids["simulator"] = self.sim.proc.pid
+        pids["bench"] = os.getpid()
+        found = {}
+        for name, pid in pids.items():
+            try:
+                found[name] = sample(pid).cpu_s
+            except OSError:
+                continue
+        return found
+
+    @staticmethod
+    def cores_used(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, float]:
+        """Cores each component used between two `component_cpu` readings (2.0 = the whole machine)."""
+        used = {f"cores_{n}": round((after[n] - before[n]) / wall_s, 2) for n in after if n in before and wall_s > 0}
+        used["cores_all"] = round(sum(used.values()), 2)
+        return used
+
     # --- register
 
     async def register(self) -> Result:
@@ -445,12 +468,14 @@ class Bench:
             timeline.append((time.monotonic() - start, self.clock.count_bound(), self.clock.count_running(), rss))
 
         log(f"rollout: {self.modules} Deployments x {self.bases} replicas = {pods} module pods")
+        cpu_before = self.component_cpu()
         for i in range(self.modules):
             await kube.create(f"/apis/apps/v1/namespaces/{self.ns}/deployments",
                               module_deployment(i, self.bases, "0.0.1", fake_nodes=False))
         done = await until(lambda: len(self.clock.alive) >= pods and self.clock.count_running() >= pods,
                            self.args.timeout, "all module pods Running", tick=tick, interval_s=0.5)
         total = done - start
+        cores = self.cores_used(cpu_before, self.component_cpu(), total)
         latencies = [self.clock.running[k] - self.clock.bound[k] for k in self.clock.alive
                      if k in self.clock.running and k in self.clock.bound]
         stats = await self.sim.stats() if self.sim else {}
@@ -477,6 +502,7 @@ class Bench:
             "rss_per_pod_bytes": round(per_pod_settled),
             "rss_slope_bytes_per_pod": round(slope) if not math.isnan(slope) else None,
             "rss_linear_r2": round(r2, 3) if not math.isnan(r2) else None,
+            **cores,
         })
         result.targets += [
             target("ratio_to_scheduler_only", ratio, 2.0),
@@ -575,6 +601,7 @@ class Bench:
         before = await self.sim.stats()
         log(f"churn: rolling update of {self.modules} Deployments ({pods} pods) to 0.0.2")
         timeline: list[tuple[float, int]] = []
+        cpu_before = self.component_cpu()
         start = time.monotonic()
         for i in range(self.modules):
             await kube.patch(f"/apis/apps/v1/namespaces/{self.ns}/deployments/module-{i}",
@@ -588,6 +615,7 @@ class Bench:
                            "every module pod on 0.0.2",
                            tick=lambda: timeline.append((time.monotonic() - start, new_running())), interval_s=0.5)
         total = done - start
+        cores = self.cores_used(cpu_before, self.component_cpu(), total)
         await asyncio.sleep(3)
         after = await self.sim.stats()
         installs = after["installCalls"] - before["installCalls"]
@@ -600,7 +628,7 @@ class Bench:
         missing, stale = wanted - on_bases, on_bases - wanted
         result.metrics.update({"total_s": round(total, 2), "installs": installs, "uninstalls": uninstalls,
                                "bizs_after": len(on_bases), "pods_sharing_a_biz": pods - len(wanted),
-                               "missing_bizs": len(missing), "stale_bizs": len(stale)})
+                               "missing_bizs": len(missing), "stale_bizs": len(stale), **cores})
         result.targets += [target("missing_bizs", len(missing), 0), target("stale_bizs", len(stale), 0),
                            target("installs_per_distinct_biz", installs / max(len(wanted), 1), 1.0)]
         log(f"churn: {result.metrics}")

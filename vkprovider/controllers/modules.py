@@ -94,6 +94,13 @@ class ModuleController:
         self._schemes = settings.url_schemes
         self._hosts = settings.url_hosts
         self._warned: dict[str, str] = {}
+        # Status writes run off the reconcile path (a worker never waits for the apiserver), at most one per pod
+        # at a time; the newest wanted status replaces one still waiting. `_status_sent` remembers what was
+        # last sent for the pod object it was computed from, so a reconcile before the watch echoes the write
+        # does not send it again.
+        self._status_next: dict[str, tuple[str, dict[str, Any], dict[str, Any], Any]] = {}
+        self._status_busy: set[str] = set()
+        self._status_sent: dict[str, tuple[str, dict[str, Any]]] = {}
 
     async def start(self) -> None:
         await self.queue.start()
@@ -119,6 +126,9 @@ class ModuleController:
         if new_node and is_vnode_name(new_node, self.settings.env):
             self.pods_by_node.setdefault(new_node, set()).add(key)
             self.queue.add(new_node)
+        if new is None:
+            self._status_sent.pop(key, None)
+            self._warned.pop(((old or {}).get("metadata") or {}).get("uid", ""), None)
 
     def pods_on(self, node: str) -> list[dict[str, Any]]:
         found = []
@@ -183,9 +193,9 @@ class ModuleController:
             self._start_installs(view, tunnel, plan.install, pods)
         for biz_key in plan.uninstall:
             self._start_uninstall(view, tunnel, biz_key)
-        for pod_name in plan.finalize:
-            await self._finalize(pod_name)
-        recheck = await self._write_statuses(view, pods, modules_of)
+        if plan.finalize:
+            await asyncio.gather(*(self._finalize(pod_name) for pod_name in plan.finalize))
+        recheck = self._write_statuses(view, pods, modules_of)
         waits = [self.settings.base_bizs_interval_s * (0.9 + 0.2 * random.random())]
         if recheck is not None:
             waits.append(recheck + 0.05)
@@ -219,10 +229,10 @@ class ModuleController:
             if not (exc.is_not_found or exc.is_conflict):
                 raise
 
-    async def _write_statuses(
+    def _write_statuses(
         self, view: BaseView, pods: Sequence[dict[str, Any]], modules_of: Mapping[str, Any]
     ) -> float | None:
-        """Write the status of every pod on the base whose status changed, concurrently.
+        """Send the status of every pod on the base whose status changed (written in the background).
 
         A pod seen for the first time while its installs are under way gets no "ContainerCreating" status for
         the first ``PENDING_WRITE_DEFER_S``: a fast install goes straight to Running with one write instead of
@@ -245,7 +255,6 @@ class ModuleController:
                 continue
             for spec in modules.bizs:
                 workloads_wanting.setdefault(spec.key, set()).add(workload)
-        writes = []
         for pod in pods:
             key = pod_key(pod)
             modules = modules_of.get(key)
@@ -264,17 +273,44 @@ class ModuleController:
             desired = pod_status(pod, modules, bizs, ops, base_ip=view.heartbeat.ip, now_iso=stamp,
                                  replaced_in_rollout=replaced)
             if not status_changed(desired, pod.get("status")):
+                self._status_sent.pop(key, None)
                 continue
+            rv = pod["metadata"].get("resourceVersion", "")
+            sent = self._status_sent.get(key)
+            if sent is not None and sent[0] == rv and not status_changed(desired, sent[1]):
+                continue  # already sent; the watch has not shown it yet
             if desired["phase"] == "Pending" and not (pod.get("status") or {}).get("conditions"):
                 started = [self._install_started.get((view.node, spec.key)) for spec in modules.bizs]
                 if started and all(t is not None and now - t < PENDING_WRITE_DEFER_S for t in started):
                     due = max(t for t in started if t is not None) + PENDING_WRITE_DEFER_S - now
                     recheck = due if recheck is None else min(recheck, due)
                     continue
-            writes.append(self._write_status(pod, desired, modules))
-        if writes:
-            await asyncio.gather(*writes)
+            self._status_sent[key] = (rv, desired)
+            self._send_status(view.node, key, pod, desired, modules)
         return recheck
+
+    def _send_status(self, node: str, key: str, pod: dict[str, Any], desired: dict[str, Any], modules: Any) -> None:
+        self._status_next[key] = (node, pod, desired, modules)
+        if key not in self._status_busy:
+            self._status_busy.add(key)
+            self._spawn(self._status_writer(key), f"status-{key}")
+
+    async def _status_writer(self, key: str) -> None:
+        """Write the pod's wanted status until none is waiting; a failure hands the pod back to its node."""
+        try:
+            while (item := self._status_next.pop(key, None)) is not None:
+                node, pod, desired, modules = item
+                try:
+                    await self._write_status(pod, desired, modules)
+                except Exception as exc:
+                    self._status_sent.pop(key, None)
+                    if not isinstance(exc, ApiError):
+                        log.exception("status write of %s crashed", key)
+                    else:
+                        log.warning("status write of %s failed: %s; retrying", key, exc, extra={"node": node})
+                    self.queue.add_after(node, 1.0)
+        finally:
+            self._status_busy.discard(key)
 
     async def _write_status(self, pod: dict[str, Any], desired: dict[str, Any], modules: Any) -> None:
         md = pod["metadata"]

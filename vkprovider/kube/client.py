@@ -203,13 +203,19 @@ def should_retry(exc: BaseException, *, idempotent: bool) -> bool:
     return False
 
 
-def _retry_wait(state: RetryCallState) -> float:
-    exc = state.outcome.exception() if state.outcome is not None else None
+def retry_wait_s(exc: BaseException | None, failed_attempts: int) -> float:
+    """Seconds to wait after ``failed_attempts`` failures: the server's Retry-After, else exponential backoff."""
     if isinstance(exc, ApiError) and exc.retry_after_s is not None:
         return exc.retry_after_s
     # Exponential with full jitter: 0.2 s, 0.4 s, 0.8 s ... capped.
-    ceiling = min(_BACKOFF_MAX_S, _BACKOFF_INITIAL_S * (2 ** (state.attempt_number - 1)))
+    ceiling = min(_BACKOFF_MAX_S, _BACKOFF_INITIAL_S * (2 ** (failed_attempts - 1)))
     return float(ceiling * (0.5 + 0.5 * random.random()))  # jitter, not crypto
+
+
+def _later_retry_wait(state: RetryCallState) -> float:
+    """tenacity's wait for the attempts after the first (which ran outside tenacity, see `Kube.request`)."""
+    exc = state.outcome.exception() if state.outcome is not None else None
+    return retry_wait_s(exc, state.attempt_number + 1)
 
 
 # ---------------------------------------------------------------------------------------- watch lines
@@ -441,17 +447,23 @@ class Kube:
         query = _clean_params(params)
         timeout = aiohttp.ClientTimeout(total=timeout_s if timeout_s is not None else self._timeout_s)
         refreshed = False
+        ctype = content_type if data is not None else None
         while True:
             try:
+                try:  # the first attempt needs no retry machinery (the hot path: one object fewer per call)
+                    return await self._send_once(method, path, query, data, ctype, timeout)
+                except ApiError as first:
+                    if not should_retry(first, idempotent=safe):
+                        raise
+                    await asyncio.sleep(retry_wait_s(first, 1))
                 async for attempt in AsyncRetrying(
-                    stop=stop_after_attempt(MAX_ATTEMPTS),
-                    wait=_retry_wait,
+                    stop=stop_after_attempt(MAX_ATTEMPTS - 1),
+                    wait=_later_retry_wait,
                     retry=retry_if_exception(lambda e: should_retry(e, idempotent=safe)),
                     reraise=True,
                 ):
                     with attempt:
-                        return await self._send_once(method, path, query, data,
-                                                     content_type if data is not None else None, timeout)
+                        return await self._send_once(method, path, query, data, ctype, timeout)
             except ApiError as exc:
                 # A 401 means the request was refused before it was processed: safe to repeat once with
                 # fresh credentials (rotated service-account token, expired exec-plugin token).
