@@ -13,6 +13,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,6 +61,17 @@ for _phase in ("Pending", "Running", "Failed"):
 PENDING_WRITE_DEFER_S = 1.0
 
 
+#: How long a sent status is trusted to show up in the watch before an unchanged cache makes it be sent again.
+STATUS_ECHO_WAIT_S = 10.0
+
+
+@dataclass
+class _SentStatus:
+    desired: dict[str, Any]
+    at: float
+    written_rv: str | None = None
+
+
 def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -95,12 +107,12 @@ class ModuleController:
         self._hosts = settings.url_hosts
         self._warned: dict[str, str] = {}
         # Status writes run off the reconcile path (a worker never waits for the apiserver), at most one per pod
-        # at a time; the newest wanted status replaces one still waiting. `_status_sent` remembers what was
-        # last sent for the pod object it was computed from, so a reconcile before the watch echoes the write
-        # does not send it again.
+        # at a time; the newest wanted status replaces one still waiting. `_status_sent` remembers the last status
+        # sent until the watch shows the write (the resourceVersion the PATCH answered), so reconciles in between
+        # do not send it again.
         self._status_next: dict[str, tuple[str, dict[str, Any], dict[str, Any], Any]] = {}
         self._status_busy: set[str] = set()
-        self._status_sent: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._status_sent: dict[str, _SentStatus] = {}
 
     async def start(self) -> None:
         await self.queue.start()
@@ -126,8 +138,10 @@ class ModuleController:
         if new_node and is_vnode_name(new_node, self.settings.env):
             self.pods_by_node.setdefault(new_node, set()).add(key)
             self.queue.add(new_node)
+        sent = self._status_sent.get(key)
+        if sent is not None and (new is None or sent.written_rv == (new.get("metadata") or {}).get("resourceVersion")):
+            del self._status_sent[key]  # the cache now shows what was written (or the pod is gone)
         if new is None:
-            self._status_sent.pop(key, None)
             self._warned.pop(((old or {}).get("metadata") or {}).get("uid", ""), None)
 
     def pods_on(self, node: str) -> list[dict[str, Any]]:
@@ -275,9 +289,8 @@ class ModuleController:
             if not status_changed(desired, pod.get("status")):
                 self._status_sent.pop(key, None)
                 continue
-            rv = pod["metadata"].get("resourceVersion", "")
             sent = self._status_sent.get(key)
-            if sent is not None and sent[0] == rv and not status_changed(desired, sent[1]):
+            if sent is not None and now - sent.at < STATUS_ECHO_WAIT_S and not status_changed(desired, sent.desired):
                 continue  # already sent; the watch has not shown it yet
             if desired["phase"] == "Pending" and not (pod.get("status") or {}).get("conditions"):
                 started = [self._install_started.get((view.node, spec.key)) for spec in modules.bizs]
@@ -285,7 +298,7 @@ class ModuleController:
                     due = max(t for t in started if t is not None) + PENDING_WRITE_DEFER_S - now
                     recheck = due if recheck is None else min(recheck, due)
                     continue
-            self._status_sent[key] = (rv, desired)
+            self._status_sent[key] = _SentStatus(desired, now)
             self._send_status(view.node, key, pod, desired, modules)
         return recheck
 
@@ -301,7 +314,13 @@ class ModuleController:
             while (item := self._status_next.pop(key, None)) is not None:
                 node, pod, desired, modules = item
                 try:
-                    await self._write_status(pod, desired, modules)
+                    written_rv = await self._write_status(pod, desired, modules)
+                    sent = self._status_sent.get(key)
+                    if sent is not None and sent.desired is desired:
+                        if written_rv is None:
+                            del self._status_sent[key]
+                        else:
+                            sent.written_rv = written_rv
                 except Exception as exc:
                     self._status_sent.pop(key, None)
                     if not isinstance(exc, ApiError):
@@ -312,20 +331,23 @@ class ModuleController:
         finally:
             self._status_busy.discard(key)
 
-    async def _write_status(self, pod: dict[str, Any], desired: dict[str, Any], modules: Any) -> None:
+    async def _write_status(self, pod: dict[str, Any], desired: dict[str, Any], modules: Any) -> str | None:
+        """PATCH the pod's status; returns the resourceVersion written (None when the pod is gone)."""
         md = pod["metadata"]
         try:
-            await self.kube.patch(f"/api/v1/namespaces/{md['namespace']}/pods/{md['name']}/status",
-                                  {"status": status_patch(desired)}, kind="strategic")
+            answer = await self.kube.patch(f"/api/v1/namespaces/{md['namespace']}/pods/{md['name']}/status",
+                                           {"status": status_patch(desired)}, kind="strategic")
         except ApiError as exc:
             if exc.is_not_found:
-                return
+                return None
             raise
         POD_STATUS_WRITES.labels(desired["phase"]).inc()
         for problem in modules.problems:
             self._warn_once(pod, problem.reason, f"container {problem.container}: {problem.message}")
         if desired["phase"] == "Failed":
             self._warn_once(pod, desired.get("reason") or "Failed", desired.get("message") or "")
+        written = ((answer or {}).get("metadata") or {}).get("resourceVersion") if isinstance(answer, dict) else None
+        return str(written) if written else None
 
     def _warn_once(self, pod: dict[str, Any], reason: str, message: str) -> None:
         uid = pod["metadata"].get("uid", "")
