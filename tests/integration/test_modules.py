@@ -312,3 +312,29 @@ async def rollout_100_with_a_fault(admin: Kube, env: str, namespace: str, sim: S
     bizs = await bizs_by_base(sim)
     assert sum(len(v) for v in bizs.values()) == 100
     assert all(b[2] == "ACTIVATED" for v in bizs.values() for b in v)
+
+
+def status_writes(metrics: str) -> float:
+    """Sum of vkprovider_pod_status_writes_total over phases."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("vkprovider_pod_status_writes_total{"))
+
+
+async def test_pod_status_is_written_once_per_change_and_not_again_when_idle(admin, env_name, namespace,
+                                                                              provider_factory, sim_factory):
+    """At most Pending + Running per pod while it starts, then nothing: biz polls (every 10 s here) and heartbeats
+    (every 3 s) that change nothing write nothing, and no write is repeated before the watch has shown it."""
+    provider, sim = await start(provider_factory, sim_factory, env_name, 5)
+    await wait_nodes(admin, env_name, 5)
+    await admin.create(f"/apis/apps/v1/namespaces/{namespace}/deployments", seed_deployment(env_name, replicas=10))
+
+    async def all_ready():
+        pods = await pods_of(admin, namespace, "app=test-module-deployment")
+        return len(pods) == 10 and all(is_ready(p) for p in pods)
+
+    await wait_until(all_ready, 60, what="10 Running+Ready pods")
+    await asyncio.sleep(2)  # writes of the last transition have been answered
+    after_start = status_writes(await provider.metrics())
+    assert 10 <= after_start <= 20, after_start
+    await asyncio.sleep(12)  # more than one biz poll of every base
+    assert status_writes(await provider.metrics()) == after_start
