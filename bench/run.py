@@ -359,9 +359,7 @@ class Bench:
             right.set_title(f"scheduler-only: {pods} pods bound on fake nodes")
             right.set_xlabel("seconds since the first Deployment")
             right.set_ylabel("pods bound")
-            fig.tight_layout()
-            fig.savefig(path, dpi=90)
-            plt.close(fig)
+            save_chart(fig, path)
 
         result.chart = chart
         return result
@@ -442,9 +440,7 @@ class Bench:
             ax.set_title(f"{self.bases} bases -> Ready vnodes ({elapsed:.1f}s)")
             ax.set_xlabel("seconds since the simulator started")
             ax.set_ylabel("Ready vnodes")
-            fig.tight_layout()
-            fig.savefig(path, dpi=90)
-            plt.close(fig)
+            save_chart(fig, path)
 
         result.chart = chart
         return result
@@ -529,9 +525,7 @@ class Bench:
             c.set_title("vkprovider RSS vs running pods")
             c.set_xlabel("running module pods")
             c.set_ylabel("MiB")
-            fig.tight_layout()
-            fig.savefig(path, dpi=90)
-            plt.close(fig)
+            save_chart(fig, path)
 
         result.chart = chart
         return result
@@ -583,9 +577,7 @@ class Bench:
             ax2.set_ylabel("RSS MiB")
             ax.set_title(f"vkprovider at rest with {self.bases} bases")
             fig.legend(loc="upper right")
-            fig.tight_layout()
-            fig.savefig(path, dpi=90)
-            plt.close(fig)
+            save_chart(fig, path)
 
         result.chart = chart
         return result
@@ -642,9 +634,7 @@ class Bench:
                          f"{uninstalls} uninstalls)")
             ax.set_xlabel("seconds since the first patch")
             ax.set_ylabel("pods Running on 0.0.2")
-            fig.tight_layout()
-            fig.savefig(path, dpi=90)
-            plt.close(fig)
+            save_chart(fig, path)
 
         result.chart = chart
         return result
@@ -674,6 +664,14 @@ class Bench:
             self.cluster_down()
         print_table(self.results)
         return 0
+
+
+def save_chart(fig: Any, path: Path) -> None:
+    """Lay out, write as PNG and release one figure."""
+    plt = pyplot()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def pyplot() -> Any:
