@@ -1,4 +1,4 @@
-"""Wires vkprovider together: settings → kube facade, informers, tunnels, controllers, probe and metrics servers.
+"""Wires vkprovider together: settings → kube facade, informers, lease keeper, tunnels, controllers, servers.
 
 This is the only module that knows every layer; everything else is wired through constructor arguments.
 """
@@ -8,7 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import platform
 import signal
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -17,18 +20,40 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from vkprovider import __version__
-from vkprovider.config import Settings
-from vkprovider.controllers.bases import BaseRegistry
+from vkprovider.config import GO_ONLY_VARIABLES, ConfigError, Settings
+from vkprovider.controllers.bases import BaseRegistry, Heard
+from vkprovider.controllers.bizlog import BizLog
 from vkprovider.controllers.modules import ModuleController
 from vkprovider.controllers.nodes import NodeController
+from vkprovider.controllers.ownership import MEMBER_LABEL, LeaseKeeper
 from vkprovider.core import node as vnode
 from vkprovider.core.model import BaseHealth, BaseHeartbeat, BaseMetadata, BizInfo, BizSpec
-from vkprovider.kube.client import Kube
+from vkprovider.core.module import MODULE_LABEL_VALUE, MODULE_LABELS, is_module_pod, trim_pod
+from vkprovider.kube.client import ApiError, Kube
 from vkprovider.kube.events import EventRecorder
-from vkprovider.kube.informer import Informer
+from vkprovider.kube.informer import Informer, UnionCache
 from vkprovider.tunnels.base import Tunnel
 
 log = logging.getLogger("vkprovider")
+
+_GOARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm",
+           "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
+
+
+def default_architecture() -> str:
+    """This machine's architecture as Go (and so Kubernetes) names it."""
+    machine = platform.machine().lower()
+    return _GOARCH.get(machine, machine or "amd64")
+
+
+def default_address() -> str:
+    """The first non-loopback IPv4 of this host (the pod IP in a cluster), else 127.0.0.1."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("10.254.254.254", 1))  # no packet is sent: this only picks the outgoing interface
+        address = str(probe.getsockname()[0])
+        if not address.startswith("127."):
+            return address
+    return "127.0.0.1"
 
 
 class BaseEventSink:
@@ -41,11 +66,16 @@ class BaseEventSink:
         self.modules: ModuleController | None = None
 
     def on_heartbeat(self, heartbeat: BaseHeartbeat) -> None:
-        view, changed, reread = self.registry.heartbeat(heartbeat)
-        if changed and self.nodes is not None:
+        before = self.registry.get(vnode.node_name(heartbeat.identity, self.settings.env))
+        was = before.readiness(self.registry.clock(), self.settings.base_unreachable_after_s) if before else None
+        read_before = before.ledger.read_needed() if before else False
+        view, heard = self.registry.heartbeat(heartbeat)
+        now = self.registry.clock()
+        readiness = view.readiness(now, self.settings.base_unreachable_after_s)
+        if (heard is not Heard.NOTHING or was != readiness) and self.nodes is not None:
             self.nodes.queue.add(view.node)
-        if reread and self.modules is not None:
-            self.modules.queue.add(view.node)
+        if self.modules is not None and (was != readiness or (view.ledger.read_needed() and not read_before)):
+            self.modules.on_base_changed(view.node)
 
     def on_health(self, identity: str, health: BaseHealth) -> None:
         node = vnode.node_name(identity, self.settings.env)
@@ -53,16 +83,8 @@ class BaseEventSink:
             self.nodes.queue.add(node)
 
     def on_bizs(self, identity: str, bizs: Sequence[BizInfo]) -> None:
-        node = vnode.node_name(identity, self.settings.env)
-        view = self.registry.get(node)
-        if view is None:
-            return
-        if view.inflight:
-            view.bizs_stale = True  # a pushed list may predate commands in flight; re-read when they end
-        else:
-            self.registry.bizs(node, bizs)
         if self.modules is not None:
-            self.modules.queue.add(node)
+            self.modules.on_pushed_bizs(vnode.node_name(identity, self.settings.env), bizs)
 
     def baseline(self, metadata: BaseMetadata) -> list[BizSpec]:
         if self.modules is None:
@@ -80,9 +102,31 @@ def build_tunnels(settings: Settings) -> list[Tunnel]:
         from vkprovider.tunnels.mqtt_tunnel import MqttTunnel
 
         tunnels.append(MqttTunnel(settings))
-    if not tunnels:
-        raise SystemExit("no tunnel enabled: set ENABLE_HTTP_TUNNEL=true and/or ENABLE_MQTT_TUNNEL=true")
     return tunnels
+
+
+def check_kubeconfig(settings: Settings) -> None:
+    """No kubeconfig outside a cluster, or one that cannot be read: one clear line, before anything starts."""
+    if settings.kubeconfig:
+        try:
+            with open(settings.kubeconfig, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"invalid KUBECONFIG={settings.kubeconfig!r}: cannot read it ({exc.strerror})") from None
+        return
+    if not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        raise ConfigError("no KUBECONFIG set and not running in a cluster (KUBERNETES_SERVICE_HOST is unset): "
+                          "set KUBECONFIG to a kubeconfig file")
+
+
+async def listen(runner: web.AppRunner, host: str, port: int, variable: str, **kw: Any) -> web.TCPSite:
+    """Start a site; a port already in use is a configuration error naming the variable."""
+    site = web.TCPSite(runner, host, port, **kw)
+    try:
+        await site.start()
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port} ({variable}): {exc.strerror or exc}") from None
+    return site
 
 
 class Provider:
@@ -98,55 +142,76 @@ class Provider:
         self.informers: list[Informer] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._runners: list[web.AppRunner] = []
+        self.keeper: LeaseKeeper | None = None
+        self.bizlog = BizLog(settings.biz_log_lines)
         self.ready = False
 
     async def start(self) -> None:
         s = self.settings
-        self.kube = kube = await Kube.connect(s.kubeconfig, max_inflight=s.kube_max_inflight)
-        server = await kube.server_version()
+        check_kubeconfig(s)
+        for name in GO_ONLY_VARIABLES:
+            if os.environ.get(name):
+                log.info("%s is set but has no effect in vkprovider (a Go ModuleController setting)", name)
+        if not s.kubelet_enabled and s.kubelet_address:
+            log.info("VKP_KUBELET_ADDRESS is set but KUBELET_PROXY_ENABLED=false: the kubelet API is off")
+        # Listeners first: a port in use ends the start before anything is written to the cluster.
+        await self._start_probes()
+        tunnel_list = build_tunnels(s)
+        self.tunnels = tunnel_list
+        tunnels = {t.name: t for t in tunnel_list}
+        try:
+            self.kube = kube = await Kube.connect(s.kubeconfig, max_inflight=s.kube_max_inflight)
+        except Exception as exc:
+            raise ConfigError(f"cannot use the kubeconfig ({s.kubeconfig or 'in-cluster'}): {exc}") from None
+        try:
+            server = await kube.server_version()
+        except ApiError as exc:
+            raise ConfigError(f"cannot reach the Kubernetes API server: {exc}") from None
         git_version = str(server.get("gitVersion", "v0.0.0")).split("+", 1)[0]
+        kubelet_address = (s.kubelet_address or default_address()) if s.kubelet_enabled else None
         node_cfg = vnode.NodeConfig(
             env=s.env,
             stack=s.node_stack,
             max_pods=s.node_max_pods,
             kubelet_version=f"{git_version}-vkprovider.{__version__}",
-            kubelet_port=s.kubelet_proxy_port,
+            kubelet_port=s.kubelet_port,
+            env_taint=s.node_env_taint,
+            architecture=s.node_architecture or default_architecture(),
+            kubelet_address=kubelet_address,
         )
-        events = EventRecorder(kube, component="vkprovider", reporting_instance=s.client_id)
-        self.events = events
-        selector = f"{vnode.LABEL_COMPONENT}=vnode,{vnode.LABEL_ENV}={s.env}"
-        nodes = Informer(kube, "/api/v1/nodes", label_selector=selector,
+        self.events = events = EventRecorder(kube, component="vkprovider", reporting_instance=s.client_id)
+        keeper = self.keeper = LeaseKeeper(s, kube, events, clock=self.clock)
+        nodes = Informer(kube, "/api/v1/nodes",
+                         label_selector=f"{vnode.LABEL_COMPONENT}=vnode,{vnode.LABEL_ENV}={s.env}",
                          on_change=lambda key, old, new: self.node_controller.on_node_change(key, old, new))
-        leases = Informer(
-            kube,
-            f"/apis/coordination.k8s.io/v1/namespaces/{vnode.LEASE_NAMESPACE}/leases",
-            label_selector=f"{vnode.LABEL_COMPONENT}=vnode",
-            on_change=lambda key, old, new: self.node_controller.queue.add(key.split("/", 1)[-1]),
-        )
-        pods = Informer(kube, "/api/v1/pods",
-                        on_change=lambda key, old, new: self.module_controller.on_pod_change(key, old, new))
-        self.informers = [nodes, leases, pods]
-        tunnel_list = build_tunnels(s)
-        self.tunnels = tunnel_list
-        tunnels = {t.name: t for t in tunnel_list}
-        self.node_controller = NodeController(
-            s, kube, self.registry, nodes, leases, tunnels, events, node_cfg, clock=self.clock
-        )
-        self.module_controller = ModuleController(
-            s,
-            kube,
-            self.registry,
-            pods,
-            tunnels,
-            events,
-            owns=self.node_controller.owns,
-            reachable=self.node_controller.reachable,
-            clock=self.clock,
-        )
-        self.node_controller.on_node_ready_change.append(self.module_controller.queue.add)
+        leases = Informer(kube, f"/apis/coordination.k8s.io/v1/namespaces/{vnode.LEASE_NAMESPACE}/leases",
+                          label_selector=vnode.LEASE_SELECTOR, on_change=keeper.on_lease_change,
+                          resource="leases-vnode")
+        members = Informer(kube, f"/apis/coordination.k8s.io/v1/namespaces/{s.namespace}/leases",
+                           label_selector=f"{MEMBER_LABEL}={s.env}", on_change=keeper.on_member_change,
+                           resource="leases-member")
+        pods = UnionCache()
+        for label in MODULE_LABELS:
+            pods.add(Informer(kube, "/api/v1/pods", label_selector=f"{label}={MODULE_LABEL_VALUE}",
+                              on_change=pods.notify, trim_object=trim_pod, resource=f"pods-{label.split('.')[0]}"))
+        # Non-module pods bound to a vnode stay Pending (no kubelet runs them): watching only bound Pending pods
+        # finds them while caching next to nothing of the rest of the cluster.
+        pods.add(Informer(kube, "/api/v1/pods", field_selector="spec.nodeName!=,status.phase=Pending",
+                          keep=lambda pod: not is_module_pod(pod) and vnode.is_vnode_name(
+                              str((pod.get("spec") or {}).get("nodeName") or ""), s.env),
+                          on_change=pods.notify, trim_object=trim_pod, resource="pods-pending-bound"))
+        self.pods = pods
+        self.informers = [nodes, leases, members, *pods.informers]
+        self.node_controller = NodeController(s, kube, self.registry, nodes, keeper, tunnels, events, node_cfg,
+                                              clock=self.clock)
+        self.module_controller = ModuleController(s, kube, self.registry, pods, tunnels, events,
+                                                  may_write=keeper.may_write, clock=self.clock, bizlog=self.bizlog)
+        pods.set_on_change(self.module_controller.on_pod_change)
+        keeper.on_gained += [self.node_controller.on_gained, self.module_controller.on_gained]
+        keeper.on_lost += [self.node_controller.on_lost, self.module_controller.on_lost]
+        self.node_controller.on_base_changed.append(self.module_controller.on_base_changed)
         self.sink.nodes = self.node_controller
         self.sink.modules = self.module_controller
-        await self._start_probes()
         for informer in self.informers:
             self._tasks.append(asyncio.create_task(informer.run(), name=f"informer-{informer.resource}"))
         for informer in self.informers:
@@ -154,14 +219,22 @@ class Provider:
         # Only now, with every cache full, may controllers decide anything (restart adoption, not replay).
         await self.node_controller.start()
         await self.module_controller.start()
+        await keeper.tick()  # take back what this replica held before a restart, at once
+        self._tasks.append(asyncio.create_task(keeper.run(), name="lease-keeper"))
         for tunnel in tunnel_list:
-            await tunnel.start(self.sink)
+            try:
+                await tunnel.start(self.sink)
+            except OSError as exc:
+                raise ConfigError(f"cannot start the {tunnel.name} tunnel: {exc}") from None
         self.ready = True
         log.info("vkprovider %s serving env=%s client_id=%s tunnels=%s", __version__, s.env, s.client_id,
                  ",".join(tunnels))
 
     async def stop(self) -> None:
         self.ready = False
+        if self.keeper is not None and self.kube is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.keeper.release_all(), 10.0)
         for tunnel in self.tunnels:
             with contextlib.suppress(Exception):
                 await tunnel.stop()
@@ -184,7 +257,8 @@ class Provider:
             return web.Response(text="ok")
 
         async def readyz(_: web.Request) -> web.Response:
-            synced = all(i.synced.is_set() for i in self.informers)
+            # A standby replica (holding no vnode) is ready: it serves heartbeats and takes over on failover.
+            synced = bool(self.informers) and all(i.synced.is_set() for i in self.informers)
             if self.ready and synced:
                 return web.Response(text="ok")
             return web.Response(status=503, text="not ready: " + ("informers syncing" if not synced else "starting"))
@@ -196,15 +270,17 @@ class Provider:
         probes.add_routes([web.get("/healthz", healthz), web.get("/readyz", readyz)])
         metrics_app = web.Application()
         metrics_app.add_routes([web.get("/metrics", metrics)])
-        for app, port in ((probes, self.settings.probe_port), (metrics_app, self.settings.metrics_port)):
-            runner = web.AppRunner(app, access_log=None)
+        s = self.settings
+        for app, host, port, variable in ((probes, s.probe_host, s.probe_port, "VKP_PROBE_PORT"),
+                                          (metrics_app, s.metrics_host, s.metrics_port, "VKP_METRICS_PORT")):
+            runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
-            await web.TCPSite(runner, "0.0.0.0", port).start()
             self._runners.append(runner)
+            await listen(runner, host, port, variable)
 
 
 async def run(settings: Settings) -> None:
-    """Run until SIGTERM/SIGINT."""
+    """Run until SIGTERM/SIGINT; on SIGTERM held vnodes are handed to the other replicas first."""
     provider = Provider(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,4 +1,8 @@
-"""The ``vkprovider`` command: ``run`` (the provider), ``sim`` (simulated bases), ``--version``."""
+"""The ``vkprovider`` command: ``run`` (the provider), ``sim`` (simulated bases), ``token``, ``--version``.
+
+A wrong setting ends ``run`` with one line on stderr naming the variable, the value and what is accepted, and
+exit code 2 (no traceback).
+"""
 
 from __future__ import annotations
 
@@ -21,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--env", help="environment name (default: $ENV or dev)")
     run.add_argument("--http-port", type=int, help="heartbeat port (default: $HTTP_TUNNEL_LISTEN_PORT or 7777)")
     run.add_argument("--log-format", choices=["text", "json"], help="log format (default: $VKP_LOG_FORMAT)")
+    token = sub.add_parser("token", help="print the heartbeat token of a base identity "
+                           "(derived from VKP_HEARTBEAT_SECRET or VKP_HEARTBEAT_SECRET_FILE)")
+    token.add_argument("identity", nargs="+", help="base identity (its baseMetadata.identity)")
     sim = sub.add_parser("sim", help="run simulated Koupleless bases (arklet-compatible)")
     from vkprovider.sim.cli import add_arguments
 
@@ -28,27 +35,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fail(message: str) -> int:
+    sys.stderr.write(f"vkprovider: {message}\n")
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "run":
+    if args.command in ("run", "token"):
+        from vkprovider.config import ConfigError, load_settings
+
+        overrides = {}
+        if args.command == "run":
+            overrides = {
+                k: v
+                for k, v in {
+                    "kubeconfig": args.kubeconfig,
+                    "env": args.env,
+                    "http_tunnel_port": args.http_port,
+                    "log_format": args.log_format,
+                }.items()
+                if v is not None
+            }
+        try:
+            settings = load_settings(**overrides)
+        except ConfigError as exc:
+            return _fail(str(exc))
+        if args.command == "token":
+            from vkprovider.core.credentials import base_token
+
+            try:
+                secret = settings.secret()
+            except OSError as exc:
+                return _fail(f"cannot read VKP_HEARTBEAT_SECRET_FILE: {exc}")
+            if not secret:
+                return _fail("set VKP_HEARTBEAT_SECRET (or VKP_HEARTBEAT_SECRET_FILE) to derive base tokens")
+            for identity in args.identity:
+                sys.stdout.write(f"{identity} {base_token(secret, identity)}\n" if len(args.identity) > 1
+                                 else f"{base_token(secret, identity)}\n")
+            return 0
         from vkprovider.app import run
-        from vkprovider.config import Settings
         from vkprovider.logs import setup_logging
 
-        overrides = {
-            k: v
-            for k, v in {
-                "kubeconfig": args.kubeconfig,
-                "env": args.env,
-                "http_tunnel_port": args.http_port,
-                "log_format": args.log_format,
-            }.items()
-            if v is not None
-        }
-        settings = Settings(**overrides)
         setup_logging(settings.log_format, settings.log_level)
-        asyncio.run(run(settings))
+        try:
+            asyncio.run(run(settings))
+        except ConfigError as exc:
+            return _fail(str(exc))
+        except KeyboardInterrupt:
+            return 0
         return 0
     if args.command == "sim":
         from vkprovider.logs import setup_logging

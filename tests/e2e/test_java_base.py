@@ -187,7 +187,9 @@ class Rig:
 @pytest.fixture(scope="module")
 async def rig(java_jars: Path, kube_cluster: Any, admin: Kube) -> AsyncIterator[Rig]:
     env = "j" + uuid.uuid4().hex[:7]
-    provider = ProviderProcess(str(kube_cluster.provider_kubeconfig), env)
+    # Unchanged Koupleless bases: no heartbeat credential, and the biz jars are local files.
+    provider = ProviderProcess(str(kube_cluster.provider_kubeconfig), env, VKP_BIZ_URL_SCHEMES="https,http,file",
+                               VKP_ALLOW_UNAUTHENTICATED_BASES="true")
     bases = [BaseJvm(f"{env}-base-{x}", f"cluster-{x}", provider.endpoint) for x in ("a", "b")]
     try:
         await provider.start()

@@ -37,6 +37,7 @@ class ProviderProcess:
         self.http_port = free_port()
         self.metrics_port = free_port()
         self.probe_port = free_port()
+        self.kubelet_port = free_port()
         self.env = {
             **os.environ,
             "KUBECONFIG": kubeconfig,
@@ -46,6 +47,8 @@ class ProviderProcess:
             "VKP_HTTP_TUNNEL_HOST": "127.0.0.1",
             "VKP_METRICS_PORT": str(self.metrics_port),
             "VKP_PROBE_PORT": str(self.probe_port),
+            "KUBELET_PROXY_PORT": str(self.kubelet_port),
+            "VKP_KUBELET_ADDRESS": "127.0.0.1",
             "VKP_LOG_LEVEL": "INFO",
             "VKP_BASE_UNREACHABLE_AFTER": "8",
             "VKP_BASE_DEAD_AFTER": "40",

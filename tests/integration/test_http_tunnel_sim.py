@@ -232,6 +232,7 @@ async def test_health(env: Env) -> None:
         memory_used_bytes=90 * 1024 * 1024,
         master_biz_name="base",
         master_biz_version="1.0.0",
+        master_biz_state="ACTIVATED",
     )
 
 
@@ -454,7 +455,7 @@ async def test_fuzzed_heartbeats_are_all_rejected_and_the_server_keeps_serving()
 
 async def test_heartbeat_token() -> None:
     events = RecordingEvents()
-    tunnel = HttpTunnel(_settings(http_heartbeat_token="s3cret"))
+    tunnel = HttpTunnel(_settings(heartbeat_token="s3cret"))
     await tunnel.start(events)
     url = f"http://127.0.0.1:{tunnel.port}/heartbeat"
     try:
@@ -476,7 +477,7 @@ async def test_heartbeat_token() -> None:
 
 async def test_sim_with_token_is_accepted() -> None:
     events = RecordingEvents()
-    tunnel = HttpTunnel(_settings(http_heartbeat_token="tok"))
+    tunnel = HttpTunnel(_settings(heartbeat_token="tok"))
     await tunnel.start(events)
     sim = Simulator(
         SimConfig(

@@ -75,6 +75,7 @@ def _settings(broker: MqttBroker, env: str, **overrides: Any) -> Settings:
         "mqtt_port": broker.port,
         "mqtt_username": broker.username,
         "mqtt_password": broker.password,
+        "mqtt_allow_insecure_password": True,  # the plaintext listener (the TLS tests set mqtt_ca_path)
         "mqtt_max_payload_bytes": MAX_PAYLOAD,
         "arklet_query_timeout_s": 2.0,
         "arklet_install_timeout_s": 3.0,
@@ -120,7 +121,7 @@ class Env:
 
 @pytest.fixture(scope="module")
 async def mq(mqtt_broker: MqttBroker) -> AsyncIterator[Env]:
-    env = f"Mq{uuid.uuid4().hex[:6]}"  # mixed case: topics must use it lowercased on both sides
+    env = f"mq{uuid.uuid4().hex[:6]}"  # ENV is a DNS label (lowercase), as topics and node names need
     events = RecordingEvents()
     tunnel = MqttTunnel(_settings(mqtt_broker, env))
     await tunnel.start(events)

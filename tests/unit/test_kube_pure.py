@@ -138,8 +138,8 @@ def test_diff_snapshots_adds_updates_deletes() -> None:
 def test_backoff_delay_bounds() -> None:
     assert backoff_delay(1, rand=lambda: 1.0) == 0.5
     assert backoff_delay(3, rand=lambda: 1.0) == 2.0
-    assert backoff_delay(100, rand=lambda: 1.0) == 30.0
-    assert backoff_delay(100, rand=lambda: 0.0) == 15.0
+    assert backoff_delay(100, rand=lambda: 1.0) == 5.0  # capped: the cache is current soon after an outage
+    assert backoff_delay(100, rand=lambda: 0.0) == 2.5
 
 
 def test_event_helpers() -> None:

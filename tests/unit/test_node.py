@@ -4,6 +4,7 @@ import json
 
 from vkprovider.core import node as vnode
 from vkprovider.core.model import BaseHealth, BaseHeartbeat, BaseMetadata
+from vkprovider.core.node import BaseReadiness as R
 
 CFG = vnode.NodeConfig(env="dev", stack="java", max_pods=200, kubelet_version="v1.37.2-vkprovider.0.1.0",
                        kubelet_port=10250)
@@ -34,10 +35,63 @@ def test_name_and_seed_labels():
     assert labels["topology.kubernetes.io/zone"] == "zone-a"
 
 
-def test_taints_are_added_never_replaced():
-    unreachable = {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}
-    assert vnode.missing_taints([unreachable], "dev") == vnode.node_taints("dev")
-    assert vnode.missing_taints([unreachable, *vnode.node_taints("dev")], "dev") == []
+def test_default_taint_is_the_virtual_node_one_and_the_env_taint_is_opt_in():
+    """The seeds' manifests tolerate only schedule.koupleless.io/virtual-node; VKP_ENV_TAINT adds the Go
+    controller's environment isolation taint."""
+    assert vnode.node_taints(CFG) == [{"key": "schedule.koupleless.io/virtual-node", "value": "True",
+                                       "effect": "NoExecute"}]
+    isolated = vnode.NodeConfig(env="dev", stack="java", max_pods=200, kubelet_version="v", kubelet_port=10250,
+                                env_taint=True)
+    assert {"key": "schedule.koupleless.io/node-env", "value": "dev", "effect": "NoExecute"} in \
+        vnode.node_taints(isolated)
+
+
+def test_taints_to_write_keeps_others_and_owns_only_its_own():
+    unreachable = {"key": "node.kubernetes.io/unreachable", "effect": "NoExecute", "timeAdded": "t"}
+    go_env = {"key": "schedule.koupleless.io/node-env", "value": "dev", "effect": "NoExecute"}
+    virtual = {"key": "schedule.koupleless.io/virtual-node", "value": "True", "effect": "NoExecute"}
+    # A Go controller node (both taints) adopted with the env taint off: the env taint goes, the others stay.
+    assert vnode.taints_to_write([virtual, go_env, unreachable], CFG, R.READY, "now") == [virtual, unreachable]
+    assert vnode.taints_to_write([virtual, unreachable], CFG, R.READY, "now") is None
+    # Deactivated: not-ready added at once (with timeAdded), removed when the base is back.
+    deact = vnode.taints_to_write([virtual], CFG, R.DEACTIVATED, "now")
+    assert deact == [virtual, {"key": "node.kubernetes.io/not-ready", "effect": "NoExecute", "timeAdded": "now"}]
+    assert vnode.taints_to_write(deact, CFG, R.DEACTIVATED, "later") is None
+    assert vnode.taints_to_write(deact, CFG, R.READY, "later") == [virtual]
+    assert vnode.taints_to_write([], CFG, R.READY, "now") == [virtual]
+
+
+def test_deactivated_base_is_not_ready():
+    st = vnode.node_status(HB, None, CFG, readiness=R.DEACTIVATED, silent_for_s=1)
+    ready = next(c for c in st["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "BaseDeactivated")
+
+
+def test_go_controller_node_tells_where_its_base_is():
+    go_node = {"metadata": {"name": "vnode.10.0.0.5.dev", "labels": {
+        "base.koupleless.io/name": "base", "base.koupleless.io/version": "1.0.0",
+        "base.koupleless.io/cluster-name": "default", "base.koupleless.io/host-name": "base-host",
+        "base.koupleless.io/tunnel-port": "1238", "virtual-kubelet.koupleless.io/component": "vnode",
+        "virtual-kubelet.koupleless.io/env": "dev"}},
+        "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.5"},
+                                 {"type": "Hostname", "address": "base-host"}]}}
+    hb = vnode.heartbeat_from_node(go_node, "dev")
+    assert hb is not None
+    assert (hb.identity, hb.ip, hb.port, hb.tunnel, hb.host_name) == ("10.0.0.5", "10.0.0.5", 1238, "http",
+                                                                       "base-host")
+    assert (hb.metadata.name, hb.metadata.version, hb.metadata.cluster_name) == ("base", "1.0.0", "default")
+    ours = vnode.new_node(HB, vnode.NodeConfig(env="dev", stack="java", max_pods=1, kubelet_version="v",
+                                               kubelet_port=1, kubelet_address="10.9.9.9"))
+    back = vnode.heartbeat_from_node({**ours, "status": {"addresses": [{"type": "InternalIP",
+                                                                         "address": "10.9.9.9"}]}}, "dev")
+    assert back is not None and (back.ip, back.port) == ("10.0.0.5", 1238)  # our annotation, not InternalIP
+
+
+def test_identity_refusals():
+    assert vnode.identity_refusal("10.0.0.5", "dev") is None
+    assert "lowercase" in (vnode.identity_refusal("SPOOF-0000", "dev") or "")
+    assert "DNS-1123" in (vnode.identity_refusal("a..b", "dev") or "")
+    assert "too long" in (vnode.identity_refusal("x" * 60, "dev") or "")
 
 
 def test_label_patch_removes_only_owned_stale_labels():
@@ -48,22 +102,22 @@ def test_label_patch_removes_only_owned_stale_labels():
 
 def test_resources_from_health():
     health = BaseHealth(cpu_count=4, memory_max_bytes=1000, memory_committed_bytes=300)
-    st = vnode.node_status(HB, health, CFG, reachable=True, silent_for_s=0)
+    st = vnode.node_status(HB, health, CFG, readiness=R.READY, silent_for_s=0)
     assert st["capacity"] == {"pods": "200", "cpu": "4", "memory": "1000"}
     assert st["allocatable"] == {"pods": "200", "cpu": "4", "memory": "1000"}
     moved = vnode.node_status(HB, BaseHealth(cpu_count=4, memory_max_bytes=1000, memory_committed_bytes=600), CFG,
-                              reachable=True, silent_for_s=0)
+                              readiness=R.READY, silent_for_s=0)
     assert not vnode.status_differs(moved, vnode.with_times(st, None, "2026-01-01T00:00:00Z"))
-    unknown = vnode.node_status(HB, BaseHealth(memory_max_bytes=-1), CFG, reachable=True, silent_for_s=0)
+    unknown = vnode.node_status(HB, BaseHealth(memory_max_bytes=-1), CFG, readiness=R.READY, silent_for_s=0)
     assert "memory" not in unknown["capacity"]
 
 
 def test_unreachable_base_is_ready_unknown_and_only_changes_are_writes():
-    ready = vnode.node_status(HB, None, CFG, reachable=True, silent_for_s=0)
+    ready = vnode.node_status(HB, None, CFG, readiness=R.READY, silent_for_s=0)
     assert vnode.status_differs(ready, None)
     written = vnode.with_times(ready, None, "2026-01-01T00:00:00Z")
     assert not vnode.status_differs(ready, written)
-    gone = vnode.node_status(HB, None, CFG, reachable=False, silent_for_s=30)
+    gone = vnode.node_status(HB, None, CFG, readiness=R.UNREACHABLE, silent_for_s=30)
     cond = next(c for c in gone["conditions"] if c["type"] == "Ready")
     assert cond["status"] == "Unknown" and cond["reason"] == "BaseUnreachable"
     assert vnode.status_differs(gone, written)
@@ -74,7 +128,7 @@ def test_unreachable_base_is_ready_unknown_and_only_changes_are_writes():
 
 def test_status_as_the_apiserver_stores_it_is_not_a_difference():
     """The apiserver drops empty strings (bootID, kernelVersion ...) and adds fields: that is not a change."""
-    desired = vnode.node_status(HB, None, CFG, reachable=True, silent_for_s=0)
+    desired = vnode.node_status(HB, None, CFG, readiness=R.READY, silent_for_s=0)
     stored = json.loads(json.dumps(vnode.with_times(desired, None, "2026-01-01T00:00:00Z")))
     stored["nodeInfo"] = {k: v for k, v in stored["nodeInfo"].items() if v != ""}
     stored["nodeInfo"]["swap"] = {}
@@ -86,7 +140,14 @@ def test_status_as_the_apiserver_stores_it_is_not_a_difference():
 
 
 def test_node_info_names_vkprovider_and_addresses():
-    st = vnode.node_status(HB, None, CFG, reachable=True, silent_for_s=0)
+    st = vnode.node_status(HB, None, CFG, readiness=R.READY, silent_for_s=0)
     assert "vkprovider" in st["nodeInfo"]["kubeletVersion"]
     assert {"type": "InternalIP", "address": "10.0.0.5"} in st["addresses"]
     assert st["daemonEndpoints"]["kubeletEndpoint"]["Port"] == 10250
+    assert st["nodeInfo"]["architecture"] == "amd64"
+    served = vnode.NodeConfig(env="dev", stack="java", max_pods=1, kubelet_version="v", kubelet_port=10251,
+                              architecture="arm64", kubelet_address="10.1.2.3")
+    st = vnode.node_status(HB, None, served, readiness=R.READY, silent_for_s=0)
+    # With vkprovider's kubelet API the only address is vkprovider's (a Hostname address would be tried first).
+    assert st["addresses"] == [{"type": "InternalIP", "address": "10.1.2.3"}]
+    assert st["nodeInfo"]["architecture"] == "arm64"

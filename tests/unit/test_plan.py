@@ -1,87 +1,164 @@
-"""Desired-vs-actual planning per base: the fencing rules of core.plan."""
+"""Desired-vs-actual planning per base: the fencing rules of core.plan, over a real BaseLedger."""
 
-from vkprovider.core.model import BizInfo, BizKey, BizSpec, BizState
+from vkprovider.core.basestate import BaseLedger, CommandKind
+from vkprovider.core.model import BizInfo, BizSpec, BizState
 from vkprovider.core.plan import PodWant, plan_base
 
 V1 = BizSpec("biz1", "0.0.1", "http://x/biz1-0.0.1.jar")
 V2 = BizSpec("biz1", "0.0.2", "http://x/biz1-0.0.2.jar")
+V1_NEW_URL = BizSpec("biz1", "0.0.1", "http://x/biz1-0.0.1-rebuilt.jar")
 B2 = BizSpec("biz2", "1.0", "http://x/biz2.jar")
+NOW = 100.0
 
 
-def actual(*specs: BizSpec, state: BizState = BizState.ACTIVATED) -> dict[BizKey, BizInfo]:
-    return {s.key: BizInfo(s.name, s.version, state) for s in specs}
+def ledger(*specs: BizSpec, state: BizState = BizState.ACTIVATED, known: bool = True) -> BaseLedger:
+    """A ledger whose base runs ``specs`` (installed by vkprovider from their URLs when ``known``)."""
+    led = BaseLedger(rand=lambda: 1.0)
+    led.apply_read(led.begin_read(), [BizInfo(s.name, s.version, state) for s in specs])
+    if known:
+        for spec in specs:
+            led.start(spec.key, CommandKind.INSTALL, spec, 0.0)
+            led.finish_install(spec, ok=True, reported=[BizInfo(spec.name, spec.version, state)], now=0.0, at_ms=0)
+    return led
 
 
-def plan(pods, bizs, **kw):
-    args = {"inflight": set(), "retry_after": {}, "orphan_since": {}, "now": 100.0, "orphan_grace_s": 30.0}
-    args.update(kw)
-    return plan_base(pods, bizs, **args)
+def plan(pods, led, now=NOW, grace=30.0):
+    return plan_base(pods, led, now=now, orphan_grace_s=grace)
 
 
 def test_unknown_base_state_decides_nothing():
-    p = plan([PodWant("ns/a", (V1,))], None)
-    assert p.install == () and p.uninstall == () and p.finalize == ()
+    p = plan([PodWant("ns/a", (V1,))], BaseLedger())
+    assert p.install == () and p.uninstall == () and p.finalize == () and p.force_finalize == ()
 
 
 def test_missing_biz_is_installed_once():
-    p = plan([PodWant("ns/a", (V1,)), PodWant("ns/b", (V1,))], actual())
+    p = plan([PodWant("ns/a", (V1,)), PodWant("ns/b", (V1,))], ledger())
     assert p.install == (V1,)
 
 
 def test_inflight_biz_is_not_installed_again():
-    p = plan([PodWant("ns/a", (V1,))], actual(), inflight={V1.key})
-    assert p.install == ()
+    led = ledger()
+    led.start(V1.key, CommandKind.INSTALL, V1, NOW)
+    assert plan([PodWant("ns/a", (V1,))], led).install == ()
 
 
 def test_failed_install_waits_for_backoff():
-    p = plan([PodWant("ns/a", (V1,))], actual(), retry_after={V1.key: 105.0})
-    assert p.install == () and p.wait_s == 5.0
-    p = plan([PodWant("ns/a", (V1,))], actual(), retry_after={V1.key: 99.0})
-    assert p.install == (V1,)
+    led = ledger()
+    led.start(V1.key, CommandKind.INSTALL, V1, NOW)
+    led.finish_install(V1, ok=False, message="boom", now=NOW, at_ms=0)  # rand=1.0: retry in 2 s
+    p = plan([PodWant("ns/a", (V1,))], led)
+    assert p.install == () and p.wait_s == 2.0
+    assert plan([PodWant("ns/a", (V1,))], led, now=NOW + 2.0).install == (V1,)
 
 
 def test_deleting_pod_releases_its_biz_and_is_finalized_after_uninstall():
-    terminating = PodWant("ns/a", (V1,), terminating=True)
-    p = plan([terminating], actual(V1))
-    assert p.uninstall == (V1.key,) and p.finalize == ()
-    p = plan([terminating], actual())
+    terminating = PodWant("ns/a", (V1,), terminating=True, deadline=NOW + 30)
+    p = plan([terminating], ledger(V1))
+    assert p.uninstall == (V1.key,) and p.finalize == () and p.wait_s == 30
+    p = plan([terminating], ledger())
     assert p.finalize == ("ns/a",)
+
+
+def test_grace_period_over_removes_the_pod_anyway_and_keeps_the_biz_tracked():
+    """kubelet semantics: the pod object goes when its grace period ends, even if the uninstall hangs; the biz
+    stays known, so its uninstall goes on (with backoff) as an orphan."""
+    led = ledger(V1)
+    led.start(V1.key, CommandKind.UNINSTALL, None, NOW)
+    led.finish_uninstall(V1.key, ok=False, message="stuck", now=NOW, at_ms=0)
+    pod = PodWant("ns/a", (V1,), terminating=True, deadline=NOW + 5)
+    p = plan([pod], led, now=NOW + 1)
+    assert p.force_finalize == () and p.uninstall == ()  # backing off
+    led.planned(p.wanted, p.released, p.orphans)
+    p = plan([pod], led, now=NOW + 6)
+    assert p.force_finalize == ("ns/a",) and p.finalize == ()
+    assert p.uninstall == (V1.key,)  # the retry is due too
+    led.planned(p.wanted, p.released, p.orphans)
+    p = plan([], led, now=NOW + 7)  # the pod is gone: the biz is still known and retried without a grace
+    assert V1.key in led.known and p.orphans == {}
 
 
 def test_late_delete_of_old_pod_never_removes_what_a_new_pod_wants():
     """koupleless#405: same name:version in the old (terminating) and the new pod."""
-    p = plan([PodWant("ns/old", (V1,), terminating=True), PodWant("ns/new", (V1,))], actual(V1))
+    p = plan([PodWant("ns/old", (V1,), terminating=True), PodWant("ns/new", (V1,))], ledger(V1))
     assert p.uninstall == () and p.install == ()
     assert p.finalize == ("ns/old",)
 
 
 def test_upgrade_installs_new_before_uninstalling_old():
     pods = [PodWant("ns/a", (V2,))]
-    p = plan(pods, actual(V1), known={V1.key})
+    led = ledger(V1)
+    led.planned({V1.key}, (), {})
+    p = plan(pods, led)
     assert p.install == (V2,) and p.uninstall == ()
-    p = plan(pods, actual(V1), inflight={V2.key}, known={V1.key})
-    assert p.uninstall == ()
-    p = plan(pods, {**actual(V1, state=BizState.DEACTIVATED), **actual(V2)}, known={V1.key})
-    assert p.uninstall == (V1.key,)
+    led.start(V2.key, CommandKind.INSTALL, V2, NOW)
+    assert plan(pods, led).uninstall == ()  # still installing the new version
+    led.finish_install(V2, ok=True, reported=[BizInfo("biz1", "0.0.2", BizState.ACTIVATED)], now=NOW, at_ms=0)
+    assert plan(pods, led).uninstall == (V1.key,)
+
+
+def test_one_command_per_biz_name_and_the_oldest_pod_first():
+    """Two versions of one biz wanted on a base: the older pod's version is installed first, the newer after it,
+    so the later install (which deactivates the other: BizDeactivate) follows the order pods were created."""
+    older, newer = PodWant("ns/v1", (V1,), order="2026-01-01T00:00:00Z/v1"), \
+        PodWant("ns/v2", (V2,), order="2026-01-01T00:00:01Z/v2")
+    led = ledger()
+    p = plan([newer, older], led)
+    assert p.install == (V1,)
+    led.start(V1.key, CommandKind.INSTALL, V1, NOW)
+    assert plan([newer, older], led).install == ()  # biz1 is busy on this base
+    led.finish_install(V1, ok=True, reported=[BizInfo("biz1", "0.0.1", BizState.ACTIVATED)], now=NOW, at_ms=0)
+    assert plan([newer, older], led).install == (V2,)
+    assert set(plan([newer, older, PodWant("ns/b2", (B2,))], led).install) == {V2, B2}  # other names: parallel
+
+
+def test_same_version_from_another_url_is_reinstalled_newest_pod_wins():
+    led = ledger(V1)
+    p = plan([PodWant("ns/a", (V1_NEW_URL,))], led)
+    assert p.reinstall == (V1_NEW_URL,) and p.install == () and p.uninstall == ()
+    both = [PodWant("ns/old", (V1,), order="1"), PodWant("ns/new", (V1_NEW_URL,), order="2")]
+    assert plan(both, led).reinstall == (V1_NEW_URL,)
+    assert plan(both, ledger(V1_NEW_URL)).reinstall == ()
+
+
+def test_a_biz_whose_url_is_unknown_is_adopted_not_reinstalled():
+    """Taking over from the Go controller or a restart before any URL was recorded: what runs is kept."""
+    assert plan([PodWant("ns/a", (V1_NEW_URL,))], ledger(V1, known=False)).reinstall == ()
 
 
 def test_orphan_of_unknown_origin_waits_the_grace_period():
-    p = plan([], actual(B2))
-    assert p.uninstall == () and p.orphans == {B2.key: 100.0} and p.wait_s == 30.0
-    p = plan([], actual(B2), orphan_since={B2.key: 60.0})
+    led = ledger(B2, known=False)
+    p = plan([], led)
+    assert p.uninstall == () and p.orphans == {B2.key: NOW} and p.wait_s == 30
+    led.planned(p.wanted, p.released, p.orphans)
+    p = plan([], led, now=NOW + 31)
     assert p.uninstall == (B2.key,)
 
 
 def test_orphan_that_a_pod_owned_goes_at_once():
-    p = plan([], actual(B2), known={B2.key})
-    assert p.uninstall == (B2.key,)
+    led = ledger(V1)
+    led.planned({V1.key}, (), {})
+    assert plan([], led).uninstall == (V1.key,)
 
 
 def test_terminal_pod_owns_nothing():
-    p = plan([PodWant("ns/a", (V1,), terminal=True)], actual(V1), known={V1.key})
-    assert p.uninstall == (V1.key,)
+    led = ledger(V1)
+    led.planned({V1.key}, (), {})
+    p = plan([PodWant("ns/a", (V1,), terminal=True)], led)
+    assert p.uninstall == (V1.key,) and p.wanted == frozenset()
 
 
 def test_uninstall_in_flight_blocks_finalize():
-    p = plan([PodWant("ns/a", (V1,), terminating=True)], actual(V1), inflight={V1.key})
-    assert p.uninstall == () and p.finalize == ()
+    led = ledger(V1)
+    led.start(V1.key, CommandKind.UNINSTALL, None, NOW)
+    p = plan([PodWant("ns/a", (V1,), terminating=True)], led)
+    assert p.finalize == () and p.uninstall == ()
+
+
+def test_failed_uninstall_backs_off():
+    led = ledger(V1)
+    led.planned({V1.key}, (), {})
+    led.start(V1.key, CommandKind.UNINSTALL, None, NOW)
+    led.finish_uninstall(V1.key, ok=False, message="busy", now=NOW, at_ms=0)
+    p = plan([], led)
+    assert p.uninstall == () and p.wait_s == 2.0
+    assert plan([], led, now=NOW + 2).uninstall == (V1.key,)

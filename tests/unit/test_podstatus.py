@@ -6,7 +6,8 @@ import pytest
 
 from vkprovider.core.model import BizInfo, BizState, BizStateRecord
 from vkprovider.core.module import pod_modules
-from vkprovider.core.podstatus import OpFacts, OpState, pod_status, status_changed, status_patch
+from vkprovider.core.model import BizInfo
+from vkprovider.core.podstatus import BaseCondition, OpFacts, OpState, pod_status, status_changed, status_patch
 
 SCHEMES = frozenset({"http", "https", "file"})
 NOW = "2026-01-01T00:00:00Z"
@@ -85,10 +86,142 @@ def test_missing_biz_version_gives_reason_and_message():
     assert "BIZ_VERSION" in st["message"]
 
 
-@pytest.mark.parametrize("image", ["nginx:latest", "ftp://h/x.jar", "http:///nohost.jar"])
+@pytest.mark.parametrize("image", ["ftp://h/x.jar", "http:///nohost.jar", "biz1.jar", "http://h/a b.jar"])
 def test_invalid_urls_are_problems(image):
     mods = pod_modules(pod(container(image=image)), SCHEMES)
     assert mods.bizs == () and mods.problems[0].reason == "InvalidBizURL"
+
+
+def test_url_policy_file_only_when_enabled_and_hosts_for_every_scheme():
+    from vkprovider.core.module import UrlPolicy, check_biz_url
+
+    web = UrlPolicy(frozenset({"https", "http"}))
+    assert "not allowed" in (check_biz_url("file:///opt/biz1.jar", web) or "")
+    local = UrlPolicy(frozenset({"https", "file"}), frozenset({"repo.example.com"}))
+    assert check_biz_url("https://repo.example.com/biz1.jar", local) is None
+    assert "not in the allowed list" in (check_biz_url("https://evil.example.com/biz1.jar", local) or "")
+    # file: no longer bypasses the host list: its host is localhost.
+    assert "not in the allowed list" in (check_biz_url("file:///opt/biz1.jar", local) or "")
+    with_local = UrlPolicy(frozenset({"file"}), frozenset({"localhost"}))
+    assert check_biz_url("file:///opt/biz1.jar", with_local) is None
+
+
+def test_namespace_policy():
+    from vkprovider.core.module import parse_namespace_policy
+
+    policy = parse_namespace_policy("team-a=cluster-a|shared;*=shared")
+    assert policy.refusal("team-a", "cluster-a") is None
+    assert policy.refusal("team-b", "shared") is None
+    assert "may not install" in (policy.refusal("team-b", "cluster-a") or "")
+    assert parse_namespace_policy("").refusal("x", "y") is None
+    with pytest.raises(ValueError):
+        parse_namespace_policy("team-a")
+
+
+def test_sidecars_do_not_block_ready_and_are_not_installed():
+    """The Go controller's convention: only containers whose image names a jar are bizs."""
+    p = pod(container(), {"name": "envoy", "image": "envoyproxy/envoy:v1.30"})
+    mods = pod_modules(p, SCHEMES)
+    assert [b.name for b in mods.bizs] == ["biz1"] and mods.sidecars == ("envoy",)
+    b = biz(BizState.ACTIVATED)
+    st = pod_status(p, mods, {b.key: b}, {}, base_ip="1.1.1.1", now_iso=NOW)
+    ready = {c["type"]: c["status"] for c in st["conditions"]}["Ready"]
+    assert ready == "True" and st["phase"] == "Running"
+    envoy = st["containerStatuses"][1]
+    assert envoy["ready"] and "running" in envoy["state"]
+
+
+def test_a_pod_with_no_biz_container_says_so():
+    p = pod({"name": "web", "image": "nginx:latest"})
+    mods = pod_modules(p, SCHEMES)
+    st = pod_status(p, mods, {}, {}, base_ip="1.1.1.1", now_iso=NOW)
+    assert st["phase"] == "Pending" and "no biz container" in st["message"]
+    assert {c["type"]: c["status"] for c in st["conditions"]}["Ready"] == "False"
+
+
+@pytest.mark.parametrize(("base", "reason"), [(BaseCondition.UNREACHABLE, "BaseUnreachable"),
+                                              (BaseCondition.DEACTIVATED, "BaseDeactivated")])
+def test_pods_of_a_base_that_is_not_ready_are_not_ready(base, reason):
+    p = pod(container(), phase="Running")
+    mods = pod_modules(p, SCHEMES)
+    b = biz(BizState.ACTIVATED)
+    st = pod_status(p, mods, {b.key: b}, {}, base_ip="1.1.1.1", now_iso=NOW, base=base, base_message="gone")
+    conds = {c["type"]: c for c in st["conditions"]}
+    assert conds["Ready"]["status"] == "False" and conds["Ready"]["reason"] == reason
+    assert st["phase"] == "Running" and not st["containerStatuses"][0]["ready"]
+    assert "running" in st["containerStatuses"][0]["state"]  # the biz still runs as far as anyone knows
+    p["status"] = st
+    back = pod_status(p, mods, {b.key: b}, {}, base_ip="1.1.1.1", now_iso=NOW)
+    assert {c["type"]: c["status"] for c in back["conditions"]}["Ready"] == "True"
+
+
+def test_with_base_not_ready_flips_readiness_of_an_unknown_status():
+    from vkprovider.core.podstatus import with_base_not_ready
+
+    current = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+               "containerStatuses": [{"name": "biz1", "ready": True, "state": {"running": {}}}]}
+    st = with_base_not_ready(current, BaseCondition.UNREACHABLE, "base silent", NOW)
+    assert st is not None and st["containerStatuses"][0]["ready"] is False
+    assert {c["type"]: c["reason"] for c in st["conditions"]}["Ready"] == "BaseUnreachable"
+    assert with_base_not_ready(st, BaseCondition.UNREACHABLE, "base silent", NOW) is None
+    assert with_base_not_ready(current, BaseCondition.READY, "", NOW) is None
+
+
+def test_failed_installs_count_as_restarts_with_the_last_failure():
+    p = pod(container())
+    mods = pod_modules(p, SCHEMES)
+    op = OpFacts(OpState.INSTALL_FAILED, "jar not found", attempts=3, failed_at_ms=1_700_000_000_000)
+    st = pod_status(p, mods, {}, {mods.bizs[0].key: op}, base_ip="1.1.1.1", now_iso=NOW)
+    cs = st["containerStatuses"][0]
+    assert cs["restartCount"] == 3 and cs["state"]["waiting"]["reason"] == "BizInstallFailed"
+    assert cs["lastState"]["terminated"]["reason"] == "BizInstallFailed"
+    assert cs["lastState"]["terminated"]["finishedAt"] == "2023-11-14T22:13:20Z"
+
+
+def test_image_and_image_id_report_what_runs():
+    p = pod(container(image="http://h/biz1-new.jar"))
+    mods = pod_modules(p, SCHEMES)
+    b = biz(BizState.ACTIVATED)
+    op = OpFacts(OpState.IDLE, installed_url="http://h/biz1-old.jar")
+    cs = pod_status(p, mods, {b.key: b}, {b.key: op}, base_ip="1.1.1.1", now_iso=NOW)["containerStatuses"][0]
+    assert cs["image"] == cs["imageID"] == "http://h/biz1-old.jar"
+    cs = pod_status(p, mods, {}, {}, base_ip="1.1.1.1", now_iso=NOW)["containerStatuses"][0]
+    assert cs["image"] == "http://h/biz1-new.jar" and cs["imageID"] == ""
+
+
+def test_started_at_without_an_activated_record_is_kept_not_renewed():
+    p = pod(container())
+    mods = pod_modules(p, SCHEMES)
+    b = BizInfo("biz1", "0.0.1", BizState.ACTIVATED)  # a base that sends no state records
+    first = pod_status(p, mods, {b.key: b}, {}, base_ip="1.1.1.1", now_iso=NOW)
+    p["status"] = first
+    later = pod_status(p, mods, {b.key: b}, {}, base_ip="1.1.1.1", now_iso="2026-01-01T01:00:00Z")
+    assert later["containerStatuses"][0]["state"]["running"]["startedAt"] == NOW
+    assert not status_changed(later, first)
+
+
+def test_finished_container_keeps_its_state():
+    p = pod(container(), phase="Running")
+    mods = pod_modules(p, SCHEMES)
+    shown = {"terminated": {"exitCode": 0, "reason": "BizDeactivate", "message": "biz biz1:0.0.1 was deactivated",
+                            "finishedAt": "2026-01-01T00:00:00Z"}}
+    st = pod_status(p, mods, {}, {}, base_ip="1.1.1.1", now_iso="2026-02-02T00:00:00Z",
+                    finished={"biz1": shown})
+    assert st["containerStatuses"][0]["state"] == shown and st["phase"] == "Failed"
+    st = pod_status(p, mods, {}, {}, base_ip="1.1.1.1", now_iso=NOW, finished={"biz1": shown},
+                    replaced_in_rollout=frozenset({"biz1"}))
+    assert st["phase"] == "Running" and st["reason"] == "BizDeactivate"
+
+
+def test_not_a_module_pod_gets_one_condition_once():
+    from vkprovider.core.podstatus import not_a_module_condition
+
+    p = {"metadata": {"name": "ds-x"}, "status": {"phase": "Pending"}}
+    patch = not_a_module_condition(p, NOW)
+    assert patch is not None and patch["conditions"][0]["reason"] == "NotAModule"
+    assert "phase" not in patch  # not Failed: its controller would recreate it forever
+    p["status"]["conditions"] = patch["conditions"]
+    assert not_a_module_condition(p, NOW) is None
 
 
 def test_running_pod_stays_running_when_its_base_lost_the_biz():

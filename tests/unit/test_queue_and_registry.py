@@ -2,9 +2,12 @@
 
 import asyncio
 
-from vkprovider.controllers.bases import BaseRegistry
+from tests.helpers import wait_for
+from vkprovider.controllers.bases import BaseRegistry, Heard
 from vkprovider.controllers.queue import WorkQueue
+from vkprovider.core.backoff import Backoff
 from vkprovider.core.model import BaseHeartbeat, BaseMetadata
+from vkprovider.core.node import BaseReadiness
 
 
 async def test_a_key_is_never_handled_twice_at_once_and_changes_during_handling_are_not_lost():
@@ -12,6 +15,7 @@ async def test_a_key_is_never_handled_twice_at_once_and_changes_during_handling_
     overlaps = 0
     calls: list[str] = []
     gate = asyncio.Event()
+    entered = asyncio.Event()
 
     async def handler(key: str) -> None:
         nonlocal overlaps
@@ -20,17 +24,19 @@ async def test_a_key_is_never_handled_twice_at_once_and_changes_during_handling_
         running.add(key)
         calls.append(key)
         if len(calls) == 1:
+            entered.set()
             await gate.wait()
         running.discard(key)
 
     queue = WorkQueue("t1", handler, workers=4)
     await queue.start()
     queue.add("a")
-    await asyncio.sleep(0.01)
+    await asyncio.wait_for(entered.wait(), 5)
     queue.add("a")  # arrives while "a" is being handled: must run once more afterwards
     queue.add("a")
     gate.set()
-    await asyncio.sleep(0.05)
+    await wait_for(lambda: len(calls) == 2, timeout=5, interval=0.01, what="the second run")
+    await wait_for(lambda: not running, timeout=5, interval=0.01)
     await queue.stop()
     assert calls == ["a", "a"] and overlaps == 0
 
@@ -44,10 +50,10 @@ async def test_failures_back_off_and_recover():
         if attempts < 3:
             raise RuntimeError("transient")
 
-    queue = WorkQueue("t2", handler, workers=1, base_backoff_s=0.01, max_backoff_s=0.05)
+    queue = WorkQueue("t2", handler, workers=1, backoff=Backoff(0.01, 0.05))
     await queue.start()
     queue.add("k")
-    await asyncio.sleep(0.3)
+    await wait_for(lambda: attempts >= 3, timeout=5, interval=0.01, what="three attempts")
     await queue.stop()
     assert attempts == 3
 
@@ -63,28 +69,52 @@ async def test_handler_can_ask_to_be_called_again_later():
     queue = WorkQueue("t3", handler, workers=1)
     await queue.start()
     queue.add("k")
-    await asyncio.sleep(0.2)
+    await wait_for(lambda: len(times) == 2, timeout=5, interval=0.01, what="the timed second call")
     await queue.stop()
-    assert len(times) == 2 and times[1] - times[0] >= 0.04
+    assert times[1] - times[0] >= 0.04
 
 
-def hb(identity: str = "b1", port: int = 1238, version: str = "1.0.0") -> BaseHeartbeat:
-    return BaseHeartbeat(BaseMetadata(identity, "base", version, "default"), "h", "127.0.0.1", port)
+def hb(identity: str = "b1", port: int = 1238, version: str = "1.0.0", state: str = "ACTIVATED") -> BaseHeartbeat:
+    return BaseHeartbeat(BaseMetadata(identity, "base", version, "default"), "h", "127.0.0.1", port, state=state)
 
 
 def test_registry_reports_new_changed_and_restarted_bases_with_an_injected_clock():
     now = [100.0]
     registry = BaseRegistry("dev", clock=lambda: now[0], restart_gap_s=20)
-    view, changed, reread = registry.heartbeat(hb())
-    assert view.node == "vnode.b1.dev" and changed and reread
-    view.bizs_stale = False
+    view, heard = registry.heartbeat(hb())
+    assert view.node == "vnode.b1.dev" and heard is Heard.NEW and view.ledger.read_needed()
+    view.ledger.apply_read(view.ledger.begin_read(), [])
     now[0] += 12
-    _, changed, reread = registry.heartbeat(hb())
-    assert not changed and not reread and not view.bizs_stale
+    _, heard = registry.heartbeat(hb())
+    assert heard is Heard.NOTHING and not view.ledger.read_needed()
     now[0] += 12
-    _, changed, _ = registry.heartbeat(hb(version="2.0.0"))
-    assert changed
+    _, heard = registry.heartbeat(hb(version="2.0.0"))
+    assert heard is Heard.CHANGED
     now[0] += 30  # a gap: the JVM may have restarted and lost its bizs
-    _, _, reread = registry.heartbeat(hb(version="2.0.0"))
-    assert reread and view.bizs_stale
+    _, heard = registry.heartbeat(hb(version="2.0.0"))
+    assert heard is Heard.CHANGED and view.ledger.read_needed()
     assert view.silent_for(now[0] + 5) == 5
+
+
+def test_a_deactivated_base_is_not_alive():
+    """A base that says DEACTIVATED (graceful shutdown) does not refresh its liveness: it is NotReady at once."""
+    now = [100.0]
+    registry = BaseRegistry("dev", clock=lambda: now[0])
+    view, _ = registry.heartbeat(hb())
+    now[0] += 3
+    _, heard = registry.heartbeat(hb(state="DEACTIVATED"))
+    assert heard is Heard.CHANGED and view.readiness(now[0], 25) is BaseReadiness.DEACTIVATED
+    assert view.last_heard == 100.0
+    now[0] += 1
+    _, heard = registry.heartbeat(hb())
+    assert heard is Heard.CHANGED and view.readiness(now[0], 25) is BaseReadiness.READY
+
+
+def test_a_base_known_from_its_node_only_is_silent_until_heard_or_answering():
+    now = [100.0]
+    registry = BaseRegistry("dev", clock=lambda: now[0])
+    view = registry.known_from_node(hb())
+    assert view.last_heard is None and view.silent_for(110.0) == 10.0
+    now[0] = 112.0
+    registry.answered(view.node)  # the base answered a probe: alive, wherever its heartbeats go
+    assert view.readiness(113.0, 25) is BaseReadiness.READY

@@ -75,7 +75,7 @@ def test_real_arklet_heartbeat_bytes() -> None:
         ({"state": _DELETE}, lambda hb: hb.state == "ACTIVATED"),
         ({"localHostName": _DELETE}, lambda hb: hb.host_name == ""),
         ({"baseMetadata__identity": "unknown-3f2a"}, lambda hb: hb.identity == "unknown-3f2a"),
-        ({"baseMetadata__identity": "Base-A.Zone1"}, lambda hb: hb.identity == "Base-A.Zone1"),
+        ({"baseMetadata__identity": "base-a.zone1"}, lambda hb: hb.identity == "base-a.zone1"),
         ({"localIP": "::1"}, lambda hb: hb.ip == "::1"),
         ({"port": 65535}, lambda hb: hb.port == 65535),
         ({"extra": {"anything": [1, 2]}}, lambda hb: hb.identity == "10.0.0.5"),  # unknown keys tolerated
@@ -126,6 +126,13 @@ def test_heartbeat_mqtt_port_zero_allowed_only_when_asked() -> None:
         (orjson.dumps(_heartbeat(baseMetadata__identity="a_b")), "invalid", "DNS-1123"),
         (orjson.dumps(_heartbeat(baseMetadata__identity="-ab")), "invalid", "identity"),
         (orjson.dumps(_heartbeat(baseMetadata__identity="a" * 64)), "invalid", "longer than 63"),
+        # Identities that differ only in case would fold onto one node: refused, never lowercased.
+        (orjson.dumps(_heartbeat(baseMetadata__identity="SPOOF-0000")), "invalid", "must be lowercase"),
+        (orjson.dumps(_heartbeat(baseMetadata__identity="Base-A.Zone1")), "invalid", "must be lowercase"),
+        # a..b would make the invalid node name vnode.a..b.<env> (a 422 retried forever).
+        (orjson.dumps(_heartbeat(baseMetadata__identity="a..b")), "invalid", "DNS-1123"),
+        (orjson.dumps(_heartbeat(baseMetadata__identity="-a")), "invalid", "DNS-1123"),
+        (orjson.dumps(_heartbeat(baseMetadata__identity="fe80::1")), "invalid", "DNS-1123"),
         (orjson.dumps(_heartbeat(baseMetadata__identity=5)), "invalid", "baseMetadata.identity"),
         (orjson.dumps(_heartbeat(baseMetadata__name="")), "invalid", "name must not be empty"),
         (orjson.dumps(_heartbeat(baseMetadata__name="has space")), "invalid", "baseMetadata.name"),
@@ -433,3 +440,13 @@ def test_request_bodies() -> None:
         "bizList": [orjson.loads(wire.install_request(spec))] * 2
     }
     assert orjson.loads(wire.baseline_response([spec])) == [orjson.loads(wire.install_request(spec))]
+
+
+def test_identity_must_fit_the_node_name_of_its_env() -> None:
+    """vnode.<identity>.<env> is also the kubernetes.io/hostname label value: at most 63 characters."""
+    fits = "a" * (63 - len("vnode.") - len(".dev") )
+    assert wire.parse_heartbeat(_heartbeat(baseMetadata__identity=fits), env="dev").identity == fits
+    with pytest.raises(wire.WireError, match="identity too long"):
+        wire.parse_heartbeat(_heartbeat(baseMetadata__identity=fits + "b"), env="dev")
+    with pytest.raises(wire.WireError, match="identity too long"):
+        wire.parse_base_metadata(_heartbeat(baseMetadata__identity=fits + "b")["baseMetadata"], env="dev")

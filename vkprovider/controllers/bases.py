@@ -1,20 +1,37 @@
-"""The in-memory view of every base: what it last said, when, and what vkprovider is doing to it.
+"""The in-memory view of every base: what it last said, when it was last heard, and its biz ledger.
 
-Tunnels write facts in (heartbeats, health, biz lists); the node and module controllers read them. Times come
-from an injected monotonic clock so liveness is tested without sleeping.
+Tunnels write facts in (heartbeats, health); the node controller writes what it rebuilt from Nodes; the module
+controller owns each base's ``BaseLedger`` (``core.basestate``), the one place its biz facts change. A base is
+known from either source: a replica that takes a vnode over may never have heard its base (heartbeats reach
+whichever replica a Service picks), so the Node says where the base is until a heartbeat does.
+
+Liveness is "last heard": a heartbeat, or any answer from the base's arklet. A replica that owns a vnode probes
+the base (``health``) when it has not heard it for a while, so a base whose heartbeats land on other replicas
+stays Ready. A base that says DEACTIVATED is not alive: its heartbeat does not count.
+
+Times come from an injected monotonic clock so liveness is tested without sleeping.
 """
 
 from __future__ import annotations
 
+import enum
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from vkprovider.core.model import BaseHealth, BaseHeartbeat, BizInfo, BizKey
-from vkprovider.core.node import node_name
-from vkprovider.core.podstatus import OpFacts
+from vkprovider.core.basestate import BaseLedger
+from vkprovider.core.model import BaseHealth, BaseHeartbeat
+from vkprovider.core.node import BaseReadiness, node_name
 
 Clock = Callable[[], float]
+
+
+class Heard(enum.Enum):
+    """What a heartbeat changed."""
+
+    NOTHING = 0  # same base, same facts: liveness refreshed only
+    NEW = 1  # a base this replica did not know
+    CHANGED = 2  # the node must be updated (labels, address, readiness)
 
 
 @dataclass(slots=True)
@@ -23,28 +40,29 @@ class BaseView:
 
     node: str
     heartbeat: BaseHeartbeat
-    last_seen: float
     first_seen: float
+    last_heard: float | None = None  # None: never heard by this replica (known from its Node only)
+    deactivated: bool = False
     health: BaseHealth | None = None
     health_at: float = -1e18
-    bizs: dict[BizKey, BizInfo] | None = None
-    bizs_at: float = -1e18
-    bizs_stale: bool = True
-    inflight: set[BizKey] = field(default_factory=set)
-    ops: dict[BizKey, OpFacts] = field(default_factory=dict)
-    retry_after: dict[BizKey, float] = field(default_factory=dict)
-    failures: dict[BizKey, int] = field(default_factory=dict)
-    orphan_since: dict[BizKey, float] = field(default_factory=dict)
-    known: set[BizKey] = field(default_factory=set)
-    superseded: dict[BizKey, BizKey] = field(default_factory=dict)  # old version -> the version that replaced it
-    unreachable_since: float | None = None
+    probing: bool = False
+    ledger: BaseLedger = field(default_factory=BaseLedger)
 
     def silent_for(self, now: float) -> float:
-        return now - self.last_seen
+        if self.last_heard is None:
+            return now - self.first_seen
+        return now - self.last_heard
+
+    def readiness(self, now: float, unreachable_after_s: float) -> BaseReadiness:
+        if self.deactivated:
+            return BaseReadiness.DEACTIVATED
+        if self.silent_for(now) > unreachable_after_s:
+            return BaseReadiness.UNREACHABLE
+        return BaseReadiness.READY
 
 
 class BaseRegistry:
-    """All bases of this env seen by any tunnel. Not thread-safe: used from the event loop only."""
+    """All bases of this env known to this replica. Not thread-safe: used from the event loop only."""
 
     def __init__(self, env: str, clock: Clock = time.monotonic, restart_gap_s: float = 20.0) -> None:
         self.env = env
@@ -58,32 +76,53 @@ class BaseRegistry:
     def __len__(self) -> int:
         return len(self._bases)
 
+    def __contains__(self, node: object) -> bool:
+        return node in self._bases
+
     def get(self, node: str) -> BaseView | None:
         return self._bases.get(node)
 
     def forget(self, node: str) -> None:
         self._bases.pop(node, None)
 
-    def heartbeat(self, hb: BaseHeartbeat) -> tuple[BaseView, bool, bool]:
-        """Record a heartbeat. Returns (view, node facts changed, bizs must be re-read)."""
-        now = self.clock()
+    def known_from_node(self, hb: BaseHeartbeat) -> BaseView:
+        """A base learnt from its Node (not heard): it counts as silent since now until heard or answering."""
         node = node_name(hb.identity, self.env)
         view = self._bases.get(node)
         if view is None:
-            view = BaseView(node=node, heartbeat=hb, last_seen=now, first_seen=now)
+            view = BaseView(node=node, heartbeat=hb, first_seen=self.clock())
             self._bases[node] = view
-            return view, True, True
-        changed = view.heartbeat != hb or view.unreachable_since is not None
-        # A long gap means the base may have restarted (and lost its bizs): look again.
-        reread = now - view.last_seen > self.restart_gap_s or (view.heartbeat.ip, view.heartbeat.port) != (
-            hb.ip,
-            hb.port,
-        )
+        return view
+
+    def heartbeat(self, hb: BaseHeartbeat) -> tuple[BaseView, Heard]:
+        """Record a heartbeat; a long silence or a new address means the base may have restarted (and lost its
+        bizs), so its ledger is asked to read again."""
+        now = self.clock()
+        node = node_name(hb.identity, self.env)
+        view = self._bases.get(node)
+        deactivated = hb.state == "DEACTIVATED"
+        if view is None:
+            view = BaseView(node=node, heartbeat=hb, first_seen=now, deactivated=deactivated)
+            if not deactivated:
+                view.last_heard = now
+            self._bases[node] = view
+            return view, Heard.NEW
+        was_silent = view.last_heard is None or now - view.last_heard > self.restart_gap_s
+        moved = (view.heartbeat.ip, view.heartbeat.port, view.heartbeat.tunnel) != (hb.ip, hb.port, hb.tunnel)
+        changed = view.heartbeat != hb or view.deactivated != deactivated
+        if (was_silent or moved) and not deactivated:
+            view.ledger.request_read()
         view.heartbeat = hb
-        view.last_seen = now
-        if reread:
-            view.bizs_stale = True
-        return view, changed, reread
+        view.deactivated = deactivated
+        if not deactivated:
+            view.last_heard = now
+        return view, (Heard.CHANGED if changed or was_silent else Heard.NOTHING)
+
+    def answered(self, node: str) -> None:
+        """The base's arklet answered a call: it is alive (its heartbeats may be reaching another replica)."""
+        view = self._bases.get(node)
+        if view is not None and not view.deactivated:
+            view.last_heard = self.clock()
 
     def health(self, node: str, health: BaseHealth) -> bool:
         """Record health; True if it changed what the node shows."""
@@ -94,12 +133,3 @@ class BaseRegistry:
         changed = view.health != health
         view.health = health
         return changed
-
-    def bizs(self, node: str, bizs: Sequence[BizInfo]) -> Mapping[BizKey, BizInfo] | None:
-        view = self._bases.get(node)
-        if view is None:
-            return None
-        view.bizs = {b.key: b for b in bizs}
-        view.bizs_at = self.clock()
-        view.bizs_stale = False
-        return view.bizs

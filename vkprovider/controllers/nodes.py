@@ -1,25 +1,36 @@
-"""The node controller: one virtual Node and one node Lease per live base.
+"""The node controller: one virtual Node per live base, kept the way a kubelet keeps its own Node.
 
-Level-based: ``reconcile(node)`` re-reads the base view and the cached Node and writes only differences. A
-silent base first turns Ready to Unknown (so Kubernetes' own node-lifecycle controller taints and evicts), and
-only after the dead window is its Node deleted. A Node deleted by hand is recreated while its base lives.
-Ownership of a vnode is its Lease: this replica touches only vnodes whose lease it holds or may take over.
+Level-based: ``reconcile(node)`` re-reads the base view and the cached Node and writes only differences, and only
+for vnodes this replica holds (``LeaseKeeper.may_write``). A base heard for the first time is claimed by creating
+its Lease (atomic across replicas), then its Node is created with its status (two writes per new base).
+
+Readiness follows the base like a kubelet's Ready follows the kubelet: a silent base turns Ready to Unknown (the
+node-lifecycle controller then taints it unreachable and evicts); a base that says DEACTIVATED (graceful shutdown)
+turns Ready to False with reason ``BaseDeactivated`` and a not-ready taint at once; either comes back to True when
+the base does. Only after the dead window is a silent base's Node deleted. A Node deleted by hand is recreated
+while its base lives. Liveness counts heartbeats heard by this replica and answers of the base's arklet: the
+owner probes a base it has not heard for ``VKP_BASE_PROBE_AFTER`` (its heartbeats may be going to another
+replica behind the same Service), so a base is Ready as long as it answers, whichever replica it heartbeats to.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import Counter, Gauge
 
 from vkprovider.config import Settings
 from vkprovider.controllers.bases import BaseRegistry, BaseView, Clock
+from vkprovider.controllers.ownership import LeaseKeeper
 from vkprovider.controllers.queue import Requeue, WorkQueue
 from vkprovider.core import node as vnode
+from vkprovider.core import ownership as own
+from vkprovider.core.node import BaseReadiness
+from vkprovider.core.sanitize import MAX_LOG_TEXT, clean
 from vkprovider.kube.client import ApiError, Kube
 from vkprovider.kube.events import EventRecorder
 from vkprovider.kube.informer import Informer
@@ -27,27 +38,21 @@ from vkprovider.tunnels.base import Tunnel, TunnelError
 
 log = logging.getLogger(__name__)
 
-NODE_WRITES = Counter("vkprovider_node_writes_total", "Writes to Nodes and Leases.", ["kind"])
-VNODES = Gauge("vkprovider_vnodes", "Vnodes this replica serves, by readiness.", ["ready"])
-for _kind in ("create", "labels", "taints", "status", "delete", "lease_create", "lease_renew", "lease_takeover"):
+NODE_WRITES = Counter("vkprovider_node_writes_total", "Writes to Nodes.", ["kind"])
+VNODES = Gauge("vkprovider_vnodes", "Vnodes this replica holds, by readiness.", ["ready"])
+HEARTBEAT_AGE = Gauge("vkprovider_base_silence_max_seconds",
+                      "The longest time since any held base was last heard (heartbeat or answer).")
+for _kind in ("create", "meta", "status", "delete"):
     NODE_WRITES.labels(_kind)
+for _ready in ("true", "false", "unknown"):
+    VNODES.labels(_ready)
 
-
-def micro_time(dt: datetime) -> str:
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+_READY_LABEL = {BaseReadiness.READY: "true", BaseReadiness.DEACTIVATED: "false", BaseReadiness.UNREACHABLE: "unknown"}
+PROBE_EVERY_S = 5.0  # while a held base is silent, ask it this often whether it is alive
 
 
 def iso_time(dt: datetime) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(raw: str | None) -> datetime | None:
-    if not raw:
-        return None
-    try:
-        return datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 class NodeController:
@@ -57,134 +62,194 @@ class NodeController:
         kube: Kube,
         registry: BaseRegistry,
         nodes: Informer,
-        leases: Informer,
+        keeper: LeaseKeeper,
         tunnels: Mapping[str, Tunnel],
         events: EventRecorder,
         node_config: vnode.NodeConfig,
         *,
         clock: Clock,
-        wall_clock: Any = None,
+        wall: Callable[[], datetime] | None = None,
     ) -> None:
         self.settings = settings
         self.kube = kube
         self.registry = registry
         self.nodes = nodes
-        self.leases = leases
+        self.keeper = keeper
         self.tunnels = tunnels
         self.events = events
         self.cfg = node_config
         self.clock = clock
-        self.wall = wall_clock or (lambda: datetime.now(UTC))
+        self.wall = wall or (lambda: datetime.now(UTC))
         self.started = clock()
-        self.queue = WorkQueue("node", self.reconcile, workers=max(settings.workers, 4))
+        self.queue = WorkQueue("node", self.reconcile, workers=max(settings.workers, 16))
         self._status_written: dict[str, float] = {}
-        self._health_tasks: dict[str, asyncio.Task[None]] = {}
-        self._lease_task: asyncio.Task[None] | None = None
-        self.on_node_ready_change: list[Any] = []
-
-    # --- ownership -------------------------------------------------------------------------------
-    def owns(self, node: str) -> bool:
-        """True if this replica holds the vnode's lease, or nobody validly holds it (so we may take it)."""
-        lease = self.leases.get(f"{vnode.LEASE_NAMESPACE}/{node}")
-        if lease is None:
-            return True
-        spec = lease.get("spec") or {}
-        if spec.get("holderIdentity") in (None, "", self.settings.client_id):
-            return True
-        return self._lease_expired(spec)
-
-    def _lease_expired(self, spec: Mapping[str, Any]) -> bool:
-        renewed = parse_time(spec.get("renewTime"))
-        duration = spec.get("leaseDurationSeconds") or self.settings.node_lease_duration_s
-        return renewed is None or renewed + timedelta(seconds=duration) < self.wall()
-
-    def reachable(self, view: BaseView) -> bool:
-        return view.silent_for(self.clock()) <= self.settings.base_unreachable_after_s
+        self._readiness: dict[str, BaseReadiness] = {}
+        self._probes: dict[str, asyncio.Task[None]] = {}
+        self._probed_at: dict[str, float] = {}
+        self.on_base_changed: list[Callable[[str], None]] = []
+        self._gauges_task: asyncio.Task[None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
         await self.queue.start()
         for node in self.nodes.items():
             self.queue.add(node["metadata"]["name"])
-        self._lease_task = asyncio.create_task(self._renew_leases_forever(), name="lease-renewer")
+        self._gauges_task = asyncio.create_task(self._gauges_forever(), name="node-gauges")
 
     async def stop(self) -> None:
-        if self._lease_task:
-            self._lease_task.cancel()
-        for task in self._health_tasks.values():
+        if self._gauges_task is not None:
+            self._gauges_task.cancel()
+        for task in self._probes.values():
             task.cancel()
         await self.queue.stop()
 
     def on_node_change(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        if new is not None and key not in self.registry:
+            hb = vnode.heartbeat_from_node(new, self.settings.env)
+            if hb is not None:
+                self.registry.known_from_node(hb)
         self.queue.add(key)
+
+    def on_gained(self, node: str) -> None:
+        self._status_written.pop(node, None)
+        self.queue.add(node)
+
+    def on_lost(self, node: str) -> None:
+        task = self._probes.pop(node, None)
+        if task is not None:
+            task.cancel()
+        self._readiness.pop(node, None)
+        self._status_written.pop(node, None)
+
+    def _notify(self, node: str) -> None:
+        for callback in self.on_base_changed:
+            callback(node)
 
     # --- reconcile -------------------------------------------------------------------------------
     async def reconcile(self, node: str) -> float | None:
         view = self.registry.get(node)
         current = self.nodes.get(node)
         now = self.clock()
-        dead_after = self.settings.base_dead_after_s
+        if not self.keeper.may_write(node) and not await self._maybe_claim(node, view, current, now):
+            return None
         if view is None:
-            # A vnode whose base we have not heard from since we started: give it the dead window to speak up.
             if current is None:
                 return None
-            if not self.owns(node):
+            hb = vnode.heartbeat_from_node(current, self.settings.env)
+            if hb is None:
                 return None
-            waited = now - self.started
-            if waited < dead_after:
-                return dead_after - waited + 0.5
-            await self._delete(node, "base not seen since vkprovider started")
-            return None
+            view = self.registry.known_from_node(hb)
         silent = view.silent_for(now)
+        dead_after = self.settings.base_dead_after_s
         if silent > dead_after:
-            if current is not None and self.owns(node):
-                await self._delete(node, f"base silent for {int(silent)}s")
-            self.registry.forget(node)
-            self._notify(node)
+            await self._delete(node, current, f"base silent for {int(silent)}s")
             return None
-        if not self.owns(node):
-            return self.settings.node_lease_renew_s
-        reachable = silent <= self.settings.base_unreachable_after_s
-        if reachable and view.unreachable_since is not None:
-            view.unreachable_since = None
-            self._notify(node)
-        elif not reachable and view.unreachable_since is None:
-            view.unreachable_since = now
-            self._notify(node)
-        self._maybe_poll_health(view, now)
-        hb = view.heartbeat
+        readiness = view.readiness(now, self.settings.base_unreachable_after_s)
+        self._maybe_probe(view, now)
+        self._track_readiness(view, readiness, current)
+        if not self.keeper.may_write(node):
+            return None
+        stamp = iso_time(self.wall())
+        desired = vnode.node_status(view.heartbeat, view.health, self.cfg, readiness=readiness, silent_for_s=silent)
         if current is None:
-            current = await self._create(view)
-        else:
-            await self._sync_meta(view, current)
-        desired = vnode.node_status(hb, view.health, self.cfg, reachable=reachable, silent_for_s=silent)
-        status = current.get("status") or {}
-        last = self._status_written.get(node)
-        refresh_due = last is None or now - last >= self.settings.node_status_refresh_s
-        if vnode.status_differs(desired, status) or refresh_due:
-            body = vnode.with_times(desired, status, iso_time(self.wall()))
-            await self.kube.patch(f"/api/v1/nodes/{node}/status", {"status": body}, kind="strategic")
-            NODE_WRITES.labels("status").inc()
+            current = await self._create(view, vnode.with_times(desired, None, stamp), readiness)
             self._status_written[node] = now
-            last = now
-        await self._ensure_lease(node, current)
-        waits = [self.settings.node_status_refresh_s - (now - (last or now))]
-        waits.append((self.settings.base_unreachable_after_s if reachable else dead_after) - silent + 0.5)
-        return max(min(waits), 0.5)
+        else:
+            await self._sync_meta(view, current, readiness, stamp)
+            status = current.get("status") or {}
+            last = self._status_written.get(node)
+            refresh_due = last is not None and now - last >= self.settings.node_status_refresh_s
+            if vnode.status_differs(desired, status) or refresh_due:
+                if not self.keeper.may_write(node):
+                    return None
+                body = vnode.with_times(desired, status, stamp)
+                await self.kube.patch(f"/api/v1/nodes/{node}/status", {"status": body}, kind="merge")
+                NODE_WRITES.labels("status").inc()
+                self._status_written[node] = now
+            elif last is None:
+                self._status_written[node] = now
+        waits = [self.settings.node_status_refresh_s - (now - self._status_written.get(node, now))]
+        if readiness is BaseReadiness.READY:
+            waits.append(self.settings.base_unreachable_after_s - silent + 0.2)
+            waits.append(self._probe_after() - silent + 0.2)
+        else:
+            waits.append(dead_after - silent + 0.5)
+            waits.append(PROBE_EVERY_S)
+        waits.append(self.settings.base_health_interval_s - (now - view.health_at))
+        return max(min(waits), 0.2)
 
-    def _notify(self, node: str) -> None:
-        for callback in self.on_node_ready_change:
-            callback(node)
+    async def _maybe_claim(self, node: str, view: BaseView | None, current: Mapping[str, Any] | None,
+                           now: float) -> bool:
+        """Take a vnode nobody holds: a base heard for the first time (no Lease yet), or a Node left without a
+        Lease (its preferred replica claims it). Held by somebody else: not ours."""
+        if self.keeper.lease_of(node) is not None:
+            return False
+        heard = view is not None and view.last_heard is not None and not view.deactivated
+        if not heard:
+            if current is None:
+                return False
+            if own.rendezvous(node, self.keeper.live_members()) != self.keeper.me:
+                return False
+        if len(self.keeper.held_nodes()) >= self.settings.max_vnodes:
+            log.warning("not registering %s: this replica holds VKP_MAX_VNODES=%d vnodes", node,
+                        self.settings.max_vnodes, extra={"node": node})
+            return False
+        try:
+            return await self.keeper.claim(node)
+        except ApiError as exc:
+            raise Requeue(f"claiming the lease of {node} failed: {exc}") from exc
 
-    def _maybe_poll_health(self, view: BaseView, now: float) -> None:
-        if now - view.health_at < self.settings.base_health_interval_s or not self.reachable(view):
+    def _track_readiness(self, view: BaseView, readiness: BaseReadiness, current: Mapping[str, Any] | None) -> None:
+        node = view.node
+        before = self._readiness.get(node)
+        if before is None:
+            # First look after a start or a takeover: compare with what the Node says, so a takeover of a Ready
+            # node raises no event and a base that came back while nobody watched does.
+            status = (current or {}).get("status") or {}
+            conds = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+            shown = conds.get("Ready")
+            before = (BaseReadiness.READY if shown == "True" else BaseReadiness.DEACTIVATED if shown == "False"
+                      else BaseReadiness.UNREACHABLE if shown == "Unknown" else None)
+        self._readiness[node] = readiness
+        if before == readiness:
             return
-        task = self._health_tasks.get(view.node)
+        if before is not None or readiness is not BaseReadiness.READY:
+            ref = {"kind": "Node", "apiVersion": "v1", "metadata": {"name": node}}
+            if readiness is BaseReadiness.READY:
+                view.ledger.retry_now()
+                self.events.normal(ref, "NodeReady", f"base {view.heartbeat.identity} is back")
+                log.info("vnode %s Ready: base %s is back", node, view.heartbeat.identity, extra={"node": node})
+            else:
+                why = ("the base said DEACTIVATED (shutting down)" if readiness is BaseReadiness.DEACTIVATED
+                       else f"no heartbeat from the base for {int(view.silent_for(self.clock()))}s")
+                reason = "BaseDeactivated" if readiness is BaseReadiness.DEACTIVATED else "BaseUnreachable"
+                self.events.warning(ref, "NodeNotReady", f"{reason}: {why}")
+                log.info("vnode %s not ready (%s): %s", node, reason, why, extra={"node": node})
+        if readiness is BaseReadiness.READY:
+            view.ledger.request_read()  # it was away: it may have restarted and lost its bizs
+        self._notify(node)
+
+    def _probe_after(self) -> float:
+        """Probe well before a silent base would be declared unreachable."""
+        return min(self.settings.base_probe_after_s, 0.6 * self.settings.base_unreachable_after_s)
+
+    def _maybe_probe(self, view: BaseView, now: float) -> None:
+        """Ask the base for its health when it is due (resources) or when it has been silent (liveness)."""
+        if view.deactivated:
+            return
+        silent = view.silent_for(now)
+        due_health = now - view.health_at >= self.settings.base_health_interval_s
+        due_liveness = silent >= self._probe_after() and \
+            now - self._probed_at.get(view.node, -1e18) >= PROBE_EVERY_S
+        if not (due_health or due_liveness):
+            return
+        task = self._probes.get(view.node)
         if task is not None and not task.done():
             return
-        self._health_tasks[view.node] = asyncio.create_task(self._poll_health(view.node), name=f"health-{view.node}")
+        self._probed_at[view.node] = now
+        self._probes[view.node] = asyncio.create_task(self._probe(view.node), name=f"probe-{view.node}")
 
-    async def _poll_health(self, node: str) -> None:
+    async def _probe(self, node: str) -> None:
         view = self.registry.get(node)
         if view is None:
             return
@@ -194,14 +259,31 @@ class NodeController:
         try:
             health = await tunnel.health(view.heartbeat)
         except TunnelError as exc:
-            log.info("health of %s failed: %s", node, exc)
+            log.debug("health of %s failed: %s", node, clean(exc, MAX_LOG_TEXT))
             view.health_at = self.clock()
             return
+        finally:
+            if self._probes.get(node) is asyncio.current_task():
+                del self._probes[node]
+        state = health.master_biz_state
+        if state is not None and state != "ACTIVATED":
+            if not view.deactivated:
+                view.deactivated = True
+                self.queue.add(node)
+        else:
+            was_silent = view.silent_for(self.clock()) > self.settings.base_unreachable_after_s or view.deactivated
+            if view.deactivated:
+                view.deactivated = False
+            self.registry.answered(node)
+            if was_silent:
+                self.queue.add(node)
         if self.registry.health(node, health):
             self.queue.add(node)
 
-    async def _create(self, view: BaseView) -> dict[str, Any]:
-        body = vnode.new_node(view.heartbeat, self.cfg)
+    async def _create(self, view: BaseView, status: dict[str, object], readiness: BaseReadiness) -> dict[str, Any]:
+        body = vnode.new_node(view.heartbeat, self.cfg, status)
+        if readiness is not BaseReadiness.READY:
+            body["spec"] = {"taints": vnode.node_taints(self.cfg, readiness)}
         try:
             created: dict[str, Any] = await self.kube.create("/api/v1/nodes", body)
         except ApiError as exc:
@@ -210,111 +292,64 @@ class NodeController:
             raise
         NODE_WRITES.labels("create").inc()
         log.info("registered vnode %s for base %s", view.node, view.heartbeat.identity, extra={"node": view.node})
-        self.events.normal(created, "RegisteredNode", f"Node {view.node} registered by vkprovider")
+        self.events.normal(created, "RegisteredNode", f"Node {view.node} registered by vkprovider {self.keeper.me}")
         return created
 
-    async def _sync_meta(self, view: BaseView, current: dict[str, Any]) -> None:
+    async def _sync_meta(self, view: BaseView, current: dict[str, Any], readiness: BaseReadiness,
+                         stamp: str) -> None:
+        """Labels, annotations and taints in one merge patch (resourceVersion-guarded when taints change)."""
         md = current.get("metadata") or {}
         labels = vnode.labels_to_patch(md.get("labels") or {}, vnode.node_labels(view.heartbeat, self.cfg))
         want_ann = vnode.node_annotations(view.heartbeat)
         have_ann = md.get("annotations") or {}
         ann = {k: v for k, v in want_ann.items() if have_ann.get(k) != v}
-        if labels or ann:
-            patch: dict[str, Any] = {"metadata": {}}
-            if labels:
-                patch["metadata"]["labels"] = labels
-            if ann:
-                patch["metadata"]["annotations"] = ann
-            await self.kube.patch(f"/api/v1/nodes/{view.node}", patch, kind="merge")
-            NODE_WRITES.labels("labels").inc()
-        taints = (current.get("spec") or {}).get("taints") or []
-        missing = vnode.missing_taints(taints, self.settings.env)
-        if missing:
-            patch = {"metadata": {"resourceVersion": md.get("resourceVersion")}, "spec": {"taints": taints + missing}}
-            try:
-                await self.kube.patch(f"/api/v1/nodes/{view.node}", patch, kind="merge")
-            except ApiError as exc:
-                if exc.is_conflict:
-                    raise Requeue("node changed while adding taints") from exc
-                raise
-            NODE_WRITES.labels("taints").inc()
-
-    async def _delete(self, node: str, why: str) -> None:
-        log.info("deleting vnode %s: %s", node, why, extra={"node": node})
-        await self.kube.delete(f"/api/v1/nodes/{node}")
-        await self.kube.delete(f"/apis/coordination.k8s.io/v1/namespaces/{vnode.LEASE_NAMESPACE}/leases/{node}")
-        NODE_WRITES.labels("delete").inc()
-        self._status_written.pop(node, None)
-
-    # --- leases ----------------------------------------------------------------------------------
-    def _lease_path(self, node: str = "") -> str:
-        base = f"/apis/coordination.k8s.io/v1/namespaces/{vnode.LEASE_NAMESPACE}/leases"
-        return f"{base}/{node}" if node else base
-
-    async def _ensure_lease(self, node: str, node_obj: Mapping[str, Any]) -> None:
-        lease = self.leases.get(f"{vnode.LEASE_NAMESPACE}/{node}")
-        now = micro_time(self.wall())
-        if lease is None:
-            uid = (node_obj.get("metadata") or {}).get("uid", "")
-            body = vnode.new_lease(node, uid, self.settings.client_id, self.settings.node_lease_duration_s, now)
-            try:
-                await self.kube.create(self._lease_path(), body)
-                NODE_WRITES.labels("lease_create").inc()
-            except ApiError as exc:
-                if not exc.is_already_exists:
-                    raise
+        taints = vnode.taints_to_write((current.get("spec") or {}).get("taints") or [], self.cfg, readiness, stamp)
+        if not (labels or ann or taints is not None):
             return
-        spec = lease.get("spec") or {}
-        if spec.get("holderIdentity") != self.settings.client_id:
-            patch = {
-                "metadata": {"resourceVersion": lease["metadata"]["resourceVersion"]},
-                "spec": {"holderIdentity": self.settings.client_id, "acquireTime": now, "renewTime": now,
-                         "leaseDurationSeconds": self.settings.node_lease_duration_s,
-                         "leaseTransitions": int(spec.get("leaseTransitions") or 0) + 1},
-            }
-            try:
-                await self.kube.patch(self._lease_path(node), patch, kind="merge")
-            except ApiError as exc:
-                if exc.is_conflict:
-                    raise Requeue("lease changed while taking it over") from exc
-                raise
-            NODE_WRITES.labels("lease_takeover").inc()
-            log.info("took over the lease of %s from %r", node, spec.get("holderIdentity"), extra={"node": node})
+        patch: dict[str, Any] = {"metadata": {}}
+        if labels:
+            patch["metadata"]["labels"] = labels
+        if ann:
+            patch["metadata"]["annotations"] = ann
+        if taints is not None:
+            patch["metadata"]["resourceVersion"] = md.get("resourceVersion")
+            patch["spec"] = {"taints": taints}
+        if not self.keeper.may_write(view.node):
+            return
+        try:
+            await self.kube.patch(f"/api/v1/nodes/{view.node}", patch, kind="merge")
+        except ApiError as exc:
+            if exc.is_conflict:
+                raise Requeue("node changed while updating its taints") from exc
+            raise
+        NODE_WRITES.labels("meta").inc()
 
-    async def _renew_leases_forever(self) -> None:
-        interval = self.settings.node_lease_renew_s
-        limit = asyncio.Semaphore(16)
+    async def _delete(self, node: str, current: Mapping[str, Any] | None, why: str) -> None:
+        if not self.keeper.may_write(node):
+            return
+        log.info("deleting vnode %s: %s", node, why, extra={"node": node})
+        if current is not None:
+            self.events.normal(dict(current), "RemovingNode", f"Node {node}: {why}")
+            await self.kube.delete(f"/api/v1/nodes/{node}")
+            NODE_WRITES.labels("delete").inc()
+        await self.keeper.drop(node)
+        self.registry.forget(node)
+        self._status_written.pop(node, None)
+        self._readiness.pop(node, None)
+        self._notify(node)
+
+    async def _gauges_forever(self) -> None:
         while True:
-            started = self.clock()
-            try:
-                await self._renew_all(limit)
-            except Exception:
-                log.exception("lease renewal round failed")
-            await asyncio.sleep(max(interval - (self.clock() - started), 0.1))
-
-    async def _renew_all(self, limit: asyncio.Semaphore) -> None:
-        async def renew(node: str) -> None:
-            async with limit:
-                body = {"spec": {"renewTime": micro_time(self.wall())}}
-                try:
-                    await self.kube.patch(self._lease_path(node), body, kind="merge")
-                    NODE_WRITES.labels("lease_renew").inc()
-                except ApiError as exc:
-                    if exc.is_not_found:
-                        self.queue.add(node)
-                    else:
-                        log.warning("renewing the lease of %s failed: %s", node, exc)
-
-        ready = 0
-        todo = []
-        for view in self.registry:
-            lease = self.leases.get(f"{vnode.LEASE_NAMESPACE}/{view.node}")
-            if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.settings.client_id:
-                continue
-            if not self.reachable(view):
-                continue
-            ready += 1
-            todo.append(renew(view.node))
-        VNODES.labels("true").set(ready)
-        VNODES.labels("false").set(len(self.registry) - ready)
-        await asyncio.gather(*todo)
+            await asyncio.sleep(2.0)
+            counts = {"true": 0, "false": 0, "unknown": 0}
+            oldest = 0.0
+            now = self.clock()
+            for node in self.keeper.held_nodes():
+                view = self.registry.get(node)
+                if view is None:
+                    continue
+                counts[_READY_LABEL[view.readiness(now, self.settings.base_unreachable_after_s)]] += 1
+                oldest = max(oldest, view.silent_for(now))
+            for label, count in counts.items():
+                VNODES.labels(label).set(count)
+            HEARTBEAT_AGE.set(oldest)

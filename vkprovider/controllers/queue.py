@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 
 from prometheus_client import Counter, Gauge, Histogram
+
+from vkprovider.core.backoff import RECONCILE, Backoff
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +46,13 @@ class WorkQueue:
         handler: Callable[[str], Awaitable[float | None]],
         *,
         workers: int = 8,
-        base_backoff_s: float = 0.5,
-        max_backoff_s: float = 60.0,
+        backoff: Backoff = RECONCILE,
     ) -> None:
         """``handler(key)`` returns None, or seconds after which the key should be looked at again."""
         self.name = name
         self._handler = handler
         self._workers = workers
-        self._base = base_backoff_s
-        self._max = max_backoff_s
+        self._backoff = backoff
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._waiting: dict[str, float] = {}
         self._active: set[str] = set()
@@ -133,7 +132,7 @@ class WorkQueue:
             except Exception as exc:
                 failures = self._failures.get(key, 0) + 1
                 self._failures[key] = failures
-                again = min(self._base * 2 ** (failures - 1), self._max) * (0.8 + 0.4 * random.random())
+                again = self._backoff.delay(failures)
                 QUEUE_RETRIES.labels(self.name).inc()
                 if not isinstance(exc, Requeue):
                     log.warning("%s: %s failed (retry %d in %.1fs): %s", self.name, key, failures, again, exc,

@@ -133,6 +133,7 @@ class BaseHealth:
     memory_used_bytes: int | None = None
     master_biz_name: str | None = None
     master_biz_version: str | None = None
+    master_biz_state: str | None = None  # the base itself: ACTIVATED while serving, else shutting down
 
 
 class CommandOutcome(enum.StrEnum):

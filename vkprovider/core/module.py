@@ -7,7 +7,7 @@ bad container gives that pod a clear reason without stopping anything else.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,6 +33,7 @@ class PodModules:
 
     bizs: tuple[BizSpec, ...]
     problems: tuple[ContainerProblem, ...]
+    sidecars: tuple[str, ...] = ()  # containers whose image is not a jar: not installed, never block Ready
 
 
 def is_module_pod(pod: Mapping[str, Any]) -> bool:
@@ -69,24 +70,93 @@ def workload_of(pod: Mapping[str, Any]) -> str | None:
     return f"{md.get('namespace', '')}/{kind}/{name}"
 
 
-def check_biz_url(url: str, schemes: frozenset[str], hosts: frozenset[str]) -> str | None:
+def is_biz_image(image: str) -> bool:
+    """A container is a biz when its image names a jar (the Go controller's rule: the image contains ".jar").
+
+    Any other container of a module pod (a sidecar) is not installed and does not block the pod's readiness.
+    """
+    return ".jar" in image
+
+
+@dataclass(frozen=True, slots=True)
+class UrlPolicy:
+    """Which biz jar URLs may be handed to a base.
+
+    ``schemes``: allowed URL schemes (``file`` only when listed). ``hosts``: when non-empty, the only allowed
+    hosts, for every scheme; a ``file:`` URL's host is ``localhost`` (``file:///x.jar`` and
+    ``file://localhost/x.jar`` alike), so local jars need ``localhost`` in the list.
+    """
+
+    schemes: frozenset[str]
+    hosts: frozenset[str] = frozenset()
+
+
+def check_biz_url(url: str, schemes: frozenset[str] | UrlPolicy, hosts: frozenset[str] = frozenset()) -> str | None:
     """None if the URL may be given to a base, else why not."""
+    policy = schemes if isinstance(schemes, UrlPolicy) else UrlPolicy(schemes, hosts)
+    allowed = ", ".join(sorted(policy.schemes))
     try:
         parts = urlsplit(url)
+        host = parts.hostname
     except ValueError as exc:
-        return f"image {url!r} is not a URL: {exc}"
+        return f"image {url[:200]!r} is not a URL: {exc}"
     scheme = parts.scheme.lower()
     if not scheme or "://" not in url:
-        return f"image {url!r} is not a biz jar URL (expected one of {', '.join(sorted(schemes))}://...)"
-    if scheme not in schemes:
-        return f"biz URL scheme {scheme!r} is not allowed (allowed: {', '.join(sorted(schemes))})"
-    if scheme != "file" and not parts.hostname:
-        return f"biz URL {url!r} has no host"
-    if scheme == "file" and not parts.path:
-        return f"biz URL {url!r} has no path"
-    if hosts and scheme != "file" and (parts.hostname or "").lower() not in hosts:
-        return f"biz URL host {parts.hostname!r} is not in the allowed list"
+        return f"image {url[:200]!r} is not a biz jar URL (expected one of {allowed}://...)"
+    if scheme not in policy.schemes:
+        return f"biz URL scheme {scheme!r} is not allowed (allowed: {allowed})"
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+        return "biz URL contains whitespace or control characters"
+    if scheme == "file":
+        if not parts.path:
+            return f"biz URL {url[:200]!r} has no path"
+        host = host or "localhost"
+    elif not host:
+        return f"biz URL {url[:200]!r} has no host"
+    if policy.hosts and (host or "").lower() not in policy.hosts:
+        return f"biz URL host {host!r} is not in the allowed list ({', '.join(sorted(policy.hosts))})"
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class NamespacePolicy:
+    """Which namespaces may install code on bases of which cluster (``base.koupleless.io/cluster-name``).
+
+    ``rules`` maps a namespace (or ``*`` for every other one) to the allowed cluster names (``*`` = any). With no
+    rules everything is allowed; with rules, a namespace that no rule names (and no ``*`` rule) may install
+    nothing.
+    """
+
+    rules: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    def refusal(self, namespace: str, cluster: str) -> str | None:
+        """None when pods of ``namespace`` may install on a base of ``cluster``, else why not."""
+        if not self.rules:
+            return None
+        allowed = self.rules.get(namespace, self.rules.get("*"))
+        if allowed is None:
+            return f"namespace {namespace!r} may not install bizs on any base (VKP_BIZ_NAMESPACE_POLICY)"
+        if "*" in allowed or cluster in allowed:
+            return None
+        return (f"namespace {namespace!r} may not install bizs on bases of cluster {cluster!r} "
+                f"(allowed: {', '.join(sorted(allowed))}; VKP_BIZ_NAMESPACE_POLICY)")
+
+
+def parse_namespace_policy(text: str) -> NamespacePolicy:
+    """``ns1=clusterA|clusterB;ns2=*;*=shared`` → NamespacePolicy. Raises ValueError with a short reason."""
+    rules: dict[str, frozenset[str]] = {}
+    for part in (p.strip() for p in text.split(";")):
+        if not part:
+            continue
+        namespace, sep, clusters = part.partition("=")
+        namespace = namespace.strip()
+        names = frozenset(c.strip() for c in clusters.split("|") if c.strip())
+        if not sep or not namespace or not names:
+            raise ValueError(f"rule {part!r} is not namespace=cluster[|cluster...]")
+        if namespace in rules:
+            raise ValueError(f"namespace {namespace!r} appears twice")
+        rules[namespace] = names
+    return NamespacePolicy(rules)
 
 
 def _biz_version(container: Mapping[str, Any]) -> tuple[str | None, str | None]:
@@ -99,14 +169,20 @@ def _biz_version(container: Mapping[str, Any]) -> tuple[str | None, str | None]:
     return None, "container has no env BIZ_VERSION (the biz version is required)"
 
 
-def pod_modules(pod: Mapping[str, Any], schemes: frozenset[str], hosts: frozenset[str] = frozenset()) -> PodModules:
+def pod_modules(pod: Mapping[str, Any], schemes: frozenset[str] | UrlPolicy,
+                hosts: frozenset[str] = frozenset()) -> PodModules:
+    policy = schemes if isinstance(schemes, UrlPolicy) else UrlPolicy(schemes, hosts)
     bizs: list[BizSpec] = []
     problems: list[ContainerProblem] = []
+    sidecars: list[str] = []
     for container in (pod.get("spec") or {}).get("containers") or []:
         name = str(container.get("name") or "")
         url = str(container.get("image") or "")
+        if not is_biz_image(url):
+            sidecars.append(name)
+            continue
         version, version_problem = _biz_version(container)
-        url_problem = check_biz_url(url, schemes, hosts)
+        url_problem = check_biz_url(url, policy)
         if version_problem:
             problems.append(ContainerProblem(name, "MissingBizVersion", version_problem))
         elif url_problem:
@@ -114,4 +190,35 @@ def pod_modules(pod: Mapping[str, Any], schemes: frozenset[str], hosts: frozense
         else:
             assert version is not None
             bizs.append(BizSpec(name=name, version=version, url=url))
-    return PodModules(tuple(bizs), tuple(problems))
+    return PodModules(tuple(bizs), tuple(problems), tuple(sidecars))
+
+
+_KEPT_METADATA = ("name", "namespace", "uid", "resourceVersion", "labels", "ownerReferences", "creationTimestamp",
+                  "deletionTimestamp", "deletionGracePeriodSeconds")
+
+
+def trim_pod(pod: dict[str, Any]) -> dict[str, Any]:
+    """The part of a pod vkprovider reads, for its cache: memory grows with module pods at a few KB each.
+
+    Kept: identity and ownership metadata, labels, deletion facts; the node; each container's name, image and
+    BIZ_VERSION; the whole status (it is compared with what vkprovider writes).
+    """
+    md = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    containers = []
+    for container in spec.get("containers") or []:
+        kept: dict[str, Any] = {"name": container.get("name"), "image": container.get("image")}
+        env = [e for e in container.get("env") or [] if e.get("name") == BIZ_VERSION_ENV]
+        if env:
+            kept["env"] = env
+        containers.append(kept)
+    trimmed_spec: dict[str, Any] = {"containers": containers}
+    if spec.get("nodeName"):
+        trimmed_spec["nodeName"] = spec["nodeName"]
+    return {
+        "apiVersion": pod.get("apiVersion", "v1"),
+        "kind": pod.get("kind", "Pod"),
+        "metadata": {k: md[k] for k in _KEPT_METADATA if k in md},
+        "spec": trimmed_spec,
+        "status": pod.get("status") or {},
+    }

@@ -6,11 +6,15 @@ Names, labels and taints are the Go ModuleController's, so existing module manif
 
 from __future__ import annotations
 
+import enum
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from vkprovider.core.compare import holds
-from vkprovider.core.model import BaseHealth, BaseHeartbeat
+from vkprovider.core.model import BaseHealth, BaseHeartbeat, BaseMetadata
+from vkprovider.core.ownership import MANAGED_BY, MANAGED_BY_LABEL
 
 NODE_PREFIX = "vnode."
 LABEL_COMPONENT = "virtual-kubelet.koupleless.io/component"
@@ -24,15 +28,33 @@ LABEL_TUNNEL_PORT = "base.koupleless.io/tunnel-port"
 LABEL_ZONE = "topology.kubernetes.io/zone"
 ANNOTATION_TUNNEL = "base.koupleless.io/tunnel"
 ANNOTATION_IDENTITY = "base.koupleless.io/identity"
+ANNOTATION_ADDRESS = "base.koupleless.io/address"  # ip:port of the base's arklet (InternalIP may be ours)
 TAINT_VIRTUAL_NODE = "schedule.koupleless.io/virtual-node"
 TAINT_NODE_ENV = "schedule.koupleless.io/node-env"
+TAINT_NOT_READY = "node.kubernetes.io/not-ready"
 LEASE_NAMESPACE = "kube-node-lease"
+#: The Go ModuleController labels its node Leases ``component=vnode-lease``; vkprovider writes the same labels so
+#: either controller finds the other's Leases. An older vkprovider wrote ``component=vnode``.
+LEASE_COMPONENT = "vnode-lease"
+LEASE_SELECTOR = f"{LABEL_COMPONENT} in (vnode-lease,vnode)"
 
 # The labels vkprovider owns on a vnode: anything else (added by users or other controllers) is left alone.
 OWNED_LABEL_PREFIXES = ("base.koupleless.io/", "virtual-kubelet.koupleless.io/")
 OWNED_LABELS = frozenset({"type", "kubernetes.io/role", "kubernetes.io/hostname", LABEL_ZONE})
+#: Taints vkprovider sets or removes; others (the node-lifecycle controller's, users') are never touched.
+OWNED_TAINTS = frozenset({TAINT_VIRTUAL_NODE, TAINT_NODE_ENV, TAINT_NOT_READY})
 
 _LABEL_VALUE_BAD = re.compile(r"[^A-Za-z0-9._-]")
+_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_MAX_LABEL_VALUE = 63
+
+
+class BaseReadiness(enum.StrEnum):
+    """What the node's Ready condition says about its base."""
+
+    READY = "Ready"  # heartbeating (or answering), ACTIVATED
+    UNREACHABLE = "Unreachable"  # silent: Ready=Unknown, the node-lifecycle controller taints it unreachable
+    DEACTIVATED = "Deactivated"  # said DEACTIVATED (graceful shutdown): Ready=False, tainted not-ready
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,15 +66,42 @@ class NodeConfig:
     max_pods: int
     kubelet_version: str
     kubelet_port: int
+    env_taint: bool = False
+    architecture: str = "amd64"
+    kubelet_address: str | None = None  # where the apiserver reaches our kubelet API (None: not served)
 
 
 def node_name(identity: str, env: str) -> str:
-    """``vnode.{identity}.{env}``, the Go controller's convention."""
-    return f"{NODE_PREFIX}{identity.lower()}.{env}"
+    """``vnode.{identity}.{env}``, the Go controller's convention (identities are lowercase, see
+    ``identity_refusal``)."""
+    return f"{NODE_PREFIX}{identity}.{env}"
+
+
+def identity_refusal(identity: str, env: str | None = None) -> str | None:
+    """Why a base identity cannot name a vnode, or None. The node name must be a valid, distinct DNS-1123
+    subdomain that also fits the ``kubernetes.io/hostname`` label (63 characters): identities that differ only
+    in case would fold onto one node, so upper case is refused rather than lowercased. Without ``env`` only the
+    form is checked, not the length."""
+    if identity != identity.lower():
+        return "identity must be lowercase (it names the node vnode.<identity>.<env>)"
+    if not _DNS1123_SUBDOMAIN.match(identity):
+        return ("identity must be a DNS-1123 name: lowercase letters, digits, '-' and '.', "
+                "with a letter or digit at both ends of every dot-separated part")
+    if env is None:
+        return None
+    name = node_name(identity, env)
+    if len(name) > _MAX_LABEL_VALUE:
+        return (f"identity too long: node name {len(name)} characters, at most {_MAX_LABEL_VALUE} "
+                f"(identity at most {_MAX_LABEL_VALUE - len(NODE_PREFIX) - len(env) - 1})")
+    return None
 
 
 def is_vnode_name(name: str, env: str) -> bool:
     return name.startswith(NODE_PREFIX) and name.endswith("." + env) and len(name) > len(NODE_PREFIX) + len(env) + 1
+
+
+def identity_of_node(name: str, env: str) -> str:
+    return name[len(NODE_PREFIX) : -len(env) - 1]
 
 
 def label_value(raw: str) -> str:
@@ -70,29 +119,62 @@ def node_labels(hb: BaseHeartbeat, cfg: NodeConfig) -> dict[str, str]:
         LABEL_BASE_CLUSTER: label_value(md.cluster_name),
         LABEL_BASE_HOST: label_value(hb.host_name),
         LABEL_BASE_STACK: label_value(extra.pop(LABEL_BASE_STACK, cfg.stack)),
-        LABEL_TUNNEL_PORT: str(hb.port),
         LABEL_COMPONENT: "vnode",
         LABEL_ENV: cfg.env,
         "type": "virtual-kubelet",
         "kubernetes.io/role": "agent",
         "kubernetes.io/hostname": node_name(md.identity, cfg.env),
     }
+    if hb.port:
+        labels[LABEL_TUNNEL_PORT] = str(hb.port)
     for key, value in extra.items():
         labels[key] = label_value(value)
     return labels
 
 
-def node_taints(env: str) -> list[dict[str, str]]:
-    return [
-        {"key": TAINT_VIRTUAL_NODE, "value": "True", "effect": "NoExecute"},
-        {"key": TAINT_NODE_ENV, "value": env, "effect": "NoExecute"},
-    ]
+def node_taints(cfg: NodeConfig, readiness: BaseReadiness = BaseReadiness.READY) -> list[dict[str, str]]:
+    """The taints vkprovider wants on a vnode: the virtual-node taint always (the seeds' manifests tolerate it),
+    the Go controller's env taint only when ``env_taint`` (VKP_ENV_TAINT) is on, and not-ready while the base
+    is deactivated (so pods move at once rather than after the node-lifecycle controller's next pass)."""
+    taints = [{"key": TAINT_VIRTUAL_NODE, "value": "True", "effect": "NoExecute"}]
+    if cfg.env_taint:
+        taints.append({"key": TAINT_NODE_ENV, "value": cfg.env, "effect": "NoExecute"})
+    if readiness is BaseReadiness.DEACTIVATED:
+        taints.append({"key": TAINT_NOT_READY, "effect": "NoExecute"})
+    return taints
 
 
-def missing_taints(current: list[dict[str, str]], env: str) -> list[dict[str, str]]:
-    """Our taints absent from ``current`` (taints other controllers added are never touched)."""
-    have = {(t.get("key"), t.get("effect")) for t in current}
-    return [t for t in node_taints(env) if (t["key"], t["effect"]) not in have]
+def taints_to_write(current: list[dict[str, str]], cfg: NodeConfig, readiness: BaseReadiness,
+                    now_iso: str) -> list[dict[str, str]] | None:
+    """The full taint list to write, or None when ``current`` already has exactly our taints.
+
+    Taints of others are kept as they are; of ours, missing ones are added (not-ready with ``timeAdded``),
+    unwanted ones removed (the env taint when it is off, not-ready once the base is back).
+    """
+    wanted = {(t["key"], t["effect"]): t for t in node_taints(cfg, readiness)}
+    result: list[dict[str, str]] = []
+    changed = False
+    seen: set[tuple[str, str]] = set()
+    for taint in current:
+        ident = (taint.get("key", ""), taint.get("effect", ""))
+        if ident[0] not in OWNED_TAINTS:
+            result.append(taint)
+            continue
+        want = wanted.get(ident)
+        if want is None or ident in seen:
+            changed = True  # ours and no longer wanted (or a duplicate)
+            continue
+        seen.add(ident)
+        if taint.get("value", "") != want.get("value", ""):
+            changed = True
+            result.append({**taint, "value": want.get("value", "")})
+        else:
+            result.append(taint)
+    for ident, taint in wanted.items():
+        if ident not in seen:
+            changed = True
+            result.append({**taint, "timeAdded": now_iso} if ident[0] == TAINT_NOT_READY else taint)
+    return result if changed else None
 
 
 def labels_to_patch(current: dict[str, str], desired: dict[str, str]) -> dict[str, str | None]:
@@ -118,18 +200,30 @@ def _resources(health: BaseHealth | None, cfg: NodeConfig) -> tuple[dict[str, st
     return capacity, allocatable
 
 
+def node_addresses(hb: BaseHeartbeat, cfg: NodeConfig) -> list[dict[str, str]]:
+    """Where the apiserver reaches this node's kubelet API. With vkprovider's kubelet API on, the vnode's only
+    address is vkprovider's (the apiserver prefers a Hostname address, which names the base and would not
+    resolve); without it, the Go controller's addresses: InternalIP = the base's IP, Hostname = its host name."""
+    if cfg.kubelet_address:
+        return [{"type": "InternalIP", "address": cfg.kubelet_address}]
+    return [{"type": "InternalIP", "address": hb.ip}, {"type": "Hostname", "address": hb.host_name or hb.ip}]
+
+
 def node_status(
     hb: BaseHeartbeat,
     health: BaseHealth | None,
     cfg: NodeConfig,
     *,
-    reachable: bool,
+    readiness: BaseReadiness,
     silent_for_s: float,
 ) -> dict[str, object]:
     """The node status a base deserves, WITHOUT timestamps (see ``with_times``)."""
     capacity, allocatable = _resources(health, cfg)
-    if reachable:
+    if readiness is BaseReadiness.READY:
         ready = {"type": "Ready", "status": "True", "reason": "BaseReady", "message": "base is heartbeating"}
+    elif readiness is BaseReadiness.DEACTIVATED:
+        ready = {"type": "Ready", "status": "False", "reason": "BaseDeactivated",
+                 "message": "the base said DEACTIVATED (it is shutting down)"}
     else:
         ready = {
             "type": "Ready",
@@ -137,7 +231,7 @@ def node_status(
             "reason": "BaseUnreachable",
             "message": f"no heartbeat from the base for {int(silent_for_s)}s",
         }
-    pressure = "Unknown" if not reachable else "False"
+    pressure = "False" if readiness is BaseReadiness.READY else "Unknown"
     conditions = [
         ready,
         {"type": "MemoryPressure", "status": pressure, "reason": "BaseHasSufficientMemory", "message": ""},
@@ -148,10 +242,7 @@ def node_status(
         "capacity": capacity,
         "allocatable": allocatable,
         "conditions": conditions,
-        "addresses": [
-            {"type": "InternalIP", "address": hb.ip},
-            {"type": "Hostname", "address": hb.host_name or hb.ip},
-        ],
+        "addresses": node_addresses(hb, cfg),
         "daemonEndpoints": {"kubeletEndpoint": {"Port": cfg.kubelet_port}},
         "nodeInfo": {
             "machineID": hb.identity,
@@ -163,7 +254,7 @@ def node_status(
             "kubeletVersion": cfg.kubelet_version,
             "kubeProxyVersion": "",
             "operatingSystem": "linux",
-            "architecture": "amd64",
+            "architecture": cfg.architecture,
         },
     }
 
@@ -195,9 +286,10 @@ def with_times(desired: dict[str, object], current: dict[str, object] | None, no
     return {**desired, "conditions": conditions}
 
 
-def new_node(hb: BaseHeartbeat, cfg: NodeConfig) -> dict[str, object]:
-    """The Node object created for a base seen for the first time (status is written separately)."""
-    return {
+def new_node(hb: BaseHeartbeat, cfg: NodeConfig, status: dict[str, object] | None = None) -> dict[str, object]:
+    """The Node object created for a base seen for the first time, with its status (a Node may be created with
+    its status, so registering a base costs one write for the Node and one for its Lease)."""
+    node: dict[str, object] = {
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {
@@ -205,29 +297,82 @@ def new_node(hb: BaseHeartbeat, cfg: NodeConfig) -> dict[str, object]:
             "labels": node_labels(hb, cfg),
             "annotations": node_annotations(hb),
         },
-        "spec": {"taints": node_taints(cfg.env)},
+        "spec": {"taints": node_taints(cfg)},
     }
+    if status is not None:
+        node["status"] = status
+    return node
 
 
 def node_annotations(hb: BaseHeartbeat) -> dict[str, str]:
-    return {ANNOTATION_TUNNEL: hb.tunnel, ANNOTATION_IDENTITY: hb.identity, "node.alpha.kubernetes.io/ttl": "0"}
+    return {
+        ANNOTATION_TUNNEL: hb.tunnel,
+        ANNOTATION_IDENTITY: hb.identity,
+        ANNOTATION_ADDRESS: f"{hb.ip}:{hb.port}",
+        "node.alpha.kubernetes.io/ttl": "0",
+    }
 
 
-def new_lease(node: str, node_uid: str, holder: str, duration_s: int, now_micro_iso: str) -> dict[str, object]:
-    """The node Lease, owned by its Node so it is garbage-collected with it."""
+def heartbeat_from_node(node: Mapping[str, Any], env: str) -> BaseHeartbeat | None:
+    """What a heartbeat of this vnode's base would say, rebuilt from the Node (ours or the Go controller's).
+
+    A replica that takes a vnode over may never have heard its base (heartbeats reach whichever replica the
+    Service picks): the Node tells it where the base is. None when the Node does not say enough.
+    """
+    md = node.get("metadata") or {}
+    name = str(md.get("name") or "")
+    if not is_vnode_name(name, env):
+        return None
+    labels = md.get("labels") or {}
+    annotations = md.get("annotations") or {}
+    identity = str(annotations.get(ANNOTATION_IDENTITY) or identity_of_node(name, env))
+    ip, port = "", 0
+    address = str(annotations.get(ANNOTATION_ADDRESS) or "")
+    if address:
+        ip, _, port_text = address.rpartition(":")
+        port = int(port_text) if port_text.isdigit() else 0
+    if not ip:
+        for entry in ((node.get("status") or {}).get("addresses") or []):
+            if entry.get("type") == "InternalIP":
+                ip = str(entry.get("address") or "")
+        port_label = str(labels.get(LABEL_TUNNEL_PORT) or "")
+        port = int(port_label) if port_label.isdigit() else 0
+    if not ip:
+        return None
+    tunnel = str(annotations.get(ANNOTATION_TUNNEL) or ("http" if port else "mqtt"))
+    reserved = {LABEL_BASE_NAME, LABEL_BASE_VERSION, LABEL_BASE_CLUSTER, LABEL_BASE_HOST, LABEL_TUNNEL_PORT}
+    extra = tuple(sorted((k, str(v)) for k, v in labels.items()
+                         if k.startswith(("topology.kubernetes.io/", "base.koupleless.io/")) and k not in reserved))
+    return BaseHeartbeat(
+        metadata=BaseMetadata(
+            identity=identity,
+            name=str(labels.get(LABEL_BASE_NAME) or ""),
+            version=str(labels.get(LABEL_BASE_VERSION) or ""),
+            cluster_name=str(labels.get(LABEL_BASE_CLUSTER) or ""),
+        ),
+        host_name=str(labels.get(LABEL_BASE_HOST) or ""),
+        ip=ip,
+        port=port,
+        labels=extra,
+        tunnel=tunnel,
+    )
+
+
+def new_lease(node: str, holder: str, duration_s: int, now_micro_iso: str, env: str) -> dict[str, object]:
+    """The node Lease, labelled as the Go controller labels its own (plus who manages it)."""
     return {
         "apiVersion": "coordination.k8s.io/v1",
         "kind": "Lease",
         "metadata": {
             "name": node,
             "namespace": LEASE_NAMESPACE,
-            "labels": {LABEL_COMPONENT: "vnode"},
-            "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": node, "uid": node_uid}],
+            "labels": {LABEL_COMPONENT: LEASE_COMPONENT, LABEL_ENV: env, MANAGED_BY_LABEL: MANAGED_BY},
         },
         "spec": {
             "holderIdentity": holder,
             "leaseDurationSeconds": duration_s,
             "acquireTime": now_micro_iso,
             "renewTime": now_micro_iso,
+            "leaseTransitions": 0,
         },
     }

@@ -1,19 +1,28 @@
 """Pod status from biz states: the table that decides what `kubectl get pods` tells a user.
 
-Pure: given a pod, what its containers ask for, what the base reports and what vkprovider is doing about it,
-return the pod status. The controller writes it only when ``status_changed`` says so.
+Pure: given a pod, what its containers ask for, what the base reports and what vkprovider knows besides (commands
+in flight, failures, the URL each biz runs from, whether the base itself is ready), return the pod status. The
+controller writes it only when ``status_changed`` says so.
 
-| biz on the base / operation        | container state                     | ready |
-|------------------------------------|-------------------------------------|-------|
-| invalid container spec             | waiting MissingBizVersion/InvalidBizURL | no |
-| absent, install pending or running | waiting ContainerCreating           | no    |
-| absent, last install failed        | waiting BizInstallFailed (+ message)| no    |
-| RESOLVED / UNRESOLVED              | waiting BizResolving                | no    |
-| ACTIVATED                          | running since it was activated      | yes   |
-| DEACTIVATED                        | terminated BizDeactivate → pod Failed | no  |
-| BROKEN                             | waiting BizBroken (+ message)       | no    |
-| STOPPED                            | terminated BizStopped               | no    |
-| UNKNOWN                            | waiting BizStateUnknown             | no    |
+| biz on the base / operation        | container state                        | ready |
+|------------------------------------|----------------------------------------|-------|
+| invalid container spec             | waiting MissingBizVersion/InvalidBizURL | no   |
+| refused by policy                  | waiting BizNotAllowed                  | no    |
+| absent, install pending or running | waiting ContainerCreating              | no    |
+| absent, last install failed        | waiting BizInstallFailed (+ lastState, restartCount) | no |
+| RESOLVED / UNRESOLVED              | waiting BizResolving                   | no    |
+| ACTIVATED                          | running since it was activated         | yes   |
+| DEACTIVATED, or replaced           | terminated BizDeactivate → pod Failed  | no    |
+| BROKEN                             | waiting BizBroken (+ message)          | no    |
+| STOPPED                            | terminated BizStopped                  | no    |
+| UNKNOWN                            | waiting BizStateUnknown                | no    |
+| sidecar (image is not a jar)       | running since the pod started          | yes   |
+
+A pod's readiness also follows its base, as a pod's follows its kubelet: while the base is unreachable or has
+said DEACTIVATED, every container shows ready=false and the Ready condition is False with reason
+``BaseUnreachable`` / ``BaseDeactivated`` (containers keep their last known state). ``restartCount`` counts the
+times a biz had to be installed again (failed installs, a base that lost it); ``imageID`` and ``image`` report the
+jar URL that actually runs.
 
 Pod phase: Failed when a biz was deactivated (the seeds' BizDeactivate contract); Running when a container runs
 or once the pod has been Running (a base restart shows as containers waiting, as kubelet shows a restart);
@@ -36,8 +45,18 @@ from typing import Any
 from vkprovider.core.compare import holds
 from vkprovider.core.model import BizInfo, BizKey, BizState
 from vkprovider.core.module import PodModules
+from vkprovider.core.sanitize import clean
 
 REASON_BIZ_DEACTIVATE = "BizDeactivate"
+REASON_INSTALL_FAILED = "BizInstallFailed"
+
+
+class BaseCondition(enum.StrEnum):
+    """Whether the base a pod is bound to can run it right now."""
+
+    READY = "Ready"
+    UNREACHABLE = "BaseUnreachable"
+    DEACTIVATED = "BaseDeactivated"
 
 
 class OpState(enum.StrEnum):
@@ -51,8 +70,14 @@ class OpState(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class OpFacts:
+    """What vkprovider knows about one biz of a pod besides the base's report."""
+
     state: OpState
     message: str = ""
+    attempts: int = 0  # consecutive failed installs (for restartCount / CrashLoopBackOff-like status)
+    failed_at_ms: int | None = None
+    installed_url: str | None = None  # the URL the biz on the base came from, when known
+    refused: str | None = None  # policy refusal (namespace policy): the biz is not installed at all
 
 
 def ms_to_iso(ms: int) -> str:
@@ -62,38 +87,56 @@ def ms_to_iso(ms: int) -> str:
 def _waiting(reason: str, message: str = "") -> dict[str, Any]:
     body: dict[str, Any] = {"reason": reason}
     if message:
-        body["message"] = message
+        body["message"] = clean(message)
     return {"waiting": body}
 
 
+def _previous(current: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    for status in current.get("containerStatuses") or []:
+        if status.get("name") == name:
+            return status  # type: ignore[no-any-return]
+    return {}
+
+
+def _started_at(biz: BizInfo, previous: Mapping[str, Any], now_iso: str) -> str:
+    since = biz.time_entered(BizState.ACTIVATED)
+    if since:
+        return ms_to_iso(since)
+    # No ACTIVATED record (some bases send none): keep the time first shown, so the status does not change.
+    running = (previous.get("state") or {}).get("running") or {}
+    return str(running.get("startedAt") or now_iso)
+
+
 def _container_state(
-    biz: BizInfo | None, op: OpFacts | None, active: Mapping[str, str], now_iso: str
+    biz: BizInfo | None, op: OpFacts | None, active: Mapping[str, str], previous: Mapping[str, Any], now_iso: str
 ) -> tuple[dict[str, Any], bool]:
+    if op is not None and op.refused:
+        return _waiting("BizNotAllowed", op.refused), False
     if biz is None:
         if op is not None and op.state is OpState.INSTALL_FAILED:
-            return _waiting("BizInstallFailed", op.message), False
+            return _waiting(REASON_INSTALL_FAILED, op.message), False
         return _waiting("ContainerCreating", op.message if op else ""), False
     record = biz.last_record
     message = record.message if record else ""
     if biz.state is BizState.ACTIVATED:
-        since = biz.time_entered(BizState.ACTIVATED)
-        return {"running": {"startedAt": ms_to_iso(since) if since else now_iso}}, True
+        return {"running": {"startedAt": _started_at(biz, previous, now_iso)}}, True
     if biz.state is BizState.DEACTIVATED:
         other = active.get(biz.name)
         why = f"{biz.name}:{other} is active on the base" if other and other != biz.version else message
         since = biz.time_entered(BizState.DEACTIVATED)
+        before = (previous.get("state") or {}).get("terminated") or {}
         return {
             "terminated": {
                 "exitCode": 0,
                 "reason": REASON_BIZ_DEACTIVATE,
-                "message": f"biz {biz.key} was deactivated" + (f": {why}" if why else ""),
-                "finishedAt": ms_to_iso(since) if since else now_iso,
+                "message": clean(f"biz {biz.key} was deactivated" + (f": {why}" if why else "")),
+                "finishedAt": ms_to_iso(since) if since else str(before.get("finishedAt") or now_iso),
             }
         }, False
     if biz.state is BizState.BROKEN:
         return _waiting("BizBroken", message), False
     if biz.state is BizState.STOPPED:
-        return {"terminated": {"exitCode": 0, "reason": "BizStopped", "message": message}}, False
+        return {"terminated": {"exitCode": 0, "reason": "BizStopped", "message": clean(message)}}, False
     if biz.state in (BizState.RESOLVED, BizState.UNRESOLVED):
         return _waiting("BizResolving", message), False
     return _waiting("BizStateUnknown", message), False
@@ -108,15 +151,24 @@ def pod_status(
     base_ip: str,
     now_iso: str,
     replaced_in_rollout: frozenset[str] = frozenset(),
+    base: BaseCondition = BaseCondition.READY,
+    base_message: str = "",
+    no_biz_message: str = "",
+    finished: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The status this module pod should have.
 
     ``replaced_in_rollout`` names the bizs whose newer version on the base belongs to this pod's own workload.
+    ``finished`` maps containers that are done (their version was superseded, shown terminated BizDeactivate)
+    to the state shown before, which is kept as it is.
     """
+    finished = finished or {}
     current = pod.get("status") or {}
     active = {b.name: b.version for b in bizs.values() if b.state is BizState.ACTIVATED}
     specs = {spec.name: spec for spec in modules.bizs}
     problems = {p.container: p for p in modules.problems}
+    sidecars = set(modules.sidecars)
+    start_time = current.get("startTime") or now_iso
     statuses: list[dict[str, Any]] = []
     failure: tuple[str, str] | None = None
     replaced: tuple[str, str] | None = None
@@ -124,16 +176,48 @@ def pod_status(
     any_running = False
     for container in (pod.get("spec") or {}).get("containers") or []:
         name = container.get("name", "")
+        image = container.get("image", "")
+        previous = _previous(current, name)
         spec = specs.get(name)
-        if spec is None:
+        restarts = int(previous.get("restartCount") or 0)
+        last_state: dict[str, Any] | None = None
+        image_id = ""
+        if name in sidecars:
+            prev_running = ((previous.get("state") or {}).get("running") or {}).get("startedAt")
+            state, ready = {"running": {"startedAt": prev_running or start_time}}, True
+            container_id = f"arklet://sidecar/{name}"
+        elif spec is not None and name in finished:
+            state, ready = {k: dict(v) for k, v in finished[name].items()}, False
+            container_id = f"arklet://{name}:{spec.version}"
+            image = str(previous.get("image") or image)
+            image_id = str(previous.get("imageID") or "")
+            shown = state.get("terminated") or {}
+            if name in replaced_in_rollout:
+                replaced = replaced or (REASON_BIZ_DEACTIVATE, str(shown.get("message", "")) + " (rolling update)")
+            elif failure is None:
+                failure = (REASON_BIZ_DEACTIVATE, str(shown.get("message", "")))
+        elif spec is None:
             problem = problems.get(name)
             state = _waiting(problem.reason, problem.message) if problem else _waiting("InvalidBizSpec")
             ready = False
+            container_id = ""
             if problem and install_failure is None:
                 install_failure = f"{name}: {problem.message}"
         else:
             biz = bizs.get(spec.key)
-            state, ready = _container_state(biz, ops.get(spec.key), active, now_iso)
+            op = ops.get(spec.key)
+            state, ready = _container_state(biz, op, active, previous, now_iso)
+            container_id = f"arklet://{name}:{spec.version}"
+            if op is not None:
+                restarts = max(restarts, op.attempts)
+                if op.state is OpState.INSTALL_FAILED and op.failed_at_ms is not None:
+                    last_state = {"terminated": {"exitCode": 1, "reason": REASON_INSTALL_FAILED,
+                                                 "message": clean(op.message),
+                                                 "finishedAt": ms_to_iso(op.failed_at_ms)}}
+                if op.installed_url and biz is not None:
+                    image = op.installed_url
+            if biz is not None:
+                image_id = image
             terminated = state.get("terminated")
             if terminated and terminated["reason"] == REASON_BIZ_DEACTIVATE:
                 if name in replaced_in_rollout:
@@ -141,36 +225,51 @@ def pod_status(
                 elif failure is None:
                     failure = (REASON_BIZ_DEACTIVATE, terminated["message"])
             waiting = state.get("waiting")
-            if waiting and waiting["reason"] in ("BizInstallFailed", "BizBroken") and install_failure is None:
+            if waiting and waiting["reason"] in (REASON_INSTALL_FAILED, "BizBroken", "BizNotAllowed") \
+                    and install_failure is None:
                 install_failure = f"{name}: {waiting.get('message', waiting['reason'])}"
-        any_running = any_running or "running" in state
-        statuses.append(
-            {
-                "name": name,
-                "image": container.get("image", ""),
-                "imageID": "",
-                "containerID": f"arklet://{name}:{spec.version}" if spec else "",
-                "ready": ready,
-                "started": "running" in state,
-                "restartCount": 0,
-                "state": state,
-            }
-        )
+        if base is not BaseCondition.READY:
+            ready = False
+        any_running = any_running or ("running" in state and name not in sidecars)
+        entry: dict[str, Any] = {
+            "name": name,
+            "image": image,
+            "imageID": image_id,
+            "containerID": container_id,
+            "ready": ready,
+            "started": "running" in state,
+            "restartCount": restarts,
+            "state": state,
+        }
+        if last_state is not None:
+            entry["lastState"] = last_state
+        statuses.append(entry)
     all_ready = bool(statuses) and all(s["ready"] for s in statuses)
+    if not modules.bizs and not modules.problems:
+        all_ready = False
+        install_failure = install_failure or (no_biz_message or "the pod has no biz container (no image names a jar)")
     if failure is not None:
         phase = "Failed"
     elif any_running or current.get("phase") == "Running":
         phase = "Running"
     else:
         phase = "Pending"
-    ready_reason = None if all_ready else ("PodFailed" if failure else "ContainersNotReady")
+    if all_ready:
+        ready_reason = None
+    elif failure:
+        ready_reason = "PodFailed"
+    elif base is not BaseCondition.READY:
+        ready_reason = base.value
+    else:
+        ready_reason = "ContainersNotReady"
     if replaced is not None and phase == "Pending":
         phase = "Running"
+    ready_message = clean(base_message) if ready_reason == base.value and base_message else None
     conditions = [
         _condition("PodReadyToStartContainers", True),
         _condition("Initialized", True),
-        _condition("ContainersReady", all_ready, ready_reason),
-        _condition("Ready", all_ready, ready_reason),
+        _condition("ContainersReady", all_ready, ready_reason, ready_message),
+        _condition("Ready", all_ready, ready_reason, ready_message),
     ]
     status: dict[str, Any] = {
         "phase": phase,
@@ -180,7 +279,7 @@ def pod_status(
         "hostIPs": [{"ip": base_ip}],
         "podIP": base_ip,
         "podIPs": [{"ip": base_ip}],
-        "startTime": current.get("startTime") or now_iso,
+        "startTime": start_time,
         "qosClass": current.get("qosClass") or "BestEffort",
     }
     if failure is not None:
@@ -188,16 +287,18 @@ def pod_status(
     elif replaced is not None:
         status["reason"], status["message"] = replaced
     elif install_failure is not None:
-        status["reason"], status["message"] = "BizNotReady", install_failure
+        status["reason"], status["message"] = "BizNotReady", clean(install_failure)
     else:
         status["reason"], status["message"] = None, None
     return _with_times(status, current, now_iso)
 
 
-def _condition(kind: str, ok: bool, reason: str | None = None) -> dict[str, Any]:
+def _condition(kind: str, ok: bool, reason: str | None = None, message: str | None = None) -> dict[str, Any]:
     cond: dict[str, Any] = {"type": kind, "status": "True" if ok else "False"}
     if reason:
         cond["reason"] = reason
+    if message:
+        cond["message"] = message
     return cond
 
 
@@ -243,13 +344,39 @@ def status_patch(desired: Mapping[str, Any]) -> dict[str, Any]:
     return patch
 
 
-def not_a_module_status(pod: Mapping[str, Any], now_iso: str) -> dict[str, Any]:
-    """A non-module pod that landed on a vnode: it fails clearly instead of hanging in Pending."""
-    current = pod.get("status") or {}
-    return {
-        "phase": "Failed",
-        "reason": "NotAModule",
-        "message": "this pod was bound to a Koupleless virtual node but is not a module pod (label "
-        "module-controller.koupleless.io/component=module or virtual-kubelet.koupleless.io/component=module)",
-        "startTime": current.get("startTime") or now_iso,
-    }
+NOT_A_MODULE_MESSAGE = (
+    "this pod is bound to a Koupleless virtual node but is not a module pod (label "
+    "module-controller.koupleless.io/component=module or virtual-kubelet.koupleless.io/component=module): "
+    "vkprovider leaves it alone; give it a nodeSelector or affinity that keeps it off virtual nodes"
+)
+
+
+def not_a_module_condition(pod: Mapping[str, Any], now_iso: str) -> dict[str, Any] | None:
+    """The one condition a non-module pod on a vnode gets (None when it already has it).
+
+    It is not marked Failed: its controller (a DaemonSet that tolerates every taint, say) would replace it
+    forever. It stays Pending with Ready=False and this reason, and nothing else is done to it.
+    """
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready" and cond.get("reason") == "NotAModule":
+            return None
+    return {"conditions": [{"type": "Ready", "status": "False", "reason": "NotAModule",
+                            "message": NOT_A_MODULE_MESSAGE, "lastProbeTime": None,
+                            "lastTransitionTime": now_iso}]}
+
+
+def with_base_not_ready(current: Mapping[str, Any], base: BaseCondition, message: str,
+                        now_iso: str) -> dict[str, Any] | None:
+    """A pod's current status with every container not ready because of its base, for when the base's bizs are
+    not known (it went silent before they were read); None when the status already says so."""
+    if base is BaseCondition.READY or not current:
+        return None
+    reason = base.value
+    statuses = [{**c, "ready": False} for c in current.get("containerStatuses") or []]
+    conditions = []
+    for kind in ("ContainersReady", "Ready"):
+        conditions.append({"type": kind, "status": "False", "reason": reason, "message": clean(message)})
+    wanted = {**current, "containerStatuses": statuses, "conditions": conditions}
+    if not status_changed({"containerStatuses": statuses, "conditions": conditions}, current):
+        return None
+    return _with_times(wanted, current, now_iso)

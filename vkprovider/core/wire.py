@@ -31,6 +31,7 @@ from vkprovider.core.model import (
     CommandOutcome,
     CommandResult,
 )
+from vkprovider.core.node import identity_refusal
 
 __all__ = [
     "CONFLICT_MARKER",
@@ -71,7 +72,6 @@ MAX_EXTRA_LABELS: Final = 16
 
 _LABEL_VALUE_RE: Final = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 _LABEL_NAME_RE: Final = re.compile(r"^[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-_DNS1123_PART_RE: Final = re.compile(r"^[a-z0-9](?:[-a-z0-9.]*[a-z0-9])?$")
 _MAX_LABEL_VALUE: Final = 63
 _MAX_HOST_NAME: Final = 253
 _KNOWN_BASE_STATES: Final = frozenset({"ACTIVATED", "DEACTIVATED"})
@@ -115,11 +115,13 @@ class _MetadataWire(BaseModel):
     @field_validator("identity")
     @classmethod
     def _identity_fits_a_node_name(cls, value: str) -> str:
-        _check_label_value(value, "identity")
-        if not _DNS1123_PART_RE.match(value.lower()):
-            raise ValueError(
-                "identity must be lowercase-able to a DNS-1123 name part (alphanumeric, '-', '.')"
-            )
+        if not value:
+            raise ValueError("identity must not be empty")
+        if len(value) > _MAX_LABEL_VALUE:
+            raise ValueError(f"identity longer than {_MAX_LABEL_VALUE} characters")
+        refusal = identity_refusal(value)
+        if refusal is not None:
+            raise ValueError(refusal)
         return value
 
     @field_validator("name", "version", "cluster_name")
@@ -213,12 +215,21 @@ def _extra_labels(*maps: Mapping[str, str] | None) -> tuple[tuple[str, str], ...
     return tuple(sorted(merged.items()))
 
 
+def _check_node_name(identity: str, env: str | None) -> None:
+    if env is not None:
+        refusal = identity_refusal(identity, env)
+        if refusal is not None:
+            raise WireError(f"baseMetadata.identity: {refusal}")
+
+
 def parse_heartbeat(
-    body: bytes | str | Mapping[str, Any], *, tunnel: str = "http", allow_port_zero: bool = False
+    body: bytes | str | Mapping[str, Any], *, tunnel: str = "http", allow_port_zero: bool = False,
+    env: str | None = None,
 ) -> BaseHeartbeat:
     """Validate one heartbeat body (arklet's lowercase ``state`` or the Go mocks' uppercase).
 
     ``allow_port_zero`` is for MQTT, where arklet sends ``"port": 0`` because commands do not use HTTP.
+    With ``env``, the identity must also make a valid, distinct node name ``vnode.<identity>.<env>``.
     Raises ``WireError`` with a one-line reason.
     """
     raw = _loads_object(body)
@@ -226,6 +237,7 @@ def parse_heartbeat(
         wire = _HeartbeatWire.model_validate(raw)
     except ValidationError as exc:
         raise WireError(_reason_from(exc)) from None
+    _check_node_name(wire.base_metadata.identity, env)
     if wire.port == 0 and not allow_port_zero:
         raise WireError("port: port must be 1..65535")
     meta = wire.base_metadata
@@ -242,13 +254,14 @@ def parse_heartbeat(
     )
 
 
-def parse_base_metadata(body: bytes | str | Mapping[str, Any]) -> BaseMetadata:
+def parse_base_metadata(body: bytes | str | Mapping[str, Any], *, env: str | None = None) -> BaseMetadata:
     """Validate a bare BaseMetadata object (the body of ``queryBaseline``)."""
     raw = _loads_object(body)
     try:
         meta = _MetadataWire.model_validate(raw)
     except ValidationError as exc:
         raise WireError(_reason_from(exc)) from None
+    _check_node_name(meta.identity, env)
     return BaseMetadata(
         identity=meta.identity, name=meta.name, version=meta.version, cluster_name=meta.cluster_name
     )
@@ -313,6 +326,7 @@ def parse_health(data: object) -> BaseHealth:
         memory_used_bytes=_optional_int(jvm.get("java used metaspace")),
         master_biz_name=_optional_str(master.get("bizName")),
         master_biz_version=_optional_str(master.get("bizVersion")),
+        master_biz_state=(_optional_str(master.get("bizState")) or "").upper() or None,
     )
 
 

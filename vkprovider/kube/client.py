@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import ssl
 import time
 from collections.abc import AsyncGenerator, Mapping
@@ -28,6 +27,7 @@ from prometheus_client import Counter, Histogram
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from vkprovider import __version__
+from vkprovider.core.backoff import API_CALL
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,6 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
 MAX_ATTEMPTS = 5
 MAX_RETRY_AFTER_S = 30.0
-_BACKOFF_INITIAL_S = 0.2
-_BACKOFF_MAX_S = 5.0
 
 #: Where the kubelet mounts the service-account token (rotated in place) and the cluster CA in a pod.
 IN_CLUSTER_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
@@ -207,9 +205,7 @@ def retry_wait_s(exc: BaseException | None, failed_attempts: int) -> float:
     """Seconds to wait after ``failed_attempts`` failures: the server's Retry-After, else exponential backoff."""
     if isinstance(exc, ApiError) and exc.retry_after_s is not None:
         return exc.retry_after_s
-    # Exponential with full jitter: 0.2 s, 0.4 s, 0.8 s ... capped.
-    ceiling = min(_BACKOFF_MAX_S, _BACKOFF_INITIAL_S * (2 ** (failed_attempts - 1)))
-    return float(ceiling * (0.5 + 0.5 * random.random()))  # jitter, not crypto
+    return API_CALL.delay(failed_attempts)  # the one backoff policy (core.backoff)
 
 
 def _later_retry_wait(state: RetryCallState) -> float:

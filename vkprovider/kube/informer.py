@@ -21,6 +21,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
+from vkprovider.core.backoff import INFORMER
 from vkprovider.kube.client import ApiError, Kube, error_from_status, resource_of
 
 log = logging.getLogger(__name__)
@@ -41,8 +42,6 @@ INFORMER_RELISTS = Counter(
 )
 
 _EVENT_TYPES = ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR", "INVALID")
-_BACKOFF_INITIAL_S = 0.5
-_BACKOFF_MAX_S = 30.0
 
 
 def default_key(obj: Mapping[str, Any]) -> str:
@@ -85,11 +84,10 @@ def diff_snapshots(old: Mapping[str, Obj], new: Mapping[str, Obj]) -> list[tuple
     return changes
 
 
-def backoff_delay(failures: int, *, initial_s: float = _BACKOFF_INITIAL_S, max_s: float = _BACKOFF_MAX_S,
-                  rand: Callable[[], float] = random.random) -> float:
-    """Exponential backoff with jitter for the ``failures``-th consecutive failure (1-based)."""
-    ceiling = min(max_s, initial_s * float(2 ** max(0, failures - 1)))
-    return ceiling * (0.5 + 0.5 * rand())
+def backoff_delay(failures: int, *, rand: Callable[[], float] = random.random) -> float:
+    """The informer's wait after ``failures`` consecutive failures: the one backoff policy (core.backoff),
+    capped at a few seconds so the cache is current again soon after the apiserver is back."""
+    return INFORMER.delay(failures, rand)
 
 
 class _Gone(Exception):
@@ -106,7 +104,8 @@ class Informer:
     def __init__(self, kube: Kube, list_path: str, *, label_selector: str | None = None,
                  field_selector: str | None = None, key: KeyFunc = default_key,
                  on_change: OnChange | None = None, page_size: int = 500, watch_timeout_s: int = 300,
-                 resource: str | None = None) -> None:
+                 resource: str | None = None, keep: Callable[[Obj], bool] | None = None,
+                 trim_object: Callable[[Obj], Obj] | None = None) -> None:
         self._kube = kube
         self._path = list_path
         self._label_selector = label_selector
@@ -116,6 +115,8 @@ class Informer:
         self._page_size = page_size
         self._watch_timeout_s = watch_timeout_s
         self.resource = resource or resource_of(list_path)
+        self._keep = keep
+        self._trim = trim_object or trim
         self._cache: dict[str, Obj] = {}
         self._rv = ""
         self.synced = asyncio.Event()
@@ -221,8 +222,11 @@ class Informer:
                                                      page_size=self._page_size)
         fresh: dict[str, Obj] = {}
         for item in items:
+            if self._keep is not None and not self._keep(item):
+                continue
             try:
-                fresh[self._key(trim(item))] = item
+                kept = self._trim(item)
+                fresh[self._key(kept)] = kept
             except Exception:
                 self._events["INVALID"].inc()
                 log.warning("informer %s: cannot key a listed object; skipped", self.resource, exc_info=True)
@@ -290,13 +294,16 @@ class Informer:
             if rv:
                 self._rv = rv
             return
+        if self._keep is not None and not self._keep(obj):
+            etype = "DELETED"  # not (or no longer) of interest: as if it were gone
         try:
-            key = self._key(trim(obj))
+            obj = self._trim(obj)
+            key = self._key(obj)
         except Exception:
             self._events["INVALID"].inc()
             log.warning("informer %s: cannot key a watched object; skipped", self.resource, exc_info=True)
             return
-        self._events[etype].inc()
+        self._events[etype if etype in self._events else "INVALID"].inc()
         if rv:
             self._rv = rv
         prev = self._cache.get(key)
@@ -340,3 +347,47 @@ class Informer:
                 self._resume_rv = resume_from
             self._force_relist = relist
             self._watch_allowed.set()
+
+
+class UnionCache:
+    """Several informers of one resource read as one cache (e.g. module pods selected by either of two labels).
+
+    ``on_change`` sees one consistent stream: an object that leaves one informer but is still in another is a
+    change, not a delete.
+    """
+
+    def __init__(self, on_change: OnChange | None = None) -> None:
+        self._informers: list[Informer] = []
+        self._on_change = on_change
+
+    def add(self, informer: Informer) -> None:
+        self._informers.append(informer)
+
+    def set_on_change(self, on_change: OnChange) -> None:
+        self._on_change = on_change
+
+    @property
+    def informers(self) -> list[Informer]:
+        return list(self._informers)
+
+    def get(self, key: str) -> Obj | None:
+        for informer in self._informers:
+            obj = informer.get(key)
+            if obj is not None:
+                return obj
+        return None
+
+    def __len__(self) -> int:
+        return len({k for i in self._informers for k in i})
+
+    def __contains__(self, key: object) -> bool:
+        return any(key in i for i in self._informers)
+
+    def notify(self, key: str, old: Obj | None, new: Obj | None) -> None:
+        """The on_change hook to give each member informer."""
+        if new is None:
+            new = self.get(key)
+            if new is old:
+                new = None
+        if self._on_change is not None:
+            self._on_change(key, old, new)

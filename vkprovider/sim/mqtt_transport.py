@@ -32,14 +32,13 @@ from typing import Any, Final
 import aiomqtt
 import orjson
 
+from vkprovider.core.backoff import MQTT_RECONNECT
 from vkprovider.sim.arklet import SimArklet, SimBiz
 
 log = logging.getLogger(__name__)
 
 QOS: Final = 1
 SUBSCRIBE_BATCH: Final = 100
-BACKOFF_FIRST_S: Final = 0.25
-BACKOFF_MAX_S: Final = 10.0
 CONNECT_WAIT_S: Final = 15.0
 
 
@@ -257,7 +256,7 @@ class MqttSimConnection:
                 await task
 
     async def _run(self) -> None:
-        backoff = BACKOFF_FIRST_S
+        failures = 0
         while not self._stopping:
             client = aiomqtt.Client(
                 self.broker,
@@ -278,7 +277,7 @@ class MqttSimConnection:
                     self._connected.set()
                     self._attempted.set()
                     self.last_error = None
-                    backoff = BACKOFF_FIRST_S
+                    failures = 0
                     log.info("sim connected to %s:%d as %s", self.broker, self.port, self.client_id)
                     async for message in client.messages:
                         self._route(message)
@@ -292,8 +291,8 @@ class MqttSimConnection:
             self._attempted.set()
             if self._stopping:
                 break
-            await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
+            failures += 1
+            await asyncio.sleep(MQTT_RECONNECT.delay(failures))
 
     @staticmethod
     async def _subscribe(client: aiomqtt.Client, topics: list[str]) -> None:

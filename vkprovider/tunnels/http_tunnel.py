@@ -89,7 +89,7 @@ class HttpTunnel:
         self._session: aiohttp.ClientSession | None = None
         self._limiter = _BaseLimiter(settings.arklet_max_inflight_per_base)
         self._no_batch: set[str] = set()  # bases (ip:port) whose arklet predates batchInstallBiz
-        token = settings.http_heartbeat_token
+        token = settings.heartbeat_token
         self._expected_auth = f"Bearer {token}".encode() if token else None
 
     # --- lifecycle ---------------------------------------------------------------------------------------
@@ -151,7 +151,7 @@ class HttpTunnel:
                 result = "too_large"
                 return body
             try:
-                heartbeat = wire.parse_heartbeat(body, tunnel=TUNNEL_NAME)
+                heartbeat = wire.parse_heartbeat(body, tunnel=TUNNEL_NAME, env=self._settings.env)
             except wire.WireError as exc:
                 result = "bad_json" if exc.kind == "json" else "invalid"
                 return _error(exc.reason, 400)
@@ -174,7 +174,7 @@ class HttpTunnel:
         if isinstance(body, web.Response):
             return body
         try:
-            metadata = wire.parse_base_metadata(body)
+            metadata = wire.parse_base_metadata(body, env=self._settings.env)
         except wire.WireError as exc:
             return _error(exc.reason, 400)
         assert self._events is not None

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import secrets
 import ssl
 import time
@@ -34,6 +33,7 @@ from prometheus_client import Counter
 
 from vkprovider.config import Settings
 from vkprovider.core import wire
+from vkprovider.core.backoff import MQTT_RECONNECT
 from vkprovider.core.model import (
     BaseHealth,
     BaseHeartbeat,
@@ -79,8 +79,6 @@ metrics.precreate(TUNNEL_NAME)
 
 FIRST_CONNECT_WAIT_S: Final = 10.0
 """``start`` waits this long for the first connection attempt to end, then returns anyway (the loop retries)."""
-BACKOFF_FIRST_S: Final = 0.25
-BACKOFF_MAX_S: Final = 30.0
 MAX_INFLIGHT: Final = 1000
 _AUTH_CODES: Final = frozenset({4, 5, 134, 135})  # MQTT 3.1.1 and 5 "bad user name or password" / "not authorized"
 
@@ -355,7 +353,7 @@ class MqttTunnel:
 
     async def _run(self, tls: ssl.SSLContext | None) -> None:
         """Connect, subscribe, read; on any failure wait (exponential backoff with jitter) and start over."""
-        backoff = BACKOFF_FIRST_S
+        failures = 0
         while not self._stopping:
             client = self._new_client(tls)
             try:
@@ -364,7 +362,7 @@ class MqttTunnel:
                     self._client = client
                     self.connections += 1
                     self.last_error = None
-                    backoff = BACKOFF_FIRST_S
+                    failures = 0
                     self._connected.set()
                     self._attempted.set()
                     log.info("mqtt tunnel connected to %s as %s (tls=%s), subscribed to koupleless_%s/+/base/*",
@@ -383,8 +381,8 @@ class MqttTunnel:
             self._attempted.set()
             if self._stopping:
                 break
-            await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
+            failures += 1
+            await asyncio.sleep(MQTT_RECONNECT.delay(failures))
 
     def _disconnected(self) -> None:
         if self._client is None:
@@ -454,7 +452,8 @@ class MqttTunnel:
                 result = "invalid"
                 raise MessageDropped("invalid", "heartbeat data is not an object")
             try:
-                heartbeat = wire.parse_heartbeat(data, tunnel=TUNNEL_NAME, allow_port_zero=True)
+                heartbeat = wire.parse_heartbeat(data, tunnel=TUNNEL_NAME, allow_port_zero=True,
+                                                 env=self._settings.env)
             except wire.WireError as exc:
                 result = "invalid"
                 raise MessageDropped("invalid", f"heartbeat: {exc.reason}") from None
@@ -473,7 +472,7 @@ class MqttTunnel:
         # arklet before 2.x leaves "name" out of this BaseMetadata; the baseline is looked up by identity only.
         raw = {"name": "TO_BE_IMPLEMENTED", "version": "1.0.0", "clusterName": "default", **data}
         try:
-            metadata = wire.parse_base_metadata(raw)
+            metadata = wire.parse_base_metadata(raw, env=self._settings.env)
         except wire.WireError as exc:
             raise MessageDropped("invalid", f"queryBaseline: {exc.reason}") from None
         if metadata.identity != identity:

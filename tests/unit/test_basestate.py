@@ -1,0 +1,152 @@
+"""The base ledger: every interleaving of a read and a command result, deterministically (issue: one writer).
+
+Each test replays one order of events that the event loop can produce; before the ledger, the module controller
+overwrote its biz list with whatever a read returned, losing an install that finished while the read was on the
+wire (then installed it again) and losing the "read again" request of a heartbeat after a base restart.
+"""
+
+import itertools
+
+import pytest
+
+from vkprovider.core.basestate import BaseLedger, CommandKind
+from vkprovider.core.model import BizInfo, BizSpec, BizState
+
+V1 = BizSpec("biz1", "0.0.1", "http://x/biz1.jar")
+B2 = BizSpec("biz2", "1.0", "http://x/biz2.jar")
+ACTIVE_V1 = BizInfo("biz1", "0.0.1", BizState.ACTIVATED)
+
+
+def fresh() -> BaseLedger:
+    led = BaseLedger(rand=lambda: 0.5)
+    led.apply_read(led.begin_read(), [])
+    return led
+
+
+def test_install_finishing_while_a_read_is_on_the_wire_is_not_lost():
+    """Read sent (base has nothing) -> install answers SUCCESS -> read answers (without the biz)."""
+    led = fresh()
+    led.start(V1.key, CommandKind.INSTALL, V1, 1.0)
+    token = led.begin_read()
+    led.finish_install(V1, ok=True, reported=[ACTIVE_V1], now=2.0, at_ms=0)
+    led.apply_read(token, [])  # the base answered before it had the biz
+    assert led.bizs is not None and V1.key in led.bizs  # the newer command result is kept: no duplicate install
+
+
+def test_uninstall_finishing_while_a_read_is_on_the_wire_is_not_undone():
+    led = fresh()
+    led.apply_read(led.begin_read(), [ACTIVE_V1])
+    token = led.begin_read()
+    led.start(V1.key, CommandKind.UNINSTALL, None, 1.0)
+    led.finish_uninstall(V1.key, ok=True, now=2.0, at_ms=0)
+    led.apply_read(token, [ACTIVE_V1])
+    assert led.bizs == {}
+
+
+def test_a_read_sent_after_the_command_result_wins():
+    led = fresh()
+    led.start(V1.key, CommandKind.INSTALL, V1, 1.0)
+    led.finish_install(V1, ok=True, reported=[ACTIVE_V1], now=2.0, at_ms=0)
+    token = led.begin_read()  # sent after the answer: it is the newer fact (the base lost it since)
+    led.apply_read(token, [])
+    assert led.bizs == {}
+
+
+def test_a_request_to_read_again_is_satisfied_only_by_a_later_read():
+    """A heartbeat after a long silence asks for a re-read while a read is already on the wire: that read,
+    sent before the request, must not clear it (the base may have restarted after it was sent)."""
+    led = fresh()
+    token = led.begin_read()
+    led.request_read()
+    led.apply_read(token, [ACTIVE_V1])
+    assert led.read_needed()
+    led.apply_read(led.begin_read(), [])
+    assert not led.read_needed()
+
+
+def test_an_older_read_never_overwrites_a_newer_one():
+    led = fresh()
+    old, new = led.begin_read(), led.begin_read()
+    led.apply_read(new, [ACTIVE_V1])
+    assert led.apply_read(old, []) is False
+    assert led.bizs is not None and V1.key in led.bizs
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(["read_sent", "install_answered", "read_answered"])))
+def test_every_order_of_one_read_and_one_install_ends_with_the_biz_known(order):
+    """The base has V1 once the install answered. A read sent before that shows nothing, one sent after shows
+    V1; whatever the order of sending and answering, the ledger ends knowing V1 is there."""
+    led = fresh()
+    led.start(V1.key, CommandKind.INSTALL, V1, 0.0)
+    token = None
+    installed = sees = False
+    for step in order:
+        if step == "read_sent":
+            token = led.begin_read()
+            sees = installed
+        elif step == "install_answered":
+            led.finish_install(V1, ok=True, reported=[ACTIVE_V1], now=1.0, at_ms=0)
+            installed = True
+        elif step == "read_answered":
+            if token is None:
+                continue
+            led.apply_read(token, [ACTIVE_V1] if sees else [])
+    assert led.bizs is not None and V1.key in led.bizs, order
+    assert V1.key not in led.inflight
+
+
+def test_failures_back_off_and_a_returning_base_retries_at_once():
+    led = fresh()
+    for attempt, expected in ((1, 1.5), (2, 3.0), (3, 6.0)):  # BIZ_INSTALL: 2 s doubling, rand=0.5 -> 0.75x
+        led.start(V1.key, CommandKind.INSTALL, V1, 10.0)
+        led.finish_install(V1, ok=False, message="no", now=10.0, at_ms=0)
+        failure = led.failures[V1.key]
+        assert failure.attempts == attempt and failure.retry_at == pytest.approx(10.0 + expected)
+    led.retry_now()
+    assert led.failures[V1.key].retry_at == 0.0 and led.failures[V1.key].attempts == 3
+
+
+def test_success_records_the_url_and_a_restart_forgets_it():
+    led = fresh()
+    led.start(V1.key, CommandKind.INSTALL, V1, 0.0)
+    led.finish_install(V1, ok=True, reported=[ACTIVE_V1], now=1.0, at_ms=0)
+    assert led.installed_urls == {V1.key: V1.url}
+    led.apply_read(led.begin_read(), [])  # the JVM restarted: every biz is gone
+    assert led.installed_urls == {}
+
+
+def test_replaced_versions_are_superseded_until_the_new_one_goes():
+    led = fresh()
+    led.apply_read(led.begin_read(), [ACTIVE_V1])
+    v2 = BizSpec("biz1", "0.0.2", "http://x/v2.jar")
+    led.start(v2.key, CommandKind.INSTALL, v2, 0.0)
+    led.finish_install(v2, ok=True, reported=[BizInfo("biz1", "0.0.2", BizState.ACTIVATED)], now=1.0, at_ms=0,
+                       replaced=[V1.key])
+    assert led.superseded == {V1.key: v2.key} and V1.key not in (led.bizs or {})
+    led.apply_read(led.begin_read(), [BizInfo("biz1", "0.0.2", BizState.ACTIVATED)])
+    assert led.superseded == {V1.key: v2.key}
+    led.apply_read(led.begin_read(), [])
+    assert led.superseded == {}
+
+
+def test_maps_do_not_outgrow_the_base():
+    led = fresh()
+    for i in range(50):
+        spec = BizSpec(f"b{i}", "1", f"http://x/{i}.jar")
+        led.start(spec.key, CommandKind.INSTALL, spec, 0.0)
+        led.finish_install(spec, ok=False, message="no", now=0.0, at_ms=0)
+    assert len(led.failures) == 50
+    led.planned(wanted=[B2.key], released=(), orphans={})
+    assert led.failures == {} and led.installed_urls == {}
+
+
+def test_forget_means_read_before_acting():
+    led = fresh()
+    led.apply_read(led.begin_read(), [ACTIVE_V1])
+    stale = led.begin_read()
+    led.forget()  # another replica owned the base meanwhile
+    assert led.bizs is None and led.read_needed()
+    led.apply_read(stale, [])  # a read sent before: ignored
+    assert led.bizs is None
+    led.apply_read(led.begin_read(), [ACTIVE_V1])
+    assert led.bizs == {V1.key: ACTIVE_V1}

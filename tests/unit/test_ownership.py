@@ -1,0 +1,112 @@
+"""Vnode ownership decided purely (core.ownership): observed time, fencing, spread, adoption."""
+
+import collections
+
+import pytest
+
+from vkprovider.core import ownership as own
+
+T = own.Timing(lease_duration_s=20, renew_interval_s=10, renew_deadline_s=15)
+ME, OTHER = "vkp-a", "vkp-b"
+
+
+def facts(holder: str, rv: str = "1", managed: bool = True, duration: float = 20) -> own.LeaseFacts:
+    return own.LeaseFacts("vnode.x.dev", holder, rv, duration, 0, managed)
+
+
+def decide(lease: own.Observed | None, *, held: own.Held | None = None, now: float = 100.0,
+           members: tuple[str, ...] = (ME, OTHER)) -> own.Decision:
+    return own.decide("vnode.x.dev", lease, me=ME, members=list(members), held=held, now=now, timing=T)
+
+
+def test_observation_restarts_only_when_the_lease_changes():
+    first = own.observe(None, facts(OTHER, "1"), 10.0)
+    same = own.observe(first, facts(OTHER, "1"), 25.0)
+    assert same.since == 10.0 and own.expired(same, 30.0)
+    renewed = own.observe(same, facts(OTHER, "2"), 29.0)
+    assert renewed.since == 29.0 and not own.expired(renewed, 30.0)
+
+
+def test_a_live_holder_is_never_challenged_whatever_its_renew_time_says():
+    """Expiry is measured here, from when this process saw the lease change: a clock that runs 30 s ahead
+    (or a renewTime in the distant past) changes nothing. The pure functions do not even read renewTime."""
+    lease = own.Observed(facts(OTHER), since=95.0)
+    assert decide(lease, now=100.0).action is own.Action.NOTHING
+    assert decide(lease, now=114.9).action is own.Action.NOTHING
+
+
+def test_an_expired_lease_goes_to_its_preferred_live_member():
+    members = (ME, OTHER, "vkp-c")
+    preferred = own.rendezvous("vnode.x.dev", list(members))
+    dead = own.Observed(facts("vkp-dead"), since=50.0)
+    action = decide(dead, now=100.0, members=members).action
+    assert action is (own.Action.ACQUIRE if preferred == ME else own.Action.NOTHING)
+    # Its preferred owner did not take it within another lease duration: anybody may (rv decides).
+    assert decide(own.Observed(facts("vkp-dead"), since=10.0), now=100.0, members=members).action \
+        is own.Action.ACQUIRE
+
+
+def test_released_foreign_and_own_leases():
+    only_me = (ME,)
+    assert decide(own.Observed(facts(""), 99.0), members=only_me).action is own.Action.ACQUIRE
+    # The Go ModuleController's lease (no managed-by label): adopted at once (its controller was stopped).
+    assert decide(own.Observed(facts("go-uuid", managed=False), 99.0), members=only_me).action is own.Action.ACQUIRE
+    # Our own identity (a restart with a stable CLIENT_ID): taken back at once.
+    assert decide(own.Observed(facts(ME), 99.0)).action is own.Action.ACQUIRE
+
+
+def test_holder_renews_on_time_and_is_fenced_past_the_deadline():
+    lease = own.Observed(facts(ME, "7"), 90.0)
+    assert decide(lease, held=own.Held(95.0, "7"), now=100.0, members=(ME,)).action is own.Action.NOTHING
+    assert decide(lease, held=own.Held(90.0, "7"), now=100.0, members=(ME,)).action is own.Action.RENEW
+    fenced = decide(lease, held=own.Held(84.0, "7"), now=100.0, members=(ME,))
+    assert fenced.action is own.Action.FENCE and "deadline" in fenced.why
+    assert own.fenced(own.Held(84.0, "7"), 100.0, T)
+
+
+def test_a_holder_that_sees_someone_else_in_its_lease_stops():
+    lease = own.Observed(facts(OTHER, "8"), 99.0)
+    assert decide(lease, held=own.Held(99.0, "7"), members=(ME,)).action is own.Action.FENCE
+
+
+def test_a_holder_hands_a_vnode_to_the_preferred_live_member():
+    node = next(n for n in (f"vnode.b{i}.dev" for i in range(100)) if own.rendezvous(n, [ME, OTHER]) == OTHER)
+    lease = own.Observed(own.LeaseFacts(node, ME, "3", 20, 0, True), 99.0)
+    d = own.decide(node, lease, me=ME, members=[ME, OTHER], held=own.Held(99.0, "3"), now=100.0, timing=T)
+    assert d.action is own.Action.HANDOFF and d.to == OTHER
+    d = own.decide(node, lease, me=ME, members=[ME, OTHER], held=own.Held(99.0, "3"), now=100.0, timing=T,
+                   may_hand_off=False)
+    assert d.action is own.Action.NOTHING
+
+
+def test_rendezvous_spreads_evenly_and_moves_about_a_third_on_scale_out():
+    nodes = [f"vnode.base-{i:04d}.dev" for i in range(3000)]
+    two = {n: own.rendezvous(n, ["r1", "r2"]) for n in nodes}
+    three = {n: own.rendezvous(n, ["r1", "r2", "r3"]) for n in nodes}
+    counts = collections.Counter(three.values())
+    assert all(900 < c < 1100 for c in counts.values()), counts
+    moved = [n for n in nodes if two[n] != three[n]]
+    assert all(three[n] == "r3" for n in moved)  # only to the new member
+    assert 900 < len(moved) < 1100
+    # A member dies: only its vnodes move, spread over the others.
+    after = {n: own.rendezvous(n, ["r1", "r3"]) for n in nodes}
+    assert all(after[n] == three[n] for n in nodes if three[n] != "r2")
+
+
+def test_live_members_are_observed_renewing():
+    members = {"m-b": own.Observed(facts(OTHER), 95.0), "m-dead": own.Observed(facts("vkp-dead"), 50.0)}
+    assert own.live_members(members, ME, 100.0) == [ME, OTHER]
+
+
+def test_timing_must_fence_before_others_may_take_over():
+    with pytest.raises(ValueError):
+        own.Timing(lease_duration_s=10, renew_interval_s=10, renew_deadline_s=12)
+
+
+def test_lease_facts_from_the_go_controller_lease():
+    go_lease = {"metadata": {"name": "vnode.10.0.0.5.dev", "resourceVersion": "42",
+                             "labels": {"virtual-kubelet.koupleless.io/component": "vnode-lease"}},
+                "spec": {"holderIdentity": "go-mc-1", "leaseDurationSeconds": 40,
+                         "renewTime": "2025-09-22T10:00:00.123456Z"}}
+    f = own.LeaseFacts.from_object(go_lease, 20)
+    assert (f.holder, f.resource_version, f.duration_s, f.transitions, f.managed) == ("go-mc-1", "42", 40, 0, False)

@@ -1,0 +1,479 @@
+"""Lease keeping: acquires, renews, hands over and releases vnode Leases, and says which vnodes this replica holds.
+
+The decisions are ``core.ownership``'s (observed time on the local clock, resourceVersion preconditions, fencing
+by renew deadline, rendezvous spread over live replicas); this module observes Leases through two informers
+(the vnode Leases in ``kube-node-lease`` and the replicas' membership Leases in ``NAMESPACE``), carries the
+decisions out, and tells the node and module controllers when a vnode is gained or lost. Everything that writes
+for a vnode asks ``may_write(node)`` right before writing.
+
+One loop (``run``) ticks every ``TICK_S``: it renews this replica's membership Lease, then decides for every
+vnode Lease it knows. A tick that comes far too late means the process was stalled (SIGSTOP, swapping): every
+observation is then restarted from now, because what was "unchanged for a lease duration" was only unseen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+import re
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from vkprovider.config import Settings
+from vkprovider.controllers.bases import Clock
+from vkprovider.core import node as vnode
+from vkprovider.core import ownership as own
+from vkprovider.kube.client import ApiError, Kube
+from vkprovider.kube.events import EventRecorder
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.5
+STALL_S = 3.0  # a tick this late: the process was not running
+MEMBER_LABEL = "vkprovider.koupleless.io/member-of"
+
+HELD = Gauge("vkprovider_vnodes_held", "Vnodes whose Lease this replica holds.")
+MEMBERS = Gauge("vkprovider_replicas_live", "vkprovider replicas this replica sees alive (itself included).")
+LEASE_EVENTS = Counter(
+    "vkprovider_lease_transitions_total",
+    "Vnode lease ownership changes of this replica: acquired, lost, handed_over, released, renew_failed.",
+    ["event"],
+)
+RENEW_SECONDS = Histogram(
+    "vkprovider_lease_renew_duration_seconds",
+    "Time to renew one vnode Lease.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+STALLS = Counter("vkprovider_stalls_total", "Times this process found it had not run for a while.")
+for _event in ("acquired", "lost", "handed_over", "released", "renew_failed", "conflict"):
+    LEASE_EVENTS.labels(_event)
+
+
+def micro_time(dt: datetime) -> str:
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def membership_lease_name(env: str, client_id: str) -> str:
+    """A valid Lease name for a replica's membership, distinct per client id."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", client_id.lower()).strip("-")[:40] or "replica"
+    digest = hashlib.blake2b(client_id.encode(), digest_size=4).hexdigest()
+    return f"vkprovider-{env.lower()}-{slug}-{digest}"[:253]
+
+
+class LeaseKeeper:
+    """This replica's side of vnode ownership."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        kube: Kube,
+        events: EventRecorder,
+        *,
+        clock: Clock,
+        wall: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.kube = kube
+        self.events = events
+        self.clock = clock
+        self.wall = wall or (lambda: datetime.now(UTC))
+        self.me = settings.client_id
+        self.env = settings.env
+        self.timing = own.Timing(
+            lease_duration_s=settings.node_lease_duration_s,
+            renew_interval_s=settings.node_lease_renew_s,
+            renew_deadline_s=settings.node_lease_renew_deadline_s,
+        )
+        self.member_lease = membership_lease_name(settings.env, settings.client_id)
+        self._observed: dict[str, own.Observed] = {}  # node name -> its Lease as last seen
+        self._members: dict[str, own.Observed] = {}  # membership lease name -> as last seen
+        self._held: dict[str, own.Held] = {}
+        self._busy: set[str] = set()  # nodes with a lease write in flight
+        self._stale: set[str] = set()  # observations made before a stall: read again before acting on them
+        self._member_held: own.Held | None = None
+        self._member_seen_since: dict[str, float] = {}
+        self._last_tick = clock()
+        self._started = clock()
+        self._stopping = False
+        self._wake = asyncio.Event()
+        self._writes = asyncio.Semaphore(32)
+        self.on_gained: list[Callable[[str], None]] = []
+        self.on_lost: list[Callable[[str], None]] = []
+
+    # --- what others ask -----------------------------------------------------------------------------------
+
+    def may_write(self, node: str) -> bool:
+        """True only while this replica holds ``node``'s Lease and renewed it before the renew deadline."""
+        held = self._held.get(node)
+        return held is not None and not own.fenced(held, self.clock(), self.timing)
+
+    def held_nodes(self) -> list[str]:
+        return [n for n in self._held if self.may_write(n)]
+
+    def lease_of(self, node: str) -> own.Observed | None:
+        return self._observed.get(node)
+
+    def live_members(self) -> list[str]:
+        return own.live_members(self._members, self.me, self.clock())
+
+    # --- informer hooks ------------------------------------------------------------------------------------
+
+    def on_lease_change(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        node = key.split("/", 1)[-1]
+        if not vnode.is_vnode_name(node, self.env):
+            return
+        if new is None:
+            self._observed.pop(node, None)
+            if node in self._held:
+                self._wake.set()
+            return
+        facts = own.LeaseFacts.from_object(new, self.timing.lease_duration_s)
+        self._observed[node] = own.observe(self._observed.get(node), facts, self.clock())
+        self._stale.discard(node)
+        held = self._held.get(node)
+        if (held is not None and facts.holder != self.me) or (held is None and facts.holder in ("", self.me)):
+            self._wake.set()
+
+    def on_member_change(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        name = key.split("/", 1)[-1]
+        if new is None:
+            self._members.pop(name, None)
+            self._member_seen_since.pop(name, None)
+            return
+        facts = own.LeaseFacts.from_object(new, self.timing.lease_duration_s)
+        self._members[name] = own.observe(self._members.get(name), facts, self.clock())
+        self._member_seen_since.setdefault(name, self.clock())
+
+    # --- the loop -------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Tick forever (cancel to stop; call ``release_all`` first for a graceful hand-over)."""
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("lease keeping failed; trying again")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), TICK_S)
+            self._wake.clear()
+
+    async def tick(self) -> None:
+        now = self.clock()
+        if now - self._last_tick > STALL_S:
+            self._stalled(now - self._last_tick)
+        self._last_tick = now
+        if self._stopping:
+            return
+        await self._keep_membership(now)
+        members = self.live_members()
+        MEMBERS.set(len(members))
+        handoffs = self._handoff_budget(members, now)
+        todo: list[tuple[str, own.Decision]] = []
+        if self._stale:
+            await self._refresh_stale()
+        for node in set(self._observed) | set(self._held):
+            if node in self._busy or node in self._stale:
+                continue
+            decision = own.decide(node, self._observed.get(node), me=self.me, members=members,
+                                  held=self._held.get(node), now=now, timing=self.timing,
+                                  may_hand_off=handoffs > 0 and self._settled(now))
+            if decision.action is own.Action.HANDOFF:
+                if not self._ready_member(decision.to, now):
+                    decision = own.Decision(own.Action.NOTHING)
+                    held = self._held[node]
+                    if now - held.renewed_at >= self.timing.renew_interval_s:
+                        decision = own.Decision(own.Action.RENEW)
+                else:
+                    handoffs -= 1
+            if decision.action is not own.Action.NOTHING:
+                todo.append((node, decision))
+        for node, decision in todo:
+            if decision.action is own.Action.FENCE:
+                self._lose(node, decision.why)
+        writes = [self._carry_out(node, d) for node, d in todo if d.action is not own.Action.FENCE]
+        if writes:
+            await asyncio.gather(*writes)
+        HELD.set(len(self._held))
+
+    def _settled(self, now: float) -> bool:
+        """Hand vnodes over only once this replica has watched the members for a lease duration."""
+        return now - self._started >= self.timing.lease_duration_s
+
+    def _ready_member(self, member: str, now: float) -> bool:
+        """A member that has been alive for a renew interval (not one that just appeared)."""
+        for name, observed in self._members.items():
+            if observed.facts.holder == member:
+                return now - self._member_seen_since.get(name, now) >= self.timing.renew_interval_s
+        return False
+
+    def _handoff_budget(self, members: list[str], now: float) -> int:
+        if len(members) < 2:
+            return 0
+        return max(1, int(self.settings.lease_handoffs_per_second * TICK_S))
+
+    def _stalled(self, gap: float) -> None:
+        STALLS.inc()
+        now = self.clock()
+        log.warning("this process did not run for %.1fs: restarting every lease observation and fencing", gap)
+        self._observed = {n: own.Observed(o.facts, now) for n, o in self._observed.items()}
+        self._members = {n: own.Observed(o.facts, now) for n, o in self._members.items()}
+        for node in list(self._held):
+            if not self.may_write(node):
+                self._lose(node, f"stalled for {gap:.0f}s, past the renew deadline")
+        # What the cache says about leases that name us (or nobody) may be long out of date: read them again
+        # before taking any back. Leases of others are refreshed by their holders' renewals.
+        self._stale = {n for n, o in self._observed.items() if o.facts.holder in ("", self.me) and n not in self._held}
+
+    async def _refresh_stale(self) -> None:
+        async def refresh(node: str) -> None:
+            async with self._writes:
+                try:
+                    fresh = await self.kube.get(self._lease_path(node))
+                except ApiError as exc:
+                    if exc.is_not_found:
+                        self._observed.pop(node, None)
+                        self._stale.discard(node)
+                    return
+            facts = own.LeaseFacts.from_object(fresh, self.timing.lease_duration_s)
+            self._observed[node] = own.observe(self._observed.get(node), facts, self.clock())
+            self._stale.discard(node)
+
+        await asyncio.gather(*(refresh(n) for n in list(self._stale)[:200]))
+
+    # --- membership ---------------------------------------------------------------------------------------
+
+    def _member_path(self, name: str = "") -> str:
+        base = f"/apis/coordination.k8s.io/v1/namespaces/{self.settings.namespace}/leases"
+        return f"{base}/{name}" if name else base
+
+    async def _keep_membership(self, now: float) -> None:
+        held = self._member_held
+        if held is not None and now - held.renewed_at < self.timing.renew_interval_s:
+            return
+        stamp = micro_time(self.wall())
+        try:
+            if held is None:
+                body = {
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "kind": "Lease",
+                    "metadata": {"name": self.member_lease, "namespace": self.settings.namespace,
+                                 "labels": {MEMBER_LABEL: self.env, own.MANAGED_BY_LABEL: own.MANAGED_BY}},
+                    "spec": {"holderIdentity": self.me, "leaseDurationSeconds": int(self.timing.lease_duration_s),
+                             "acquireTime": stamp, "renewTime": stamp},
+                }
+                try:
+                    answer = await self.kube.create(self._member_path(), body)
+                except ApiError as exc:
+                    if not exc.is_already_exists:
+                        raise
+                    answer = await self.kube.patch(self._member_path(self.member_lease),
+                                                   {"spec": {"holderIdentity": self.me, "renewTime": stamp,
+                                                             "leaseDurationSeconds":
+                                                                 int(self.timing.lease_duration_s)}},
+                                                   kind="merge")
+            else:
+                answer = await self.kube.patch(self._member_path(self.member_lease),
+                                               {"spec": {"renewTime": stamp}}, kind="merge")
+            self._member_held = own.Held(now, _rv(answer))
+        except ApiError as exc:
+            log.warning("renewing this replica's membership lease failed: %s", exc)
+
+    # --- acting ---------------------------------------------------------------------------------------------
+
+    def _lease_path(self, node: str = "") -> str:
+        base = f"/apis/coordination.k8s.io/v1/namespaces/{vnode.LEASE_NAMESPACE}/leases"
+        return f"{base}/{node}" if node else base
+
+    async def claim(self, node: str) -> bool:
+        """Create the Lease of a vnode nobody holds yet (a base heard for the first time). Atomic: of several
+        replicas claiming at once one wins; the others see AlreadyExists."""
+        if node in self._observed or node in self._held or self._stopping:
+            return self.may_write(node)
+        now = self.clock()
+        body = vnode.new_lease(node, self.me, int(self.timing.lease_duration_s), micro_time(self.wall()), self.env)
+        try:
+            answer = await self.kube.create(self._lease_path(), body)
+        except ApiError as exc:
+            if exc.is_already_exists:
+                return False
+            raise
+        self._gain(node, own.Held(now, _rv(answer)), "claimed a new base")
+        return True
+
+    async def _carry_out(self, node: str, decision: own.Decision) -> None:
+        self._busy.add(node)
+        try:
+            async with self._writes:
+                if decision.action is own.Action.RENEW:
+                    await self._renew(node)
+                elif decision.action is own.Action.ACQUIRE:
+                    await self._acquire(node, decision.why)
+                elif decision.action is own.Action.HANDOFF:
+                    await self._hand_over(node, decision.to, "rebalancing")
+        except ApiError as exc:
+            log.warning("lease %s: %s failed: %s", node, decision.action.value, exc, extra={"node": node})
+        finally:
+            self._busy.discard(node)
+
+    async def _renew(self, node: str) -> None:
+        held = self._held.get(node)
+        if held is None:
+            return
+        sent = self.clock()
+        body = {"metadata": {"resourceVersion": held.resource_version},
+                "spec": {"renewTime": micro_time(self.wall())}}
+        try:
+            with RENEW_SECONDS.time():
+                answer = await self.kube.patch(self._lease_path(node), body, kind="merge")
+        except ApiError as exc:
+            if exc.is_conflict:
+                await self._after_conflict(node, held)
+                return
+            if exc.is_not_found:
+                self._lose(node, "its Lease was deleted")
+                return
+            LEASE_EVENTS.labels("renew_failed").inc()
+            raise
+        if node in self._held:
+            self._held[node] = own.Held(sent, _rv(answer))
+
+    async def _after_conflict(self, node: str, held: own.Held) -> None:
+        """A renewal lost a race: somebody else wrote the Lease. Still ours (a label edit, another controller
+        touching renewTime)? Renew on the fresh version; otherwise it is lost."""
+        LEASE_EVENTS.labels("conflict").inc()
+        fresh = await self.kube.get(self._lease_path(node))
+        facts = own.LeaseFacts.from_object(fresh, self.timing.lease_duration_s)
+        if facts.holder != self.me:
+            self._lose(node, f"taken by {facts.holder or 'nobody'}")
+            return
+        log.warning("lease %s was written by someone else while we hold it (is another controller, e.g. the Go "
+                    "ModuleController, still running with CLIENT_ID=%s?)", node, self.me, extra={"node": node})
+        sent = self.clock()
+        answer = await self.kube.patch(self._lease_path(node),
+                                       {"metadata": {"resourceVersion": facts.resource_version},
+                                        "spec": {"renewTime": micro_time(self.wall())}}, kind="merge")
+        if node in self._held:
+            self._held[node] = own.Held(sent, _rv(answer))
+
+    async def _acquire(self, node: str, why: str) -> None:
+        observed = self._observed.get(node)
+        if observed is None:
+            return
+        facts = observed.facts
+        stamp = micro_time(self.wall())
+        sent = self.clock()
+        spec: dict[str, Any] = {"holderIdentity": self.me, "renewTime": stamp,
+                                "leaseDurationSeconds": int(self.timing.lease_duration_s)}
+        if facts.holder != self.me:
+            spec["acquireTime"] = stamp
+            spec["leaseTransitions"] = facts.transitions + 1
+        body = {
+            "metadata": {
+                "resourceVersion": facts.resource_version,
+                "labels": {vnode.LABEL_COMPONENT: vnode.LEASE_COMPONENT, vnode.LABEL_ENV: self.env,
+                           own.MANAGED_BY_LABEL: own.MANAGED_BY},
+            },
+            "spec": spec,
+        }
+        try:
+            answer = await self.kube.patch(self._lease_path(node), body, kind="merge")
+        except ApiError as exc:
+            if exc.is_conflict or exc.is_not_found:
+                return  # somebody else was faster, or it is gone: decide again from the next observation
+            raise
+        self._gain(node, own.Held(sent, _rv(answer)), why if facts.holder != self.me else "")
+        if facts.holder and facts.holder != self.me:
+            self.events.normal({"kind": "Node", "apiVersion": "v1", "metadata": {"name": node}},
+                               "LeaseTakenOver", f"vkprovider {self.me} took over the lease from {facts.holder}: {why}")
+
+    async def _hand_over(self, node: str, to: str, why: str) -> None:
+        held = self._held.get(node)
+        if held is None:
+            return
+        observed = self._observed.get(node)
+        transitions = observed.facts.transitions if observed is not None else 0
+        stamp = micro_time(self.wall())
+        # Stop acting first: from here on this replica writes nothing for the vnode, whatever the answer.
+        self._lose(node, f"handing over to {to} ({why})", handed_over=True)
+        body = {"metadata": {"resourceVersion": held.resource_version},
+                "spec": {"holderIdentity": to, "acquireTime": stamp, "renewTime": stamp,
+                         "leaseTransitions": transitions + 1}}
+        try:
+            await self.kube.patch(self._lease_path(node), body, kind="merge")
+        except ApiError as exc:
+            if not (exc.is_conflict or exc.is_not_found):
+                raise
+
+    def _gain(self, node: str, held: own.Held, why: str) -> None:
+        fresh = node not in self._held
+        self._held[node] = held
+        if fresh:
+            LEASE_EVENTS.labels("acquired").inc()
+            if why:
+                log.info("holding vnode %s (%s)", node, why, extra={"node": node})
+            for callback in self.on_gained:
+                callback(node)
+
+    def _lose(self, node: str, why: str, *, handed_over: bool = False) -> None:
+        if self._held.pop(node, None) is None:
+            return
+        LEASE_EVENTS.labels("handed_over" if handed_over else "lost").inc()
+        log.info("no longer acting for vnode %s: %s", node, why, extra={"node": node})
+        for callback in self.on_lost:
+            callback(node)
+
+    async def drop(self, node: str) -> None:
+        """The base is gone for good: give the vnode up and delete its Lease (only the version we hold)."""
+        held = self._held.get(node)
+        if held is None or not self.may_write(node):
+            return
+        self._lose(node, "its base is gone")
+        self._observed.pop(node, None)
+        preconditions = {"resourceVersion": held.resource_version} if held.resource_version else None
+        try:
+            await self.kube.delete(self._lease_path(node), preconditions=preconditions)
+        except ApiError as exc:
+            if not exc.is_conflict:
+                raise
+
+    # --- shutdown ---------------------------------------------------------------------------------------------
+
+    async def release_all(self) -> None:
+        """SIGTERM: hand every held vnode to its preferred owner among the other live replicas, so a rolling
+        restart moves vnodes in seconds; with no other replica, keep holding (a restart under the same
+        CLIENT_ID adopts them at once). Then give up the membership."""
+        self._stopping = True
+        now = self.clock()
+        others = [m for m in own.live_members(self._members, self.me, now) if m != self.me]
+        if others:
+            moves = []
+            for node in list(self._held):
+                to = own.rendezvous(node, others)
+                if to is not None:
+                    moves.append(self._hand_over(node, to, "this replica is stopping"))
+            results = await asyncio.gather(*moves, return_exceptions=True)
+            failed = sum(1 for r in results if isinstance(r, BaseException))
+            LEASE_EVENTS.labels("released").inc(len(results) - failed)
+            log.info("handed %d vnode(s) over to %s before stopping", len(results) - failed, ", ".join(others))
+        with contextlib.suppress(ApiError):
+            await self.kube.delete(self._member_path(self.member_lease))
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def jitter(self) -> float:
+        return random.uniform(0.0, TICK_S)
+
+
+def _rv(answer: object) -> str:
+    if isinstance(answer, Mapping):
+        return str((answer.get("metadata") or {}).get("resourceVersion") or "")
+    return ""

@@ -1,0 +1,289 @@
+"""What vkprovider believes about one base's bizs, changed in one place and in order: the base ledger.
+
+Design (issue "one writer per base's state"): every fact the module controller uses to decide about a base -
+its biz list, the commands in flight, failed commands and their backoff, which URL each biz was installed from,
+which version superseded which, when an unowned biz was first seen - lives in one ``BaseLedger`` and changes only
+through its methods. The methods are synchronous, so each change is atomic on the event loop, and each one
+advances a sequence number. That number makes the ledger a *versioned snapshot*: facts arrive from two sources
+that can overtake each other,
+
+- a **read** (``queryAllBiz``, or a list the base pushes over MQTT) shows the whole list as it was when the read
+  was sent, and
+- a **command result** (an installBiz/uninstallBiz answer) shows one biz right after the command,
+
+and an install may finish while a read of the same base is on the wire. A read therefore carries the sequence
+number of the moment it was sent (``begin_read``) and ``apply_read`` lets it overwrite only the bizs that did not
+change since; a biz changed by a command result after the read was sent keeps the newer fact. The same number
+decides whether a read satisfies a request to read again (``request_read``, e.g. after a heartbeat that suggests
+the base restarted): only a read sent after the request clears it. So an older read never overwrites a newer
+result, and a request to look again is never lost.
+
+Pure: no I/O, no asyncio; times are passed in (monotonic seconds for deadlines, wall-clock milliseconds for what
+is shown to users). Table-tested in tests/unit/test_basestate.py, including every read/command interleaving.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from vkprovider.core.backoff import BIZ_INSTALL, BIZ_UNINSTALL, Backoff
+from vkprovider.core.model import BizInfo, BizKey, BizSpec, BizState
+
+
+class CommandKind(enum.StrEnum):
+    INSTALL = "install"
+    UNINSTALL = "uninstall"
+    REINSTALL = "reinstall"  # same name:version from another jar URL: uninstall, then install
+
+
+@dataclass(frozen=True, slots=True)
+class ReadToken:
+    """Handed out by ``begin_read``; give it back to ``apply_read`` with what the read returned."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Inflight:
+    """A command sent to the base and not answered yet."""
+
+    kind: CommandKind
+    spec: BizSpec | None
+    started_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """The last command on a biz failed: why, how often in a row, and when it may be tried again."""
+
+    kind: CommandKind
+    attempts: int
+    message: str
+    retry_at: float
+    at_ms: int
+
+
+class BaseLedger:
+    """The single owner of one base's biz facts (see the module docstring)."""
+
+    def __init__(self, *, rand: Callable[[], float] = random.random) -> None:
+        self._rand = rand
+        self._seq = 0
+        self._bizs: dict[BizKey, BizInfo] | None = None
+        self._changed_at: dict[BizKey, int] = {}
+        self._read_requested: int | None = 0  # nothing known yet: a read is needed
+        self._last_read = 0  # token of the newest read applied
+        self._inflight: dict[BizKey, Inflight] = {}
+        self._failures: dict[BizKey, Failure] = {}
+        self._urls: dict[BizKey, str] = {}
+        self._superseded: dict[BizKey, BizKey] = {}
+        self._known: set[BizKey] = set()
+        self._orphan_since: dict[BizKey, float] = {}
+
+    # --- reading ---------------------------------------------------------------------------------------
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+    @property
+    def bizs(self) -> Mapping[BizKey, BizInfo] | None:
+        """The bizs on the base as last known; None until a read has been applied."""
+        return self._bizs
+
+    @property
+    def inflight(self) -> Mapping[BizKey, Inflight]:
+        return self._inflight
+
+    @property
+    def failures(self) -> Mapping[BizKey, Failure]:
+        return self._failures
+
+    @property
+    def installed_urls(self) -> Mapping[BizKey, str]:
+        """The jar URL each biz was installed from, where vkprovider knows it."""
+        return self._urls
+
+    @property
+    def superseded(self) -> Mapping[BizKey, BizKey]:
+        """Old version -> the version that replaced it on this base (installStrategy uninstallThenInstall)."""
+        return self._superseded
+
+    @property
+    def known(self) -> frozenset[BizKey]:
+        """Bizs that pods bound to this base wanted (and the base still has): once no pod wants one it is
+        uninstalled at once, while a biz of unknown origin waits the orphan grace first."""
+        return frozenset(self._known)
+
+    @property
+    def orphan_since(self) -> Mapping[BizKey, float]:
+        return self._orphan_since
+
+    def read_needed(self) -> bool:
+        return self._read_requested is not None
+
+    # --- reads -----------------------------------------------------------------------------------------
+
+    def _tick(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def request_read(self) -> None:
+        """Ask for a fresh read; only a read sent after this call satisfies it."""
+        self._read_requested = self._tick()
+
+    def forget(self) -> None:
+        """Nothing about the base is known any more (another replica owned it meanwhile): read before acting."""
+        self._bizs = None
+        self._last_read = self._seq
+        self._changed_at.clear()
+        self._inflight.clear()
+        self._read_requested = self._tick()
+
+    def begin_read(self) -> ReadToken:
+        return ReadToken(self._tick())
+
+    def apply_read(self, token: ReadToken, bizs: Iterable[BizInfo]) -> bool:
+        """Merge a read sent at ``token``; returns whether anything a pod can see changed.
+
+        A read older than one already applied is ignored: it cannot know anything the newer one did not.
+        """
+        if token.seq <= self._last_read:
+            return False
+        self._last_read = token.seq
+        fresh = {b.key: b for b in bizs}
+        old = self._bizs
+        merged: dict[BizKey, BizInfo] = {}
+        for key, info in fresh.items():
+            if self._changed_at.get(key, 0) > token.seq:
+                if old is not None and key in old:
+                    merged[key] = old[key]  # a command result newer than the read
+                # else: a command removed it after the read was sent
+            else:
+                merged[key] = info
+        if old is not None:
+            for key, info in old.items():
+                if key not in fresh and self._changed_at.get(key, 0) > token.seq:
+                    merged[key] = info  # installed after the read was sent
+        self._bizs = merged
+        if self._read_requested is not None and self._read_requested < token.seq:
+            self._read_requested = None
+        for key in [k for k, at in self._changed_at.items() if at <= token.seq]:
+            del self._changed_at[key]  # the read has seen it; nothing newer to protect
+        for key in list(self._urls):
+            if key not in merged and key not in self._inflight:
+                del self._urls[key]  # gone from the base (a restart loses every biz)
+        self._superseded = {o: n for o, n in self._superseded.items() if n in merged and o not in merged}
+        return old is None or _visible(old) != _visible(merged)
+
+    # --- commands --------------------------------------------------------------------------------------
+
+    def start(self, key: BizKey, kind: CommandKind, spec: BizSpec | None, now: float) -> None:
+        self._inflight[key] = Inflight(kind, spec, now)
+        self._tick()
+
+    def finish_install(
+        self,
+        spec: BizSpec,
+        *,
+        ok: bool,
+        reported: Iterable[BizInfo] = (),
+        message: str = "",
+        now: float,
+        at_ms: int,
+        replaced: Iterable[BizKey] = (),
+    ) -> None:
+        """Record an install (or reinstall) answer. ``reported`` is what the answer said about the biz."""
+        key = spec.key
+        inflight = self._inflight.pop(key, None)
+        kind = inflight.kind if inflight is not None else CommandKind.INSTALL
+        seq = self._tick()
+        self._changed_at[key] = seq
+        if ok:
+            self._failures.pop(key, None)
+            self._urls[key] = spec.url
+            info = next((b for b in reported if b.key == key), None)
+            if self._bizs is not None:
+                if info is not None:
+                    self._bizs[key] = info
+                else:
+                    # Installed, but the answer did not say in which state: read again to learn it.
+                    self._read_requested = seq
+            for old in replaced:
+                self._superseded[old] = key
+                self._changed_at[old] = seq
+                if self._bizs is not None:
+                    self._bizs.pop(old, None)
+                self._urls.pop(old, None)
+        else:
+            self._record_failure(key, kind, message, now, at_ms, BIZ_INSTALL)
+            if kind is CommandKind.REINSTALL and self._bizs is not None:
+                self._bizs.pop(key, None)  # the old copy was uninstalled before the failed install
+                self._urls.pop(key, None)
+            self._read_requested = seq  # what state did the failure leave behind?
+
+    def finish_uninstall(self, key: BizKey, *, ok: bool, message: str = "", now: float, at_ms: int) -> None:
+        """Record an uninstall answer (``ok`` also when the base no longer had the biz)."""
+        self._inflight.pop(key, None)
+        seq = self._tick()
+        self._changed_at[key] = seq
+        if ok:
+            self._failures.pop(key, None)
+            self._orphan_since.pop(key, None)
+            self._urls.pop(key, None)
+            if self._bizs is not None:
+                self._bizs.pop(key, None)
+        else:
+            self._record_failure(key, CommandKind.UNINSTALL, message, now, at_ms, BIZ_UNINSTALL)
+            self._read_requested = seq
+
+    def _record_failure(self, key: BizKey, kind: CommandKind, message: str, now: float, at_ms: int,
+                        policy: Backoff) -> None:
+        previous = self._failures.get(key)
+        attempts = previous.attempts + 1 if previous is not None and previous.kind is kind else 1
+        retry_at = now + policy.delay(attempts, self._rand)
+        self._failures[key] = Failure(kind, attempts, message, retry_at, at_ms)
+
+    def seed_failure(self, key: BizKey, attempts: int, message: str, retry_at: float, at_ms: int) -> None:
+        """A failure read back from a pod's status after a restart (the pod remembers what the process lost)."""
+        if key not in self._failures:
+            self._failures[key] = Failure(CommandKind.INSTALL, attempts, message, retry_at, at_ms)
+
+    def seed_url(self, key: BizKey, url: str) -> None:
+        """The URL a running biz came from, read back from a pod's status (``imageID``) after a restart."""
+        if self._bizs is not None and key in self._bizs:
+            self._urls.setdefault(key, url)
+
+    def seed_superseded(self, old: BizKey, new: BizKey) -> None:
+        """A supersession read back from a pod's status after a restart."""
+        self._superseded.setdefault(old, new)
+
+    def retry_now(self) -> None:
+        """The base came back: failures caused by its absence may be retried at once."""
+        self._failures = {
+            k: Failure(f.kind, f.attempts, f.message, 0.0, f.at_ms) for k, f in self._failures.items()
+        }
+
+    # --- what the planner decided -------------------------------------------------------------------------
+
+    def planned(self, wanted: Iterable[BizKey], released: Iterable[BizKey], orphans: Mapping[BizKey, float]) -> None:
+        """Keep what the last plan found: which bizs pods wanted or released, and the first-seen times of
+        unowned bizs. Facts about bizs that are neither wanted, present nor in flight are dropped, so the maps
+        never outgrow the base."""
+        wanted = set(wanted)
+        present = self._bizs or {}
+        self._known = (self._known & set(present)) | wanted | set(released)
+        self._orphan_since = dict(orphans)
+        live = wanted | set(present) | set(self._inflight)
+        for key in [k for k in self._failures if k not in live]:
+            del self._failures[key]
+        for key in [k for k in self._urls if k not in live]:
+            del self._urls[key]
+
+
+def _visible(bizs: Mapping[BizKey, BizInfo]) -> dict[BizKey, tuple[BizState, int | None]]:
+    """What of a biz list reaches a pod's status: each biz's state and when it entered it."""
+    return {k: (b.state, b.time_entered(b.state)) for k, b in bizs.items()}

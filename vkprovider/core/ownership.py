@@ -1,0 +1,199 @@
+"""Which replica acts for a vnode: ownership through the vnode's Lease, as an explicit state, decided purely.
+
+vkprovider runs as one or several replicas. Each vnode is owned by exactly one of them, the holder of its node
+Lease in ``kube-node-lease``; only the owner sends biz commands to the base or writes the Node and its pods. The
+rules follow client-go's leaderelection and KWOK's node-lease controller:
+
+- **Observed time, never a remote clock.** A lease is expired when *this* process has seen it unchanged (same
+  resourceVersion) for its ``leaseDurationSeconds``, measured on the local monotonic clock from the moment the
+  change was observed. Another host's ``renewTime`` is never compared with the local clock, so a clock that runs
+  ahead cannot steal a lease.
+- **Optimistic concurrency.** Every write to a lease (acquire, renew, hand-over) carries the resourceVersion it
+  was decided on; a 409 means somebody else won and the decision is made again from a fresh observation.
+- **Fencing.** A holder is only ``HELD`` while its last successful renewal was sent less than ``renew_deadline``
+  ago (shorter than the lease duration): a replica that stalls (SIGSTOP, a long GC, a partition) stops writing
+  before anyone else may take over, and after it wakes it writes nothing for that vnode until it has acquired the
+  lease again.
+- **Spread.** The replicas that are alive (each keeps a membership Lease in its namespace) share the vnodes by
+  rendezvous hashing: the preferred owner of a vnode is the live member with the highest hash of
+  ``(member, vnode)``. Expired and released leases go to their preferred owner; a holder hands a vnode over when
+  another live member is preferred (a new replica, bounded per round by the caller); a dead member's vnodes
+  spread over the rest.
+- **Adoption.** A lease held by this replica's own identity (a restart) is taken back at once; so is one written
+  by a controller that is not vkprovider (the Go ModuleController: no ``app.kubernetes.io/managed-by`` label), as
+  the migration procedure stops that controller first.
+
+This module has no I/O: the node controller feeds it observations and carries out its decisions.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "vkprovider"
+
+
+class Phase(enum.StrEnum):
+    """This replica's relation to one vnode."""
+
+    STANDBY = "Standby"  # somebody else holds it, or nobody should take it yet
+    ACQUIRING = "Acquiring"  # a write to take the lease is on its way
+    HELD = "Held"  # we hold it and renewed in time: we may act
+    LOST = "Lost"  # we held it and no longer may (taken, handed over, or past the renew deadline)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseFacts:
+    """What matters of a Lease object, parsed once."""
+
+    name: str
+    holder: str
+    resource_version: str
+    duration_s: float
+    transitions: int
+    managed: bool  # written by vkprovider (else: a foreign controller such as the Go ModuleController)
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any], default_duration_s: float) -> LeaseFacts:
+        md = obj.get("metadata") or {}
+        spec = obj.get("spec") or {}
+        duration = spec.get("leaseDurationSeconds")
+        labels = md.get("labels") or {}
+        return cls(
+            name=str(md.get("name") or ""),
+            holder=str(spec.get("holderIdentity") or ""),
+            resource_version=str(md.get("resourceVersion") or ""),
+            duration_s=float(duration) if isinstance(duration, int | float) and duration > 0 else default_duration_s,
+            transitions=int(spec.get("leaseTransitions") or 0),
+            managed=labels.get(MANAGED_BY_LABEL) == MANAGED_BY,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """A lease as last seen, and when (local monotonic seconds) it was last seen to change."""
+
+    facts: LeaseFacts
+    since: float
+
+
+def observe(previous: Observed | None, facts: LeaseFacts, now: float) -> Observed:
+    """Update an observation: the clock restarts only when the lease really changed."""
+    if previous is not None and previous.facts.resource_version == facts.resource_version:
+        return Observed(facts, previous.since)
+    return Observed(facts, now)
+
+
+def expired(observed: Observed, now: float) -> bool:
+    """Unchanged for its whole duration, as measured here."""
+    return now - observed.since >= observed.facts.duration_s
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """Our hold on a lease: when the last successful renewal was sent, and the version it produced."""
+
+    renewed_at: float
+    resource_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    lease_duration_s: float
+    renew_interval_s: float
+    renew_deadline_s: float
+
+    def __post_init__(self) -> None:
+        if not 0 < self.renew_interval_s < self.renew_deadline_s < self.lease_duration_s:
+            raise ValueError("need 0 < renew interval < renew deadline < lease duration")
+
+
+def fenced(held: Held, now: float, timing: Timing) -> bool:
+    """Past the renew deadline: this replica must stop writing for the vnode."""
+    return now - held.renewed_at >= timing.renew_deadline_s
+
+
+def rendezvous(vnode: str, members: Sequence[str]) -> str | None:
+    """The preferred owner of ``vnode`` among ``members`` (highest random weight); None without members."""
+    best: tuple[int, str] | None = None
+    for member in members:
+        digest = hashlib.blake2b(f"{member}\x00{vnode}".encode(), digest_size=8).digest()
+        weight = (int.from_bytes(digest, "big"), member)
+        if best is None or weight > best:
+            best = weight
+    return best[1] if best is not None else None
+
+
+class Action(enum.StrEnum):
+    NOTHING = "nothing"
+    ACQUIRE = "acquire"  # write ourselves as holder (resourceVersion precondition)
+    RENEW = "renew"
+    HANDOFF = "handoff"  # write another live member as holder
+    FENCE = "fence"  # we held it and may not any more: stop acting, cancel commands
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    to: str = ""
+    why: str = ""
+
+
+def decide(
+    vnode: str,
+    lease: Observed | None,
+    *,
+    me: str,
+    members: Sequence[str],
+    held: Held | None,
+    now: float,
+    timing: Timing,
+    may_hand_off: bool = True,
+) -> Decision:
+    """What this replica should do about one vnode's lease now.
+
+    ``lease`` is None when there is no Lease (creating one is the node controller's business: it claims a new
+    base with a create, which is atomic). ``members`` are the live replicas including ``me``.
+    """
+    if held is not None:
+        if fenced(held, now, timing):
+            return Decision(Action.FENCE, why="renew deadline passed")
+        if lease is not None and lease.facts.holder != me and lease.facts.resource_version != held.resource_version:
+            return Decision(Action.FENCE, why=f"lease now held by {lease.facts.holder or 'nobody'}")
+        preferred = rendezvous(vnode, members)
+        if may_hand_off and preferred is not None and preferred != me:
+            return Decision(Action.HANDOFF, to=preferred, why="another live replica is preferred")
+        if now - held.renewed_at >= timing.renew_interval_s:
+            return Decision(Action.RENEW)
+        return Decision(Action.NOTHING)
+    if lease is None:
+        return Decision(Action.NOTHING)
+    facts = lease.facts
+    if facts.holder == me:
+        return Decision(Action.ACQUIRE, why="held under our identity (a restart)")
+    if facts.holder and facts.managed and not expired(lease, now):
+        return Decision(Action.NOTHING)
+    if facts.holder and facts.holder in members and not expired(lease, now):
+        return Decision(Action.NOTHING)
+    preferred = rendezvous(vnode, members)
+    why = ("released" if not facts.holder else
+           "written by another controller" if not facts.managed else f"expired (holder {facts.holder})")
+    if preferred == me:
+        return Decision(Action.ACQUIRE, why=why)
+    # Not ours to take first; if the preferred replica does not take it within another lease duration (it may
+    # be stuck without having lost its membership yet), anybody may. The resourceVersion decides who wins.
+    if now - lease.since >= 2 * facts.duration_s:
+        return Decision(Action.ACQUIRE, why=why + "; its preferred owner did not take it")
+    return Decision(Action.NOTHING)
+
+
+def live_members(observed: Mapping[str, Observed], me: str, now: float) -> list[str]:
+    """Replicas whose membership lease is fresh (observed changing within its duration), always with ``me``."""
+    alive = {o.facts.holder for o in observed.values() if o.facts.holder and not expired(o, now)}
+    alive.add(me)
+    return sorted(alive)
