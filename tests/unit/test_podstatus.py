@@ -6,7 +6,6 @@ import pytest
 
 from vkprovider.core.model import BizInfo, BizState, BizStateRecord
 from vkprovider.core.module import pod_modules
-from vkprovider.core.model import BizInfo
 from vkprovider.core.podstatus import BaseCondition, OpFacts, OpState, pod_status, status_changed, status_patch
 
 SCHEMES = frozenset({"http", "https", "file"})
