@@ -149,6 +149,17 @@ class SimProcess:
     async def start_base(self, identity: str) -> None:
         await self.call("POST", f"/bases/{identity}/start")
 
+    async def deactivate_base(self, identity: str) -> None:
+        await self.call("POST", f"/bases/{identity}/deactivate")
+
+    async def activate_base(self, identity: str) -> None:
+        await self.call("POST", f"/bases/{identity}/activate")
+
+    async def install_direct(self, identity: str, name: str, version: str, url: str = "") -> Any:
+        """Install a biz on the base behind vkprovider's back (an orphan, or what another controller did)."""
+        body = {"bizName": name, "bizVersion": version, **({"bizUrl": url} if url else {})}
+        return await self.call("POST", f"/bases/{identity}/bizs", json=body)
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
@@ -166,3 +177,68 @@ async def wait_until(predicate: Any, timeout_s: float, interval_s: float = 0.5, 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last: {last!r}"[:3000])
         await asyncio.sleep(interval_s)
+
+
+# --- what module tests share ------------------------------------------------------------------------------
+
+SEED_TOLERATION = {"key": "schedule.koupleless.io/virtual-node", "operator": "Equal", "value": "True",
+                   "effect": "NoExecute"}
+
+
+def module_pod(name: str, env: str, *, biz: str = "biz1", version: str = "0.0.1", image: str = "",
+               labels: dict[str, str] | None = None, node: str | None = None, **spec: Any) -> dict[str, Any]:
+    """A module Pod in the seeds' shape, kept on this test's vnodes (env label) or pinned to one node."""
+    pod: dict[str, Any] = {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"module-controller.koupleless.io/component": "module",
+                                              **(labels or {})}},
+        "spec": {
+            "containers": [{"name": biz, "image": image or f"https://repo.example.com/{biz}-{version}-ark-biz.jar",
+                            "env": [{"name": "BIZ_VERSION", "value": version}]}],
+            "tolerations": [SEED_TOLERATION],
+            "nodeSelector": {"virtual-kubelet.koupleless.io/env": env},
+            **spec,
+        },
+    }
+    if node is not None:
+        pod["spec"]["nodeSelector"]["kubernetes.io/hostname"] = node
+    return pod
+
+
+async def pods_of(admin: Any, namespace: str, selector: str = "") -> list[dict[str, Any]]:
+    params = {"labelSelector": selector} if selector else None
+    return list((await admin.get(f"/api/v1/namespaces/{namespace}/pods", params=params))["items"])
+
+
+def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == kind:
+            return dict(cond)
+    return {}
+
+
+def is_ready(pod: dict[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") == "Running" and condition(pod, "Ready").get("status") == "True"
+
+
+async def ready_vnodes(admin: Any, env: str) -> list[dict[str, Any]]:
+    got = await admin.get("/api/v1/nodes", params={"labelSelector": f"virtual-kubelet.koupleless.io/env={env}"})
+    return [n for n in got["items"] if condition(n, "Ready").get("status") == "True"]
+
+
+async def wait_ready_vnodes(admin: Any, env: str, count: int, timeout_s: float = 30) -> list[dict[str, Any]]:
+    async def enough() -> list[dict[str, Any]] | None:
+        nodes = await ready_vnodes(admin, env)
+        return nodes if len(nodes) == count else None
+
+    result: list[dict[str, Any]] = await wait_until(enough, timeout_s, what=f"{count} Ready vnodes")
+    return result
+
+
+async def installs(sim: SimProcess) -> dict[str, int]:
+    """install calls per base/name:version since the simulator started."""
+    return dict((await sim.stats())["installsByBiz"])
+
+
+async def uninstalls(sim: SimProcess) -> dict[str, int]:
+    return dict((await sim.stats())["uninstallsByBiz"])

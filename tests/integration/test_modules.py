@@ -234,40 +234,6 @@ async def test_bad_module_pods_get_a_clear_reason_and_a_warning_event(admin, env
     assert provider.proc is not None and provider.proc.poll() is None
 
 
-async def test_base_restart_reinstalls_its_modules_in_one_batch(admin, env_name, namespace, provider_factory,
-                                                               sim_factory):
-    provider, sim = await start(provider_factory, sim_factory, env_name, 1)
-    await wait_nodes(admin, env_name, 1)
-    for i in range(3):
-        pod = yaml.safe_load((SAMPLES / "module-pod.yaml").read_text())
-        pod["metadata"] = {"name": f"m{i}", "labels": {"module-controller.koupleless.io/component": "module"}}
-        pod["spec"]["containers"][0]["name"] = f"biz{i}"
-        pod["spec"]["tolerations"].append(
-            {"key": "schedule.koupleless.io/node-env", "operator": "Equal", "value": env_name, "effect": "NoExecute"})
-        pod["spec"]["nodeSelector"] = {"virtual-kubelet.koupleless.io/env": env_name}
-        await admin.create(f"/api/v1/namespaces/{namespace}/pods", pod)
-
-    async def all_ready():
-        pods = await pods_of(admin, namespace)
-        return len(pods) == 3 and all(is_ready(p) for p in pods)
-
-    await wait_until(all_ready, 40, what="3 modules running")
-    identity = (await sim.bases())[0]["identity"]
-    await sim.stop_base(identity)
-    await asyncio.sleep(1)
-    await sim.start_base(identity)
-
-    async def back():
-        bases = await bizs_by_base(sim)
-        return all_ready_sync(bases[identity]) and await all_ready()
-
-    def all_ready_sync(bizs: list[tuple[str, str, str]]) -> bool:
-        return sorted(b[0] for b in bizs) == ["biz0", "biz1", "biz2"] and all(b[2] == "ACTIVATED" for b in bizs)
-
-    await wait_until(back, 60, what="modules reinstalled after base restart")
-    assert provider.proc is not None
-
-
 async def test_sigkill_mid_rollout_installs_each_biz_exactly_once(admin, env_name, namespace, provider_factory,
                                                                   sim_factory):
     """10 Deployments x 10 replicas spread one per base: 100 distinct (base, biz) installs."""

@@ -166,15 +166,34 @@ def test_with_base_not_ready_flips_readiness_of_an_unknown_status():
     assert with_base_not_ready(current, BaseCondition.READY, "", NOW) is None
 
 
-def test_failed_installs_count_as_restarts_with_the_last_failure():
+def test_failed_installs_and_lost_bizs_count_as_restarts():
+    """restartCount as kubelet counts it: every retry after a failed start, and every reinstall of a biz that
+    ran and was lost (a base restart). Counted on transitions of the shown status, so a restart keeps it."""
     p = pod(container())
     mods = pod_modules(p, SCHEMES)
-    op = OpFacts(OpState.INSTALL_FAILED, "jar not found", attempts=3, failed_at_ms=1_700_000_000_000)
-    st = pod_status(p, mods, {}, {mods.bizs[0].key: op}, base_ip="1.1.1.1", now_iso=NOW)
+    key = mods.bizs[0].key
+    first = OpFacts(OpState.INSTALL_FAILED, "jar not found", attempts=1, failed_at_ms=1_700_000_000_000)
+    st = pod_status(p, mods, {}, {key: first}, base_ip="1.1.1.1", now_iso=NOW)
     cs = st["containerStatuses"][0]
-    assert cs["restartCount"] == 3 and cs["state"]["waiting"]["reason"] == "BizInstallFailed"
+    assert cs["restartCount"] == 0 and cs["state"]["waiting"]["reason"] == "BizInstallFailed"
     assert cs["lastState"]["terminated"]["reason"] == "BizInstallFailed"
     assert cs["lastState"]["terminated"]["finishedAt"] == "2023-11-14T22:13:20Z"
+    p["status"] = st
+    second = OpFacts(OpState.INSTALL_FAILED, "jar not found", attempts=2, failed_at_ms=1_700_000_010_000)
+    st = pod_status(p, mods, {}, {key: second}, base_ip="1.1.1.1", now_iso=NOW)
+    assert st["containerStatuses"][0]["restartCount"] == 1
+    p["status"] = st
+    assert pod_status(p, mods, {}, {key: second}, base_ip="1.1.1.1", now_iso=NOW)["containerStatuses"][0][
+        "restartCount"] == 1  # the same failure shown again is not another restart
+    b = biz(BizState.ACTIVATED)
+    p["status"] = pod_status(p, mods, {b.key: b}, {}, base_ip="1.1.1.1", now_iso=NOW)
+    lost = pod_status(p, mods, {}, {}, base_ip="1.1.1.1", now_iso=NOW)  # the base restarted without it
+    assert lost["containerStatuses"][0]["restartCount"] == 2
+    # Lost and installed again before the "waiting" status was written: the new start time says so.
+    again = biz(BizState.ACTIVATED)
+    again = BizInfo("biz1", "0.0.1", BizState.ACTIVATED, (BizStateRecord(1_700_000_999_000, BizState.ACTIVATED),))
+    assert pod_status(p, mods, {again.key: again}, {}, base_ip="1.1.1.1", now_iso=NOW)["containerStatuses"][0][
+        "restartCount"] == 2
 
 
 def test_image_and_image_id_report_what_runs():

@@ -110,6 +110,15 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _iso_to_ms(text: object) -> int | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        return None
+
+
 def _order(pod: Mapping[str, Any]) -> str:
     md = pod.get("metadata") or {}
     return f"{md.get('creationTimestamp', '')}/{md.get('name', '')}"
@@ -385,8 +394,9 @@ class ModuleController:
             waiting = state.get("waiting") or {}
             attempts = int(status.get("restartCount") or 0)
             if waiting.get("reason") == REASON_INSTALL_FAILED and spec.key not in ledger.bizs:
+                failed = ((status.get("lastState") or {}).get("terminated") or {}).get("finishedAt")
                 ledger.seed_failure(spec.key, max(attempts, 1), str(waiting.get("message") or ""),
-                                    now + BIZ_INSTALL.delay(max(attempts, 1)), _now_ms())
+                                    now + BIZ_INSTALL.delay(max(attempts, 1)), _iso_to_ms(failed) or _now_ms())
             image_id = str(status.get("imageID") or "")
             if "running" in state and image_id:
                 ledger.seed_url(spec.key, image_id)

@@ -208,12 +208,19 @@ def pod_status(
             op = ops.get(spec.key)
             state, ready = _container_state(biz, op, active, previous, now_iso)
             container_id = f"arklet://{name}:{spec.version}"
+            prev_state = previous.get("state") or {}
+            prev_started = (prev_state.get("running") or {}).get("startedAt")
+            now_started = (state.get("running") or {}).get("startedAt")
+            if prev_started and ("waiting" in state or (now_started and now_started != prev_started)):
+                restarts += 1  # it ran and had to be installed again (the base lost it): a restart
             if op is not None:
-                restarts = max(restarts, op.attempts)
                 if op.state is OpState.INSTALL_FAILED and op.failed_at_ms is not None:
+                    finished = ms_to_iso(op.failed_at_ms)
                     last_state = {"terminated": {"exitCode": 1, "reason": REASON_INSTALL_FAILED,
-                                                 "message": clean(op.message),
-                                                 "finishedAt": ms_to_iso(op.failed_at_ms)}}
+                                                 "message": clean(op.message), "finishedAt": finished}}
+                    shown = ((previous.get("lastState") or {}).get("terminated") or {}).get("finishedAt")
+                    if shown != finished and op.attempts > 1:
+                        restarts += 1  # another failed attempt since the status was last shown
                 if op.installed_url and biz is not None:
                     image = op.installed_url
             if biz is not None:

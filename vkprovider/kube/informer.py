@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from vkprovider.core.backoff import INFORMER
 from vkprovider.kube.client import ApiError, Kube, error_from_status, resource_of
@@ -34,6 +34,11 @@ INFORMER_EVENTS = Counter(
     "vkprovider_informer_events_total",
     "Events applied by informers: ADDED/MODIFIED/DELETED/BOOKMARK from watches, ERROR, INVALID (skipped).",
     ["resource", "type"],
+)
+INFORMER_OBJECTS = Gauge(
+    "vkprovider_informer_objects",
+    "Objects an informer holds in memory, by resource (what vkprovider caches grows with what it serves).",
+    ["resource"],
 )
 INFORMER_RELISTS = Counter(
     "vkprovider_informer_relists_total",
@@ -130,6 +135,7 @@ class Informer:
         self._force_relist = False
         self._events = {t: INFORMER_EVENTS.labels(self.resource, t) for t in _EVENT_TYPES}
         self._relists = INFORMER_RELISTS.labels(self.resource)
+        self._objects = INFORMER_OBJECTS.labels(self.resource)
 
     # -------------------------------------------------------------------------------- reading
 
@@ -232,6 +238,7 @@ class Informer:
                 log.warning("informer %s: cannot key a listed object; skipped", self.resource, exc_info=True)
         old = self._cache
         self._cache = fresh
+        self._objects.set(len(fresh))
         self._rv = rv
         self._resume_rv = None  # a LIST sets the position; a pending resume point is obsolete
         for key, prev, new in diff_snapshots(old, fresh):
@@ -310,9 +317,12 @@ class Informer:
         if etype == "DELETED":
             if prev is not None:
                 del self._cache[key]
+                self._objects.set(len(self._cache))
                 self._notify(key, prev, None)
             return
         self._cache[key] = obj
+        if prev is None:
+            self._objects.set(len(self._cache))
         self._notify(key, prev, obj)
 
     def _notify(self, key: str, old: Obj | None, new: Obj | None) -> None:

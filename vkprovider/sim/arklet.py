@@ -33,6 +33,7 @@ class MultiVersionMode(enum.StrEnum):
     ACTIVATE_NEW = "activate-new"  # -Dactivate.new.module=true: new ACTIVATED, old DEACTIVATED (Switched)
     KEEP_OLD = "keep-old"  # sofa-ark default: new one DEACTIVATED until switchBiz
     MULTI = "multi"  # -Dsofa.ark.activate.multi.biz.version.enable=true: all ACTIVATED
+    EXCLUSIVE = "exclusive"  # a web biz: a second version cannot start (its context path is taken)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,8 @@ class ArkletBehaviour:
     metaspace_used_bytes: int = 90 * 1024 * 1024
     master_biz_name: str = "base"
     master_biz_version: str = "1.0.0"
+    query_latency_s: float = 0.0  # queryAllBiz takes this long (reads overtaken by command answers)
+    fail_uninstall_bizs: frozenset[str] = frozenset()  # uninstalls of these bizs fail (an orphan stays)
 
 
 @dataclass(slots=True)
@@ -99,6 +102,17 @@ def _key(name: str, version: str) -> str:
     return f"{name}:{version}"
 
 
+def _manifest_name(url: str) -> str | None:
+    """The simulator's stand-in for the jar manifest's Ark-Biz-Name: an ``arkBizName`` query parameter."""
+    from urllib.parse import parse_qs, urlsplit
+
+    try:
+        values = parse_qs(urlsplit(url).query).get("arkBizName")
+    except ValueError:
+        return None
+    return values[0] if values else None
+
+
 def _internal_error(text: str) -> Envelope:
     return {"code": "CMD_PROCESS_INTERNAL_ERROR", "message": f"Internal Error: {text}"}
 
@@ -128,7 +142,9 @@ class SimArklet:
         self._running: dict[str, str] = {}  # name:version -> the command running on it
         self.install_calls = 0
         self.uninstall_calls = 0
+        self.batch_calls = 0
         self.calls_by_biz: dict[str, list[int]] = {}  # name:version -> [installs, uninstalls]
+        self.state = "activated"  # the base itself (masterBizInfo): "deactivated" while shutting down
 
     # --- dispatch ----------------------------------------------------------------------------------------
 
@@ -137,7 +153,10 @@ class SimArklet:
         if command == "health":
             return self.health()
         if command == "queryAllBiz":
-            return {"code": "SUCCESS", "data": self.query_all_biz()}
+            snapshot = self.query_all_biz()  # taken when the command arrives, answered after the latency
+            if self.behaviour.query_latency_s > 0:
+                await asyncio.sleep(self.behaviour.query_latency_s)
+            return {"code": "SUCCESS", "data": snapshot}
         if command not in BIZ_COMMANDS:
             return {"code": "CMD_NOT_FOUND", "message": f"Internal Error: command {command} not found"}
         if body is None:
@@ -165,6 +184,7 @@ class SimArklet:
     def reset_stats(self) -> None:
         self.install_calls = 0
         self.uninstall_calls = 0
+        self.batch_calls = 0
         self.calls_by_biz.clear()
 
     # --- queries -----------------------------------------------------------------------------------------
@@ -189,7 +209,7 @@ class SimArklet:
                     "cpu": {"count": b.cpu_count, "total used (%)": 7.5, "type": "simulated"},
                     "masterBizInfo": {
                         "bizName": b.master_biz_name,
-                        "bizState": "activated",
+                        "bizState": self.state,
                         "bizVersion": b.master_biz_version,
                         "webContextPath": "/",
                     },
@@ -229,12 +249,29 @@ class SimArklet:
         if not url.startswith(ALLOWED_URL_PREFIXES):
             scheme = url.partition(":")[0] if ":" in url else url
             return _internal_error(f"java.net.MalformedURLException: unknown protocol: {scheme[:40]}")
+        manifest_name = _manifest_name(url) or name
+        if manifest_name != name:
+            # The biz identity comes from the jar's manifest, not from the request (arklet keys its lock by
+            # the request): the base runs it under the manifest's name.
+            key = _key(manifest_name, version)
         if key in self.bizs:
             return {
                 "code": "FAILED",
                 "data": {"code": "REPEAT_BIZ", "message": f"Biz: {key} has been installed or registered."},
                 "message": "install biz not success!",
             }
+        if (self.behaviour.multi_version_mode is MultiVersionMode.EXCLUSIVE
+                and body.get("installStrategy") != "uninstallThenInstall"
+                and self._versions_of(manifest_name, other_than=version)):
+            return {
+                "code": "FAILED",
+                "data": {"code": "FAILED",
+                         "message": f"Install Biz: {key} fail: web context path /{manifest_name} is already in use"},
+                "message": "install biz not success!",
+                "errorStackTrace": "java.lang.IllegalStateException: web context path in use\n\tat "
+                                   + _BIZ_MODEL_FRAME,
+            }
+        name = manifest_name
         self._running[key] = "installBiz"
         started_ms = self._clock_ms()
         try:
@@ -316,6 +353,12 @@ class SimArklet:
                 "data": {"code": "NOT_FOUND_BIZ", "message": f"Uninstall biz: {key} not found."},
                 "message": "uninstall biz not success!",
             }
+        if str(name) in self.behaviour.fail_uninstall_bizs:
+            return {
+                "code": "FAILED",
+                "data": {"code": "FAILED", "message": f"Uninstall biz: {key} failed: biz is busy"},
+                "message": "uninstall biz not success!",
+            }
         self._running[key] = "uninstallBiz"
         try:
             await self._stop_and_remove(biz)
@@ -350,6 +393,7 @@ class SimArklet:
         biz_list = body.get("bizList")
         if not isinstance(biz_list, list) or not biz_list or not all(isinstance(b, dict) for b in biz_list):
             return _internal_error("bizList should not be empty")
+        self.batch_calls += 1
         for item in biz_list:
             self._count(item, install=True)
         started = self._clock_ms()

@@ -85,7 +85,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=[m.value for m in MultiVersionMode],
         default="activate-new",
         help="same name, new version: activate-new (old one DEACTIVATED), keep-old, "
-        "or multi (both ACTIVATED)",
+        "multi (both ACTIVATED), or exclusive (a second version fails to start, like a web biz)",
+    )
+    add("--query-latency", type=_non_negative, default=0.0, help="seconds a queryAllBiz answer takes (0)")
+    add(
+        "--fail-uninstall",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="uninstalls of this biz always fail (repeatable)",
     )
     add("--cpu-count", type=int, default=4, help="cpu count health reports")
     add("--metaspace-max-mb", type=int, default=512, help="'java max metaspace' health reports, in MiB")
@@ -107,6 +115,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         metaspace_used_bytes=args.metaspace_used_mb * _MB,
         master_biz_name=args.base_name,
         master_biz_version=args.base_version,
+        query_latency_s=args.query_latency,
+        fail_uninstall_bizs=frozenset(args.fail_uninstall),
     )
     return SimConfig(
         bases=args.bases,

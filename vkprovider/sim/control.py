@@ -2,6 +2,7 @@
 
 Routes: ``GET /bases``, ``GET /stats``, ``POST /bases?count=N``, ``POST /bases/{identity}/stop``,
 ``POST /bases/{identity}/start``, ``POST /bases/{identity}/bizs`` (install an orphan biz directly),
+``POST /bases/{identity}/deactivate`` and ``.../activate`` (graceful shutdown and back),
 ``POST /reset-stats``.
 """
 
@@ -65,6 +66,18 @@ async def _start_base(request: web.Request) -> web.Response:
     return _json({"identity": base.identity, "running": base.running, "port": base.port})
 
 
+async def _deactivate(request: web.Request) -> web.Response:
+    base = _base_or_404(request)
+    await base.set_state("deactivated")
+    return _json({"identity": base.identity, "state": "deactivated"})
+
+
+async def _activate(request: web.Request) -> web.Response:
+    base = _base_or_404(request)
+    await base.set_state("activated")
+    return _json({"identity": base.identity, "state": "activated"})
+
+
 async def _install_orphan(request: web.Request) -> web.Response:
     base = _base_or_404(request)
     if not base.running:
@@ -99,6 +112,8 @@ async def start_control_api(sim: Simulator, host: str, port: int) -> tuple[web.A
     app.router.add_post("/bases/{identity}/stop", _stop_base)
     app.router.add_post("/bases/{identity}/start", _start_base)
     app.router.add_post("/bases/{identity}/bizs", _install_orphan)
+    app.router.add_post("/bases/{identity}/deactivate", _deactivate)
+    app.router.add_post("/bases/{identity}/activate", _activate)
     app.router.add_post("/reset-stats", _reset_stats)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -115,7 +115,7 @@ class SimBase:
             "localHostName": self.identity,
             "localIP": config.host,
             "port": self.port,
-            "state": "activated",
+            "state": self.arklet.state,
         }
         labels = {}
         if self.zone:
@@ -156,6 +156,16 @@ class SimBase:
             )
             self._sender.start()
 
+    async def set_state(self, state: str) -> None:
+        """The base says it is shutting down (``deactivated``) or serving again (``activated``): its heartbeats
+        and its health answer say so from now on, and it heartbeats at once, as a base shutting down does."""
+        self.arklet.state = state
+        self._heartbeat_body = None
+        if self._sender is not None:
+            await self._sender.beat_once()
+        elif self.mqtt is not None and self.mqtt.running:
+            await self.mqtt.beat_once()
+
     async def stop(self) -> None:
         """The JVM dies: heartbeats stop, the port closes, every biz is lost (a restart starts empty)."""
         if self._sender is not None:
@@ -165,10 +175,12 @@ class SimBase:
             await self.server.stop()
         if self.mqtt is not None:
             await self.mqtt.stop()
-        stats = (self.arklet.install_calls, self.arklet.uninstall_calls, self.arklet.calls_by_biz)
+        stats = (self.arklet.install_calls, self.arklet.uninstall_calls, self.arklet.calls_by_biz,
+                 self.arklet.batch_calls)
         self.arklet = SimArklet(self._sim.config.behaviour, rng=random.Random(self._sim.rng.random()))
         # Call counters describe what vkprovider did to this base; they survive the restart.
-        self.arklet.install_calls, self.arklet.uninstall_calls, self.arklet.calls_by_biz = stats
+        (self.arklet.install_calls, self.arklet.uninstall_calls, self.arklet.calls_by_biz,
+         self.arklet.batch_calls) = stats
 
     def describe(self) -> dict[str, Any]:
         config = self._sim.config
@@ -180,12 +192,14 @@ class SimBase:
             "port": self.port,
             "zone": self.zone,
             "running": self.running,
+            "state": self.arklet.state,
             "bizs": [
                 {"bizName": b.name, "bizVersion": b.version, "bizState": b.state}
                 for b in self.arklet.bizs.values()
             ],
             "installCalls": self.arklet.install_calls,
             "uninstallCalls": self.arklet.uninstall_calls,
+            "batchInstallCalls": self.arklet.batch_calls,
             "heartbeatsSent": self.heartbeats_sent,
             "heartbeatFailures": self.heartbeat_failures,
         }
@@ -293,6 +307,7 @@ class Simulator:
             "bizsByState": bizs_by_state,
             "installCalls": sum(b.arklet.install_calls for b in bases),
             "uninstallCalls": sum(b.arklet.uninstall_calls for b in bases),
+            "batchInstallCalls": sum(b.arklet.batch_calls for b in bases),
             "heartbeatsSent": sum(b.heartbeats_sent for b in bases),
             "heartbeatFailures": sum(b.heartbeat_failures for b in bases),
             "installsByBiz": installs,

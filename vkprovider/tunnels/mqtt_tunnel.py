@@ -292,6 +292,9 @@ class MqttTunnel:
         self._batches = _Waiters()  # identity -> caller of batch_install_biz
         self._op_locks = _KeyedLocks()
         self._no_batch: set[str] = set()  # bases whose arklet answers a baseline without batchInstallBizResponse
+        self._batch_requested: dict[str, frozenset[tuple[str, str]]] = {}  # identity -> name:version in flight
+        self._list_answers: dict[str, int] = {}  # identity -> baselines answered by a biz list (old arklet)
+        self._batch_responders: set[str] = set()  # bases seen answering with batchInstallBizResponse
         self.last_error: str | None = None
         self.connections = 0
         """How many times the tunnel connected (and subscribed); tests use it to see a reconnect."""
@@ -515,10 +518,12 @@ class MqttTunnel:
             raise MessageDropped("invalid", f"biz list: {exc.reason}") from None
         if self._queries.resolve((identity, "bizs"), bizs):
             return
-        if identity in self._batches:
-            # arklet < 1.4.1 answers a baseline by installing one by one and then reporting its bizs here.
+        requested = self._batch_requested.get(identity)
+        if (identity in self._batches and identity not in self._batch_responders and requested is not None
+                and requested <= {(b.name, b.version) for b in bizs}):
+            # arklet < 1.4.1 answers a baseline by installing one by one and then reporting its bizs here; a
+            # list that does not show every requested biz is an unrelated report, not the answer.
             self._batches.resolve(identity, bizs)
-            return
         assert self._events is not None
         self._events.on_bizs(identity, bizs)
 
@@ -539,6 +544,9 @@ class MqttTunnel:
     def _on_batch_response(self, identity: str, data: Any) -> None:
         if not isinstance(data, Mapping) or not isinstance(data.get("response"), Mapping):
             raise MessageDropped("invalid", "batchInstallBizResponse without a response object")
+        self._batch_responders.add(identity)  # a new-enough arklet: never fall back to single installs
+        self._list_answers.pop(identity, None)
+        self._no_batch.discard(identity)
         if not self._batches.resolve(identity, data["response"]):
             log.debug("batchInstallBizResponse from %s nobody waited for (a baseline answer)", identity)
 
@@ -668,15 +676,22 @@ class MqttTunnel:
 
             async def call() -> Any:
                 async with self._op_locks.hold(("batch", base.identity)):
-                    return await self._await(self._batches, base.identity, send, timeout_s,
-                                             f"batchInstallBiz to {base.identity}")
+                    self._batch_requested[base.identity] = frozenset((b.name, b.version) for b in bizs)
+                    try:
+                        return await self._await(self._batches, base.identity, send, timeout_s,
+                                                 f"batchInstallBiz to {base.identity}")
+                    finally:
+                        self._batch_requested.pop(base.identity, None)
 
             answer = await self._timed("batchInstallBiz", call(), _batch_ok)
             if isinstance(answer, Mapping):
                 return wire.parse_batch_install_result(answer, urls)
-            log.info("base %s answers a baseline without batchInstallBizResponse (arklet < 1.4.1): "
-                     "installing one by one from now on", base.identity)
-            self._no_batch.add(base.identity)
+            answered = self._list_answers.get(base.identity, 0) + 1
+            self._list_answers[base.identity] = answered
+            if answered >= 2:  # twice in a row, never a batchInstallBizResponse: an old arklet
+                log.info("base %s answers baselines without batchInstallBizResponse (arklet < 1.4.1): "
+                         "installing one by one from now on", base.identity)
+                self._no_batch.add(base.identity)
             return _results_from_bizs(bizs, answer)
         results = await asyncio.gather(*(self.install_biz(base, biz) for biz in bizs), return_exceptions=True)
         answers: dict[str, CommandResult] = {}
