@@ -215,11 +215,11 @@ def pod_status(
                 restarts += 1  # it ran and had to be installed again (the base lost it): a restart
             if op is not None:
                 if op.state is OpState.INSTALL_FAILED and op.failed_at_ms is not None:
-                    finished = ms_to_iso(op.failed_at_ms)
+                    failed_at = ms_to_iso(op.failed_at_ms)
                     last_state = {"terminated": {"exitCode": 1, "reason": REASON_INSTALL_FAILED,
-                                                 "message": clean(op.message), "finishedAt": finished}}
-                    shown = ((previous.get("lastState") or {}).get("terminated") or {}).get("finishedAt")
-                    if shown != finished and op.attempts > 1:
+                                                 "message": clean(op.message), "finishedAt": failed_at}}
+                    last_shown = ((previous.get("lastState") or {}).get("terminated") or {}).get("finishedAt")
+                    if last_shown != failed_at and op.attempts > 1:
                         restarts += 1  # another failed attempt since the status was last shown
                 if op.installed_url and biz is not None:
                     image = op.installed_url
