@@ -18,6 +18,27 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
 
+ZONES = "zone-a,zone-b,zone-c"
+
+
+def sim_groups(bases: int) -> list[list[str]]:
+    """The simulated bases every sample in samples/ is written for (see the README's samples table).
+
+    The seeds' Deployments ask for base version 1.1.1 (seed 000) and 1.0.0 (seed 003, spread over zones), the
+    DaemonSet for every base named base; the BizDeactivate demo (module-pod-v1/v2) has a base of its own in
+    cluster "demo", which no other sample selects.
+    """
+    if bases <= 0:
+        return []
+    groups = []
+    for i, version in enumerate(("1.1.1", "1.0.0")):
+        groups.append(["--bases", str(bases), "--base-version", version, "--zone", ZONES,
+                       "--identity-prefix", f"base-{version.replace('.', '')}", "--control-port", str(7780 + i)])
+    groups.append(["--bases", "1", "--base-version", "2.0.0", "--cluster-name", "demo", "--identity-prefix",
+                   "demo", "--control-port", "7782"])
+    return groups
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--bases", type=int, default=3, help="simulated bases per base version (0 for none)")
@@ -33,19 +54,18 @@ def main() -> int:
         env["KUBECONFIG"] = str(cluster_dir / "vkprovider.kubeconfig")
         print(f"local control plane up; admin kubeconfig: {ROOT / '.local/kubeconfig'}", flush=True)
     port = env.setdefault("HTTP_TUNNEL_LISTEN_PORT", "7777")
+    env.setdefault("ENABLE_MODULE_REPLICAS_SYNC_WITH_BASE", "true")  # samples/module-deployment-peer.yaml
     procs: list[subprocess.Popen[bytes]] = []
     try:
         procs.append(subprocess.Popen([PY, "-m", "vkprovider", "run"], env=env))
-        if args.bases > 0:
-            # The seeds' samples ask for base version 1.1.1 (Deployment) and 1.0.0 (anti-affinity, DaemonSet):
-            # run both kinds so every sample in samples/ schedules as written.
-            for i, version in enumerate(("1.1.1", "1.0.0")):
-                sim = [PY, "-m", "vkprovider", "sim", "--bases", str(args.bases), "--base-version", version,
-                       "--identity-prefix", f"base-{version.replace('.', '')}", "--control-port", str(7780 + i),
-                       "--endpoint", f"http://127.0.0.1:{port}", *args.sim_args.split()]
-                procs.append(subprocess.Popen(sim, env=env))
-        print(f"vkprovider and {2 * args.bases} simulated bases (versions 1.1.1 and 1.0.0) running; try: "
-              f"kubectl --kubeconfig {ROOT / '.local/kubeconfig'} get nodes -w   (Ctrl-C stops)", flush=True)
+        for group in sim_groups(args.bases):
+            sim = [PY, "-m", "vkprovider", "sim", *group, "--endpoint", f"http://127.0.0.1:{port}",
+                   *args.sim_args.split()]
+            procs.append(subprocess.Popen(sim, env=env))
+        total = 2 * args.bases + (1 if args.bases > 0 else 0)
+        print(f"vkprovider and {total} simulated bases (versions 1.1.1 and 1.0.0 in zones zone-a..c, one demo base) "
+              f"running; try: kubectl --kubeconfig {ROOT / '.local/kubeconfig'} get nodes -L "
+              "topology.kubernetes.io/zone   (Ctrl-C stops)", flush=True)
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
         return next(p.returncode for p in procs if p.returncode is not None) or 0

@@ -395,7 +395,8 @@ async def test_rolling_update_replaces_the_web_biz_in_place(clean: Rig, admin: K
 async def test_broken_biz_reports_arklets_failure_on_the_pod_and_as_a_warning(clean: Rig, admin: Kube,
                                                                              namespace: str) -> None:
     rig = clean
-    pod = yaml.safe_load((SAMPLES / "module-pod.yaml").read_text())
+    pod = yaml.safe_load((SAMPLES / "module-pod-v1.yaml").read_text())
+    del pod["spec"]["affinity"]  # the sample selects the demo cluster of `make run`; this base is another
     pod["metadata"] = {"name": "broken", "labels": {"module-controller.koupleless.io/component": "module",
                                                     "app": "broken"}}
     container = pod["spec"]["containers"][0]

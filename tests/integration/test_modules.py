@@ -158,16 +158,16 @@ async def test_daemonset_runs_one_module_per_base_also_on_a_late_base(admin, env
 
 async def test_new_version_on_same_base_fails_the_old_pod_with_biz_deactivate(admin, env_name, namespace,
                                                                               provider_factory, sim_factory):
-    provider, sim = await start(provider_factory, sim_factory, env_name, 1)
+    provider, sim = await start(provider_factory, sim_factory, env_name, 1, "--cluster-name", "demo")
     await wait_nodes(admin, env_name, 1)
-    for name in ("module-pod.yaml", "module-pod-v2.yaml"):
+    for name in ("module-pod-v1.yaml", "module-pod-v2.yaml"):
         pod = yaml.safe_load((SAMPLES / name).read_text())
         pod["metadata"].pop("namespace", None)
         pod["spec"]["tolerations"].append(
             {"key": "schedule.koupleless.io/node-env", "operator": "Equal", "value": env_name, "effect": "NoExecute"})
         pod["spec"]["nodeSelector"] = {"virtual-kubelet.koupleless.io/env": env_name}
         await admin.create(f"/api/v1/namespaces/{namespace}/pods", pod)
-        if name == "module-pod.yaml":
+        if name == "module-pod-v1.yaml":
             await wait_until(lambda: _pod_ready(admin, namespace, "biz1-pod"), 30, what="0.0.1 running")
 
     async def deactivated():
@@ -186,9 +186,10 @@ async def _pod_ready(admin: Kube, namespace: str, name: str) -> bool:
 
 async def test_bad_module_pods_get_a_clear_reason_and_a_warning_event(admin, env_name, namespace, provider_factory,
                                                                       sim_factory):
-    provider, sim = await start(provider_factory, sim_factory, env_name, 1, "--fail-biz", "broken")
+    provider, sim = await start(provider_factory, sim_factory, env_name, 1, "--fail-biz", "broken",
+                                "--cluster-name", "demo")
     await wait_nodes(admin, env_name, 1)
-    base = yaml.safe_load((SAMPLES / "module-pod.yaml").read_text())
+    base = yaml.safe_load((SAMPLES / "module-pod-v1.yaml").read_text())
     base["metadata"].pop("namespace", None)
     base["spec"]["tolerations"].append(
         {"key": "schedule.koupleless.io/node-env", "operator": "Equal", "value": env_name, "effect": "NoExecute"})
