@@ -31,10 +31,10 @@ test-unit: setup ## Pure unit tests (no cluster)
 test-integration: setup kcp ## Integration tests against the real local control plane and the base simulator
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
-test: setup lint kcp test-deps java-build ## Lint plus every test tier (unit, integration, e2e with real Koupleless bases)
+test: setup lint kcp test-deps java-build image chart-tools ## Lint plus every test tier (unit, integration, e2e with real Koupleless bases, the image, the chart)
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
-test-deps: ## System packages the tests start (mosquitto), installed when missing
+test-deps: image-deps ## System packages the tests start (mosquitto; podman, debootstrap for the image), installed when missing
 	@command -v mosquitto >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients >/dev/null; }
 
 run: setup kcp ## Start vkprovider; without KUBECONFIG it brings up the local control plane and simulated bases

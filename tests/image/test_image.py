@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.conftest import KubeCluster
 from tests.image.conftest import MountedImage
@@ -168,13 +167,25 @@ class ChrootProvider:
 
 
 def module_pod(env_name: str, namespace: str) -> dict[str, Any]:
-    """samples/module-pod.yaml, pinned to this test's vnodes by their env label."""
-    pod: dict[str, Any] = yaml.safe_load((REPO / "samples" / "module-pod.yaml").read_text())
-    pod["metadata"]["namespace"] = namespace
-    terms = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-    terms["nodeSelectorTerms"][0]["matchExpressions"].append(
-        {"key": "virtual-kubelet.koupleless.io/env", "operator": "In", "values": [env_name]})
-    return pod
+    """A bare module Pod as in samples/ (biz1 0.0.1), pinned to this test's vnodes by their env label."""
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "biz1-pod", "namespace": namespace,
+                     "labels": {"module-controller.koupleless.io/component": "module"}},
+        "spec": {
+            "containers": [{
+                "name": "biz1",
+                "image": "https://serverless-opensource.oss-cn-shanghai.aliyuncs.com/module-packages/test_modules/"
+                         "biz1-0.0.1-ark-biz.jar",
+                "env": [{"name": "BIZ_VERSION", "value": "0.0.1"}]}],
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [
+                    {"key": "base.koupleless.io/stack", "operator": "In", "values": ["java"]},
+                    {"key": "virtual-kubelet.koupleless.io/env", "operator": "In", "values": [env_name]}]}]}}},
+            "tolerations": [{"key": "schedule.koupleless.io/virtual-node", "operator": "Equal", "value": "True",
+                             "effect": "NoExecute"}],
+        },
+    }
 
 
 async def kubectl_json(cluster: KubeCluster, *args: str) -> Any:
