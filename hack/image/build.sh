@@ -80,7 +80,8 @@ else
     fi
     log "importing $tarball as $base"
     podman import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-      --change 'ENV LANG=C.UTF-8' --change 'CMD ["/bin/bash"]' "$tarball" "$base" >/dev/null
+      --change 'ENV LANG=C.UTF-8' --change 'CMD ["/bin/bash"]' "$tarball" "$base" > "$cache/import.log" 2>&1 \
+      || { cat "$cache/import.log" >&2; exit 1; }
   fi
 fi
 base_id="$(podman image inspect --format '{{.Id}}' "$base")"
