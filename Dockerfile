@@ -28,7 +28,7 @@ COPY vkprovider ./vkprovider
 RUN --mount=type=secret,id=pip-ca \
     if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
  && /opt/build/bin/pip wheel --no-deps --wheel-dir /wheels . \
- && /opt/build/bin/pip wheel --only-binary=:all: --wheel-dir /wheels --find-links /wheels /wheels/vkprovider-*.whl
+ && /opt/build/bin/pip wheel --no-index --find-links /wheels --wheel-dir /wheels /wheels/vkprovider-*.whl
 
 FROM ${BASE_IMAGE}
 # `make image` passes VERSION from vkprovider/__init__.py; a test keeps this default equal to it.

@@ -362,8 +362,8 @@ async def test_helm_install_for_real(tools: dict[str, str], kube_cluster: KubeCl
     No kubelet runs here, so the Deployment's pods are created but stay Pending (and `helm test` cannot run its
     Pod): the identity they would run with is checked instead, and vkprovider is run with that very identity.
     """
-    ns = f"chart-install-{uuid.uuid4().hex[:6]}"
-    release = "vkp"
+    suffix = uuid.uuid4().hex[:6]
+    ns, release = f"chart-install-{suffix}", f"vkp{suffix}"  # the ClusterRole's name is the release's
     admin = ["--kubeconfig", str(kube_cluster.admin_kubeconfig)]
     install = helm(tools, "install", release, str(CHART), "--namespace", ns, "--create-namespace", *admin)
     try:

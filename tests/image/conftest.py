@@ -31,6 +31,14 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "image: tests of the container image (podman builds it; never skipped)")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The first test to use the image may build it (`make test` builds it before, then this is a no-op): a cold
+    # build makes a Debian base with debootstrap, which can take longer than the default per-test timeout.
+    for item in items:
+        if "image_ref" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.timeout(1800))
+
+
 @dataclass(frozen=True)
 class MountedImage:
     """An image's root filesystem and its run configuration (Entrypoint, Cmd, User, Env)."""
