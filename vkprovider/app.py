@@ -14,6 +14,7 @@ import signal
 import socket
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -86,10 +87,11 @@ class BaseEventSink:
         if self.modules is not None:
             self.modules.on_pushed_bizs(vnode.node_name(identity, self.settings.env), bizs)
 
-    def baseline(self, metadata: BaseMetadata) -> list[BizSpec]:
-        if self.modules is None:
-            return []
-        return self.modules.baseline(vnode.node_name(metadata.identity, self.settings.env))
+    def baseline(self, metadata: BaseMetadata) -> list[BizSpec] | None:
+        node = vnode.node_name(metadata.identity, self.settings.env)
+        if self.modules is None or not self.modules.may_write(node):
+            return None
+        return self.modules.baseline(node)
 
 
 def build_tunnels(settings: Settings) -> list[Tunnel]:
@@ -160,7 +162,8 @@ class Provider:
         self.tunnels = tunnel_list
         tunnels = {t.name: t for t in tunnel_list}
         try:
-            self.kube = kube = await Kube.connect(s.kubeconfig, max_inflight=s.kube_max_inflight)
+            self.kube = kube = await Kube.connect(s.kubeconfig, max_inflight=s.kube_max_inflight,
+                                                  instance=s.client_id)
         except Exception as exc:
             raise ConfigError(f"cannot use the kubeconfig ({s.kubeconfig or 'in-cluster'}): {exc}") from None
         try:
@@ -180,7 +183,12 @@ class Provider:
             kubelet_address=kubelet_address,
         )
         self.events = events = EventRecorder(kube, component="vkprovider", reporting_instance=s.client_id)
-        keeper = self.keeper = LeaseKeeper(s, kube, events, clock=self.clock)
+        offset = timedelta(seconds=s.wall_clock_offset_s)
+
+        def wall() -> datetime:
+            return datetime.now(UTC) + offset
+
+        keeper = self.keeper = LeaseKeeper(s, kube, events, clock=self.clock, wall=wall)
         nodes = Informer(kube, "/api/v1/nodes",
                          label_selector=f"{vnode.LABEL_COMPONENT}=vnode,{vnode.LABEL_ENV}={s.env}",
                          on_change=lambda key, old, new: self.node_controller.on_node_change(key, old, new))
@@ -203,7 +211,7 @@ class Provider:
         self.pods = pods
         self.informers = [nodes, leases, members, *pods.informers]
         self.node_controller = NodeController(s, kube, self.registry, nodes, keeper, tunnels, events, node_cfg,
-                                              clock=self.clock)
+                                              clock=self.clock, wall=wall)
         self.module_controller = ModuleController(s, kube, self.registry, pods, tunnels, events,
                                                   may_write=keeper.may_write, clock=self.clock, bizlog=self.bizlog)
         pods.set_on_change(self.module_controller.on_pod_change)

@@ -201,6 +201,9 @@ class Settings(BaseSettings):
     kubelet_tls_cert: str | None = F(None, "VKP_KUBELET_TLS_CERT", "kubelet_tls_cert",
                                      description="Kubelet API serving certificate (default: self-signed at start).")
     kubelet_tls_key: str | None = F(None, "VKP_KUBELET_TLS_KEY", "kubelet_tls_key")
+    wall_clock_offset_s: float = F(0.0, "VKP_WALL_CLOCK_OFFSET", "wall_clock_offset_s",
+                                   description="Shift this replica's wall clock (renewTime, Event times) by this "
+                                   "many seconds. For tests: ownership never compares another host's clock.")
     kube_max_inflight: int = F(64, "VKP_KUBE_MAX_INFLIGHT", "kube_max_inflight", ge=1,
                                description="Concurrent Kubernetes API requests.")
     log_format: Literal["text", "json"] = F("text", "VKP_LOG_FORMAT", "log_format",

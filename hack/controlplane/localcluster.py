@@ -120,7 +120,30 @@ CLIENTS: dict[str, tuple[str, str | None]] = {  # file stem -> (CN, O)
     "kube-controller-manager": ("system:kube-controller-manager", None),
     "kube-scheduler": ("system:kube-scheduler", None),
     PROVIDER_USER: (PROVIDER_USER, None),
+    # How the apiserver authenticates to kubelets (vkprovider's kubelet API: kubectl logs on module pods).
+    "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", "system:masters"),
 }
+
+# With --audit: every write of vkprovider's identity to Nodes, Pods and Leases (Leases with their request and response,
+# so a hand-over's new holder and the order of writes show), with its User-Agent (which names the replica): tests see which replica wrote what.
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+- level: RequestResponse
+  users: ["vkprovider"]
+  verbs: ["create", "update", "patch", "delete"]
+  resources:
+  - group: "coordination.k8s.io"
+    resources: ["leases"]
+- level: Metadata
+  users: ["vkprovider"]
+  verbs: ["create", "update", "patch", "delete"]
+  resources:
+  - group: ""
+    resources: ["nodes", "nodes/status", "pods", "pods/status"]
+- level: None
+"""
 
 
 def ensure_pki(pki: Path) -> None:
@@ -495,6 +518,15 @@ def pick_ports(args: argparse.Namespace, old: dict[str, int]) -> dict[str, int]:
     return ports
 
 
+def audit_args(d: Path, args: argparse.Namespace) -> list[str]:
+    if not getattr(args, "audit", False):
+        return []
+    policy = d / "audit-policy.yaml"
+    policy.write_text(AUDIT_POLICY)
+    return [f"--audit-policy-file={policy}", f"--audit-log-path={d / 'logs' / 'audit.log'}",
+            "--audit-log-maxsize=200", "--audit-log-maxbackup=1", "--audit-log-format=json"]
+
+
 def component_argv(kcp: str, d: Path, ports: dict[str, int],
                    args: argparse.Namespace) -> dict[str, list[str]]:
     pki = d / "pki"
@@ -522,7 +554,9 @@ def component_argv(kcp: str, d: Path, ports: dict[str, int],
             "--requestheader-extra-headers-prefix=X-Remote-Extra-",
             f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
             f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
-            "--profiling=false", verbosity, *args.apiserver_arg,
+            f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+            "--profiling=false", verbosity, *audit_args(d, args), *args.apiserver_arg,
         ],
         "kube-controller-manager": [
             kcp, "kube-controller-manager", f"--kubeconfig={d / 'kube-controller-manager.kubeconfig'}",
@@ -720,6 +754,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for each component")
     up.add_argument("--attempts", type=int, default=3, help="start attempts when a component dies starting")
     up.add_argument("--fsync", action="store_true", help="let etcd fsync (default: off, faster)")
+    up.add_argument("--audit", action="store_true",
+                    help="audit-log vkprovider's writes to DIR/logs/audit.log (tests read who wrote what)")
     up.add_argument("--v", default="1", help="klog verbosity of the Kubernetes components")
     up.add_argument("--apiserver-arg", action="append", default=[], help="extra kube-apiserver flag")
     up.add_argument("--controller-manager-arg", action="append", default=[], help="extra flag")

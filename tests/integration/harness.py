@@ -58,7 +58,7 @@ class ProviderProcess:
         }
         self.proc: subprocess.Popen[bytes] | None = None
         LOGS.mkdir(parents=True, exist_ok=True)
-        self.log_path = LOGS / f"vkprovider-{env_name}.log"
+        self.log_path = LOGS / f"vkprovider-{env_name}-{self.env['CLIENT_ID']}.log"
 
     @property
     def endpoint(self) -> str:

@@ -269,6 +269,8 @@ async def test_hostile_payloads_are_dropped_and_counted(mq: Env, mqtt_broker: Mq
     env = mq.env.lower()
     heart = f"koupleless_{env}/evil-base/base/heart"
     now = int(time.time() * 1000)
+    commanded = mq.identities()[0]
+    await mq.tunnel.health(await mq.base(commanded))  # now the tunnel listens to this base's answers
     valid_heartbeat = {
         "baseMetadata": {"identity": "evil-base", "name": "b", "version": "1", "clusterName": "c"},
         "localHostName": "evil", "localIP": "127.0.0.1", "port": 0, "state": "activated",
@@ -281,9 +283,9 @@ async def test_hostile_payloads_are_dropped_and_counted(mq: Env, mqtt_broker: Mq
         ("invalid", heart, orjson.dumps({"publishTimestamp": now, "data": {"baseMetadata": "nope"}})),
         ("invalid", f"koupleless_{env}/other-id/base/heart",
          orjson.dumps({"publishTimestamp": now, "data": valid_heartbeat})),
-        ("invalid", f"koupleless_{env}/evil-base/base/bizOperation",
+        ("invalid", f"koupleless_{env}/{commanded}/base/bizOperation",
          orjson.dumps({"publishTimestamp": now, "data": {"command": "installBiz"}})),
-        ("invalid", f"koupleless_{env}/evil-base/base/simpleBiz",
+        ("invalid", f"koupleless_{env}/{commanded}/base/simpleBiz",
          orjson.dumps({"publishTimestamp": now, "data": [{"state": "x"}]})),
     ]
     expected: dict[str, float] = {}

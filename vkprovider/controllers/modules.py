@@ -232,6 +232,11 @@ class ModuleController:
         """Another replica holds ``node`` now: stop every command in flight for it, send no status."""
         for task in self._tasks.pop(node, set()):
             task.cancel()
+        view = self.registry.get(node)
+        if view is not None:
+            tunnel = self.tunnels.get(view.heartbeat.tunnel)
+            if tunnel is not None:
+                tunnel.release(view.heartbeat)
         for key in list(self.pods_by_node.get(node, ())):
             self._status_next.pop(key, None)
             self._status_sent.pop(key, None)

@@ -111,7 +111,21 @@ class NodeController:
         self.queue.add(key)
 
     def on_gained(self, node: str) -> None:
+        """A vnode taken over (a hand-over, a failover, a restart): adoption, not judgement. This replica may
+        not have heard the base for a while (its heartbeats went to the replica that held it), so the Node's own
+        Ready=True stands as the base's last word until a probe, asked at once, says otherwise."""
         self._status_written.pop(node, None)
+        current = self.nodes.get(node)
+        view = self.registry.get(node)
+        if view is None and current is not None:
+            hb = vnode.heartbeat_from_node(current, self.settings.env)
+            view = self.registry.known_from_node(hb) if hb is not None else None
+        if view is not None:
+            shown = {c.get("type"): c.get("status") for c in ((current or {}).get("status") or {}).get("conditions")
+                     or []}.get("Ready")
+            if shown == "True" and not view.deactivated:
+                self.registry.answered(node)
+            view.health_at = -1e18  # probe now: resources, and whether it is really alive
         self.queue.add(node)
 
     def on_lost(self, node: str) -> None:

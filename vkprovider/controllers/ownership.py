@@ -94,8 +94,10 @@ class LeaseKeeper:
         self._observed: dict[str, own.Observed] = {}  # node name -> its Lease as last seen
         self._members: dict[str, own.Observed] = {}  # membership lease name -> as last seen
         self._held: dict[str, own.Held] = {}
+        self._held_since: dict[str, float] = {}  # when this replica got each vnode (no ping-pong hand-overs)
         self._busy: set[str] = set()  # nodes with a lease write in flight
         self._stale: set[str] = set()  # observations made before a stall: read again before acting on them
+        self._writes_in_flight: set[asyncio.Task[None]] = set()
         self._member_held: own.Held | None = None
         self._member_seen_since: dict[str, float] = {}
         self._last_tick = clock()
@@ -154,21 +156,33 @@ class LeaseKeeper:
 
     async def run(self) -> None:
         """Tick forever (cancel to stop; call ``release_all`` first for a graceful hand-over)."""
+        watchdog = asyncio.create_task(self._watch_the_loop(), name="lease-keeper-watchdog")
+        try:
+            while True:
+                try:
+                    await self.tick()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("lease keeping failed; trying again")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), TICK_S)
+                self._wake.clear()
+        finally:
+            watchdog.cancel()
+
+    async def _watch_the_loop(self) -> None:
+        """Notice when this process did not run at all for a while (SIGSTOP, a frozen VM), as opposed to being
+        busy: a task that only sleeps and looks at the clock is late only when nothing ran."""
         while True:
-            try:
-                await self.tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("lease keeping failed; trying again")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), TICK_S)
-            self._wake.clear()
+            before = self.clock()
+            await asyncio.sleep(TICK_S)
+            gap = self.clock() - before - TICK_S
+            if gap > STALL_S:
+                self._stalled(gap)
 
     async def tick(self) -> None:
         now = self.clock()
-        if now - self._last_tick > STALL_S:
-            self._stalled(now - self._last_tick)
         self._last_tick = now
         if self._stopping:
             return
@@ -184,7 +198,8 @@ class LeaseKeeper:
                 continue
             decision = own.decide(node, self._observed.get(node), me=self.me, members=members,
                                   held=self._held.get(node), now=now, timing=self.timing,
-                                  may_hand_off=handoffs > 0 and self._settled(now))
+                                  may_hand_off=handoffs > 0 and self._settled(now)
+                                  and now - self._held_since.get(node, now) >= self.timing.lease_duration_s)
             if decision.action is own.Action.HANDOFF:
                 if not self._ready_member(decision.to, now):
                     decision = own.Decision(own.Action.NOTHING)
@@ -198,9 +213,13 @@ class LeaseKeeper:
         for node, decision in todo:
             if decision.action is own.Action.FENCE:
                 self._lose(node, decision.why)
-        writes = [self._carry_out(node, d) for node, d in todo if d.action is not own.Action.FENCE]
-        if writes:
-            await asyncio.gather(*writes)
+            else:
+                # In the background, bounded by a semaphore: a slow apiserver must not delay the next tick
+                # (renewals of other leases, fencing decisions).
+                self._busy.add(node)
+                task = asyncio.create_task(self._carry_out(node, decision), name=f"lease-{decision.action}-{node}")
+                self._writes_in_flight.add(task)
+                task.add_done_callback(self._writes_in_flight.discard)
         HELD.set(len(self._held))
 
     def _settled(self, now: float) -> bool:
@@ -309,7 +328,6 @@ class LeaseKeeper:
         return True
 
     async def _carry_out(self, node: str, decision: own.Decision) -> None:
-        self._busy.add(node)
         try:
             async with self._writes:
                 if decision.action is own.Action.RENEW:
@@ -394,27 +412,41 @@ class LeaseKeeper:
             self.events.normal({"kind": "Node", "apiVersion": "v1", "metadata": {"name": node}},
                                "LeaseTakenOver", f"vkprovider {self.me} took over the lease from {facts.holder}: {why}")
 
-    async def _hand_over(self, node: str, to: str, why: str) -> None:
+    async def _hand_over(self, node: str, to: str, why: str) -> bool:
+        """Write ``to`` as the holder. This replica stops acting for the vnode first, whatever the answer; a 409
+        (our own renewal raced it) is retried once on the fresh version if the Lease still names us."""
         held = self._held.get(node)
         if held is None:
-            return
+            return False
         observed = self._observed.get(node)
         transitions = observed.facts.transitions if observed is not None else 0
         stamp = micro_time(self.wall())
-        # Stop acting first: from here on this replica writes nothing for the vnode, whatever the answer.
         self._lose(node, f"handing over to {to} ({why})", handed_over=True)
-        body = {"metadata": {"resourceVersion": held.resource_version},
-                "spec": {"holderIdentity": to, "acquireTime": stamp, "renewTime": stamp,
-                         "leaseTransitions": transitions + 1}}
-        try:
-            await self.kube.patch(self._lease_path(node), body, kind="merge")
-        except ApiError as exc:
-            if not (exc.is_conflict or exc.is_not_found):
-                raise
+        version = held.resource_version
+        for _ in range(2):
+            body = {"metadata": {"resourceVersion": version},
+                    "spec": {"holderIdentity": to, "acquireTime": stamp, "renewTime": stamp,
+                             "leaseTransitions": transitions + 1}}
+            try:
+                await self.kube.patch(self._lease_path(node), body, kind="merge")
+                return True
+            except ApiError as exc:
+                if exc.is_not_found:
+                    return False
+                if not exc.is_conflict:
+                    raise
+            fresh = own.LeaseFacts.from_object(await self.kube.get(self._lease_path(node)),
+                                               self.timing.lease_duration_s)
+            if fresh.holder != self.me:
+                return False  # somebody else has it now: nothing to hand over
+            version, transitions = fresh.resource_version, fresh.transitions
+        return False
 
     def _gain(self, node: str, held: own.Held, why: str) -> None:
         fresh = node not in self._held
         self._held[node] = held
+        if fresh:
+            self._held_since[node] = self.clock()
         if fresh:
             LEASE_EVENTS.labels("acquired").inc()
             if why:
@@ -423,6 +455,7 @@ class LeaseKeeper:
                 callback(node)
 
     def _lose(self, node: str, why: str, *, handed_over: bool = False) -> None:
+        self._held_since.pop(node, None)
         if self._held.pop(node, None) is None:
             return
         LEASE_EVENTS.labels("handed_over" if handed_over else "lost").inc()
@@ -451,6 +484,12 @@ class LeaseKeeper:
         restart moves vnodes in seconds; with no other replica, keep holding (a restart under the same
         CLIENT_ID adopts them at once). Then give up the membership."""
         self._stopping = True
+        # Leave the membership first: the others stop choosing this replica for anything (without it a
+        # receiving replica could hand a vnode straight back to the one that is leaving).
+        with contextlib.suppress(ApiError):
+            await self.kube.delete(self._member_path(self.member_lease))
+        if self._writes_in_flight:  # let renewals under way land first: their answers carry the newest version
+            await asyncio.wait(set(self._writes_in_flight), timeout=5.0)
         now = self.clock()
         others = [m for m in own.live_members(self._members, self.me, now) if m != self.me]
         if others:
@@ -460,11 +499,9 @@ class LeaseKeeper:
                 if to is not None:
                     moves.append(self._hand_over(node, to, "this replica is stopping"))
             results = await asyncio.gather(*moves, return_exceptions=True)
-            failed = sum(1 for r in results if isinstance(r, BaseException))
-            LEASE_EVENTS.labels("released").inc(len(results) - failed)
-            log.info("handed %d vnode(s) over to %s before stopping", len(results) - failed, ", ".join(others))
-        with contextlib.suppress(ApiError):
-            await self.kube.delete(self._member_path(self.member_lease))
+            done = sum(1 for r in results if r is True)
+            LEASE_EVENTS.labels("released").inc(done)
+            log.info("handed %d of %d vnode(s) over to %s before stopping", done, len(results), ", ".join(others))
 
     def wake(self) -> None:
         self._wake.set()

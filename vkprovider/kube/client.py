@@ -366,7 +366,7 @@ class Kube:
 
     def __init__(self, host: str, session: aiohttp.ClientSession, credentials: _Credentials, *,
                  max_inflight: int = 64, timeout_s: float = 30.0, server_hostname: str | None = None,
-                 proxy: str | None = None) -> None:
+                 proxy: str | None = None, instance: str = "") -> None:
         self._host = host.rstrip("/")
         self._session = session
         self._credentials = credentials
@@ -374,10 +374,12 @@ class Kube:
         self._timeout_s = timeout_s
         self._server_hostname = server_hostname
         self._proxy = proxy
-        self._user_agent = f"vkprovider/{__version__}"
+        # Which replica wrote what shows in the apiserver's audit log: the instance rides in the User-Agent.
+        self._user_agent = f"vkprovider/{__version__}" + (f" ({instance})" if instance else "")
 
     @classmethod
-    async def connect(cls, kubeconfig: str | None, *, max_inflight: int = 64, timeout_s: float = 30.0) -> Kube:
+    async def connect(cls, kubeconfig: str | None, *, max_inflight: int = 64, timeout_s: float = 30.0,
+                      instance: str = "") -> Kube:
         """Load a kubeconfig file (or the in-cluster service account when None) and open a session."""
         conf = await _load_configuration(kubeconfig)
         if kubeconfig is None:
@@ -393,7 +395,7 @@ class Kube:
                                         read_bufsize=2**18)
         return cls(host, session, credentials, max_inflight=max_inflight, timeout_s=timeout_s,
                    server_hostname=getattr(conf, "tls_server_name", None) or None,
-                   proxy=getattr(conf, "proxy", None) or None)
+                   proxy=getattr(conf, "proxy", None) or None, instance=instance)
 
     @property
     def host(self) -> str:

@@ -33,8 +33,9 @@ class BaseEvents(Protocol):
 
     def on_bizs(self, identity: str, bizs: Sequence[BizInfo]) -> None: ...
 
-    def baseline(self, metadata: BaseMetadata) -> list[BizSpec]:
-        """The bizs a base that asks for its baseline should run (queryBaseline)."""
+    def baseline(self, metadata: BaseMetadata) -> list[BizSpec] | None:
+        """The bizs a base that asks for its baseline should run (queryBaseline); None when another replica
+        holds the base's vnode (it answers)."""
         ...
 
 
@@ -58,6 +59,10 @@ class Tunnel(Protocol):
         ...
 
     async def uninstall_biz(self, base: BaseHeartbeat, name: str, version: str) -> CommandResult: ...
+
+    def release(self, base: BaseHeartbeat) -> None:
+        """This replica no longer commands ``base`` (its vnode went to another replica)."""
+        ...
 
     async def batch_install_biz(self, base: BaseHeartbeat, bizs: Sequence[BizSpec]) -> dict[str, CommandResult]:
         """Install several bizs in one call; the answer is keyed by biz URL.

@@ -183,6 +183,8 @@ class HttpTunnel:
         except Exception:
             log.exception("baseline for %s failed", metadata.identity)
             return _error("internal error", 500)
+        if specs is None:
+            return _error("this replica does not hold the base's vnode; ask again (another replica answers)", 503)
         return web.Response(body=wire.baseline_response(specs), content_type="application/json")
 
     # --- client: commands to arklet ----------------------------------------------------------------------
@@ -264,6 +266,9 @@ class HttpTunnel:
         except _TransportError as exc:
             raise TunnelError(str(exc)) from exc.__cause__
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def release(self, base: BaseHeartbeat) -> None:
+        """Nothing to undo over HTTP: every call is its own connection."""
 
     async def health(self, base: BaseHeartbeat) -> BaseHealth:
         envelope = await self._call(base, "health", b"{}", idempotent=True, judge=_succeeded)

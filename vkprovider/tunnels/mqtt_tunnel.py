@@ -93,9 +93,20 @@ def topic_env(env: str) -> str:
     return env.lower()
 
 
+#: What every replica hears from every base (wildcards): heartbeats, and a base asking for its baseline.
+SHARED_KINDS: Final = (KIND_HEART, KIND_QUERY_BASELINE)
+#: Answers a base sends to whoever commands it: only the replica holding its vnode subscribes to these.
+ANSWER_KINDS: Final = (KIND_HEALTH, KIND_SIMPLE_BIZ, KIND_BIZ, KIND_BIZ_OPERATION, KIND_BATCH_RESPONSE)
+
+
 def subscriptions(env: str) -> list[str]:
-    """Everything vkprovider subscribes to: one wildcard per kind of base message."""
-    return [f"koupleless_{topic_env(env)}/+/base/{kind}" for kind in BASE_KINDS]
+    """What every replica subscribes to: one wildcard per shared kind of base message."""
+    return [f"koupleless_{topic_env(env)}/+/base/{kind}" for kind in SHARED_KINDS]
+
+
+def answer_subscriptions(env: str, identity: str) -> list[str]:
+    """The answer topics of one base, subscribed by the replica that commands it (before its first command)."""
+    return [f"koupleless_{topic_env(env)}/{identity}/base/{kind}" for kind in ANSWER_KINDS]
 
 
 def command_topic(env: str, identity: str, command: str) -> str:
@@ -295,6 +306,9 @@ class MqttTunnel:
         self._batch_requested: dict[str, frozenset[tuple[str, str]]] = {}  # identity -> name:version in flight
         self._list_answers: dict[str, int] = {}  # identity -> baselines answered by a biz list (old arklet)
         self._batch_responders: set[str] = set()  # bases seen answering with batchInstallBizResponse
+        self._answering: set[str] = set()  # bases whose answer topics are subscribed on this connection
+        self._wanted: set[str] = set()  # bases this replica commands (subscribed again after a reconnect)
+        self._subscribe_lock = _KeyedLocks()
         self.last_error: str | None = None
         self.connections = 0
         """How many times the tunnel connected (and subscribed); tests use it to see a reconnect."""
@@ -362,14 +376,21 @@ class MqttTunnel:
             try:
                 async with client:
                     await client.subscribe([(topic, QOS) for topic in subscriptions(self._env)])
+                    self._answering.clear()
+                    wanted = sorted(self._wanted)
+                    for offset in range(0, len(wanted), 100):  # the bases this replica commands, again
+                        chunk = wanted[offset : offset + 100]
+                        await client.subscribe([(t, QOS) for i in chunk for t in answer_subscriptions(self._env, i)])
+                        self._answering.update(chunk)
                     self._client = client
                     self.connections += 1
                     self.last_error = None
                     failures = 0
                     self._connected.set()
                     self._attempted.set()
-                    log.info("mqtt tunnel connected to %s as %s (tls=%s), subscribed to koupleless_%s/+/base/*",
-                             self.broker, self.client_id, tls is not None, self._env)
+                    log.info("mqtt tunnel connected to %s as %s (tls=%s), subscribed to koupleless_%s/+/base/"
+                             "{heart,queryBaseline} and the answers of %d base(s)", self.broker, self.client_id,
+                             tls is not None, self._env, len(wanted))
                     async for message in client.messages:
                         self._on_message(message)
             except aiomqtt.MqttError as exc:
@@ -482,6 +503,8 @@ class MqttTunnel:
             raise MessageDropped("invalid", f"queryBaseline of {metadata.identity} on the topic of {identity}")
         assert self._events is not None
         specs = self._events.baseline(metadata)
+        if specs is None:
+            return  # another replica holds this base's vnode: it answers
         self._spawn(self._send_baseline(identity, specs), f"mqtt-baseline {identity}")
 
     async def _send_baseline(self, identity: str, specs: Sequence[BizSpec]) -> None:
@@ -556,6 +579,40 @@ class MqttTunnel:
         detail = f": {self.last_error}" if self.last_error else ""
         return TunnelError(f"not connected to the MQTT broker {self.broker}{detail}")
 
+    async def _listen_to(self, identity: str, timeout_s: float) -> None:
+        """Subscribe to a base's answer topics before the first command to it (once per connection)."""
+        self._wanted.add(identity)
+        if identity in self._answering:
+            return
+        async with self._subscribe_lock.hold(identity):
+            if identity in self._answering:
+                return
+            client = self._client
+            if client is None or not self._connected.is_set():
+                raise self._not_connected()
+            try:
+                await client.subscribe([(t, QOS) for t in answer_subscriptions(self._env, identity)],
+                                       timeout=timeout_s)
+            except aiomqtt.MqttError as exc:
+                raise TunnelError(f"subscribing to the answers of {identity} failed: {exc}") from exc
+            if self._client is client:
+                self._answering.add(identity)
+
+    def release(self, base: BaseHeartbeat) -> None:
+        """This replica no longer commands ``base``: stop receiving its answers."""
+        identity = base.identity
+        self._wanted.discard(identity)
+        if identity not in self._answering:
+            return
+        self._answering.discard(identity)
+        client = self._client
+        if client is not None and self._connected.is_set():
+            self._spawn(self._unsubscribe(client, identity), f"mqtt-unsubscribe {identity}")
+
+    async def _unsubscribe(self, client: aiomqtt.Client, identity: str) -> None:
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.unsubscribe(answer_subscriptions(self._env, identity))
+
     async def _publish(self, topic: str, payload: bytes, timeout_s: float) -> None:
         client = self._client
         if client is None or not self._connected.is_set():
@@ -611,6 +668,7 @@ class MqttTunnel:
         timeout_s = self._settings.arklet_query_timeout_s
 
         async def send() -> None:
+            await self._listen_to(base.identity, timeout_s)
             await self._publish(topic, b"{}", timeout_s)
 
         return await self._await(self._queries, (base.identity, kind), send, timeout_s,
@@ -639,6 +697,7 @@ class MqttTunnel:
         timeout_s = self._settings.arklet_install_timeout_s
 
         async def send() -> None:
+            await self._listen_to(base.identity, self._settings.arklet_query_timeout_s)
             await self._publish(topic, body, self._settings.arklet_query_timeout_s)
 
         async def call() -> CommandResult:
@@ -672,6 +731,7 @@ class MqttTunnel:
             timeout_s = self._settings.arklet_install_timeout_s
 
             async def send() -> None:
+                await self._listen_to(base.identity, self._settings.arklet_query_timeout_s)
                 await self._publish(topic, wire.baseline_response(bizs), self._settings.arklet_query_timeout_s)
 
             async def call() -> Any:
