@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -55,12 +56,14 @@ def main() -> int:
         print(f"local control plane up; admin kubeconfig: {ROOT / '.local/kubeconfig'}", flush=True)
     port = env.setdefault("HTTP_TUNNEL_LISTEN_PORT", "7777")
     env.setdefault("ENABLE_MODULE_REPLICAS_SYNC_WITH_BASE", "true")  # samples/module-deployment-peer.yaml
+    # Secure by default here too: each simulated base sends its own token, derived from this session's secret.
+    secret = env.setdefault("VKP_HEARTBEAT_SECRET", secrets.token_hex(16))
     procs: list[subprocess.Popen[bytes]] = []
     try:
         procs.append(subprocess.Popen([PY, "-m", "vkprovider", "run"], env=env))
         for group in sim_groups(args.bases):
             sim = [PY, "-m", "vkprovider", "sim", *group, "--endpoint", f"http://127.0.0.1:{port}",
-                   *args.sim_args.split()]
+                   "--token-secret", secret, *args.sim_args.split()]
             procs.append(subprocess.Popen(sim, env=env))
         total = 2 * args.bases + (1 if args.bases > 0 else 0)
         print(f"vkprovider and {total} simulated bases (versions 1.1.1 and 1.0.0 in zones zone-a..c, one demo base) "

@@ -51,6 +51,11 @@ class KubeCluster:
     managed: bool = False  # True when this test run started it
     state_dir: Path | None = field(default=None)
 
+    @property
+    def audit_log(self) -> Path | None:
+        """The apiserver's audit log of vkprovider's writes (the local cluster runs with --audit)."""
+        return self.state_dir / "logs" / "audit.log" if self.state_dir is not None else None
+
     def kubectl(self, *args: str, check: bool = True, input: str | None = None,
                 timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run kubectl as cluster admin; raises (with stderr) on failure when `check`."""
@@ -112,7 +117,7 @@ class _LocalCluster:
     def start(self) -> KubeCluster:
         grace = os.environ.get("VKPROVIDER_TEST_NODE_GRACE", "20s")
         cmd = [sys.executable, str(LOCALCLUSTER), "up", "--dir", str(self.dir),
-               "--node-monitor-grace-period", grace]
+               "--node-monitor-grace-period", grace, "--audit"]
         if not self.keep:  # a watchdog stops the cluster even if pytest is killed
             cmd += ["--owner-pid", str(os.getpid())] + (["--purge-on-owner-exit"] if self.purge else [])
         # In-process, so the components are children of this process and stay in its session: a CI runner

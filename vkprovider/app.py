@@ -33,7 +33,7 @@ from vkprovider.core.module import MODULE_LABEL_VALUE, MODULE_LABELS, is_module_
 from vkprovider.kube.client import ApiError, Kube
 from vkprovider.kube.events import EventRecorder
 from vkprovider.kube.informer import Informer, UnionCache
-from vkprovider.tunnels.base import Tunnel
+from vkprovider.tunnels.base import Refusal, Tunnel
 
 log = logging.getLogger("vkprovider")
 
@@ -57,17 +57,62 @@ def default_address() -> str:
     return "127.0.0.1"
 
 
+class TokenBucket:
+    """``rate`` per second, up to ``burst`` at once (new base identities accepted)."""
+
+    def __init__(self, rate: float, burst: int, clock: Any) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._clock = clock
+        self._at = clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
 class BaseEventSink:
-    """What tunnels report lands here: the registry is updated and the right controllers are queued."""
+    """What tunnels report lands here: admitted (or refused), recorded in the registry, the controllers queued.
+
+    Admission: a new identity is refused with 429 beyond VKP_MAX_VNODES bases or VKP_NEW_BASES_PER_SECOND (a
+    flood never touches the bases already known); an identity heartbeating from a new address while its base is
+    alive at another is refused with 409 unless a credential proved it (no impostor can move a live base).
+    """
 
     def __init__(self, settings: Settings, registry: BaseRegistry) -> None:
         self.settings = settings
         self.registry = registry
         self.nodes: NodeController | None = None
         self.modules: ModuleController | None = None
+        self._new_bases = TokenBucket(settings.new_bases_per_second, settings.new_bases_burst, registry.clock)
 
-    def on_heartbeat(self, heartbeat: BaseHeartbeat) -> None:
-        before = self.registry.get(vnode.node_name(heartbeat.identity, self.settings.env))
+    def address_of(self, identity: str) -> str | None:
+        view = self.registry.get(vnode.node_name(identity, self.settings.env))
+        if view is None or view.last_heard is None:
+            return None
+        return view.heartbeat.ip
+
+    def on_heartbeat(self, heartbeat: BaseHeartbeat, *, authenticated: bool = False) -> Refusal | None:
+        node = vnode.node_name(heartbeat.identity, self.settings.env)
+        before = self.registry.get(node)
+        if before is None:
+            if len(self.registry) >= self.settings.max_vnodes:
+                return Refusal(429, f"this vkprovider serves VKP_MAX_VNODES={self.settings.max_vnodes} bases",
+                               "capped")
+            if not self._new_bases.take():
+                return Refusal(429, "too many new bases at once (VKP_NEW_BASES_PER_SECOND); try again", "rate_limited")
+        elif not authenticated and before.last_heard is not None and not before.deactivated:
+            moved = (before.heartbeat.ip, before.heartbeat.port) != (heartbeat.ip, heartbeat.port)
+            alive = before.silent_for(self.registry.clock()) <= self.settings.base_unreachable_after_s
+            if moved and alive and before.heartbeat.tunnel == heartbeat.tunnel:
+                return Refusal(409, f"identity {heartbeat.identity} is alive at {before.heartbeat.ip}:"
+                               f"{before.heartbeat.port}; moving it needs a credential", "conflict")
         was = before.readiness(self.registry.clock(), self.settings.base_unreachable_after_s) if before else None
         read_before = before.ledger.read_needed() if before else False
         view, heard = self.registry.heartbeat(heartbeat)
@@ -77,6 +122,7 @@ class BaseEventSink:
             self.nodes.queue.add(view.node)
         if self.modules is not None and (was != readiness or (view.ledger.read_needed() and not read_before)):
             self.modules.on_base_changed(view.node)
+        return None
 
     def on_health(self, identity: str, health: BaseHealth) -> None:
         node = vnode.node_name(identity, self.settings.env)
@@ -154,6 +200,14 @@ class Provider:
         for name in GO_ONLY_VARIABLES:
             if os.environ.get(name):
                 log.info("%s is set but has no effect in vkprovider (a Go ModuleController setting)", name)
+        if s.allow_unauthenticated_bases:
+            log.warning("VKP_ALLOW_UNAUTHENTICATED_BASES=true: any client that reaches the heartbeat port may "
+                        "register a base and receive its modules (see docs/security.md)")
+        elif s.http_tunnel_enabled and not (s.heartbeat_secret or s.heartbeat_secret_file or s.heartbeat_token
+                                            or s.http_client_ca):
+            log.warning("no heartbeat credential is configured (VKP_HEARTBEAT_SECRET, VKP_HTTP_CLIENT_CA or "
+                        "VKP_HEARTBEAT_TOKEN): every HTTP heartbeat is refused; unchanged bases need "
+                        "VKP_ALLOW_UNAUTHENTICATED_BASES=true")
         if not s.kubelet_enabled and s.kubelet_address:
             log.info("VKP_KUBELET_ADDRESS is set but KUBELET_PROXY_ENABLED=false: the kubelet API is off")
         # Listeners first: a port in use ends the start before anything is written to the cluster.

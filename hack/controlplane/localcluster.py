@@ -124,8 +124,9 @@ CLIENTS: dict[str, tuple[str, str | None]] = {  # file stem -> (CN, O)
     "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", "system:masters"),
 }
 
-# With --audit: every write of vkprovider's identity to Nodes, Pods and Leases (Leases with their request and response,
-# so a hand-over's new holder and the order of writes show), with its User-Agent (which names the replica): tests see which replica wrote what.
+# With --audit: every write of vkprovider's identity to Nodes, Pods and Leases (Leases with their request and
+# response, so a hand-over's new holder and the order of writes show), with its User-Agent (which names the
+# replica): tests see which replica wrote what.
 AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: ["RequestReceived"]

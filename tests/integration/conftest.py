@@ -18,8 +18,9 @@ import aiomqtt
 import orjson
 import pytest
 
-from tests.integration.harness import ProviderProcess, SimProcess
+from tests.integration.harness import TEST_SECRET, ProviderProcess, SimProcess
 from tests.mqtt_broker import MqttBroker
+from vkprovider.core.credentials import base_token
 from vkprovider.kube.client import Kube
 
 TUNNELS = ["http", "mqtt"]
@@ -115,8 +116,9 @@ async def send_heartbeat(env_name: str, broker: MqttBroker | None) -> AsyncItera
     async with aiohttp.ClientSession() as http:
         if broker is None:
             async def post(provider: ProviderProcess, identity: str, body: bytes) -> int | None:
-                async with http.post(provider.endpoint + "/heartbeat", data=body,
-                                     headers={"Content-Type": "application/json"}) as resp:
+                headers = {"Content-Type": "application/json",
+                           "Authorization": f"Bearer {base_token(TEST_SECRET.encode(), identity)}"}
+                async with http.post(provider.endpoint + "/heartbeat", data=body, headers=headers) as resp:
                     return resp.status
 
             yield post

@@ -21,6 +21,8 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parents[2]
 LOGS = ROOT / ".local" / "test-logs"
+#: The heartbeat secret of test providers; simulated bases derive their own tokens from it (secure by default).
+TEST_SECRET = "vkprovider-test-secret-0123456789"
 
 
 def free_port() -> int:
@@ -49,6 +51,7 @@ class ProviderProcess:
             "VKP_PROBE_PORT": str(self.probe_port),
             "KUBELET_PROXY_PORT": str(self.kubelet_port),
             "VKP_KUBELET_ADDRESS": "127.0.0.1",
+            "VKP_HEARTBEAT_SECRET": TEST_SECRET,
             "VKP_LOG_LEVEL": "INFO",
             "VKP_BASE_UNREACHABLE_AFTER": "8",
             "VKP_BASE_DEAD_AFTER": "40",
@@ -100,8 +103,9 @@ class ProviderProcess:
 class SimProcess:
     """`vkprovider sim` with its control API."""
 
-    def __init__(self, endpoint: str, *args: str, name: str = "sim") -> None:
-        self.args = ["--endpoint", endpoint, "--control-port", "0", *args]
+    def __init__(self, endpoint: str, *args: str, name: str = "sim", secret: str | None = TEST_SECRET) -> None:
+        self.args = ["--endpoint", endpoint, "--control-port", "0", *(["--token-secret", secret] if secret else []),
+                     *args]
         self.proc: subprocess.Popen[bytes] | None = None
         self.control = ""
         LOGS.mkdir(parents=True, exist_ok=True)

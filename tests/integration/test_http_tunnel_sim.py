@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from vkprovider.config import Settings
+from vkprovider.core.credentials import base_token
 from vkprovider.core.model import (
     BaseHealth,
     BaseHeartbeat,
@@ -29,10 +30,11 @@ from vkprovider.core.model import (
     CommandOutcome,
 )
 from vkprovider.sim import ArkletBehaviour, SimConfig, Simulator
-from vkprovider.tunnels.base import TunnelError
+from vkprovider.tunnels.base import Refusal, TunnelError
 from vkprovider.tunnels.http_tunnel import HttpTunnel
 
 MAX_BODY = 4096
+SECRET = "tunnel-test-secret"
 INSTALL_LATENCY = 0.3
 
 
@@ -43,8 +45,13 @@ class RecordingEvents:
         self.heartbeats: list[BaseHeartbeat] = []
         self.baseline_asked: list[BaseMetadata] = []
 
-    def on_heartbeat(self, heartbeat: BaseHeartbeat) -> None:
+    def on_heartbeat(self, heartbeat: BaseHeartbeat, *, authenticated: bool = False) -> Refusal | None:
         self.heartbeats.append(heartbeat)
+        return None
+
+    def address_of(self, identity: str) -> str | None:
+        latest = self.latest().get(identity)
+        return latest.ip if latest is not None else None
 
     def on_health(self, identity: str, health: BaseHealth) -> None:
         raise AssertionError("the HTTP tunnel returns health to its caller")
@@ -68,9 +75,15 @@ def _settings(**overrides: Any) -> Settings:
         "arklet_query_timeout_s": 1.0,
         "arklet_install_timeout_s": 3.0,
         "arklet_max_inflight_per_base": 2,
+        "heartbeat_secret": SECRET,
+        "base_networks": "10.0.0.0/8",  # VALID's localIP; the address rule has its own tests (test_security)
     }
     values.update(overrides)
     return Settings(**values)
+
+
+def _auth(identity: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {base_token(SECRET.encode(), identity)}"}
 
 
 class Env:
@@ -101,6 +114,7 @@ async def env() -> AsyncIterator[Env]:
             heartbeat_first_spread_s=0.1,
             zones=("zone-a", "zone-b"),
             stack="java",
+            token_secret=SECRET,
             control_port=0,
             seed=1,
             behaviour=ArkletBehaviour(
@@ -144,7 +158,7 @@ async def test_query_baseline(env: Env) -> None:
     meta = {"clusterName": "default", "identity": "sim-0000", "name": "base", "version": "1.0.0"}
     async with aiohttp.ClientSession() as session:
         async with session.post(
-            f"http://127.0.0.1:{env.tunnel.port}/queryBaseline", data=orjson.dumps(meta)
+            f"http://127.0.0.1:{env.tunnel.port}/queryBaseline", data=orjson.dumps(meta), headers=_auth("sim-0000")
         ) as r:
             assert r.status == 200
             assert await r.json() == [
@@ -441,7 +455,7 @@ async def test_fuzzed_heartbeats_are_all_rejected_and_the_server_keeps_serving()
             assert all(400 <= s < 500 for s in statuses), sorted(set(statuses))
             assert {400, 413} <= set(statuses)
             assert events.heartbeats == []
-            async with session.post(url, data=orjson.dumps(VALID)) as resp:
+            async with session.post(url, data=orjson.dumps(VALID), headers=_auth("10.0.0.5")) as resp:
                 assert (resp.status, await resp.text()) == (200, "SUCCESS")
         assert [hb.identity for hb in events.heartbeats] == ["10.0.0.5"]
         rejected_after = sum(
@@ -455,7 +469,7 @@ async def test_fuzzed_heartbeats_are_all_rejected_and_the_server_keeps_serving()
 
 async def test_heartbeat_token() -> None:
     events = RecordingEvents()
-    tunnel = HttpTunnel(_settings(heartbeat_token="s3cret"))
+    tunnel = HttpTunnel(_settings(heartbeat_token="s3cret", heartbeat_secret=None))
     await tunnel.start(events)
     url = f"http://127.0.0.1:{tunnel.port}/heartbeat"
     try:
@@ -477,7 +491,7 @@ async def test_heartbeat_token() -> None:
 
 async def test_sim_with_token_is_accepted() -> None:
     events = RecordingEvents()
-    tunnel = HttpTunnel(_settings(heartbeat_token="tok"))
+    tunnel = HttpTunnel(_settings(heartbeat_token="tok", heartbeat_secret=None))
     await tunnel.start(events)
     sim = Simulator(
         SimConfig(

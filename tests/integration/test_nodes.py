@@ -196,7 +196,7 @@ async def test_sigkilled_provider_adopts_its_nodes(admin, env_name, provider_fac
 
 async def test_deleted_node_is_recreated_and_base_changes_are_applied(admin, env_name, provider_factory,
                                                                       send_heartbeat):
-    provider = await provider_factory(VKP_ENV_TAINT="true")
+    provider = await provider_factory(VKP_ENV_TAINT="true", VKP_BASE_NETWORKS="127.0.0.0/8")
     identity = f"{env_name}-manual"
     body = {"baseMetadata": {"clusterName": "c1", "identity": identity, "name": "base", "version": "1.0.0"},
             "localHostName": "h1", "localIP": "127.0.0.1", "port": 1238, "state": "activated"}

@@ -21,6 +21,7 @@ from vkprovider.tunnels.mqtt_tunnel import (
     BASE_KINDS,
     DROP_REASONS,
     MessageDropped,
+    answer_subscriptions,
     baseline_topic,
     build_tls_context,
     command_topic,
@@ -58,13 +59,17 @@ def test_parse_topic(topic: str, expected: tuple[str, str] | None) -> None:
 def test_topics_follow_arklet_and_lowercase_the_env() -> None:
     assert command_topic("Dev", "sim-1", "installBiz") == "koupleless_dev/sim-1/installBiz"
     assert baseline_topic("DEV", "sim-1") == "koupleless_dev/sim-1/base/baseline"
+    # Every replica hears heartbeats and baseline requests of every base ...
     subs = subscriptions("Dev")
-    assert subs == [f"koupleless_dev/+/base/{kind}" for kind in BASE_KINDS]
-    assert "koupleless_dev/+/base/heart" in subs
-    assert "koupleless_dev/+/base/queryBaseline" in subs
+    assert subs == ["koupleless_dev/+/base/heart", "koupleless_dev/+/base/queryBaseline"]
+    # ... and only the replica commanding a base subscribes to its answers.
+    answers = answer_subscriptions("Dev", "b-1")
+    assert answers == [f"koupleless_dev/b-1/base/{k}" for k in ("health", "simpleBiz", "biz", "bizOperation",
+                                                                "batchInstallBizResponse")]
     # every subscription is parsed back by parse_topic (with a concrete identity)
-    for sub in subs:
+    for sub in subs + answers:
         assert parse_topic(sub.replace("+", "b-1"), "dev") is not None
+    assert set(BASE_KINDS) == {t.rsplit("/", 1)[1] for t in subs + answers}
 
 
 def test_open_envelope_returns_data() -> None:

@@ -49,6 +49,8 @@ RECONCILE = Backoff(initial_s=0.5, max_s=10.0)
 MQTT_RECONNECT = Backoff(initial_s=0.25, max_s=5.0)
 #: A pod status write that failed (the pod is retried, not its whole base).
 STATUS_WRITE = Backoff(initial_s=0.5, max_s=10.0)
+#: A query to a base (health, queryAllBiz) whose connection failed: retried within the same call.
+ARKLET_QUERY = Backoff(initial_s=0.1, max_s=1.0)
 #: A biz install that failed on the base: kubelet's CrashLoopBackOff shape (10 s doubling to 5 min).
 BIZ_INSTALL = Backoff(initial_s=2.0, max_s=300.0)
 #: A biz uninstall that failed (an orphan left in the JVM): retried, never in a tight loop.

@@ -60,7 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--identity-prefix", default="sim", help="identities are <prefix>-0000, <prefix>-0001, ...")
     add("--zone", default="", help="comma list of zones, assigned round-robin (topology.kubernetes.io/zone)")
     add("--stack", default=None, help="value of the base.koupleless.io/stack label the bases ask for")
-    add("--token", default=None, help="Bearer token sent with heartbeats")
+    add("--token", default=None, help="Bearer token sent with heartbeats (a token shared by every base)")
+    add("--token-secret", default=None,
+        help="each base sends its own token, derived from this secret (vkprovider's VKP_HEARTBEAT_SECRET)")
     add("--env", default="default", help="the bases' runtime env (used by the MQTT transport's topics)")
     add("--tunnel", choices=["http", "mqtt"], default="http", help="how bases talk to vkprovider")
     add("--mqtt-broker", default="127.0.0.1", help="MQTT broker host (--tunnel mqtt)")
@@ -132,6 +134,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         zones=tuple(z.strip() for z in args.zone.split(",") if z.strip()),
         stack=args.stack,
         token=args.token,
+        token_secret=args.token_secret,
         env=args.env,
         tunnel=args.tunnel,
         mqtt_broker=args.mqtt_broker,

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from vkprovider.core.credentials import base_token
 from vkprovider.sim.arklet import ArkletBehaviour, SimArklet
 from vkprovider.sim.http_transport import ArkletHttpServer, HeartbeatSender
 from vkprovider.sim.mqtt_transport import MqttBaseTransport, MqttSimConnection
@@ -42,6 +43,7 @@ class SimConfig:
     zones: tuple[str, ...] = ()
     stack: str | None = None
     token: str | None = None
+    token_secret: str | None = None  # per-base tokens: base_token(secret, identity), as `vkprovider token` prints
     env: str = "default"
     tunnel: str = "http"  # "http" or "mqtt"
     mqtt_broker: str = "127.0.0.1"
@@ -84,6 +86,13 @@ class SimBase:
             )
         else:
             self.server = ArkletHttpServer(lambda: self.arklet, config.host, port)
+
+    def token(self) -> str | None:
+        """The bearer token this base sends: its own (from the secret) or the shared one."""
+        config = self._sim.config
+        if config.token_secret:
+            return base_token(config.token_secret.encode(), self.identity)
+        return config.token
 
     @property
     def port(self) -> int:
@@ -150,7 +159,7 @@ class SimBase:
                 self.heartbeat_body,
                 interval_s=config.heartbeat_interval_s,
                 first_spread_s=config.heartbeat_first_spread_s,
-                token=config.token,
+                token=self.token(),
                 rng=random.Random(self._sim.rng.random()),
                 on_result=self._on_heartbeat,
             )

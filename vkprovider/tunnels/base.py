@@ -8,6 +8,7 @@ MQTT where the answer arrives on another topic.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from vkprovider.core.model import (
@@ -20,6 +21,15 @@ from vkprovider.core.model import (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a heartbeat is not accepted: an HTTP status, a reason for the sender, a metric label."""
+
+    status: int
+    reason: str
+    result: str
+
+
 class TunnelError(Exception):
     """The base could not be reached or did not answer (transport failure, timeout, garbage)."""
 
@@ -27,7 +37,13 @@ class TunnelError(Exception):
 class BaseEvents(Protocol):
     """What a tunnel reports. Implemented by the controllers; every method must return quickly."""
 
-    def on_heartbeat(self, heartbeat: BaseHeartbeat) -> None: ...
+    def on_heartbeat(self, heartbeat: BaseHeartbeat, *, authenticated: bool = False) -> Refusal | None:
+        """Accept a heartbeat, or say why not. ``authenticated``: a credential proved the identity."""
+        ...
+
+    def address_of(self, identity: str) -> str | None:
+        """The IP the live base of ``identity`` heartbeats from, if one is known."""
+        ...
 
     def on_health(self, identity: str, health: BaseHealth) -> None: ...
 

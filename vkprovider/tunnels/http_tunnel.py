@@ -12,19 +12,27 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import aiohttp
 import orjson
 from aiohttp import web
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
+from vkprovider import serving
 from vkprovider.config import Settings
 from vkprovider.core import wire
+from vkprovider.core.backoff import ARKLET_QUERY
+from vkprovider.core.credentials import TOKEN_PREFIX, token_matches
 from vkprovider.core.model import BaseHealth, BaseHeartbeat, BizInfo, BizSpec, CommandOutcome, CommandResult
+from vkprovider.core.sanitize import clean
+from vkprovider.serving import Served
 from vkprovider.tunnels import metrics
 from vkprovider.tunnels.base import BaseEvents, TunnelError
 from vkprovider.tunnels.metrics import HEARTBEATS_TOTAL, TUNNEL_REQUEST_SECONDS
@@ -76,87 +84,189 @@ def _error(reason: str, status: int) -> web.Response:
     return web.Response(body=orjson.dumps({"error": reason}), status=status, content_type="application/json")
 
 
+@dataclass(frozen=True, slots=True)
+class _Credential:
+    """What a heartbeat proved about who sent it."""
+
+    identity: str | None  # the identity the credential names (per-base token, client certificate), if any
+    shared: bool = False  # the shared VKP_HEARTBEAT_TOKEN (speaks for every base)
+
+
 class HttpTunnel:
-    """Tunnel over HTTP: heartbeat server plus arklet client. ``port`` is the bound port once started."""
+    """Tunnel over HTTP: heartbeat server plus arklet client. ``port`` is the bound port once started.
+
+    Who may speak for a base: a per-base token (HMAC of the identity with VKP_HEARTBEAT_SECRET), a client
+    certificate naming the identity (VKP_HTTP_CLIENT_CA), or the shared VKP_HEARTBEAT_TOKEN; with none of them
+    only when VKP_ALLOW_UNAUTHENTICATED_BASES says so. Where vkprovider will call a base: only at the address
+    the heartbeat came from, unless VKP_BASE_NETWORKS lists the networks bases may name in ``localIP``.
+    """
 
     name = TUNNEL_NAME
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._events: BaseEvents | None = None
-        self._runner: web.AppRunner | None = None
-        self._port: int | None = None
+        self._served: Served | None = None
         self._session: aiohttp.ClientSession | None = None
         self._limiter = _BaseLimiter(settings.arklet_max_inflight_per_base)
         self._no_batch: set[str] = set()  # bases (ip:port) whose arklet predates batchInstallBiz
         token = settings.heartbeat_token
-        self._expected_auth = f"Bearer {token}".encode() if token else None
+        self._shared_token = token.encode() if token else None
+        self._secret = settings.secret()
+        self._networks = settings.networks
+        self._max_answer = settings.arklet_max_answer_bytes
+        self._parsed: dict[bytes, BaseHeartbeat] = {}  # exact (credential, peer, body) -> heartbeat: no re-parse
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
     @property
     def port(self) -> int:
         """The port the heartbeat server listens on (useful when configured as 0)."""
-        if self._port is None:
+        if self._served is None:
             raise RuntimeError("HttpTunnel is not started")
-        return self._port
+        return self._served.port
+
+    @property
+    def authenticates(self) -> bool:
+        return bool(self._secret or self._shared_token or self._settings.http_client_ca)
 
     async def start(self, events: BaseEvents) -> None:
         self._events = events
-        app = web.Application(client_max_size=self._settings.http_max_body_bytes)
+        app = serving.application(client_max_size=self._settings.http_max_body_bytes)
         app.router.add_post("/heartbeat", self._on_heartbeat)
         app.router.add_post("/queryBaseline", self._on_query_baseline)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, self._settings.http_tunnel_host, self._settings.http_tunnel_port)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
-        log.info("http tunnel listening on %s:%d", self._settings.http_tunnel_host, self._port)
+        s = self._settings
+        self._served = await serving.serve(app, name="heartbeat", host=s.http_tunnel_host, port=s.http_tunnel_port,
+                                           setting="HTTP_TUNNEL_LISTEN_PORT", max_connections=s.http_max_connections,
+                                           header_timeout_s=s.http_header_timeout_s,
+                                           ssl_context=self._server_tls())
+        log.info("http tunnel listening on %s:%d (tls=%s, credentials=%s)", s.http_tunnel_host, self.port,
+                 self._settings.http_tls_cert is not None, self._auth_mode())
+
+    def _auth_mode(self) -> str:
+        accepted = (("per-base token", self._secret), ("client certificate", self._settings.http_client_ca),
+                    ("shared token", self._shared_token))
+        modes = [mode for mode, configured in accepted if configured]
+        if self._settings.allow_unauthenticated_bases:
+            modes.append("none (VKP_ALLOW_UNAUTHENTICATED_BASES)")
+        return ", ".join(modes) or "required, none configured: every heartbeat is refused"
+
+    def _server_tls(self) -> ssl.SSLContext | None:
+        s = self._settings
+        if not s.http_tls_cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(s.http_tls_cert, s.http_tls_key)
+        if s.http_client_ca:
+            context.load_verify_locations(s.http_client_ca)
+            context.verify_mode = ssl.CERT_OPTIONAL  # a base without a certificate may still use a token
+        return context
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._served is not None:
+            await self._served.stop()
+            self._served = None
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     # --- server: what bases send -------------------------------------------------------------------------
 
-    def _authorized(self, request: web.Request) -> bool:
-        if self._expected_auth is None:
-            return True
-        given = request.headers.get("Authorization", "").encode("utf-8", "replace")
-        return hmac.compare_digest(given, self._expected_auth)
+    def _credential(self, request: web.Request) -> _Credential | web.Response:
+        """The credential a request carries, or the 401 to answer."""
+        headers = request.headers.getall("Authorization", [])
+        if len(headers) > 1:
+            return _error("more than one Authorization header", 400)
+        presented = headers[0] if headers else ""
+        if presented:
+            scheme, _, token = presented.partition(" ")
+            token = token.strip()
+            if scheme.lower() != "bearer" or not token:
+                return _error("Authorization must be 'Bearer <token>'", 401)
+            if self._shared_token is not None and hmac.compare_digest(token.encode(), self._shared_token):
+                return _Credential(None, shared=True)
+            if token.startswith(TOKEN_PREFIX):
+                if self._secret is None:
+                    return _Credential(None)  # no secret to check it against: as if none were sent
+                return _Credential(token)  # checked against the identity once the body is read
+            return _error("unknown bearer token", 401)
+        peer = request.transport.get_extra_info("peercert") if request.transport is not None else None
+        if peer:
+            names = [v for k, v in (x[0] for x in peer.get("subject", ())) if k == "commonName"]
+            names += [v for k, v in peer.get("subjectAltName", ()) if k == "DNS"]
+            return _Credential("cert:" + "\x00".join(names))
+        return _Credential(None)
 
-    async def _read_body(self, request: web.Request) -> bytes | web.Response:
+    def _check_identity(self, credential: _Credential, identity: str) -> str | None:
+        """None when ``credential`` may speak for ``identity``, else why not."""
+        if credential.shared:
+            return None
+        proof = credential.identity
+        if proof is None:
+            if self._settings.allow_unauthenticated_bases:
+                return None
+            return "no credential (send 'Authorization: Bearer <token>' from `vkprovider token <identity>`)"
+        if proof.startswith("cert:"):
+            if identity in proof[5:].split("\x00"):
+                return None
+            return f"the client certificate does not name identity {identity!r}"
+        if self._secret is not None and token_matches(self._secret, identity, proof):
+            return None
+        return f"the token is not the one of identity {identity!r}"
+
+    def _address_refusal(self, peer: str | None, local_ip: str) -> str | None:
+        """vkprovider calls a base only where its heartbeat came from (no request forgery through localIP)."""
         try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return _error("body too large", 413)
+            address = ipaddress.ip_address(local_ip)
+        except ValueError:
+            return "localIP is not an IP address"
+        if any(address in network for network in self._networks):
+            return None
+        if peer is not None:
+            try:
+                if ipaddress.ip_address(peer) == address:
+                    return None
+            except ValueError:
+                pass
+        return (f"localIP {local_ip} is not the address the heartbeat came from ({peer}); list the bases' "
+                "networks in VKP_BASE_NETWORKS to allow it")
 
     async def _on_heartbeat(self, request: web.Request) -> web.Response:
         result = "error"
         try:
-            if not self._authorized(request):
+            credential = self._credential(request)
+            if isinstance(credential, web.Response):
                 result = "unauthorized"
-                return _error("missing or wrong bearer token", 401)
-            body = await self._read_body(request)
+                return credential
+            body = await serving.read_body(request, self._settings.http_header_timeout_s)
             if isinstance(body, web.Response):
-                result = "too_large"
+                result = "too_large" if body.status == 413 else "timeout" if body.status == 408 else "invalid"
                 return body
-            try:
-                heartbeat = wire.parse_heartbeat(body, tunnel=TUNNEL_NAME, env=self._settings.env)
-            except wire.WireError as exc:
-                result = "bad_json" if exc.kind == "json" else "invalid"
-                return _error(exc.reason, 400)
+            cache_key = f"{credential.identity}\x00{credential.shared}\x00{request.remote}\x00".encode() + body
+            heartbeat = self._parsed.get(cache_key)
+            if heartbeat is None:
+                try:
+                    heartbeat = wire.parse_heartbeat(body, tunnel=TUNNEL_NAME, env=self._settings.env)
+                except wire.WireError as exc:
+                    result = "bad_json" if exc.kind == "json" else "invalid"
+                    return _error(exc.reason, 400)
+                refusal = self._check_identity(credential, heartbeat.identity)
+                if refusal is not None:
+                    result = "unauthorized" if credential.identity is None else "forbidden"
+                    return _error(refusal, 401 if credential.identity is None else 403)
+                refusal = self._address_refusal(request.remote, heartbeat.ip)
+                if refusal is not None:
+                    result = "forbidden_address"
+                    return _error(refusal, 403)
+                if len(self._parsed) > 2 * self._settings.max_vnodes:
+                    self._parsed.clear()
+                self._parsed[cache_key] = heartbeat
             assert self._events is not None
-            self._events.on_heartbeat(heartbeat)
+            authenticated = credential.identity is not None or credential.shared
+            refused = self._events.on_heartbeat(heartbeat, authenticated=authenticated)
+            if refused is not None:
+                result = refused.result
+                return _error(refused.reason, refused.status)
             result = "accepted"
             return web.Response(text="SUCCESS")
         except (ConnectionError, asyncio.CancelledError):
@@ -168,16 +278,26 @@ class HttpTunnel:
             HEARTBEATS_TOTAL.labels(TUNNEL_NAME, result).inc()
 
     async def _on_query_baseline(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
-            return _error("missing or wrong bearer token", 401)
-        body = await self._read_body(request)
+        credential = self._credential(request)
+        if isinstance(credential, web.Response):
+            return credential
+        body = await serving.read_body(request, self._settings.http_header_timeout_s)
         if isinstance(body, web.Response):
             return body
         try:
             metadata = wire.parse_base_metadata(body, env=self._settings.env)
         except wire.WireError as exc:
             return _error(exc.reason, 400)
+        refusal = self._check_identity(credential, metadata.identity)
+        if refusal is not None:
+            return _error(refusal, 401 if credential.identity is None else 403)
         assert self._events is not None
+        if credential.identity is None and not credential.shared:
+            # No credential: the baseline of an identity goes only to that base's own address.
+            known = self._events.address_of(metadata.identity)
+            if known is None or known != request.remote:
+                return _error("the baseline of an identity is only given to that base (no credential: ask from "
+                              "the address it heartbeats from)", 403)
         try:
             specs = self._events.baseline(metadata)
         except Exception:
@@ -207,8 +327,16 @@ class HttpTunnel:
                 headers={"Content-Type": "application/json"},
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
             ) as resp:
-                # Arklet sends no Content-Length and closes after the body: read to EOF.
-                text = await resp.read()
+                # Arklet sends no Content-Length and closes after the body: read to EOF, but never more than
+                # VKP_ARKLET_MAX_ANSWER_BYTES (a base is not trusted with vkprovider's memory).
+                chunks: list[bytes] = []
+                size = 0
+                while chunk := await resp.content.read(65536):
+                    size += len(chunk)
+                    if size > self._max_answer:
+                        raise TunnelError(f"{where}: answer larger than {self._max_answer} bytes")
+                    chunks.append(chunk)
+                text = b"".join(chunks)
                 status = resp.status
         except TimeoutError:
             raise ArkletTimeout(f"{where}: no answer within {timeout_s:g}s") from None
@@ -217,7 +345,7 @@ class HttpTunnel:
         except aiohttp.ClientError as exc:
             raise TunnelError(f"{where}: {type(exc).__name__}: {exc}") from exc
         if status != 200:
-            raise TunnelError(f"{where}: HTTP {status}: {text[:200].decode('utf-8', 'replace')}")
+            raise TunnelError(f"{where}: HTTP {status}: {clean(text[:200].decode('utf-8', 'replace'), 200)}")
         try:
             return wire.decode_envelope(text)
         except wire.WireError as exc:
@@ -257,7 +385,7 @@ class HttpTunnel:
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(attempts),
-                wait=wait_exponential(multiplier=0.1, max=1.0),
+                wait=lambda state: ARKLET_QUERY.delay(state.attempt_number),
                 retry=retry_if_exception_type(_TransportError),
                 reraise=True,
             ):

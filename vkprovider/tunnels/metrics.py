@@ -11,7 +11,8 @@ from typing import Final
 
 from prometheus_client import Counter, Histogram
 
-HEARTBEAT_RESULTS: Final = ("accepted", "bad_json", "invalid", "too_large", "unauthorized", "error")
+HEARTBEAT_RESULTS: Final = ("accepted", "bad_json", "invalid", "too_large", "timeout", "unauthorized", "forbidden",
+                             "forbidden_address", "conflict", "rate_limited", "capped", "error")
 COMMANDS: Final = ("installBiz", "uninstallBiz", "batchInstallBiz", "health", "queryAllBiz")
 REQUEST_RESULTS: Final = ("success", "failed", "transport_error", "timeout")
 

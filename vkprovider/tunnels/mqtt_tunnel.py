@@ -485,7 +485,11 @@ class MqttTunnel:
                 result = "invalid"
                 raise MessageDropped("invalid", f"heartbeat of {heartbeat.identity} on the topic of {identity}")
             assert self._events is not None
-            self._events.on_heartbeat(heartbeat)
+            # Over MQTT the broker authenticates clients and its ACLs say who may publish on a base's topics.
+            refused = self._events.on_heartbeat(heartbeat, authenticated=True)
+            if refused is not None:
+                result = refused.result
+                raise MessageDropped("invalid", f"heartbeat of {identity}: {refused.reason}")
             result = "accepted"
         finally:
             HEARTBEATS_TOTAL.labels(TUNNEL_NAME, result).inc()
