@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from vkprovider import __version__
+from vkprovider import __version__, serving
 from vkprovider.config import GO_ONLY_VARIABLES, ConfigError, Settings
 from vkprovider.controllers.bases import BaseRegistry, Heard
 from vkprovider.controllers.bizlog import BizLog
@@ -167,16 +167,6 @@ def check_kubeconfig(settings: Settings) -> None:
                           "set KUBECONFIG to a kubeconfig file")
 
 
-async def listen(runner: web.AppRunner, host: str, port: int, variable: str, **kw: Any) -> web.TCPSite:
-    """Start a site; a port already in use is a configuration error naming the variable."""
-    site = web.TCPSite(runner, host, port, **kw)
-    try:
-        await site.start()
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {host}:{port} ({variable}): {exc.strerror or exc}") from None
-    return site
-
-
 class Provider:
     """A running vkprovider. ``start()`` returns once it serves; ``stop()`` undoes everything."""
 
@@ -189,7 +179,7 @@ class Provider:
         self.tunnels: list[Tunnel] = []
         self.informers: list[Informer] = []
         self._tasks: list[asyncio.Task[Any]] = []
-        self._runners: list[web.AppRunner] = []
+        self._served: list[serving.Served] = []
         self.keeper: LeaseKeeper | None = None
         self.bizlog = BizLog(settings.biz_log_lines)
         self.ready = False
@@ -286,6 +276,8 @@ class Provider:
         for tunnel in tunnel_list:
             try:
                 await tunnel.start(self.sink)
+            except serving.ListenError as exc:
+                raise ConfigError(str(exc)) from None
             except OSError as exc:
                 raise ConfigError(f"cannot start the {tunnel.name} tunnel: {exc}") from None
         self.ready = True
@@ -309,8 +301,8 @@ class Provider:
         if getattr(self, "events", None) is not None:
             with contextlib.suppress(Exception):
                 await self.events.close()
-        for runner in self._runners:
-            await runner.cleanup()
+        for served in self._served:
+            await served.stop()
         if self.kube is not None:
             await self.kube.close()
 
@@ -328,17 +320,21 @@ class Provider:
         async def metrics(_: web.Request) -> web.Response:
             return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-        probes = web.Application()
+        probes = serving.application()
         probes.add_routes([web.get("/healthz", healthz), web.get("/readyz", readyz)])
-        metrics_app = web.Application()
+        metrics_app = serving.application()
         metrics_app.add_routes([web.get("/metrics", metrics)])
         s = self.settings
-        for app, host, port, variable in ((probes, s.probe_host, s.probe_port, "VKP_PROBE_PORT"),
-                                          (metrics_app, s.metrics_host, s.metrics_port, "VKP_METRICS_PORT")):
-            runner = web.AppRunner(app, access_log=None, handle_signals=False)
-            await runner.setup()
-            self._runners.append(runner)
-            await listen(runner, host, port, variable)
+        for app, name, host, port, variable in (
+            (probes, "probes", s.probe_host, s.probe_port, "VKP_PROBE_PORT"),
+            (metrics_app, "metrics", s.metrics_host, s.metrics_port, "VKP_METRICS_PORT"),
+        ):
+            try:
+                self._served.append(await serving.serve(app, name=name, host=host, port=port, setting=variable,
+                                                        max_connections=256,
+                                                        header_timeout_s=s.http_header_timeout_s))
+            except serving.ListenError as exc:
+                raise ConfigError(str(exc)) from None
 
 
 async def run(settings: Settings) -> None:

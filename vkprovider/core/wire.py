@@ -32,6 +32,7 @@ from vkprovider.core.model import (
     CommandResult,
 )
 from vkprovider.core.node import identity_refusal
+from vkprovider.core.sanitize import clean
 
 __all__ = [
     "CONFLICT_MARKER",
@@ -85,6 +86,7 @@ class WireError(ValueError):
     """
 
     def __init__(self, reason: str, kind: str = "invalid") -> None:
+        reason = clean(reason, 300)  # it may quote what the sender sent: one safe line
         super().__init__(reason)
         self.reason = reason
         self.kind = kind
