@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from vkprovider import __version__, serving
 from vkprovider.config import GO_ONLY_VARIABLES, ConfigError, Settings
@@ -36,6 +36,10 @@ from vkprovider.kube.informer import Informer, UnionCache
 from vkprovider.tunnels.base import Refusal, Tunnel
 
 log = logging.getLogger("vkprovider")
+
+BUILD_INFO = Gauge("vkprovider_build_info", "Always 1: the vkprovider version and the Python it runs on.",
+                   ["version", "python_version"])
+BUILD_INFO.labels(__version__, platform.python_version()).set(1)
 
 _GOARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm",
            "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
@@ -167,6 +171,27 @@ def check_kubeconfig(settings: Settings) -> None:
                           "set KUBECONFIG to a kubeconfig file")
 
 
+class _KubeletSource:
+    """What the kubelet API reads, from the running provider (bound once the controllers exist)."""
+
+    def __init__(self, provider: Provider) -> None:
+        self._provider = provider
+
+    def pod(self, key: str) -> Any:
+        pods = getattr(self._provider, "pods", None)
+        return pods.get(key) if pods is not None else None
+
+    def serves(self, node: str) -> bool:
+        keeper = self._provider.keeper
+        return keeper is not None and keeper.may_write(node)
+
+    def lines(self, node: str, name: str, version: str) -> list[Any]:
+        return self._provider.bizlog.lines(node, name, version)
+
+    def follow(self, node: str, name: str, version: str) -> Any:
+        return self._provider.bizlog.follow(node, name, version)
+
+
 class Provider:
     """A running vkprovider. ``start()`` returns once it serves; ``stop()`` undoes everything."""
 
@@ -182,6 +207,8 @@ class Provider:
         self._served: list[serving.Served] = []
         self.keeper: LeaseKeeper | None = None
         self.bizlog = BizLog(settings.biz_log_lines)
+        self.kubelet: Any = None
+        self._modules_for_kubelet = _KubeletSource(self)
         self.ready = False
 
     async def start(self) -> None:
@@ -216,12 +243,22 @@ class Provider:
             raise ConfigError(f"cannot reach the Kubernetes API server: {exc}") from None
         git_version = str(server.get("gitVersion", "v0.0.0")).split("+", 1)[0]
         kubelet_address = (s.kubelet_address or default_address()) if s.kubelet_enabled else None
+        kubelet_port = s.kubelet_port
+        if kubelet_address is not None:
+            from vkprovider.kubelet.server import KubeletApi
+
+            self.kubelet = KubeletApi(s, kube, self._modules_for_kubelet, kubelet_address)
+            try:
+                await self.kubelet.start()
+            except serving.ListenError as exc:
+                raise ConfigError(str(exc)) from None
+            kubelet_port = self.kubelet.port
         node_cfg = vnode.NodeConfig(
             env=s.env,
             stack=s.node_stack,
             max_pods=s.node_max_pods,
             kubelet_version=f"{git_version}-vkprovider.{__version__}",
-            kubelet_port=s.kubelet_port,
+            kubelet_port=kubelet_port,
             env_taint=s.node_env_taint,
             architecture=s.node_architecture or default_architecture(),
             kubelet_address=kubelet_address,
@@ -301,6 +338,9 @@ class Provider:
         if getattr(self, "events", None) is not None:
             with contextlib.suppress(Exception):
                 await self.events.close()
+        if self.kubelet is not None:
+            with contextlib.suppress(Exception):
+                await self.kubelet.stop()
         for served in self._served:
             await served.stop()
         if self.kube is not None:

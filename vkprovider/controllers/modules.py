@@ -160,7 +160,7 @@ class ModuleController:
         self.events = events
         self.may_write = may_write
         self.clock = clock
-        self.bizlog = bizlog or BizLog(settings.biz_log_lines)
+        self.bizlog = bizlog if bizlog is not None else BizLog(settings.biz_log_lines)
         self.install_gate = install_gate
         self.queue = WorkQueue("module", self.reconcile, workers=max(settings.workers, 4))
         self.pods_by_node: dict[str, set[str]] = {}
@@ -777,6 +777,9 @@ class ModuleController:
             extra = f", replacing {', '.join(map(str, replaced))}" if replaced else ""
             log.info("installed %s on %s for %s in %.2fs%s", spec.key, node, names, took_s, extra, extra=context)
             self.bizlog.add(node, spec.name, spec.version, f"installed in {took_s:.2f}s: {message}{extra}")
+            reported = next((b for b in result.bizs if b.key == spec.key), None)
+            if reported is not None:
+                self.bizlog.add(node, spec.name, spec.version, f"state {reported.state.value}")
             for pod in pods:
                 self.events.normal(pod, "BizInstalled", f"biz {spec.key} installed on {node} in {took_s:.1f}s")
             if any(k.name == spec.name and k != spec.key for k in (view.ledger.bizs or {})):

@@ -164,7 +164,8 @@ class NodeController:
         if not self.keeper.may_write(node):
             return None
         stamp = iso_time(self.wall())
-        desired = vnode.node_status(view.heartbeat, view.health, self.cfg, readiness=readiness, silent_for_s=silent)
+        desired = vnode.node_status(view.heartbeat, view.health, self.cfg, readiness=readiness, silent_for_s=silent,
+                                    unreachable_after_s=self.settings.base_unreachable_after_s)
         if current is None:
             current = await self._create(view, vnode.with_times(desired, None, stamp), readiness)
             self._status_written[node] = now
@@ -235,7 +236,8 @@ class NodeController:
                 log.info("vnode %s Ready: base %s is back", node, view.heartbeat.identity, extra={"node": node})
             else:
                 why = ("the base said DEACTIVATED (shutting down)" if readiness is BaseReadiness.DEACTIVATED
-                       else f"no heartbeat from the base for {int(view.silent_for(self.clock()))}s")
+                       else f"no heartbeat or answer from the base for more than "
+                            f"{self.settings.base_unreachable_after_s:g}s")
                 reason = "BaseDeactivated" if readiness is BaseReadiness.DEACTIVATED else "BaseUnreachable"
                 self.events.warning(ref, "NodeNotReady", f"{reason}: {why}")
                 log.info("vnode %s not ready (%s): %s", node, reason, why, extra={"node": node})

@@ -2,7 +2,8 @@
 
 Adding a key that is already waiting does nothing; adding one that is being handled re-queues it once after the
 handler returns (so no change is lost and no key runs twice at once). A handler that raises is retried with
-per-key exponential backoff; ``add_after`` schedules timers. Metrics use the ``workqueue_*`` names.
+per-key backoff (``core.backoff``); ``add_after`` schedules timers. Metrics: client-go's ``workqueue_*`` and
+controller-runtime's ``controller_runtime_*`` names, so existing controller dashboards work unchanged.
 """
 
 from __future__ import annotations
@@ -18,21 +19,33 @@ from vkprovider.core.backoff import RECONCILE, Backoff
 
 log = logging.getLogger(__name__)
 
-QUEUE_DEPTH = Gauge("workqueue_depth", "Keys waiting in the queue.", ["name"])
-QUEUE_ADDS = Counter("workqueue_adds_total", "Keys added to the queue.", ["name"])
-QUEUE_RETRIES = Counter("workqueue_retries_total", "Keys re-queued after a failed handler.", ["name"])
-QUEUE_WORK = Histogram(
-    "workqueue_work_duration_seconds",
-    "How long handling one key takes.",
-    ["name"],
-    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60),
-)
-QUEUE_LATENCY = Histogram(
-    "workqueue_queue_duration_seconds",
-    "How long a key waits before a worker takes it.",
-    ["name"],
-    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60),
-)
+# client-go's workqueue metrics (controller-runtime labels them with name and controller, both the controller's
+# name) and controller-runtime's reconcile metrics: the names controller dashboards already use.
+_Q = ["name", "controller"]
+_BUCKETS = (0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60)
+QUEUE_DEPTH = Gauge("workqueue_depth", "Current depth of the workqueue.", _Q)
+QUEUE_ADDS = Counter("workqueue_adds_total", "Total number of adds handled by the workqueue.", _Q)
+QUEUE_RETRIES = Counter("workqueue_retries_total", "Total number of retries handled by the workqueue.", _Q)
+QUEUE_WORK = Histogram("workqueue_work_duration_seconds",
+                       "How long in seconds processing an item from the workqueue takes.", _Q, buckets=_BUCKETS)
+QUEUE_LATENCY = Histogram("workqueue_queue_duration_seconds",
+                          "How long in seconds an item stays in the workqueue before being requested.", _Q,
+                          buckets=_BUCKETS)
+QUEUE_UNFINISHED = Gauge("workqueue_unfinished_work_seconds",
+                         "How many seconds of work has been done that is in progress and hasn't been observed by "
+                         "work_duration. Large values indicate stuck threads.", _Q)
+QUEUE_LONGEST = Gauge("workqueue_longest_running_processor_seconds",
+                      "How many seconds has the longest running processor for the workqueue been running.", _Q)
+RECONCILES = Counter("controller_runtime_reconcile_total", "Total number of reconciliations per controller.",
+                     ["controller", "result"])
+RECONCILE_ERRORS = Counter("controller_runtime_reconcile_errors_total",
+                           "Total number of reconciliation errors per controller.", ["controller"])
+RECONCILE_TIME = Histogram("controller_runtime_reconcile_time_seconds", "Length of time per reconciliation per "
+                           "controller.", ["controller"], buckets=_BUCKETS)
+ACTIVE_WORKERS = Gauge("controller_runtime_active_workers", "Number of currently used workers per controller.",
+                       ["controller"])
+MAX_WORKERS = Gauge("controller_runtime_max_concurrent_reconciles",
+                    "Maximum number of concurrent reconciles per controller.", ["controller"])
 
 
 class Requeue(Exception):
@@ -60,9 +73,29 @@ class WorkQueue:
         self._failures: dict[str, int] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        for metric in (QUEUE_ADDS, QUEUE_RETRIES):
-            metric.labels(name)
-        QUEUE_DEPTH.labels(name).set(0)
+        self._started_at: dict[str, float] = {}  # key being handled -> when
+        self._depth = QUEUE_DEPTH.labels(name, name)
+        self._adds = QUEUE_ADDS.labels(name, name)
+        self._retries = QUEUE_RETRIES.labels(name, name)
+        self._work = QUEUE_WORK.labels(name, name)
+        self._latency = QUEUE_LATENCY.labels(name, name)
+        self._active_workers = ACTIVE_WORKERS.labels(name)
+        self._reconcile_time = RECONCILE_TIME.labels(name)
+        self._results = {r: RECONCILES.labels(name, r) for r in ("success", "error", "requeue", "requeue_after")}
+        self._errors = RECONCILE_ERRORS.labels(name)
+        self._depth.set(0)
+        MAX_WORKERS.labels(name).set(workers)
+        QUEUE_UNFINISHED.labels(name, name).set_function(self._unfinished)
+        QUEUE_LONGEST.labels(name, name).set_function(self._longest)
+
+    def _unfinished(self) -> float:
+        now = time.monotonic()
+        return sum(now - t for t in self._started_at.values())
+
+    def _longest(self) -> float:
+        if not self._started_at:
+            return 0.0
+        return time.monotonic() - min(self._started_at.values())
 
     def add(self, key: str) -> None:
         if key in self._active:
@@ -72,8 +105,8 @@ class WorkQueue:
             return
         self._waiting[key] = time.monotonic()
         self._queue.put_nowait(key)
-        QUEUE_ADDS.labels(self.name).inc()
-        QUEUE_DEPTH.labels(self.name).set(len(self._waiting))
+        self._adds.inc()
+        self._depth.set(len(self._waiting))
 
     def add_after(self, key: str, delay_s: float) -> None:
         """Add ``key`` after ``delay_s``; an earlier timer for the key wins over a later one."""
@@ -119,26 +152,37 @@ class WorkQueue:
         while True:
             key = await self._queue.get()
             added = self._waiting.pop(key, time.monotonic())
-            QUEUE_DEPTH.labels(self.name).set(len(self._waiting))
-            QUEUE_LATENCY.labels(self.name).observe(time.monotonic() - added)
+            self._depth.set(len(self._waiting))
+            self._latency.observe(time.monotonic() - added)
             self._active.add(key)
             started = time.monotonic()
+            self._started_at[key] = started
+            self._active_workers.inc()
             again: float | None = None
             try:
                 again = await self._handler(key)
                 self._failures.pop(key, None)
+                self._results["success" if again is None else "requeue_after"].inc()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 failures = self._failures.get(key, 0) + 1
                 self._failures[key] = failures
                 again = self._backoff.delay(failures)
-                QUEUE_RETRIES.labels(self.name).inc()
-                if not isinstance(exc, Requeue):
+                self._retries.inc()
+                if isinstance(exc, Requeue):
+                    self._results["requeue"].inc()
+                else:
+                    self._results["error"].inc()
+                    self._errors.inc()
                     log.warning("%s: %s failed (retry %d in %.1fs): %s", self.name, key, failures, again, exc,
                                 exc_info=log.isEnabledFor(logging.DEBUG))
             finally:
-                QUEUE_WORK.labels(self.name).observe(time.monotonic() - started)
+                took = time.monotonic() - started
+                self._work.observe(took)
+                self._reconcile_time.observe(took)
+                self._started_at.pop(key, None)
+                self._active_workers.dec()
                 self._active.discard(key)
                 self._queue.task_done()
             if key in self._dirty:

@@ -216,6 +216,7 @@ def node_status(
     *,
     readiness: BaseReadiness,
     silent_for_s: float,
+    unreachable_after_s: float = 25.0,
 ) -> dict[str, object]:
     """The node status a base deserves, WITHOUT timestamps (see ``with_times``)."""
     capacity, allocatable = _resources(health, cfg)
@@ -229,7 +230,8 @@ def node_status(
             "type": "Ready",
             "status": "Unknown",
             "reason": "BaseUnreachable",
-            "message": f"no heartbeat from the base for {int(silent_for_s)}s",
+            # A stable message (not the seconds so far): the status is written once when the base goes silent.
+            "message": f"no heartbeat or answer from the base for more than {unreachable_after_s:g}s",
         }
     pressure = "False" if readiness is BaseReadiness.READY else "Unknown"
     conditions = [

@@ -58,18 +58,15 @@ _TOKEN_RECHECK_S = 1.0
 
 REQUESTS = Counter(
     "rest_client_requests_total",
-    "Kubernetes API requests by HTTP status code ('<error>' when no response) and method.",
-    ["code", "method"],
+    "Number of HTTP requests, partitioned by status code ('<error>' when no response), method, and host.",
+    ["code", "method", "host"],
 )
 REQUEST_DURATION = Histogram(
     "rest_client_request_duration_seconds",
-    "Kubernetes API request latency by verb (WATCH: time to the response headers).",
-    ["verb"],
+    "Request latency in seconds, by verb and host (WATCH: time to the response headers).",
+    ["verb", "host"],
     buckets=(0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0),
 )
-for _verb in ("GET", "POST", "PUT", "PATCH", "DELETE", "WATCH"):
-    REQUEST_DURATION.labels(_verb)
-    REQUESTS.labels("200", _verb)
 
 
 # --------------------------------------------------------------------------------------------- errors
@@ -368,6 +365,10 @@ class Kube:
                  max_inflight: int = 64, timeout_s: float = 30.0, server_hostname: str | None = None,
                  proxy: str | None = None, instance: str = "") -> None:
         self._host = host.rstrip("/")
+        self._host_label = host.split("://", 1)[-1].rstrip("/")  # client-go's host label: host:port
+        for verb in ("GET", "POST", "PUT", "PATCH", "DELETE", "WATCH"):
+            REQUEST_DURATION.labels(verb, self._host_label)
+            REQUESTS.labels("200", verb, self._host_label)
         self._session = session
         self._credentials = credentials
         self._sem = asyncio.Semaphore(max_inflight)
@@ -496,8 +497,8 @@ class Kube:
                 raise ApiConnectionError("Timeout", f"{method} timed out after {client_timeout.total}s",
                                          sent=True) from exc
             finally:
-                REQUEST_DURATION.labels(method).observe(time.perf_counter() - started)
-                REQUESTS.labels(code, method).inc()
+                REQUEST_DURATION.labels(method, self._host_label).observe(time.perf_counter() - started)
+                REQUESTS.labels(code, method, self._host_label).inc()
         if status >= 300:
             raise api_error_from_response(status, http_reason, raw, retry_after)
         if not raw:
@@ -648,8 +649,8 @@ class Kube:
         except TimeoutError as exc:
             raise ApiConnectionError("Timeout", "watch did not start in time", sent=True) from exc
         finally:
-            REQUEST_DURATION.labels("WATCH").observe(time.perf_counter() - started)
-            REQUESTS.labels(code, "WATCH").inc()
+            REQUEST_DURATION.labels("WATCH", self._host_label).observe(time.perf_counter() - started)
+            REQUESTS.labels(code, "WATCH", self._host_label).inc()
         try:
             if resp.status >= 300:
                 raw = await resp.read()

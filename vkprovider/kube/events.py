@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from prometheus_client import Counter
 
+from vkprovider.core.sanitize import clean
 from vkprovider.kube.client import ApiError, Kube
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 EventType = Literal["Normal", "Warning"]
 
 MAX_MESSAGE_CHARS = 1024
+SPAM_BURST = 25
+SPAM_REFILL_S = 300.0
 DEFAULT_NAMESPACE = "default"
 
 EVENTS_POSTED = Counter(
@@ -38,13 +41,13 @@ EVENTS_POSTED = Counter(
 )
 EVENTS_DROPPED = Counter(
     "vkprovider_events_dropped_total",
-    "Kubernetes Events not written, by reason (queue_full, error, no_loop, closed).",
+    "Kubernetes Events not written, by reason (queue_full, error, no_loop, closed, spam: over the per-object rate).",
     ["reason"],
 )
 for _t in ("Normal", "Warning"):
     for _a in ("created", "aggregated"):
         EVENTS_POSTED.labels(_t, _a)
-for _r in ("queue_full", "error", "no_loop", "closed"):
+for _r in ("queue_full", "error", "no_loop", "closed", "spam"):
     EVENTS_DROPPED.labels(_r)
 
 
@@ -72,9 +75,8 @@ def event_namespace(ref: Mapping[str, str]) -> str:
 
 
 def truncate_message(message: str) -> str:
-    if len(message) <= MAX_MESSAGE_CHARS:
-        return message
-    return message[: MAX_MESSAGE_CHARS - 3] + "..."
+    """One clean line of at most MAX_MESSAGE_CHARS (messages may quote what a base sent)."""
+    return clean(message, MAX_MESSAGE_CHARS)
 
 
 @dataclass(slots=True)
@@ -116,6 +118,7 @@ class EventRecorder:
         self._queues: list[asyncio.Queue[_Pending]] = [asyncio.Queue(per_queue) for _ in range(n)]
         self._tasks: list[asyncio.Task[None]] = []
         self._posted: OrderedDict[tuple[str, str, str, str], _Posted] = OrderedDict()
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # object -> (tokens, at)
         self._closed = False
 
     # ---------------------------------------------------------------------------- recording
@@ -136,7 +139,11 @@ class EventRecorder:
                 EVENTS_DROPPED.labels("no_loop").inc()
                 return
             ref = object_reference(obj)
-            pending = _Pending(ref, type_, reason, truncate_message(message), self._clock())
+            now = self._clock()
+            if not self._allow(ref, now):
+                EVENTS_DROPPED.labels("spam").inc()
+                return
+            pending = _Pending(ref, type_, reason, truncate_message(message), now)
             queue = self._queues[zlib.crc32(repr(self._key(pending)).encode()) % len(self._queues)]
             queue.put_nowait(pending)
         except asyncio.QueueFull:
@@ -144,6 +151,18 @@ class EventRecorder:
         except Exception:
             EVENTS_DROPPED.labels("error").inc()
             log.exception("could not queue an event")
+
+    def _allow(self, ref: Mapping[str, str], now: float) -> bool:
+        """client-go's spam filter: per object a burst of SPAM_BURST Events, then one per SPAM_REFILL_S (a base
+        that flaps all day leaves a few Events, not thousands)."""
+        key = ref.get("uid") or f"{ref.get('kind')}/{ref.get('namespace')}/{ref.get('name')}"
+        tokens, at = self._buckets.pop(key, (float(SPAM_BURST), now))
+        tokens = min(float(SPAM_BURST), tokens + (now - at) / SPAM_REFILL_S)
+        allowed = tokens >= 1.0
+        self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
+        while len(self._buckets) > self._cache_size:
+            self._buckets.popitem(last=False)
+        return allowed
 
     async def flush(self, timeout_s: float | None = None) -> None:
         """Wait until every event queued so far has been posted (or dropped)."""

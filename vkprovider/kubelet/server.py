@@ -1,0 +1,293 @@
+"""The kubelet API of the vnodes this replica holds, shaped like virtual-kubelet's node/api, served over TLS.
+
+The apiserver calls a node's kubelet at the node's address and ``daemonEndpoints`` port for ``kubectl logs``,
+``exec``, ``attach`` and ``port-forward``. A vnode's address is the replica that holds it (``VKP_KUBELET_ADDRESS``,
+the pod IP; the address moves with a hand-over), so whichever replica the apiserver reaches serves the vnodes it
+holds and answers 404 for others. Routes exist only for what a Koupleless module can do:
+
+- ``GET /containerLogs/{namespace}/{pod}/{container}``: the biz's lifecycle log (``controllers.bizlog``) with
+  ``tailLines``, ``limitBytes``, ``sinceSeconds``, ``sinceTime``, ``timestamps`` and ``follow``;
+- exec, attach, run and port-forward: a clear "not supported for Koupleless modules" error.
+
+Authentication as the kubelet does it: a client certificate verified against the cluster's client CA (the
+``client-ca-file`` of ConfigMap kube-system/extension-apiserver-authentication, re-read every 10 minutes), or a
+bearer token through a TokenReview; neither is 401. Authorization through a SubjectAccessReview on
+``nodes/<vnode>`` with the kubelet's subresource mapping (``log`` for /logs, ``stats`` for /stats, else ``proxy``)
+and the verb of the HTTP method; denied is 403. Both answers are cached briefly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import ipaddress
+import logging
+import ssl
+import tempfile
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from vkprovider import serving
+from vkprovider.config import Settings
+from vkprovider.core.logview import format_line, parse_query, render
+from vkprovider.kube.client import ApiError, Kube
+
+log = logging.getLogger(__name__)
+
+CA_REFRESH_S = 600.0
+AUTHN_TTL_S = 60.0
+AUTHZ_TTL_S = 30.0
+DENY_TTL_S = 5.0
+NOT_SUPPORTED = ("{what} is not supported for Koupleless modules: a module is a biz inside its base's JVM, "
+                 "with no process or container of its own to {verb}")
+
+
+class LogLine(Protocol):
+    at: float
+    text: str
+
+
+class ModuleSource(Protocol):
+    """What the kubelet API needs from the controllers."""
+
+    def pod(self, key: str) -> Mapping[str, Any] | None: ...
+
+    def serves(self, node: str) -> bool: ...
+
+    def lines(self, node: str, name: str, version: str) -> list[Any]: ...
+
+    def follow(self, node: str, name: str, version: str) -> AsyncIterator[Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    name: str
+    groups: tuple[str, ...]
+
+
+def self_signed(address: str, directory: Path) -> tuple[Path, Path]:
+    """A serving certificate for ``address`` (files in ``directory``): when none is configured."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vkprovider-kubelet")])
+    now = dt.datetime.now(dt.UTC)
+    sans: list[x509.GeneralName] = [x509.DNSName("localhost")]
+    with contextlib.suppress(ValueError):
+        sans.append(x509.IPAddress(ipaddress.ip_address(address)))
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=365)).add_extension(x509.SubjectAlternativeName(sans), False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "kubelet.crt", directory / "kubelet.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+class KubeletApi:
+    def __init__(self, settings: Settings, kube: Kube, source: ModuleSource, address: str) -> None:
+        self._settings = settings
+        self._kube = kube
+        self._source = source
+        self._address = address
+        self._served: serving.Served | None = None
+        self._context: ssl.SSLContext | None = None
+        self._client_ca: str = ""
+        self._tokens: dict[str, tuple[float, User | None]] = {}
+        self._decisions: dict[tuple[str, tuple[str, ...], str, str, str], tuple[float, bool]] = {}
+        self._refresh: asyncio.Task[None] | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._served is not None
+        return self._served.port
+
+    async def start(self) -> None:
+        s = self._settings
+        if s.kubelet_tls_cert and s.kubelet_tls_key:
+            cert, key = Path(s.kubelet_tls_cert), Path(s.kubelet_tls_key)
+        else:
+            self._tmp = tempfile.TemporaryDirectory(prefix="vkprovider-kubelet-")
+            cert, key = self_signed(self._address, Path(self._tmp.name))
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(str(cert), str(key))
+        context.verify_mode = ssl.CERT_OPTIONAL  # a caller without a certificate may bring a bearer token
+        self._context = context
+        await self._load_client_ca()
+        app = serving.application()
+        app.router.add_get("/containerLogs/{namespace}/{pod}/{container}", self._container_logs)
+        for verb in ("exec", "attach", "run", "portForward"):
+            app.router.add_route("*", f"/{verb}/{{tail:.*}}", self._not_supported)
+        app.router.add_route("*", "/{tail:.*}", self._not_found)
+        self._served = await serving.serve(app, name="kubelet", host=s.kubelet_host, port=s.kubelet_port,
+                                           setting="KUBELET_PROXY_PORT", max_connections=1024,
+                                           header_timeout_s=s.http_header_timeout_s, ssl_context=context)
+        self._refresh = asyncio.create_task(self._refresh_forever(), name="kubelet-client-ca")
+        log.info("kubelet API on %s:%d (vnode address %s)", s.kubelet_host, self.port, self._address)
+
+    async def stop(self) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()
+        if self._served is not None:
+            await self._served.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    # --- authentication and authorization -----------------------------------------------------------------
+
+    async def _load_client_ca(self) -> None:
+        try:
+            cm = await self._kube.get("/api/v1/namespaces/kube-system/configmaps/extension-apiserver-authentication")
+        except ApiError as exc:
+            log.warning("cannot read the cluster's client CA (kube-system/extension-apiserver-authentication): "
+                        "%s; only bearer tokens are accepted", exc)
+            return
+        pem = str(((cm or {}).get("data") or {}).get("client-ca-file") or "")
+        if pem and pem != self._client_ca and self._context is not None:
+            self._context.load_verify_locations(cadata=pem)
+            self._client_ca = pem
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(CA_REFRESH_S)
+            await self._load_client_ca()
+
+    async def _authenticate(self, request: web.Request) -> User | None:
+        header = request.headers.get("Authorization", "")
+        if header.lower().startswith("bearer "):
+            return await self._token_user(header[7:].strip())
+        peer = request.transport.get_extra_info("peercert") if request.transport is not None else None
+        if peer:  # verified against the client CA by the TLS handshake
+            subject = [pair for rdn in peer.get("subject", ()) for pair in rdn]
+            cn = next((v for k, v in subject if k == "commonName"), "")
+            groups = tuple(v for k, v in subject if k == "organizationName")
+            return User(cn, groups) if cn else None
+        return None
+
+    async def _token_user(self, token: str) -> User | None:
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        now = time.monotonic()
+        cached = self._tokens.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        review = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}
+        try:
+            answer = await self._kube.create("/apis/authentication.k8s.io/v1/tokenreviews", review, field_manager=None)
+        except ApiError as exc:
+            log.warning("TokenReview failed: %s", exc)
+            return None
+        status = (answer or {}).get("status") or {}
+        user = None
+        if status.get("authenticated"):
+            info = status.get("user") or {}
+            user = User(str(info.get("username") or ""), tuple(str(g) for g in info.get("groups") or ()))
+        if len(self._tokens) > 10_000:
+            self._tokens.clear()
+        self._tokens[digest] = (now + (AUTHN_TTL_S if user else DENY_TTL_S), user)
+        return user
+
+    async def _authorized(self, user: User, node: str, subresource: str, verb: str) -> bool:
+        key = (user.name, user.groups, node, subresource, verb)
+        now = time.monotonic()
+        cached = self._decisions.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                  "spec": {"user": user.name, "groups": list(user.groups),
+                           "resourceAttributes": {"verb": verb, "resource": "nodes", "subresource": subresource,
+                                                  "name": node}}}
+        try:
+            answer = await self._kube.create("/apis/authorization.k8s.io/v1/subjectaccessreviews", review,
+                                             field_manager=None)
+            allowed = bool(((answer or {}).get("status") or {}).get("allowed"))
+        except ApiError as exc:
+            log.warning("SubjectAccessReview failed: %s", exc)
+            return False
+        if len(self._decisions) > 10_000:
+            self._decisions.clear()
+        self._decisions[key] = (now + (AUTHZ_TTL_S if allowed else DENY_TTL_S), allowed)
+        return allowed
+
+    async def _check(self, request: web.Request, node: str, subresource: str = "proxy") -> web.Response | None:
+        user = await self._authenticate(request)
+        if user is None:
+            return web.Response(status=401, text="Unauthorized")
+        verb = {"GET": "get", "HEAD": "get", "POST": "create", "PUT": "update", "PATCH": "patch",
+                "DELETE": "delete"}.get(request.method, "get")
+        if not await self._authorized(user, node, subresource, verb):
+            return web.Response(status=403, text=f"Forbidden (user={user.name}, verb={verb}, resource=nodes, "
+                                                 f"subresource={subresource}, name={node})")
+        return None
+
+    # --- routes ---------------------------------------------------------------------------------------------
+
+    async def _container_logs(self, request: web.Request) -> web.StreamResponse:
+        namespace, name, container = (request.match_info[k] for k in ("namespace", "pod", "container"))
+        pod = self._source.pod(f"{namespace}/{name}")
+        node = str(((pod or {}).get("spec") or {}).get("nodeName") or "")
+        denied = await self._check(request, node or "unknown")
+        if denied is not None:
+            return denied
+        if pod is None or not self._source.serves(node):
+            return web.Response(status=404, text=f"pod {namespace}/{name} is not on a vnode this replica serves")
+        spec = next((c for c in (pod.get("spec") or {}).get("containers") or [] if c.get("name") == container), None)
+        if spec is None:
+            return web.Response(status=404, text=f"container {container} is not in pod {namespace}/{name}")
+        version = next((str(e.get("value")) for e in spec.get("env") or [] if e.get("name") == "BIZ_VERSION"), "")
+        query = parse_query(request.query, time.time())
+        if isinstance(query, str):
+            return web.Response(status=400, text=query)
+        body = render(((line.at, line.text) for line in self._source.lines(node, container, version)), query)
+        if not query.follow:
+            return web.Response(body=body, content_type="text/plain")
+        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await response.prepare(request)
+        await response.write(body)
+        sent = len(body)
+        async for line in self._source.follow(node, container, version):
+            if query.since is not None and line.at < query.since:
+                continue
+            chunk = format_line(line.at, line.text, query.timestamps)
+            if query.limit_bytes is not None:
+                chunk = chunk[: max(0, query.limit_bytes - sent)]
+                if not chunk:
+                    break
+            await response.write(chunk)
+            sent += len(chunk)
+            if self._source.pod(f"{namespace}/{name}") is None:
+                break
+        return response
+
+    async def _not_supported(self, request: web.Request) -> web.Response:
+        parts = request.path.strip("/").split("/")
+        what = {"exec": "exec", "attach": "attach", "run": "run", "portForward": "port-forward"}.get(parts[0], parts[0])
+        node = ""
+        if len(parts) >= 3:
+            pod = self._source.pod(f"{parts[1]}/{parts[2]}")
+            node = str(((pod or {}).get("spec") or {}).get("nodeName") or "")
+        denied = await self._check(request, node or "unknown")
+        if denied is not None:
+            return denied
+        verb = {"exec": "run a command in", "attach": "attach to", "run": "run a command in",
+                "port-forward": "forward ports of"}.get(what, what)
+        return web.Response(status=400, text=NOT_SUPPORTED.format(what=what, verb=verb))
+
+    async def _not_found(self, request: web.Request) -> web.Response:
+        denied = await self._check(request, "unknown")
+        if denied is not None:
+            return denied
+        return web.Response(status=404, text=f"{request.path}: not served for Koupleless modules")
