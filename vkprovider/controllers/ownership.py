@@ -39,6 +39,8 @@ STALL_S = 3.0  # a tick this late: the process was not running
 MEMBER_LABEL = "vkprovider.koupleless.io/member-of"
 
 HELD = Gauge("vkprovider_vnodes_held", "Vnodes whose Lease this replica holds.")
+UNHELD = Gauge("vkprovider_vnodes_unheld",
+               "Vnode Leases this replica sees with no live holder (empty, or unchanged for a lease duration).")
 MEMBERS = Gauge("vkprovider_replicas_live", "vkprovider replicas this replica sees alive (itself included).")
 LEASE_EVENTS = Counter(
     "vkprovider_lease_transitions_total",
@@ -221,6 +223,7 @@ class LeaseKeeper:
                 self._writes_in_flight.add(task)
                 task.add_done_callback(self._writes_in_flight.discard)
         HELD.set(len(self._held))
+        UNHELD.set(sum(1 for o in self._observed.values() if not o.facts.holder or own.expired(o, now)))
 
     def _settled(self, now: float) -> bool:
         """Hand vnodes over only once this replica has watched the members for a lease duration."""
