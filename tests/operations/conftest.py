@@ -34,12 +34,7 @@ from tests.integration.conftest import (  # noqa: F401 - fixtures, registered by
     tunnel,
 )
 from tests.integration.harness import LOGS, free_port
-
-REPO = Path(__file__).resolve().parents[2]
-ALERTS = REPO / "charts" / "vkprovider" / "files" / "alerts.yaml"
-DASHBOARD = REPO / "charts" / "vkprovider" / "files" / "dashboard.json"
-CHART = REPO / "charts" / "vkprovider"
-OPERATIONS_DOC = REPO / "docs" / "operations.md"
+from tests.operations.common import REPO
 
 
 def _find(binary: str) -> str | None:

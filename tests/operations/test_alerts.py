@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from tests.operations import promql
-from tests.operations.conftest import ALERTS, OPERATIONS_DOC
+from tests.operations.common import ALERTS, OPERATIONS_DOC
 
 UNIT_TESTS = Path(__file__).with_name("alerts_test.yaml")
 SEVERITIES = {"critical", "warning", "info"}
