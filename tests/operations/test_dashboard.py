@@ -7,33 +7,15 @@ as a ConfigMap (test_chart_files.py).
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from tests.operations import promql
-from tests.operations.common import DASHBOARD
+from tests.operations.common import DASHBOARD, dashboard, panels
+from tests.operations.common import dashboard_queries as queries
 
 DS = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
-
-
-def dashboard() -> dict[str, Any]:
-    return dict(json.loads(DASHBOARD.read_text()))
-
-
-def panels(board: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    for panel in board["panels"]:
-        yield panel
-        yield from panel.get("panels", [])  # a collapsed row keeps its panels inside
-
-
-def queries(board: dict[str, Any] | None = None) -> list[tuple[str, str]]:
-    """(panel title, PromQL) of every panel target."""
-    return [(p["title"], t["expr"]) for p in panels(board or dashboard()) if p["type"] != "row"
-            for t in p.get("targets", [])]
 
 
 def test_it_is_a_dashboard_on_a_data_source_variable() -> None:

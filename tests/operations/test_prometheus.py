@@ -2,10 +2,11 @@
 
 Prometheus runs on 127.0.0.1 with a 1 s scrape and evaluation interval, a temp TSDB and the chart's alert rules
 (charts/vkprovider/files/alerts.yaml) loaded through a plain scrape config (any job name: the rules find
-vkprovider by vkprovider_build_info). With two simulated bases Ready, every rule evaluates without error and no
-alert is pending or firing; then one base is stopped through the simulator's control API and the test measures,
-from the stop: vkprovider's own gauge (vkprovider_vnodes{ready="unknown"}), the Node's Ready turning Unknown, the
-series in Prometheus, and VkproviderBasesUnreachable pending and firing in Prometheus's /api/v1/alerts.
+vkprovider by vkprovider_build_info). With two simulated bases Ready, every rule evaluates without error, no
+alert is pending or firing, and every query of the Grafana dashboard runs and finds data. Then one base is
+stopped through the simulator's control API and the test measures, from the stop: vkprovider's own gauge
+(vkprovider_vnodes{ready="unknown"}), the Node's Ready turning Unknown, the series in Prometheus, and
+VkproviderBasesUnreachable pending and firing in Prometheus's /api/v1/alerts (and in ALERTS).
 
 The copy of the rules this test loads has VkproviderBasesUnreachable's `for:` rewritten from 5m to 5s (the only
 change), so the test takes seconds rather than minutes; the harness's provider declares a silent base
@@ -26,10 +27,12 @@ import aiohttp
 import yaml
 
 from tests.integration.harness import LOGS, wait_ready_vnodes, wait_until
-from tests.operations.common import ALERTS
+from tests.operations import promql
+from tests.operations.common import ALERTS, dashboard_queries
 from vkprovider.kube.client import Kube
 
 ALERT = "VkproviderBasesUnreachable"
+JOB = "vkprovider-under-test"  # any job name: the rules and the dashboard find vkprovider by its build info
 TEST_FOR = "5s"
 HEARTBEAT_S = 2
 
@@ -64,7 +67,7 @@ async def test_a_stopped_base_fires_the_unreachable_alert(admin: Kube, env_name:
     await wait_ready_vnodes(admin, env_name, 2, timeout_s=60)
     unreachable_after = float(provider.env["VKP_BASE_UNREACHABLE_AFTER"])
 
-    prom = prometheus([{"job_name": "vkprovider-under-test",
+    prom = prometheus([{"job_name": JOB,
                         "static_configs": [{"targets": [f"127.0.0.1:{provider.metrics_port}"]}]}],
                       rules_with_short_for())
 
@@ -85,6 +88,19 @@ async def test_a_stopped_base_fires_the_unreachable_alert(admin: Kube, env_name:
     assert [(r["name"], r.get("lastError")) for r in evaluated if r["health"] != "ok"] == []
     active = (await prom.api(http, "alerts"))["alerts"]
     assert active == [], f"alerts on a healthy vkprovider: {active}"
+
+    # Every dashboard query runs on the real series, and shows data when vkprovider exports its metrics.
+    exported = {promql.family_of(line.split("{")[0].split(" ")[0])
+                for line in (await provider.metrics()).splitlines() if line and not line.startswith("#")}
+    empty = []
+    for title, expr in dashboard_queries():
+        concrete = (expr.replace("$__rate_interval", "10s").replace('"$job"', f'"{JOB}"')
+                    .replace('"$instance"', '".*"'))
+        result = await query(concrete)
+        families = {promql.family_of(s.metric) for s in promql.selectors(expr)} - {"up"}
+        if not result and families <= exported:
+            empty.append((title, concrete))
+    assert empty == [], f"dashboard queries with no data: {empty}"
 
     identity = (await sim.bases())[0]["identity"]
     node_name = f"vnode.{identity}.{env_name}"
@@ -115,9 +131,9 @@ async def test_a_stopped_base_fires_the_unreachable_alert(admin: Kube, env_name:
     series = await query(f'ALERTS{{alertname="{ALERT}", alertstate="firing"}}')
     assert len(series) == 1 and series[0]["metric"]["severity"] == "warning", series
 
-    assert firing["labels"] == {"alertname": ALERT, "job": "vkprovider-under-test", "severity": "warning"}
+    assert firing["labels"] == {"alertname": ALERT, "job": JOB, "severity": "warning"}
     assert firing["annotations"]["summary"] == "1 vnode(s) not Ready"
-    assert firing["annotations"]["description"].startswith("1 vnode(s) of vkprovider job vkprovider-under-test")
+    assert firing["annotations"]["description"].startswith(f"1 vnode(s) of vkprovider job {JOB}")
     assert firing["annotations"]["description"].endswith("See docs/operations.md#vkproviderbasesunreachable")
     others = {a["labels"]["alertname"] for a in (await prom.api(http, "alerts"))["alerts"]} - {ALERT}
     assert others == set(), f"only the unreachable alert is active, not {others}"
