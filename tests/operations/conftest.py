@@ -52,6 +52,9 @@ def prometheus_bins() -> dict[str, str]:
             done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
             if done.returncode != 0:
                 pytest.fail(f"cannot install prometheus ({' '.join(command)}): {done.stderr[-2000:]}", pytrace=False)
+        if Path("/run/systemd/system").is_dir():  # the package's own service would take :9090 (make run's metrics)
+            subprocess.run(["systemctl", "disable", "--now", "prometheus"], capture_output=True, timeout=60,
+                           check=False)
         found = {name: _find(name) for name in ("prometheus", "promtool")}
         if not all(found.values()):
             pytest.fail(f"the prometheus package is installed but binaries are missing: {found}", pytrace=False)
