@@ -27,6 +27,7 @@ from vkprovider.controllers.bizlog import BizLog
 from vkprovider.controllers.modules import ModuleController
 from vkprovider.controllers.nodes import NodeController
 from vkprovider.controllers.ownership import MEMBER_LABEL, LeaseKeeper
+from vkprovider.controllers.releases import ReleaseController
 from vkprovider.core import node as vnode
 from vkprovider.core.model import BaseHealth, BaseHeartbeat, BaseMetadata, BizInfo, BizSpec
 from vkprovider.core.module import MODULE_LABEL_VALUE, MODULE_LABELS, is_module_pod, trim_pod
@@ -270,9 +271,12 @@ class Provider:
             return datetime.now(UTC) + offset
 
         keeper = self.keeper = LeaseKeeper(s, kube, events, clock=self.clock, wall=wall)
+        def on_node(key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+            self.node_controller.on_node_change(key, old, new)
+            self.release_controller.on_node_change(key, old, new)
+
         nodes = Informer(kube, "/api/v1/nodes",
-                         label_selector=f"{vnode.LABEL_COMPONENT}=vnode,{vnode.LABEL_ENV}={s.env}",
-                         on_change=lambda key, old, new: self.node_controller.on_node_change(key, old, new))
+                         label_selector=f"{vnode.LABEL_COMPONENT}=vnode,{vnode.LABEL_ENV}={s.env}", on_change=on_node)
         leases = Informer(kube, f"/apis/coordination.k8s.io/v1/namespaces/{vnode.LEASE_NAMESPACE}/leases",
                           label_selector=vnode.LEASE_SELECTOR, on_change=keeper.on_lease_change,
                           resource="leases-vnode")
@@ -290,12 +294,22 @@ class Provider:
                               str((pod.get("spec") or {}).get("nodeName") or ""), s.env),
                           on_change=pods.notify, trim_object=trim_pod, resource="pods-pending-bound"))
         self.pods = pods
-        self.informers = [nodes, leases, members, *pods.informers]
+        releases = self.release_controller = ReleaseController(s, kube, events, nodes=nodes, pods=pods,
+                                                               members=keeper.live_members, clock=self.clock,
+                                                               wall=wall)
+        self.informers = [nodes, leases, members, *pods.informers, *releases.informers]
         self.node_controller = NodeController(s, kube, self.registry, nodes, keeper, tunnels, events, node_cfg,
                                               clock=self.clock, wall=wall)
         self.module_controller = ModuleController(s, kube, self.registry, pods, tunnels, events,
-                                                  may_write=keeper.may_write, clock=self.clock, bizlog=self.bizlog)
-        pods.set_on_change(self.module_controller.on_pod_change)
+                                                  may_write=keeper.may_write, clock=self.clock, bizlog=self.bizlog,
+                                                  revision_of=releases.revision_of, ready_hold=releases.ready_hold)
+
+        def on_pod(key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+            self.module_controller.on_pod_change(key, old, new)
+            releases.on_pod_change(key, old, new)
+
+        pods.set_on_change(on_pod)
+        releases.on_gate_changed.append(self.module_controller.on_base_changed)
         keeper.on_gained += [self.node_controller.on_gained, self.module_controller.on_gained]
         keeper.on_lost += [self.node_controller.on_lost, self.module_controller.on_lost]
         self.node_controller.on_base_changed.append(self.module_controller.on_base_changed)
@@ -308,6 +322,7 @@ class Provider:
         # Only now, with every cache full, may controllers decide anything (restart adoption, not replay).
         await self.node_controller.start()
         await self.module_controller.start()
+        await releases.start()
         await keeper.tick()  # take back what this replica held before a restart, at once
         self._tasks.append(asyncio.create_task(keeper.run(), name="lease-keeper"))
         for tunnel in tunnel_list:
@@ -329,7 +344,8 @@ class Provider:
         for tunnel in self.tunnels:
             with contextlib.suppress(Exception):
                 await tunnel.stop()
-        for controller in (getattr(self, "module_controller", None), getattr(self, "node_controller", None)):
+        for controller in (getattr(self, "release_controller", None), getattr(self, "module_controller", None),
+                           getattr(self, "node_controller", None)):
             if controller is not None:
                 await controller.stop()
         for task in self._tasks:

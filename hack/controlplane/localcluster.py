@@ -137,6 +137,8 @@ rules:
   resources:
   - group: "coordination.k8s.io"
     resources: ["leases"]
+  - group: "apps"
+    resources: ["deployments"]
 - level: Metadata
   users: ["vkprovider"]
   verbs: ["create", "update", "patch", "delete"]

@@ -96,7 +96,7 @@ def test_helm_lint_strict(tools: dict[str, str], variant: str) -> None:
 def test_rendered_objects(tools: dict[str, str]) -> None:
     assert sorted(d["kind"] for d in render(tools)) == DEFAULT_KINDS
     assert sorted(d["kind"] for d in render(tools, *VARIANTS["all-options"])) == sorted(
-        [*DEFAULT_KINDS, *CRD_KINDS])
+        [*DEFAULT_KINDS, *CRD_KINDS, "ConfigMap"])
     single = render(tools, "--set", "replicaCount=1")
     assert "PodDisruptionBudget" not in {d["kind"] for d in single}, "no PDB with one replica"
     minimal = render(tools, "--set", "rbac.create=false,serviceAccount.create=false,test.enabled=false")
@@ -242,9 +242,9 @@ def test_all_options(tools: dict[str, str]) -> None:
     assert spread[1]["labelSelector"] == {"matchLabels": {"app.kubernetes.io/instance": "all"}}
     assert one(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 2
     assert one(docs, "ServiceMonitor")["metadata"]["namespace"] == "monitoring"
-    (group,) = one(docs, "PrometheusRule")["spec"]["groups"]
-    assert [r["alert"] for r in group["rules"]] == ["VkproviderDown"]
-    assert group["rules"][0]["expr"] == 'up{job="vkp-all", namespace="vkp"} == 0'
+    assert one(docs, "PrometheusRule")["spec"]["groups"] == yaml.safe_load(
+        (CHART / "files" / "alerts.yaml").read_text())["groups"], "the rules file, rendered as it is"
+    assert one(docs, "ConfigMap")["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert one(docs, "Pod")["spec"]["containers"][0]["image"] == "registry.example.com/koupleless/vkprovider-test:0.1.0"
     svc = one(docs, "Service")["spec"]
     assert svc["type"] == "LoadBalancer" and svc["externalTrafficPolicy"] == "Local"

@@ -162,3 +162,28 @@ def test_failed_uninstall_backs_off():
     p = plan([], led)
     assert p.uninstall == () and p.wait_s == 2.0
     assert plan([], led, now=NOW + 2).uninstall == (V1.key,)
+
+
+def test_an_older_revision_of_the_same_workload_never_deactivates_the_newer_one():
+    """A ReplicaSet replaces an old pod that BizDeactivate turned away; the replacement (created later, so
+    "oldest first" would install it last and win) lands on a base where the Deployment's newer revision runs:
+    it is not installed, so the release cannot ping-pong. Pods of other workloads keep the creation order."""
+    new = PodWant("ns/new", (V2,), order="2026-01-01T00:00:00Z/new", workload="ns/Deployment/m", revision=3)
+    replacement = PodWant("ns/old", (V1,), order="2026-01-01T00:00:09Z/old", workload="ns/Deployment/m",
+                          revision=2)
+    led = ledger(V2)
+    p = plan([new, replacement], led)
+    assert p.install == () and p.uninstall == () and V1.key not in p.wanted
+    # Before the new one is installed, the old revision is not installed first either.
+    assert plan([new, replacement], ledger()).install == (V2,)
+    # A rollback makes the older template the newest revision: it wins in turn.
+    rollback = PodWant("ns/back", (V1,), order="2026-01-01T00:00:10Z/back", workload="ns/Deployment/m",
+                       revision=4)
+    p = plan([new, rollback], ledger(V2))
+    assert p.install == (V1,) and V2.key not in p.wanted
+    # Another workload's pod of an older version is not affected by this Deployment's revisions.
+    other = PodWant("ns/other", (V1,), order="2026-01-01T00:00:11Z/other", workload="ns/Deployment/x", revision=1)
+    assert plan([new, other], ledger(V2)).install == (V1,)
+    # Unknown revisions (0) fall back to the creation order.
+    unknown = PodWant("ns/old", (V1,), order="2026-01-01T00:00:09Z/old", workload="ns/Deployment/m")
+    assert plan([new, unknown], ledger(V2)).install == (V1,)

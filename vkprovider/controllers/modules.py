@@ -55,12 +55,15 @@ from vkprovider.core.podstatus import (
     BaseCondition,
     OpFacts,
     OpState,
+    is_ready_status,
     not_a_module_condition,
     pod_status,
     status_changed,
     status_patch,
     with_base_not_ready,
+    with_ready_held,
 )
+from vkprovider.core.release import HOLD_REASON
 from vkprovider.core.sanitize import MAX_LOG_TEXT, clean
 from vkprovider.kube.client import ApiError, Kube
 from vkprovider.kube.events import EventRecorder
@@ -150,8 +153,12 @@ class ModuleController:
         may_write: Callable[[str], bool],
         clock: Clock,
         bizlog: BizLog | None = None,
-        install_gate: Callable[[Mapping[str, Any]], str | None] | None = None,
+        revision_of: Callable[[Mapping[str, Any]], int] | None = None,
+        ready_hold: Callable[[Mapping[str, Any]], str | None] | None = None,
     ) -> None:
+        """``revision_of`` and ``ready_hold`` are the release controller's answers (a pod's Deployment revision;
+        why a pod of a batched release must not turn Ready yet); without them every pod has revision 0 and none
+        is held."""
         self.settings = settings
         self.kube = kube
         self.registry = registry
@@ -161,7 +168,8 @@ class ModuleController:
         self.may_write = may_write
         self.clock = clock
         self.bizlog = bizlog if bizlog is not None else BizLog(settings.biz_log_lines)
-        self.install_gate = install_gate
+        self.revision_of = revision_of or (lambda pod: 0)
+        self.ready_hold = ready_hold or (lambda pod: None)
         self.queue = WorkQueue("module", self.reconcile, workers=max(settings.workers, 4))
         self.pods_by_node: dict[str, set[str]] = {}
         self._tasks: dict[str, set[asyncio.Task[None]]] = {}  # node -> its command tasks
@@ -306,14 +314,13 @@ class ModuleController:
             if refusal is not None:
                 refused[key] = refusal
             finished = _finished_containers(pod)
-            gate = self.install_gate(pod) if self.install_gate is not None else None
             bizs = tuple(
                 spec for spec in modules.bizs
-                if spec.name not in finished and spec.key not in ledger.superseded
-                and refusal is None and (gate is None or spec.key in (ledger.bizs or {}))
+                if spec.name not in finished and spec.key not in ledger.superseded and refusal is None
             )
             wants.append(PodWant(key, bizs, terminating=is_terminating(pod), terminal=is_terminal(pod),
-                                 order=_order(pod), deadline=self._deadline(pod, now)))
+                                 order=_order(pod), deadline=self._deadline(pod, now), workload=workload_of(pod),
+                                 revision=self.revision_of(pod)))
         plan = plan_base(wants, ledger, now=now, orphan_grace_s=self.settings.module_orphan_grace_s)
         ledger.planned(plan.wanted, plan.released, plan.orphans)
         if readiness is BaseReadiness.READY and tunnel is not None and ledger.bizs is not None:
@@ -326,7 +333,7 @@ class ModuleController:
         if plan.finalize or plan.force_finalize:
             await asyncio.gather(*(self._finalize(node, key) for key in plan.finalize),
                                  *(self._force_finalize(node, view, key) for key in plan.force_finalize))
-        recheck = self._write_statuses(view, module_pods, modules_of, readiness, refused)
+        recheck = self._write_statuses(view, module_pods, modules_of, readiness, refused, plan.outranked)
         waits = [interval * (0.9 + 0.2 * random.random())]
         if recheck is not None:
             waits.append(recheck + 0.05)
@@ -469,6 +476,7 @@ class ModuleController:
         modules_of: Mapping[str, PodModules],
         readiness: BaseReadiness,
         refused: Mapping[str, str],
+        outranked: frozenset[tuple[str, BizKey]] = frozenset(),
     ) -> float | None:
         """Send the status of every pod on the base whose status changed (written in the background).
 
@@ -533,6 +541,10 @@ class ModuleController:
                     pod_bizs = {**pod_bizs, spec.key: BizInfo(spec.name, spec.version, BizState.DEACTIVATED,
                                                                (record,))}
                     continue
+                if (key, spec.key) in outranked and spec.key not in bizs:
+                    ops[spec.key] = OpFacts(OpState.OUTRANKED, f"a newer revision of this pod's workload has "
+                                            f"{spec.name} on the base; {spec.key} is not installed over it")
+                    continue
                 ops[spec.key] = self._op_facts(ledger, spec, refused.get(key), url)
             workload = workload_of(pod)
             pod_active = {b.name: b.key for b in pod_bizs.values() if b.state is BizState.ACTIVATED} or active
@@ -555,6 +567,10 @@ class ModuleController:
             desired = pod_status(pod, modules, pod_bizs, ops, base_ip=view.heartbeat.ip, now_iso=stamp,
                                  replaced_in_rollout=replaced, base=base, base_message=base_message,
                                  finished=finished)
+            if is_ready_status(desired):
+                hold = self.ready_hold(pod)
+                if hold is not None:
+                    desired = with_ready_held(desired, current, HOLD_REASON, hold, stamp)
             if desired["phase"] == "Pending" and not current.get("conditions") and base is BaseCondition.READY:
                 started = [self._install_started.get((view.node, spec.key)) for spec in modules.bizs]
                 if started and all(t is not None and now - t < PENDING_WRITE_DEFER_S for t in started):

@@ -11,6 +11,9 @@ old pod can never remove what a new pod installed. Further rules:
   first, so "the later install wins" (BizDeactivate) follows the order in which pods were created;
 - a biz wanted from another jar URL than it was installed from is reinstalled (``kubectl set image`` with the
   same BIZ_VERSION); the URL of the newest pod wanting the name:version wins;
+- of the pods of one workload (a Deployment's ReplicaSets) wanting one biz name on the base, only those of its
+  newest revision are installed: a ReplicaSet's replacement for an old pod that BizDeactivate turned away never
+  deactivates the newer version in turn, so a release cannot ping-pong;
 - an old version stays while a new version of the same name is being installed (install before remove);
 - failed commands wait for their backoff; an unowned biz of unknown origin waits ``orphan_grace_s``;
 - a deleted pod is finalized once its bizs are gone, or when its grace period is over (the biz then stays
@@ -40,6 +43,8 @@ class PodWant:
     terminal: bool = False
     order: str = ""
     deadline: float | None = None
+    workload: str | None = None
+    revision: int = 0  # the Deployment revision of the pod's ReplicaSet; 0 when unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,22 +58,34 @@ class BasePlan:
     force_finalize: tuple[str, ...] = ()
     orphans: Mapping[BizKey, float] = field(default_factory=dict)
     wait_s: float | None = None
+    outranked: frozenset[tuple[str, BizKey]] = frozenset()  # (pod, biz) left out for a newer revision
 
 
 def plan_base(pods: Iterable[PodWant], ledger: BaseLedger, *, now: float, orphan_grace_s: float) -> BasePlan:
     """Decide the next commands for one base (see the module docstring)."""
     pods = sorted(pods, key=lambda p: (p.order, p.key))
     live = [p for p in pods if not p.terminating and not p.terminal]
+    newest: dict[tuple[str, str], int] = {}
+    for pod in live:
+        if pod.workload is not None and pod.revision:
+            for spec in pod.bizs:
+                slot = (pod.workload, spec.name)
+                newest[slot] = max(newest.get(slot, 0), pod.revision)
     wanted: dict[BizKey, BizSpec] = {}
+    outranked: set[tuple[str, BizKey]] = set()
     first_wanted_by: dict[BizKey, str] = {}
     for pod in live:  # oldest first: the newest pod's URL overwrites, the oldest pod's order is kept
         for spec in pod.bizs:
+            if pod.workload is not None and pod.revision and newest[(pod.workload, spec.name)] > pod.revision:
+                outranked.add((pod.key, spec.key))
+                continue  # an older revision of the same workload: the newer one has this name here
             wanted[spec.key] = spec
             first_wanted_by.setdefault(spec.key, pod.order)
     released = frozenset({spec.key for p in pods if p.terminating for spec in p.bizs} - wanted.keys())
     actual = ledger.bizs
     if actual is None:
-        return BasePlan(wanted=frozenset(wanted), released=released, orphans=dict(ledger.orphan_since))
+        return BasePlan(wanted=frozenset(wanted), released=released, orphans=dict(ledger.orphan_since),
+                        outranked=frozenset(outranked))
 
     timers: list[float] = []
     inflight = ledger.inflight
@@ -146,4 +163,5 @@ def plan_base(pods: Iterable[PodWant], ledger: BaseLedger, *, now: float, orphan
         force_finalize=tuple(force),
         orphans=orphans,
         wait_s=min(timers) if timers else None,
+        outranked=frozenset(outranked),
     )

@@ -48,6 +48,7 @@ from vkprovider.core.module import PodModules
 from vkprovider.core.sanitize import clean
 
 REASON_BIZ_DEACTIVATE = "BizDeactivate"
+REASON_SUPERSEDED = "BizSuperseded"
 REASON_INSTALL_FAILED = "BizInstallFailed"
 
 
@@ -66,6 +67,7 @@ class OpState(enum.StrEnum):
     INSTALLING = "INSTALLING"
     INSTALL_FAILED = "INSTALL_FAILED"
     UNINSTALLING = "UNINSTALLING"
+    OUTRANKED = "OUTRANKED"  # not installed: a newer revision of the pod's workload has this biz on the base
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +117,8 @@ def _container_state(
     if biz is None:
         if op is not None and op.state is OpState.INSTALL_FAILED:
             return _waiting(REASON_INSTALL_FAILED, op.message), False
+        if op is not None and op.state is OpState.OUTRANKED:
+            return _waiting(REASON_SUPERSEDED, op.message), False
         return _waiting("ContainerCreating", op.message if op else ""), False
     record = biz.last_record
     message = record.message if record else ""
@@ -232,6 +236,8 @@ def pod_status(
                 elif failure is None:
                     failure = (REASON_BIZ_DEACTIVATE, terminated["message"])
             waiting = state.get("waiting")
+            if waiting and waiting["reason"] == REASON_SUPERSEDED and replaced is None:
+                replaced = (REASON_SUPERSEDED, str(waiting.get("message", "")))
             if waiting and waiting["reason"] in (REASON_INSTALL_FAILED, "BizBroken", "BizNotAllowed") \
                     and install_failure is None:
                 install_failure = f"{name}: {waiting.get('message', waiting['reason'])}"
@@ -269,7 +275,7 @@ def pod_status(
         ready_reason = base.value
     else:
         ready_reason = "ContainersNotReady"
-    if replaced is not None and phase == "Pending":
+    if replaced is not None and replaced[0] == REASON_BIZ_DEACTIVATE and phase == "Pending":
         phase = "Running"
     ready_message = clean(base_message) if ready_reason == base.value and base_message else None
     conditions = [
@@ -298,6 +304,20 @@ def pod_status(
     else:
         status["reason"], status["message"] = None, None
     return _with_times(status, current, now_iso)
+
+
+def is_ready_status(status: Mapping[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+
+
+def with_ready_held(status: Mapping[str, Any], current: Mapping[str, Any] | None, reason: str, message: str,
+                    now_iso: str) -> dict[str, Any]:
+    """``status`` with the pod's Ready condition held False (its containers stay ready): the batch gate of a
+    batched release, as a readiness gate would hold it."""
+    held = [_condition("Ready", False, reason, clean(message)) if c.get("type") == "Ready" else
+            {k: v for k, v in c.items() if k not in ("lastProbeTime", "lastTransitionTime")}
+            for c in status.get("conditions") or []]
+    return _with_times({**status, "conditions": held}, current or {}, now_iso)
 
 
 def _condition(kind: str, ok: bool, reason: str | None = None, message: str | None = None) -> dict[str, Any]:

@@ -1,0 +1,566 @@
+"""Release strategies on the cluster's own Deployments: peer replica sync and batched, pausable releases.
+
+The decisions are ``core.release``'s. This module watches what they need - Deployments that opt in (a peer label
+or a batches annotation), the module ReplicaSets (which template is whose, and each one's revision) - and writes
+the Deployments. Exactly one replica in the cluster writes: the holder of the ``vkprovider-<env>-releases`` Lease
+(:class:`Elector`, the same observed-time, fenced, resourceVersion-checked rules as the vnode Leases). Every
+replica answers the module controller's two questions from the same caches:
+
+- ``revision_of(pod)``: the Deployment revision of the pod's ReplicaSet (a base installs only the newest
+  revision of a workload's biz, so a release never ping-pongs, see ``core.plan``);
+- ``ready_hold(pod)``: why a pod of a batched release's new template must not turn Ready yet (the batch gate).
+
+Nothing here is remembered that the API does not hold, except the peer scale-down debounce, which a new writer
+starts afresh (so a failover delays a scale-down, never hastens one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+
+from vkprovider.config import Settings
+from vkprovider.controllers.bases import Clock
+from vkprovider.controllers.ownership import micro_time
+from vkprovider.controllers.queue import WorkQueue
+from vkprovider.core import ownership as own
+from vkprovider.core import release as rel
+from vkprovider.core.module import MODULE_LABEL_VALUE, MODULE_LABELS, is_terminal, is_terminating
+from vkprovider.kube.client import ApiError, Kube
+from vkprovider.kube.events import EventRecorder
+from vkprovider.kube.informer import Informer
+
+log = logging.getLogger(__name__)
+
+LEADER = Gauge("vkprovider_release_writer", "1 while this replica is the one that writes release decisions.")
+WRITES = Counter("vkprovider_release_writes_total",
+                 "Deployment writes by the release controller: replicas (peer sync), batch (batched releases).",
+                 ["kind"])
+for _kind in ("replicas", "batch"):
+    WRITES.labels(_kind)
+
+_KEPT_ANNOTATIONS = (rel.BATCHES, rel.CONFIRM, rel.CONFIRMED, rel.GREY_SECONDS, rel.MODE, rel.STATE,
+                     rel.REVISION_ANNOTATION)
+DIGEST = "templateDigest"  # the trimmed objects keep their template only as this digest
+
+
+def wants_release(deployment: Mapping[str, Any]) -> bool:
+    annotations = (deployment.get("metadata") or {}).get("annotations") or {}
+    return rel.is_peer(deployment) or rel.BATCHES in annotations
+
+
+def _trim_metadata(md: Mapping[str, Any]) -> dict[str, Any]:
+    kept = {k: md[k] for k in ("name", "namespace", "uid", "resourceVersion", "generation", "labels",
+                               "ownerReferences") if k in md}
+    annotations = md.get("annotations") or {}
+    kept["annotations"] = {k: annotations[k] for k in _KEPT_ANNOTATIONS if k in annotations}
+    return kept
+
+
+def trim_deployment(obj: dict[str, Any]) -> dict[str, Any]:
+    """What the release decisions read of a Deployment: a few hundred bytes instead of its whole template."""
+    spec = obj.get("spec") or {}
+    template = spec.get("template") or {}
+    pod_spec = template.get("spec") or {}
+    kept_pod_spec = {k: pod_spec[k] for k in ("nodeSelector", "affinity") if k in pod_spec}
+    return {
+        "metadata": _trim_metadata(obj.get("metadata") or {}),
+        "spec": {"replicas": spec.get("replicas"), "paused": spec.get("paused", False),
+                 "strategy": spec.get("strategy") or {}, "template": {"spec": kept_pod_spec}},
+        "status": {k: v for k, v in (obj.get("status") or {}).items()
+                   if k in ("observedGeneration", "replicas", "readyReplicas", "updatedReplicas")},
+        DIGEST: rel.template_digest(template),
+    }
+
+
+def trim_replicaset(obj: dict[str, Any]) -> dict[str, Any]:
+    spec = obj.get("spec") or {}
+    return {"metadata": _trim_metadata(obj.get("metadata") or {}), "spec": {"replicas": spec.get("replicas")},
+            DIGEST: rel.template_digest(spec.get("template") or {})}
+
+
+def parse(deployment: Mapping[str, Any]) -> rel.Release | str | None:
+    parsed = rel.parse_release(deployment)
+    if isinstance(parsed, rel.Release) and deployment.get(DIGEST):
+        parsed = _with_digest(parsed, str(deployment[DIGEST]))
+    return parsed
+
+
+def _with_digest(release: rel.Release, digest: str) -> rel.Release:
+    return replace(release, digest=digest)
+
+
+def _owner(obj: Mapping[str, Any], kind: str) -> str | None:
+    md = obj.get("metadata") or {}
+    for owner in md.get("ownerReferences") or []:
+        if owner.get("controller") and owner.get("kind") == kind:
+            return f"{md.get('namespace', '')}/{owner.get('name', '')}"
+    return None
+
+
+def _condition(pod: Mapping[str, Any], kind: str) -> bool:
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == kind:
+            return bool(cond.get("status") == "True")
+    return False
+
+
+def _ready_node(node: Mapping[str, Any]) -> bool:
+    return _condition(node, "Ready")
+
+
+class Elector:
+    """Holds the cluster-wide release Lease for this replica: acquire when free or expired (observed time),
+    renew, fence past the renew deadline, release on stop. ``leading()`` is asked right before every write."""
+
+    def __init__(self, settings: Settings, kube: Kube, *, members: Callable[[], list[str]], clock: Clock,
+                 wall: Callable[[], datetime]) -> None:
+        self.kube = kube
+        self.me = settings.client_id
+        self.name = f"vkprovider-{settings.env.lower()}-releases"[:253]
+        self.path = f"/apis/coordination.k8s.io/v1/namespaces/{settings.namespace}/leases"
+        self.members = members
+        self.clock = clock
+        self.wall = wall
+        self.timing = own.Timing(settings.node_lease_duration_s, settings.node_lease_renew_s,
+                                 settings.node_lease_renew_deadline_s)
+        self.poll_s = min(2.0, settings.node_lease_renew_s / 2)
+        self._observed: own.Observed | None = None
+        self._held: own.Held | None = None
+        self.on_change: list[Callable[[bool], None]] = []
+
+    def leading(self) -> bool:
+        return self._held is not None and not own.fenced(self._held, self.clock(), self.timing)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.step()
+            except asyncio.CancelledError:
+                raise
+            except ApiError as exc:
+                log.warning("release lease %s: %s", self.name, exc)
+            except Exception:
+                log.exception("release lease %s: step failed", self.name)
+            await asyncio.sleep(self.poll_s)
+
+    async def step(self) -> None:
+        now = self.clock()
+        was = self.leading()
+        if self._held is not None and not self.leading():
+            self._set(None, "renew deadline passed")
+        if self._held is not None and now - self._held.renewed_at < self.timing.renew_interval_s:
+            return
+        try:
+            lease = await self.kube.get(f"{self.path}/{self.name}")
+        except ApiError as exc:
+            if not exc.is_not_found:
+                raise
+            if was:
+                self._set(None, "its Lease was deleted")
+            if own.rendezvous(self.name, self.members()) == self.me:
+                await self._create()
+            return
+        facts = own.LeaseFacts.from_object(lease, self.timing.lease_duration_s)
+        self._observed = own.observe(self._observed, facts, now)
+        decision = own.decide(self.name, self._observed, me=self.me, members=self.members(), held=self._held,
+                              now=now, timing=self.timing, may_hand_off=False)
+        if decision.action is own.Action.FENCE:
+            self._set(None, decision.why)
+        elif decision.action in (own.Action.RENEW, own.Action.ACQUIRE):
+            await self._write(facts, decision.why if decision.action is own.Action.ACQUIRE else "")
+
+    async def _create(self) -> None:
+        stamp = micro_time(self.wall())
+        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": self.name, "labels": {own.MANAGED_BY_LABEL: own.MANAGED_BY}},
+                "spec": {"holderIdentity": self.me, "leaseDurationSeconds": int(self.timing.lease_duration_s),
+                         "acquireTime": stamp, "renewTime": stamp, "leaseTransitions": 0}}
+        sent = self.clock()
+        try:
+            answer = await self.kube.create(self.path, body)
+        except ApiError as exc:
+            if exc.is_already_exists:
+                return
+            raise
+        self._set(own.Held(sent, _rv(answer)), "created the release Lease")
+
+    async def _write(self, facts: own.LeaseFacts, why: str) -> None:
+        stamp = micro_time(self.wall())
+        spec: dict[str, Any] = {"holderIdentity": self.me, "renewTime": stamp,
+                                "leaseDurationSeconds": int(self.timing.lease_duration_s)}
+        if facts.holder != self.me:
+            spec["acquireTime"] = stamp
+            spec["leaseTransitions"] = facts.transitions + 1
+        sent = self.clock()
+        try:
+            answer = await self.kube.patch(f"{self.path}/{self.name}",
+                                           {"metadata": {"resourceVersion": facts.resource_version,
+                                                         "labels": {own.MANAGED_BY_LABEL: own.MANAGED_BY}},
+                                            "spec": spec}, kind="merge")
+        except ApiError as exc:
+            if exc.is_conflict or exc.is_not_found:
+                if self._held is not None:
+                    self._set(None, "the Lease was written by someone else")
+                return
+            raise
+        self._set(own.Held(sent, _rv(answer)), why)
+
+    async def release(self) -> None:
+        """On stop: give the Lease up (holder emptied), so another replica takes over within a poll."""
+        held, self._held = self._held, None
+        if held is None:
+            return
+        with contextlib.suppress(ApiError):
+            await self.kube.patch(f"{self.path}/{self.name}",
+                                  {"metadata": {"resourceVersion": held.resource_version},
+                                   "spec": {"holderIdentity": None}}, kind="merge")
+        self._notify(False, "stopping")
+
+    def _set(self, held: own.Held | None, why: str) -> None:
+        was = self._held is not None
+        self._held = held
+        if was != (held is not None):
+            self._notify(held is not None, why)
+
+    def _notify(self, leading: bool, why: str) -> None:
+        LEADER.set(1 if leading else 0)
+        log.info("%s writing release decisions%s", "now" if leading else "no longer", f" ({why})" if why else "")
+        for callback in self.on_change:
+            callback(leading)
+
+
+class ReleaseController:
+    def __init__(self, settings: Settings, kube: Kube, events: EventRecorder, *, nodes: Informer, pods: Any,
+                 members: Callable[[], list[str]], clock: Clock, wall: Callable[[], datetime]) -> None:
+        self.settings = settings
+        self.kube = kube
+        self.events = events
+        self.nodes = nodes
+        self.pods = pods
+        self.clock = clock
+        self.wall = wall
+        self.deployments = Informer(kube, "/apis/apps/v1/deployments", keep=wants_release,
+                                    trim_object=trim_deployment, on_change=self.on_deployment_change,
+                                    resource="deployments")
+        self.replicasets = UnionOfReplicaSets(kube, self.on_replicaset_change)
+        self.elector = Elector(settings, kube, members=members, clock=clock, wall=wall)
+        self.elector.on_change.append(self._on_leading)
+        self.queue = WorkQueue("release", self.reconcile, workers=2)
+        self.on_gate_changed: list[Callable[[str], None]] = []  # node names whose held pods may now be Ready
+        self._pods_of_rs: dict[str, set[str]] = {}  # "ns/replicaset" -> pod keys
+        self._rs_of_deployment: dict[str, set[str]] = {}  # "ns/deployment" -> "ns/replicaset" keys
+        self._lower_since: dict[str, float] = {}
+        self._warned: dict[str, str] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def informers(self) -> list[Informer]:
+        return [self.deployments, *self.replicasets.informers]
+
+    async def start(self) -> None:
+        await self.queue.start()
+        self._tasks.append(asyncio.create_task(self.elector.run(), name="release-elector"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.elector.release()
+        await self.queue.stop()
+
+    # --- questions of the module controller --------------------------------------------------------------------
+
+    def revision_of(self, pod: Mapping[str, Any]) -> int:
+        rs_key = _owner(pod, "ReplicaSet")
+        return _revision(self.replicasets.get(rs_key)) if rs_key else 0
+
+    def ready_hold(self, pod: Mapping[str, Any]) -> str | None:
+        if not self.settings.batched_releases or _condition(pod, "Ready"):
+            return None
+        rs_key = _owner(pod, "ReplicaSet")
+        rs = self.replicasets.get(rs_key) if rs_key else None
+        if rs is None:
+            return None
+        deployment_key = _owner(rs, "Deployment")
+        deployment = self.deployments.get(deployment_key) if deployment_key else None
+        if deployment is None:
+            return None
+        release = parse(deployment)
+        if not isinstance(release, rel.Release) or rs.get(DIGEST) != release.digest:
+            return None  # not batched, or the pod is not of the template being released
+        new = self._new_pods(str(deployment_key), str(rs_key))
+        return rel.ready_hold(release, new.ready, new)
+
+    # --- informer hooks --------------------------------------------------------------------------------------
+
+    def on_deployment_change(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        if new is None:
+            self._lower_since.pop(key, None)
+            self._warned.pop(key, None)
+        self.queue.add(key)
+        if old is not None and new is not None and (old.get("metadata") or {}).get("annotations", {}).get(
+                rel.STATE) == new["metadata"]["annotations"].get(rel.STATE) and old["spec"].get("paused") == \
+                new["spec"].get("paused") and old.get("status") == new.get("status"):
+            return
+        self._gate_changed(key)
+
+    def on_replicaset_change(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        owner = _owner(new or old or {}, "Deployment")
+        if owner is None:
+            return
+        if new is None:
+            members = self._rs_of_deployment.get(owner)
+            if members is not None:
+                members.discard(key)
+                if not members:
+                    del self._rs_of_deployment[owner]
+        else:
+            self._rs_of_deployment.setdefault(owner, set()).add(key)
+        self.queue.add(owner)
+
+    def on_pod_change(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        rs_old = _owner(old, "ReplicaSet") if old is not None else None
+        rs_new = _owner(new, "ReplicaSet") if new is not None else None
+        if rs_old and rs_old != rs_new:
+            members = self._pods_of_rs.get(rs_old)
+            if members is not None:
+                members.discard(key)
+                if not members:
+                    del self._pods_of_rs[rs_old]
+        if rs_new:
+            self._pods_of_rs.setdefault(rs_new, set()).add(key)
+        rs_key = rs_new or rs_old
+        if rs_key is None:
+            return
+        if old is not None and new is not None and all(
+                _condition(old, kind) == _condition(new, kind) for kind in ("Ready", "ContainersReady")) and \
+                is_terminating(old) == is_terminating(new):
+            return
+        rs = self.replicasets.get(rs_key)
+        deployment_key = _owner(rs, "Deployment") if rs is not None else None
+        if deployment_key is not None and deployment_key in self.deployments:
+            self.queue.add(deployment_key)
+            if _condition(new or {}, "Ready") != _condition(old or {}, "Ready"):
+                self._gate_changed(deployment_key)  # a Ready count changed: another pod's hold may lift
+
+    def on_node_change(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        if not self.settings.replicas_sync_with_base:
+            return
+        before = (_cluster_label(old), _ready_node(old) if old else False)
+        after = (_cluster_label(new), _ready_node(new) if new else False)
+        if before == after:
+            return
+        clusters = {c for c in (before[0], after[0]) if c}
+        for deployment in self.deployments.items():
+            if rel.is_peer(deployment) and rel.cluster_of(deployment) in clusters:
+                self.queue.add(_key(deployment))
+
+    def _on_leading(self, leading: bool) -> None:
+        self._lower_since.clear()  # a new writer observes afresh: a failover never hastens a scale-down
+        if leading:
+            for key in list(self.deployments):
+                self.queue.add(key)
+
+    def _gate_changed(self, deployment_key: str) -> None:
+        nodes: set[str] = set()
+        for rs_key in self._rs_of_deployment.get(deployment_key, ()):
+            for pod in self._live_pods(rs_key):
+                node = (pod.get("spec") or {}).get("nodeName")
+                if node:
+                    nodes.add(str(node))
+        for node in nodes:
+            for callback in self.on_gate_changed:
+                callback(node)
+
+    def _new_pods(self, deployment_key: str, rs_key: str) -> rel.NewPods:
+        """The Deployment's ReplicaSet ``rs_key`` (the one of its current template) as the decisions see it."""
+        live = self._live_pods(rs_key)
+        revisions = {k: _revision(self.replicasets.get(k)) for k in self._rs_of_deployment.get(deployment_key, ())}
+        mine = revisions.get(rs_key, 0)
+        return rel.NewPods(total=len(live),
+                           containers_ready=sum(1 for p in live if _condition(p, "ContainersReady")),
+                           ready=sum(1 for p in live if _condition(p, "Ready")),
+                           revision=mine, settling=any(r > mine for r in revisions.values()))
+
+    def _live_pods(self, rs_key: str) -> list[dict[str, Any]]:
+        found = []
+        for key in self._pods_of_rs.get(rs_key, ()):
+            pod = self.pods.get(key)
+            if pod is not None and not is_terminating(pod) and not is_terminal(pod):
+                found.append(pod)
+        return found
+
+    # --- reconcile -------------------------------------------------------------------------------------------
+
+    async def reconcile(self, key: str) -> float | None:
+        if not self.elector.leading():
+            return None  # the writer's queue has it; this replica is re-queued when it becomes the writer
+        deployment = self.deployments.get(key)
+        if deployment is None:
+            return None
+        waits: list[float] = []
+        if self.settings.replicas_sync_with_base and rel.is_peer(deployment):
+            wait = await self._sync_replicas(key, deployment)
+            if wait is not None:
+                waits.append(wait)
+            deployment = self.deployments.get(key) or deployment
+        if self.settings.batched_releases:
+            wait = await self._step_release(key, deployment)
+            if wait is not None:
+                waits.append(wait)
+        return min(waits) if waits else None
+
+    async def _sync_replicas(self, key: str, deployment: dict[str, Any]) -> float | None:
+        cluster = rel.cluster_of(deployment)
+        if cluster is None:
+            self._warn(key, deployment, "PeerWithoutCluster",
+                       f"{rel.STRATEGY_LABEL}=peer but no base cluster is named ({rel.CLUSTER_LABEL} label, "
+                       "nodeSelector or required node affinity): replicas are left as they are")
+            return None
+        ready = sum(1 for node in self.nodes.items() if _cluster_label(node) == cluster and _ready_node(node))
+        current = int((deployment.get("spec") or {}).get("replicas") or 0)
+        decision = rel.peer_replicas(current, ready, lower_since=self._lower_since.get(key), now=self.clock(),
+                                     scale_down_delay_s=self.settings.peer_scale_down_delay_s)
+        if decision.lower_since is None:
+            self._lower_since.pop(key, None)
+        else:
+            self._lower_since[key] = decision.lower_since
+        if decision.replicas is None:
+            return decision.wait_s
+        if not self.elector.leading():
+            return None
+        md = deployment["metadata"]
+        try:
+            await self.kube.patch(_path(deployment), {"metadata": {"resourceVersion": md["resourceVersion"]},
+                                                      "spec": {"replicas": decision.replicas}}, kind="merge")
+        except ApiError as exc:
+            if exc.is_conflict or exc.is_not_found:
+                return 0.5 if exc.is_conflict else None  # decided on a stale copy: again from the fresh one
+            raise
+        WRITES.labels("replicas").inc()
+        self.events.normal(_ref(deployment), "ReplicasSyncedWithBases",
+                           f"replicas {current} -> {decision.replicas}: {ready} Ready base(s) in cluster {cluster}")
+        log.info("peer deployment %s: replicas %d -> %d (%d Ready bases in cluster %s)", key, current,
+                 decision.replicas, ready, cluster)
+        return None
+
+    async def _step_release(self, key: str, deployment: dict[str, Any]) -> float | None:
+        release = parse(deployment)
+        if release is None:
+            return None
+        if isinstance(release, str):
+            self._warn(key, deployment, "ReleaseInvalid", f"{release}; the Deployment is rolled out as usual")
+            return None
+        self._warned.pop(key, None)
+        new_rs = next((rs_key for rs_key in self._rs_of_deployment.get(key, ())
+                       if (rs := self.replicasets.get(rs_key)) is not None and rs.get(DIGEST) == release.digest),
+                      None)
+        counts = self._new_pods(key, new_rs) if new_rs is not None else None
+        now = self.wall().timestamp()
+        decision = rel.plan_release(release, counts, now=now)
+        if decision.writes:
+            if not self.elector.leading():
+                return None
+            if not await self._write_release(deployment, decision):
+                return 0.5
+            if decision.event is not None:
+                self.events.normal(_ref(deployment), *decision.event)
+                log.info("batched release %s: %s", key, decision.event[1])
+            return None  # the watch brings the written Deployment back, and with it the next step
+        return rel.wait_for_grey(release, now)
+
+    async def _write_release(self, deployment: dict[str, Any], decision: rel.ReleaseDecision) -> bool:
+        md = deployment["metadata"]
+        annotations: dict[str, Any] = {}
+        if decision.state is not None:
+            annotations[rel.STATE] = decision.state.encode()
+        if decision.clear_confirmed:
+            annotations[rel.CONFIRMED] = None
+        metadata: dict[str, Any] = {"resourceVersion": md["resourceVersion"]}
+        if annotations:
+            metadata["annotations"] = annotations
+        spec: dict[str, Any] = {}
+        if decision.paused is not None:
+            spec["paused"] = decision.paused
+        if decision.bounds is not None:
+            spec["strategy"] = {"type": "RollingUpdate",
+                                "rollingUpdate": {"maxSurge": decision.bounds.max_surge,
+                                                  "maxUnavailable": decision.bounds.max_unavailable}}
+        body: dict[str, Any] = {"metadata": metadata}
+        if spec:
+            body["spec"] = spec
+        try:
+            await self.kube.patch(_path(deployment), body, kind="merge")
+        except ApiError as exc:
+            if exc.is_conflict or exc.is_not_found:
+                return False
+            raise
+        WRITES.labels("batch").inc()
+        return True
+
+    def _warn(self, key: str, deployment: dict[str, Any], reason: str, message: str) -> None:
+        if self._warned.get(key) == message:
+            return
+        self._warned[key] = message
+        self.events.warning(_ref(deployment), reason, message)
+        log.warning("deployment %s: %s", key, message)
+
+
+class UnionOfReplicaSets:
+    """The ReplicaSets of module workloads (their template carries a module label), one informer per label."""
+
+    def __init__(self, kube: Kube, on_change: Callable[[str, dict[str, Any] | None, dict[str, Any] | None], None]
+                 ) -> None:
+        self.informers = [Informer(kube, "/apis/apps/v1/replicasets", label_selector=f"{label}={MODULE_LABEL_VALUE}",
+                                   trim_object=trim_replicaset, on_change=on_change,
+                                   resource=f"replicasets-{label.split('.')[0]}")
+                          for label in MODULE_LABELS]
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        for informer in self.informers:
+            found = informer.get(key)
+            if found is not None:
+                return found
+        return None
+
+
+def _revision(rs: Mapping[str, Any] | None) -> int:
+    if rs is None:
+        return 0
+    text = str(((rs.get("metadata") or {}).get("annotations") or {}).get(rel.REVISION_ANNOTATION) or "")
+    return int(text) if text.isdigit() else 0
+
+
+def _cluster_label(node: Mapping[str, Any] | None) -> str | None:
+    if node is None:
+        return None
+    value = ((node.get("metadata") or {}).get("labels") or {}).get(rel.CLUSTER_LABEL)
+    return str(value) if value else None
+
+
+def _key(obj: Mapping[str, Any]) -> str:
+    md = obj.get("metadata") or {}
+    return f"{md.get('namespace', '')}/{md.get('name', '')}"
+
+
+def _path(deployment: Mapping[str, Any]) -> str:
+    md = deployment["metadata"]
+    return f"/apis/apps/v1/namespaces/{md['namespace']}/deployments/{md['name']}"
+
+
+def _ref(deployment: Mapping[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": deployment.get("metadata") or {}}
+
+
+def _rv(answer: object) -> str:
+    if isinstance(answer, Mapping):
+        return str((answer.get("metadata") or {}).get("resourceVersion") or "")
+    return ""
