@@ -105,6 +105,10 @@ def _cert(subject: x509.Name, key: ec.EllipticCurvePrivateKey, issuer: x509.Name
         builder = builder.add_extension(x509.ExtendedKeyUsage(usage), critical=False)
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    # Key identifiers, as real cluster CAs carry them: a verifier picks the right issuer among CAs of one name.
+    builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    builder = builder.add_extension(
+        x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False)
     return builder.sign(issuer_key, hashes.SHA256())
 
 
@@ -149,47 +153,52 @@ rules:
 """
 
 
-def ensure_pki(pki: Path) -> None:
-    """CA, apiserver serving cert, a client cert per identity, service-account key pair (kept across ups)."""
-    pki.mkdir(parents=True, exist_ok=True)
-    wanted = ["ca.crt", "ca.key", "apiserver.crt", "apiserver.key", "sa.key", "sa.pub", "front-proxy-ca.crt",
-              "front-proxy-client.crt", "front-proxy-client.key"]
-    wanted += [f"{stem}.{ext}" for stem in CLIENTS for ext in ("crt", "key")]
-    if all((pki / f).exists() for f in wanted):
+def _ca(pki: Path, stem: str, cn: str) -> tuple[x509.Name, ec.EllipticCurvePrivateKey]:
+    """The CA ``stem``.crt/.key in ``pki``, created when missing - never replaced: a new CA under the same name
+    would leave clients that cached the old one (the extension-apiserver-authentication bundle) unable to verify."""
+    name = _name(cn)
+    crt, key_path = pki / f"{stem}.crt", pki / f"{stem}.key"
+    if crt.exists() and key_path.exists():
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        return x509.load_pem_x509_certificate(crt.read_bytes()).subject, key
+    key = _key()
+    _write_key(key_path, key)
+    crt.write_bytes(_cert(name, key, name, key, ca=True).public_bytes(serialization.Encoding.PEM))
+    return name, key
+
+
+def _issue(pki: Path, stem: str, subject: x509.Name, ca: tuple[x509.Name, ec.EllipticCurvePrivateKey],
+           **kw: Any) -> None:
+    if (pki / f"{stem}.crt").exists() and (pki / f"{stem}.key").exists():
         return
-    ca_key = _key()
-    ca_name = _name("vkprovider-local-ca")
-    ca = _cert(ca_name, ca_key, ca_name, ca_key, ca=True)
-    _write_key(pki / "ca.key", ca_key)
-    (pki / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    key = _key()
+    cert = _cert(subject, key, ca[0], ca[1], **kw)
+    _write_key(pki / f"{stem}.key", key)
+    (pki / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def ensure_pki(pki: Path) -> None:
+    """CA, apiserver serving cert, a client cert per identity, service-account key pair (kept across ups; only
+    what is missing is issued, by the CA already there)."""
+    pki.mkdir(parents=True, exist_ok=True)
+    ca = _ca(pki, "ca", "vkprovider-local-ca")
     sans: list[x509.GeneralName] = [
         x509.DNSName(n) for n in ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
                                   "kubernetes.default.svc.cluster.local")]
     sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", "::1", "10.0.0.1")]
-    srv_key = _key()
-    srv = _cert(_name("kube-apiserver"), srv_key, ca_name, ca_key, server=True, sans=sans)
-    _write_key(pki / "apiserver.key", srv_key)
-    (pki / "apiserver.crt").write_bytes(srv.public_bytes(serialization.Encoding.PEM))
+    _issue(pki, "apiserver", _name("kube-apiserver"), ca, server=True, sans=sans)
     for stem, (cn, org) in CLIENTS.items():
-        key = _key()
-        cert = _cert(_name(cn, org), key, ca_name, ca_key)
-        _write_key(pki / f"{stem}.key", key)
-        (pki / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        _issue(pki, stem, _name(cn, org), ca)
     # Front-proxy CA: the request-header authentication of the aggregation layer. Without it the
     # extension-apiserver-authentication ConfigMap lacks a CA and scheduler / controller-manager log errors.
-    fp_key = _key()
-    fp_name = _name("vkprovider-local-front-proxy-ca")
-    fp_ca = _cert(fp_name, fp_key, fp_name, fp_key, ca=True)
-    _write_key(pki / "front-proxy-ca.key", fp_key)
-    (pki / "front-proxy-ca.crt").write_bytes(fp_ca.public_bytes(serialization.Encoding.PEM))
-    fpc_key = _key()
-    fpc = _cert(_name("front-proxy-client"), fpc_key, fp_name, fp_key)
-    _write_key(pki / "front-proxy-client.key", fpc_key)
-    (pki / "front-proxy-client.crt").write_bytes(fpc.public_bytes(serialization.Encoding.PEM))
-    sa_key = _key()
-    _write_key(pki / "sa.key", sa_key)
-    (pki / "sa.pub").write_bytes(sa_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    front_proxy = _ca(pki, "front-proxy-ca", "vkprovider-local-front-proxy-ca")
+    _issue(pki, "front-proxy-client", _name("front-proxy-client"), front_proxy)
+    if not (pki / "sa.key").exists() or not (pki / "sa.pub").exists():
+        sa_key = _key()
+        _write_key(pki / "sa.key", sa_key)
+        (pki / "sa.pub").write_bytes(sa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
 def write_kubeconfig(path: Path, pki: Path, server: str, user: str, stem: str) -> None:

@@ -101,6 +101,10 @@ def make_run() -> Any:
     run = MakeRun()
     try:
         wait_for_sync(run.running, timeout=300, interval=0.5, what="make run to say its bases are running")
+        # make run's cluster keeps what an earlier (interrupted) run left: start from the README's state.
+        kubectl = kubectl_argv(yaml.safe_load((REPO / ".local" / "cluster" / "state.json").read_text())["kcp"])
+        for leftover in ("samples/", str(SEEDS / "seed-003-deployment.yaml")):
+            kc(kubectl, "delete", "-f", leftover, "--wait=true", "--ignore-not-found", timeout=120)
         yield run
     finally:
         run.stop()
@@ -195,6 +199,10 @@ def test_the_readme_demo_as_printed(make_run: MakeRun) -> None:
                       "jsonpath={.metadata.labels.topology\\.kubernetes\\.io/zone}").stdout
             zones[node] = zones.get(node, 0) + 1
     assert zones == {"zone-a": 1, "zone-b": 1, "zone-c": 1}, zones
+    for line in code_block_after("Once a module pod runs"):
+        logs = sh(readme_kubectl(line, kubectl)).stdout
+        assert "installing from" in logs and "installed in" in logs and "state ACTIVATED" in logs, logs
+        print(f"FIGURE readme kubectl logs: {logs.strip().splitlines()[-1][:160]}")
     failed = pods["biz1-pod"][0]["status"]
     assert failed["reason"] == "BizDeactivate" and "0.0.2" in failed["message"], failed
     # Nothing fights: a later look shows the same, with no pod created since (no BizDeactivate loop).
@@ -255,8 +263,74 @@ def test_the_seeds_manifests_verbatim(make_run: MakeRun) -> None:
                  and {c["type"]: c["status"] for c in p["status"].get("conditions", [])}.get("Ready") == "True"]
         return ready if len(pods) == 1 and len(ready) == 1 else None
 
-    pods = wait_for_sync(seed_003_running, timeout=60, interval=1.0, what="seed 003's Deployment Running")
-    node = pods[0]["spec"]["nodeName"]
-    label = "jsonpath={.metadata.labels.base\\.koupleless\\.io/version}"
-    version = kc(kubectl, "get", "node", node, "-o", label).stdout
-    assert version == "1.0.0"
+    try:
+        pods = wait_for_sync(seed_003_running, timeout=60, interval=1.0, what="seed 003's Deployment Running")
+        node = pods[0]["spec"]["nodeName"]
+        label = "jsonpath={.metadata.labels.base\\.koupleless\\.io/version}"
+        version = kc(kubectl, "get", "node", node, "-o", label).stdout
+        assert version == "1.0.0"
+    finally:  # make run's cluster outlives the test: leave it as the README's demo expects it
+        kc(kubectl, "delete", "-f", str(SEEDS / "seed-003-deployment.yaml"), "--wait=true", "--ignore-not-found",
+           timeout=120)
+
+
+RELEASES = (REPO / "docs" / "releases.md").read_text()
+
+
+def test_the_release_walkthrough_as_printed(make_run: MakeRun) -> None:
+    """docs/releases.md's "Try it on `make run`" commands, run as printed, each followed by what it leads to."""
+    kcp = yaml.safe_load((REPO / ".local" / "cluster" / "state.json").read_text())["kcp"]
+    kubectl = kubectl_argv(kcp)
+    tail = RELEASES[RELEASES.index("### Try it on `make run`"):]
+    block = re.search(r"```sh\n(.*?)```", tail, re.S)
+    assert block
+    commands = [line.strip() for line in block.group(1).splitlines() if line.strip()]
+    name = "test-module-deployment-batched"
+
+    def state() -> tuple[bool, dict[str, Any], dict[str, int]]:
+        out = kc(kubectl, "get", "deployment", name, "-o", "yaml").stdout
+        d = yaml.safe_load(out)
+        raw = (d["metadata"].get("annotations") or {}).get("release.koupleless.io/state") or "{}"
+        versions: dict[str, int] = {}
+        for pod in pods_by_sample(kubectl).get(name, []):
+            ready = {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}.get("Ready") == "True"
+            if ready:
+                version = pod["spec"]["containers"][0]["env"][0]["value"]
+                versions[version] = versions.get(version, 0) + 1
+        return bool(d["spec"].get("paused")), yaml.safe_load(raw), versions
+
+    def reaches(paused: bool, batch: int, phase: str, versions: dict[str, int]) -> None:
+        seen: dict[str, Any] = {}
+
+        def there() -> bool:
+            now = state()
+            seen["now"] = now
+            return now[0] == paused and now[1].get("batch") == batch and now[1].get("phase") == phase and \
+                now[2] == versions
+
+        try:
+            wait_for_sync(there, timeout=90, interval=0.5, what=f"batch {batch} {phase}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {seen}") from None
+
+    after = {
+        "apply": (False, 3, "Done", {"0.0.1": 3}),
+        "patch": (True, 1, "Waiting", {"0.0.1": 2, "0.0.2": 1}),
+        "annotate": (True, 2, "Waiting", {"0.0.1": 1, "0.0.2": 2}),
+        "resume": (False, 3, "Done", {"0.0.2": 3}),
+        "undo": (True, 1, "Waiting", {"0.0.2": 2, "0.0.1": 1}),
+    }
+    try:
+        for line in commands:
+            out = sh(readme_kubectl(line, kubectl))
+            words = shlex.split(line)[3:]  # after `kubectl --kubeconfig <file>`
+            verb = words[1] if words[0] == "rollout" else words[0]
+            if verb == "get" and words[1] == "events":
+                assert "BatchReady" in out.stdout and "confirmed-batch=2" in out.stdout, out.stdout
+            elif verb == "get":
+                assert out.stdout.startswith("true ") and '"phase":"Waiting"' in out.stdout, out.stdout
+            else:
+                reaches(*after[verb])
+    finally:
+        kc(kubectl, "delete", "-f", "samples/module-deployment-batched.yaml", "--wait=true", "--ignore-not-found",
+           timeout=120)
