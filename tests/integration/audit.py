@@ -1,18 +1,23 @@
-"""Reading the local apiserver's audit log: which vkprovider replica wrote what, and when.
+"""Reading the local apiserver's audit log: which vkprovider replica wrote what, and when; what it asked for.
 
-The test cluster runs with --audit (hack/controlplane/localcluster.py): every write by vkprovider's identity to
-Nodes, Pods and Leases is logged with the request's User-Agent, which names the replica (``vkprovider/<v>
-(<CLIENT_ID>)``); Lease writes with their request and response, so a hand-over's new holder and the order in
-which writes were applied (the resourceVersion each produced) show.
+The test cluster runs with --audit (hack/controlplane/localcluster.py): every request by vkprovider's identity
+is logged with the request's User-Agent, which names the replica (``vkprovider/<v> (<CLIENT_ID>)``); Lease and
+Deployment writes with their request and response, so a hand-over's new holder and the order in which writes
+were applied (the resourceVersion each produced) show. :func:`writes` reads the writes, :func:`requests` every
+request (reads too, with the authorizer's decision). Both read the rotated backups beside the log as well.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+PROVIDER_USER = "vkprovider"
+WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 
 
 @dataclass(frozen=True)
@@ -54,19 +59,42 @@ def _replica(user_agent: str) -> str:
     return ""
 
 
+def log_files(path: Path) -> list[Path]:
+    """The audit log and the backups the apiserver rotated it to (``audit-<UTC time>.log`` beside it), oldest
+    first."""
+    backups = sorted(path.parent.glob(f"{path.stem}-*{path.suffix}"))
+    return [*backups, path] if path.exists() else backups
+
+
+def _events(path: Path) -> Iterator[dict[str, Any]]:
+    for file in log_files(path):
+        try:
+            handle = file.open(errors="replace")
+        except FileNotFoundError:  # rotated away (and dropped) meanwhile
+            continue
+        with handle:
+            for line in handle:
+                try:
+                    event = json.loads(line)
+                except ValueError:  # the line the apiserver is writing right now
+                    continue
+                if isinstance(event, dict):
+                    yield event
+
+
+def _at(event: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(event["stageTimestamp"].replace("Z", "+00:00"))
+
+
 def writes(path: Path, since: datetime | None = None) -> list[Write]:
     """Every vkprovider write in the audit log (optionally only those after ``since``), oldest first."""
     out: list[Write] = []
-    if not path.exists():
-        return out
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
+    for event in _events(path):
+        if event.get("stage") != "ResponseComplete" or event.get("verb") not in WRITE_VERBS:
             continue
-        if event.get("stage") != "ResponseComplete":
+        if (event.get("user") or {}).get("username") != PROVIDER_USER:
             continue
-        at = datetime.fromisoformat(event["stageTimestamp"].replace("Z", "+00:00"))
+        at = _at(event)
         if since is not None and at < since:
             continue
         ref = event.get("objectRef") or {}
@@ -76,6 +104,65 @@ def writes(path: Path, since: datetime | None = None) -> list[Write]:
                          code=int((event.get("responseStatus") or {}).get("code") or 0),
                          body=event.get("requestObject") or {}, result=event.get("responseObject") or {}))
     return out
+
+
+@dataclass(frozen=True)
+class Request:
+    """One API request as the audit log saw it (any verb; Metadata level: no bodies)."""
+
+    at: datetime
+    audit_id: str
+    stage: str  # ResponseComplete; ResponseStarted while a watch streams (a watch has both)
+    user: str
+    user_agent: str
+    verb: str
+    group: str
+    resource: str
+    subresource: str
+    namespace: str
+    name: str
+    uri: str
+    code: int  # the response's status code (a watch's ResponseStarted: the 200 its stream began with)
+    message: str
+    decision: str  # the authorizer's: "allow", "forbid" ("" when not recorded)
+    why: str  # the authorizer's reason ("RBAC: allowed by ClusterRoleBinding ...")
+
+    @property
+    def replica(self) -> str:
+        return _replica(self.user_agent)
+
+    @property
+    def full_resource(self) -> str:
+        """``resource/subresource`` the way RBAC rules name it ("" for a non-resource URL such as /version)."""
+        return f"{self.resource}/{self.subresource}" if self.subresource else self.resource
+
+
+def requests(path: Path, since: datetime | None = None, user: str = PROVIDER_USER) -> Iterator[Request]:
+    """Every request of ``user`` in the audit log and its backups (optionally only after ``since``), in log order.
+
+    A long-running request (a watch) appears twice: once when its stream starts, once when it ends; the same
+    ``audit_id`` ties them together. Lazily, since the log of a whole session is large.
+    """
+    for event in _events(path):
+        stage = event.get("stage")
+        if stage not in ("ResponseComplete", "ResponseStarted"):
+            continue
+        if (event.get("user") or {}).get("username") != user:
+            continue
+        at = _at(event)
+        if since is not None and at < since:
+            continue
+        ref = event.get("objectRef") or {}
+        status = event.get("responseStatus") or {}
+        annotations = event.get("annotations") or {}
+        yield Request(at=at, audit_id=str(event.get("auditID", "")), stage=str(stage), user=user,
+                      user_agent=str(event.get("userAgent", "")), verb=str(event.get("verb", "")),
+                      group=str(ref.get("apiGroup", "")), resource=str(ref.get("resource", "")),
+                      subresource=str(ref.get("subresource", "")), namespace=str(ref.get("namespace", "")),
+                      name=str(ref.get("name", "")), uri=str(event.get("requestURI", "")),
+                      code=int(status.get("code") or 0), message=str(status.get("message", "")),
+                      decision=str(annotations.get("authorization.k8s.io/decision", "")),
+                      why=str(annotations.get("authorization.k8s.io/reason", "")))
 
 
 def unauthorised(all_writes: list[Write], replica: str, vnode_of: dict[tuple[str, str], str],
