@@ -204,6 +204,8 @@ def module_deployment(index: int, replicas: int, version: str, *, fake_nodes: bo
     template["metadata"]["labels"]["app"] = app
     spec = template["spec"]
     spec["containers"][0]["name"] = f"biz{index}"
+    # One jar per biz, as in a real cluster (a jar's manifest names its biz).
+    spec["containers"][0]["image"] = spec["containers"][0]["image"].replace("/biz1-", f"/biz{index}-")
     spec["containers"][0]["env"][0]["value"] = version
     spec["topologySpreadConstraints"] = [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
                                           "whenUnsatisfiable": "DoNotSchedule",
@@ -259,6 +261,7 @@ class Bench:
 
     def cluster_up(self) -> None:
         log("starting the local control plane (cached build) ...")
+        self.cluster_down()  # what an interrupted run left: every run starts from an empty cluster
         cmd = [sys.executable, str(ROOT / "hack/controlplane/localcluster.py"), "up", "--dir", str(CLUSTER_DIR),
                "--owner-pid", str(os.getpid()), *CLUSTER_ARGS]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -532,12 +535,45 @@ class Bench:
 
     # --- steady
 
+    def start_profile(self, duration: float) -> subprocess.Popen[bytes] | None:
+        """py-spy over vkprovider for the scenario (collapsed stacks, sampled 100/s, idle frames left out)."""
+        spy = Path(sys.executable).with_name("py-spy")
+        if not spy.exists() or self.provider is None or self.provider.proc is None:
+            log("profile: py-spy not installed in the virtualenv (pip install py-spy); no profile")
+            return None
+        out = RESULTS / "steady-profile.txt"
+        return subprocess.Popen([str(spy), "record", "--pid", str(self.provider.proc.pid), "--duration",
+                                 str(int(duration)), "--format", "raw", "--rate", "100", "--nonblocking",
+                                 "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def finish_profile(self, profiler: subprocess.Popen[bytes]) -> list[str]:
+        """The functions where vkprovider spent its samples (inclusive share), most first."""
+        await asyncio.to_thread(profiler.wait, 120)
+        out = RESULTS / "steady-profile.txt"
+        if not out.exists():
+            return []
+        inclusive: dict[str, int] = {}
+        total = 0
+        for line in out.read_text(errors="replace").splitlines():
+            stack, _, count_text = line.rpartition(" ")
+            if not count_text.isdigit():
+                continue
+            count = int(count_text)
+            total += count
+            frames = {f.split(" (", 1)[0] + " " + f.rsplit("/", 1)[-1].split(":", 1)[0].rstrip(")")
+                      for f in stack.split(";") if "/vkprovider/" in f}
+            for frame in frames:
+                inclusive[frame] = inclusive.get(frame, 0) + count
+        top = sorted(inclusive.items(), key=lambda kv: -kv[1])[:25]
+        return [f"{100 * n / max(total, 1):.1f}% {frame}" for frame, n in top]
+
     async def steady(self) -> Result:
         duration = float(self.args.steady_seconds)
         pods = len(self.clock.alive) if self.clock is not None else 0
         result = Result("steady", {**self.params, "module_pods": pods})
         log(f"steady: {self.bases} bases idle for {duration:.0f}s")
         writes0 = await self.provider_writes()
+        profiler = self.start_profile(duration) if self.args.profile else None
         first = self.provider_sample()
         sim_first = sample(self.sim.proc.pid) if self.sim and self.sim.proc else None
         timeline: list[tuple[float, float, float]] = []
@@ -559,6 +595,8 @@ class Bench:
         })
         if sim_first is not None and self.sim and self.sim.proc:
             result.metrics["simulator_cpu_share"] = round(cpu_share(sim_first, sample(self.sim.proc.pid)), 4)
+        if profiler is not None:
+            result.metrics["profile_top"] = await self.finish_profile(profiler)
         result.targets += [
             target("provider_cpu_share", share, 0.15),
             target("provider_rss_mb", last.rss_bytes / MB, 400),
@@ -710,6 +748,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--heartbeat-interval", type=float, default=12.0, help="base heartbeat period (12 s)")
     parser.add_argument("--scenarios", default="limit,register,rollout,steady,churn")
     parser.add_argument("--timeout", type=float, default=900.0, help="per waiting step (s)")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy-profile vkprovider during steady (bench/results/steady-profile.txt; needs py-spy)")
     args = parser.parse_args(argv)
     if args.bases is None:
         args.bases = 100 if args.quick else 1000

@@ -301,7 +301,8 @@ class Provider:
         self.node_controller = NodeController(s, kube, self.registry, nodes, keeper, tunnels, events, node_cfg,
                                               clock=self.clock, wall=wall)
         self.module_controller = ModuleController(s, kube, self.registry, pods, tunnels, events,
-                                                  may_write=keeper.may_write, clock=self.clock, bizlog=self.bizlog,
+                                                  may_write=keeper.may_write, fenced=keeper.fenced, clock=self.clock,
+                                                  bizlog=self.bizlog,
                                                   revision_of=releases.revision_of, ready_hold=releases.ready_hold)
 
         def on_pod(key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
@@ -376,8 +377,15 @@ class Provider:
         async def metrics(_: web.Request) -> web.Response:
             return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+        async def debug_vnode(request: web.Request) -> web.Response:
+            controller = getattr(self, "module_controller", None)
+            if controller is None:
+                return web.Response(status=503, text="starting")
+            return web.json_response(controller.describe(request.match_info["node"]))
+
         probes = serving.application()
-        probes.add_routes([web.get("/healthz", healthz), web.get("/readyz", readyz)])
+        probes.add_routes([web.get("/healthz", healthz), web.get("/readyz", readyz),
+                           web.get("/debug/vnodes/{node}", debug_vnode)])
         metrics_app = serving.application()
         metrics_app.add_routes([web.get("/metrics", metrics)])
         s = self.settings

@@ -50,6 +50,7 @@ REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 DEFAULT_DIR = REPO / ".local" / "cluster"
 RBAC_RULES = REPO / "charts" / "vkprovider" / "files" / "rbac-rules.yaml"
+FLOWCONTROL = REPO / "charts" / "vkprovider" / "files" / "flowcontrol.yaml"
 PROVIDER_USER = "vkprovider"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 CONTROLLERS = (
@@ -503,10 +504,30 @@ subjects:
 """
 
 
+def flowcontrol_manifest() -> str:
+    """vkprovider's APF priority level and flow schema (the chart's files/flowcontrol.yaml) for user vkprovider."""
+    import yaml
+
+    fc = yaml.safe_load(FLOWCONTROL.read_text())
+    labels = {"app.kubernetes.io/name": "vkprovider", "app.kubernetes.io/managed-by": "localcluster"}
+    schema = {k: v for k, v in fc["flowSchema"].items() if k != "rules"}
+    rules = [{"subjects": [{"kind": "User", "user": {"name": PROVIDER_USER}}], **rule}
+             for rule in fc["flowSchema"]["rules"]]
+    docs = [
+        {"apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "PriorityLevelConfiguration",
+         "metadata": {"name": PROVIDER_USER, "labels": labels}, "spec": fc["priorityLevel"]},
+        {"apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "FlowSchema",
+         "metadata": {"name": PROVIDER_USER, "labels": labels},
+         "spec": {"priorityLevelConfiguration": {"name": PROVIDER_USER}, **schema, "rules": rules}},
+    ]
+    return "---\n".join(json.dumps(doc) + "\n" for doc in docs)
+
+
 def apply_rbac(kcp: str, kubeconfig: Path) -> None:
     proc = subprocess.run([kcp, "kubectl", "--kubeconfig", str(kubeconfig), "apply", "--server-side",
                            "--force-conflicts", "--field-manager=localcluster", "-f", "-"],
-                          input=rbac_manifest(), text=True, capture_output=True, check=False)
+                          input=rbac_manifest() + "---\n" + flowcontrol_manifest(), text=True, capture_output=True,
+                          check=False)
     if proc.returncode != 0:
         raise UpError(f"applying the vkprovider ClusterRole failed: {proc.stderr.strip()}", "kube-apiserver")
 

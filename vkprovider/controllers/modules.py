@@ -34,6 +34,7 @@ from prometheus_client import Counter, Histogram
 from vkprovider.config import Settings
 from vkprovider.controllers.bases import BaseRegistry, BaseView, Clock
 from vkprovider.controllers.bizlog import BizLog
+from vkprovider.controllers.ownership import FENCED_RETRY_S
 from vkprovider.controllers.queue import WorkQueue
 from vkprovider.core.backoff import BIZ_INSTALL, STATUS_WRITE
 from vkprovider.core.basestate import BaseLedger, CommandKind
@@ -152,6 +153,7 @@ class ModuleController:
         *,
         may_write: Callable[[str], bool],
         clock: Clock,
+        fenced: Callable[[str], bool] | None = None,
         bizlog: BizLog | None = None,
         revision_of: Callable[[Mapping[str, Any]], int] | None = None,
         ready_hold: Callable[[Mapping[str, Any]], str | None] | None = None,
@@ -166,11 +168,12 @@ class ModuleController:
         self.tunnels = tunnels
         self.events = events
         self.may_write = may_write
+        self.fenced = fenced or (lambda node: False)
         self.clock = clock
         self.bizlog = bizlog if bizlog is not None else BizLog(settings.biz_log_lines)
         self.revision_of = revision_of or (lambda pod: 0)
         self.ready_hold = ready_hold or (lambda pod: None)
-        self.queue = WorkQueue("module", self.reconcile, workers=max(settings.workers, 4))
+        self.queue = WorkQueue("module", self.reconcile, workers=max(settings.workers, 32))
         self.pods_by_node: dict[str, set[str]] = {}
         self._tasks: dict[str, set[asyncio.Task[None]]] = {}  # node -> its command tasks
         self._other_tasks: set[asyncio.Task[None]] = set()
@@ -214,7 +217,7 @@ class ModuleController:
             self.queue.add(old_node)
         if new_node and is_vnode_name(new_node, self.settings.env):
             self.pods_by_node.setdefault(new_node, set()).add(key)
-            if self.may_write(new_node):
+            if self.may_write(new_node) or self.fenced(new_node):
                 self.queue.add(new_node)
         sent = self._status_sent.get(key)
         if sent is not None and (new is None or sent.written_rv == (new.get("metadata") or {}).get("resourceVersion")):
@@ -252,7 +255,7 @@ class ModuleController:
 
     def on_base_changed(self, node: str) -> None:
         """The node controller saw the base's readiness change (pods' Ready follows) or a restart hint."""
-        if self.may_write(node):
+        if self.may_write(node) or self.fenced(node):
             self.queue.add(node)
 
     def pods_on(self, node: str) -> list[dict[str, Any]]:
@@ -274,10 +277,38 @@ class ModuleController:
                         specs.setdefault(spec.key, spec)
         return list(specs.values())
 
+    def describe(self, node: str) -> dict[str, Any]:
+        """What this replica knows and does for one vnode (the probes listener's /debug/vnodes/<node>)."""
+        view = self.registry.get(node)
+        now = self.clock()
+        ledger = view.ledger if view is not None else None
+        pods = self.pods_by_node.get(node, set())
+        return {
+            "node": node,
+            "held": self.may_write(node),
+            "base": None if view is None else {
+                "identity": view.heartbeat.identity, "silentForS": round(view.silent_for(now), 1),
+                "readiness": view.readiness(now, self.settings.base_unreachable_after_s).value},
+            "bizs": None if ledger is None or ledger.bizs is None else
+            {str(k): b.state.value for k, b in ledger.bizs.items()},
+            "inflight": {} if ledger is None else
+            {str(k): {"kind": i.kind.value, "forS": round(now - i.started_at, 1)} for k, i in ledger.inflight.items()},
+            "failures": {} if ledger is None else
+            {str(k): {"attempts": f.attempts, "retryInS": round(f.retry_at - now, 1), "message": f.message}
+             for k, f in ledger.failures.items()},
+            "readInS": round(self._read_at.get(node, now) + self.settings.base_bizs_interval_s - now, 1),
+            "pods": sorted(pods),
+            "statusWriting": sorted(k for k in pods if k in self._status_busy),
+            "statusWaiting": sorted(k for k in pods if k in self._status_next),
+            "commandTasks": len(self._tasks.get(node, ())),
+        }
+
     # --- reconcile ---------------------------------------------------------------------------------
     async def reconcile(self, node: str) -> float | None:
         if not self.may_write(node):
-            return None  # the lease keeper re-queues us when the vnode is (back) in our hands
+            # Lost: the lease keeper re-queues us when the vnode is back in our hands. Fenced (still held, a
+            # renewal late): nobody will, so look again shortly.
+            return FENCED_RETRY_S if self.fenced(node) else None
         view = self.registry.get(node)
         if view is None:
             return None  # the node controller knows the base from its Node and re-queues us
@@ -298,7 +329,7 @@ class ModuleController:
             # Safe while commands run: the ledger keeps a command result newer than the read (see its docstring).
             await self._read(view, tunnel, now)
         if not self.may_write(node):
-            return None
+            return FENCED_RETRY_S if self.fenced(node) else None
         now = self.clock()
         modules_of: dict[str, PodModules] = {}
         wants: list[PodWant] = []
@@ -708,10 +739,16 @@ class ModuleController:
             view.ledger.start(spec.key, CommandKind.INSTALL, spec, now)
             self._install_started[(view.node, spec.key)] = now
             self.bizlog.add(view.node, spec.name, spec.version, f"installing from {spec.url}")
-        if len(specs) > 1:
-            self._spawn(view.node, self._batch_install(view.node, tunnel, list(specs)), f"batch-install-{view.node}")
+        # A batch answers per jar URL: bizs that share a URL (only a simulator allows that) go one by one.
+        urls = [spec.url for spec in specs]
+        batch = [spec for spec in specs if urls.count(spec.url) == 1]
+        single = [spec for spec in specs if urls.count(spec.url) > 1]
+        if len(batch) > 1:
+            self._spawn(view.node, self._batch_install(view.node, tunnel, batch), f"batch-install-{view.node}")
         else:
-            self._spawn(view.node, self._install(view.node, tunnel, specs[0]), f"install-{view.node}-{specs[0].key}")
+            single += batch
+        for spec in single:
+            self._spawn(view.node, self._install(view.node, tunnel, spec), f"install-{view.node}-{spec.key}")
 
     async def _install(self, node: str, tunnel: Tunnel, spec: BizSpec, *, kind: str = "install") -> None:
         view = self.registry.get(node)

@@ -25,7 +25,7 @@ from prometheus_client import Counter, Gauge
 
 from vkprovider.config import Settings
 from vkprovider.controllers.bases import BaseRegistry, BaseView, Clock
-from vkprovider.controllers.ownership import LeaseKeeper
+from vkprovider.controllers.ownership import FENCED_RETRY_S, LeaseKeeper
 from vkprovider.controllers.queue import Requeue, WorkQueue
 from vkprovider.core import node as vnode
 from vkprovider.core import ownership as own
@@ -81,7 +81,9 @@ class NodeController:
         self.clock = clock
         self.wall = wall or (lambda: datetime.now(UTC))
         self.started = clock()
-        self.queue = WorkQueue("node", self.reconcile, workers=max(settings.workers, 16))
+        # Registration is a few API round trips per base: many workers, so 1,000 new bases register concurrently
+        # (the kube facade bounds the requests in flight).
+        self.queue = WorkQueue("node", self.reconcile, workers=max(settings.workers, 64))
         self._status_written: dict[str, float] = {}
         self._readiness: dict[str, BaseReadiness] = {}
         self._probes: dict[str, asyncio.Task[None]] = {}
@@ -144,6 +146,8 @@ class NodeController:
         view = self.registry.get(node)
         current = self.nodes.get(node)
         now = self.clock()
+        if self.keeper.fenced(node):
+            return FENCED_RETRY_S  # held, a renewal late: no writes until it lands, then look again
         if not self.keeper.may_write(node) and not await self._maybe_claim(node, view, current, now):
             return None
         if view is None:
@@ -162,7 +166,7 @@ class NodeController:
         self._maybe_probe(view, now)
         self._track_readiness(view, readiness, current)
         if not self.keeper.may_write(node):
-            return None
+            return FENCED_RETRY_S if self.keeper.fenced(node) else None
         stamp = iso_time(self.wall())
         desired = vnode.node_status(view.heartbeat, view.health, self.cfg, readiness=readiness, silent_for_s=silent,
                                     unreachable_after_s=self.settings.base_unreachable_after_s)
@@ -176,7 +180,7 @@ class NodeController:
             refresh_due = last is not None and now - last >= self.settings.node_status_refresh_s
             if vnode.status_differs(desired, status) or refresh_due:
                 if not self.keeper.may_write(node):
-                    return None
+                    return FENCED_RETRY_S if self.keeper.fenced(node) else None
                 body = vnode.with_times(desired, status, stamp)
                 await self.kube.patch(f"/api/v1/nodes/{node}/status", {"status": body}, kind="merge")
                 NODE_WRITES.labels("status").inc()
@@ -205,7 +209,7 @@ class NodeController:
                 return False
             if own.rendezvous(node, self.keeper.live_members()) != self.keeper.me:
                 return False
-        if len(self.keeper.held_nodes()) >= self.settings.max_vnodes:
+        if self.keeper.held_count() >= self.settings.max_vnodes:
             log.warning("not registering %s: this replica holds VKP_MAX_VNODES=%d vnodes", node,
                         self.settings.max_vnodes, extra={"node": node})
             return False

@@ -35,6 +35,7 @@ from vkprovider.kube.events import EventRecorder
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5
+FENCED_RETRY_S = 1.0  # a reconcile that met a fenced (held, renewal late) vnode comes back after this
 STALL_S = 3.0  # a tick this late: the process was not running
 MEMBER_LABEL = "vkprovider.koupleless.io/member-of"
 
@@ -119,6 +120,16 @@ class LeaseKeeper:
 
     def held_nodes(self) -> list[str]:
         return [n for n in self._held if self.may_write(n)]
+
+    def fenced(self, node: str) -> bool:
+        """Held, but the last renewal is older than the renew deadline (one is under way, or failing): no writes
+        until it lands. Whoever skipped work because of it looks again shortly (see ``FENCED_RETRY_S``)."""
+        held = self._held.get(node)
+        return held is not None and own.fenced(held, self.clock(), self.timing)
+
+    def held_count(self) -> int:
+        """How many vnodes this replica holds (fenced ones included): O(1), for the VKP_MAX_VNODES cap."""
+        return len(self._held)
 
     def lease_of(self, node: str) -> own.Observed | None:
         return self._observed.get(node)
