@@ -33,8 +33,8 @@ ALL_OPTIONS = Path(__file__).resolve().parent / "all-options.yaml"
 RBAC_RULES = CHART / "files" / "rbac-rules.yaml"
 CRD_KINDS = ("ServiceMonitor", "PrometheusRule")
 VARIANTS = {"default": [], "all-options": ["-f", str(ALL_OPTIONS)]}
-DEFAULT_KINDS = ["ClusterRole", "ClusterRoleBinding", "Deployment", "Pod", "PodDisruptionBudget", "Service",
-                 "ServiceAccount"]
+DEFAULT_KINDS = ["ClusterRole", "ClusterRoleBinding", "Deployment", "FlowSchema", "Pod", "PodDisruptionBudget",
+                 "PriorityLevelConfiguration", "Service", "ServiceAccount"]
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +99,8 @@ def test_rendered_objects(tools: dict[str, str]) -> None:
         [*DEFAULT_KINDS, *CRD_KINDS, "ConfigMap"])
     single = render(tools, "--set", "replicaCount=1")
     assert "PodDisruptionBudget" not in {d["kind"] for d in single}, "no PDB with one replica"
-    minimal = render(tools, "--set", "rbac.create=false,serviceAccount.create=false,test.enabled=false")
+    minimal = render(tools, "--set",
+                     "rbac.create=false,serviceAccount.create=false,test.enabled=false,flowControl.enabled=false")
     assert sorted(d["kind"] for d in minimal) == ["Deployment", "PodDisruptionBudget", "Service"]
     assert one(minimal, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "default"
 
@@ -430,3 +431,20 @@ async def run_provider_until_ready(kubeconfig: Path, namespace: str) -> None:
         await provider.start(timeout_s=60)
     finally:
         provider.kill()
+
+
+def test_flow_schema_is_the_file_for_the_chart_service_account(tools: dict[str, str]) -> None:
+    """vkprovider's APF level and flow schema are files/flowcontrol.yaml (the local control plane applies the same
+    to its user), matched to the chart's ServiceAccount."""
+    fc = yaml.safe_load((CHART / "files" / "flowcontrol.yaml").read_text())
+    docs = render(tools)
+    level = one(docs, "PriorityLevelConfiguration")
+    assert level["spec"] == fc["priorityLevel"]
+    schema = one(docs, "FlowSchema")["spec"]
+    assert schema["priorityLevelConfiguration"]["name"] == level["metadata"]["name"]
+    assert schema["matchingPrecedence"] == fc["flowSchema"]["matchingPrecedence"]
+    sa = one(docs, "ServiceAccount")["metadata"]
+    for rule, wanted in zip(schema["rules"], fc["flowSchema"]["rules"], strict=True):
+        assert rule["subjects"] == [{"kind": "ServiceAccount", "serviceAccount": {"name": sa["name"],
+                                                                                   "namespace": sa["namespace"]}}]
+        assert {k: v for k, v in rule.items() if k != "subjects"} == wanted

@@ -144,12 +144,15 @@ async def test_daemonset_runs_one_module_per_base_also_on_a_late_base(admin, env
     ds["spec"]["template"]["spec"]["nodeSelector"] = {"virtual-kubelet.koupleless.io/env": env_name}
     await admin.create(f"/apis/apps/v1/namespaces/{namespace}/daemonsets", ds)
 
+    container = ds["spec"]["template"]["spec"]["containers"][0]
+    version = next(e["value"] for e in container["env"] if e["name"] == "BIZ_VERSION")
+    expected = [(container["name"], version, "ACTIVATED")]
+
     async def per_base(count: int):
         pods = [p for p in await pods_of(admin, namespace) if is_ready(p)]
         bizs = await bizs_by_base(sim)
-        ok = len(pods) == count and len(bizs) == count and all(
-            v == [("biz1", "0.0.1", "ACTIVATED")] for v in bizs.values())
-        return ok
+        ok = len(pods) == count and len(bizs) == count and all(v == expected for v in bizs.values())
+        return True if ok else {"ready_pods": len(pods), "bizs": bizs}
 
     await wait_until(lambda: per_base(3), 60, what="one module per base")
     await sim.call("POST", "/bases?count=1")

@@ -32,7 +32,7 @@ from vkprovider.core.model import (
     CommandOutcome,
 )
 from vkprovider.sim import ArkletBehaviour, SimConfig, Simulator
-from vkprovider.tunnels.base import Tunnel, TunnelError
+from vkprovider.tunnels.base import Refusal, Tunnel, TunnelError
 from vkprovider.tunnels.http_tunnel import HttpTunnel
 from vkprovider.tunnels.mqtt_tunnel import MqttTunnel
 
@@ -49,8 +49,13 @@ class RecordingEvents:
         self.baseline_asked: list[BaseMetadata] = []
         self.baselines: dict[str, list[BizSpec]] = {}
 
-    def on_heartbeat(self, heartbeat: BaseHeartbeat) -> None:
+    def on_heartbeat(self, heartbeat: BaseHeartbeat, *, authenticated: bool = False) -> Refusal | None:
         self.heartbeats.append(heartbeat)
+        return None
+
+    def address_of(self, identity: str) -> str | None:
+        latest = self.latest().get(identity)
+        return latest.ip if latest is not None else None
 
     def on_health(self, identity: str, health: BaseHealth) -> None:
         self.health_pushes.append((identity, health))
@@ -391,14 +396,16 @@ async def test_wrong_password_is_a_clear_error(mq: Env, mqtt_broker: MqttBroker,
 
 async def test_http_and_mqtt_tunnels_share_one_sink(mqtt_broker: MqttBroker) -> None:
     env = f"both{uuid.uuid4().hex[:6]}"
-    settings = _settings(mqtt_broker, env)
+    secret = uuid.uuid4().hex  # HTTP heartbeats carry per-base tokens (secure by default)
+    settings = _settings(mqtt_broker, env, heartbeat_secret=secret)
     events = RecordingEvents()
     http, mqtt = HttpTunnel(settings), MqttTunnel(settings)
     tunnels: dict[str, Tunnel] = {http.name: http, mqtt.name: mqtt}
     for tunnel in tunnels.values():
         await tunnel.start(events)
     http_sim = Simulator(SimConfig(bases=1, endpoint=f"http://127.0.0.1:{http.port}", identity_prefix="h",
-                                   heartbeat_interval_s=0.5, heartbeat_first_spread_s=0.1, env=env))
+                                   heartbeat_interval_s=0.5, heartbeat_first_spread_s=0.1, env=env,
+                                   token_secret=secret))
     mqtt_sim = Simulator(_sim_config(mqtt_broker, env, bases=1, identity_prefix="q"))
     await http_sim.start()
     await mqtt_sim.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 import pytest
@@ -46,6 +47,10 @@ async def test_twenty_bases_become_ready_nodes_with_labels_and_taints(admin, env
         return nodes if done else None
 
     nodes = await wait_until(all_ready, 30, what="20 Ready vnodes with capacity")
+    # A registration asks the base for its resources first: each Node is created with its capacity, one write.
+    writes = {kind: float(v) for kind, v in re.findall(
+        r'^vkprovider_node_writes_total\{kind="(\w+)"\} (\S+)$', await provider.metrics(), re.M)}
+    assert writes.get("create") == 20 and writes.get("status", 0.0) == 0.0, writes
     for name, node in nodes.items():
         assert name.startswith(f"vnode.{env_name}-") and name.endswith(f".{env_name}")
         labels = node["metadata"]["labels"]

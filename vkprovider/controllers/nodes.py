@@ -16,6 +16,7 @@ replica behind the same Service), so a base is Ready as long as it answers, whic
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -49,6 +50,7 @@ for _ready in ("true", "false", "unknown"):
 
 _READY_LABEL = {BaseReadiness.READY: "true", BaseReadiness.DEACTIVATED: "false", BaseReadiness.UNREACHABLE: "unknown"}
 PROBE_EVERY_S = 5.0  # while a held base is silent, ask it this often whether it is alive
+HEALTH_BEFORE_CREATE_S = 2.0  # how long a registration waits for the base's resources before creating its Node
 
 
 def iso_time(dt: datetime) -> str:
@@ -171,6 +173,19 @@ class NodeController:
         desired = vnode.node_status(view.heartbeat, view.health, self.cfg, readiness=readiness, silent_for_s=silent,
                                     unreachable_after_s=self.settings.base_unreachable_after_s)
         if current is None:
+            if view.health is None and readiness is BaseReadiness.READY:
+                # Registering: ask the base for its resources first, so the Node is created with its capacity
+                # (one write) instead of created and then patched when the answer comes (two).
+                await self._health_before_create(view)
+                # everything may have moved during the wait: derive again
+                view, now = self.registry.get(node) or view, self.clock()
+                if not self.keeper.may_write(node):
+                    return FENCED_RETRY_S if self.keeper.fenced(node) else None
+                silent = view.silent_for(now)
+                readiness = view.readiness(now, self.settings.base_unreachable_after_s)
+                desired = vnode.node_status(view.heartbeat, view.health, self.cfg, readiness=readiness,
+                                            silent_for_s=silent,
+                                            unreachable_after_s=self.settings.base_unreachable_after_s)
             current = await self._create(view, vnode.with_times(desired, None, stamp), readiness)
             self._status_written[node] = now
         else:
@@ -268,6 +283,14 @@ class NodeController:
             return
         self._probed_at[view.node] = now
         self._probes[view.node] = asyncio.create_task(self._probe(view.node), name=f"probe-{view.node}")
+
+    async def _health_before_create(self, view: BaseView) -> None:
+        task = self._probes.get(view.node)
+        if task is None or task.done():
+            self._probed_at[view.node] = self.clock()
+            task = self._probes[view.node] = asyncio.create_task(self._probe(view.node), name=f"probe-{view.node}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(task), HEALTH_BEFORE_CREATE_S)
 
     async def _probe(self, node: str) -> None:
         view = self.registry.get(node)
