@@ -53,7 +53,7 @@ class KubeCluster:
 
     @property
     def audit_log(self) -> Path | None:
-        """The apiserver's audit log: every request vkprovider makes, at Metadata level (the local cluster runs with --audit)."""
+        """The apiserver's audit log: every request vkprovider makes, at Metadata level (--audit)."""
         return self.state_dir / "logs" / "audit.log" if self.state_dir is not None else None
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None,
