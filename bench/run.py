@@ -5,10 +5,16 @@ One run brings up the local control plane (.local/bench-cluster), then runs, in 
 - ``limit``    the ceiling: apiserver write throughput (a raw asyncio client creating and patching ConfigMaps)
                and scheduler-only placement (N plain fake Nodes, M Deployments of N replicas: time to all bound);
 - ``register`` N simulated bases -> N Ready vnodes: time, API writes per node;
+- ``density``  pod startup at a sustained rate (the Kubernetes density SLO's shape): bare module pods created at
+               R pods/s for T seconds onto the N vnodes, each its own biz -> create->Running and bound->Running
+               p50/p99; then the pods are deleted (uninstalls) before the next scenario;
 - ``rollout``  the same M x N Deployments on the vnodes -> all Running: total, ratio to ``limit``'s scheduler-only
                time, p50/p99 bound->Running; vkprovider RSS against running pods (bytes per pod, linearity);
 - ``steady``   idle bases: vkprovider CPU share, RSS, API writes per node per minute;
-- ``churn``    a rolling update of every module: total time, installs and uninstalls the simulator counted.
+- ``churn``    a rolling update of every module: total time, installs and uninstalls the simulator counted;
+- ``replicas`` several replicas behind one round-robin endpoint (as a Service): one replica with N bases, then
+               3 replicas with 3N bases and a module on each (CPU and RSS per replica against the one replica's),
+               then one replica SIGKILLed: re-own p50/p99/max, Ready flips of vnodes and pods, installs, uninstalls.
 
 vkprovider, the simulator and the control plane are separate processes; vkprovider uses the restricted RBAC
 identity and its production defaults. Results: ``bench/results/<scenario>.json`` (``{"scenario", "params",
@@ -35,8 +41,9 @@ from typing import Any
 import yaml
 
 from bench.procstat import Sample, cpu_share, sample
-from tests.integration.harness import ProviderProcess, SimProcess
-from vkprovider.kube.client import Kube
+from tests.integration.harness import SEED_TOLERATION, ProviderProcess, SimProcess
+from tests.integration.lb import RoundRobin
+from vkprovider.kube.client import ApiError, Kube
 from vkprovider.kube.informer import Informer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,6 +158,60 @@ class NodeWatch:
         for cond in (new.get("status") or {}).get("conditions") or []:
             if cond.get("type") == "Ready" and cond.get("status") == "True":
                 self.ready_at.setdefault(key, time.monotonic())
+
+
+class HolderWatch:
+    """Who holds each vnode Lease, and when each one last changed holder (monotonic seconds)."""
+
+    def __init__(self, kube: Kube, selector: str) -> None:
+        self.holder: dict[str, str] = {}
+        self.changed_at: dict[str, float] = {}
+        self.changes = 0
+        self.informer = Informer(kube, "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+                                 label_selector=selector, on_change=self._seen, page_size=1000)
+
+    def _seen(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        if new is None:
+            self.holder.pop(key, None)
+            return
+        holder = str((new.get("spec") or {}).get("holderIdentity") or "")
+        if self.holder.get(key) != holder:
+            if key in self.holder:
+                self.changes += 1
+            self.holder[key] = holder
+            self.changed_at[key] = time.monotonic()
+
+    def counts(self) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for holder in self.holder.values():
+            found[holder] = found.get(holder, 0) + 1
+        return found
+
+
+class ReadyFlips:
+    """Ready=True -> not True transitions of the objects an informer sees (vnodes or pods), counted from ``arm``."""
+
+    def __init__(self, kube: Kube, path: str, selector: str | None = None) -> None:
+        self.ready: dict[str, bool] = {}
+        self.flips = 0
+        self.armed = False
+        self.informer = Informer(kube, path, label_selector=selector, on_change=self._seen, page_size=1000)
+
+    def _seen(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        if new is None:
+            self.ready.pop(key, None)
+            return
+        now_ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                        for c in (new.get("status") or {}).get("conditions") or [])
+        if self.armed and self.ready.get(key) and not now_ready:
+            self.flips += 1
+        self.ready[key] = now_ready
+
+    def arm(self) -> None:
+        self.flips, self.armed = 0, True
+
+    def count_ready(self) -> int:
+        return sum(self.ready.values())
 
 
 @contextlib.asynccontextmanager
@@ -448,6 +509,80 @@ class Bench:
         result.chart = chart
         return result
 
+    # --- density
+
+    async def density(self) -> Result:
+        assert self.admin is not None and self.provider is not None
+        kube, rate, seconds = self.admin, float(self.args.density_rate), float(self.args.density_seconds)
+        count = int(rate * seconds)
+        result = Result("density", {**self.params, "pods_per_s": rate, "seconds": seconds, "pods": count})
+        ns = await self.fresh_namespace(f"bench-density-{int(time.time())}")
+        clock = PodClock(kube, ns)
+        created_at: dict[str, float] = {}
+        failures: list[str] = []
+
+        async def create(i: int) -> None:
+            name = f"dens-{i:05d}"
+            pod = {"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": name, "labels": {"module-controller.koupleless.io/component": "module"}},
+                   "spec": {"containers": [{"name": f"dens{i}", "image": f"https://repo.example.com/dens{i}-1-ark-biz.jar",
+                                            "env": [{"name": "BIZ_VERSION", "value": "1"}]}],
+                            "tolerations": [SEED_TOLERATION],
+                            "nodeSelector": {"virtual-kubelet.koupleless.io/env": ENV}}}
+            created_at[f"{ns}/{name}"] = time.monotonic()
+            try:
+                await kube.create(f"/api/v1/namespaces/{ns}/pods", pod)
+            except Exception as exc:  # reported, not fatal: the figures say how many made it
+                failures.append(repr(exc))
+
+        log(f"density: {count} module pods at {rate:g}/s for {seconds:g}s onto {self.bases} vnodes")
+        async with running(clock.informer):
+            cpu_before = self.component_cpu()
+            start = time.monotonic()
+            tasks: list[asyncio.Task[None]] = []
+            for i in range(count):
+                await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
+                tasks.append(asyncio.create_task(create(i)))
+            await asyncio.gather(*tasks)
+            sent = time.monotonic() - start
+            done = await until(lambda: clock.count_running(set(created_at)) >= count - len(failures),
+                               self.args.timeout, "all density pods Running", interval_s=0.5)
+            cores = self.cores_used(cpu_before, self.component_cpu(), done - start)
+        to_running = [clock.running[k] - created_at[k] for k in created_at if k in clock.running]
+        bound_to_running = [clock.running[k] - clock.bound[k] for k in created_at
+                            if k in clock.running and k in clock.bound]
+        result.metrics.update({
+            "achieved_pods_per_s": round(count / sent, 2),
+            "create_failures": len(failures),
+            "create_to_running_p50_s": round(percentile(to_running, 50), 3),
+            "create_to_running_p99_s": round(percentile(to_running, 99), 3),
+            "bound_to_running_p50_s": round(percentile(bound_to_running, 50), 3),
+            "bound_to_running_p99_s": round(percentile(bound_to_running, 99), 3),
+            "last_running_after_last_create_s": round(done - start - sent, 2),
+            **cores,
+        })
+        result.targets += [target("create_to_running_p99_s", percentile(to_running, 99), 5.0),
+                           target("bound_to_running_p99_s", percentile(bound_to_running, 99), 1.0)]
+        log(f"density: {result.metrics}; deleting the pods")
+        started = time.monotonic()
+        await kube.delete(f"/api/v1/namespaces/{ns}")
+
+        async def gone() -> bool:
+            try:
+                await kube.get(f"/api/v1/namespaces/{ns}")
+            except ApiError as exc:
+                if exc.is_not_found:
+                    return True
+                raise
+            return False
+
+        while not await gone():
+            if time.monotonic() - started > self.args.timeout:
+                raise TimeoutError(f"namespace {ns} not gone within {self.args.timeout:.0f}s")
+            await asyncio.sleep(1)
+        result.metrics["delete_all_s"] = round(time.monotonic() - started, 2)
+        return result
+
     # --- rollout
 
     async def rollout(self) -> Result:
@@ -677,12 +812,155 @@ class Bench:
         result.chart = chart
         return result
 
+    # --- replicas
+
+    def replica(self, client_id: str, env: str) -> ProviderProcess:
+        proc = ProviderProcess(str(CLUSTER_DIR / "vkprovider.kubeconfig"), env, CLIENT_ID=client_id,
+                               VKP_LOG_LEVEL="INFO", VKP_BASE_UNREACHABLE_AFTER="25", VKP_BASE_DEAD_AFTER="600",
+                               VKP_BASE_QUERY_INTERVAL="30", VKP_ORPHAN_GRACE="30")
+        proc.log_path = ROOT / ".local" / "bench-logs" / f"vkprovider-{client_id}.log"
+        proc.log_path.parent.mkdir(parents=True, exist_ok=True)
+        proc.log_path.write_bytes(b"")
+        return proc
+
+    async def window(self, procs: dict[str, ProviderProcess], seconds: float) -> dict[str, tuple[float, float]]:
+        """CPU share (of one core) and RSS (MiB) of each process over ``seconds``."""
+        first = {n: sample(p.proc.pid) for n, p in procs.items() if p.proc}
+        await asyncio.sleep(seconds)
+        last = {n: sample(p.proc.pid) for n, p in procs.items() if p.proc}
+        return {n: (round(cpu_share(first[n], last[n]), 4), round(last[n].rss_bytes / MB, 1)) for n in first}
+
+    async def replicas(self) -> Result:
+        """N bases on one replica, then 3N bases and a module each on 3 replicas, then a replica SIGKILLed."""
+        assert self.admin is not None
+        kube, per = self.admin, self.bases
+        env, names = "benchr", ["replica-a", "replica-b", "replica-c"]
+        window_s = min(60.0, float(self.args.steady_seconds))
+        result = Result("replicas", {**self.params, "replicas": 3, "bases_total": 3 * per, "window_s": window_s,
+                                     "lease_s": 20, "modules_per_base": 1})
+        procs: dict[str, ProviderProcess] = {}
+        sims: list[SimProcess] = []
+        lb = RoundRobin(lambda: [p.endpoint for p in procs.values() if p.proc and p.proc.poll() is None])
+        await lb.start()
+        selector = f"virtual-kubelet.koupleless.io/env={env}"
+        holders = HolderWatch(kube, selector)
+        nodes = ReadyFlips(kube, "/api/v1/nodes", selector)
+        ns = await self.fresh_namespace(f"bench-replicas-{int(time.time())}")
+        pods = ReadyFlips(kube, f"/api/v1/namespaces/{ns}/pods")
+
+        def sim(prefix: str, count: int) -> SimProcess:
+            proc = SimProcess(lb.endpoint, "--bases", str(count), "--identity-prefix", prefix, "--base-version",
+                              "1.1.1", "--install-latency", "0", "--uninstall-latency", "0", "--heartbeat-interval",
+                              str(self.args.heartbeat_interval), "--heartbeat-spread", "1", name=f"sim-{prefix}")
+            proc.log_path = ROOT / ".local" / "bench-logs" / f"sim-{prefix}.log"
+            sims.append(proc)
+            return proc
+
+        try:
+            async with running(holders.informer), running(nodes.informer), running(pods.informer):
+                log(f"replicas: one replica, {per} bases")
+                procs[names[0]] = self.replica(names[0], env)
+                await procs[names[0]].start()
+                await sim("ra", per).start(timeout_s=300)
+                await until(lambda: nodes.count_ready() >= per, self.args.timeout, f"{per} vnodes Ready")
+                one = (await self.window(procs, window_s))[names[0]]
+                log(f"replicas: one replica at {per} bases: CPU {one[0]:.3f} of a core, RSS {one[1]} MiB")
+
+                log(f"replicas: 3 replicas, {3 * per} bases, a DaemonSet module on each")
+                start = time.monotonic()
+                for name in names[1:]:
+                    procs[name] = self.replica(name, env)
+                    await procs[name].start()
+                await sim("rb", 2 * per).start(timeout_s=300)
+                await until(lambda: nodes.count_ready() >= 3 * per, self.args.timeout, f"{3 * per} vnodes Ready")
+                ready_s = time.monotonic() - start
+                await until(lambda: len(holders.holder) >= 3 * per and min(
+                    holders.counts().get(n, 0) for n in names) >= per * 0.8, self.args.timeout,
+                    "leases spread over 3 replicas")
+                spread_s = time.monotonic() - start
+                await kube.create(f"/apis/apps/v1/namespaces/{ns}/daemonsets", {
+                    "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "everywhere"},
+                    "spec": {"selector": {"matchLabels": {"app": "everywhere"}}, "template": {
+                        "metadata": {"labels": {"app": "everywhere",
+                                                "module-controller.koupleless.io/component": "module"}},
+                        "spec": {"containers": [{"name": "biz1", "image": "https://repo.example.com/biz1-1-ark-biz.jar",
+                                                 "env": [{"name": "BIZ_VERSION", "value": "1"}]}],
+                                 "nodeSelector": {"virtual-kubelet.koupleless.io/env": env},
+                                 "tolerations": [SEED_TOLERATION]}}}})
+                await until(lambda: pods.count_ready() >= 3 * per, self.args.timeout, f"{3 * per} modules Ready",
+                            interval_s=1.0)
+                modules_s = time.monotonic() - start
+                spread = holders.counts()
+                three = await self.window(procs, window_s)
+                log(f"replicas: spread {spread}; per replica (CPU, RSS MiB) {three}")
+
+                installs0 = sum([(await s.stats()).get("installCalls", 0) for s in sims])
+                uninstalls0 = sum([(await s.stats()).get("uninstallCalls", 0) for s in sims])
+                nodes.arm()
+                pods.arm()
+                changes0 = holders.changes
+                victim = names[0]
+                lost = [k for k, h in holders.holder.items() if h == victim]
+                log(f"replicas: SIGKILL {victim} holding {len(lost)} vnodes")
+                killed = time.monotonic()
+                procs[victim].kill()
+                live = set(names) - {victim}
+                await until(lambda: all(holders.holder.get(k) in live for k in lost), self.args.timeout,
+                            f"the {len(lost)} vnodes of {victim} held again")
+                reown = [holders.changed_at[k] - killed for k in lost]
+                await asyncio.sleep(30)  # flips and commands after the take-over would show here
+                installs = sum([(await s.stats()).get("installCalls", 0) for s in sims]) - installs0
+                uninstalls = sum([(await s.stats()).get("uninstallCalls", 0) for s in sims]) - uninstalls0
+                after = holders.counts()
+        finally:
+            for proc in procs.values():
+                proc.kill()
+            for s_ in sims:
+                s_.kill()
+            await lb.stop()
+
+        cpu3 = [three[n][0] for n in names]
+        rss3 = [three[n][1] for n in names]
+        result.metrics.update({
+            "one_replica_bases": per,
+            "one_replica_cpu_share": one[0],
+            "one_replica_rss_mb": one[1],
+            "three_replicas_ready_s": round(ready_s, 2),
+            "three_replicas_spread_s": round(spread_s, 2),
+            "three_replicas_modules_ready_s": round(modules_s, 2),
+            "held_per_replica": [spread.get(n, 0) for n in names],
+            "cpu_share_per_replica": cpu3,
+            "rss_mb_per_replica": rss3,
+            "cpu_ratio_to_one_replica": round(max(cpu3) / one[0], 3) if one[0] else None,
+            "rss_ratio_to_one_replica": round(max(rss3) / one[1], 3) if one[1] else None,
+            "failover_vnodes": len(lost),
+            "reown_p50_s": round(percentile(reown, 50), 2),
+            "reown_p99_s": round(percentile(reown, 99), 2),
+            "reown_max_s": round(max(reown, default=math.nan), 2),
+            "held_after_failover": [after.get(n, 0) for n in names],
+            "lease_holder_changes": holders.changes - changes0,
+            "vnode_ready_flips": nodes.flips,
+            "pod_ready_flips": pods.flips,
+            "installs_after_kill": installs,
+            "uninstalls_after_kill": uninstalls,
+        })
+        result.targets += [
+            target("reown_max_s", max(reown, default=math.nan), 20 + 10),
+            target("installs_after_kill", installs, 0),
+            target("uninstalls_after_kill", uninstalls, 0),
+            target("vnode_ready_flips", nodes.flips, 0),
+            target("pod_ready_flips", pods.flips, 0),
+        ]
+        log(f"replicas: {result.metrics}")
+        return result
+
     # --- driver
 
     async def run(self) -> int:
         wanted = self.args.scenarios.split(",")
-        order = ["limit", "register", "rollout", "steady", "churn"]
-        needs = {"rollout": ["register"], "steady": ["register"], "churn": ["register", "rollout"]}
+        order = ["limit", "register", "density", "rollout", "steady", "churn", "replicas"]
+        needs = {"density": ["register"], "rollout": ["register"], "steady": ["register"],
+                 "churn": ["register", "rollout"]}
         todo = [s for s in order if s in wanted or any(s in needs.get(w, []) for w in wanted)]
         self.cluster_up()
         self.admin = await Kube.connect(str(CLUSTER_DIR / "admin.kubeconfig"), max_inflight=128)
@@ -746,7 +1024,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--modules", type=int, default=5, help="modules (Deployments) per base (5)")
     parser.add_argument("--steady-seconds", type=float, default=None, help="idle period (300; --quick: 60)")
     parser.add_argument("--heartbeat-interval", type=float, default=12.0, help="base heartbeat period (12 s)")
-    parser.add_argument("--scenarios", default="limit,register,rollout,steady,churn")
+    parser.add_argument("--scenarios", default="limit,register,density,rollout,steady,churn,replicas")
+    parser.add_argument("--density-rate", type=float, default=20.0, help="density: pods created per second (20)")
+    parser.add_argument("--density-seconds", type=float, default=None,
+                        help="density: seconds of creating (120; --quick: 30)")
     parser.add_argument("--timeout", type=float, default=900.0, help="per waiting step (s)")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy-profile vkprovider during steady (bench/results/steady-profile.txt; needs py-spy)")
@@ -755,6 +1036,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.bases = 100 if args.quick else 1000
     if args.steady_seconds is None:
         args.steady_seconds = 60.0 if args.quick else 300.0
+    if args.density_seconds is None:
+        args.density_seconds = 30.0 if args.quick else 120.0
     return args
 
 

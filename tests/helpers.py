@@ -10,9 +10,11 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 T = TypeVar("T")
+FIGURES = Path(__file__).resolve().parent.parent / ".local" / "test-logs" / "figures.txt"
 
 
 class WaitTimeout(AssertionError):
@@ -65,3 +67,13 @@ def wait_for_sync(predicate: Callable[[], T], timeout: float = 30.0, interval: f
         if time.monotonic() >= deadline:
             raise _fail(what, timeout, last, error)
         time.sleep(interval)
+
+
+def figure(name: str, value: Any = None) -> None:
+    """A measured figure for the closing note: printed (seen with -s) and appended to .local/test-logs/figures.txt.
+    ``figure("x", 3)`` records ``x = 3``; ``figure("x = 3, y = 4")`` records the text as it is."""
+    line = f"FIGURE {name}" if value is None else f"FIGURE {name} = {value}"
+    print(line)
+    FIGURES.parent.mkdir(parents=True, exist_ok=True)
+    with FIGURES.open("a") as out:
+        out.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")

@@ -189,6 +189,7 @@ SEED_TOLERATION = {"key": "schedule.koupleless.io/virtual-node", "operator": "Eq
                    "effect": "NoExecute"}
 
 
+
 def module_pod(name: str, env: str, *, biz: str = "biz1", version: str = "0.0.1", image: str = "",
                labels: dict[str, str] | None = None, node: str | None = None, **spec: Any) -> dict[str, Any]:
     """A module Pod in the seeds' shape, kept on this test's vnodes (env label) or pinned to one node."""

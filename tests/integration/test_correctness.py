@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import figure
 from tests.integration.conftest import TUNNELS
 from tests.integration.harness import (
     condition,
@@ -24,14 +25,6 @@ from tests.integration.harness import (
     wait_until,
 )
 from vkprovider.kube.client import Kube
-
-FIGURES: dict[str, Any] = {}
-
-
-def figure(name: str, value: Any) -> None:
-    """A measured figure, printed with -s and collected for the closing note."""
-    FIGURES[name] = value
-    print(f"FIGURE {name} = {value}")
 
 
 async def start(provider_factory: Any, sim_factory: Any, env: str, bases: int, *sim_args: str,

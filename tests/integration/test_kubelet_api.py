@@ -17,12 +17,9 @@ from typing import Any
 
 import aiohttp
 
+from tests.helpers import figure
 from tests.integration.harness import is_ready, module_pod, wait_ready_vnodes, wait_until
 from vkprovider.kube.client import Kube
-
-
-def figure(name: str, value: Any) -> None:
-    print(f"FIGURE {name} = {value}")
 
 
 async def _ready(admin: Kube, namespace: str, name: str) -> bool:

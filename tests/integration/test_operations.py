@@ -12,6 +12,7 @@ import time
 import uuid
 from typing import Any
 
+from tests.helpers import figure
 from tests.integration.harness import SEED_TOLERATION, ProviderProcess, SimProcess, is_ready, wait_until
 from vkprovider.kube.client import Kube
 
@@ -56,7 +57,7 @@ async def test_series_count_is_flat_from_10_to_1000_bases(kube_cluster: Any, adm
         took = time.monotonic() - started
         large = series(await provider.metrics())
         grown = sorted(large - small)
-        print(f"FIGURE metrics series: {len(small)} at 10 bases, {len(large)} at 1,000 bases "
+        figure(f"metrics series: {len(small)} at 10 bases, {len(large)} at 1,000 bases "
               f"(+{len(grown)}); 990 bases and their modules Ready in {took:.0f}s")
         # New label values may appear once (a result or reason first seen), never one per base or pod.
         assert len(large) <= len(small) + 40, grown[:60]

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import figure
 from tests.integration import audit
 from tests.integration.harness import (
     SEED_TOLERATION,
@@ -208,7 +209,7 @@ async def test_peer_deployment_follows_ready_bases_with_one_writer_and_rides_out
         after = [w for w in audit.writes(kube_cluster.audit_log, handover) if w.resource == "deployments" and w.ok]
         assert {w.replica for w in after} == {next(iter(replicas))}, "the remaining replica took the writing over"
         scale_writes = [w for w in audit.writes(kube_cluster.audit_log, since) if w.resource == "deployments"]
-        print(f"FIGURE peer: {len(scale_writes)} Deployment writes for 0->3->5->2, by {first_writer} then "
+        figure(f"peer: {len(scale_writes)} Deployment writes for 0->3->5->2, by {first_writer} then "
               f"{next(iter(replicas))}; flap lowest={lowest}; scale-down {scaled - seen_down:.1f}s after the bases "
               f"were NotReady (delay {SCALE_DOWN_DELAY_S:g}s)")
     finally:
@@ -459,7 +460,7 @@ async def test_a_replacement_of_an_old_pod_never_deactivates_the_new_version(
         assert counted.get(f"{identity}/biz1:1.0.0") == 1, counted  # never installed again
         assert counted.get(f"{identity}/biz1:2.0.0") == 1, counted
         assert placed["status"].get("reason") == "BizSuperseded", placed["status"]
-        print(f"FIGURE no ping-pong: replacement {placed['metadata']['name']} reason="
+        figure(f"no ping-pong: replacement {placed['metadata']['name']} reason="
               f"{placed['status'].get('reason')}; installs {counted}")
         await wait_until(lambda: pods_are(pods, {"2.0.0": 1}), 90, what="the rollout to finish")
     finally:

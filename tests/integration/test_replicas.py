@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import figure
 from tests.integration import audit
 from tests.integration.harness import (
     SEED_TOLERATION,
@@ -181,7 +182,7 @@ async def test_scale_from_two_to_three_replicas_moves_a_third(rig: Rig) -> None:
     await rig.start_replica("r3")
     after = await wait_until(rig.balanced, 90, interval_s=0.5, what="a share handed to r3")
     moved = sum(1 for n, h in (await rig.leases()).items() if h != leases_before[n])
-    print(f"FIGURE scale_2_to_3: moved {moved} of {BASES} vnodes in {time.monotonic() - started:.1f}s; {after}")
+    figure(f"scale_2_to_3: moved {moved} of {BASES} vnodes in {time.monotonic() - started:.1f}s; {after}")
     assert all(BASES * 0.22 < n < BASES * 0.45 for n in after.values()), after
     assert all(leases_before[n] != "r3" and h == "r3" for n, h in (await rig.leases()).items()
                if h != leases_before[n])  # only to the new replica
@@ -202,7 +203,7 @@ async def test_sigkill_one_replica_its_vnodes_are_held_again_within_the_lease(ri
 
     await wait_until(re_held, LEASE_S + 10, interval_s=0.2, what="r2's vnodes held by the survivors")
     took = time.monotonic() - killed
-    print(f"FIGURE sigkill_reheld_s = {took:.1f} (lease {LEASE_S}s) for {len(victims)} vnodes")
+    figure(f"sigkill_reheld_s = {took:.1f} (lease {LEASE_S}s) for {len(victims)} vnodes")
     assert took <= LEASE_S + 3
     await asyncio.sleep(5)  # they stay held, Ready, and nothing is installed again
     assert await _counts(rig) == before
@@ -245,7 +246,7 @@ async def test_a_replica_stopped_past_its_lease_writes_nothing_for_the_vnodes_it
     log = rig.kube_cluster.audit_log
     assert log is not None and log.exists()
     bad = audit.unauthorised(audit.writes(log), "r3", _pod_vnodes(pods), since=resumed)
-    print(f"FIGURE sigstop_stale_writes = {len(bad)} (held {len(held)} vnodes before the stop)")
+    figure(f"sigstop_stale_writes = {len(bad)} (held {len(held)} vnodes before the stop)")
     assert bad == [], [(w.verb, w.resource, w.subresource, w.name, w.code) for w in bad[:10]]
     await wait_until(rig.balanced, 90, interval_s=0.5, what="r3 given its share back")
     assert await _counts(rig) == before
@@ -261,7 +262,7 @@ async def test_a_replica_whose_clock_runs_30s_ahead_takes_no_lease_from_a_live_h
     log = rig.kube_cluster.audit_log
     assert log is not None
     bad = audit.unauthorised(audit.writes(log), "r4-skewed", _pod_vnodes(pods), since=joined)
-    print(f"FIGURE clock_skew_takes = {len(bad)}")
+    figure(f"clock_skew_takes = {len(bad)}")
     assert bad == [], [(w.verb, w.resource, w.name) for w in bad[:10]]
     rig.stop_replica("r4-skewed")  # SIGTERM: what it was given goes back at once
     await wait_until(rig.balanced, 60, interval_s=0.5, what="balanced over r1..r3 again")
@@ -287,7 +288,7 @@ async def test_rolling_restart_hands_over_in_seconds_and_installs_nothing(rig: R
         handovers.append(time.monotonic() - stopped)
         await rig.start_replica(new)
         await wait_until(rig.balanced, 90, interval_s=0.5, what=f"{new} given its share")
-    print(f"FIGURE rolling_restart_handover_s = {[round(h, 1) for h in handovers]}")
+    figure(f"rolling_restart_handover_s = {[round(h, 1) for h in handovers]}")
     assert all(h < 5 for h in handovers), handovers
     assert await _counts(rig) == before
     rig.check_clean("rolling restart")

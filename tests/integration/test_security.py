@@ -20,13 +20,17 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from tests.integration.harness import TEST_SECRET, condition, is_ready, module_pod, wait_ready_vnodes, wait_until
+from tests.helpers import figure
+from tests.integration.harness import (
+    TEST_SECRET,
+    condition,
+    is_ready,
+    module_pod,
+    wait_ready_vnodes,
+    wait_until,
+)
 from vkprovider.core.credentials import base_token
 from vkprovider.kube.client import Kube
-
-
-def figure(name: str, value: Any) -> None:
-    print(f"FIGURE {name} = {value}")
 
 
 def token(identity: str, secret: str = TEST_SECRET) -> str:

@@ -16,6 +16,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from tests.helpers import figure
 from tests.integration.harness import ProviderProcess, condition, free_port, installs, is_ready, uninstalls, wait_until
 from vkprovider.kube.client import Kube
 
@@ -149,7 +150,7 @@ async def test_vkprovider_adopts_what_the_go_controller_left(admin: Kube, env_na
 
         leases = await wait_until(all_renewed, 10, interval_s=0.2, what="every Go lease renewed by vkprovider")
         renew_s = time.monotonic() - start
-        print(f"FIGURE go_takeover_leases_renewed_s = {renew_s:.1f}")
+        figure(f"go_takeover_leases_renewed_s = {renew_s:.1f}")
         for lease in leases.values():
             labels = lease["metadata"]["labels"]
             # The Go controller's labels stay (a rollback finds its Leases); vkprovider adds who manages it.
@@ -173,7 +174,7 @@ async def test_vkprovider_adopts_what_the_go_controller_left(admin: Kube, env_na
         provider.kill()
         for name in nodes:
             await admin.delete(f"/api/v1/nodes/{name}")
-    print(f"FIGURE go_takeover_ready_flips = {len(flips)}; installs = "
+    figure(f"go_takeover_ready_flips = {len(flips)}; installs = "
           f"{sum((await installs(sim)).values())}; pods leaving Ready = {len(pods_unready)}")
     assert flips == [], flips[:10]
     assert pods_unready == [], pods_unready[:10]

@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.helpers import figure
 from tests.integration import audit
 from vkprovider.kube import rights
 
@@ -114,7 +115,7 @@ def session(kube_cluster: Any) -> Session:
                     "control plane audit-logs vkprovider's requests")
     out = read_session(log, SESSION_START)
     granted = _granted()
-    print(f"FIGURE rbac: {out.requests} vkprovider requests in this session ({len(out.refused)} refused, "
+    figure(f"rbac: {out.requests} vkprovider requests in this session ({len(out.refused)} refused, "
           f"{out.terminating} Events refused in namespaces being deleted); {len(out.used)} of {len(granted)} "
           f"rights used (unused: {', '.join(_show(k) for k in sorted(granted - set(out.used))) or 'none'}); "
           f"tests' own requests as vkprovider: {sum(out.others.values())}")

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import wait_for_sync
+from tests.helpers import figure, wait_for_sync
 
 REPO = Path(__file__).resolve().parents[2]
 README = (REPO / "README.md").read_text()
@@ -187,7 +187,7 @@ def test_the_readme_demo_as_printed(make_run: MakeRun) -> None:
         wait_for_sync(all_as_documented, timeout=60, interval=1.0, what="every sample in its documented state")
     except AssertionError as exc:
         raise AssertionError(f"{exc}\nseen: {seen}\nexpected: {expected}\nmake run:\n{make_run.output()}") from None
-    print(f"FIGURE readme_samples_settled_s = {time.monotonic() - started:.1f}")
+    figure(f"readme_samples_settled_s = {time.monotonic() - started:.1f}")
     pods = pods_by_sample(kubectl)
     pending = [p for p in pods["test-module-deployment-spread"] if p["status"].get("phase") == "Pending"]
     scheduled = {c["type"]: c for c in pending[0]["status"]["conditions"]}["PodScheduled"]
@@ -202,7 +202,7 @@ def test_the_readme_demo_as_printed(make_run: MakeRun) -> None:
     for line in code_block_after("Once a module pod runs"):
         logs = sh(readme_kubectl(line, kubectl)).stdout
         assert "installing from" in logs and "installed in" in logs and "state ACTIVATED" in logs, logs
-        print(f"FIGURE readme kubectl logs: {logs.strip().splitlines()[-1][:160]}")
+        figure(f"readme kubectl logs: {logs.strip().splitlines()[-1][:160]}")
     failed = pods["biz1-pod"][0]["status"]
     assert failed["reason"] == "BizDeactivate" and "0.0.2" in failed["message"], failed
     # Nothing fights: a later look shows the same, with no pod created since (no BizDeactivate loop).
