@@ -341,6 +341,14 @@ class Bench:
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
+    async def provider_counter(self, series: str) -> float:
+        """One series of vkprovider's /metrics, e.g. ``vkprovider_lease_transitions_total{event="lost"}``."""
+        assert self.provider is not None
+        for line in (await self.provider.metrics()).splitlines():
+            if line.startswith(series + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
     def provider_sample(self) -> Sample:
         assert self.provider is not None and self.provider.proc is not None
         return sample(self.provider.proc.pid)
@@ -603,6 +611,8 @@ class Bench:
 
         log(f"rollout: {self.modules} Deployments x {self.bases} replicas = {pods} module pods")
         cpu_before = self.component_cpu()
+        lost_series = 'vkprovider_lease_transitions_total{event="lost"}'
+        lost_before = await self.provider_counter(lost_series)
         for i in range(self.modules):
             await kube.create(f"/apis/apps/v1/namespaces/{self.ns}/deployments",
                               module_deployment(i, self.bases, "0.0.1", fake_nodes=False))
@@ -623,6 +633,7 @@ class Bench:
         await asyncio.sleep(3)
         settled = self.provider_sample().rss_bytes
         per_pod_settled = (settled - self.rss_bases_only) / pods
+        leases_lost = await self.provider_counter(lost_series) - lost_before  # one replica: it must lose none
         ratio = total / self.scheduler_only_s if not math.isnan(self.scheduler_only_s) else math.nan
         result.metrics.update({
             "total_s": round(total, 2),
@@ -632,6 +643,7 @@ class Bench:
             "bound_to_running_p99_s": round(percentile(latencies, 99), 3),
             "bound_to_running_max_s": round(max(latencies, default=math.nan), 3),
             "installs": stats.get("installCalls"),
+            "leases_lost": leases_lost,
             "provider_rss_mb": round(settled / MB, 1),
             "rss_per_pod_bytes": round(per_pod_settled),
             "rss_slope_bytes_per_pod": round(slope) if not math.isnan(slope) else None,
@@ -642,6 +654,7 @@ class Bench:
             target("ratio_to_scheduler_only", ratio, 2.0),
             target("bound_to_running_p99_s", percentile(latencies, 99), 2.0),
             target("rss_per_pod_kb", per_pod_settled / 1024, 100),
+            target("leases_lost", leases_lost, 0),
         ]
         log(f"rollout: {result.metrics}")
 

@@ -26,7 +26,7 @@ from vkprovider.controllers.bases import BaseRegistry, Heard
 from vkprovider.controllers.bizlog import BizLog
 from vkprovider.controllers.modules import ModuleController
 from vkprovider.controllers.nodes import NodeController
-from vkprovider.controllers.ownership import MEMBER_LABEL, LeaseKeeper
+from vkprovider.controllers.ownership import LEASE_WRITES_INFLIGHT, MEMBER_LABEL, LeaseKeeper
 from vkprovider.controllers.releases import ReleaseController
 from vkprovider.core import node as vnode
 from vkprovider.core.model import BaseHealth, BaseHeartbeat, BaseMetadata, BizInfo, BizSpec
@@ -270,7 +270,8 @@ class Provider:
         def wall() -> datetime:
             return datetime.now(UTC) + offset
 
-        keeper = self.keeper = LeaseKeeper(s, kube, events, clock=self.clock, wall=wall)
+        # Leases get a lane of their own: a renewal never queues behind a rollout's status writes in this process.
+        keeper = self.keeper = LeaseKeeper(s, kube.lane(LEASE_WRITES_INFLIGHT), events, clock=self.clock, wall=wall)
         def on_node(key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
             self.node_controller.on_node_change(key, old, new)
             self.release_controller.on_node_change(key, old, new)

@@ -150,3 +150,18 @@ def test_forget_means_read_before_acting():
     assert led.bizs is None
     led.apply_read(led.begin_read(), [ACTIVE_V1])
     assert led.bizs == {V1.key: ACTIVE_V1}
+
+
+def test_a_command_that_ends_without_an_answer_is_abandoned_and_the_base_read_again():
+    """An install task that returns before sending (its vnode was fenced when it ran) must not stay in flight:
+    found by the 1,000-base bench, where 3 of 5,000 pods waited in ContainerCreating behind such an entry forever."""
+    led = fresh()
+    first = led.start(V1.key, CommandKind.INSTALL, V1, 1.0)
+    assert led.abandon(V1.key, first)
+    assert V1.key not in led.inflight and led.read_needed and V1.key not in led.failures
+    assert not led.abandon(V1.key, first)  # once only
+    again = led.start(V1.key, CommandKind.INSTALL, V1, 2.0)
+    assert not led.abandon(V1.key, first)  # an older command never removes a newer one
+    led.finish_install(V1, ok=True, reported=[ACTIVE_V1], now=3.0, at_ms=0)
+    assert not led.abandon(V1.key, again)  # answered: nothing to abandon
+    assert led.bizs is not None and V1.key in led.bizs

@@ -156,3 +156,38 @@ async def test_a_reconcile_that_meets_a_fenced_vnode_comes_back() -> None:
     nodes.nodes = {}  # type: ignore[assignment]
     nodes.clock = lambda: 0.0
     assert await nodes.reconcile(node) == FENCED_RETRY_S
+
+
+async def test_a_command_task_that_meets_a_fenced_vnode_leaves_nothing_in_flight() -> None:
+    """Installs are started in the ledger, then sent by a task; when the task runs the vnode may be fenced (a
+    renewal late under load) and it sends nothing. The ledger must not keep that install in flight (the pod would
+    wait in ContainerCreating for ever): it is abandoned, the base is read again and the vnode re-queued."""
+    from vkprovider.config import load_settings
+    from vkprovider.controllers.modules import ModuleController
+    from vkprovider.core.model import BizSpec
+    from vkprovider.kube.informer import UnionCache
+
+    settings = load_settings({"ENV": "test"})
+    registry = BaseRegistry("test", clock=lambda: 0.0)
+    registry.heartbeat(hb("b1"))
+    node = "vnode.b1.test"
+    view = registry.get(node)
+    assert view is not None
+    controller = ModuleController(settings, None, registry, UnionCache(), {}, None,  # type: ignore[arg-type]
+                                  may_write=lambda n: False, fenced=lambda n: True, clock=lambda: 0.0)
+
+    class Unreachable:
+        name = "http"
+
+        async def install_biz(self, *args: object, **kw: object) -> None:
+            raise AssertionError("a fenced vnode sends no command")
+
+        batch_install_biz = install_biz
+
+    specs = [BizSpec("biz1", "1", "http://x/biz1.jar"), BizSpec("biz2", "1", "http://x/biz2.jar")]
+    for batch in (specs[:1], specs):  # one install, and a batch
+        controller._start_installs(view, Unreachable(), batch)  # type: ignore[arg-type]
+        assert set(view.ledger.inflight) == {s.key for s in batch}
+        await wait_for(lambda: not controller._tasks, 2.0, what="the command tasks ended")
+        assert view.ledger.inflight == {} and view.ledger.read_needed
+        assert node in controller.queue._waiting

@@ -37,7 +37,7 @@ from vkprovider.controllers.bizlog import BizLog
 from vkprovider.controllers.ownership import FENCED_RETRY_S
 from vkprovider.controllers.queue import WorkQueue
 from vkprovider.core.backoff import BIZ_INSTALL, STATUS_WRITE
-from vkprovider.core.basestate import BaseLedger, CommandKind
+from vkprovider.core.basestate import BaseLedger, CommandKind, Inflight
 from vkprovider.core.model import BizInfo, BizKey, BizSpec, BizState, BizStateRecord, CommandOutcome, CommandResult
 from vkprovider.core.module import (
     PodModules,
@@ -704,7 +704,9 @@ class ModuleController:
         self.events.warning(pod, reason, message)
 
     # --- commands ---------------------------------------------------------------------------------
-    def _spawn(self, node: str, coro: Any, name: str) -> None:
+    def _spawn(self, node: str, coro: Any, name: str, started: Mapping[BizKey, Inflight]) -> None:
+        """Run a command task; when it ends, a command of ``started`` it did not finish (it returned early because
+        the vnode was fenced or lost, or it was cancelled) is abandoned in the ledger, so it is decided again."""
         task: asyncio.Task[None] = asyncio.create_task(coro, name=name)
         tasks = self._tasks.setdefault(node, set())
         tasks.add(task)
@@ -713,6 +715,14 @@ class ModuleController:
             tasks.discard(t)
             if not tasks and self._tasks.get(node) is tasks:
                 del self._tasks[node]
+            view = self.registry.get(node)
+            if view is None:
+                return
+            abandoned = [key for key, inflight in started.items() if view.ledger.abandon(key, inflight)]
+            if abandoned:
+                log.info("%s on %s ended without an answer for %s; deciding again", name, node,
+                         ", ".join(map(str, abandoned)))
+                self.queue.add(node)
 
         task.add_done_callback(done)
 
@@ -735,8 +745,8 @@ class ModuleController:
 
     def _start_installs(self, view: BaseView, tunnel: Tunnel, specs: Sequence[BizSpec]) -> None:
         now = self.clock()
+        started = {spec.key: view.ledger.start(spec.key, CommandKind.INSTALL, spec, now) for spec in specs}
         for spec in specs:
-            view.ledger.start(spec.key, CommandKind.INSTALL, spec, now)
             self._install_started[(view.node, spec.key)] = now
             self.bizlog.add(view.node, spec.name, spec.version, f"installing from {spec.url}")
         # A batch answers per jar URL: bizs that share a URL (only a simulator allows that) go one by one.
@@ -744,11 +754,13 @@ class ModuleController:
         batch = [spec for spec in specs if urls.count(spec.url) == 1]
         single = [spec for spec in specs if urls.count(spec.url) > 1]
         if len(batch) > 1:
-            self._spawn(view.node, self._batch_install(view.node, tunnel, batch), f"batch-install-{view.node}")
+            self._spawn(view.node, self._batch_install(view.node, tunnel, batch), f"batch-install-{view.node}",
+                        {spec.key: started[spec.key] for spec in batch})
         else:
             single += batch
         for spec in single:
-            self._spawn(view.node, self._install(view.node, tunnel, spec), f"install-{view.node}-{spec.key}")
+            self._spawn(view.node, self._install(view.node, tunnel, spec), f"install-{view.node}-{spec.key}",
+                        {spec.key: started[spec.key]})
 
     async def _install(self, node: str, tunnel: Tunnel, spec: BizSpec, *, kind: str = "install") -> None:
         view = self.registry.get(node)
@@ -848,10 +860,11 @@ class ModuleController:
         self.queue.add(node)
 
     def _start_reinstall(self, view: BaseView, tunnel: Tunnel, spec: BizSpec) -> None:
-        view.ledger.start(spec.key, CommandKind.REINSTALL, spec, self.clock())
+        started = view.ledger.start(spec.key, CommandKind.REINSTALL, spec, self.clock())
         self.bizlog.add(view.node, spec.name, spec.version,
                         f"reinstalling from {spec.url} (was {view.ledger.installed_urls.get(spec.key)})")
-        self._spawn(view.node, self._reinstall(view.node, tunnel, spec), f"reinstall-{view.node}-{spec.key}")
+        self._spawn(view.node, self._reinstall(view.node, tunnel, spec), f"reinstall-{view.node}-{spec.key}",
+                    {spec.key: started})
 
     async def _reinstall(self, node: str, tunnel: Tunnel, spec: BizSpec) -> None:
         """Same name:version from another jar URL: uninstall, then install (arklet keys bizs by name:version)."""
@@ -873,9 +886,10 @@ class ModuleController:
         await self._install(node, tunnel, spec, kind="reinstall")
 
     def _start_uninstall(self, view: BaseView, tunnel: Tunnel, key: BizKey) -> None:
-        view.ledger.start(key, CommandKind.UNINSTALL, None, self.clock())
+        started = view.ledger.start(key, CommandKind.UNINSTALL, None, self.clock())
         self.bizlog.add(view.node, key.name, key.version, "uninstalling")
-        self._spawn(view.node, self._uninstall(view.node, tunnel, key), f"uninstall-{view.node}-{key}")
+        self._spawn(view.node, self._uninstall(view.node, tunnel, key), f"uninstall-{view.node}-{key}",
+                    {key: started})
 
     async def _uninstall(self, node: str, tunnel: Tunnel, key: BizKey) -> None:
         view = self.registry.get(node)

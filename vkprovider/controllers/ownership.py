@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 TICK_S = 0.5
 FENCED_RETRY_S = 1.0  # a reconcile that met a fenced (held, renewal late) vnode comes back after this
 STALL_S = 3.0  # a tick this late: the process was not running
+LEASE_WRITES_INFLIGHT = 32  # lease writes at once (the keeper's client lane has the same bound)
 MEMBER_LABEL = "vkprovider.koupleless.io/member-of"
 
 HELD = Gauge("vkprovider_vnodes_held", "Vnodes whose Lease this replica holds.")
@@ -107,7 +108,7 @@ class LeaseKeeper:
         self._started = clock()
         self._stopping = False
         self._wake = asyncio.Event()
-        self._writes = asyncio.Semaphore(32)
+        self._writes = asyncio.Semaphore(LEASE_WRITES_INFLIGHT)
         self.on_gained: list[Callable[[str], None]] = []
         self.on_lost: list[Callable[[str], None]] = []
 

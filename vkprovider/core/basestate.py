@@ -181,9 +181,20 @@ class BaseLedger:
 
     # --- commands --------------------------------------------------------------------------------------
 
-    def start(self, key: BizKey, kind: CommandKind, spec: BizSpec | None, now: float) -> None:
-        self._inflight[key] = Inflight(kind, spec, now)
+    def start(self, key: BizKey, kind: CommandKind, spec: BizSpec | None, now: float) -> Inflight:
+        inflight = self._inflight[key] = Inflight(kind, spec, now)
         self._tick()
+        return inflight
+
+    def abandon(self, key: BizKey, inflight: Inflight) -> bool:
+        """The command ``start`` returned ``inflight`` for ended without an answer (not sent: the vnode was fenced or
+        lost first; or stopped half-way): it is no longer in flight, and the base is read again before the next
+        decision, as the command may have changed it. False when that command is no longer the one in flight."""
+        if self._inflight.get(key) is not inflight:
+            return False
+        del self._inflight[key]
+        self.request_read()
+        return True
 
     def finish_install(
         self,

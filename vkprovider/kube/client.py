@@ -14,6 +14,7 @@ The parsing helpers (:func:`api_error_from_response`, :func:`parse_watch_line`, 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import os
 import ssl
@@ -389,8 +390,8 @@ class Kube:
             credentials = _Credentials(await _auth_header(conf), kubeconfig=kubeconfig)
         host = str(conf.host)
         ssl_ctx: ssl.SSLContext | bool = _ssl_context(conf) if host.startswith("https") else False
-        # Requests are bounded by the semaphore; the pool leaves room for long-lived watches on top.
-        connector = aiohttp.TCPConnector(ssl=ssl_ctx, limit=max_inflight + 64, keepalive_timeout=60.0,
+        # Requests are bounded by the semaphore; the pool leaves room for lanes (``lane``) and long-lived watches.
+        connector = aiohttp.TCPConnector(ssl=ssl_ctx, limit=max_inflight + 128, keepalive_timeout=60.0,
                                          ttl_dns_cache=300)
         session = aiohttp.ClientSession(connector=connector, json_serialize=lambda o: orjson.dumps(o).decode(),
                                         read_bufsize=2**18)
@@ -401,6 +402,14 @@ class Kube:
     @property
     def host(self) -> str:
         return self._host
+
+    def lane(self, max_inflight: int) -> Kube:
+        """The same server, connection pool and credentials with a request bound of its own: for requests that
+        must not wait behind bulk writes in this process (a vnode's lease renewal behind a rollout's pod status
+        PATCHes). Close the client the lane came from, not the lane."""
+        lane = copy.copy(self)
+        lane._sem = asyncio.Semaphore(max_inflight)
+        return lane
 
     async def close(self) -> None:
         await self._session.close()
