@@ -285,9 +285,16 @@ class Provider:
                            label_selector=f"{MEMBER_LABEL}={s.env}", on_change=keeper.on_member_change,
                            resource="leases-member")
         pods = UnionCache()
+
+        def ours_or_unbound(pod: dict[str, Any]) -> bool:
+            # A module pod bound elsewhere (a vnode of another ENV, a plain node) is another controller's: not cached.
+            bound_to = str((pod.get("spec") or {}).get("nodeName") or "")
+            return not bound_to or vnode.is_vnode_name(bound_to, s.env)
+
         for label in MODULE_LABELS:
             pods.add(Informer(kube, "/api/v1/pods", label_selector=f"{label}={MODULE_LABEL_VALUE}",
-                              on_change=pods.notify, trim_object=trim_pod, resource=f"pods-{label.split('.')[0]}"))
+                              keep=ours_or_unbound, on_change=pods.notify, trim_object=trim_pod,
+                              resource=f"pods-{label.split('.')[0]}"))
         # Non-module pods bound to a vnode stay Pending (no kubelet runs them): watching only bound Pending pods
         # finds them while caching next to nothing of the rest of the cluster.
         pods.add(Informer(kube, "/api/v1/pods", field_selector="spec.nodeName!=,status.phase=Pending",
