@@ -281,9 +281,18 @@ async def ready_pods(admin: Kube, namespace: str, count: int, version: str,
         pods = got["items"]
         ok = (len(pods) == count and all(is_ready(p) and version_of(p) == version for p in pods)
               and not any(p["metadata"].get("deletionTimestamp") for p in pods))
-        return pods if ok else None
+        if ok:
+            return pods
+        seen["pods"] = [(p["metadata"]["name"], p["spec"].get("nodeName"), (p.get("status") or {}).get("phase"),
+                         (p.get("status") or {}).get("reason"), bool(p["metadata"].get("deletionTimestamp")))
+                        for p in pods]
+        return None
 
-    return list(await wait_until(check, timeout_s, what=f"{count} Running+Ready pods of biz1 {version}"))
+    seen: dict[str, Any] = {}
+    try:
+        return list(await wait_until(check, timeout_s, what=f"{count} Running+Ready pods of biz1 {version}"))
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; pods: {seen.get('pods')}") from None
 
 
 async def serves(base: BaseJvm) -> str | None:

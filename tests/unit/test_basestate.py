@@ -165,3 +165,22 @@ def test_a_command_that_ends_without_an_answer_is_abandoned_and_the_base_read_ag
     led.finish_install(V1, ok=True, reported=[ACTIVE_V1], now=3.0, at_ms=0)
     assert not led.abandon(V1.key, again)  # answered: nothing to abandon
     assert led.bizs is not None and V1.key in led.bizs
+
+
+def test_a_supersession_ends_when_the_new_version_leaves_or_the_old_one_returns():
+    """0.0.2 replaced 0.0.1, then 0.0.2 was uninstalled (its Deployment deleted): a new pod of 0.0.1 must be
+    installed, not failed with BizDeactivate until the next poll (the real base's e2e test met exactly that)."""
+    v2 = BizSpec("biz1", "0.0.2", "http://x/biz1-2.jar")
+    led = fresh()
+    led.apply_read(led.begin_read(), [ACTIVE_V1])
+    led.start(v2.key, CommandKind.INSTALL, v2, 1.0)
+    led.finish_install(v2, ok=True, reported=[BizInfo("biz1", "0.0.2", BizState.ACTIVATED)], now=1.0, at_ms=0,
+                       replaced=[V1.key])
+    assert led.superseded == {V1.key: v2.key}
+    led.start(v2.key, CommandKind.UNINSTALL, None, 2.0)
+    led.finish_uninstall(v2.key, ok=True, now=2.0, at_ms=0)
+    assert led.superseded == {}
+    led.seed_superseded(V1.key, v2.key)  # read back from an old pod's status after a restart
+    led.start(V1.key, CommandKind.INSTALL, V1, 3.0)
+    led.finish_install(V1, ok=True, reported=[ACTIVE_V1], now=3.0, at_ms=0)
+    assert led.superseded == {}

@@ -215,6 +215,7 @@ class BaseLedger:
         self._changed_at[key] = seq
         if ok:
             self._failures.pop(key, None)
+            self._superseded.pop(key, None)  # on the base again: no longer replaced by anything
             self._urls[key] = spec.url
             info = next((b for b in reported if b.key == key), None)
             if self._bizs is not None:
@@ -245,6 +246,8 @@ class BaseLedger:
             self._failures.pop(key, None)
             self._orphan_since.pop(key, None)
             self._urls.pop(key, None)
+            # the version that replaced others is gone: they may be installed again (for new pods)
+            self._superseded = {o: n for o, n in self._superseded.items() if n != key}
             if self._bizs is not None:
                 self._bizs.pop(key, None)
         else:
