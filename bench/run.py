@@ -31,6 +31,7 @@ import json
 import math
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -352,6 +353,49 @@ class Bench:
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
 
+    async def apiserver_writes(self) -> dict[str, float]:
+        """Writes the apiserver served, by resource[/subresource] and verb (every client, from its /metrics)."""
+        assert self.admin is not None
+        text = await self.admin.get("/metrics")
+        out: dict[str, float] = {}
+        for line in str(text).splitlines():
+            if not line.startswith("apiserver_request_total{"):
+                continue
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
+            if labels.get("verb") not in ("POST", "PUT", "PATCH", "DELETE", "APPLY", "CREATE", "UPDATE"):
+                continue
+            what = labels.get("resource", "?") + ("/" + labels["subresource"] if labels.get("subresource") else "")
+            key = f"{labels['verb']} {what}"
+            out[key] = out.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+        return out
+
+    async def event_counts(self) -> dict[str, tuple[str, int]]:
+        """Every Event in the cluster: uid -> (who and why, how many times it happened)."""
+        assert self.admin is not None
+        items, _, _ = await self.admin.list_all("/api/v1/events")
+        out = {}
+        for e in items:
+            who = e.get("reportingComponent") or (e.get("source") or {}).get("component") or "?"
+            out[e["metadata"]["uid"]] = (f"{who} {e.get('reason')}", int(e.get("count") or 1))
+        return out
+
+    @staticmethod
+    def events_between(before: dict[str, tuple[str, int]], after: dict[str, tuple[str, int]]) -> dict[str, int]:
+        """Events recorded between two ``event_counts`` readings, by component and reason."""
+        out: dict[str, int] = {}
+        for uid, (what, count) in after.items():
+            new = count - before.get(uid, (what, 0))[1]
+            if new > 0:
+                out[what] = out.get(what, 0) + new
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+    @staticmethod
+    def writes_between(before: dict[str, float], after: dict[str, float], minutes: float,
+                       nodes: int) -> dict[str, float]:
+        """Writes per node per minute by resource and verb between two ``apiserver_writes`` readings."""
+        per = {k: (v - before.get(k, 0.0)) / max(nodes, 1) / max(minutes, 1e-9) for k, v in after.items()}
+        return {k: round(v, 3) for k, v in sorted(per.items(), key=lambda kv: -kv[1]) if v > 0.0005}
+
     def provider_sample(self) -> Sample:
         assert self.provider is not None and self.provider.proc is not None
         return sample(self.provider.proc.pid)
@@ -477,9 +521,13 @@ class Bench:
         await self.provider.start()
         idle = self.provider_sample()
         writes0 = await self.provider_writes()
+        by_kind0 = await self.apiserver_writes()
+        events0 = await self.event_counts()
         watch = NodeWatch(self.admin, f"virtual-kubelet.koupleless.io/env={ENV}")
+        profiler = self.start_profile(30, "register") if self.args.profile else None
         timeline: list[tuple[float, int]] = []
         async with running(watch.informer):
+            cpu_before = {**self.component_cpu(), "simulator": 0.0}
             start = time.monotonic()
             self.sim = SimProcess(self.provider.endpoint, "--bases", str(self.bases), "--identity-prefix", "bench",
                                   "--base-version", "1.1.1", "--install-latency", "0", "--uninstall-latency", "0",
@@ -491,7 +539,10 @@ class Bench:
             done = await until(lambda: len(watch.ready_at) >= self.bases, self.args.timeout, "all vnodes Ready",
                                tick=lambda: timeline.append((time.monotonic() - start, len(watch.ready_at))))
         elapsed = done - start
+        cores = self.cores_used(cpu_before, self.component_cpu(), elapsed)
         await asyncio.sleep(2)
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes what it sampled so far on an interrupt
         writes = await self.provider_writes() - writes0
         after = self.provider_sample()
         self.rss_bases_only = after.rss_bytes
@@ -503,7 +554,17 @@ class Bench:
             "provider_rss_mb": round(after.rss_bytes / MB, 1),
             "provider_rss_per_base_kb": round((after.rss_bytes - idle.rss_bytes) / self.bases / 1024, 1),
             "provider_cpu_s": round(after.cpu_s - idle.cpu_s, 2),
+            **cores,
         })
+        result.metrics["apiserver_writes_per_node"] = {
+            k: round(v, 2) for k, v in self.writes_between(by_kind0, await self.apiserver_writes(), 1.0,
+                                                                      self.bases).items()}
+        result.metrics["events"] = self.events_between(events0, await self.event_counts())
+        result.metrics["provider_node_writes"] = {
+            kind: float(v) for kind, v in re.findall(r'^vkprovider_node_writes_total\{kind="(\w+)"\} (\S+)$',
+                                                    await self.provider.metrics(), re.M)}
+        if profiler is not None:
+            result.metrics["profile_top"] = await self.finish_profile(profiler, "register")
         result.targets += [target("time_to_all_ready_s", elapsed, 5),  # issue 17's targets
                            target("api_writes_per_node", writes / self.bases, 3.5)]
         log(f"register: {result.metrics}")
@@ -707,21 +768,23 @@ class Bench:
 
     # --- steady
 
-    def start_profile(self, duration: float) -> subprocess.Popen[bytes] | None:
-        """py-spy over vkprovider for the scenario (collapsed stacks, sampled 100/s, idle frames left out)."""
+    def start_profile(self, duration: float, scenario: str = "steady") -> subprocess.Popen[bytes] | None:
+        """py-spy over vkprovider for a scenario (collapsed stacks, sampled 100/s, idle frames left out)."""
         spy = Path(sys.executable).with_name("py-spy")
         if not spy.exists() or self.provider is None or self.provider.proc is None:
             log("profile: py-spy not installed in the virtualenv (pip install py-spy); no profile")
             return None
-        out = RESULTS / "steady-profile.txt"
+        out = RESULTS / f"{scenario}-profile.txt"
+        out.unlink(missing_ok=True)
         return subprocess.Popen([str(spy), "record", "--pid", str(self.provider.proc.pid), "--duration",
                                  str(int(duration)), "--format", "raw", "--rate", "100", "--nonblocking",
                                  "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    async def finish_profile(self, profiler: subprocess.Popen[bytes]) -> list[str]:
+    async def finish_profile(self, profiler: subprocess.Popen[bytes], scenario: str = "steady") -> list[str]:
         """The functions where vkprovider spent its samples (inclusive share), most first."""
-        await asyncio.to_thread(profiler.wait, 120)
-        out = RESULTS / "steady-profile.txt"
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            await asyncio.to_thread(profiler.wait, 120)
+        out = RESULTS / f"{scenario}-profile.txt"
         if not out.exists():
             return []
         inclusive: dict[str, int] = {}
@@ -740,14 +803,56 @@ class Bench:
         top = sorted(inclusive.items(), key=lambda kv: -kv[1])[:25]
         return [f"{100 * n / max(total, 1):.1f}% {frame}" for frame, n in top]
 
+    EXCHANGES = {  # what vkprovider sends or receives, by kind: the series of its /metrics that count them
+        "api_requests": "rest_client_requests_total{",
+        "heartbeats_in": "vkprovider_heartbeats_total{",
+        "arklet_calls": "vkprovider_tunnel_request_duration_seconds_count{",
+        "watch_events_in": "vkprovider_informer_events_total{",
+    }
+
+    async def exchanges(self) -> dict[str, float]:
+        """Cumulative network exchanges of vkprovider by kind (see ``EXCHANGES``)."""
+        text = await self.provider.metrics()  # type: ignore[union-attr]
+        out = dict.fromkeys(self.EXCHANGES, 0.0)
+        for line in text.splitlines():
+            for kind, prefix in self.EXCHANGES.items():
+                if line.startswith(prefix):
+                    out[kind] += float(line.rsplit(" ", 1)[1])
+        return out
+
+    async def events_settled(self, quiet_s: float = 5.0, timeout_s: float = 300.0) -> float:
+        """Wait until vkprovider has posted no Event for ``quiet_s`` (a rollout's BizInstalled Events drain at
+        the recorder's pace for minutes after it): "at rest" starts then. Returns how long that took."""
+        started = time.monotonic()
+
+        async def posted() -> float:
+            total = 0.0
+            for line in (await self.provider.metrics()).splitlines():  # type: ignore[union-attr]
+                if line.startswith("vkprovider_events_posted_total{"):
+                    total += float(line.rsplit(" ", 1)[1])
+            return total
+
+        last, since = await posted(), time.monotonic()
+        while time.monotonic() - since < quiet_s and time.monotonic() - started < timeout_s:
+            await asyncio.sleep(1.0)
+            now_posted = await posted()
+            if now_posted != last:
+                last, since = now_posted, time.monotonic()
+        return round(time.monotonic() - started, 1)
+
     async def steady(self) -> Result:
         duration = float(self.args.steady_seconds)
         pods = len(self.clock.alive) if self.clock is not None else 0
         result = Result("steady", {**self.params, "module_pods": pods})
+        result.metrics["events_drained_after_s"] = await self.events_settled()
         log(f"steady: {self.bases} bases idle for {duration:.0f}s")
         writes0 = await self.provider_writes()
+        by_kind0 = await self.apiserver_writes()
+        events0 = await self.event_counts()
         profiler = self.start_profile(duration) if self.args.profile else None
         first = self.provider_sample()
+        exchanges0 = await self.exchanges()
+        cpu_before = self.component_cpu()
         sim_first = sample(self.sim.proc.pid) if self.sim and self.sim.proc else None
         timeline: list[tuple[float, float, float]] = []
         prev = first
@@ -757,14 +862,26 @@ class Bench:
             timeline.append((cur.wall_s - first.wall_s, cpu_share(prev, cur), cur.rss_bytes / MB))
             prev = cur
         last = self.provider_sample()
+        cores = self.cores_used(cpu_before, self.component_cpu(), last.wall_s - first.wall_s)
+        exchanges1 = await self.exchanges()
+        per_s = {k: round((exchanges1[k] - exchanges0[k]) / (last.wall_s - first.wall_s), 1) for k in exchanges1}
         writes = await self.provider_writes() - writes0
         share = cpu_share(first, last)
         per_node_min = writes / self.bases / ((last.wall_s - first.wall_s) / 60)
+        by_kind = self.writes_between(by_kind0, await self.apiserver_writes(), (last.wall_s - first.wall_s) / 60,
+                                      self.bases)
         result.metrics.update({
             "provider_cpu_share": round(share, 4),
             "provider_rss_mb": round(last.rss_bytes / MB, 1),
             "api_writes": writes,
             "api_writes_per_node_per_min": round(per_node_min, 2),
+            "apiserver_writes_per_node_per_min": by_kind,  # every client: where the writes go
+            "events": self.events_between(events0, await self.event_counts()),
+            # Every request sent or received costs the process about the same: CPU per exchange says whether a
+            # change made vkprovider do less per exchange or merely fewer exchanges.
+            "exchanges_per_s": per_s,
+            "provider_cpu_ms_per_exchange": round(1000 * share / max(sum(per_s.values()), 1e-9), 3),
+            **cores,
         })
         if sim_first is not None and self.sim and self.sim.proc:
             result.metrics["simulator_cpu_share"] = round(cpu_share(sim_first, sample(self.sim.proc.pid)), 4)

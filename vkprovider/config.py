@@ -157,8 +157,10 @@ class Settings(BaseSettings):
     base_probe_after_s: float = F(15.0, "VKP_BASE_PROBE_AFTER", "base_probe_after_s", gt=0,
                                   description="Silence after which the owner asks the base (health) whether it is "
                                   "alive: its heartbeats may be reaching another replica.")
-    base_health_interval_s: float = F(60.0, "VKP_BASE_HEALTH_INTERVAL", "base_health_interval_s", gt=0,
-                                      description="health query period per base (cpu / memory of the vnode).")
+    base_health_interval_s: float = F(300.0, "VKP_BASE_HEALTH_INTERVAL", "base_health_interval_s", gt=0,
+                                      description="health query period per base (cpu / memory of the vnode; "
+                                      "a kubelet reports its node status every 5 minutes too). A silent base "
+                                      "is asked at once, whatever this says (VKP_BASE_PROBE_AFTER).")
     base_bizs_interval_s: float = F(30.0, "VKP_BASE_QUERY_INTERVAL", "base_bizs_interval_s", gt=0,
                                     description="queryAllBiz period per base (changes the base does not push).")
 

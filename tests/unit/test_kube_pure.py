@@ -456,3 +456,52 @@ async def test_watch_streams_large_lines_and_skips_garbage(fake_api: tuple[Kube,
             events.append(ev)
     assert [e["type"] for e in events] == ["ADDED", "BOOKMARK"]
     assert len(events[0]["object"]["metadata"]["big"]) == 300_000
+
+
+def _kubeconfig(tmp: Path, cluster: dict[str, Any], user: dict[str, Any]) -> str:
+    import yaml
+
+    path = tmp / "config"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "contexts": [{"name": "other", "context": {"cluster": "x", "user": "x"}},
+                     {"name": "c", "context": {"cluster": "k", "user": "u"}}],
+        "clusters": [{"name": "k", "cluster": cluster}], "users": [{"name": "u", "user": user}]}))
+    return str(path)
+
+
+async def test_a_static_kubeconfig_is_read_without_the_client_library(tmp_path: Path) -> None:
+    """Embedded or file certificates, a token or token file: read here (the library's client package would cost
+    33 MB of memory for good); relative files are relative to the kubeconfig, as kubectl reads them."""
+    import base64
+
+    from vkprovider.kube.client import _auth_header, _load_configuration, static_kubeconfig
+
+    path = _kubeconfig(tmp_path, {"server": "https://10.0.0.1:6443/",
+                                  "certificate-authority-data": base64.b64encode(b"CA PEM").decode()},
+                       {"client-certificate-data": base64.b64encode(b"CERT PEM").decode(),
+                        "client-key": "keys/user.key"})
+    conf = static_kubeconfig(path)
+    assert conf is not None and conf.host == "https://10.0.0.1:6443" and conf.verify_ssl and conf.header is None
+    assert Path(conf.ssl_ca_cert or "").read_bytes() == b"CA PEM"
+    assert Path(conf.cert_file or "").read_bytes() == b"CERT PEM"
+    assert (Path(conf.cert_file or "").stat().st_mode & 0o077) == 0  # only this user reads key material
+    assert conf.key_file == str(tmp_path / "keys" / "user.key")
+    (tmp_path / "token").write_text("s3cret\n")
+    path = _kubeconfig(tmp_path, {"server": "https://h", "insecure-skip-tls-verify": True,
+                                  "tls-server-name": "kubernetes"}, {"tokenFile": "token"})
+    conf = static_kubeconfig(path)
+    assert conf is not None and not conf.verify_ssl and conf.tls_server_name == "kubernetes"
+    assert await _auth_header(await _load_configuration(path)) == "Bearer s3cret"
+
+
+async def test_a_kubeconfig_with_an_exec_plugin_goes_to_the_library(tmp_path: Path) -> None:
+    from vkprovider.kube.client import _auth_header, _load_configuration, static_kubeconfig
+
+    credential = '{"apiVersion":"client.authentication.k8s.io/v1","kind":"ExecCredential","status":{"token":"t0"}}'
+    path = _kubeconfig(tmp_path, {"server": "https://h:6443", "insecure-skip-tls-verify": True},
+                       {"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": "sh",
+                                 "args": ["-c", f"echo '{credential}'"], "interactiveMode": "Never"}})
+    assert static_kubeconfig(path) is None
+    conf = await _load_configuration(path)
+    assert conf.host == "https://h:6443" and await _auth_header(conf) == "Bearer t0"

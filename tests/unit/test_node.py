@@ -59,6 +59,9 @@ def test_taints_to_write_keeps_others_and_owns_only_its_own():
     assert vnode.taints_to_write(deact, CFG, R.DEACTIVATED, "later") is None
     assert vnode.taints_to_write(deact, CFG, R.READY, "later") == [virtual]
     assert vnode.taints_to_write([], CFG, R.READY, "now") == [virtual]
+    # The node-lifecycle controller's not-ready:NoSchedule (every new Node has it until Ready) is left to it.
+    lifecycle = {"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule", "timeAdded": "t"}
+    assert vnode.taints_to_write([virtual, lifecycle], CFG, R.READY, "now") is None
 
 
 def test_deactivated_base_is_not_ready():

@@ -112,7 +112,8 @@ class BaseRegistry:
         changed = view.heartbeat != hb or view.deactivated != deactivated
         if (was_silent or moved) and not deactivated:
             view.ledger.request_read()
-        view.heartbeat = hb
+        if changed:  # an equal heartbeat keeps the old object: "unchanged" is an identity check downstream
+            view.heartbeat = hb
         view.deactivated = deactivated
         if not deactivated:
             view.last_heard = now
@@ -131,5 +132,6 @@ class BaseRegistry:
             return False
         view.health_at = self.clock()
         changed = view.health != health
-        view.health = health
+        if changed:  # as for heartbeats: an equal answer keeps the old object
+            view.health = health
         return changed

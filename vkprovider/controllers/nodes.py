@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -51,6 +52,23 @@ for _ready in ("true", "false", "unknown"):
 _READY_LABEL = {BaseReadiness.READY: "true", BaseReadiness.DEACTIVATED: "false", BaseReadiness.UNREACHABLE: "unknown"}
 PROBE_EVERY_S = 5.0  # while a held base is silent, ask it this often whether it is alive
 HEALTH_BEFORE_CREATE_S = 2.0  # how long a registration waits for the base's resources before creating its Node
+CREATED_TRUST_S = 10.0  # how long a Node this replica created stands in for the informer's copy
+
+
+@dataclass(frozen=True, slots=True)
+class _Synced:
+    """The inputs of the last pass that found a Node in sync. The same Node object (the informer replaces it on
+    every change), heartbeat and health objects (the registry keeps the old ones when a new one is equal) and
+    readiness give the same outcome: a heartbeat-paced look at an unchanged base computes nothing."""
+
+    node: Mapping[str, Any]
+    heartbeat: object
+    health: object
+    readiness: BaseReadiness
+
+    def holds(self, node: Mapping[str, Any], view: BaseView, readiness: BaseReadiness) -> bool:
+        return (self.node is node and self.heartbeat is view.heartbeat and self.health is view.health
+                and self.readiness is readiness)
 
 
 def iso_time(dt: datetime) -> str:
@@ -85,11 +103,16 @@ class NodeController:
         self.started = clock()
         # Registration is a few API round trips per base: many workers, so 1,000 new bases register concurrently
         # (the kube facade bounds the requests in flight).
-        self.queue = WorkQueue("node", self.reconcile, workers=max(settings.workers, 64))
+        self.queue = WorkQueue("node", self.reconcile, workers=max(settings.workers, 256))
         self._status_written: dict[str, float] = {}
         self._readiness: dict[str, BaseReadiness] = {}
         self._probes: dict[str, asyncio.Task[None]] = {}
         self._probed_at: dict[str, float] = {}
+        self._synced: dict[str, _Synced] = {}  # what each Node was last found in sync with (no write needed)
+        # Nodes this replica created that the informer has not shown yet (node -> (the answer, when)): a
+        # reconcile queued during the create (the health answer) must not POST it again (an AlreadyExists for a
+        # quarter of the vnodes of a 1,000-base start).
+        self._created: dict[str, tuple[dict[str, Any], float]] = {}
         self.on_base_changed: list[Callable[[str], None]] = []
         self._gauges_task: asyncio.Task[None] | None = None
 
@@ -108,6 +131,7 @@ class NodeController:
         await self.queue.stop()
 
     def on_node_change(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        self._created.pop(key, None)  # the cache has caught up with our create (or the Node is gone)
         if new is not None and key not in self.registry:
             hb = vnode.heartbeat_from_node(new, self.settings.env)
             if hb is not None:
@@ -119,6 +143,7 @@ class NodeController:
         not have heard the base for a while (its heartbeats went to the replica that held it), so the Node's own
         Ready=True stands as the base's last word until a probe, asked at once, says otherwise."""
         self._status_written.pop(node, None)
+        self._synced.pop(node, None)
         current = self.nodes.get(node)
         view = self.registry.get(node)
         if view is None and current is not None:
@@ -138,6 +163,8 @@ class NodeController:
             task.cancel()
         self._readiness.pop(node, None)
         self._status_written.pop(node, None)
+        self._synced.pop(node, None)
+        self._created.pop(node, None)
 
     def _notify(self, node: str) -> None:
         for callback in self.on_base_changed:
@@ -148,6 +175,12 @@ class NodeController:
         view = self.registry.get(node)
         current = self.nodes.get(node)
         now = self.clock()
+        if current is None and node in self._created:
+            created, at = self._created[node]
+            if now - at < CREATED_TRUST_S:
+                current = created
+            else:
+                del self._created[node]
         if self.keeper.fenced(node):
             return FENCED_RETRY_S  # held, a renewal late: no writes until it lands, then look again
         if not self.keeper.may_write(node) and not await self._maybe_claim(node, view, current, now):
@@ -169,6 +202,11 @@ class NodeController:
         self._track_readiness(view, readiness, current)
         if not self.keeper.may_write(node):
             return FENCED_RETRY_S if self.keeper.fenced(node) else None
+        synced = self._synced.get(node)
+        if current is not None and synced is not None and synced.holds(current, view, readiness) and not (
+                now - self._status_written.get(node, now) >= self.settings.node_status_refresh_s):
+            return self._next_look(node, view, readiness, now, silent)  # nothing changed since the last pass
+        self._synced.pop(node, None)
         stamp = iso_time(self.wall())
         desired = vnode.node_status(view.heartbeat, view.health, self.cfg, readiness=readiness, silent_for_s=silent,
                                     unreachable_after_s=self.settings.base_unreachable_after_s)
@@ -187,6 +225,8 @@ class NodeController:
                                             silent_for_s=silent,
                                             unreachable_after_s=self.settings.base_unreachable_after_s)
             current = await self._create(view, vnode.with_times(desired, None, stamp), readiness)
+            if self.nodes.get(node) is None:
+                self._created[node] = (current, self.clock())
             self._status_written[node] = now
         else:
             await self._sync_meta(view, current, readiness, stamp)
@@ -200,8 +240,17 @@ class NodeController:
                 await self.kube.patch(f"/api/v1/nodes/{node}/status", {"status": body}, kind="merge")
                 NODE_WRITES.labels("status").inc()
                 self._status_written[node] = now
-            elif last is None:
-                self._status_written[node] = now
+            else:
+                if last is None:
+                    self._status_written[node] = now
+                if current is self.nodes.get(node):  # nothing written: this Node is in sync with this view
+                    self._synced[node] = _Synced(current, view.heartbeat, view.health, readiness)
+        return self._next_look(node, view, readiness, now, silent)
+
+    def _next_look(self, node: str, view: BaseView, readiness: BaseReadiness, now: float, silent: float) -> float:
+        """When this vnode needs looking at again with no event: a refresh, a silence turning into
+        unreachable, a probe, the dead window or the next health read."""
+        dead_after = self.settings.base_dead_after_s
         waits = [self.settings.node_status_refresh_s - (now - self._status_written.get(node, now))]
         if readiness is BaseReadiness.READY:
             waits.append(self.settings.base_unreachable_after_s - silent + 0.2)
@@ -228,6 +277,8 @@ class NodeController:
             log.warning("not registering %s: this replica holds VKP_MAX_VNODES=%d vnodes", node,
                         self.settings.max_vnodes, extra={"node": node})
             return False
+        if view is not None and view.health is None and heard:
+            self._start_probe(view.node)  # the Node is created with the answer: ask while the Lease is written
         try:
             return await self.keeper.claim(node)
         except ApiError as exc:
@@ -278,17 +329,17 @@ class NodeController:
             now - self._probed_at.get(view.node, -1e18) >= PROBE_EVERY_S
         if not (due_health or due_liveness):
             return
-        task = self._probes.get(view.node)
-        if task is not None and not task.done():
-            return
-        self._probed_at[view.node] = now
-        self._probes[view.node] = asyncio.create_task(self._probe(view.node), name=f"probe-{view.node}")
+        self._start_probe(view.node)
+
+    def _start_probe(self, node: str) -> asyncio.Task[None]:
+        task = self._probes.get(node)
+        if task is None or task.done():
+            self._probed_at[node] = self.clock()
+            task = self._probes[node] = asyncio.create_task(self._probe(node), name=f"probe-{node}")
+        return task
 
     async def _health_before_create(self, view: BaseView) -> None:
-        task = self._probes.get(view.node)
-        if task is None or task.done():
-            self._probed_at[view.node] = self.clock()
-            task = self._probes[view.node] = asyncio.create_task(self._probe(view.node), name=f"probe-{view.node}")
+        task = self._start_probe(view.node)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(task), HEALTH_BEFORE_CREATE_S)
 
@@ -378,6 +429,8 @@ class NodeController:
         await self.keeper.drop(node)
         self.registry.forget(node)
         self._status_written.pop(node, None)
+        self._synced.pop(node, None)
+        self._created.pop(node, None)
         self._readiness.pop(node, None)
         self._notify(node)
 

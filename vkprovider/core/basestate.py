@@ -82,12 +82,25 @@ class BaseLedger:
         self._superseded: dict[BizKey, BizKey] = {}
         self._known: set[BizKey] = set()
         self._orphan_since: dict[BizKey, float] = {}
+        self._version = 0  # bumped by every change a plan or a pod status can see (see ``version``)
 
     # --- reading ---------------------------------------------------------------------------------------
 
     @property
     def seq(self) -> int:
         return self._seq
+
+    @property
+    def version(self) -> int:
+        """Changes whenever anything a plan or a pod status reads from this ledger may have changed (a read that
+        changed what pods see, a command started, answered or abandoned, facts seeded). Equal versions: the
+        same facts, so a reconcile of unchanged pods may skip its work (``settled``)."""
+        return self._version
+
+    def settled(self) -> bool:
+        """Nothing under way, failed, replaced, orphaned or asked for: the ledger only mirrors the base."""
+        return not (self._inflight or self._failures or self._superseded or self._orphan_since
+                    or self._read_requested is not None)
 
     @property
     def bizs(self) -> Mapping[BizKey, BizInfo] | None:
@@ -134,6 +147,7 @@ class BaseLedger:
     def request_read(self) -> None:
         """Ask for a fresh read; only a read sent after this call satisfies it."""
         self._read_requested = self._tick()
+        self._version += 1
 
     def forget(self) -> None:
         """Nothing about the base is known any more (another replica owned it meanwhile): read before acting."""
@@ -142,6 +156,7 @@ class BaseLedger:
         self._changed_at.clear()
         self._inflight.clear()
         self._read_requested = self._tick()
+        self._version += 1
 
     def begin_read(self) -> ReadToken:
         return ReadToken(self._tick())
@@ -173,17 +188,22 @@ class BaseLedger:
             self._read_requested = None
         for key in [k for k, at in self._changed_at.items() if at <= token.seq]:
             del self._changed_at[key]  # the read has seen it; nothing newer to protect
+        facts = (len(self._urls), len(self._superseded))
         for key in list(self._urls):
             if key not in merged and key not in self._inflight:
                 del self._urls[key]  # gone from the base (a restart loses every biz)
         self._superseded = {o: n for o, n in self._superseded.items() if n in merged and o not in merged}
-        return old is None or _visible(old) != _visible(merged)
+        changed = old is None or _visible(old) != _visible(merged)
+        if old != merged or facts != (len(self._urls), len(self._superseded)):
+            self._version += 1
+        return changed
 
     # --- commands --------------------------------------------------------------------------------------
 
     def start(self, key: BizKey, kind: CommandKind, spec: BizSpec | None, now: float) -> Inflight:
         inflight = self._inflight[key] = Inflight(kind, spec, now)
         self._tick()
+        self._version += 1
         return inflight
 
     def abandon(self, key: BizKey, inflight: Inflight) -> bool:
@@ -212,6 +232,7 @@ class BaseLedger:
         inflight = self._inflight.pop(key, None)
         kind = inflight.kind if inflight is not None else CommandKind.INSTALL
         seq = self._tick()
+        self._version += 1
         self._changed_at[key] = seq
         if ok:
             self._failures.pop(key, None)
@@ -241,6 +262,7 @@ class BaseLedger:
         """Record an uninstall answer (``ok`` also when the base no longer had the biz)."""
         self._inflight.pop(key, None)
         seq = self._tick()
+        self._version += 1
         self._changed_at[key] = seq
         if ok:
             self._failures.pop(key, None)
@@ -265,21 +287,26 @@ class BaseLedger:
         """A failure read back from a pod's status after a restart (the pod remembers what the process lost)."""
         if key not in self._failures:
             self._failures[key] = Failure(CommandKind.INSTALL, attempts, message, retry_at, at_ms)
+            self._version += 1
 
     def seed_url(self, key: BizKey, url: str) -> None:
         """The URL a running biz came from, read back from a pod's status (``imageID``) after a restart."""
-        if self._bizs is not None and key in self._bizs:
-            self._urls.setdefault(key, url)
+        if self._bizs is not None and key in self._bizs and key not in self._urls:
+            self._urls[key] = url
+            self._version += 1
 
     def seed_superseded(self, old: BizKey, new: BizKey) -> None:
         """A supersession read back from a pod's status after a restart."""
-        self._superseded.setdefault(old, new)
+        if old not in self._superseded:
+            self._superseded[old] = new
+            self._version += 1
 
     def retry_now(self) -> None:
         """The base came back: failures caused by its absence may be retried at once."""
         self._failures = {
             k: Failure(f.kind, f.attempts, f.message, 0.0, f.at_ms) for k, f in self._failures.items()
         }
+        self._version += 1
 
     # --- what the planner decided -------------------------------------------------------------------------
 
@@ -289,13 +316,18 @@ class BaseLedger:
         never outgrow the base."""
         wanted = set(wanted)
         present = self._bizs or {}
-        self._known = (self._known & set(present)) | wanted | set(released)
+        known = (self._known & set(present)) | wanted | set(released)
+        if known != self._known or orphans != self._orphan_since:
+            self._version += 1
+        self._known = known
         self._orphan_since = dict(orphans)
         live = wanted | set(present) | set(self._inflight)
         for key in [k for k in self._failures if k not in live]:
             del self._failures[key]
+            self._version += 1
         for key in [k for k in self._urls if k not in live]:
             del self._urls[key]
+            self._version += 1
 
 
 def _visible(bizs: Mapping[BizKey, BizInfo]) -> dict[BizKey, tuple[BizState, int | None]]:

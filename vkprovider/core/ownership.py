@@ -29,6 +29,7 @@ This module has no I/O: the node controller feeds it observations and carries ou
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -119,7 +120,14 @@ def fenced(held: Held, now: float, timing: Timing) -> bool:
 
 
 def rendezvous(vnode: str, members: Sequence[str]) -> str | None:
-    """The preferred owner of ``vnode`` among ``members`` (highest random weight); None without members."""
+    """The preferred owner of ``vnode`` among ``members`` (highest random weight); None without members.
+
+    Memoized: the lease keeper asks for every vnode twice a second, and membership rarely changes."""
+    return _rendezvous(vnode, tuple(members))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _rendezvous(vnode: str, members: tuple[str, ...]) -> str | None:
     best: tuple[int, str] | None = None
     for member in members:
         digest = hashlib.blake2b(f"{member}\x00{vnode}".encode(), digest_size=8).digest()

@@ -60,6 +60,11 @@ class BasePlan:
     wait_s: float | None = None
     outranked: frozenset[tuple[str, BizKey]] = frozenset()  # (pod, biz) left out for a newer revision
 
+    def is_idle(self) -> bool:
+        """Nothing to send, finalize or wait for, and no pod left out."""
+        return not (self.install or self.reinstall or self.uninstall or self.finalize or self.force_finalize
+                    or self.orphans or self.outranked) and self.wait_s is None
+
 
 def plan_base(pods: Iterable[PodWant], ledger: BaseLedger, *, now: float, orphan_grace_s: float) -> BasePlan:
     """Decide the next commands for one base (see the module docstring)."""

@@ -14,16 +14,23 @@ The parsing helpers (:func:`api_error_from_response`, :func:`parse_watch_line`, 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import base64
+import contextlib
 import copy
 import logging
 import os
 import ssl
+import tempfile
 import time
 from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiohttp
 import orjson
+import yaml
+import yarl
 from prometheus_client import Counter, Histogram
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
@@ -50,6 +57,7 @@ DEFAULT_FIELD_MANAGER = "vkprovider"
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
 MAX_ATTEMPTS = 5
+_URL_CACHE_SIZE = 20_000  # write URLs kept parsed (a Lease, Node and pod status each: thousands)
 MAX_RETRY_AFTER_S = 30.0
 
 #: Where the kubelet mounts the service-account token (rotated in place) and the cluster CA in a pod.
@@ -317,24 +325,125 @@ class _Credentials:
         return self._header != before
 
 
+@dataclass(frozen=True, slots=True)
+class _Direct:
+    """An API server and static credentials, found without kubernetes-asyncio (importing its client package costs
+    33 MB of memory for good): what ``_ssl_context``, ``_auth_header`` and ``connect`` read of a configuration."""
+
+    host: str
+    ssl_ca_cert: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    verify_ssl: bool = True
+    tls_server_name: str | None = None
+    proxy: str | None = None
+    header: str | None = None
+
+
+def _in_cluster() -> _Direct:
+    """In-cluster configuration, the way client-go's ``rest.InClusterConfig`` finds it: the service host and port
+    from the environment, the CA next to the token (which ``_Credentials`` reads and watches for rotation)."""
+    host, port = os.environ.get("KUBERNETES_SERVICE_HOST", ""), os.environ.get("KUBERNETES_SERVICE_PORT", "")
+    if not host or not port:
+        raise ValueError("KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are not set (not running in a pod?)")
+    if not os.path.isfile(IN_CLUSTER_TOKEN_FILE) or not os.path.isfile(IN_CLUSTER_CA_FILE):
+        raise ValueError(f"no service-account token and CA in {os.path.dirname(IN_CLUSTER_TOKEN_FILE)} "
+                         "(automountServiceAccountToken off?)")
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 address
+    return _Direct(host=f"https://{host}:{port}", ssl_ca_cert=IN_CLUSTER_CA_FILE)
+
+
+_STATIC_USER_KEYS = frozenset({"token", "tokenFile", "client-certificate", "client-certificate-data", "client-key",
+                               "client-key-data", "username", "password"})
+_STATIC_CLUSTER_KEYS = frozenset({"server", "certificate-authority", "certificate-authority-data",
+                                  "insecure-skip-tls-verify", "tls-server-name", "proxy-url", "extensions"})
+
+
+def static_kubeconfig(path: str) -> _Direct | None:
+    """A kubeconfig whose current context has a server and static credentials (embedded or file certificates, a
+    token or token file, basic auth), read here; None for anything else (exec plugins, auth providers,
+    impersonation, several files in KUBECONFIG), which kubernetes-asyncio's loader handles."""
+    if os.pathsep in path:
+        return None
+    with open(os.path.expanduser(path), encoding="utf-8") as fh:
+        doc = yaml.safe_load(fh) or {}
+
+    def named(kind: str, name: object) -> dict[str, Any] | None:
+        for item in doc.get(kind) or []:
+            if isinstance(item, dict) and item.get("name") == name:
+                inner = item.get(kind[:-1])
+                return inner if isinstance(inner, dict) else None
+        return None
+
+    context = named("contexts", doc.get("current-context"))
+    if context is None:
+        return None
+    cluster, user = named("clusters", context.get("cluster")), named("users", context.get("user")) or {}
+    if cluster is None or not cluster.get("server") or set(cluster) - _STATIC_CLUSTER_KEYS \
+            or set(user) - _STATIC_USER_KEYS:
+        return None
+    base = os.path.dirname(os.path.abspath(os.path.expanduser(path)))
+
+    def file_of(field: str, entry: dict[str, Any]) -> str | None:
+        if entry.get(f"{field}-data"):
+            return _private_file(base64.b64decode(entry[f"{field}-data"]))
+        if entry.get(field):
+            return os.path.join(base, os.path.expanduser(str(entry[field])))
+        return None
+
+    header = None
+    if user.get("token"):
+        header = f"Bearer {str(user['token']).strip()}"
+    elif user.get("tokenFile"):
+        with open(os.path.join(base, str(user["tokenFile"])), encoding="utf-8") as fh:
+            header = f"Bearer {fh.read().strip()}"
+    elif user.get("username") or user.get("password"):
+        header = aiohttp.BasicAuth(str(user.get("username") or ""), str(user.get("password") or "")).encode()
+    return _Direct(host=str(cluster["server"]).rstrip("/"), ssl_ca_cert=file_of("certificate-authority", cluster),
+                   cert_file=file_of("client-certificate", user), key_file=file_of("client-key", user),
+                   verify_ssl=not cluster.get("insecure-skip-tls-verify"),
+                   tls_server_name=cluster.get("tls-server-name") or None, proxy=cluster.get("proxy-url") or None,
+                   header=header)
+
+
+_PRIVATE_FILES: list[str] = []
+
+
+def _private_file(content: bytes) -> str:
+    """Embedded certificate data as a file only this user can read (ssl wants paths), removed at exit."""
+    fd, path = tempfile.mkstemp(prefix="vkprovider-kubeconfig-")
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(content)
+    if not _PRIVATE_FILES:
+        atexit.register(_remove_private_files)
+    _PRIVATE_FILES.append(path)
+    return path
+
+
+def _remove_private_files() -> None:
+    for path in _PRIVATE_FILES:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
 async def _load_configuration(kubeconfig: str | None) -> Any:
-    from kubernetes_asyncio import client as k8s_client
+    if kubeconfig is None:
+        return _in_cluster()
+    direct = static_kubeconfig(kubeconfig)
+    if direct is not None:
+        return direct
+    from kubernetes_asyncio import client as k8s_client  # kubeconfig files only: contexts, exec plugins, ...
     from kubernetes_asyncio import config as k8s_config
 
     conf = k8s_client.Configuration()
-    if kubeconfig is None:
-        # The loader reads the token once; _Credentials takes over watching the file for rotation.
-        k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
-            client_configuration=conf, try_refresh_token=False,
-            token_filename=IN_CLUSTER_TOKEN_FILE, cert_filename=IN_CLUSTER_CA_FILE,
-        )
-    else:
-        await k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=conf,
-                                          persist_config=False)
+    await k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=conf, persist_config=False)
     return conf
 
 
 async def _auth_header(conf: Any) -> str | None:
+    if isinstance(conf, _Direct):
+        return conf.header
     if "BearerToken" in conf.api_key:
         value = await conf.get_api_key_with_prefix("BearerToken")
         # Tokens read from files (tokenFile) keep their trailing newline: never put that in a header.
@@ -373,6 +482,7 @@ class Kube:
         self._session = session
         self._credentials = credentials
         self._sem = asyncio.Semaphore(max_inflight)
+        self._urls: dict[tuple[str, tuple[tuple[str, str], ...]], yarl.URL] = {}
         self._timeout_s = timeout_s
         self._server_hostname = server_hostname
         self._proxy = proxy
@@ -434,6 +544,17 @@ class Kube:
     def _url(self, path: str) -> str:
         return self._host + (path if path.startswith("/") else "/" + path)
 
+    def _write_url(self, path: str, query: dict[str, str] | None) -> yarl.URL:
+        """The parsed URL of a write, memoized: a renewal every 10 s per Lease goes to the same URL, and parsing
+        and encoding it again was a sixth of a renewal's cost (bounded: cleared when it grows past the limit)."""
+        key = (path, tuple(query.items()) if query else ())
+        url = self._urls.get(key)
+        if url is None:
+            if len(self._urls) >= _URL_CACHE_SIZE:
+                self._urls.clear()
+            url = self._urls[key] = yarl.URL(self._url(path)).with_query(query or None)
+        return url
+
     async def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
                       body: Any = None, content_type: str = "application/json",
                       timeout_s: float | None = None, idempotent: bool | None = None) -> Any:
@@ -488,7 +609,8 @@ class Kube:
             code = "<error>"
             try:
                 async with self._session.request(
-                    method, self._url(path), params=query, data=data, headers=self._headers(content_type),
+                    method, self._write_url(path, query) if method != "GET" else self._url(path),
+                    params=query if method == "GET" else None, data=data, headers=self._headers(content_type),
                     timeout=client_timeout, server_hostname=self._server_hostname, proxy=self._proxy,
                 ) as resp:
                     raw = await resp.read()
