@@ -78,6 +78,25 @@ def hb(identity: str = "b1", port: int = 1238, version: str = "1.0.0", state: st
     return BaseHeartbeat(BaseMetadata(identity, "base", version, "default"), "h", "127.0.0.1", port, state=state)
 
 
+class _Held:
+    """A lease keeper that holds every vnode (unit tests of one controller)."""
+
+    me = "me"
+
+    def may_write(self, n: str) -> bool:
+        return True
+
+    def fenced(self, n: str) -> bool:
+        return False
+
+
+class _NoEvents:
+    def normal(self, *args: object) -> None:
+        pass
+
+    warning = normal
+
+
 def test_registry_reports_new_changed_and_restarted_bases_with_an_injected_clock():
     now = [100.0]
     registry = BaseRegistry("dev", clock=lambda: now[0], restart_gap_s=20)
@@ -221,19 +240,6 @@ async def test_a_heartbeat_paced_look_at_an_unchanged_base_computes_and_writes_n
     created["metadata"]["resourceVersion"] = "1"  # type: ignore[index]
     cache = {node: created}
 
-    class Cache:
-        def get(self, key: str) -> object:
-            return cache.get(key)
-
-    class Keeper:
-        me = "me"
-
-        def may_write(self, n: str) -> bool:
-            return True
-
-        def fenced(self, n: str) -> bool:
-            return False
-
     writes: list[tuple[str, object]] = []
 
     class Kube:
@@ -249,13 +255,7 @@ async def test_a_heartbeat_paced_look_at_an_unchanged_base_computes_and_writes_n
         return real(*args, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(nodes_module.vnode, "node_status", counting)
-    class Events:
-        def normal(self, *args: object) -> None:
-            pass
-
-        warning = normal
-
-    controller = NodeController(settings, Kube(), registry, Cache(), Keeper(), {}, Events(),  # type: ignore[arg-type]
+    controller = NodeController(settings, Kube(), registry, cache, _Held(), {}, _NoEvents(),  # type: ignore[arg-type]
                                 cfg, clock=lambda: now[0])
     controller._maybe_probe = lambda view, now: None  # type: ignore[method-assign]  # no tunnel here
     assert await controller.reconcile(node) is not None
@@ -370,19 +370,6 @@ async def test_a_reconcile_before_the_informer_shows_a_created_node_does_not_cre
     cache: dict[str, object] = {}
     calls: list[str] = []
 
-    class Cache:
-        def get(self, key: str) -> object:
-            return cache.get(key)
-
-    class Keeper:
-        me = "me"
-
-        def may_write(self, n: str) -> bool:
-            return True
-
-        def fenced(self, n: str) -> bool:
-            return False
-
     class Kube:
         async def create(self, path: str, body: dict[str, object], **kw: object) -> object:
             calls.append("create")
@@ -392,13 +379,7 @@ async def test_a_reconcile_before_the_informer_shows_a_created_node_does_not_cre
             calls.append("patch " + path)
             return {}
 
-    class Events:
-        def normal(self, *args: object) -> None:
-            pass
-
-        warning = normal
-
-    controller = NodeController(settings, Kube(), registry, Cache(), Keeper(), {}, Events(),  # type: ignore[arg-type]
+    controller = NodeController(settings, Kube(), registry, cache, _Held(), {}, _NoEvents(),  # type: ignore[arg-type]
                                 cfg, clock=lambda: 100.0)
     controller._maybe_probe = lambda view, now: None  # type: ignore[method-assign]
     await controller.reconcile(node)

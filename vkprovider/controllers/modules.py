@@ -344,6 +344,7 @@ class ModuleController:
             return FENCED_RETRY_S if self.fenced(node) else None
         view = self.registry.get(node)
         if view is None:
+            self._quiet.pop(node, None)  # a base gone: let go of its pods
             return None  # the node controller knows the base from its Node and re-queues us
         tunnel = self.tunnels.get(view.heartbeat.tunnel)
         now = self.clock()
