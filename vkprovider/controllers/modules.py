@@ -161,12 +161,7 @@ class _Quiet:
 
 def _settled(pod: Mapping[str, Any]) -> bool:
     """Ready, or finished: a pod whose status no release hold, install or deadline will change."""
-    status = pod.get("status") or {}
-    if status.get("phase") in ("Succeeded", "Failed"):
-        return True
-    if (pod.get("metadata") or {}).get("deletionTimestamp"):
-        return False
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ())
+    return is_terminal(pod) or (not is_terminating(pod) and is_ready_status(pod.get("status") or {}))
 
 
 class ModuleController:
