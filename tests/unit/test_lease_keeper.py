@@ -1,0 +1,139 @@
+"""The lease keeper decides a vnode again when its inputs change or its next deadline comes, not on every tick.
+
+A fake clock and an in-memory stand-in for the apiserver's Lease writes (unit tier: no cluster); the ownership
+rules themselves are table-tested in test_ownership.py, and the keeper against the real apiserver in the
+integration tests (test_replicas.py, test_takeover.py).
+"""
+
+import asyncio
+import itertools
+from typing import Any
+
+from vkprovider.config import Settings
+from vkprovider.controllers.ownership import TICK_S, LeaseKeeper
+from vkprovider.core import node as vnode
+from vkprovider.kube.client import ApiError
+
+ENV = "lk"
+
+
+class _Leases:
+    """Lease writes: every create/patch gets a new resourceVersion; ``failing`` makes patches answer 500."""
+
+    def __init__(self) -> None:
+        self.versions = itertools.count(1)
+        self.patches: list[str] = []
+        self.failing = False
+
+    async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return {"metadata": {"name": body["metadata"]["name"], "resourceVersion": str(next(self.versions))}}
+
+    async def patch(self, path: str, body: dict[str, Any], kind: str = "merge") -> dict[str, Any]:
+        if self.failing:
+            raise ApiError(500, "InternalError", "etcd is away")
+        self.patches.append(path.rsplit("/", 1)[-1])
+        return {"metadata": {"resourceVersion": str(next(self.versions))}}
+
+
+class _NoEvents:
+    def normal(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _keeper(leases: _Leases, clock: _Clock) -> LeaseKeeper:
+    settings = Settings(env=ENV, client_id="me", node_lease_duration_s=40, node_lease_renew_s=10.0,
+                        node_lease_renew_deadline_s=30.0)
+    return LeaseKeeper(settings, leases, _NoEvents(), clock=clock)  # type: ignore[arg-type]
+
+
+async def _tick(keeper: LeaseKeeper) -> None:
+    await keeper.tick()
+    while keeper._writes_in_flight:  # the writes it started, in the background, land
+        await asyncio.wait(set(keeper._writes_in_flight))
+
+
+def _name(i: int) -> str:
+    return f"vnode.base-{i}.{ENV}"
+
+
+def _foreign_lease(node: str, holder: str, version: str) -> dict[str, Any]:
+    lease = vnode.new_lease(node, holder, 40, "2026-12-02T00:00:00.000000Z", ENV)
+    lease["metadata"]["resourceVersion"] = version  # type: ignore[index]
+    return lease
+
+
+async def test_held_vnodes_are_decided_when_their_renewal_is_due_not_on_every_tick():
+    leases, clock = _Leases(), _Clock()
+    keeper = _keeper(leases, clock)
+    for i in range(1000):  # claimed over 10 s, as bases heartbeat for the first time
+        assert await keeper.claim(_name(i))
+        clock.now += 0.01
+    await _tick(keeper)
+    decisions_at_start = keeper.decisions
+    ticks = 0
+    # Until just before the keeper has watched the members for a lease duration (40 s; then it decides every
+    # vnode once more, as it may hand over from then on): nearly three renewals of each.
+    while clock.now + TICK_S < 1000.0 + 40.0:
+        clock.now += TICK_S
+        await _tick(keeper)
+        ticks += 1
+        assert len(keeper.held_nodes()) == 1000  # never fenced: each renewal in time
+    renewals = len(leases.patches)
+    assert 2700 <= renewals <= 3100, renewals
+    assert all(leases.patches.count(_name(i)) >= 2 for i in range(1000))
+    # A renewal costs two decisions (due: renew; landed: nothing until the next one); a tick over every vnode
+    # would have cost ticks x 1000.
+    spent = keeper.decisions - decisions_at_start
+    assert spent <= 2 * renewals + 100, (spent, renewals)
+    assert spent < ticks * 1000 / 10
+
+
+async def test_a_vnode_whose_renewals_fail_is_fenced_at_its_renew_deadline():
+    leases, clock = _Leases(), _Clock()
+    keeper = _keeper(leases, clock)
+    lost: list[tuple[str, float]] = []
+    keeper.on_lost.append(lambda node: lost.append((node, clock.now)))
+    assert await keeper.claim(_name(1))
+    claimed_at = clock.now
+    leases.failing = True
+    while not lost and clock.now < claimed_at + 60:
+        clock.now += TICK_S
+        await _tick(keeper)
+        assert keeper.may_write(_name(1)) == (clock.now - claimed_at < 30.0)
+    assert lost and lost[0][0] == _name(1)
+    assert claimed_at + 30.0 <= lost[0][1] < claimed_at + 30.0 + TICK_S + 1e-9
+
+
+async def test_a_foreign_lease_is_taken_when_it_expires_and_a_new_replica_redecides_every_vnode():
+    leases, clock = _Leases(), _Clock()
+    keeper = _keeper(leases, clock)
+    node = _name(7)
+    # A vkprovider replica that is not alive (no membership Lease) holds it: it is ours once unchanged for 40 s.
+    keeper.on_lease_change(f"{vnode.LEASE_NAMESPACE}/{node}", None, _foreign_lease(node, "gone", "5"))
+    seen_at = clock.now
+    await _tick(keeper)
+    assert not keeper.may_write(node)
+    quiet = keeper.decisions
+    while not keeper.may_write(node):
+        assert clock.now < seen_at + 60
+        clock.now += TICK_S
+        await _tick(keeper)
+    assert seen_at + 40.0 <= clock.now < seen_at + 40.0 + TICK_S + 1e-9
+    assert keeper.decisions - quiet <= 3  # expired: acquire; landed: nothing until its renewal
+
+    # A second live replica appears: every vnode is decided again at once (rendezvous may prefer it now).
+    before = keeper.decisions
+    member = {"metadata": {"name": "vkprovider-lk-other", "resourceVersion": "1"},
+              "spec": {"holderIdentity": "other", "leaseDurationSeconds": 40}}
+    keeper.on_member_change("default/vkprovider-lk-other", None, member)
+    clock.now += TICK_S
+    await _tick(keeper)
+    assert keeper.decisions - before == 1
