@@ -10,9 +10,10 @@ One loop (``run``) ticks every ``TICK_S``: it renews this replica's membership L
 Leases that are due. A decision only changes when its inputs do (the Lease seen changing, a write landing, the
 live replicas) or when time passes one of its deadlines (a renewal due, a foreign lease expiring), so each vnode is
 decided again when it was touched or at its next deadline (``_due``, a heap), not on every tick: 1,000 held vnodes
-cost a hundred decisions a second (their renewals), not two thousand. A change of the live replicas decides every
-vnode again. A tick that comes far too late means the process was stalled (SIGSTOP, swapping): every observation is
-then restarted from now, because what was "unchanged for a lease duration" was only unseen.
+cost two hundred decisions a second (due, then landed, per renewal), not two thousand. A change of the live
+replicas decides every vnode again. A tick that comes far too late means the process was stalled (SIGSTOP,
+swapping): every observation is then restarted from now, because what was "unchanged for a lease duration" was
+only unseen.
 """
 
 from __future__ import annotations
