@@ -9,10 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Coroutine
-from typing import Any
-
-import uvloop
 
 from vkprovider import __version__
 
@@ -37,13 +33,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(sim)
     return parser
-
-
-def run_on_uvloop(main: Coroutine[Any, Any, None]) -> None:
-    """Run ``main`` on uvloop's event loop (libuv): at 1,000 bases the process is mostly the loop itself (socket
-    reads and writes, TLS, timers, task switches), which uvloop does in C at a fraction of asyncio's cost."""
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(main)
 
 
 def _fail(message: str) -> int:
@@ -91,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
         setup_logging(settings.log_format, settings.log_level)
         try:
-            run_on_uvloop(run(settings))
+            asyncio.run(run(settings))
         except ConfigError as exc:
             return _fail(str(exc))
         except KeyboardInterrupt:
@@ -103,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
         setup_logging("text", "INFO")
         try:
-            run_on_uvloop(run_sim(args))
+            asyncio.run(run_sim(args))
         except KeyboardInterrupt:
             pass
         return 0
