@@ -2,7 +2,7 @@
 
 from vkprovider.core.basestate import BaseLedger, CommandKind
 from vkprovider.core.model import BizInfo, BizSpec, BizState
-from vkprovider.core.plan import PodWant, plan_base
+from vkprovider.core.plan import READ_BEFORE_RETRY_S, PodWant, plan_base
 
 V1 = BizSpec("biz1", "0.0.1", "http://x/biz1-0.0.1.jar")
 V2 = BizSpec("biz1", "0.0.2", "http://x/biz1-0.0.2.jar")
@@ -48,7 +48,44 @@ def test_failed_install_waits_for_backoff():
     led.finish_install(V1, ok=False, message="boom", now=NOW, at_ms=0)  # rand=1.0: retry in 2 s
     p = plan([PodWant("ns/a", (V1,))], led)
     assert p.install == () and p.wait_s == 2.0
+    led.apply_read(led.begin_read(), [])  # the base, read after the failure, does not have it
     assert plan([PodWant("ns/a", (V1,))], led, now=NOW + 2.0).install == (V1,)
+
+
+def test_an_unanswered_install_is_not_sent_again_before_a_read_shows_the_base():
+    """The answer of an install was lost (the broker restarted, the connection dropped): the base may have run it.
+    Past its backoff the plan waits for a read sent after the failure, and installs only if the base lacks it."""
+    pods = [PodWant("ns/a", (V1,))]
+    led = ledger()
+    early_read = led.begin_read()  # a read on the wire while the install runs: it cannot know the outcome
+    led.start(V1.key, CommandKind.INSTALL, V1, NOW)
+    led.finish_install(V1, ok=False, message="base unreachable: disconnected", now=NOW, at_ms=0)
+    p = plan(pods, led, now=NOW + 5.0)
+    assert p.install == () and p.wait_s == READ_BEFORE_RETRY_S and led.read_needed()
+    led.apply_read(early_read, [])
+    assert plan(pods, led, now=NOW + 5.0).install == ()  # sent before the failure: still not known
+    assert led.read_needed()
+    led.apply_read(led.begin_read(), [BizInfo("biz1", "0.0.1", BizState.ACTIVATED)])  # it did run
+    p = plan(pods, led, now=NOW + 5.0)
+    assert p.install == () and p.is_idle()
+    assert not led.read_needed()
+
+
+def test_an_unanswered_uninstall_is_not_sent_again_before_a_read():
+    led = ledger(V1)
+    led.planned({V1.key}, (), {})
+    led.start(V1.key, CommandKind.UNINSTALL, None, NOW)
+    led.finish_uninstall(V1.key, ok=False, message="timeout", now=NOW, at_ms=0)
+    assert plan([], led, now=NOW + 5.0).uninstall == ()
+    led.apply_read(led.begin_read(), [BizInfo("biz1", "0.0.1", BizState.ACTIVATED)])  # still there
+    assert plan([], led, now=NOW + 5.0).uninstall == (V1.key,)
+
+
+def test_a_failure_remembered_from_an_earlier_process_needs_no_extra_read():
+    led = ledger()
+    led.seed_failure(V1.key, 3, "boom", retry_at=NOW + 1.0, at_ms=0)
+    assert plan([PodWant("ns/a", (V1,))], led).install == ()
+    assert plan([PodWant("ns/a", (V1,))], led, now=NOW + 1.0).install == (V1,)
 
 
 def test_deleting_pod_releases_its_biz_and_is_finalized_after_uninstall():
@@ -69,6 +106,7 @@ def test_grace_period_over_removes_the_pod_anyway_and_keeps_the_biz_tracked():
     p = plan([pod], led, now=NOW + 1)
     assert p.force_finalize == () and p.uninstall == ()  # backing off
     led.planned(p.wanted, p.released, p.orphans)
+    led.apply_read(led.begin_read(), [BizInfo("biz1", "0.0.1", BizState.ACTIVATED)])  # still on the base
     p = plan([pod], led, now=NOW + 6)
     assert p.force_finalize == ("ns/a",) and p.finalize == ()
     assert p.uninstall == (V1.key,)  # the retry is due too
@@ -161,6 +199,7 @@ def test_failed_uninstall_backs_off():
     led.finish_uninstall(V1.key, ok=False, message="busy", now=NOW, at_ms=0)
     p = plan([], led)
     assert p.uninstall == () and p.wait_s == 2.0
+    led.apply_read(led.begin_read(), [BizInfo("biz1", "0.0.1", BizState.ACTIVATED)])
     assert plan([], led, now=NOW + 2).uninstall == (V1.key,)
 
 

@@ -57,13 +57,19 @@ class Inflight:
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """The last command on a biz failed: why, how often in a row, and when it may be tried again."""
+    """The last command on a biz failed: why, how often in a row, and when it may be tried again.
+
+    ``seq`` is the ledger's sequence number when it failed: a command that got no answer (the connection dropped,
+    the answer was lost) may still have run on the base, so it is tried again only after a read sent later than
+    the failure (``read_since``) has shown what the base really has.
+    """
 
     kind: CommandKind
     attempts: int
     message: str
     retry_at: float
     at_ms: int
+    seq: int = 0
 
 
 class BaseLedger:
@@ -137,6 +143,10 @@ class BaseLedger:
 
     def read_needed(self) -> bool:
         return self._read_requested is not None
+
+    def read_since(self, failure: Failure) -> bool:
+        """Whether a read sent after ``failure`` was recorded has been applied (see ``Failure``)."""
+        return self._last_read > failure.seq
 
     # --- reads -----------------------------------------------------------------------------------------
 
@@ -281,12 +291,13 @@ class BaseLedger:
         previous = self._failures.get(key)
         attempts = previous.attempts + 1 if previous is not None and previous.kind is kind else 1
         retry_at = now + policy.delay(attempts, self._rand)
-        self._failures[key] = Failure(kind, attempts, message, retry_at, at_ms)
+        self._failures[key] = Failure(kind, attempts, message, retry_at, at_ms, self._seq)
 
     def seed_failure(self, key: BizKey, attempts: int, message: str, retry_at: float, at_ms: int) -> None:
         """A failure read back from a pod's status after a restart (the pod remembers what the process lost)."""
         if key not in self._failures:
-            self._failures[key] = Failure(CommandKind.INSTALL, attempts, message, retry_at, at_ms)
+            # seq 0: a failure of an earlier process, so any read this process applies was sent after it
+            self._failures[key] = Failure(CommandKind.INSTALL, attempts, message, retry_at, at_ms, 0)
             self._version += 1
 
     def seed_url(self, key: BizKey, url: str) -> None:
@@ -304,7 +315,7 @@ class BaseLedger:
     def retry_now(self) -> None:
         """The base came back: failures caused by its absence may be retried at once."""
         self._failures = {
-            k: Failure(f.kind, f.attempts, f.message, 0.0, f.at_ms) for k, f in self._failures.items()
+            k: Failure(f.kind, f.attempts, f.message, 0.0, f.at_ms, f.seq) for k, f in self._failures.items()
         }
         self._version += 1
 

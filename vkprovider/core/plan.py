@@ -15,7 +15,8 @@ old pod can never remove what a new pod installed. Further rules:
   newest revision are installed: a ReplicaSet's replacement for an old pod that BizDeactivate turned away never
   deactivates the newer version in turn, so a release cannot ping-pong;
 - an old version stays while a new version of the same name is being installed (install before remove);
-- failed commands wait for their backoff; an unowned biz of unknown origin waits ``orphan_grace_s``;
+- failed commands wait for their backoff, and then for a read of the base sent after the failure (an unanswered
+  command may have run: it is never sent twice on a guess); an unowned biz of unknown origin waits ``orphan_grace_s``;
 - a deleted pod is finalized once its bizs are gone, or when its grace period is over (the biz then stays
   tracked as an orphan whose uninstall is retried with backoff), so no pod stays Terminating forever.
 """
@@ -27,6 +28,10 @@ from dataclasses import dataclass, field
 
 from vkprovider.core.basestate import BaseLedger, CommandKind
 from vkprovider.core.model import BizKey, BizSpec, BizState
+
+#: After a failed command's backoff, while no read of the base sent later than the failure has come back: how long
+#: until the plan is made again (the reconcile reads the base first whenever a read is due).
+READ_BEFORE_RETRY_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +104,17 @@ def plan_base(pods: Iterable[PodWant], ledger: BaseLedger, *, now: float, orphan
 
     def backing_off(key: BizKey, kinds: tuple[CommandKind, ...]) -> bool:
         failure = failures.get(key)
-        if failure is None or failure.kind not in kinds or failure.retry_at <= now:
+        if failure is None or failure.kind not in kinds:
             return False
-        timers.append(failure.retry_at - now)
-        return True
+        if failure.retry_at > now:
+            timers.append(failure.retry_at - now)
+            return True
+        if not ledger.read_since(failure):
+            # The failed command may have run on the base after all (its answer was lost): read first, so it is
+            # not sent twice. The reconcile that finds the read missing tries the read again after this wait.
+            timers.append(READ_BEFORE_RETRY_S)
+            return True
+        return False
 
     install: list[BizSpec] = []
     reinstall: list[BizSpec] = []
