@@ -29,13 +29,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.ports import free_port
+
 START_TIMEOUT_S = 15.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _find(binary: str) -> str | None:
@@ -151,7 +147,7 @@ class MqttBroker:
     @classmethod
     def create(cls, directory: Path) -> MqttBroker:
         binary, passwd = ensure_mosquitto()
-        broker = cls(directory=directory, port=_free_port(), tls_port=_free_port(), _binary=binary)
+        broker = cls(directory=directory, port=free_port(), tls_port=free_port(), _binary=binary)
         broker.ca_path, ca_key, ca_cert = make_ca(directory, "test-ca")
         broker.other_ca_path, _, _ = make_ca(directory, "other-ca")
         cert_path, key_path = make_server_cert(directory, ca_key, ca_cert)

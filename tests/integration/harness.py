@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,16 +18,14 @@ from typing import Any
 
 import aiohttp
 
+from tests.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 LOGS = ROOT / ".local" / "test-logs"
 #: The heartbeat secret of test providers; simulated bases derive their own tokens from it (secure by default).
 TEST_SECRET = "vkprovider-test-secret-0123456789"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ProviderProcess:
