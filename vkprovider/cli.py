@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import sys
+from collections.abc import Coroutine
+from typing import Any
+
+import uvloop
 
 from vkprovider import __version__
 
@@ -38,6 +43,33 @@ def build_parser() -> argparse.ArgumentParser:
 def _fail(message: str) -> int:
     sys.stderr.write(f"vkprovider: {message}\n")
     return 2
+
+
+#: Young-generation threshold of the garbage collector (CPython's default is 700 allocations).
+GC_YOUNG_THRESHOLD = 50_000
+
+
+def tune_gc() -> None:
+    """Make the cyclic garbage collector cheap for a process whose heap is mostly caches of API objects.
+
+    vkprovider keeps every pod, node and lease it serves as parsed JSON: nested dicts and lists, hundreds of
+    thousands of containers that hold no reference cycles. With CPython's defaults a young collection runs every
+    700 allocations, and each promotes whatever is alive at that moment (the state of requests in flight); every
+    time the promoted objects reach a quarter of the old generation, a full collection walks the whole heap
+    again. A larger young threshold lets short-lived objects die before they are ever promoted, and ``freeze``
+    moves what start-up made (modules, classes, settings) out of the collector's sight for good."""
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
+def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on uvloop's event loop (libuv), after ``tune_gc``: at 1,000 bases the process is mostly the
+    loop itself (socket reads and writes, TLS, timers, task switches), which uvloop does in C at a fraction of
+    asyncio's cost."""
+    tune_gc()
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
         setup_logging(settings.log_format, settings.log_level)
         try:
-            asyncio.run(run(settings))
+            run_event_loop(run(settings))
         except ConfigError as exc:
             return _fail(str(exc))
         except KeyboardInterrupt:
@@ -92,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
         setup_logging("text", "INFO")
         try:
-            asyncio.run(run_sim(args))
+            run_event_loop(run_sim(args))
         except KeyboardInterrupt:
             pass
         return 0
