@@ -19,7 +19,13 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
-_EPHEMERAL = _ephemeral_range()
+def _test_range() -> tuple[int, int]:
+    """From 10000 to just below the ephemeral range, or above it where that range starts too low to leave room."""
+    low, high = _ephemeral_range()
+    return (10000, low - 1) if low > 11000 else (high + 1, 65535)
+
+
+_RANGE = _test_range()
 _HANDED_OUT: set[int] = set()
 
 
@@ -28,10 +34,10 @@ def free_port() -> int:
     range can be taken meanwhile as the local end of one of the many short connections the tests open (each biz
     poll is one), so the process would find it in use. Ports below that range are only ever bound on purpose;
     none is handed out twice in one session."""
-    low, high = (1024, _EPHEMERAL[0] - 1) if _EPHEMERAL[0] > 11024 else (_EPHEMERAL[1] + 1, 65535)
+    low, high = _RANGE
     rng = random.Random(os.getpid() ^ time.monotonic_ns())
     for _ in range(1000):
-        port = rng.randint(max(low, 10000), high)
+        port = rng.randint(low, high)
         if port in _HANDED_OUT:
             continue
         with socket.socket() as s:

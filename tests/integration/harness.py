@@ -26,8 +26,6 @@ LOGS = ROOT / ".local" / "test-logs"
 TEST_SECRET = "vkprovider-test-secret-0123456789"
 
 
-
-
 class ProviderProcess:
     """`vkprovider run` against the test cluster with the restricted RBAC identity."""
 
