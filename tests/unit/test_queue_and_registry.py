@@ -389,3 +389,65 @@ async def test_a_reconcile_before_the_informer_shows_a_created_node_does_not_cre
     cache[node] = shown
     controller.on_node_change(node, None, shown)  # type: ignore[arg-type]
     assert node not in controller._created
+
+
+async def test_a_status_sent_is_not_sent_again_while_the_watch_has_not_shown_it(monkeypatch) -> None:
+    """Under load the pod cache shows a status write seconds after it was answered. Reconciles in between derive
+    the status from the pod as last written, not from the older cached one: what the status keeps (start time,
+    transition times) does not move with the clock, so nothing is sent twice (issue 17: a 5,000-pod rollout wrote
+    1.6-1.9 Running statuses per pod). Once the echo arrives nothing more is written either."""
+    from vkprovider.config import load_settings
+    from vkprovider.controllers import modules as modules_module
+    from vkprovider.controllers.modules import ModuleController
+    from vkprovider.core.model import BizInfo, BizState, BizStateRecord
+
+    settings = load_settings({"ENV": "test"})
+    now = [100.0]
+    registry = BaseRegistry("test", clock=lambda: now[0])
+    registry.heartbeat(hb("b1"))
+    node = "vnode.b1.test"
+    on_base = [BizInfo("biz1", "0.0.1", BizState.ACTIVATED, (BizStateRecord(1_700_000_000_000, BizState.ACTIVATED,
+                                                                              "", ""),))]
+
+    class Tunnel:
+        name = "http"
+
+        async def query_all_biz(self, base: object) -> list[BizInfo]:
+            return list(on_base)
+
+    pod = {"metadata": {"namespace": "ns", "name": "p", "uid": "u1", "resourceVersion": "1",
+                        "labels": {"virtual-kubelet.koupleless.io/component": "module"}},
+           "spec": {"nodeName": node, "containers": [{"name": "biz1", "image": "https://h/biz1-0.0.1-ark-biz.jar",
+                                                      "env": [{"name": "BIZ_VERSION", "value": "0.0.1"}]}]},
+           "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]}}
+    cache = {"ns/p": pod}
+    controller = ModuleController(settings, None, registry, cache, {"http": Tunnel()}, None,  # type: ignore[arg-type]
+                                  may_write=lambda n: True, clock=lambda: now[0])
+    controller.on_pod_change("ns/p", None, pod)
+    written: list[dict[str, object]] = []
+
+    async def write_status(pod: dict[str, object], desired: dict[str, object], modules: object) -> str:
+        written.append(desired)  # answered; the watch shows it later (``echo``)
+        return str(len(written) + 1)
+
+    monkeypatch.setattr(controller, "_write_status", write_status)
+    seconds = iter(range(10, 60))
+    monkeypatch.setattr(modules_module, "now_iso", lambda: f"2026-12-03T08:00:{next(seconds)}Z")
+
+    async def look() -> None:
+        now[0] += 1.0
+        controller.queue.add(node)
+        await controller.reconcile(node)
+        await wait_for(lambda: not controller._status_busy, 2.0, what="status writes done")
+
+    await look()
+    assert [d["phase"] for d in written] == ["Running"]
+    for _ in range(3):  # a second later each time, the cache still without the write
+        await look()
+    assert len(written) == 1, [(d["startTime"], d["conditions"]) for d in written]
+    echo = {**pod, "metadata": {**pod["metadata"], "resourceVersion": "2"}, "status": written[0]}
+    cache["ns/p"] = echo
+    controller.on_pod_change("ns/p", pod, echo)
+    for _ in range(2):
+        await look()
+    assert len(written) == 1

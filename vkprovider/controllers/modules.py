@@ -586,7 +586,8 @@ class ModuleController:
             modules = modules_of.get(key)
             if modules is None or is_terminating(pod) or is_terminal(pod):
                 continue
-            current = pod.get("status") or {}
+            shown = self._as_last_written(key, pod, now)
+            current = shown.get("status") or {}
             if known is None:
                 if base is BaseCondition.READY:
                     continue  # nothing known yet: say nothing rather than something wrong
@@ -595,7 +596,7 @@ class ModuleController:
                     continue
                 self._queue_status(view.node, key, pod, desired, modules, now)
                 continue
-            finished = _finished_containers(pod)
+            finished = _finished_containers(shown)
             pod_bizs = bizs
             ops: dict[BizKey, OpFacts] = {}
             installed = ledger.installed_urls
@@ -634,14 +635,15 @@ class ModuleController:
                 if workload is not None and spec.key in installed and installed[spec.key] != spec.url
                 and workload in workloads_wanting.get(spec.key, ())
             )
-            desired = pod_status(pod, modules, pod_bizs, ops, base_ip=view.heartbeat.ip, now_iso=stamp,
+            desired = pod_status(shown, modules, pod_bizs, ops, base_ip=view.heartbeat.ip, now_iso=stamp,
                                  replaced_in_rollout=replaced, base=base, base_message=base_message,
                                  finished=finished)
             if is_ready_status(desired):
                 hold = self.ready_hold(pod)
                 if hold is not None:
                     desired = with_ready_held(desired, current, HOLD_REASON, hold, stamp)
-            if desired["phase"] == "Pending" and not current.get("conditions") and base is BaseCondition.READY:
+            # Nothing written by vkprovider yet (the scheduler's PodScheduled condition aside): defer a Pending.
+            if desired["phase"] == "Pending" and not current.get("containerStatuses") and base is BaseCondition.READY:
                 started = [self._install_started.get((view.node, spec.key)) for spec in modules.bizs]
                 if started and all(t is not None and now - t < PENDING_WRITE_DEFER_S for t in started):
                     due = max(t for t in started if t is not None) + PENDING_WRITE_DEFER_S - now
@@ -649,6 +651,18 @@ class ModuleController:
                     continue
             self._queue_status(view.node, key, pod, desired, modules, now)
         return recheck
+
+    def _as_last_written(self, key: str, pod: dict[str, Any], now: float) -> dict[str, Any]:
+        """The pod with the status last sent for it, while the watch has not shown that write yet.
+
+        Under load the cache shows a write seconds after it was answered. A status derived from the older one
+        takes what it keeps from the status shown (start time, a container's start, transition times) afresh from
+        the clock, differs from the one sent, and would be sent again every second until the echo arrives.
+        """
+        sent = self._status_sent.get(key)
+        if sent is None or now - sent.at >= STATUS_ECHO_WAIT_S:
+            return pod
+        return {**pod, "status": {**(pod.get("status") or {}), **sent.desired}}
 
     def _op_facts(self, ledger: BaseLedger, spec: BizSpec, refused: str | None, url: str | None) -> OpFacts:
         if refused is not None:
