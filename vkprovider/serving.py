@@ -149,7 +149,8 @@ async def read_body(request: web.Request, timeout_s: float) -> bytes | web.Respo
     """The request body, or the answer to send instead: 413 when too large, 408 when it does not arrive in time
     (a declared length that never comes), 400 for a connection that broke."""
     try:
-        return await asyncio.wait_for(request.read(), timeout_s)
+        async with asyncio.timeout(timeout_s):  # not wait_for: no task per request
+            return await request.read()
     except web.HTTPRequestEntityTooLarge:
         return web.json_response({"error": "body too large"}, status=413)
     except TimeoutError:

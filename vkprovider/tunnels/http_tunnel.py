@@ -381,11 +381,16 @@ class HttpTunnel:
     async def _attempts(
         self, base: BaseHeartbeat, command: str, body: bytes, timeout_s: float, idempotent: bool
     ) -> dict[str, Any]:
-        attempts = _QUERY_ATTEMPTS if idempotent else 1
         try:
+            try:  # the first attempt needs no retry machinery (every 30 s biz poll is one)
+                return await self._post_once(base, command, body, timeout_s)
+            except _TransportError:
+                if not idempotent:
+                    raise
+                await asyncio.sleep(ARKLET_QUERY.delay(1))
             async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(attempts),
-                wait=lambda state: ARKLET_QUERY.delay(state.attempt_number),
+                stop=stop_after_attempt(_QUERY_ATTEMPTS - 1),
+                wait=lambda state: ARKLET_QUERY.delay(state.attempt_number + 1),
                 retry=retry_if_exception_type(_TransportError),
                 reraise=True,
             ):
