@@ -1,6 +1,7 @@
 """The keyed work queue (one key at a time, no lost changes, backoff) and the base registry's liveness facts."""
 
 import asyncio
+from typing import Any
 
 from tests.helpers import wait_for
 from vkprovider.controllers.bases import BaseRegistry, Heard
@@ -279,39 +280,54 @@ async def test_a_heartbeat_paced_look_at_an_unchanged_base_computes_and_writes_n
     assert len(computed) == 4
 
 
+class _OnePodOnOneBase:
+    """A ModuleController with one held vnode (base b1, its biz1:0.0.1 ACTIVATED as the tunnel reads it) and one
+    scheduled module pod ``ns/p`` wanting that biz, on an injected clock (``now[0]``)."""
+
+    def __init__(self) -> None:
+        from vkprovider.config import load_settings
+        from vkprovider.controllers.modules import ModuleController
+        from vkprovider.core.model import BizInfo, BizState, BizStateRecord
+
+        self.now = [100.0]
+        self.registry = BaseRegistry("test", clock=lambda: self.now[0])
+        self.registry.heartbeat(hb("b1"))
+        self.node = "vnode.b1.test"
+        self.on_base = [BizInfo("biz1", "0.0.1", BizState.ACTIVATED,
+                                (BizStateRecord(1_700_000_000_000, BizState.ACTIVATED, "", ""),))]
+        on_base = self.on_base
+
+        class Tunnel:
+            name = "http"
+
+            async def query_all_biz(self, base: object) -> list[BizInfo]:
+                return list(on_base)
+
+        self.pod: dict[str, Any] = {
+            "metadata": {"namespace": "ns", "name": "p", "uid": "u1", "resourceVersion": "1",
+                         "labels": {"virtual-kubelet.koupleless.io/component": "module"}},
+            "spec": {"nodeName": self.node,
+                     "containers": [{"name": "biz1", "image": "https://h/biz1-0.0.1-ark-biz.jar",
+                                     "env": [{"name": "BIZ_VERSION", "value": "0.0.1"}]}]},
+            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]}}
+        self.cache = {"ns/p": self.pod}
+        self.controller = ModuleController(load_settings({"ENV": "test"}), None, self.registry,  # type: ignore[arg-type]
+                                           self.cache, {"http": Tunnel()}, None,  # type: ignore[arg-type]
+                                           may_write=lambda n: True, clock=lambda: self.now[0])
+        self.controller.on_pod_change("ns/p", None, self.pod)
+
+
 async def test_a_poll_of_an_idle_base_with_running_pods_plans_nothing_until_something_changes(monkeypatch) -> None:
     """Every biz poll of a base reconciles its module pods. Once a pass found nothing to do (the pods Running
     and Ready with the status they should have, nothing in flight), a poll that reads the same bizs, with the same
     pod objects and readiness, stops after the read: no plan, no status computed (issue 17: a third of the steady
     CPU with 5,000 pods). A biz that changes on the base is planned and written again at once."""
-    from vkprovider.config import load_settings
     from vkprovider.controllers import modules as modules_module
-    from vkprovider.controllers.modules import ModuleController
     from vkprovider.core.model import BizInfo, BizState, BizStateRecord
 
-    settings = load_settings({"ENV": "test"})
-    now = [100.0]
-    registry = BaseRegistry("test", clock=lambda: now[0])
-    registry.heartbeat(hb("b1"))
-    node = "vnode.b1.test"
-    on_base = [BizInfo("biz1", "0.0.1", BizState.ACTIVATED, (BizStateRecord(1_700_000_000_000, BizState.ACTIVATED,
-                                                                              "", ""),))]
-
-    class Tunnel:
-        name = "http"
-
-        async def query_all_biz(self, base: object) -> list[BizInfo]:
-            return list(on_base)
-
-    pod = {"metadata": {"namespace": "ns", "name": "p", "uid": "u1", "resourceVersion": "1",
-                        "labels": {"virtual-kubelet.koupleless.io/component": "module"}},
-           "spec": {"nodeName": node, "containers": [{"name": "biz1", "image": "https://h/biz1-0.0.1-ark-biz.jar",
-                                                      "env": [{"name": "BIZ_VERSION", "value": "0.0.1"}]}]},
-           "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]}}
-    cache = {"ns/p": pod}
-    controller = ModuleController(settings, None, registry, cache, {"http": Tunnel()}, None,  # type: ignore[arg-type]
-                                  may_write=lambda n: True, clock=lambda: now[0])
-    controller.on_pod_change("ns/p", None, pod)
+    one = _OnePodOnOneBase()
+    now, registry, node, on_base, cache, controller = (one.now, one.registry, one.node, one.on_base, one.cache,
+                                                       one.controller)
     written: list[dict[str, object]] = []
 
     async def write_status(pod: dict[str, object], desired: dict[str, object], modules: object) -> str:
@@ -396,34 +412,10 @@ async def test_a_status_sent_is_not_sent_again_while_the_watch_has_not_shown_it(
     the status from the pod as last written, not from the older cached one: what the status keeps (start time,
     transition times) does not move with the clock, so nothing is sent twice (issue 17: a 5,000-pod rollout wrote
     1.6-1.9 Running statuses per pod). Once the echo arrives nothing more is written either."""
-    from vkprovider.config import load_settings
     from vkprovider.controllers import modules as modules_module
-    from vkprovider.controllers.modules import ModuleController
-    from vkprovider.core.model import BizInfo, BizState, BizStateRecord
 
-    settings = load_settings({"ENV": "test"})
-    now = [100.0]
-    registry = BaseRegistry("test", clock=lambda: now[0])
-    registry.heartbeat(hb("b1"))
-    node = "vnode.b1.test"
-    on_base = [BizInfo("biz1", "0.0.1", BizState.ACTIVATED, (BizStateRecord(1_700_000_000_000, BizState.ACTIVATED,
-                                                                              "", ""),))]
-
-    class Tunnel:
-        name = "http"
-
-        async def query_all_biz(self, base: object) -> list[BizInfo]:
-            return list(on_base)
-
-    pod = {"metadata": {"namespace": "ns", "name": "p", "uid": "u1", "resourceVersion": "1",
-                        "labels": {"virtual-kubelet.koupleless.io/component": "module"}},
-           "spec": {"nodeName": node, "containers": [{"name": "biz1", "image": "https://h/biz1-0.0.1-ark-biz.jar",
-                                                      "env": [{"name": "BIZ_VERSION", "value": "0.0.1"}]}]},
-           "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]}}
-    cache = {"ns/p": pod}
-    controller = ModuleController(settings, None, registry, cache, {"http": Tunnel()}, None,  # type: ignore[arg-type]
-                                  may_write=lambda n: True, clock=lambda: now[0])
-    controller.on_pod_change("ns/p", None, pod)
+    one = _OnePodOnOneBase()
+    now, node, pod, cache, controller = one.now, one.node, one.pod, one.cache, one.controller
     written: list[dict[str, object]] = []
 
     async def write_status(pod: dict[str, object], desired: dict[str, object], modules: object) -> str:
