@@ -443,3 +443,38 @@ async def test_a_status_sent_is_not_sent_again_while_the_watch_has_not_shown_it(
     for _ in range(2):
         await look()
     assert len(written) == 1
+
+
+async def test_pod_start_duration_times_a_pod_from_first_seen_to_its_first_running_write_answered() -> None:
+    """vkprovider_pod_start_duration_seconds (the kubelet's pod start SLI, for modules) runs from the first sight of a
+    not-yet-started pod on a held vnode to the answer to its first Running status; a pod already Running when first
+    seen (a restart, a takeover) is not timed, and a later Running write is not timed again."""
+    from prometheus_client import REGISTRY
+
+    def observed() -> tuple[float, float]:
+        return (REGISTRY.get_sample_value("vkprovider_pod_start_duration_seconds_count") or 0.0,
+                REGISTRY.get_sample_value("vkprovider_pod_start_duration_seconds_sum") or 0.0)
+
+    one = _OnePodOnOneBase()  # ns/p first seen Pending at t=100
+    patched: list[str] = []
+
+    class Kube:
+        async def patch(self, path: str, body: object, *, kind: str) -> dict[str, object]:
+            patched.append(path)
+            one.now[0] += 0.25  # the apiserver's answer takes a quarter of a second
+            return {"metadata": {"resourceVersion": str(len(patched) + 1)}}
+
+    one.controller.kube = Kube()  # type: ignore[assignment]
+    count0, sum0 = observed()
+    one.now[0] += 1.5
+    await one.controller.reconcile(one.node)
+    await wait_for(lambda: not one.controller._status_busy, 2.0, what="status write done")
+    assert patched == ["/api/v1/namespaces/ns/pods/p/status"]
+    count1, sum1 = observed()
+    assert count1 - count0 == 1 and abs((sum1 - sum0) - 1.75) < 1e-9
+
+    running = {**one.pod, "metadata": {**one.pod["metadata"], "name": "q", "uid": "u2"},
+               "status": {"phase": "Running"}}
+    one.cache["ns/q"] = running
+    one.controller.on_pod_change("ns/q", None, running)
+    assert "ns/q" not in one.controller._unstarted_since and "ns/p" not in one.controller._unstarted_since

@@ -80,6 +80,12 @@ BIZ_COMMAND_SECONDS = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
 POD_STATUS_WRITES = Counter("vkprovider_pod_status_writes_total", "Pod status writes.", ["phase"])
+POD_START_SECONDS = Histogram(
+    "vkprovider_pod_start_duration_seconds",
+    "Time from this replica first seeing a module pod, not yet started, on a vnode it holds to the answer to the "
+    "write of its first Running status (the kubelet's kubelet_pod_start_duration_seconds, for modules).",
+    buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120, 300),
+)
 for _cmd in ("install", "uninstall", "reinstall"):
     BIZ_COMMAND_SECONDS.labels(_cmd)
     for _outcome in ("SUCCESS", "FAILED", "REPEAT_BIZ", "NOT_FOUND_BIZ", "CONFLICT", "ERROR"):
@@ -126,6 +132,11 @@ def _iso_to_ms(text: object) -> int | None:
 def _order(pod: Mapping[str, Any]) -> str:
     md = pod.get("metadata") or {}
     return f"{md.get('creationTimestamp', '')}/{md.get('name', '')}"
+
+
+def _started(pod: Mapping[str, Any]) -> bool:
+    """Whether the pod's status already shows it started (Running, or finished): then its start is not timed."""
+    return str((pod.get("status") or {}).get("phase") or "Pending") != "Pending"
 
 
 def _finished_containers(pod: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
@@ -208,6 +219,7 @@ class ModuleController:
         self._install_started: dict[tuple[str, BizKey], float] = {}
         self._read_at: dict[str, float] = {}
         self._not_module_done: set[str] = set()
+        self._unstarted_since: dict[str, float] = {}  # pod key -> when first seen on a held vnode, not yet started
         # Status writes run off the reconcile path (a worker never waits for the apiserver), at most one per pod
         # at a time; the newest wanted status replaces one still waiting. `_status_sent` remembers the last status
         # sent until the watch shows the write (the resourceVersion the PATCH answered), so reconciles in between
@@ -245,10 +257,13 @@ class ModuleController:
             self.pods_by_node.setdefault(new_node, set()).add(key)
             if self.may_write(new_node) or self.fenced(new_node):
                 self.queue.add(new_node)
+                if old_node != new_node and new is not None and not _started(new):
+                    self._unstarted_since.setdefault(key, self.clock())
         sent = self._status_sent.get(key)
         if sent is not None and (new is None or sent.written_rv == (new.get("metadata") or {}).get("resourceVersion")):
             del self._status_sent[key]  # the cache now shows what was written (or the pod is gone)
         if new is None:
+            self._unstarted_since.pop(key, None)
             uid = ((old or {}).get("metadata") or {}).get("uid", "")
             self._warned.pop(uid, None)
             self._terminating_since.pop(uid, None)
@@ -278,6 +293,7 @@ class ModuleController:
         for key in list(self.pods_by_node.get(node, ())):
             self._status_next.pop(key, None)
             self._status_sent.pop(key, None)
+            self._unstarted_since.pop(key, None)
         self._seeded.pop(node, None)
         self._quiet.pop(node, None)
 
@@ -735,6 +751,10 @@ class ModuleController:
                 return None
             raise
         POD_STATUS_WRITES.labels(desired["phase"]).inc()
+        if desired["phase"] == "Running":
+            since = self._unstarted_since.pop(pod_key(pod), None)
+            if since is not None:
+                POD_START_SECONDS.observe(self.clock() - since)
         for problem in modules.problems:
             self._warn_once(pod, problem.reason, f"container {problem.container}: {problem.message}")
         if not modules.bizs and not modules.problems:
