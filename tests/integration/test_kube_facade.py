@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
@@ -284,6 +285,39 @@ async def test_event_recorder_creates_then_aggregates(kube: Kube, namespace: Any
     assert installed["lastTimestamp"] >= installed["firstTimestamp"]
     failed = by_reason["BizFailed"]
     assert failed["type"] == "Warning" and len(failed["message"]) == 1024 and failed["count"] == 1
+
+
+async def test_events_for_a_namespace_being_deleted_or_gone_are_dropped_without_a_warning(
+        kube: Kube, caplog: pytest.LogCaptureFixture) -> None:
+    """A burst of events queued for pods of a namespace just deleted: the apiserver refuses each (403
+    NamespaceTerminating, or 404 once it is gone). They are counted as dropped (namespace_gone), not logged as a
+    warning each (a 1,000-pod namespace deleted gave 1,800 warning lines)."""
+    from prometheus_client import REGISTRY
+
+    def dropped() -> float:
+        return REGISTRY.get_sample_value("vkprovider_events_dropped_total", {"reason": "namespace_gone"}) or 0.0
+
+    ns = f"vkp-facade-term-{uuid.uuid4().hex[:8]}"
+    await kube.create("/api/v1/namespaces", {"metadata": {"name": ns}})
+    held = await kube.create(f"/api/v1/namespaces/{ns}/configmaps",
+                             {**cm("held", {}), "metadata": {"name": "held", "finalizers": ["vkprovider.io/test"]}})
+    held.setdefault("kind", "ConfigMap")
+    held.setdefault("apiVersion", "v1")
+    recorder = EventRecorder(kube, reporting_instance="facade-test")
+    before = dropped()
+    try:
+        await kube.delete(f"/api/v1/namespaces/{ns}")  # Terminating until the ConfigMap's finalizer goes
+        with caplog.at_level(logging.WARNING, logger="vkprovider.kube.events"):
+            recorder.normal(held, "BizInstalled", "biz demo:1.0 installed")
+            elsewhere = {**held, "metadata": {**held["metadata"], "namespace": f"{ns}-never", "uid": "u-never"}}
+            recorder.normal(elsewhere, "BizInstalled", "biz demo:1.0 installed")
+            await recorder.flush(10)
+        assert dropped() - before == 2
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    finally:
+        await recorder.close()
+        await kube.patch(f"/api/v1/namespaces/{ns}/configmaps/held", {"metadata": {"finalizers": None}},
+                         kind="merge")
 
 
 async def test_node_events_go_to_default_namespace(kube: Kube) -> None:

@@ -121,6 +121,16 @@ class ApiError(Exception):
         return self.status == 403
 
     @property
+    def is_namespace_terminating(self) -> bool:
+        """A create refused because its namespace is being deleted (403, cause ``NamespaceTerminating``)."""
+        if self.status != 403 or not isinstance(self.body, Mapping):
+            return False
+        details = self.body.get("details")
+        causes = details.get("causes") if isinstance(details, Mapping) else None
+        return isinstance(causes, list) and any(
+            isinstance(c, Mapping) and c.get("reason") == "NamespaceTerminating" for c in causes)
+
+    @property
     def is_unauthorized(self) -> bool:
         return self.status == 401
 

@@ -41,13 +41,14 @@ EVENTS_POSTED = Counter(
 )
 EVENTS_DROPPED = Counter(
     "vkprovider_events_dropped_total",
-    "Kubernetes Events not written, by reason (queue_full, error, no_loop, closed, spam: over the per-object rate).",
+    "Kubernetes Events not written, by reason (queue_full, error, no_loop, closed, spam: over the per-object rate, "
+    "namespace_gone: its namespace is being deleted or gone).",
     ["reason"],
 )
 for _t in ("Normal", "Warning"):
     for _a in ("created", "aggregated"):
         EVENTS_POSTED.labels(_t, _a)
-for _r in ("queue_full", "error", "no_loop", "closed", "spam"):
+for _r in ("queue_full", "error", "no_loop", "closed", "spam", "namespace_gone"):
     EVENTS_DROPPED.labels(_r)
 
 
@@ -208,6 +209,17 @@ class EventRecorder:
                 await self._post(pending)
             except asyncio.CancelledError:
                 raise
+            except ApiError as exc:
+                if exc.is_namespace_terminating or exc.is_not_found:
+                    # The object's namespace is being deleted or gone (a burst of events queued for pods of a
+                    # namespace just deleted): nobody can read them any more. Not an error worth a line each.
+                    EVENTS_DROPPED.labels("namespace_gone").inc()
+                    log.debug("event %s for %s/%s dropped: %s", pending.reason, pending.ref.get("kind"),
+                              pending.ref.get("name"), exc)
+                else:
+                    EVENTS_DROPPED.labels("error").inc()
+                    log.warning("could not post event %s for %s/%s: %s", pending.reason,
+                                pending.ref.get("kind"), pending.ref.get("name"), exc)
             except Exception as exc:
                 EVENTS_DROPPED.labels("error").inc()
                 log.warning("could not post event %s for %s/%s: %s", pending.reason,
