@@ -2,8 +2,10 @@
 
 One run brings up the local control plane (.local/bench-cluster), then runs, in order:
 
-- ``limit``    the ceiling: apiserver write throughput (a raw asyncio client creating and patching ConfigMaps)
-               and scheduler-only placement (N plain fake Nodes, M Deployments of N replicas: time to all bound);
+- ``limit``    the ceiling: apiserver write throughput (a raw asyncio client creating and patching ConfigMaps),
+               scheduler-only placement (N plain fake Nodes, M Deployments of N replicas: time to all bound), and
+               the floors of burst and rollout: the same Deployments (1, then M) with a null kubelet in this
+               process that marks each pod Running the moment it is bound (the control plane's time alone);
 - ``register`` N simulated bases -> N Ready vnodes: time, API writes per node;
 - ``density``  pod startup at a sustained rate (the Kubernetes density SLO's shape): bare module pods created at
                R pods/s for T seconds onto the N vnodes, each its own biz -> create->Running and bound->Running
@@ -491,7 +493,7 @@ class Bench:
         await gather_limited([kube.create("/api/v1/nodes", fake_node(n)) for n in names], 64)
         await gather_limited([kube.patch(f"/api/v1/nodes/{n}/status", ready_status(), kind="merge")
                               for n in names], 64)
-        self.null_kubelet = await self.null_kubelet_burst(ns)
+        self.null_kubelet = await self.null_kubelet_run(ns, 1, "burst")
         result.metrics.update(self.null_kubelet)
         await gather_limited([kube.patch(f"/api/v1/nodes/{n}/status", ready_status(), kind="merge")
                               for n in names], 64)  # fresh heartbeat times: the node controller keeps them Ready
@@ -513,17 +515,14 @@ class Bench:
             "created_to_bound_p50_s": round(percentile(latencies, 50), 3),
             "created_to_bound_p99_s": round(percentile(latencies, 99), 3),
         })
-        log(f"limit: {result.metrics}")
         log("limit: cleaning up (pods on fake nodes are force-deleted: no kubelet will confirm)")
-        for i in range(self.modules):
-            await kube.delete(f"/apis/apps/v1/namespaces/{ns}/deployments/module-{i}",
-                              propagation_policy="Orphan")
-        rss, _, _ = await kube.list_all(f"/apis/apps/v1/namespaces/{ns}/replicasets")
-        await gather_limited([kube.delete(f"/apis/apps/v1/namespaces/{ns}/replicasets/{r['metadata']['name']}",
-                                          propagation_policy="Orphan") for r in rss], 16)
-        listed, _, _ = await kube.list_all(f"/api/v1/namespaces/{ns}/pods")
-        await gather_limited([kube.delete(f"/api/v1/namespaces/{ns}/pods/{p['metadata']['name']}",
-                                          grace_period_s=0) for p in listed], 64)
+        await self.clear_fake_pods(ns)
+        await gather_limited([kube.patch(f"/api/v1/nodes/{n}/status", ready_status(), kind="merge")
+                              for n in names], 64)
+        rollout_floor = await self.null_kubelet_run(ns, self.modules, "rollout")
+        self.null_kubelet.update(rollout_floor)
+        result.metrics.update(rollout_floor)
+        log(f"limit: {result.metrics}")
         await gather_limited([kube.delete(f"/api/v1/nodes/{n}") for n in names], 64)
         await kube.delete(f"/api/v1/namespaces/{ns}")
 
@@ -542,13 +541,26 @@ class Bench:
         result.chart = chart
         return result
 
-    async def null_kubelet_burst(self, ns: str) -> dict[str, float]:
-        """The machine's floor for burst's bound->Running: one Deployment of N replicas on the fake nodes, and a
-        null kubelet (this process) that PATCHes each pod Running and Ready the moment its watch shows the binding.
-        What that takes is the control plane's and this machine's alone (scheduling load, watch delivery, the status
-        write); what burst measures beyond it is vkprovider's."""
+    async def clear_fake_pods(self, ns: str) -> None:
+        """Remove every Deployment, ReplicaSet and pod of ``ns`` at once (the fake nodes have no kubelet to confirm a
+        graceful delete: the pods are force-deleted, their controllers orphaned first so none is recreated)."""
         assert self.admin is not None
-        kube, pods = self.admin, self.bases
+        kube = self.admin
+        for kind in ("deployments", "replicasets"):
+            listed, _, _ = await kube.list_all(f"/apis/apps/v1/namespaces/{ns}/{kind}")
+            await gather_limited([kube.delete(f"/apis/apps/v1/namespaces/{ns}/{kind}/{o['metadata']['name']}",
+                                              propagation_policy="Orphan") for o in listed], 16)
+        listed, _, _ = await kube.list_all(f"/api/v1/namespaces/{ns}/pods")
+        await gather_limited([kube.delete(f"/api/v1/namespaces/{ns}/pods/{p['metadata']['name']}",
+                                          grace_period_s=0) for p in listed], 64)
+
+    async def null_kubelet_run(self, ns: str, deployments: int, prefix: str) -> dict[str, float]:
+        """The machine's floor for a scenario of vkprovider's: the same Deployments (each N replicas) on the fake
+        nodes, and a null kubelet (this process) that PATCHes each pod Running and Ready the moment its watch shows
+        the binding. What that takes is the control plane's and this machine's alone (scheduling, the status writes
+        and their watch delivery): what burst (1 Deployment) or rollout (M) measures beyond it is vkprovider's."""
+        assert self.admin is not None
+        kube, pods = self.admin, self.bases * deployments
         writes: set[asyncio.Task[Any]] = set()
         running_status = {"status": {"phase": "Running", "conditions": [
             {"type": t, "status": "True"} for t in ("Initialized", "ContainersReady", "Ready")]}}
@@ -560,26 +572,20 @@ class Bench:
             writes.add(task)
             task.add_done_callback(writes.discard)
 
-        log(f"limit: null kubelet, 1 Deployment x {pods} replicas on the fake nodes")
+        log(f"limit: null kubelet, {deployments} Deployments x {self.bases} replicas on the fake nodes ({prefix})")
         clock = PodClock(kube, ns, on_bound=start_it)
         async with running(clock.informer):
             start = time.monotonic()
-            dep = module_deployment(99, pods, "0.0.1", fake_nodes=True)
-            await kube.create(f"/apis/apps/v1/namespaces/{ns}/deployments", dep)
-            await until(lambda: len(clock.alive) >= pods and clock.count_running() >= pods, self.args.timeout,
-                        "all null-kubelet pods Running")
+            for i in range(deployments):
+                await kube.create(f"/apis/apps/v1/namespaces/{ns}/deployments",
+                                  module_deployment(i, self.bases, "0.0.1", fake_nodes=True))
+            done = await until(lambda: len(clock.alive) >= pods and clock.count_running() >= pods, self.args.timeout,
+                               "all null-kubelet pods Running")
         latencies = [clock.running[k] - clock.bound[k] for k in clock.alive if k in clock.running and k in clock.bound]
-        total = time.monotonic() - start
-        await kube.delete(f"/apis/apps/v1/namespaces/{ns}/deployments/module-99", propagation_policy="Orphan")
-        rss, _, _ = await kube.list_all(f"/apis/apps/v1/namespaces/{ns}/replicasets")
-        await gather_limited([kube.delete(f"/apis/apps/v1/namespaces/{ns}/replicasets/{r['metadata']['name']}",
-                                          propagation_policy="Orphan") for r in rss], 16)
-        listed, _, _ = await kube.list_all(f"/api/v1/namespaces/{ns}/pods")
-        await gather_limited([kube.delete(f"/api/v1/namespaces/{ns}/pods/{p['metadata']['name']}",
-                                          grace_period_s=0) for p in listed], 64)
-        return {"null_kubelet_total_s": round(total, 2),
-                "null_kubelet_bound_to_running_p50_s": round(percentile(latencies, 50), 3),
-                "null_kubelet_bound_to_running_p99_s": round(percentile(latencies, 99), 3)}
+        await self.clear_fake_pods(ns)
+        return {f"null_kubelet_{prefix}_total_s": round(done - start, 2),
+                f"null_kubelet_{prefix}_bound_to_running_p50_s": round(percentile(latencies, 50), 3),
+                f"null_kubelet_{prefix}_bound_to_running_p99_s": round(percentile(latencies, 99), 3)}
 
     def component_cpu(self) -> dict[str, float]:
         """Cumulative CPU seconds of every process in the run: where the machine's two cores go."""
@@ -792,6 +798,7 @@ class Bench:
         ns = await self.fresh_namespace(f"bench-burst-{int(time.time())}")
         clock = PodClock(kube, ns)
         log(f"burst: 1 Deployment x {pods} replicas, one module pod per vnode")
+        profiler = self.start_profile(30, "burst") if self.args.profile else None
         async with running(clock.informer):
             start0 = await self.provider_histogram("vkprovider_pod_start_duration_seconds")
             patch0 = await self.provider_mean("rest_client_request_duration_seconds", 'verb="PATCH"')
@@ -806,6 +813,9 @@ class Bench:
             start1 = await self.provider_histogram("vkprovider_pod_start_duration_seconds")
             patch1 = await self.provider_mean("rest_client_request_duration_seconds", 'verb="PATCH"')
             install1 = await self.provider_mean("vkprovider_biz_command_duration_seconds", 'command="install"')
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)  # py-spy writes what it sampled so far on an interrupt
+            result.metrics["profile_top"] = await self.finish_profile(profiler, "burst")
         latencies = [clock.running[k] - clock.bound[k] for k in clock.alive if k in clock.running and k in clock.bound]
         first_bound = min(clock.bound.values(), default=start)
         last_bound = max(clock.bound.values(), default=start)
@@ -827,9 +837,9 @@ class Bench:
             "provider_patch_answer_mean_s": round(mean(patch0, patch1), 3),
             "install_answer_mean_s": round(mean(install0, install1), 3),
             # the floor limit measured: the same burst on fake nodes with a null kubelet (nan without limit)
-            "null_kubelet_bound_to_running_p50_s": self.null_kubelet.get("null_kubelet_bound_to_running_p50_s",
+            "null_kubelet_bound_to_running_p50_s": self.null_kubelet.get("null_kubelet_burst_bound_to_running_p50_s",
                                                                          math.nan),
-            "null_kubelet_bound_to_running_p99_s": self.null_kubelet.get("null_kubelet_bound_to_running_p99_s",
+            "null_kubelet_bound_to_running_p99_s": self.null_kubelet.get("null_kubelet_burst_bound_to_running_p99_s",
                                                                          math.nan),
             **cores,
         })
@@ -895,12 +905,16 @@ class Bench:
         per_pod_settled = (settled - self.rss_bases_only) / pods
         leases_lost = await self.provider_counter(lost_series) - lost_before  # one replica: it must lose none
         ratio = total / self.scheduler_only_s if not math.isnan(self.scheduler_only_s) else math.nan
+        null_floor = self.null_kubelet.get("null_kubelet_rollout_total_s", math.nan)
         status_writes = {phase: n - status_writes0.get(phase, 0.0)
                          for phase, n in (await self.pod_status_writes()).items()}
         result.metrics.update({
             "total_s": round(total, 2),
             "scheduler_only_s": round(self.scheduler_only_s, 2),
             "ratio_to_scheduler_only": round(ratio, 3),
+            # limit's floor: the same Deployments with a null kubelet (the control plane's time for this rollout)
+            "null_kubelet_rollout_s": null_floor,
+            "null_kubelet_ratio_to_scheduler_only": round(null_floor / self.scheduler_only_s, 3),
             "bound_to_running_p50_s": round(percentile(latencies, 50), 3),
             "bound_to_running_p99_s": round(percentile(latencies, 99), 3),
             "bound_to_running_max_s": round(max(latencies, default=math.nan), 3),
@@ -1372,7 +1386,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="density: seconds of creating (120; --quick: 30)")
     parser.add_argument("--timeout", type=float, default=900.0, help="per waiting step (s)")
     parser.add_argument("--profile", action="store_true",
-                        help="py-spy-profile vkprovider during steady (bench/results/steady-profile.txt; needs py-spy)")
+                        help="py-spy-profile vkprovider during register, burst and steady "
+                             "(bench/results/<scenario>-profile.txt; needs py-spy)")
     args = parser.parse_args(argv)
     if args.bases is None:
         args.bases = 100 if args.quick else 1000
