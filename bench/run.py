@@ -554,6 +554,18 @@ class Bench:
         await gather_limited([kube.delete(f"/api/v1/namespaces/{ns}/pods/{p['metadata']['name']}",
                                           grace_period_s=0) for p in listed], 64)
 
+        async def left() -> int:  # an orphaning delete takes a moment: the next run must not meet these
+            counts = [len((await kube.list_all(path))[0]) for path in (
+                f"/apis/apps/v1/namespaces/{ns}/deployments", f"/apis/apps/v1/namespaces/{ns}/replicasets",
+                f"/api/v1/namespaces/{ns}/pods")]
+            return sum(counts)
+
+        deadline = time.monotonic() + self.args.timeout
+        while await left():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the fake nodes' Deployments, ReplicaSets and pods of {ns} not gone")
+            await asyncio.sleep(0.5)
+
     async def null_kubelet_run(self, ns: str, deployments: int, prefix: str) -> dict[str, float]:
         """The machine's floor for a scenario of vkprovider's: the same Deployments (each N replicas) on the fake
         nodes, and a null kubelet (this process) that PATCHes each pod Running and Ready the moment its watch shows
@@ -576,9 +588,9 @@ class Bench:
         clock = PodClock(kube, ns, on_bound=start_it)
         async with running(clock.informer):
             start = time.monotonic()
-            for i in range(deployments):
+            for i in range(deployments):  # names of their own: never one of scheduler-only's still being deleted
                 await kube.create(f"/apis/apps/v1/namespaces/{ns}/deployments",
-                                  module_deployment(i, self.bases, "0.0.1", fake_nodes=True))
+                                  module_deployment(100 + i, self.bases, "0.0.1", fake_nodes=True))
             done = await until(lambda: len(clock.alive) >= pods and clock.count_running() >= pods, self.args.timeout,
                                "all null-kubelet pods Running")
         latencies = [clock.running[k] - clock.bound[k] for k in clock.alive if k in clock.running and k in clock.bound]
