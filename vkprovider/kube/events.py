@@ -209,18 +209,14 @@ class EventRecorder:
                 await self._post(pending)
             except asyncio.CancelledError:
                 raise
-            except ApiError as exc:
-                if exc.is_namespace_terminating or exc.is_not_found:
+            except Exception as exc:
+                if isinstance(exc, ApiError) and (exc.is_namespace_terminating or exc.is_not_found):
                     # The object's namespace is being deleted or gone (a burst of events queued for pods of a
                     # namespace just deleted): nobody can read them any more. Not an error worth a line each.
                     EVENTS_DROPPED.labels("namespace_gone").inc()
                     log.debug("event %s for %s/%s dropped: %s", pending.reason, pending.ref.get("kind"),
                               pending.ref.get("name"), exc)
-                else:
-                    EVENTS_DROPPED.labels("error").inc()
-                    log.warning("could not post event %s for %s/%s: %s", pending.reason,
-                                pending.ref.get("kind"), pending.ref.get("name"), exc)
-            except Exception as exc:
+                    continue
                 EVENTS_DROPPED.labels("error").inc()
                 log.warning("could not post event %s for %s/%s: %s", pending.reason,
                             pending.ref.get("kind"), pending.ref.get("name"), exc)
