@@ -30,6 +30,19 @@ def sample(pid: int) -> Sample:
     return Sample(time.monotonic(), cpu, rss)
 
 
+def runqueue_wait_s(pid: int) -> float:
+    """Seconds ``pid``'s threads have spent runnable but waiting for a CPU (the second field of each thread's
+    /proc/<pid>/task/<tid>/schedstat): how much a process was starved by the others on a saturated machine."""
+    waited = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                waited += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile, or a kernel without schedstats
+    return waited / 1e9
+
+
 def cpu_share(first: Sample, last: Sample) -> float:
     """Fraction of one core used between two samples."""
     wall = last.wall_s - first.wall_s

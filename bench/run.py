@@ -23,8 +23,11 @@ One run brings up the local control plane (.local/bench-cluster), then runs, in 
                installs, uninstalls.
 
 vkprovider, the simulator and the control plane are separate processes; vkprovider uses the restricted RBAC
-identity and its production defaults. Results: ``bench/results/<scenario>.json`` (``{"scenario", "params",
-"metrics", "targets"}``) and ``<scenario>.png``; a table on stdout. It reports; it never fails ``make test``.
+identity and its production defaults. Each scenario reports every process's cores (``cores_<name>``) and its
+run-queue wait (``runq_wait_<name>``: cores' worth of time it was ready to run but had no CPU), so a reader sees
+who uses the machine and who is slowed by the others on it. Results: ``bench/results/<scenario>.json``
+(``{"scenario", "params", "metrics", "targets"}``) and ``<scenario>.png``; a table on stdout.
+It reports; it never fails ``make test``.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from typing import Any
 
 import yaml
 
-from bench.procstat import Sample, cpu_share, sample
+from bench.procstat import Sample, cpu_share, runqueue_wait_s, sample
 from tests.integration.harness import SEED_TOLERATION, ProviderProcess, SimProcess
 from tests.integration.lb import RoundRobin
 from vkprovider.kube.client import ApiError, Kube
@@ -61,6 +64,7 @@ ENV = "bench"
 FAKE_LABEL = "bench.vkprovider.io/fake"
 WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")  # their pid files' names
+RUNQ = "runq:"  # component_cpu's key prefix for a component's run-queue wait (seconds), next to its CPU seconds
 MB = 1024 * 1024
 VKPROVIDER_FRAME = re.compile(r"\((?:[^)]*/)?vkprovider/(?!.*site-packages)")
 
@@ -611,6 +615,7 @@ class Bench:
         for name, pid in pids.items():
             try:
                 found[name] = sample(pid).cpu_s
+                found[RUNQ + name] = runqueue_wait_s(pid)
             except OSError:
                 continue
         return found
@@ -618,8 +623,13 @@ class Bench:
     @staticmethod
     def cores_used(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, float]:
         """Cores each component used between two `component_cpu` readings (2.0 = the whole machine)."""
-        used = {f"cores_{n}": round((after[n] - before[n]) / wall_s, 2) for n in after if n in before and wall_s > 0}
+        both = [n for n in after if n in before and wall_s > 0]
+        used = {f"cores_{n}": round((after[n] - before[n]) / wall_s, 2) for n in both if not n.startswith(RUNQ)}
         used["cores_all"] = round(sum(used.values()), 2)
+        # Cores' worth of time each component was ready to run but waited for a CPU: a process that waits as long
+        # as it runs does its work at half the speed a free core would give it.
+        used |= {f"runq_wait_{n.removeprefix(RUNQ)}": round((after[n] - before[n]) / wall_s, 2)
+                 for n in both if n.startswith(RUNQ)}
         # The control plane's CPU seconds spread over every core: the shortest this scenario could take on this
         # machine had vkprovider and the simulated bases cost nothing (the control plane still serves their
         # writes). A floor above a time target means the control plane, not vkprovider, is what stops it.

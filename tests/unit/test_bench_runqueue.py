@@ -1,0 +1,36 @@
+"""bench's run-queue wait: how long a component was ready to run but waited for a CPU, reported next to its cores
+and kept out of the CPU sums (cores_all, the control plane's floor)."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from bench.procstat import runqueue_wait_s
+from bench.run import RUNQ, Bench
+
+
+def test_wait_is_reported_apart_and_kept_out_of_the_cpu_sums() -> None:
+    before = {"kube-apiserver": 10.0, "vkprovider": 5.0, RUNQ + "kube-apiserver": 1.0, RUNQ + "vkprovider": 2.0}
+    after = {"kube-apiserver": 30.0, "vkprovider": 11.0, RUNQ + "kube-apiserver": 9.0, RUNQ + "vkprovider": 14.0}
+    used = Bench.cores_used(before, after, 10.0)
+    assert used["cores_kube-apiserver"] == 2.0 and used["cores_vkprovider"] == 0.6
+    assert used["cores_all"] == 2.6  # CPU only: waiting is not using
+    assert used["control_plane_cpu_s"] == 20.0
+    assert used["runq_wait_kube-apiserver"] == 0.8 and used["runq_wait_vkprovider"] == 1.2
+    assert not any(k.startswith("cores_runq") for k in used)
+
+
+def test_sums_the_wait_of_every_thread_of_a_live_process() -> None:
+    stop = threading.Event()
+    helper = threading.Thread(target=stop.wait)
+    helper.start()
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/schedstat") as f:
+            main_thread = int(f.read().split()[1]) / 1e9
+        total = runqueue_wait_s(os.getpid())
+    finally:
+        stop.set()
+        helper.join()
+    assert total >= main_thread  # the main thread's wait so far, plus every other thread's
+    assert runqueue_wait_s(os.getpid()) >= total  # cumulative: it never goes back
