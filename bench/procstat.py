@@ -30,17 +30,25 @@ def sample(pid: int) -> Sample:
     return Sample(time.monotonic(), cpu, rss)
 
 
-def runqueue_wait_s(pid: int) -> float:
-    """Seconds ``pid``'s threads have spent runnable but waiting for a CPU (the second field of each thread's
-    /proc/<pid>/task/<tid>/schedstat): how much a process was starved by the others on a saturated machine."""
-    waited = 0
+def thread_waits_s(pid: int) -> dict[int, float]:
+    """Seconds each live thread of ``pid`` has spent runnable but waiting for a CPU (the second field of its
+    /proc/<pid>/task/<tid>/schedstat), by thread id. Each value only grows; a thread that ends takes its own with
+    it, so a sum over threads can go back when one ends."""
+    waits: dict[int, float] = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                waited += int(f.read().split()[1])
+                waits[int(tid)] = int(f.read().split()[1]) / 1e9
         except (OSError, IndexError, ValueError):
             continue  # a thread that ended meanwhile, or a kernel without schedstats
-    return waited / 1e9
+    return waits
+
+
+def runqueue_wait_s(pid: int) -> float:
+    """Seconds ``pid``'s live threads have spent runnable but waiting for a CPU: how much a process was starved by
+    the others on a saturated machine. The bench's components keep their threads for their lifetime; a delta that
+    a thread's end made negative is read as no wait (`Bench.cores_used`)."""
+    return sum(thread_waits_s(pid).values())
 
 
 def cpu_share(first: Sample, last: Sample) -> float:

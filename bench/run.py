@@ -628,8 +628,8 @@ class Bench:
         used["cores_all"] = round(sum(used.values()), 2)
         # Cores' worth of time each component was ready to run but waited for a CPU: a process that waits as long
         # as it runs does its work at half the speed a free core would give it.
-        used |= {f"runq_wait_{n.removeprefix(RUNQ)}": round((after[n] - before[n]) / wall_s, 2)
-                 for n in both if n.startswith(RUNQ)}
+        used |= {f"runq_wait_{n.removeprefix(RUNQ)}": round(max(0.0, after[n] - before[n]) / wall_s, 2)
+                 for n in both if n.startswith(RUNQ)}  # a thread that ended took its wait with it: never below 0
         # The control plane's CPU seconds spread over every core: the shortest this scenario could take on this
         # machine had vkprovider and the simulated bases cost nothing (the control plane still serves their
         # writes). A floor above a time target means the control plane, not vkprovider, is what stops it.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import threading
 
-from bench.procstat import runqueue_wait_s
+from bench.procstat import runqueue_wait_s, thread_waits_s
 from bench.run import RUNQ, Bench
 
 
@@ -26,11 +26,18 @@ def test_sums_the_wait_of_every_thread_of_a_live_process() -> None:
     helper = threading.Thread(target=stop.wait)
     helper.start()
     try:
-        with open(f"/proc/self/task/{threading.get_native_id()}/schedstat") as f:
-            main_thread = int(f.read().split()[1]) / 1e9
+        first = thread_waits_s(os.getpid())
         total = runqueue_wait_s(os.getpid())
+        second = thread_waits_s(os.getpid())
     finally:
         stop.set()
         helper.join()
-    assert total >= main_thread  # the main thread's wait so far, plus every other thread's
-    assert runqueue_wait_s(os.getpid()) >= total  # cumulative: it never goes back
+    assert threading.get_native_id() in first and helper.native_id in first  # every live thread, not only the main
+    assert total >= first[threading.get_native_id()] + first[helper.native_id]
+    assert all(second[tid] >= first[tid] for tid in first.keys() & second.keys())  # each thread's wait only grows
+
+
+def test_a_thread_that_ended_is_no_negative_wait() -> None:
+    before = {"vkprovider": 5.0, RUNQ + "vkprovider": 3.0}
+    after = {"vkprovider": 6.0, RUNQ + "vkprovider": 2.5}  # a thread with 0.5 s+ of wait ended in between
+    assert Bench.cores_used(before, after, 10.0)["runq_wait_vkprovider"] == 0.0
