@@ -2,7 +2,7 @@
 
 A listener reachable by bases or by anything in the cluster must not be held open by idle or slow clients: 2,000
 half-open requests or a slowloris used to keep 2,000 file descriptors and sockets forever. ``serve`` starts an
-aiohttp application behind a guard that
+aiohttp application, and ``serve_small`` the lean ``http1`` server of the heartbeat listener, behind a guard that
 
 - caps the connections open at once per listener (more are closed at once and counted),
 - closes a connection whose request head has not arrived within ``header_timeout_s`` and an idle keep-alive one
@@ -23,6 +23,8 @@ from typing import Any, Final
 
 from aiohttp import web
 from prometheus_client import Counter, Gauge
+
+from vkprovider import http1
 
 log = logging.getLogger(__name__)
 
@@ -49,22 +51,21 @@ class _Guarded(asyncio.Protocol):
 
     __slots__ = ("_head_seen", "_inner", "_listener", "_refused")
 
-    def __init__(self, inner: asyncio.Protocol, listener: _Listener) -> None:
+    def __init__(self, inner: asyncio.Protocol, listener: Listener) -> None:
         self._inner = inner
         self._listener = listener
         self._head_seen = False
         self._refused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self._listener.open >= self._listener.max_connections:
+        if not self._listener.admit():
             self._refused = True
-            CLOSED.labels(self._listener.name, "refused").inc()
+            self._listener.refused()
             if isinstance(transport, asyncio.WriteTransport):
                 transport.abort()
             else:
                 transport.close()
             return
-        self._listener.opened()
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
@@ -82,9 +83,7 @@ class _Guarded(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._refused:
             return
-        self._listener.closed()
-        if not self._head_seen:
-            CLOSED.labels(self._listener.name, "incomplete").inc()
+        self._listener.closed(incomplete=not self._head_seen)
         self._inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -96,26 +95,40 @@ class _Guarded(asyncio.Protocol):
             self._inner.resume_writing()
 
 
-class _Listener:
+class Listener:
+    """A listener's connection cap and counts (``http1.ConnectionGuard``)."""
+
     def __init__(self, name: str, max_connections: int) -> None:
         self.name = name
         self.max_connections = max_connections
         self.open = 0
         self._gauge = CONNECTIONS.labels(name)
+        self._refused = CLOSED.labels(name, "refused")
+        self._incomplete = CLOSED.labels(name, "incomplete")
 
-    def opened(self) -> None:
+    def admit(self) -> bool:
+        """Count a new connection in, unless the listener is at its cap."""
+        if self.open >= self.max_connections:
+            return False
         self.open += 1
         self._gauge.set(self.open)
+        return True
 
-    def closed(self) -> None:
+    def refused(self) -> None:
+        self._refused.inc()
+
+    def closed(self, *, incomplete: bool) -> None:
         self.open -= 1
         self._gauge.set(self.open)
+        if incomplete:
+            self._incomplete.inc()
 
 
 class Served:
     """A running listener: its bound port, and how to stop it."""
 
-    def __init__(self, runner: web.AppRunner, server: asyncio.base_events.Server, listener: _Listener) -> None:
+    def __init__(self, server: asyncio.base_events.Server, listener: Listener,
+                 runner: web.AppRunner | None = None) -> None:
         self._runner = runner
         self._server = server
         self.listener = listener
@@ -123,7 +136,17 @@ class Served:
 
     async def stop(self) -> None:
         self._server.close()
-        await self._runner.cleanup()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+async def _listen(factory: Callable[[], asyncio.Protocol], *, host: str, port: int, setting: str,
+                  ssl_context: ssl.SSLContext | None) -> asyncio.base_events.Server:
+    loop = asyncio.get_running_loop()
+    try:
+        return await loop.create_server(factory, host, port, ssl=ssl_context, backlog=1024, reuse_address=True)
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {host}:{port} ({setting}): {exc.strerror or exc}") from None
 
 
 async def serve(app: web.Application, *, name: str, host: str, port: int, setting: str,
@@ -132,17 +155,31 @@ async def serve(app: web.Application, *, name: str, host: str, port: int, settin
     """Serve ``app`` on host:port behind the guard. ``setting`` names the variable of the port (for errors)."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False, keepalive_timeout=header_timeout_s)
     await runner.setup()
-    listener = _Listener(name, max_connections)
+    listener = Listener(name, max_connections)
     factory = runner.server
     assert factory is not None
-    loop = asyncio.get_running_loop()
     try:
-        server = await loop.create_server(lambda: _Guarded(factory(), listener), host, port, ssl=ssl_context,
-                                          backlog=1024, reuse_address=True)
-    except OSError as exc:
+        server = await _listen(lambda: _Guarded(factory(), listener), host=host, port=port, setting=setting,
+                               ssl_context=ssl_context)
+    except ListenError:
         await runner.cleanup()
-        raise ListenError(f"cannot listen on {host}:{port} ({setting}): {exc.strerror or exc}") from None
-    return Served(runner, server, listener)
+        raise
+    return Served(server, listener, runner)
+
+
+async def serve_small(handler: http1.Handler, *, on_refused: http1.Refused | None = None, name: str, host: str,
+                      port: int, setting: str,
+                      max_connections: int, max_body: int, header_timeout_s: float,
+                      ssl_context: ssl.SSLContext | None = None) -> Served:
+    """Serve small requests answered at once by a synchronous ``handler`` (``http1.ServerConnection``): a
+    request must arrive whole within ``header_timeout_s`` of its first byte, and an idle keep-alive connection
+    is closed after the same time."""
+    listener = Listener(name, max_connections)
+    limits = http1.ServerLimits(max_body=max_body, request_timeout_s=header_timeout_s,
+                                idle_timeout_s=header_timeout_s)
+    server = await _listen(lambda: http1.ServerConnection(handler, limits, listener, on_refused), host=host,
+                           port=port, setting=setting, ssl_context=ssl_context)
+    return Served(server, listener)
 
 
 async def read_body(request: web.Request, timeout_s: float) -> bytes | web.Response:

@@ -1,4 +1,4 @@
-"""A small, fast Kubernetes REST client: raw JSON over one aiohttp session.
+"""A small, fast Kubernetes REST client: raw JSON over keep-alive HTTP/1.1 connections (``http1.Pool``).
 
 Why it exists: kubernetes-asyncio's generated models cost far too much CPU to build for thousands of pods and
 nodes on a 2-core machine, and its watch gives up after one 410. We still use its *config loaders* (kubeconfig
@@ -26,15 +26,15 @@ import time
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import quote, urlencode
 
-import aiohttp
 import orjson
 import yaml
 import yarl
 from prometheus_client import Counter, Histogram
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from vkprovider import __version__
+from vkprovider import __version__, http1
 from vkprovider.core.backoff import API_CALL
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,8 @@ DEFAULT_FIELD_MANAGER = "vkprovider"
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 
 MAX_ATTEMPTS = 5
-_URL_CACHE_SIZE = 20_000  # write URLs kept parsed (a Lease, Node and pod status each: thousands)
+_URL_CACHE_SIZE = 20_000  # write targets kept encoded (a Lease, Node and pod status each: thousands)
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"  # RFC 3986 pchar and "/": what a path keeps unencoded
 MAX_RETRY_AFTER_S = 30.0
 
 #: Where the kubelet mounts the service-account token (rotated in place) and the cluster CA in a pod.
@@ -409,7 +410,7 @@ def static_kubeconfig(path: str) -> _Direct | None:
         with open(os.path.join(base, str(user["tokenFile"])), encoding="utf-8") as fh:
             header = f"Bearer {fh.read().strip()}"
     elif user.get("username") or user.get("password"):
-        header = aiohttp.BasicAuth(str(user.get("username") or ""), str(user.get("password") or "")).encode()
+        header = _basic(str(user.get("username") or ""), str(user.get("password") or ""))
     return _Direct(host=str(cluster["server"]).rstrip("/"), ssl_ca_cert=file_of("certificate-authority", cluster),
                    cert_file=file_of("client-certificate", user), key_file=file_of("client-key", user),
                    verify_ssl=not cluster.get("insecure-skip-tls-verify"),
@@ -460,9 +461,12 @@ async def _auth_header(conf: Any) -> str | None:
         header = str(value).strip() if value else ""
         return header or None
     if conf.username or conf.password:
-        header = aiohttp.BasicAuth(conf.username or "", conf.password or "").encode()
-        return str(header)
+        return _basic(conf.username or "", conf.password or "")
     return None
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def _ssl_context(conf: Any) -> ssl.SSLContext:
@@ -481,43 +485,44 @@ def _ssl_context(conf: Any) -> ssl.SSLContext:
 class Kube:
     """Raw-JSON access to one API server. Create with :meth:`connect`; close with :meth:`close`."""
 
-    def __init__(self, host: str, session: aiohttp.ClientSession, credentials: _Credentials, *,
-                 max_inflight: int = 64, timeout_s: float = 30.0, server_hostname: str | None = None,
-                 proxy: str | None = None, instance: str = "") -> None:
+    def __init__(self, host: str, pool: http1.Pool, credentials: _Credentials, *,
+                 max_inflight: int = 64, timeout_s: float = 30.0, instance: str = "") -> None:
         self._host = host.rstrip("/")
         self._host_label = host.split("://", 1)[-1].rstrip("/")  # client-go's host label: host:port
         for verb in ("GET", "POST", "PUT", "PATCH", "DELETE", "WATCH"):
             REQUEST_DURATION.labels(verb, self._host_label)
             REQUESTS.labels("200", verb, self._host_label)
-        self._session = session
+        self._pool = pool
         self._credentials = credentials
         self._sem = asyncio.Semaphore(max_inflight)
-        self._urls: dict[tuple[str, tuple[tuple[str, str], ...]], yarl.URL] = {}
+        self._targets: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
         self._timeout_s = timeout_s
-        self._server_hostname = server_hostname
-        self._proxy = proxy
         # Which replica wrote what shows in the apiserver's audit log: the instance rides in the User-Agent.
         self._user_agent = f"vkprovider/{__version__}" + (f" ({instance})" if instance else "")
+        self._origin = f"http://{pool.authority}" if pool.absolute_targets else ""
+        self._fixed_for: str | None = None
+        self._fixed = ""
 
     @classmethod
     async def connect(cls, kubeconfig: str | None, *, max_inflight: int = 64, timeout_s: float = 30.0,
                       instance: str = "") -> Kube:
-        """Load a kubeconfig file (or the in-cluster service account when None) and open a session."""
+        """Load a kubeconfig file (or the in-cluster service account when None) and open a connection pool."""
         conf = await _load_configuration(kubeconfig)
         if kubeconfig is None:
             credentials = _Credentials(None, token_file=IN_CLUSTER_TOKEN_FILE)
         else:
             credentials = _Credentials(await _auth_header(conf), kubeconfig=kubeconfig)
         host = str(conf.host)
-        ssl_ctx: ssl.SSLContext | bool = _ssl_context(conf) if host.startswith("https") else False
+        url = yarl.URL(host)
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"the API server address {host!r} is not an http(s) URL")
+        tls = _ssl_context(conf) if url.scheme == "https" else None
         # Requests are bounded by the semaphore; the pool leaves room for lanes (``lane``) and long-lived watches.
-        connector = aiohttp.TCPConnector(ssl=ssl_ctx, limit=max_inflight + 128, keepalive_timeout=60.0,
-                                         ttl_dns_cache=300)
-        session = aiohttp.ClientSession(connector=connector, json_serialize=lambda o: orjson.dumps(o).decode(),
-                                        read_bufsize=2**18)
-        return cls(host, session, credentials, max_inflight=max_inflight, timeout_s=timeout_s,
-                   server_hostname=getattr(conf, "tls_server_name", None) or None,
-                   proxy=getattr(conf, "proxy", None) or None, instance=instance)
+        pool = http1.Pool(url.host, url.port or (443 if tls else 80), tls=tls,
+                          server_hostname=getattr(conf, "tls_server_name", None) or None,
+                          proxy=proxy_from_url(getattr(conf, "proxy", None) or None), limit=max_inflight + 128,
+                          connect_timeout_s=timeout_s)
+        return cls(host, pool, credentials, max_inflight=max_inflight, timeout_s=timeout_s, instance=instance)
 
     @property
     def host(self) -> str:
@@ -532,7 +537,7 @@ class Kube:
         return lane
 
     async def close(self) -> None:
-        await self._session.close()
+        await self._pool.close()
 
     async def __aenter__(self) -> Kube:
         return self
@@ -542,28 +547,35 @@ class Kube:
 
     # ------------------------------------------------------------------------------------ requests
 
-    def _headers(self, content_type: str | None) -> dict[str, str]:
-        headers = {"Accept": "application/json", "User-Agent": self._user_agent}
+    def _head(self, method: str, target: str, content_type: str | None, length: int | None) -> bytes:
+        """A request head; the headers every request carries are joined once per credential."""
         auth = self._credentials.header()
-        if auth:
-            headers["Authorization"] = auth
-        if content_type is not None:
-            headers["Content-Type"] = content_type
-        return headers
+        if auth != self._fixed_for or not self._fixed:
+            fixed = [("Accept", "application/json"), ("User-Agent", self._user_agent)]
+            if auth:
+                fixed.append(("Authorization", auth))
+            self._fixed = http1.request_head("GET", "/", self._pool.authority, fixed, None).decode("latin-1")
+            self._fixed = self._fixed.split("\r\n", 1)[1].removesuffix("\r\n")  # "Host: ...\r\n...\r\n"
+            self._fixed_for = auth
+        extra = f"Content-Type: {content_type}\r\n" if content_type is not None else ""
+        if length is not None:
+            extra += f"Content-Length: {length}\r\n"
+        return f"{method} {self._origin}{target} HTTP/1.1\r\n{self._fixed}{extra}\r\n".encode("latin-1")
 
-    def _url(self, path: str) -> str:
-        return self._host + (path if path.startswith("/") else "/" + path)
-
-    def _write_url(self, path: str, query: dict[str, str] | None) -> yarl.URL:
-        """The parsed URL of a write, memoized: a renewal every 10 s per Lease goes to the same URL, and parsing
-        and encoding it again was a sixth of a renewal's cost (bounded: cleared when it grows past the limit)."""
+    def _target(self, path: str, query: dict[str, str] | None, *, remember: bool) -> str:
+        """The encoded request target. Writes remember theirs: a renewal every 10 s per Lease goes to the same
+        one (bounded: forgotten when the memo grows past the limit)."""
         key = (path, tuple(query.items()) if query else ())
-        url = self._urls.get(key)
-        if url is None:
-            if len(self._urls) >= _URL_CACHE_SIZE:
-                self._urls.clear()
-            url = self._urls[key] = yarl.URL(self._url(path)).with_query(query or None)
-        return url
+        target = self._targets.get(key) if remember else None
+        if target is None:
+            target = quote(path if path.startswith("/") else "/" + path, safe=_PATH_SAFE)
+            if query:
+                target += "?" + urlencode(query, quote_via=quote)
+            if remember:
+                if len(self._targets) >= _URL_CACHE_SIZE:
+                    self._targets.clear()
+                self._targets[key] = target
+        return target
 
     async def request(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
                       body: Any = None, content_type: str = "application/json",
@@ -584,7 +596,7 @@ class Kube:
         else:
             data = orjson.dumps(body)
         query = _clean_params(params)
-        timeout = aiohttp.ClientTimeout(total=timeout_s if timeout_s is not None else self._timeout_s)
+        timeout = timeout_s if timeout_s is not None else self._timeout_s
         refreshed = False
         ctype = content_type if data is not None else None
         while True:
@@ -613,35 +625,25 @@ class Kube:
             raise AssertionError("unreachable")  # pragma: no cover - tenacity either returns or raises
 
     async def _send_once(self, method: str, path: str, query: dict[str, str] | None, data: bytes | None,
-                         content_type: str | None, client_timeout: aiohttp.ClientTimeout) -> Any:
+                         content_type: str | None, timeout_s: float) -> Any:
+        target = self._target(path, query, remember=method != "GET")
+        request = self._head(method, target, content_type, len(data) if data is not None else None)
+        if data:
+            request += data
         async with self._sem:
             started = time.perf_counter()
             code = "<error>"
             try:
-                async with self._session.request(
-                    method, self._write_url(path, query) if method != "GET" else self._url(path),
-                    params=query if method == "GET" else None, data=data, headers=self._headers(content_type),
-                    timeout=client_timeout, server_hostname=self._server_hostname, proxy=self._proxy,
-                ) as resp:
-                    raw = await resp.read()
-                    code = str(resp.status)
-                    status = resp.status
-                    http_reason = resp.reason
-                    retry_after = resp.headers.get("Retry-After")
-            except aiohttp.ClientSSLError as exc:
-                raise ApiConnectionError("SSLError", str(exc), sent=False) from exc
-            except aiohttp.ClientConnectorError as exc:
-                raise ApiConnectionError("ConnectError", str(exc), sent=False) from exc
-            except aiohttp.ClientError as exc:
-                raise ApiConnectionError(type(exc).__name__, str(exc) or type(exc).__name__, sent=True) from exc
-            except TimeoutError as exc:
-                raise ApiConnectionError("Timeout", f"{method} timed out after {client_timeout.total}s",
-                                         sent=True) from exc
+                answer = await self._pool.request(request, timeout_s=timeout_s)
+                code = str(answer.status)
+            except http1.HttpError as exc:
+                raise _connection_error(exc, f"{method} timed out after {timeout_s:g}s") from exc
             finally:
                 REQUEST_DURATION.labels(method, self._host_label).observe(time.perf_counter() - started)
                 REQUESTS.labels(code, method, self._host_label).inc()
-        if status >= 300:
-            raise api_error_from_response(status, http_reason, raw, retry_after)
+        raw = answer.body
+        if answer.status >= 300:
+            raise api_error_from_response(answer.status, answer.reason, raw, answer.headers.get("retry-after"))
         if not raw:
             return None
         try:
@@ -771,35 +773,28 @@ class Kube:
         query["watch"] = "true"
         query.setdefault("allowWatchBookmarks", "true")
         server_timeout = int(query.setdefault("timeoutSeconds", "300"))
-        # The server ends the watch after timeoutSeconds; the client gives it a margin before calling it dead.
-        timeout = aiohttp.ClientTimeout(total=server_timeout + 30, sock_connect=self._timeout_s)
+        # The server ends the watch after timeoutSeconds; a stream silent for longer (bookmarks come every minute)
+        # is dead.
+        request = self._head("GET", self._target(path, query, remember=False), None, None)
         started = time.perf_counter()
         code = "<error>"
         try:
-            resp = await self._session.get(
-                self._url(path), params=query, headers=self._headers(None), timeout=timeout,
-                server_hostname=self._server_hostname, proxy=self._proxy,
-            )
-            code = str(resp.status)
-        except aiohttp.ClientSSLError as exc:
-            raise ApiConnectionError("SSLError", str(exc), sent=False) from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise ApiConnectionError("ConnectError", str(exc), sent=False) from exc
-        except aiohttp.ClientError as exc:
-            raise ApiConnectionError(type(exc).__name__, str(exc) or type(exc).__name__, sent=True) from exc
-        except TimeoutError as exc:
-            raise ApiConnectionError("Timeout", "watch did not start in time", sent=True) from exc
+            answer, streamed = await self._pool.stream(request, head_timeout_s=self._timeout_s)
+            code = str(answer.status)
+        except http1.HttpError as exc:
+            raise _connection_error(exc, "watch did not start in time") from exc
         finally:
             REQUEST_DURATION.labels("WATCH", self._host_label).observe(time.perf_counter() - started)
             REQUESTS.labels(code, "WATCH", self._host_label).inc()
         try:
-            if resp.status >= 300:
-                raw = await resp.read()
-                if resp.status == 401:
+            chunks = streamed.chunks(silence_s=server_timeout + 30)
+            if answer.status >= 300:
+                raw = b"".join([chunk async for chunk in chunks])
+                if answer.status == 401:
                     await self._credentials.refresh()
-                raise api_error_from_response(resp.status, resp.reason, raw, resp.headers.get("Retry-After"))
+                raise api_error_from_response(answer.status, answer.reason, raw, answer.headers.get("retry-after"))
             splitter = LineSplitter()
-            async for chunk in resp.content.iter_any():
+            async for chunk in chunks:
                 for line in splitter.feed(chunk):
                     event = parse_watch_line(line)
                     if event is None:
@@ -812,12 +807,36 @@ class Kube:
                 event = parse_watch_line(tail)
                 if event is not None:
                     yield event
-        except aiohttp.ClientError as exc:
-            raise ApiConnectionError(type(exc).__name__, str(exc) or type(exc).__name__, sent=True) from exc
-        except TimeoutError as exc:
-            raise ApiConnectionError("Timeout", "watch stream stalled", sent=True) from exc
+        except http1.HttpError as exc:
+            raise _connection_error(exc, "watch stream stalled") from exc
         finally:
-            resp.close()
+            streamed.close()
+
+
+def _connection_error(exc: http1.HttpError, timed_out: str) -> ApiConnectionError:
+    """No HTTP answer, as the ApiError callers know (``should_retry`` reads ``reason`` and ``sent``)."""
+    if exc.kind == "tls":
+        return ApiConnectionError("SSLError", str(exc), sent=False)
+    if exc.kind == "connect":
+        return ApiConnectionError("ConnectError", str(exc), sent=False)
+    if exc.kind == "timeout":
+        return ApiConnectionError("Timeout", timed_out, sent=exc.sent)
+    return ApiConnectionError("ServerDisconnectedError" if exc.kind == "closed" else "ProtocolError", str(exc),
+                              sent=exc.sent)
+
+
+def proxy_from_url(url: str | None) -> http1.Proxy | None:
+    """A kubeconfig ``proxy-url``: HTTP proxies only (HTTPS API servers are reached through CONNECT)."""
+    if not url:
+        return None
+    parsed = yarl.URL(url)
+    if parsed.scheme != "http" or not parsed.host:
+        raise ValueError(f"proxy-url {url!r}: only http:// proxies are supported")
+    authorization = None
+    if parsed.user is not None:
+        pair = f"{parsed.user}:{parsed.password or ''}".encode()
+        authorization = "Basic " + base64.b64encode(pair).decode()
+    return http1.Proxy(parsed.host, parsed.port or 80, authorization)
 
 
 def _clean_params(params: Mapping[str, Any] | None) -> dict[str, str] | None:

@@ -1,8 +1,9 @@
 """The HTTP tunnel: bases heartbeat to us over HTTP, and we call their arklet over HTTP.
 
 Two halves share this class because a base that heartbeats over HTTP is commanded over HTTP:
-- a small aiohttp server (``POST /heartbeat``, ``POST /queryBaseline``) that treats every byte as hostile:
-  size-limited, optionally token-authenticated, strictly validated by ``core.wire``, never crashing;
+- a small server (``POST /heartbeat``, ``POST /queryBaseline``; the lean ``http1`` server, the heartbeat being
+  the most frequent request vkprovider receives) that treats every byte as hostile: size- and time-limited,
+  token-authenticated, strictly validated by ``core.wire``, never crashing;
 - an arklet client that copes with Netty arklet's quirks (no Content-Length, connection closed after the body,
   no answer at all to bad input), with a timeout on every call, a concurrency limit per base (not a global
   lock), and retries only for the idempotent queries.
@@ -20,12 +21,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
-import aiohttp
 import orjson
-from aiohttp import web
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
-from vkprovider import serving
+from vkprovider import http1, serving
 from vkprovider.config import Settings
 from vkprovider.core import wire
 from vkprovider.core.backoff import ARKLET_QUERY
@@ -45,7 +44,7 @@ _T = TypeVar("_T")
 metrics.precreate(TUNNEL_NAME)
 
 _QUERY_ATTEMPTS: Final = 3
-_CONNECTOR_LIMIT: Final = 256
+_ARKLET_HEADERS: Final = (("Content-Type", "application/json"), ("Connection", "close"))
 
 
 class ArkletTimeout(TunnelError):
@@ -80,8 +79,11 @@ class _BaseLimiter:
         return len(self._slots)
 
 
-def _error(reason: str, status: int) -> web.Response:
-    return web.Response(body=orjson.dumps({"error": reason}), status=status, content_type="application/json")
+def _error(reason: str, status: int) -> http1.Response:
+    return http1.Response(status, orjson.dumps({"error": reason}), "application/json")
+
+
+_SUCCESS: Final = http1.Response(200, b"SUCCESS")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +109,6 @@ class HttpTunnel:
         self._settings = settings
         self._events: BaseEvents | None = None
         self._served: Served | None = None
-        self._session: aiohttp.ClientSession | None = None
         self._limiter = _BaseLimiter(settings.arklet_max_inflight_per_base)
         self._no_batch: set[str] = set()  # bases (ip:port) whose arklet predates batchInstallBiz
         token = settings.heartbeat_token
@@ -116,6 +117,8 @@ class HttpTunnel:
         self._networks = settings.networks
         self._max_answer = settings.arklet_max_answer_bytes
         self._parsed: dict[bytes, BaseHeartbeat] = {}  # exact (credential, peer, body) -> heartbeat: no re-parse
+        self._routes: dict[str, Callable[[http1.Request], http1.Response]] = {
+            "/heartbeat": self._on_heartbeat, "/queryBaseline": self._on_query_baseline}
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -132,14 +135,13 @@ class HttpTunnel:
 
     async def start(self, events: BaseEvents) -> None:
         self._events = events
-        app = serving.application(client_max_size=self._settings.http_max_body_bytes)
-        app.router.add_post("/heartbeat", self._on_heartbeat)
-        app.router.add_post("/queryBaseline", self._on_query_baseline)
         s = self._settings
-        self._served = await serving.serve(app, name="heartbeat", host=s.http_tunnel_host, port=s.http_tunnel_port,
-                                           setting="HTTP_TUNNEL_LISTEN_PORT", max_connections=s.http_max_connections,
-                                           header_timeout_s=s.http_header_timeout_s,
-                                           ssl_context=self._server_tls())
+        self._served = await serving.serve_small(
+            self._handle, on_refused=self._refused_early, name="heartbeat", host=s.http_tunnel_host,
+            port=s.http_tunnel_port,
+            setting="HTTP_TUNNEL_LISTEN_PORT", max_connections=s.http_max_connections,
+            max_body=s.http_max_body_bytes, header_timeout_s=s.http_header_timeout_s,
+            ssl_context=self._server_tls())
         log.info("http tunnel listening on %s:%d (tls=%s, credentials=%s)", s.http_tunnel_host, self.port,
                  self._settings.http_tls_cert is not None, self._auth_mode())
 
@@ -166,18 +168,29 @@ class HttpTunnel:
         if self._served is not None:
             await self._served.stop()
             self._served = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     # --- server: what bases send -------------------------------------------------------------------------
 
-    def _credential(self, request: web.Request) -> _Credential | web.Response:
+    def _handle(self, request: http1.Request) -> http1.Response:
+        """Route one whole request of a base (the handlers are synchronous: the body is already read)."""
+        route = self._routes.get(request.path)
+        if route is None:
+            return _error("not found", 404)
+        if request.method != "POST":
+            return _error("method not allowed (POST)", 405)
+        return route(request)
+
+    def _refused_early(self, path: str, status: int) -> None:
+        """A request refused before it was whole (body too large or too slow, malformed): counted like the
+        handler's own refusals."""
+        if path == "/heartbeat":
+            HEARTBEATS_TOTAL.labels(TUNNEL_NAME, {413: "too_large", 408: "timeout"}.get(status, "invalid")).inc()
+
+    def _credential(self, request: http1.Request) -> _Credential | http1.Response:
         """The credential a request carries, or the 401 to answer."""
-        headers = request.headers.getall("Authorization", [])
-        if len(headers) > 1:
+        if "authorization" in request.repeated:
             return _error("more than one Authorization header", 400)
-        presented = headers[0] if headers else ""
+        presented = request.headers.get("authorization", "")
         if presented:
             scheme, _, token = presented.partition(" ")
             token = token.strip()
@@ -190,7 +203,7 @@ class HttpTunnel:
                     return _Credential(None)  # no secret to check it against: as if none were sent
                 return _Credential(token)  # checked against the identity once the body is read
             return _error("unknown bearer token", 401)
-        peer = request.transport.get_extra_info("peercert") if request.transport is not None else None
+        peer = request.peercert
         if peer:
             names = [v for k, v in (x[0] for x in peer.get("subject", ())) if k == "commonName"]
             names += [v for k, v in peer.get("subjectAltName", ()) if k == "DNS"]
@@ -231,17 +244,14 @@ class HttpTunnel:
         return (f"localIP {local_ip} is not the address the heartbeat came from ({peer}); list the bases' "
                 "networks in VKP_BASE_NETWORKS to allow it")
 
-    async def _on_heartbeat(self, request: web.Request) -> web.Response:
+    def _on_heartbeat(self, request: http1.Request) -> http1.Response:
         result = "error"
         try:
             credential = self._credential(request)
-            if isinstance(credential, web.Response):
+            if isinstance(credential, http1.Response):
                 result = "unauthorized"
                 return credential
-            body = await serving.read_body(request, self._settings.http_header_timeout_s)
-            if isinstance(body, web.Response):
-                result = "too_large" if body.status == 413 else "timeout" if body.status == 408 else "invalid"
-                return body
+            body = request.body
             cache_key = f"{credential.identity}\x00{credential.shared}\x00{request.remote}\x00".encode() + body
             heartbeat = self._parsed.get(cache_key)
             if heartbeat is None:
@@ -268,24 +278,19 @@ class HttpTunnel:
                 result = refused.result
                 return _error(refused.reason, refused.status)
             result = "accepted"
-            return web.Response(text="SUCCESS")
-        except (ConnectionError, asyncio.CancelledError):
-            raise
+            return _SUCCESS
         except Exception:
             log.exception("heartbeat handling failed")
             return _error("internal error", 500)
         finally:
             HEARTBEATS_TOTAL.labels(TUNNEL_NAME, result).inc()
 
-    async def _on_query_baseline(self, request: web.Request) -> web.Response:
+    def _on_query_baseline(self, request: http1.Request) -> http1.Response:
         credential = self._credential(request)
-        if isinstance(credential, web.Response):
+        if isinstance(credential, http1.Response):
             return credential
-        body = await serving.read_body(request, self._settings.http_header_timeout_s)
-        if isinstance(body, web.Response):
-            return body
         try:
-            metadata = wire.parse_base_metadata(body, env=self._settings.env)
+            metadata = wire.parse_base_metadata(request.body, env=self._settings.env)
         except wire.WireError as exc:
             return _error(exc.reason, 400)
         refusal = self._check_identity(credential, metadata.identity)
@@ -305,47 +310,32 @@ class HttpTunnel:
             return _error("internal error", 500)
         if specs is None:
             return _error("this replica does not hold the base's vnode; ask again (another replica answers)", 503)
-        return web.Response(body=wire.baseline_response(specs), content_type="application/json")
+        return http1.Response(200, wire.baseline_response(specs), "application/json")
 
     # --- client: commands to arklet ----------------------------------------------------------------------
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(force_close=True, limit=_CONNECTOR_LIMIT, limit_per_host=0)
-            self._session = aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",))
-        return self._session
 
     async def _post_once(
         self, base: BaseHeartbeat, command: str, body: bytes, timeout_s: float
     ) -> dict[str, Any]:
-        url = f"http://{_host(base.ip)}:{base.port}/{command}"
+        host = _host(base.ip)
         where = f"{command} to {base.identity} ({base.ip}:{base.port})"
+        head = http1.request_head("POST", f"/{command}", f"{host}:{base.port}", _ARKLET_HEADERS, len(body))
         try:
-            async with self._client().post(
-                url,
-                data=body,
-                headers={"Content-Type": "application/json"},
-                timeout=aiohttp.ClientTimeout(total=timeout_s),
-            ) as resp:
-                # Arklet sends no Content-Length and closes after the body: read to EOF, but never more than
-                # VKP_ARKLET_MAX_ANSWER_BYTES (a base is not trusted with vkprovider's memory).
-                chunks: list[bytes] = []
-                size = 0
-                while chunk := await resp.content.read(65536):
-                    size += len(chunk)
-                    if size > self._max_answer:
-                        raise TunnelError(f"{where}: answer larger than {self._max_answer} bytes")
-                    chunks.append(chunk)
-                text = b"".join(chunks)
-                status = resp.status
-        except TimeoutError:
-            raise ArkletTimeout(f"{where}: no answer within {timeout_s:g}s") from None
-        except (aiohttp.ClientConnectionError, OSError) as exc:
-            raise _TransportError(f"{where}: {type(exc).__name__}: {exc}") from exc
-        except aiohttp.ClientError as exc:
-            raise TunnelError(f"{where}: {type(exc).__name__}: {exc}") from exc
-        if status != 200:
-            raise TunnelError(f"{where}: HTTP {status}: {clean(text[:200].decode('utf-8', 'replace'), 200)}")
+            # Arklet sends no Content-Length and closes after the body: the answer is read to EOF, but never
+            # more than VKP_ARKLET_MAX_ANSWER_BYTES (a base is not trusted with vkprovider's memory).
+            answer = await http1.exchange(base.ip, base.port, head + body, timeout_s=timeout_s,
+                                          limit=self._max_answer)
+        except http1.HttpError as exc:
+            if exc.kind == "timeout":
+                raise ArkletTimeout(f"{where}: no answer within {timeout_s:g}s") from None
+            if exc.kind == "too_large":
+                raise TunnelError(f"{where}: answer larger than {self._max_answer} bytes") from None
+            if exc.kind in ("connect", "closed"):
+                raise _TransportError(f"{where}: {exc}") from exc
+            raise TunnelError(f"{where}: {exc}") from exc
+        text = answer.body
+        if answer.status != 200:
+            raise TunnelError(f"{where}: HTTP {answer.status}: {clean(text[:200].decode('utf-8', 'replace'), 200)}")
         try:
             return wire.decode_envelope(text)
         except wire.WireError as exc:

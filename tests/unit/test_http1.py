@@ -1,0 +1,410 @@
+"""vkprovider.http1, the lean HTTP/1.1 of the hot paths, against real sockets on loopback: the client (keep-alive
+pool, EOF-delimited answers, caps, timeouts, streams, CONNECT proxies) and the server (limits, timeouts, counts).
+
+Every scenario runs on both event loops vkprovider may run on: asyncio's and uvloop's (uvloop's transports are
+not asyncio's classes, which once broke the first version of this module under uvloop only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvloop
+
+from tests.mqtt_broker import make_ca, make_server_cert
+from vkprovider import http1
+
+Runner = Callable[[Coroutine[Any, Any, None]], None]
+RUNNERS = {"asyncio": asyncio.run, "uvloop": uvloop.run}
+
+
+@pytest.fixture(params=sorted(RUNNERS))
+def run(request: pytest.FixtureRequest) -> Runner:
+    return RUNNERS[request.param]  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------------------------ a scripted server
+
+
+class Scripted:
+    """A raw TCP server that answers each connection with ``script(reader, writer)`` and counts connections."""
+
+    def __init__(self, script: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]) -> None:
+        self.script = script
+        self.connections = 0
+        self.server: asyncio.base_events.Server | None = None
+
+    async def __aenter__(self) -> Scripted:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connections += 1
+            try:
+                await self.script(reader, writer)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                writer.close()
+
+        self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return head + (await reader.readexactly(length) if length else b"")
+
+
+def get(path: str = "/x", host: str = "h") -> bytes:
+    return http1.request_head("GET", path, host, [("Accept", "application/json")], None)
+
+
+def post(body: bytes, path: str = "/heartbeat", extra: list[tuple[str, str]] | None = None) -> bytes:
+    return http1.request_head("POST", path, "h", extra or [], len(body)) + body
+
+
+# ------------------------------------------------------------------------------------------------- client
+
+
+def test_a_pool_keeps_one_connection_for_requests_in_turn(run: Runner) -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            request = await read_request(reader)
+            body = request.split(b" ", 2)[1]
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Twice: a\r\nX-Twice: b\r\n\r\n%s"
+                         % (len(body), body))
+            await writer.drain()
+
+    async def scenario() -> None:
+        async with Scripted(script) as server:
+            pool = http1.Pool("127.0.0.1", server.port)
+            answers = [await pool.request(get(f"/n{i}"), timeout_s=5) for i in range(3)]
+            assert [(a.status, a.reason, a.body) for a in answers] == [(200, "OK", b"/n0"), (200, "OK", b"/n1"),
+                                                                        (200, "OK", b"/n2")]
+            assert answers[0].headers["x-twice"] == "a, b"
+            assert server.connections == 1 and len(pool) == 1
+            await pool.close()
+
+    run(scenario())
+
+
+def test_an_answer_without_a_length_ends_at_eof_and_its_size_is_capped(run: Runner) -> None:
+    async def arklet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await read_request(reader)
+        size = int(request.split(b"\r\n\r\n", 1)[1] or b"10")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + b"x" * size)
+        await writer.drain()  # and close: Netty arklet's way
+
+    async def scenario() -> None:
+        async with Scripted(arklet) as server:
+            answer = await http1.exchange("127.0.0.1", server.port, post(b"30"), timeout_s=5, limit=100)
+            assert (answer.status, answer.body) == (200, b"x" * 30)
+            with pytest.raises(http1.HttpError) as too_large:
+                await http1.exchange("127.0.0.1", server.port, post(b"5000"), timeout_s=5, limit=100)
+            assert too_large.value.kind == "too_large"
+
+    run(scenario())
+
+
+def test_broken_slow_and_absent_servers_are_told_apart(run: Runner) -> None:
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
+        await writer.drain()
+
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"SMTP ready\r\n\r\n")
+        await writer.drain()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        await asyncio.sleep(5)
+
+    async def scenario() -> None:
+        async with Scripted(cut) as a, Scripted(garbage) as b, Scripted(silent) as c:
+            errors = {}
+            for name, port, timeout in (("cut", a.port, 5.0), ("garbage", b.port, 5.0), ("silent", c.port, 0.3)):
+                with pytest.raises(http1.HttpError) as caught:
+                    await http1.Pool("127.0.0.1", port).request(get(), timeout_s=timeout)
+                errors[name] = (caught.value.kind, caught.value.sent)
+            closed_port = a.port
+        with pytest.raises(http1.HttpError) as refused:
+            await http1.Pool("127.0.0.1", closed_port).request(get(), timeout_s=5)
+        errors["refused"] = (refused.value.kind, refused.value.sent)
+        assert errors == {"cut": ("closed", True), "garbage": ("malformed", True), "silent": ("timeout", True),
+                          "refused": ("connect", False)}  # only a refused connection provably sent nothing
+
+    run(scenario())
+
+
+def test_a_streamed_answer_comes_in_chunks_and_gives_its_connection_back(run: Runner) -> None:
+    async def watch(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            request = await read_request(reader)
+            if b"/short" in request:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                await writer.drain()
+                continue
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for line in (b'{"n":1}\n', b'{"n":2}\n'):
+                writer.write(b"%x\r\n%s\r\n" % (len(line), line))
+                await writer.drain()
+                await asyncio.sleep(0.05)
+            if b"/stall" in request:
+                await asyncio.sleep(5)
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+
+    async def scenario() -> None:
+        async with Scripted(watch) as server:
+            pool = http1.Pool("127.0.0.1", server.port)
+            head, streamed = await pool.stream(get("/watch"), head_timeout_s=5)
+            assert head.status == 200
+            assert b"".join([c async for c in streamed.chunks(silence_s=5)]) == b'{"n":1}\n{"n":2}\n'
+            streamed.close()
+            assert (await pool.request(get("/short"), timeout_s=5)).body == b"ok"
+            assert server.connections == 1  # the watch's connection was given back and used again
+            head, streamed = await pool.stream(get("/stall"), head_timeout_s=5)
+            seen = []
+            with pytest.raises(http1.HttpError) as stalled:
+                async for chunk in streamed.chunks(silence_s=0.5):
+                    seen.append(chunk)
+            streamed.close()
+            assert stalled.value.kind == "timeout" and b"".join(seen) == b'{"n":1}\n{"n":2}\n'
+            await pool.close()
+
+    run(scenario())
+
+
+def test_a_full_pool_makes_requests_wait_for_a_connection(run: Runner) -> None:
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            await asyncio.sleep(0.05)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+
+    async def scenario() -> None:
+        async with Scripted(slow) as server:
+            pool = http1.Pool("127.0.0.1", server.port, limit=2)
+            answers = await asyncio.gather(*(pool.request(get(), timeout_s=5) for _ in range(6)))
+            assert [a.status for a in answers] == [200] * 6
+            assert server.connections == 2
+            await pool.close()
+
+    run(scenario())
+
+
+def test_an_https_origin_is_reached_through_a_connect_proxy(run: Runner, tmp_path: Path) -> None:
+    ca_path, ca_key, ca_cert = make_ca(tmp_path, "test-ca")
+    cert, key = make_server_cert(tmp_path, ca_key, ca_cert)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    client_tls = ssl.create_default_context(cafile=str(ca_path))
+    asked: list[bytes] = []
+
+    async def origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(request.split(b" ")[1]),
+                                                                          request.split(b" ")[1]))
+        await writer.drain()
+
+    async def scenario() -> None:
+        tls_server = await asyncio.start_server(origin, "127.0.0.1", 0, ssl=server_tls)
+        origin_port = tls_server.sockets[0].getsockname()[1]
+
+        async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = await reader.readuntil(b"\r\n\r\n")
+            asked.append(head)
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", origin_port)
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+            async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+                dst.close()
+
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+        async with Scripted(proxy) as proxy_server:
+            pool = http1.Pool("127.0.0.1", origin_port, tls=client_tls, server_hostname="localhost",
+                              proxy=http1.Proxy("127.0.0.1", proxy_server.port, "Basic dTpw"))
+            answer = await pool.request(get("/through", host=pool.authority), timeout_s=5)
+            assert (answer.status, answer.body) == (200, b"/through")
+            await pool.close()
+        tls_server.close()
+        assert asked[0].startswith(f"CONNECT 127.0.0.1:{origin_port} HTTP/1.1\r\n".encode())
+        assert b"Proxy-Authorization: Basic dTpw\r\n" in asked[0]
+
+    run(scenario())
+
+
+def test_a_header_value_with_a_line_break_is_refused() -> None:
+    with pytest.raises(ValueError, match="line break"):
+        http1.request_head("GET", "/", "h", [("Authorization", "Bearer x\r\nX-Evil: 1")], None)
+
+
+# ------------------------------------------------------------------------------------------------- server
+
+
+class Guard:
+    def __init__(self, cap: int = 100) -> None:
+        self.cap = cap
+        self.open = 0
+        self.refusals = 0
+        self.incomplete = 0
+
+    def admit(self) -> bool:
+        if self.open >= self.cap:
+            return False
+        self.open += 1
+        return True
+
+    def refused(self) -> None:
+        self.refusals += 1
+
+    def closed(self, *, incomplete: bool) -> None:
+        self.open -= 1
+        self.incomplete += incomplete
+
+
+class Served:
+    def __init__(self, *, max_body: int = 64, timeout_s: float = 5.0, cap: int = 100,
+                 fail: bool = False) -> None:
+        self.guard = Guard(cap)
+        self.requests: list[http1.Request] = []
+        self.refused: list[tuple[str, int]] = []
+        self.limits = http1.ServerLimits(max_body=max_body, request_timeout_s=timeout_s, idle_timeout_s=timeout_s)
+        self.fail = fail
+        self.server: asyncio.base_events.Server | None = None
+
+    def handle(self, request: http1.Request) -> http1.Response:
+        self.requests.append(request)
+        if self.fail:
+            raise RuntimeError("boom")
+        return http1.Response(200, b"SUCCESS")
+
+    async def __aenter__(self) -> Served:
+        self.server = await asyncio.get_running_loop().create_server(
+            lambda: http1.ServerConnection(self.handle, self.limits, self.guard,
+                                           lambda path, status: self.refused.append((path, status))),
+            "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        assert self.server is not None
+        return await asyncio.open_connection("127.0.0.1", self.server.sockets[0].getsockname()[1])
+
+
+async def answers(reader: asyncio.StreamReader, count: int) -> list[tuple[int, bytes]]:
+    out = []
+    for _ in range(count):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length"))
+        out.append((int(head.split(b" ")[1]), await reader.readexactly(length)))
+    return out
+
+
+def test_requests_on_one_connection_are_answered_in_order(run: Runner) -> None:
+    async def scenario() -> None:
+        async with Served() as served:
+            reader, writer = await served.connect()
+            writer.write(post(b'{"a":1}', "/heartbeat?x=1", [("Authorization", "Bearer t"),
+                                                            ("Authorization", "Bearer u")]))
+            writer.write(post(b"{}") + post(b"[]"))  # pipelined
+            assert await answers(reader, 3) == [(200, b"SUCCESS")] * 3
+            first = served.requests[0]
+            assert (first.method, first.path, first.query, first.body) == ("POST", "/heartbeat", "x=1", b'{"a":1}')
+            assert first.remote == "127.0.0.1" and first.repeated == frozenset({"authorization"})
+            assert [r.body for r in served.requests[1:]] == [b"{}", b"[]"]
+            writer.close()
+            await asyncio.sleep(0.05)
+            assert served.guard.open == 0 and served.guard.incomplete == 0
+
+    run(scenario())
+
+
+def test_too_large_too_slow_and_malformed_requests_are_refused_and_closed(run: Runner) -> None:
+    async def scenario() -> None:
+        async with Served(max_body=64, timeout_s=0.3) as served:
+            outcomes = {}
+            r, w = await served.connect()  # a declared length over the cap: refused before the body
+            w.write(http1.request_head("POST", "/heartbeat", "h", [], 10_000))
+            outcomes["declared"] = (await answers(r, 1))[0][0], await r.read()
+            r, w = await served.connect()  # a chunked body that grows over the cap
+            w.write(b"POST /heartbeat HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
+            w.write(b"40\r\n" + b"x" * 64 + b"\r\n40\r\n" + b"x" * 64 + b"\r\n")
+            outcomes["chunked"] = (await answers(r, 1))[0][0], await r.read()
+            r, w = await served.connect()  # a declared body that never comes
+            w.write(http1.request_head("POST", "/heartbeat", "h", [], 10) + b"{")
+            outcomes["slow body"] = (await answers(r, 1))[0][0], await r.read()
+            r, w = await served.connect()
+            w.write(b"NOT HTTP AT ALL\r\n\r\n")
+            outcomes["malformed"] = (await answers(r, 1))[0][0], await r.read()
+            r, w = await served.connect()  # a head that never ends: closed without an answer, counted
+            w.write(b"POST /heartbeat HTTP/1.1\r\nHost: h\r\nContent-Le")
+            outcomes["slow head"] = await r.read()
+            r, w = await served.connect()  # a connection that sends nothing
+            outcomes["silent"] = await r.read()
+            await asyncio.sleep(0.05)
+            assert outcomes == {"declared": (413, b""), "chunked": (413, b""), "slow body": (408, b""),
+                                "malformed": (400, b""), "slow head": b"", "silent": b""}
+            assert served.requests == []
+            assert served.refused == [("/heartbeat", 413), ("/heartbeat", 413), ("/heartbeat", 408), ("", 400)]
+            assert served.guard.open == 0 and served.guard.incomplete == 3  # malformed, slow head, silent
+
+    run(scenario())
+
+
+def test_idle_keep_alive_connections_are_closed_and_the_cap_holds(run: Runner) -> None:
+    async def scenario() -> None:
+        async with Served(timeout_s=0.3, cap=2) as served:
+            r1, w1 = await served.connect()
+            w1.write(post(b"{}"))
+            assert await answers(r1, 1) == [(200, b"SUCCESS")]
+            r2, w2 = await served.connect()
+            r3, w3 = await served.connect()  # over the cap: aborted at once
+            assert await r3.read() == b""
+            assert await r1.read() == b"" and await r2.read() == b""  # idle: closed after the timeout
+            await asyncio.sleep(0.05)
+            assert served.guard.refusals == 1 and served.guard.open == 0
+            assert served.guard.incomplete == 1  # the second connection never sent anything
+
+    run(scenario())
+
+
+def test_a_failing_handler_answers_500_and_expect_continue_is_honoured(run: Runner) -> None:
+    async def scenario() -> None:
+        async with Served(fail=True) as served:
+            reader, writer = await served.connect()
+            writer.write(http1.request_head("POST", "/heartbeat", "h", [("Expect", "100-continue")], 2))
+            assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+            writer.write(b"{}")
+            status, body = (await answers(reader, 1))[0]
+            assert (status, body) == (500, b'{"error":"internal error"}')
+            writer.close()
+
+    run(scenario())
