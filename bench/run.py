@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import json
 import math
 import os
@@ -318,6 +319,10 @@ def module_deployment(index: int, replicas: int, version: str, *, fake_nodes: bo
     return dep
 
 
+def micro_now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def fake_node(name: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Node",
             "metadata": {"name": name, "labels": {FAKE_LABEL: "true", "kubernetes.io/hostname": name}}}
@@ -526,6 +531,11 @@ class Bench:
         rollout_floor = await self.null_kubelet_run(ns, self.modules, "rollout")
         self.null_kubelet.update(rollout_floor)
         result.metrics.update(rollout_floor)
+        await gather_limited([kube.patch(f"/api/v1/nodes/{n}/status", ready_status(), kind="merge")
+                              for n in names], 64)
+        fleet_floor = await self.null_kubelet_run(ns, self.modules, "fleet_rollout", fleet=names)
+        self.null_kubelet.update(fleet_floor)
+        result.metrics.update(fleet_floor)
         log(f"limit: {result.metrics}")
         await gather_limited([kube.delete(f"/api/v1/nodes/{n}") for n in names], 64)
         await kube.delete(f"/api/v1/namespaces/{ns}")
@@ -570,36 +580,85 @@ class Bench:
                 raise TimeoutError(f"the fake nodes' Deployments, ReplicaSets and pods of {ns} not gone")
             await asyncio.sleep(0.5)
 
-    async def null_kubelet_run(self, ns: str, deployments: int, prefix: str) -> dict[str, float]:
+    async def null_kubelet_run(self, ns: str, deployments: int, prefix: str, *,
+                               fleet: list[str] | None = None) -> dict[str, float]:
         """The machine's floor for a scenario of vkprovider's: the same Deployments (each N replicas) on the fake
         nodes, and a null kubelet (this process) that PATCHes each pod Running and Ready the moment its watch shows
         the binding. What that takes is the control plane's and this machine's alone (scheduling, the status writes
-        and their watch delivery): what burst (1 Deployment) or rollout (M) measures beyond it is vkprovider's."""
+        and their watch delivery): what burst (1 Deployment) or rollout (M) measures beyond it is vkprovider's.
+
+        With ``fleet`` (the fake nodes' names) it does the least a fleet of kubelets must: as user vkprovider (the
+        same API priority level and rights as vkprovider), it renews a Lease per node every 10 s and posts one
+        Event per pod next to its status, as vkprovider does (Lease renewals, BizInstalled)."""
         assert self.admin is not None
         kube, pods = self.admin, self.bases * deployments
+        writer = kube if fleet is None else await Kube.connect(str(CLUSTER_DIR / "vkprovider.kubeconfig"),
+                                                               max_inflight=64)
         writes: set[asyncio.Task[Any]] = set()
         running_status = {"status": {"phase": "Running", "conditions": [
             {"type": t, "status": "True"} for t in ("Initialized", "ContainersReady", "Ready")]}}
 
-        def start_it(pod: dict[str, Any]) -> None:
+        async def start(pod: dict[str, Any]) -> None:
             md = pod["metadata"]
-            task = asyncio.create_task(kube.patch(f"/api/v1/namespaces/{md['namespace']}/pods/{md['name']}/status",
-                                                  running_status, kind="strategic"))
+            await writer.patch(f"/api/v1/namespaces/{md['namespace']}/pods/{md['name']}/status", running_status,
+                               kind="strategic")
+            if fleet is not None:
+                stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                await writer.create(f"/api/v1/namespaces/{md['namespace']}/events", {
+                    "metadata": {"generateName": f"{md['name']}."}, "type": "Normal", "reason": "Started",
+                    "message": "started by the null kubelet", "firstTimestamp": stamp, "lastTimestamp": stamp,
+                    "count": 1, "source": {"component": "null-kubelet"}, "involvedObject": {
+                        "kind": "Pod", "apiVersion": "v1", "namespace": md["namespace"], "name": md["name"],
+                        "uid": md.get("uid")}})
+
+        def start_it(pod: dict[str, Any]) -> None:
+            task = asyncio.create_task(start(pod))
             writes.add(task)
             task.add_done_callback(writes.discard)
 
-        log(f"limit: null kubelet, {deployments} Deployments x {self.bases} replicas on the fake nodes ({prefix})")
+        leases = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
+        renewals: asyncio.Task[None] | None = None
+        if fleet is not None:
+            def lease(name: str) -> dict[str, Any]:
+                return {"metadata": {"name": name}, "spec": {"holderIdentity": name, "leaseDurationSeconds": 40,
+                                                             "renewTime": micro_now()}}
+            await gather_limited([writer.create(leases, lease(n)) for n in fleet], 64)
+
+            async def renew_forever() -> None:
+                lane = writer.lane(128)
+                period = 10.0 / len(fleet)
+                tasks: set[asyncio.Task[Any]] = set()
+                while True:
+                    for name in fleet:  # one every period: each node's Lease every 10 s, spread out
+                        task = asyncio.create_task(lane.patch(f"{leases}/{name}",
+                                                              {"spec": {"renewTime": micro_now()}}, kind="merge"))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                        await asyncio.sleep(period)
+
+            renewals = asyncio.create_task(renew_forever())
+        log(f"limit: null kubelet{' fleet' if fleet else ''}, {deployments} Deployments x {self.bases} replicas on "
+            f"the fake nodes ({prefix})")
         clock = PodClock(kube, ns, on_bound=start_it)
-        async with running(clock.informer):
-            start = time.monotonic()
-            for i in range(deployments):  # names of their own: never one of scheduler-only's still being deleted
-                await kube.create(f"/apis/apps/v1/namespaces/{ns}/deployments",
-                                  module_deployment(100 + i, self.bases, "0.0.1", fake_nodes=True))
-            done = await until(lambda: len(clock.alive) >= pods and clock.count_running() >= pods, self.args.timeout,
-                               "all null-kubelet pods Running")
+        try:
+            async with running(clock.informer):
+                start_t = time.monotonic()
+                for i in range(deployments):  # names of their own: never one of scheduler-only's still being deleted
+                    await kube.create(f"/apis/apps/v1/namespaces/{ns}/deployments",
+                                      module_deployment(100 + i, self.bases, "0.0.1", fake_nodes=True))
+                done = await until(lambda: len(clock.alive) >= pods and clock.count_running() >= pods,
+                                   self.args.timeout, "all null-kubelet pods Running")
+        finally:
+            if renewals is not None:
+                renewals.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewals
         latencies = [clock.running[k] - clock.bound[k] for k in clock.alive if k in clock.running and k in clock.bound]
         await self.clear_fake_pods(ns)
-        return {f"null_kubelet_{prefix}_total_s": round(done - start, 2),
+        if fleet is not None:
+            await gather_limited([writer.delete(f"{leases}/{n}") for n in fleet], 64)
+            await writer.close()
+        return {f"null_kubelet_{prefix}_total_s": round(done - start_t, 2),
                 f"null_kubelet_{prefix}_bound_to_running_p50_s": round(percentile(latencies, 50), 3),
                 f"null_kubelet_{prefix}_bound_to_running_p99_s": round(percentile(latencies, 99), 3)}
 
@@ -928,6 +987,7 @@ class Bench:
         leases_lost = await self.provider_counter(lost_series) - lost_before  # one replica: it must lose none
         ratio = total / self.scheduler_only_s if not math.isnan(self.scheduler_only_s) else math.nan
         null_floor = self.null_kubelet.get("null_kubelet_rollout_total_s", math.nan)
+        fleet_floor = self.null_kubelet.get("null_kubelet_fleet_rollout_total_s", math.nan)
         status_writes = {phase: n - status_writes0.get(phase, 0.0)
                          for phase, n in (await self.pod_status_writes()).items()}
         result.metrics.update({
@@ -937,6 +997,9 @@ class Bench:
             # limit's floor: the same Deployments with a null kubelet (the control plane's time for this rollout)
             "null_kubelet_rollout_s": null_floor,
             "null_kubelet_ratio_to_scheduler_only": round(null_floor / self.scheduler_only_s, 3),
+            # the same with a kubelet fleet's least API work: a Lease per node every 10 s, one Event per pod
+            "null_kubelet_fleet_rollout_s": fleet_floor,
+            "null_kubelet_fleet_ratio_to_scheduler_only": round(fleet_floor / self.scheduler_only_s, 3),
             "bound_to_running_p50_s": round(percentile(latencies, 50), 3),
             "bound_to_running_p99_s": round(percentile(latencies, 99), 3),
             "bound_to_running_max_s": round(max(latencies, default=math.nan), 3),

@@ -321,8 +321,11 @@ class Provider:
                               keep=ours_or_unbound, on_change=pods.notify, trim_object=trim_pod,
                               resource=f"pods-{label.split('.')[0]}"))
         # Non-module pods bound to a vnode stay Pending (no kubelet runs them): watching only bound Pending pods
-        # finds them while caching next to nothing of the rest of the cluster.
+        # finds them while caching next to nothing of the rest of the cluster. Module pods are left out by the
+        # apiserver (the informers above have them): a rollout's pods would otherwise all come twice.
+        not_modules = ",".join(f"{label}!={MODULE_LABEL_VALUE}" for label in MODULE_LABELS)
         pods.add(Informer(kube, "/api/v1/pods", field_selector="spec.nodeName!=,status.phase=Pending",
+                          label_selector=not_modules,
                           keep=lambda pod: not is_module_pod(pod) and vnode.is_vnode_name(
                               str((pod.get("spec") or {}).get("nodeName") or ""), s.env),
                           on_change=pods.notify, trim_object=trim_pod, resource="pods-pending-bound"))

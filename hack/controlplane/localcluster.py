@@ -520,6 +520,15 @@ def flowcontrol_manifest() -> str:
          "metadata": {"name": PROVIDER_USER, "labels": labels},
          "spec": {"priorityLevelConfiguration": {"name": PROVIDER_USER}, **schema, "rules": rules}},
     ]
+    leases = fc.get("leaseFlowSchema")
+    if leases:
+        lease_schema = {k: v for k, v in leases.items() if k not in ("rules", "priorityLevel")}
+        lease_rules = [{"subjects": [{"kind": "User", "user": {"name": PROVIDER_USER}}], **rule}
+                       for rule in leases["rules"]]
+        docs.append({"apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "FlowSchema",
+                     "metadata": {"name": f"{PROVIDER_USER}-node-leases", "labels": labels},
+                     "spec": {"priorityLevelConfiguration": {"name": leases["priorityLevel"]}, **lease_schema,
+                              "rules": lease_rules}})
     return "---\n".join(json.dumps(doc) + "\n" for doc in docs)
 
 

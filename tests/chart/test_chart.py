@@ -33,7 +33,8 @@ ALL_OPTIONS = Path(__file__).resolve().parent / "all-options.yaml"
 RBAC_RULES = CHART / "files" / "rbac-rules.yaml"
 CRD_KINDS = ("ServiceMonitor", "PrometheusRule")
 VARIANTS = {"default": [], "all-options": ["-f", str(ALL_OPTIONS)]}
-DEFAULT_KINDS = ["ClusterRole", "ClusterRoleBinding", "Deployment", "FlowSchema", "Pod", "PodDisruptionBudget",
+DEFAULT_KINDS = ["ClusterRole", "ClusterRoleBinding", "Deployment", "FlowSchema", "FlowSchema", "Pod",
+                 "PodDisruptionBudget",
                  "PriorityLevelConfiguration", "Service", "ServiceAccount"]
 
 
@@ -434,17 +435,25 @@ async def run_provider_until_ready(kubeconfig: Path, namespace: str) -> None:
 
 
 def test_flow_schema_is_the_file_for_the_chart_service_account(tools: dict[str, str]) -> None:
-    """vkprovider's APF level and flow schema are files/flowcontrol.yaml (the local control plane applies the same
-    to its user), matched to the chart's ServiceAccount."""
+    """vkprovider's APF level and flow schemas are files/flowcontrol.yaml (the local control plane applies the same
+    to its user), matched to the chart's ServiceAccount: everything at its own level, the vnodes' Leases at the
+    kubelets' node-high."""
     fc = yaml.safe_load((CHART / "files" / "flowcontrol.yaml").read_text())
     docs = render(tools)
     level = one(docs, "PriorityLevelConfiguration")
     assert level["spec"] == fc["priorityLevel"]
-    schema = one(docs, "FlowSchema")["spec"]
-    assert schema["priorityLevelConfiguration"]["name"] == level["metadata"]["name"]
-    assert schema["matchingPrecedence"] == fc["flowSchema"]["matchingPrecedence"]
+    schemas = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "FlowSchema"}
+    assert sorted(schemas) == ["vkp-vkprovider", "vkp-vkprovider-node-leases"]
     sa = one(docs, "ServiceAccount")["metadata"]
-    for rule, wanted in zip(schema["rules"], fc["flowSchema"]["rules"], strict=True):
-        assert rule["subjects"] == [{"kind": "ServiceAccount", "serviceAccount": {"name": sa["name"],
-                                                                                   "namespace": sa["namespace"]}}]
-        assert {k: v for k, v in rule.items() if k != "subjects"} == wanted
+    subjects = [{"kind": "ServiceAccount", "serviceAccount": {"name": sa["name"], "namespace": sa["namespace"]}}]
+    for schema, source, level_name in ((schemas["vkp-vkprovider"], fc["flowSchema"], level["metadata"]["name"]),
+                                       (schemas["vkp-vkprovider-node-leases"], fc["leaseFlowSchema"], "node-high")):
+        assert schema["priorityLevelConfiguration"]["name"] == level_name
+        assert schema["matchingPrecedence"] == source["matchingPrecedence"]
+        for rule, wanted in zip(schema["rules"], source["rules"], strict=True):
+            assert rule["subjects"] == subjects
+            assert {k: v for k, v in rule.items() if k != "subjects"} == wanted
+    # the Leases' schema is matched first: the catch-all one would take them otherwise
+    assert schemas["vkp-vkprovider-node-leases"]["matchingPrecedence"] < schemas["vkp-vkprovider"]["matchingPrecedence"]
+
+

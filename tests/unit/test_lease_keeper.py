@@ -80,20 +80,41 @@ async def test_held_vnodes_are_decided_when_their_renewal_is_due_not_on_every_ti
     decisions_at_start = keeper.decisions
     ticks = 0
     # Until just before the keeper has watched the members for a lease duration (40 s; then it decides every
-    # vnode once more, as it may hand over from then on): nearly three renewals of each.
+    # vnode once more, as it may hand over from then on): three to four renewals of each (the first comes at a
+    # random point of the first renew interval).
     while clock.now + TICK_S < 1000.0 + 40.0:
         clock.now += TICK_S
         await _tick(keeper)
         ticks += 1
         assert len(keeper.held_nodes()) == 1000  # never fenced: each renewal in time
     renewals = len(leases.patches)
-    assert 2700 <= renewals <= 3100, renewals
+    assert 3100 <= renewals <= 3800, renewals
     assert all(leases.patches.count(_name(i)) >= 2 for i in range(1000))
     # A renewal costs two decisions (due: renew; landed: nothing until the next one); a tick over every vnode
     # would have cost ticks x 1000.
     spent = keeper.decisions - decisions_at_start
     assert spent <= 2 * renewals + 100, (spent, renewals)
-    assert spent < ticks * 1000 / 10
+    assert spent <= ticks * 1000 / 8
+
+
+async def test_vnodes_gained_together_renew_spread_over_the_renew_interval():
+    """A thousand bases registering within a second must not renew their Leases in the same second ever after:
+    under a rollout the apiserver then answered too slowly for all of them and up to 340 vnodes were fenced at
+    once (issue 17). Each vnode's first renewal falls at a random point of its first renew interval."""
+    leases, clock = _Leases(), _Clock()
+    keeper = _keeper(leases, clock)
+    claimed_at = clock.now
+    for i in range(1000):
+        assert await keeper.claim(_name(i))
+    per_second = [0] * 11
+    while clock.now < claimed_at + 10.0:
+        before = len(leases.patches)
+        clock.now += TICK_S
+        await _tick(keeper)
+        per_second[int(clock.now - claimed_at)] += len(leases.patches) - before
+    assert sum(per_second) == 1000  # each renewed once within the first interval, none fenced
+    assert max(per_second[1:10]) <= 200 and min(per_second[2:10]) >= 50, per_second
+    assert len(keeper.held_nodes()) == 1000
 
 
 async def test_a_vnode_whose_renewals_fail_is_fenced_at_its_renew_deadline():

@@ -62,6 +62,11 @@ def test_holder_renews_on_time_and_is_fenced_past_the_deadline():
     fenced = decide(lease, held=own.Held(84.0, "7"), now=100.0, members=(ME,))
     assert fenced.action is own.Action.FENCE and "deadline" in fenced.why
     assert own.fenced(own.Held(84.0, "7"), 100.0, T)
+    # a hold may say when it renews first (spread over the interval): earlier than a renew interval after it began
+    early, later = own.Held(98.0, "7", renew_at=100.0), own.Held(98.0, "7", renew_at=101.0)
+    assert decide(lease, held=early, now=100.0, members=(ME,)).action is own.Action.RENEW
+    assert decide(lease, held=later, now=100.0, members=(ME,)).action is own.Action.NOTHING
+    assert own.renew_due(own.Held(98.0, "7"), T) == 98.0 + T.renew_interval_s
 
 
 def test_a_holder_that_sees_someone_else_in_its_lease_stops():

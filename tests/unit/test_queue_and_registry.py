@@ -445,6 +445,33 @@ async def test_a_status_sent_is_not_sent_again_while_the_watch_has_not_shown_it(
     assert len(written) == 1
 
 
+async def test_a_status_held_back_by_a_fenced_vnode_is_written_once_the_lease_is_renewed(monkeypatch) -> None:
+    """A status write waits for a client slot; under load the vnode's renewal can be late by then (fenced: held,
+    but no writes). The status is not sent, and the vnode is looked at again shortly, not at the next biz poll 30 s
+    later (issue 17: a few pods of a 5,000-pod rollout turned Running 25-30 s after their install)."""
+    one = _OnePodOnOneBase()
+    controller, node = one.controller, one.node
+    writable = [True]
+    controller.may_write = lambda n: writable[0]
+    controller.fenced = lambda n: not writable[0]
+    written: list[dict[str, object]] = []
+
+    async def write_status(pod: dict[str, object], desired: dict[str, object], modules: object) -> str:
+        written.append(desired)
+        return "2"
+
+    monkeypatch.setattr(controller, "_write_status", write_status)
+    await controller.reconcile(node)
+    writable[0] = False  # fenced between the reconcile and the write
+    await wait_for(lambda: not controller._status_busy, 2.0, what="the status writer done")
+    assert written == []
+    assert node in controller.queue._timers  # looked at again in FENCED_RETRY_S
+    writable[0] = True  # the renewal landed
+    await controller.reconcile(node)
+    await wait_for(lambda: not controller._status_busy, 2.0, what="the status writer done")
+    assert [d["phase"] for d in written] == ["Running"]
+
+
 async def test_pod_start_duration_times_a_pod_from_first_seen_to_its_first_running_write_answered() -> None:
     """vkprovider_pod_start_duration_seconds (the kubelet's pod start SLI, for modules) runs from the first sight of a
     not-yet-started pod on a held vnode to the answer to its first Running status; a pod already Running when first

@@ -170,6 +170,18 @@ class _Quiet:
     period: int
 
 
+@dataclass(frozen=True, slots=True)
+class _PodFacts:
+    """What a pod object says that stays true until the object changes (the informer replaces a pod object on
+    every change, never edits one): its bizs, workload and order. Worked out once per object, not on every
+    reconcile of its base (issue 17: parsing the same pods again was a tenth of a rollout's CPU)."""
+
+    pod: Mapping[str, Any]  # the object these are the facts of
+    modules: PodModules
+    workload: str | None
+    order: str
+
+
 def _settled(pod: Mapping[str, Any]) -> bool:
     """Ready, or finished: a pod whose status no release hold, install or deadline will change."""
     return is_terminal(pod) or (not is_terminating(pod) and is_ready_status(pod.get("status") or {}))
@@ -230,6 +242,7 @@ class ModuleController:
         self._statuses_queued = 0  # status writes queued so far (a pass that queued one is not quiet)
         # node -> the inputs of its last pass when that pass had nothing to do (see ``_Quiet``)
         self._quiet: dict[str, _Quiet] = {}
+        self._pod_facts: dict[str, _PodFacts] = {}  # pod key -> the facts of its object (see ``_facts``)
 
     async def start(self) -> None:
         await self.queue.start()
@@ -263,6 +276,7 @@ class ModuleController:
         if sent is not None and (new is None or sent.written_rv == (new.get("metadata") or {}).get("resourceVersion")):
             del self._status_sent[key]  # the cache now shows what was written (or the pod is gone)
         if new is None:
+            self._pod_facts.pop(key, None)
             self._unstarted_since.pop(key, None)
             uid = ((old or {}).get("metadata") or {}).get("uid", "")
             self._warned.pop(uid, None)
@@ -302,6 +316,14 @@ class ModuleController:
         if self.may_write(node) or self.fenced(node):
             self.queue.add(node)
 
+    def _facts(self, pod: dict[str, Any]) -> _PodFacts:
+        key = pod_key(pod)
+        facts = self._pod_facts.get(key)
+        if facts is None or facts.pod is not pod:
+            facts = self._pod_facts[key] = _PodFacts(pod, pod_modules(pod, self._policy), workload_of(pod),
+                                                     _order(pod))
+        return facts
+
     def pods_on(self, node: str) -> list[dict[str, Any]]:
         found = []
         for key in self.pods_by_node.get(node, ()):
@@ -316,7 +338,7 @@ class ModuleController:
         for pod in self.pods_on(node):
             if is_module_pod(pod) and not is_terminating(pod) and not is_terminal(pod):
                 finished = _finished_containers(pod)
-                for spec in pod_modules(pod, self._policy).bizs:
+                for spec in self._facts(pod).modules.bizs:
                     if spec.name not in finished:
                         specs.setdefault(spec.key, spec)
         return list(specs.values())
@@ -389,7 +411,8 @@ class ModuleController:
         for pod in module_pods:
             key = pod_key(pod)
             md = pod.get("metadata") or {}
-            modules = pod_modules(pod, self._policy)
+            facts = self._facts(pod)
+            modules = facts.modules
             modules_of[key] = modules
             self._seed(node, ledger, pod, modules, now)
             refusal = self._namespaces.refusal(str(md.get("namespace") or ""), cluster)
@@ -401,7 +424,7 @@ class ModuleController:
                 if spec.name not in finished and spec.key not in ledger.superseded and refusal is None
             )
             wants.append(PodWant(key, bizs, terminating=is_terminating(pod), terminal=is_terminal(pod),
-                                 order=_order(pod), deadline=self._deadline(pod, now), workload=workload_of(pod),
+                                 order=facts.order, deadline=self._deadline(pod, now), workload=facts.workload,
                                  revision=self.revision_of(pod)))
         plan = plan_base(wants, ledger, now=now, orphan_grace_s=self.settings.module_orphan_grace_s)
         ledger.planned(plan.wanted, plan.released, plan.orphans)
@@ -547,7 +570,7 @@ class ModuleController:
         must be able to replace it); its biz stays tracked, and its uninstall is retried with backoff."""
         pod = self.pods.get(key)
         if pod is not None and self.may_write(node):
-            leftover = [str(s.key) for s in pod_modules(pod, self._policy).bizs if s.key in (view.ledger.bizs or {})]
+            leftover = [str(s.key) for s in self._facts(pod).modules.bizs if s.key in (view.ledger.bizs or {})]
             message = (f"the grace period ended before {', '.join(leftover) or 'its bizs'} left base {node}; "
                        "the pod is removed and the uninstall is retried with backoff")
             self.events.warning(pod, "BizUninstallTimeout", message)
@@ -590,11 +613,11 @@ class ModuleController:
             modules = modules_of.get(pod_key(pod))
             if modules is None or is_terminating(pod) or is_terminal(pod):
                 continue
-            workload = workload_of(pod)
+            facts = self._facts(pod)
+            workload, order = facts.workload, facts.order
             for spec in modules.bizs:
                 if workload is not None:
                     workloads_wanting.setdefault(spec.key, set()).add(workload)
-                order = _order(pod)
                 if spec.key not in newest_url or newest_url[spec.key][0] < order:
                     newest_url[spec.key] = (order, spec.url)
         for pod in pods:
@@ -633,7 +656,7 @@ class ModuleController:
                                             f"{spec.name} on the base; {spec.key} is not installed over it")
                     continue
                 ops[spec.key] = self._op_facts(ledger, spec, refused.get(key), url)
-            workload = workload_of(pod)
+            workload = self._facts(pod).workload
             pod_active = {b.name: b.key for b in pod_bizs.values() if b.state is BizState.ACTIVATED} or active
             replaced = frozenset(
                 spec.name
@@ -717,6 +740,8 @@ class ModuleController:
                 node, pod, desired, modules = item
                 if not self.may_write(node):
                     self._status_sent.pop(key, None)
+                    if self.fenced(node):  # held, a renewal late: nobody else will look again, so look soon
+                        self.queue.add_after(node, FENCED_RETRY_S)
                     continue
                 try:
                     written_rv = await self._write_status(pod, desired, modules)
@@ -810,7 +835,7 @@ class ModuleController:
         for pod in self.pods_on(node):
             if not is_module_pod(pod) or is_terminating(pod):
                 continue
-            if any(s.key == key for s in pod_modules(pod, self._policy).bizs):
+            if any(s.key == key for s in self._facts(pod).modules.bizs):
                 wanting.append(pod)
         return wanting
 
@@ -1008,7 +1033,7 @@ class ModuleController:
 
     def _event_for_uninstall(self, node: str, key: BizKey) -> None:
         terminating = [p for p in self.pods_on(node) if is_terminating(p)
-                       and any(s.key == key for s in pod_modules(p, self._policy).bizs)]
+                       and any(s.key == key for s in self._facts(p).modules.bizs)]
         for pod in terminating:
             self.events.normal(pod, "BizUninstalled", f"biz {key} uninstalled from {node}")
         if not terminating:

@@ -101,6 +101,7 @@ class Held:
 
     renewed_at: float
     resource_version: str
+    renew_at: float | None = None  # when the next renewal is due (None: a renew interval after ``renewed_at``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +113,11 @@ class Timing:
     def __post_init__(self) -> None:
         if not 0 < self.renew_interval_s < self.renew_deadline_s < self.lease_duration_s:
             raise ValueError("need 0 < renew interval < renew deadline < lease duration")
+
+
+def renew_due(held: Held, timing: Timing) -> float:
+    """When ``held`` is to be renewed next."""
+    return held.renewed_at + timing.renew_interval_s if held.renew_at is None else held.renew_at
 
 
 def fenced(held: Held, now: float, timing: Timing) -> bool:
@@ -176,7 +182,7 @@ def decide(
         preferred = rendezvous(vnode, members)
         if may_hand_off and preferred is not None and preferred != me:
             return Decision(Action.HANDOFF, to=preferred, why="another live replica is preferred")
-        if now - held.renewed_at >= timing.renew_interval_s:
+        if now >= renew_due(held, timing):
             return Decision(Action.RENEW)
         return Decision(Action.NOTHING)
     if lease is None:

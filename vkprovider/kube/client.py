@@ -517,10 +517,11 @@ class Kube:
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError(f"the API server address {host!r} is not an http(s) URL")
         tls = _ssl_context(conf) if url.scheme == "https" else None
-        # Requests are bounded by the semaphore; the pool leaves room for lanes (``lane``) and long-lived watches.
+        # Requests are bounded by the semaphore; the pool leaves room for lanes (``lane``: the Lease keeper's 128)
+        # and long-lived watches.
         pool = http1.Pool(url.host, url.port or (443 if tls else 80), tls=tls,
                           server_hostname=getattr(conf, "tls_server_name", None) or None,
-                          proxy=proxy_from_url(getattr(conf, "proxy", None) or None), limit=max_inflight + 128,
+                          proxy=proxy_from_url(getattr(conf, "proxy", None) or None), limit=max_inflight + 512,
                           connect_timeout_s=timeout_s)
         return cls(host, pool, credentials, max_inflight=max_inflight, timeout_s=timeout_s, instance=instance)
 
