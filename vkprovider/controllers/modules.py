@@ -95,7 +95,8 @@ for _phase in ("Pending", "Running", "Failed"):
 
 #: How long a new pod's first "ContainerCreating" status waits for its install (a fast one writes Running once).
 PENDING_WRITE_DEFER_S = 1.0
-#: How long a sent status is trusted to show up in the watch before an unchanged cache makes it be sent again.
+#: How long a status, once its write was answered, is trusted to show up in the watch before an unchanged cache makes
+#: it be sent again.
 STATUS_ECHO_WAIT_S = 10.0
 
 _BASE_CONDITION = {
@@ -107,9 +108,15 @@ _BASE_CONDITION = {
 
 @dataclass
 class _SentStatus:
+    """A status sent for a pod, until the watch shows it. Trusted while its write is under way (a rollout's PATCHes
+    can wait seconds for a client slot and the apiserver), then for ``STATUS_ECHO_WAIT_S`` after the answer."""
+
     desired: dict[str, Any]
-    at: float
     written_rv: str | None = None
+    answered_at: float | None = None
+
+    def trusted(self, now: float) -> bool:
+        return self.answered_at is None or now - self.answered_at < STATUS_ECHO_WAIT_S
 
 
 def now_iso() -> str:
@@ -699,7 +706,7 @@ class ModuleController:
         the clock, differs from the one sent, and would be sent again every second until the echo arrives.
         """
         sent = self._status_sent.get(key)
-        if sent is None or now - sent.at >= STATUS_ECHO_WAIT_S:
+        if sent is None or not sent.trusted(now):
             return pod
         return {**pod, "status": {**(pod.get("status") or {}), **sent.desired}}
 
@@ -723,9 +730,9 @@ class ModuleController:
             self._status_sent.pop(key, None)
             return
         sent = self._status_sent.get(key)
-        if sent is not None and now - sent.at < STATUS_ECHO_WAIT_S and not status_changed(desired, sent.desired):
+        if sent is not None and sent.trusted(now) and not status_changed(desired, sent.desired):
             return  # already sent; the watch has not shown it yet
-        self._status_sent[key] = _SentStatus(desired, now)
+        self._status_sent[key] = _SentStatus(desired)
         self._status_next[key] = (node, pod, desired, modules)
         self._statuses_queued += 1
         if key not in self._status_busy:
@@ -751,7 +758,7 @@ class ModuleController:
                         if written_rv is None:
                             del self._status_sent[key]
                         else:
-                            sent.written_rv = written_rv
+                            sent.written_rv, sent.answered_at = written_rv, self.clock()
                 except Exception as exc:
                     failures += 1
                     if not isinstance(exc, ApiError):
