@@ -1,0 +1,214 @@
+"""CPU per request of vkprovider's hot HTTP paths, next to aiohttp doing the same: the evidence for vkprovider/http1.py.
+
+    python -m bench.micro            # both; writes bench/results/micro.json
+    python -m bench.micro heartbeat  # no cluster needed
+    python -m bench.micro patch      # starts the local control plane in .local/micro-cluster
+
+- heartbeat: a client process sends heartbeats at 100 a second over keep-alive connections; the server process's
+  CPU per heartbeat is measured for a bare aiohttp handler and for vkprovider's heartbeat listener (HttpTunnel on
+  http1, token check, parse, a stand-in for the controllers that accepts every heartbeat).
+- patch: Lease renewals (a merge PATCH with a resourceVersion precondition, over TLS) one at a time and eight at a
+  time, through an aiohttp ClientSession and through vkprovider's Kube client; the client's CPU per request.
+
+Process CPU (time.process_time) over a fixed amount of work, so it does not depend on the machine's other load as
+much as wall time does; on a 2-core machine run it alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import uvloop
+from aiohttp import web
+
+from vkprovider.kube.client import Kube
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+CLUSTER_DIR = ROOT / ".local" / "micro-cluster"
+SECRET = "micro-secret-0123456789abcdef"
+HEARTBEATS = 3000
+RATE = 100.0
+PATCHES = 3000
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases"
+
+
+# --------------------------------------------------------------------------------------------- heartbeat
+
+
+def heartbeat_body(i: int) -> bytes:
+    return orjson.dumps({"baseMetadata": {"clusterName": "c", "identity": f"micro-{i}", "name": "b",
+                                          "version": "1.0.0"},
+                         "localHostName": "h", "localIP": "127.0.0.1", "port": 1238, "state": "activated"})
+
+
+async def heartbeat_client(port: int) -> None:
+    from vkprovider.core.credentials import base_token
+
+    bodies = [(heartbeat_body(i), {"Content-Type": "application/json",
+                                   "Authorization": "Bearer " + base_token(SECRET.encode(), f"micro-{i}")})
+              for i in range(100)]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
+        async def one(i: int) -> None:
+            body, headers = bodies[i % len(bodies)]
+            async with session.post(f"http://127.0.0.1:{port}/heartbeat", data=body, headers=headers) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"heartbeat answered {resp.status}")
+
+        start, tasks = time.monotonic(), []
+        for i in range(HEARTBEATS):
+            await asyncio.sleep(max(0.0, start + i / RATE - time.monotonic()))
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+
+
+class AcceptAll:
+    """The controllers' side of a heartbeat, reduced to accepting it."""
+
+    def on_heartbeat(self, heartbeat: Any, *, authenticated: bool = False) -> None:
+        return None
+
+    def address_of(self, identity: str) -> None:
+        return None
+
+    def on_health(self, identity: str, health: Any) -> None:
+        pass
+
+    def on_bizs(self, identity: str, bizs: Any) -> None:
+        pass
+
+    def baseline(self, metadata: Any) -> None:
+        return None
+
+
+async def heartbeat_server(kind: str) -> float:
+    """Server CPU milliseconds per heartbeat."""
+    runner = None
+    if kind == "vkprovider":
+        from vkprovider.config import Settings
+        from vkprovider.tunnels.http_tunnel import HttpTunnel
+
+        tunnel = HttpTunnel(Settings(http_tunnel_host="127.0.0.1", http_tunnel_port=0, heartbeat_secret=SECRET))
+        await tunnel.start(AcceptAll())  # type: ignore[arg-type]
+        port = tunnel.port
+    else:
+        async def handle(request: web.Request) -> web.Response:
+            await request.read()
+            return web.Response(text="SUCCESS")
+
+        app = web.Application()
+        app.router.add_post("/heartbeat", handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    cpu0 = time.process_time()
+    client = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.micro", "heartbeat-client", str(port),
+                                                  cwd=ROOT)
+    if await client.wait() != 0:
+        raise RuntimeError("the heartbeat client failed")
+    cpu = time.process_time() - cpu0
+    if kind == "vkprovider":
+        await tunnel.stop()
+    elif runner is not None:
+        await runner.cleanup()
+    return round(1000 * cpu / HEARTBEATS, 3)
+
+
+# ------------------------------------------------------------------------------------------------ patch
+
+
+def micro_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+async def patch_leases(kind: str, concurrency: int) -> float:
+    """Client CPU milliseconds per Lease renewal."""
+    kube = await Kube.connect(str(CLUSTER_DIR / "admin.kubeconfig"))
+    names = [f"micro-{i}" for i in range(64)]
+    versions: dict[str, str] = {}
+    for name in names:
+        body = {"metadata": {"name": name}, "spec": {"holderIdentity": "micro", "renewTime": micro_now()}}
+        try:
+            created = await kube.create(LEASES, body)
+        except Exception:
+            created = await kube.get(f"{LEASES}/{name}")
+        versions[name] = created["metadata"]["resourceVersion"]
+    session = None
+    if kind == "aiohttp":
+        from vkprovider.kube.client import _load_configuration, _ssl_context, static_kubeconfig
+
+        conf = static_kubeconfig(str(CLUSTER_DIR / "admin.kubeconfig")) or await _load_configuration(
+            str(CLUSTER_DIR / "admin.kubeconfig"))
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=_ssl_context(conf)))
+
+    async def renew(name: str) -> None:
+        body = orjson.dumps({"metadata": {"resourceVersion": versions[name]}, "spec": {"renewTime": micro_now()}})
+        if session is None:
+            answer = await kube.patch(f"{LEASES}/{name}", orjson.loads(body), kind="merge")
+        else:
+            async with session.patch(f"{kube.host}{LEASES}/{name}", data=body, headers={
+                    "Content-Type": "application/merge-patch+json", "Accept": "application/json"}) as resp:
+                answer = orjson.loads(await resp.read())
+        versions[name] = answer["metadata"]["resourceVersion"]
+
+    async def worker(k: int) -> None:
+        mine = names[k::concurrency]  # each worker its own Leases: never two writes of one Lease at once
+        for i in range(PATCHES // concurrency):
+            await renew(mine[i % len(mine)])
+
+    cpu0 = time.process_time()
+    await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    cpu = time.process_time() - cpu0
+    if session is not None:
+        await session.close()
+    await kube.close()
+    return round(1000 * cpu / PATCHES, 3)
+
+
+def cluster(action: str) -> None:
+    cmd = [sys.executable, str(ROOT / "hack/controlplane/localcluster.py"), action, "--dir", str(CLUSTER_DIR)]
+    subprocess.run([*cmd, "--purge"] if action == "down" else cmd, check=action == "up", capture_output=True)
+
+
+# ------------------------------------------------------------------------------------------------- main
+
+
+async def main(which: list[str]) -> dict[str, float]:
+    found: dict[str, float] = {}
+    if "heartbeat" in which:
+        for kind in ("aiohttp", "vkprovider"):
+            found[f"heartbeat_server_cpu_ms_{kind}"] = await heartbeat_server(kind)
+    if "patch" in which:
+        cluster("down")
+        cluster("up")
+        try:
+            for kind in ("aiohttp", "vkprovider"):
+                for concurrency in (1, 8):
+                    found[f"lease_patch_cpu_ms_{kind}_{concurrency}_at_once"] = await patch_leases(kind, concurrency)
+        finally:
+            cluster("down")
+    return found
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["heartbeat-client"]:
+        uvloop.run(heartbeat_client(int(sys.argv[2])))
+        sys.exit(0)
+    wanted = sys.argv[1:] or ["heartbeat", "patch"]
+    results = uvloop.run(main(wanted))
+    for key, value in results.items():
+        print(f"{key:48} {value:8.3f}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "micro.json").write_text(json.dumps({"scenario": "micro", "metrics": results}, indent=2) + "\n")
