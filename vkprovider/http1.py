@@ -329,23 +329,7 @@ class Pool:
 
     async def request(self, data: bytes, *, timeout_s: float, limit: int = 64 << 20) -> Answer:
         """Send a whole request (head and body) and return the whole answer."""
-        connected = False
-        conn: _ClientConnection | None = None
-        try:
-            async with asyncio.timeout(timeout_s):
-                conn = await self._acquire()
-                connected = True
-                conn.send(data, limit=limit)
-                answer = await conn.answer()
-        except TimeoutError:
-            if conn is not None:
-                self._drop(conn)
-            raise HttpError("timeout", f"no answer within {timeout_s:g}s", sent=connected) from None
-        except BaseException:
-            if conn is not None:
-                self._drop(conn)
-            raise
-        assert conn is not None
+        conn, answer = await self._send(data, timeout_s=timeout_s, limit=limit, stream=False)
         self._release(conn)
         return answer
 
@@ -353,23 +337,27 @@ class Pool:
                      ) -> tuple[Answer, Streamed]:
         """Send a request whose answer is read as it arrives (a watch). The connection belongs to the returned
         :class:`Streamed` until it is closed."""
+        conn, head = await self._send(data, timeout_s=head_timeout_s, limit=limit, stream=True)
+        return head, Streamed(self, conn)
+
+    async def _send(self, data: bytes, *, timeout_s: float, limit: int, stream: bool
+                    ) -> tuple[_ClientConnection, Answer]:
+        """A connection with ``data`` sent on it, and the whole answer (or only its head, for a stream) within
+        ``timeout_s``; a connection that failed is dropped."""
         conn: _ClientConnection | None = None
-        connected = False
         try:
-            async with asyncio.timeout(head_timeout_s):
+            async with asyncio.timeout(timeout_s):
                 conn = await self._acquire()
-                connected = True
-                conn.send(data, limit=limit, stream=True)
-                head = await conn.head()
+                conn.send(data, limit=limit, stream=stream)
+                return conn, await (conn.head() if stream else conn.answer())
         except TimeoutError:
             if conn is not None:
                 self._drop(conn)
-            raise HttpError("timeout", f"no answer within {head_timeout_s:g}s", sent=connected) from None
+            raise HttpError("timeout", f"no answer within {timeout_s:g}s", sent=conn is not None) from None
         except BaseException:
             if conn is not None:
                 self._drop(conn)
             raise
-        return head, Streamed(self, conn)
 
     # --- connections
 
