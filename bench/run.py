@@ -390,6 +390,12 @@ class Bench:
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
 
+    async def module_reconciles(self) -> float:
+        """vkprovider's module reconciles so far (every result)."""
+        assert self.provider is not None
+        series = r'^controller_runtime_reconcile_total\{controller="module",[^}]*\} (\S+)$'
+        return sum(float(n) for n in re.findall(series, await self.provider.metrics(), re.M))
+
     async def pod_status_writes(self) -> dict[str, float]:
         """vkprovider's pod status writes so far, by the phase written."""
         assert self.provider is not None
@@ -964,6 +970,7 @@ class Bench:
         lost_before = await self.provider_counter(lost_series)
         by_kind0 = await self.apiserver_writes()
         status_writes0 = await self.pod_status_writes()
+        reconciles0 = await self.module_reconciles()
         for i in range(self.modules):
             await kube.create(f"/apis/apps/v1/namespaces/{self.ns}/deployments",
                               module_deployment(i, self.bases, "0.0.1", fake_nodes=False))
@@ -1010,6 +1017,8 @@ class Bench:
             "rss_slope_bytes_per_pod": round(slope) if not math.isnan(slope) else None,
             "rss_linear_r2": round(r2, 3) if not math.isnan(r2) else None,
             "provider_pod_status_writes_per_pod": round(sum(status_writes.values()) / pods, 2),
+            # module reconciles (one looks at every pod of its base) per pod: how often a base was looked at again
+            "provider_module_reconciles_per_pod": round((await self.module_reconciles() - reconciles0) / pods, 2),
             "provider_pod_status_writes_per_pod_by_phase": {k: round(v / pods, 2) for k, v in status_writes.items()},
             # every client's writes per module pod: the scheduler's bindings, the controllers', vkprovider's
             "apiserver_writes_per_pod": {
