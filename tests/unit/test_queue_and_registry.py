@@ -478,6 +478,38 @@ async def test_a_status_whose_write_is_slow_to_be_answered_is_not_queued_again(m
     assert len(written) == 1
 
 
+async def test_the_echo_of_a_status_written_needs_no_pass_unless_planning_reads_it(monkeypatch) -> None:
+    """The watch's copy of a status vkprovider wrote changes nothing the pass that wrote it had not considered, so it
+    queues no pass over the base (one reconcile in four of a rollout); a written Failed phase or a container
+    terminated BizDeactivate is read by the planner, so its echo does queue one."""
+    from vkprovider.controllers.modules import _SentStatus
+
+    one = _OnePodOnOneBase()
+    controller, node, pod = one.controller, one.node, one.pod
+
+    async def write_status(pod: dict[str, object], desired: dict[str, object], modules: object) -> str:
+        return "2"
+
+    monkeypatch.setattr(controller, "_write_status", write_status)
+    await controller.reconcile(node)
+    await wait_for(lambda: not controller._status_busy, 2.0, what="the status written")
+    controller.queue._waiting.clear()
+    written = controller._status_sent["ns/p"].desired
+    echo = {**pod, "metadata": {**pod["metadata"], "resourceVersion": "2"}, "status": written}
+    one.cache["ns/p"] = echo
+    controller.on_pod_change("ns/p", pod, echo)
+    assert node not in controller.queue._waiting and "ns/p" not in controller._status_sent
+    failed = {**written, "phase": "Failed"}
+    controller._status_sent["ns/p"] = _SentStatus(failed, written_rv="3")
+    echo2 = {**echo, "metadata": {**echo["metadata"], "resourceVersion": "3"}, "status": failed}
+    controller.on_pod_change("ns/p", echo, echo2)
+    assert node in controller.queue._waiting
+    controller.queue._waiting.clear()
+    other = {**echo2, "metadata": {**echo2["metadata"], "resourceVersion": "4"}}  # somebody else's change
+    controller.on_pod_change("ns/p", echo2, other)
+    assert node in controller.queue._waiting
+
+
 async def test_a_status_held_back_by_a_fenced_vnode_is_written_once_the_lease_is_renewed(monkeypatch) -> None:
     """A status write waits for a client slot; under load the vnode's renewal can be late by then (fenced: held,
     but no writes). The status is not sent, and the vnode is looked at again shortly, not at the next biz poll 30 s

@@ -189,6 +189,17 @@ class _PodFacts:
     order: str
 
 
+def _plans_alike(written: Mapping[str, Any]) -> bool:
+    """Whether a status vkprovider wrote, once the watch shows it, leaves every planning input as it was: not a
+    terminal phase and no container terminated ``BizDeactivate`` (the planner reads those from the pod's status).
+    The echo of such a write needs no pass over its base: the pass that wrote it already derived its status from
+    it (``_as_last_written``). One reconcile in four of a rollout was such an echo (issue 17)."""
+    if written.get("phase") in ("Failed", "Succeeded"):
+        return False
+    return not any(((c.get("state") or {}).get("terminated") or {}).get("reason") == REASON_BIZ_DEACTIVATE
+                   for c in written.get("containerStatuses") or [])
+
+
 def _settled(pod: Mapping[str, Any]) -> bool:
     """Ready, or finished: a pod whose status no release hold, install or deadline will change."""
     return is_terminal(pod) or (not is_terminating(pod) and is_ready_status(pod.get("status") or {}))
@@ -273,15 +284,18 @@ class ModuleController:
                 if not members:
                     del self.pods_by_node[old_node]
             self.queue.add(old_node)
+        sent = self._status_sent.get(key)
+        echo = (sent is not None and new is not None and old_node == new_node
+                and sent.written_rv == (new.get("metadata") or {}).get("resourceVersion"))
+        if sent is not None and (new is None or echo):
+            del self._status_sent[key]  # the cache now shows what was written (or the pod is gone)
         if new_node and is_vnode_name(new_node, self.settings.env):
             self.pods_by_node.setdefault(new_node, set()).add(key)
-            if self.may_write(new_node) or self.fenced(new_node):
+            if (self.may_write(new_node) or self.fenced(new_node)) and not (
+                    echo and sent is not None and _plans_alike(sent.desired)):
                 self.queue.add(new_node)
                 if old_node != new_node and new is not None and not _started(new):
                     self._unstarted_since.setdefault(key, self.clock())
-        sent = self._status_sent.get(key)
-        if sent is not None and (new is None or sent.written_rv == (new.get("metadata") or {}).get("resourceVersion")):
-            del self._status_sent[key]  # the cache now shows what was written (or the pod is gone)
         if new is None:
             self._pod_facts.pop(key, None)
             self._unstarted_since.pop(key, None)
