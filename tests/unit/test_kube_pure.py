@@ -505,3 +505,16 @@ async def test_a_kubeconfig_with_an_exec_plugin_goes_to_the_library(tmp_path: Pa
     assert static_kubeconfig(path) is None
     conf = await _load_configuration(path)
     assert conf.host == "https://h:6443" and await _auth_header(conf) == "Bearer t0"
+
+
+def test_a_kubeconfig_proxy_url_is_an_http_proxy_with_optional_basic_credentials() -> None:
+    from vkprovider.kube.client import proxy_from_url
+
+    assert proxy_from_url(None) is None
+    plain = proxy_from_url("http://proxy.example:3128")
+    assert plain is not None and (plain.host, plain.port, plain.authorization) == ("proxy.example", 3128, None)
+    with_user = proxy_from_url("http://u:p@10.0.0.1")
+    assert with_user is not None and (with_user.port, with_user.authorization) == (80, "Basic dTpw")
+    for unsupported in ("socks5://proxy:1080", "https://proxy:443"):
+        with pytest.raises(ValueError, match="only http:// proxies"):
+            proxy_from_url(unsupported)
