@@ -327,3 +327,11 @@ def test_a_written_status_reads_back_as_unchanged_and_drops_stale_reasons():
     assert set(p["status"]["containerStatuses"][0]["state"]) == {"running"}
     again = pod_status(p, mods, {b.key: b}, {}, base_ip="1.1.1.1", now_iso="2026-01-01T00:05:00Z")
     assert not status_changed(again, p["status"])
+
+
+def test_times_in_milliseconds_show_as_rfc3339_seconds_in_utc() -> None:
+    from vkprovider.core.podstatus import ms_to_iso
+
+    assert ms_to_iso(0) == "1970-01-01T00:00:00Z"
+    assert ms_to_iso(1_700_000_000_999) == "2023-11-14T22:13:20Z"  # truncated to the second, never rounded up
+    assert ms_to_iso(1_700_000_001_000) == "2023-11-14T22:13:21Z"

@@ -26,7 +26,7 @@ import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from prometheus_client import Counter, Histogram
@@ -59,6 +59,7 @@ from vkprovider.core.podstatus import (
     is_ready_status,
     not_a_module_condition,
     pod_status,
+    second_to_iso,
     status_changed,
     status_patch,
     with_base_not_ready,
@@ -120,7 +121,7 @@ class _SentStatus:
 
 
 def now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return second_to_iso(int(time.time()))
 
 
 def _now_ms() -> int:

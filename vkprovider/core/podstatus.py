@@ -37,6 +37,7 @@ replaced by the old ReplicaSet, which would install the old version again and fi
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -83,7 +84,14 @@ class OpFacts:
 
 
 def ms_to_iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """RFC 3339 in UTC with second precision (a pod status's times), of a time in milliseconds since the epoch."""
+    return second_to_iso(ms // 1000)
+
+
+@functools.lru_cache(maxsize=4096)
+def second_to_iso(second: int) -> str:
+    """RFC 3339 of a whole second; remembered, as a pass over a base formats the same few seconds again and again."""
+    return datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _waiting(reason: str, message: str = "") -> dict[str, Any]:
