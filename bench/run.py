@@ -110,10 +110,20 @@ def histogram_quantile(q: float, before: dict[float, float], after: dict[float, 
     return lower
 
 
-def target(name: str, value: float, limit: float, *, at_most: bool = True) -> dict[str, Any]:
-    passed = (value <= limit if at_most else value >= limit) if not math.isnan(value) else False
-    return {"name": name, "value": round(value, 4), "target": f"{'<=' if at_most else '>='} {limit:g}",
-            "pass": passed}
+def target(name: str, value: float, limit: float, *, at_most: bool = True,
+           floor: float | None = None) -> dict[str, Any]:
+    """A target of issue 17. ``floor`` is the same quantity measured in the same run for a kubelet fleet that costs
+    nothing (limit's null kubelet fleet): what this machine's control plane allows any kubelet, so a miss whose floor
+    misses too is the control plane's, by as much as the floor is past the target."""
+    def meets(v: float) -> bool:
+        return (v <= limit if at_most else v >= limit) if not math.isnan(v) else False
+
+    row: dict[str, Any] = {"name": name, "value": round(value, 4), "target": f"{'<=' if at_most else '>='} {limit:g}",
+                           "pass": meets(value)}
+    if floor is not None and not math.isnan(floor):
+        row["floor"] = round(floor, 4)
+        row["floor_pass"] = meets(floor)
+    return row
 
 
 @dataclass
@@ -938,7 +948,8 @@ class Bench:
                 "null_kubelet_fleet_burst_bound_to_running_p99_s", math.nan),
             **cores,
         })
-        result.targets += [target("bound_to_running_p99_s", percentile(latencies, 99), 2.0)]
+        result.targets += [target("bound_to_running_p99_s", percentile(latencies, 99), 2.0,
+                                  floor=self.null_kubelet.get("null_kubelet_fleet_burst_bound_to_running_p99_s"))]
         log(f"burst: {result.metrics}; deleting the pods")
         result.metrics["delete_all_s"] = await self.delete_namespace(ns)
 
@@ -1040,7 +1051,8 @@ class Bench:
             **cores,
         })
         result.targets += [
-            target("ratio_to_scheduler_only", ratio, 2.0),  # its p99 target is burst's, at 1,000 pods
+            target("ratio_to_scheduler_only", ratio, 2.0,  # its p99 target is burst's, at 1,000 pods
+                   floor=fleet_floor / self.scheduler_only_s),
             target("rss_per_pod_kb", per_pod_settled / 1024, 100),
             target("leases_lost", leases_lost, 0),
         ]
@@ -1462,7 +1474,10 @@ def print_table(results: list[Result]) -> None:
     rows: list[tuple[str, str, str, str]] = []
     for r in results:
         for t in r.targets:
-            rows.append((r.scenario, t["name"], f"{t['value']:g}", f"{t['target']}  {'PASS' if t['pass'] else 'MISS'}"))
+            floor = ("" if "floor" not in t else
+                     f"  (machine's floor {t['floor']:g}: {'within' if t['floor_pass'] else 'past'} the target)")
+            rows.append((r.scenario, t["name"], f"{t['value']:g}",
+                         f"{t['target']}  {'PASS' if t['pass'] else 'MISS'}{floor}"))
         for k, v in r.metrics.items():
             if not any(t["name"] == k for t in r.targets):
                 rows.append((r.scenario, k, str(v), ""))

@@ -1,5 +1,6 @@
 """bench.run.histogram_quantile: the quantile of what a cumulative Prometheus histogram counted between two reads
-(the burst scenario reads vkprovider's pod start histogram before and after), as Prometheus interpolates it."""
+(the burst scenario reads vkprovider's pod start histogram before and after), as Prometheus interpolates it; and
+bench.run.target, a target's row with the machine's own floor next to it."""
 
 from __future__ import annotations
 
@@ -20,3 +21,15 @@ def test_past_the_last_bound_it_is_that_bound_and_nothing_counted_is_nan() -> No
     after = {0.5: 10.0, 1.0: 10.0, 2.0: 10.0, math.inf: 20.0}  # all 10 new ones above 2 s
     assert histogram_quantile(0.99, BEFORE, after) == 2.0
     assert math.isnan(histogram_quantile(0.5, BEFORE, dict(BEFORE)))
+
+
+def test_a_target_carries_the_machines_floor_measured_in_the_same_run() -> None:
+    from bench.run import target
+
+    plain = target("ratio_to_scheduler_only", 2.7, 2.0)
+    assert plain == {"name": "ratio_to_scheduler_only", "value": 2.7, "target": "<= 2", "pass": False}
+    past = target("ratio_to_scheduler_only", 2.7, 2.0, floor=2.08)
+    assert (past["pass"], past["floor"], past["floor_pass"]) == (False, 2.08, False)
+    within = target("bound_to_running_p99_s", 1.96, 2.0, floor=1.84)
+    assert (within["pass"], within["floor_pass"]) == (True, True)
+    assert "floor" not in target("x", 1.0, 2.0, floor=math.nan)  # no floor measured (limit not run)
