@@ -110,6 +110,13 @@ def histogram_quantile(q: float, before: dict[float, float], after: dict[float, 
     return lower
 
 
+def pin_threads(pid: int, cpus: set[int]) -> None:
+    """Every thread of a process onto ``cpus`` (a process's affinity is its threads'; new ones inherit it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):  # a thread that ended meanwhile
+            os.sched_setaffinity(int(task.name), cpus)
+
+
 def target(name: str, value: float, limit: float, *, at_most: bool = True,
            floor: float | None = None) -> dict[str, Any]:
     """A target of issue 17. ``floor`` is the same quantity measured in the same run for a kubelet fleet that costs
@@ -367,7 +374,7 @@ class Bench:
         self.clock: PodClock | None = None
         self.clock_task: asyncio.Task[None] | None = None
         self.params = {"bases": self.bases, "modules_per_base": self.modules, "quick": args.quick,
-                       "cpus": os.cpu_count(), "steady_s": args.steady_seconds}
+                       "cpus": os.cpu_count(), "steady_s": args.steady_seconds, "split_cores": args.split_cores}
 
     # --- cluster and processes
 
@@ -1433,7 +1440,15 @@ class Bench:
         needs = {"density": ["register"], "burst": ["register"], "rollout": ["register"], "steady": ["register"],
                  "churn": ["register", "rollout"]}
         todo = [s for s in order if s in wanted or any(s in needs.get(w, []) for w in wanted)]
+        if self.args.split_cores:
+            pin_threads(os.getpid(), {1})  # vkprovider and the simulator, started from here, inherit CPU 1
         self.cluster_up()
+        if self.args.split_cores:
+            control_plane = {p.stem: int(p.read_text()) for p in (CLUSTER_DIR / "pids").glob("*.pid")}
+            for pid in control_plane.values():
+                pin_threads(pid, {0})
+            log(f"split cores: the control plane ({', '.join(sorted(control_plane))}) on CPU 0; vkprovider, the "
+                "simulator and the bench on CPU 1")
         self.admin = await Kube.connect(str(CLUSTER_DIR / "admin.kubeconfig"), max_inflight=128)
         try:
             for name in todo:
@@ -1507,6 +1522,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--density-seconds", type=float, default=None,
                         help="density: seconds of creating (120; --quick: 30)")
     parser.add_argument("--timeout", type=float, default=900.0, help="per waiting step (s)")
+    parser.add_argument("--split-cores", action="store_true",
+                        help="the control plane on CPU 0, vkprovider, the simulator and the bench on CPU 1, as in a "
+                             "cluster where vkprovider runs on a node of its own: what vkprovider costs the "
+                             "control plane's CPU is left out (results in bench/results/split-cores/)")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy-profile vkprovider during register, burst and steady "
                              "(bench/results/<scenario>-profile.txt; needs py-spy)")
@@ -1521,7 +1540,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return asyncio.run(Bench(parse_args(argv)).run())
+    global RESULTS
+    args = parse_args(argv)
+    if args.split_cores:
+        if len(os.sched_getaffinity(0)) < 2 or not {0, 1} <= os.sched_getaffinity(0):
+            print("bench: --split-cores needs CPUs 0 and 1", file=sys.stderr)
+            return 2
+        RESULTS = RESULTS / "split-cores"
+    return asyncio.run(Bench(args).run())
 
 
 if __name__ == "__main__":

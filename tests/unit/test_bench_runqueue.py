@@ -41,3 +41,25 @@ def test_a_thread_that_ended_is_no_negative_wait() -> None:
     before = {"vkprovider": 5.0, RUNQ + "vkprovider": 3.0}
     after = {"vkprovider": 6.0, RUNQ + "vkprovider": 2.5}  # a thread with 0.5 s+ of wait ended in between
     assert Bench.cores_used(before, after, 10.0)["runq_wait_vkprovider"] == 0.0
+
+
+def test_pinning_a_process_moves_every_one_of_its_threads() -> None:
+    import os
+    import threading
+
+    from bench.run import pin_threads
+
+    allowed = os.sched_getaffinity(0)
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait)
+    worker.start()
+    try:
+        one = {min(allowed)}
+        pin_threads(os.getpid(), one)
+        assert worker.native_id is not None
+        assert os.sched_getaffinity(worker.native_id) == one and os.sched_getaffinity(0) == one
+    finally:
+        pin_threads(os.getpid(), allowed)
+        stop.set()
+        worker.join()
+    assert os.sched_getaffinity(0) == allowed
