@@ -110,6 +110,17 @@ def histogram_quantile(q: float, before: dict[float, float], after: dict[float, 
     return lower
 
 
+def refused_by_flow_schema(metrics_text: str) -> dict[str, float]:
+    """The apiserver's ``apiserver_flowcontrol_rejected_requests_total`` summed by FlowSchema (over its reasons)."""
+    out: dict[str, float] = {}
+    for line in metrics_text.splitlines():
+        if line.startswith("apiserver_flowcontrol_rejected_requests_total{"):
+            schema = re.search(r'flow_schema="([^"]*)"', line)
+            key = schema.group(1) if schema else "?"
+            out[key] = out.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def pin_threads(pid: int, cpus: set[int]) -> None:
     """Every thread of a process onto ``cpus`` (a process's affinity is its threads'; new ones inherit it)."""
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -432,6 +443,12 @@ class Bench:
                     out[bound] = out.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
         return out
 
+    async def provider_sum(self, prefix: str, labels: str = "") -> float:
+        """The sum of the series of vkprovider's /metrics that start with ``prefix`` and contain ``labels``."""
+        assert self.provider is not None
+        return sum(float(line.rsplit(" ", 1)[1]) for line in (await self.provider.metrics()).splitlines()
+                   if line.startswith(prefix) and labels in line)
+
     async def provider_mean(self, name: str, labels: str = "") -> tuple[float, float]:
         """(sum, count) of one histogram of vkprovider's /metrics (the matching series summed)."""
         assert self.provider is not None
@@ -457,6 +474,15 @@ class Bench:
             key = f"{labels['verb']} {what}"
             out[key] = out.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
         return out
+
+    async def apiserver_refused(self) -> dict[str, float]:
+        """Requests the apiserver's priority and fairness refused (429), by FlowSchema: whose traffic it turned away
+        (``kube-system-service-accounts`` is the controller-manager's, ``kube-scheduler`` the scheduler's)."""
+        assert self.admin is not None
+        return refused_by_flow_schema(str(await self.admin.get("/metrics")))
+
+    def refused_between(self, before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0) > 0}
 
     async def event_counts(self) -> dict[str, tuple[str, int]]:
         """Every Event in the cluster: uid -> (who and why, how many times it happened)."""
@@ -908,6 +934,7 @@ class Bench:
         profiler = self.start_profile(30, "burst") if self.args.profile else None
         async with running(clock.informer):
             start0 = await self.provider_histogram("vkprovider_pod_start_duration_seconds")
+            refused_by_schema0 = await self.apiserver_refused()
             patch0 = await self.provider_mean("rest_client_request_duration_seconds", 'verb="PATCH"')
             install0 = await self.provider_mean("vkprovider_biz_command_duration_seconds", 'command="install"')
             cpu_before = self.component_cpu()
@@ -918,6 +945,7 @@ class Bench:
                                self.args.timeout, "all burst pods Running", interval_s=0.5)
             cores = self.cores_used(cpu_before, self.component_cpu(), done - start)
             start1 = await self.provider_histogram("vkprovider_pod_start_duration_seconds")
+            refused_by_schema = self.refused_between(refused_by_schema0, await self.apiserver_refused())
             patch1 = await self.provider_mean("rest_client_request_duration_seconds", 'verb="PATCH"')
             install1 = await self.provider_mean("vkprovider_biz_command_duration_seconds", 'command="install"')
         if profiler is not None:
@@ -953,6 +981,7 @@ class Bench:
                 "null_kubelet_fleet_burst_bound_to_running_p50_s", math.nan),
             "null_kubelet_fleet_bound_to_running_p99_s": self.null_kubelet.get(
                 "null_kubelet_fleet_burst_bound_to_running_p99_s", math.nan),
+            "apiserver_refused_by_flow_schema": refused_by_schema,
             **cores,
         })
         result.targets += [target("bound_to_running_p99_s", percentile(latencies, 99), 2.0,
@@ -996,7 +1025,10 @@ class Bench:
         cpu_before = self.component_cpu()
         lost_series = 'vkprovider_lease_transitions_total{event="lost"}'
         lost_before = await self.provider_counter(lost_series)
+        renew0 = await self.provider_histogram("vkprovider_lease_renew_duration_seconds")
+        refused0 = await self.provider_sum("rest_client_requests_total{", 'code="429"')
         by_kind0 = await self.apiserver_writes()
+        refused_by_schema0 = await self.apiserver_refused()
         status_writes0 = await self.pod_status_writes()
         reconciles0 = await self.module_reconciles()
         for i in range(self.modules):
@@ -1023,6 +1055,8 @@ class Bench:
         settled = self.provider_sample().rss_bytes
         per_pod_settled = (settled - self.rss_bases_only) / pods
         leases_lost = await self.provider_counter(lost_series) - lost_before  # one replica: it must lose none
+        renew1 = await self.provider_histogram("vkprovider_lease_renew_duration_seconds")
+        refused = await self.provider_sum("rest_client_requests_total{", 'code="429"') - refused0
         ratio = total / self.scheduler_only_s if not math.isnan(self.scheduler_only_s) else math.nan
         null_floor = self.null_kubelet.get("null_kubelet_rollout_total_s", math.nan)
         fleet_floor = self.null_kubelet.get("null_kubelet_fleet_rollout_total_s", math.nan)
@@ -1043,6 +1077,13 @@ class Bench:
             "bound_to_running_max_s": round(max(latencies, default=math.nan), 3),
             "installs": stats.get("installCalls", 0) - installs0,  # the simulated bases' install calls: one a pod
             "leases_lost": leases_lost,
+            # a renewal slower than the renew deadline less the interval (5 s by default) fences its vnode
+            "lease_renew_p99_s": round(histogram_quantile(0.99, renew0, renew1), 3),
+            # requests the apiserver's priority and fairness turned away (each retried after its Retry-After)
+            "provider_requests_refused_429": refused,
+            # every client's: a refused pod create or binding is retried with backoff (the rollout stalls meanwhile)
+            "apiserver_refused_by_flow_schema": self.refused_between(refused_by_schema0,
+                                                                     await self.apiserver_refused()),
             "provider_rss_mb": round(settled / MB, 1),
             "rss_per_pod_bytes": round(per_pod_settled),
             "rss_slope_bytes_per_pod": round(slope) if not math.isnan(slope) else None,

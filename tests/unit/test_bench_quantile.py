@@ -33,3 +33,20 @@ def test_a_target_carries_the_machines_floor_measured_in_the_same_run() -> None:
     within = target("bound_to_running_p99_s", 1.96, 2.0, floor=1.84)
     assert (within["pass"], within["floor_pass"]) == (True, True)
     assert "floor" not in target("x", 1.0, 2.0, floor=math.nan)  # no floor measured (limit not run)
+
+
+def test_the_apiservers_refusals_are_summed_by_flow_schema() -> None:
+    from bench.run import refused_by_flow_schema
+
+    text = "\n".join([
+        "# HELP apiserver_flowcontrol_rejected_requests_total [BETA] Number of requests rejected by API Priority",
+        'apiserver_flowcontrol_rejected_requests_total{flow_schema="kube-scheduler",priority_level="workload-high",'
+        'reason="queue-full"} 188',
+        'apiserver_flowcontrol_rejected_requests_total{flow_schema="kube-scheduler",priority_level="workload-high",'
+        'reason="time-out"} 2',
+        'apiserver_flowcontrol_rejected_requests_total{flow_schema="kube-system-service-accounts",'
+        'priority_level="workload-high",reason="queue-full"} 728',
+        'apiserver_flowcontrol_dispatched_requests_total{flow_schema="kube-scheduler",'
+        'priority_level="workload-high"} 9',
+    ])
+    assert refused_by_flow_schema(text) == {"kube-scheduler": 190.0, "kube-system-service-accounts": 728.0}
