@@ -1568,7 +1568,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "cluster where vkprovider runs on a node of its own: what vkprovider costs the "
                              "control plane's CPU is left out (results in bench/results/split-cores/)")
     parser.add_argument("--profile", action="store_true",
-                        help="py-spy-profile vkprovider during register, burst and steady "
+                        help="py-spy-profile vkprovider during register, burst, rollout and steady "
                              "(bench/results/<scenario>-profile.txt; needs py-spy)")
     args = parser.parse_args(argv)
     if args.bases is None:
