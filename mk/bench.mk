@@ -4,7 +4,7 @@ BENCH_ARGS ?=
 
 .PHONY: bench bench-quick bench-micro
 
-bench: setup kcp ## Benchmarks at 1,000 bases x 5 modules (limit, register, density, burst, rollout, steady, churn, replicas; ~35 min)
+bench: setup kcp ## Benchmarks at 1,000 bases x 5 modules (limit, register, density, burst, rollout, steady, churn, replicas; about 25 minutes)
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 bench-quick: setup kcp ## The same scenarios at 100 bases, 60 s steady state (about 5 minutes)
