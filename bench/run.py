@@ -121,6 +121,11 @@ def refused_by_flow_schema(metrics_text: str) -> dict[str, float]:
     return out
 
 
+def refused_between(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """What was refused between two reads of :func:`refused_by_flow_schema`, by FlowSchema (none left out)."""
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0) > 0}
+
+
 def pin_threads(pid: int, cpus: set[int]) -> None:
     """Every thread of a process onto ``cpus`` (a process's affinity is its threads'; new ones inherit it)."""
     for task in Path(f"/proc/{pid}/task").iterdir():
@@ -481,8 +486,6 @@ class Bench:
         assert self.admin is not None
         return refused_by_flow_schema(str(await self.admin.get("/metrics")))
 
-    def refused_between(self, before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-        return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0) > 0}
 
     async def event_counts(self) -> dict[str, tuple[str, int]]:
         """Every Event in the cluster: uid -> (who and why, how many times it happened)."""
@@ -549,15 +552,12 @@ class Bench:
         log(f"limit: scheduler-only, {self.bases} fake nodes x {self.modules} Deployments = {pods} pods")
         names = [f"bench-fake-{i:04d}" for i in range(self.bases)]
         await gather_limited([kube.create("/api/v1/nodes", fake_node(n)) for n in names], 64)
-        await gather_limited([kube.patch(f"/api/v1/nodes/{n}/status", ready_status(), kind="merge")
-                              for n in names], 64)
+        await self.mark_ready(names)
         self.null_kubelet = await self.null_kubelet_run(ns, 1, "burst")
-        await gather_limited([kube.patch(f"/api/v1/nodes/{n}/status", ready_status(), kind="merge")
-                              for n in names], 64)  # fresh heartbeat times: the node controller keeps them Ready
+        await self.mark_ready(names)
         self.null_kubelet.update(await self.null_kubelet_run(ns, 1, "fleet_burst", fleet=names))
         result.metrics.update(self.null_kubelet)
-        await gather_limited([kube.patch(f"/api/v1/nodes/{n}/status", ready_status(), kind="merge")
-                              for n in names], 64)
+        await self.mark_ready(names)
         clock = PodClock(kube, ns)
         timeline: list[tuple[float, int]] = []
         async with running(clock.informer):
@@ -578,13 +578,11 @@ class Bench:
         })
         log("limit: cleaning up (pods on fake nodes are force-deleted: no kubelet will confirm)")
         await self.clear_fake_pods(ns)
-        await gather_limited([kube.patch(f"/api/v1/nodes/{n}/status", ready_status(), kind="merge")
-                              for n in names], 64)
+        await self.mark_ready(names)
         rollout_floor = await self.null_kubelet_run(ns, self.modules, "rollout")
         self.null_kubelet.update(rollout_floor)
         result.metrics.update(rollout_floor)
-        await gather_limited([kube.patch(f"/api/v1/nodes/{n}/status", ready_status(), kind="merge")
-                              for n in names], 64)
+        await self.mark_ready(names)
         fleet_floor = await self.null_kubelet_run(ns, self.modules, "fleet_rollout", fleet=names)
         self.null_kubelet.update(fleet_floor)
         result.metrics.update(fleet_floor)
@@ -631,6 +629,12 @@ class Bench:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the fake nodes' Deployments, ReplicaSets and pods of {ns} not gone")
             await asyncio.sleep(0.5)
+
+    async def mark_ready(self, names: list[str]) -> None:
+        """The fake nodes Ready with fresh heartbeat times (the node controller keeps them Ready between runs)."""
+        assert self.admin is not None
+        await gather_limited([self.admin.patch(f"/api/v1/nodes/{n}/status", ready_status(), kind="merge")
+                              for n in names], 64)
 
     async def null_kubelet_run(self, ns: str, deployments: int, prefix: str, *,
                                fleet: list[str] | None = None) -> dict[str, float]:
@@ -945,7 +949,7 @@ class Bench:
                                self.args.timeout, "all burst pods Running", interval_s=0.5)
             cores = self.cores_used(cpu_before, self.component_cpu(), done - start)
             start1 = await self.provider_histogram("vkprovider_pod_start_duration_seconds")
-            refused_by_schema = self.refused_between(refused_by_schema0, await self.apiserver_refused())
+            refused_by_schema = refused_between(refused_by_schema0, await self.apiserver_refused())
             patch1 = await self.provider_mean("rest_client_request_duration_seconds", 'verb="PATCH"')
             install1 = await self.provider_mean("vkprovider_biz_command_duration_seconds", 'command="install"')
         if profiler is not None:
@@ -1082,7 +1086,7 @@ class Bench:
             # requests the apiserver's priority and fairness turned away (each retried after its Retry-After)
             "provider_requests_refused_429": refused,
             # every client's: a refused pod create or binding is retried with backoff (the rollout stalls meanwhile)
-            "apiserver_refused_by_flow_schema": self.refused_between(refused_by_schema0,
+            "apiserver_refused_by_flow_schema": refused_between(refused_by_schema0,
                                                                      await self.apiserver_refused()),
             "provider_rss_mb": round(settled / MB, 1),
             "rss_per_pod_bytes": round(per_pod_settled),
