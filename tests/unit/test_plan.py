@@ -1,8 +1,8 @@
 """Desired-vs-actual planning per base: the fencing rules of core.plan, over a real BaseLedger."""
 
 from vkprovider.core.basestate import BaseLedger, CommandKind
-from vkprovider.core.model import BizInfo, BizSpec, BizState
-from vkprovider.core.plan import READ_BEFORE_RETRY_S, PodWant, plan_base
+from vkprovider.core.model import BizInfo, BizSpec, BizState, InstallStrategy
+from vkprovider.core.plan import READ_BEFORE_RETRY_S, PodWant, Replace, plan_base
 
 V1 = BizSpec("biz1", "0.0.1", "http://x/biz1-0.0.1.jar")
 V2 = BizSpec("biz1", "0.0.2", "http://x/biz1-0.0.2.jar")
@@ -226,3 +226,124 @@ def test_an_older_revision_of_the_same_workload_never_deactivates_the_newer_one(
     # Unknown revisions (0) fall back to the creation order.
     unknown = PodWant("ns/old", (V1,), order="2026-01-01T00:00:09Z/old", workload="ns/Deployment/m")
     assert plan([new, unknown], ledger(V2)).install == (V1,)
+
+
+# --- issue 27, item 1: a version that serves is removed only when a newer version of the same workload is
+# --- ACTIVATED on that base, or its own pod goes ----------------------------------------------------------------
+
+OLD_POD = PodWant("ns/old", (V1,), order="2026-01-01T00:00:00Z/old", workload="ns/Deployment/m", revision=1)
+NEW_POD = PodWant("ns/new", (V2,), order="2026-01-01T00:00:05Z/new", workload="ns/Deployment/m", revision=2)
+
+
+def failed_install(led: BaseLedger, spec: BizSpec, now: float = NOW) -> None:
+    led.start(spec.key, CommandKind.INSTALL, spec, now)
+    led.finish_install(spec, ok=False, message="boom", now=now, at_ms=0)
+
+
+def test_a_failed_new_version_never_uninstalls_the_old_one_that_serves():
+    """The rollout's new pod shares a base with the old one; its install fails and backs off. Before: the next
+    plan uninstalled biz1:0.0.1 while its pod lived, and nothing installed it again."""
+    led = ledger(V1)
+    led.planned({V1.key}, (), {})  # wanted before the rollout began
+    assert plan([OLD_POD, NEW_POD], led).install == (V2,)
+    failed_install(led, V2)
+    led.apply_read(led.begin_read(), [BizInfo("biz1", "0.0.1", BizState.ACTIVATED)])
+    for now in (NOW, NOW + 1.0, NOW + 60.0, NOW + 600.0):  # during the backoff and long after it
+        p = plan([OLD_POD, NEW_POD], led, now=now)
+        assert p.uninstall == (), now
+        assert V1.key in p.wanted | p.kept, now
+    # While the new version is retried, the old one is kept (not wanted: it is not installed over the new one).
+    led.start(V2.key, CommandKind.INSTALL, V2, NOW + 2.0)
+    p = plan([OLD_POD, NEW_POD], led, now=NOW + 2.5)
+    assert p.uninstall == () and p.kept == {V1.key} and ("ns/old", V1.key) in p.outranked
+
+
+def test_the_old_version_goes_once_the_new_one_is_activated_on_the_base():
+    led = ledger(V1, V2)
+    led.planned({V1.key, V2.key}, (), {})
+    p = plan([OLD_POD, NEW_POD], led)
+    assert p.uninstall == (V1.key,)
+    # ... but not while the new one is there and not ACTIVATED (started DEACTIVATED, sofa-ark's default)
+    led = ledger(V1)
+    led.start(V2.key, CommandKind.INSTALL, V2, NOW)
+    led.finish_install(V2, ok=True, reported=[BizInfo("biz1", "0.0.2", BizState.DEACTIVATED)], now=NOW, at_ms=0)
+    assert plan([OLD_POD, NEW_POD], led).uninstall == ()
+
+
+def test_the_old_version_goes_with_its_own_pod():
+    led = ledger(V1)
+    failed_install(led, V2)
+    led.apply_read(led.begin_read(), [BizInfo("biz1", "0.0.1", BizState.ACTIVATED)])
+    gone = PodWant("ns/old", (V1,), terminating=True, order=OLD_POD.order, workload=OLD_POD.workload, revision=1)
+    p = plan([gone, NEW_POD], led, now=NOW + 1.0)  # the new one still backs off
+    assert p.uninstall == (V1.key,)
+
+
+def test_when_the_replacing_install_fails_the_old_version_is_installed_back():
+    """uninstallThenInstall removed 0.0.1, then 0.0.2 failed: the base has neither. The old pod's version is
+    installed again at once (its pod is Ready again within one backoff of the new one)."""
+    led = ledger(V1)
+    failed_install(led, V2)
+    led.apply_read(led.begin_read(), [])
+    p = plan([OLD_POD, NEW_POD], led)
+    assert p.install == (V1,)
+    assert ("ns/old", V1.key) not in p.outranked
+    # Once the old one is back, the new one is retried after its backoff (and the old one stays meanwhile).
+    led.start(V1.key, CommandKind.INSTALL, V1, NOW)
+    led.finish_install(V1, ok=True, reported=[BizInfo("biz1", "0.0.1", BizState.ACTIVATED)], now=NOW, at_ms=0)
+    led.apply_read(led.begin_read(), [BizInfo("biz1", "0.0.1", BizState.ACTIVATED)])
+    assert plan([OLD_POD, NEW_POD], led, now=NOW + 0.5).install == ()
+    p = plan([OLD_POD, NEW_POD], led, now=NOW + 2.0)
+    assert p.install == (V2,) and p.uninstall == ()
+
+
+def test_uninstall_then_install_only_over_older_pods_of_the_same_workload():
+    """A rollout may make room (a web biz cannot run two versions); an unrelated workload's version never is."""
+    assert plan([OLD_POD, NEW_POD], ledger(V1)).replace == {V2.key: Replace.ON_FAILURE}
+    other = PodWant("ns/other", (V1,), order="2026-01-01T00:00:00Z/other", workload="ns/Deployment/x", revision=1)
+    assert plan([other, NEW_POD], ledger(V1)).replace == {}
+    assert plan([OLD_POD, other, NEW_POD], ledger(V1)).replace == {}
+    # A biz no pod wants any more may be replaced.
+    assert plan([NEW_POD], ledger(V1)).replace == {V2.key: Replace.ON_FAILURE}
+    # Bare pods of one namespace are one lineage (the seeds' batch update: a newer pod replaces an older one) ...
+    bare_old = PodWant("ns/biz1-pod", (V1,), order="2026-01-01T00:00:00Z/biz1-pod")
+    bare_new = PodWant("ns/biz1-pod-v2", (V2,), order="2026-01-01T00:00:05Z/biz1-pod-v2")
+    assert plan([bare_old, bare_new], ledger(V1)).replace == {V2.key: Replace.ON_FAILURE}
+    # ... but never a newer pod's version, nor another namespace's.
+    assert plan([bare_old, bare_new], ledger(V2)).replace == {}
+    other_ns = PodWant("ns2/biz1-pod", (V1,), order="2026-01-01T00:00:00Z/biz1-pod")
+    assert plan([other_ns, bare_new], ledger(V1)).replace == {}
+
+
+def test_a_workload_chooses_its_install_strategy():
+    only = PodWant("ns/new", (V2,), order=NEW_POD.order, workload=NEW_POD.workload, revision=2,
+                   strategy=InstallStrategy.INSTALL_ONLY)
+    assert plan([OLD_POD, only], ledger(V1)).replace == {}
+    first = PodWant("ns/new", (V2,), order=NEW_POD.order, workload=NEW_POD.workload, revision=2,
+                    strategy=InstallStrategy.UNINSTALL_THEN_INSTALL)
+    assert plan([OLD_POD, first], ledger(V1)).replace == {V2.key: Replace.FIRST}
+    # uninstallThenInstall never reaches over another workload's version either
+    other = PodWant("ns/other", (V1,), order="2026-01-01T00:00:00Z/other", workload="ns/Deployment/x", revision=1)
+    assert plan([other, first], ledger(V1)).replace == {}
+
+
+def test_a_terminating_pod_is_finalized_while_a_live_pod_of_the_old_revision_keeps_the_biz():
+    led = ledger(V1)
+    failed_install(led, V2)
+    led.apply_read(led.begin_read(), [BizInfo("biz1", "0.0.1", BizState.ACTIVATED)])
+    going = PodWant("ns/old2", (V1,), terminating=True, order=OLD_POD.order, workload=OLD_POD.workload,
+                    revision=1, deadline=NOW + 30)
+    p = plan([OLD_POD, going, NEW_POD], led)
+    assert p.finalize == ("ns/old2",) and p.uninstall == ()
+
+
+# --- issue 27, item 8: a base whose biz list is unknown still lets deleted pods go ---------------------------
+
+def test_while_the_biz_list_is_unknown_a_deleted_pod_goes_at_the_end_of_its_grace_period():
+    led = BaseLedger()
+    pods = [PodWant("ns/a", (V1,), terminating=True, deadline=NOW + 30), PodWant("ns/empty", (), terminating=True)]
+    p = plan(pods, led)
+    assert p.finalize == ("ns/empty",) and p.force_finalize == () and p.wait_s == 30.0
+    p = plan(pods, led, now=NOW + 30)
+    assert p.force_finalize == ("ns/a",)
+    assert p.install == () and p.uninstall == ()

@@ -335,3 +335,29 @@ def test_times_in_milliseconds_show_as_rfc3339_seconds_in_utc() -> None:
     assert ms_to_iso(0) == "1970-01-01T00:00:00Z"
     assert ms_to_iso(1_700_000_000_999) == "2023-11-14T22:13:20Z"  # truncated to the second, never rounded up
     assert ms_to_iso(1_700_000_001_000) == "2023-11-14T22:13:21Z"
+
+
+@pytest.mark.parametrize(("value", "strategy"), [
+    (None, "auto"), ("auto", "auto"), ("installOnly", "installOnly"),
+    (" uninstallThenInstall ", "uninstallThenInstall"),
+])
+def test_a_workload_chooses_its_install_strategy_by_annotation(value, strategy):
+    from vkprovider.core.module import INSTALL_STRATEGY_ANNOTATION, trim_pod
+
+    p = pod(container())
+    if value is not None:
+        p["metadata"]["annotations"] = {INSTALL_STRATEGY_ANNOTATION: value, "other": "x"}
+    mods = pod_modules(trim_pod(p), SCHEMES)  # the cache's trimmed copy keeps the annotation
+    assert mods.strategy.value == strategy and len(mods.bizs) == 1 and mods.problems == ()
+
+
+def test_an_unknown_install_strategy_is_refused_with_a_clear_reason():
+    from vkprovider.core.module import INSTALL_STRATEGY_ANNOTATION
+
+    p = pod(container())
+    p["metadata"]["annotations"] = {INSTALL_STRATEGY_ANNOTATION: "yolo"}
+    mods = pod_modules(p, SCHEMES)
+    assert mods.bizs == () and mods.problems[0].reason == "InvalidInstallStrategy"
+    assert "'yolo'" in mods.problems[0].message and "installOnly" in mods.problems[0].message
+    st = pod_status(p, mods, {}, {}, base_ip="1.1.1.1", now_iso=NOW)
+    assert st["containerStatuses"][0]["state"]["waiting"]["reason"] == "InvalidInstallStrategy"

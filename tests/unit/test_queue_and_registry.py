@@ -207,7 +207,7 @@ async def test_a_command_task_that_meets_a_fenced_vnode_leaves_nothing_in_flight
 
     specs = [BizSpec("biz1", "1", "http://x/biz1.jar"), BizSpec("biz2", "1", "http://x/biz2.jar")]
     for batch in (specs[:1], specs):  # one install, and a batch
-        controller._start_installs(view, Unreachable(), batch)  # type: ignore[arg-type]
+        controller._start_installs(view, Unreachable(), batch, {})  # type: ignore[arg-type]
         assert set(view.ledger.inflight) == {s.key for s in batch}
         await wait_for(lambda: not controller._tasks, 2.0, what="the command tasks ended")
         assert view.ledger.inflight == {} and view.ledger.read_needed

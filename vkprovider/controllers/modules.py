@@ -49,7 +49,7 @@ from vkprovider.core.module import (
     workload_of,
 )
 from vkprovider.core.node import BaseReadiness, is_vnode_name
-from vkprovider.core.plan import PodWant, plan_base
+from vkprovider.core.plan import PodWant, Replace, plan_base
 from vkprovider.core.podstatus import (
     REASON_BIZ_DEACTIVATE,
     REASON_INSTALL_FAILED,
@@ -447,14 +447,14 @@ class ModuleController:
             )
             wants.append(PodWant(key, bizs, terminating=is_terminating(pod), terminal=is_terminal(pod),
                                  order=facts.order, deadline=self._deadline(pod, now), workload=facts.workload,
-                                 revision=self.revision_of(pod)))
+                                 revision=self.revision_of(pod), strategy=modules.strategy))
         plan = plan_base(wants, ledger, now=now, orphan_grace_s=self.settings.module_orphan_grace_s)
         ledger.planned(plan.wanted, plan.released, plan.orphans)
         if readiness is BaseReadiness.READY and tunnel is not None and ledger.bizs is not None:
             if plan.install:
-                self._start_installs(view, tunnel, plan.install)
+                self._start_installs(view, tunnel, plan.install, plan.replace)
             for spec in plan.reinstall:
-                self._start_reinstall(view, tunnel, spec)
+                self._start_reinstall(view, tunnel, spec, plan.replace.get(spec.key))
             for biz_key in plan.uninstall:
                 self._start_uninstall(view, tunnel, biz_key)
         if plan.finalize or plan.force_finalize:
@@ -864,37 +864,48 @@ class ModuleController:
     def _pod_names(self, node: str, key: BizKey) -> str:
         return ",".join(pod_key(p) for p in self._pods_wanting(node, key)) or "-"
 
-    def _start_installs(self, view: BaseView, tunnel: Tunnel, specs: Sequence[BizSpec]) -> None:
+    def _start_installs(self, view: BaseView, tunnel: Tunnel, specs: Sequence[BizSpec],
+                        replace: Mapping[BizKey, Replace]) -> None:
         now = self.clock()
         started = {spec.key: view.ledger.start(spec.key, CommandKind.INSTALL, spec, now) for spec in specs}
         for spec in specs:
             self._install_started[(view.node, spec.key)] = now
             self.bizlog.add(view.node, spec.name, spec.version, f"installing from {spec.url}")
-        # A batch answers per jar URL: bizs that share a URL (only a simulator allows that) go one by one.
+        # A batch answers per jar URL: bizs that share a URL (only a simulator allows that) go one by one, and so do
+        # bizs with another version on the base (an install that may have to make room, see ``core.plan``).
         urls = [spec.url for spec in specs]
-        batch = [spec for spec in specs if urls.count(spec.url) == 1]
-        single = [spec for spec in specs if urls.count(spec.url) > 1]
+        present = {k.name for k in view.ledger.bizs or {}}
+        batch = [spec for spec in specs if urls.count(spec.url) == 1 and spec.name not in present]
+        single = [spec for spec in specs if spec not in batch]
         if len(batch) > 1:
             self._spawn(view.node, self._batch_install(view.node, tunnel, batch), f"batch-install-{view.node}",
                         {spec.key: started[spec.key] for spec in batch})
         else:
             single += batch
         for spec in single:
-            self._spawn(view.node, self._install(view.node, tunnel, spec), f"install-{view.node}-{spec.key}",
-                        {spec.key: started[spec.key]})
+            self._spawn(view.node, self._install(view.node, tunnel, spec, replace=replace.get(spec.key)),
+                        f"install-{view.node}-{spec.key}", {spec.key: started[spec.key]})
 
-    async def _install(self, node: str, tunnel: Tunnel, spec: BizSpec, *, kind: str = "install") -> None:
+    async def _install(self, node: str, tunnel: Tunnel, spec: BizSpec, *, kind: str = "install",
+                       replace: Replace | None = None) -> None:
+        """Install ``spec``; ``replace`` says whether (and when) it may make room with uninstallThenInstall (the
+        planner allows it only over versions that older pods of the same workload want, see ``core.plan``)."""
         view = self.registry.get(node)
         if view is None or not self.may_write(node):
             return
         started = time.perf_counter()
         replaced: list[BizKey] = []
         try:
-            result = await tunnel.install_biz(view.heartbeat, spec)
             others = [k for k in (view.ledger.bizs or {}) if k.name == spec.name and k != spec.key]
-            if result.outcome is CommandOutcome.FAILED and others and self.may_write(node):
+            first = replace is Replace.FIRST and bool(others)
+            result = await tunnel.install_biz(view.heartbeat, spec, replace_other_versions=first)
+            if first and result.ok:
+                replaced = others
+            elif (result.outcome is CommandOutcome.FAILED and others and replace is Replace.ON_FAILURE
+                  and self.may_write(node)):
                 # Some bases cannot run two versions side by side (a web biz's context path is taken): replace the
-                # old version, as the seeds' batch-update contract expects (its pod then fails BizDeactivate).
+                # older version of the same workload (its pod then fails BizDeactivate); if this install fails
+                # too, the planner installs the old version back (``core.plan``).
                 BIZ_COMMANDS.labels(kind, result.outcome.value).inc()
                 self.bizlog.add(node, spec.name, spec.version,
                                 f"install failed next to {', '.join(map(str, others))} ({result.message}); "
@@ -980,14 +991,14 @@ class ModuleController:
                 self.events.warning(pod, "BizInstallFailed", f"biz {spec.key}: {message}")
         self.queue.add(node)
 
-    def _start_reinstall(self, view: BaseView, tunnel: Tunnel, spec: BizSpec) -> None:
+    def _start_reinstall(self, view: BaseView, tunnel: Tunnel, spec: BizSpec, replace: Replace | None) -> None:
         started = view.ledger.start(spec.key, CommandKind.REINSTALL, spec, self.clock())
         self.bizlog.add(view.node, spec.name, spec.version,
                         f"reinstalling from {spec.url} (was {view.ledger.installed_urls.get(spec.key)})")
-        self._spawn(view.node, self._reinstall(view.node, tunnel, spec), f"reinstall-{view.node}-{spec.key}",
+        self._spawn(view.node, self._reinstall(view.node, tunnel, spec, replace), f"reinstall-{view.node}-{spec.key}",
                     {spec.key: started})
 
-    async def _reinstall(self, node: str, tunnel: Tunnel, spec: BizSpec) -> None:
+    async def _reinstall(self, node: str, tunnel: Tunnel, spec: BizSpec, replace: Replace | None) -> None:
         """Same name:version from another jar URL: uninstall, then install (arklet keys bizs by name:version)."""
         view = self.registry.get(node)
         if view is None or not self.may_write(node):
@@ -1004,7 +1015,7 @@ class ModuleController:
             return
         if not self.may_write(node):
             return
-        await self._install(node, tunnel, spec, kind="reinstall")
+        await self._install(node, tunnel, spec, kind="reinstall", replace=replace)
 
     def _start_uninstall(self, view: BaseView, tunnel: Tunnel, key: BizKey) -> None:
         started = view.ledger.start(key, CommandKind.UNINSTALL, None, self.clock())

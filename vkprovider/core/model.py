@@ -32,6 +32,20 @@ class BizState(enum.StrEnum):
         return cls.UNKNOWN
 
 
+class InstallStrategy(enum.StrEnum):
+    """How a workload's new version may make room on a base where another version of the same biz runs
+    (annotation ``module.koupleless.io/install-strategy`` on the pod or its template; see docs/releases.md).
+
+    ``auto`` (the default): install next to it; if that fails, and the other version is wanted only by older
+    pods of the same workload (a rollout), retry with arklet's ``uninstallThenInstall``. ``installOnly``: never
+    remove another version to make room. ``uninstallThenInstall``: replace the older versions of the same workload
+    straight away (a web biz whose context path two versions cannot share)."""
+
+    AUTO = "auto"
+    INSTALL_ONLY = "installOnly"
+    UNINSTALL_THEN_INSTALL = "uninstallThenInstall"
+
+
 @dataclass(frozen=True, slots=True)
 class BizKey:
     """A biz on a base is identified by name and version (arklet's lock key too)."""

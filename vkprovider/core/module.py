@@ -11,11 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from vkprovider.core.model import BizSpec
+from vkprovider.core.model import BizSpec, InstallStrategy
 
 MODULE_LABELS = ("module-controller.koupleless.io/component", "virtual-kubelet.koupleless.io/component")
 MODULE_LABEL_VALUE = "module"
 BIZ_VERSION_ENV = "BIZ_VERSION"
+#: How a new version may make room next to another version of its biz (``core.model.InstallStrategy``).
+INSTALL_STRATEGY_ANNOTATION = "module.koupleless.io/install-strategy"
+_STRATEGIES = {s.value: s for s in InstallStrategy}
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +37,7 @@ class PodModules:
     bizs: tuple[BizSpec, ...]
     problems: tuple[ContainerProblem, ...]
     sidecars: tuple[str, ...] = ()  # containers whose image is not a jar: not installed, never block Ready
+    strategy: InstallStrategy = InstallStrategy.AUTO
 
 
 def is_module_pod(pod: Mapping[str, Any]) -> bool:
@@ -175,6 +179,9 @@ def pod_modules(pod: Mapping[str, Any], schemes: frozenset[str] | UrlPolicy,
     bizs: list[BizSpec] = []
     problems: list[ContainerProblem] = []
     sidecars: list[str] = []
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    raw_strategy = annotations.get(INSTALL_STRATEGY_ANNOTATION)
+    strategy = _STRATEGIES.get(str(raw_strategy).strip()) if raw_strategy is not None else InstallStrategy.AUTO
     for container in (pod.get("spec") or {}).get("containers") or []:
         name = str(container.get("name") or "")
         url = str(container.get("image") or "")
@@ -183,28 +190,37 @@ def pod_modules(pod: Mapping[str, Any], schemes: frozenset[str] | UrlPolicy,
             continue
         version, version_problem = _biz_version(container)
         url_problem = check_biz_url(url, policy)
-        if version_problem:
+        if strategy is None:
+            problems.append(ContainerProblem(name, "InvalidInstallStrategy", (
+                f"annotation {INSTALL_STRATEGY_ANNOTATION}={str(raw_strategy)[:100]!r} is not one of "
+                f"{', '.join(_STRATEGIES)}")))
+        elif version_problem:
             problems.append(ContainerProblem(name, "MissingBizVersion", version_problem))
         elif url_problem:
             problems.append(ContainerProblem(name, "InvalidBizURL", url_problem))
         else:
             assert version is not None
             bizs.append(BizSpec(name=name, version=version, url=url))
-    return PodModules(tuple(bizs), tuple(problems), tuple(sidecars))
+    return PodModules(tuple(bizs), tuple(problems), tuple(sidecars), strategy or InstallStrategy.AUTO)
 
 
 _KEPT_METADATA = ("name", "namespace", "uid", "resourceVersion", "labels", "ownerReferences", "creationTimestamp",
                   "deletionTimestamp", "deletionGracePeriodSeconds")
+_KEPT_ANNOTATIONS = frozenset({INSTALL_STRATEGY_ANNOTATION})
 
 
 def trim_pod(pod: dict[str, Any]) -> dict[str, Any]:
     """The part of a pod vkprovider reads, for its cache: memory grows with module pods at a few KB each.
 
-    Kept: identity and ownership metadata, labels, deletion facts; the node; each container's name, image and
-    BIZ_VERSION; the whole status (it is compared with what vkprovider writes).
+    Kept: identity and ownership metadata, labels, the annotations vkprovider reads, deletion facts; the node; each
+    container's name, image and BIZ_VERSION; the whole status (it is compared with what vkprovider writes).
     """
     md = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
+    kept_metadata = {k: md[k] for k in _KEPT_METADATA if k in md}
+    annotations = {k: v for k, v in (md.get("annotations") or {}).items() if k in _KEPT_ANNOTATIONS}
+    if annotations:
+        kept_metadata["annotations"] = annotations
     containers = []
     for container in spec.get("containers") or []:
         kept: dict[str, Any] = {"name": container.get("name"), "image": container.get("image")}
@@ -218,7 +234,7 @@ def trim_pod(pod: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": pod.get("apiVersion", "v1"),
         "kind": pod.get("kind", "Pod"),
-        "metadata": {k: md[k] for k in _KEPT_METADATA if k in md},
+        "metadata": kept_metadata,
         "spec": trimmed_spec,
         "status": pod.get("status") or {},
     }

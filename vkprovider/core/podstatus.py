@@ -6,7 +6,7 @@ controller writes it only when ``status_changed`` says so.
 
 | biz on the base / operation        | container state                        | ready |
 |------------------------------------|----------------------------------------|-------|
-| invalid container spec             | waiting MissingBizVersion/InvalidBizURL | no   |
+| invalid container spec             | waiting MissingBizVersion/InvalidBizURL/InvalidInstallStrategy | no |
 | refused by policy                  | waiting BizNotAllowed                  | no    |
 | absent, install pending or running | waiting ContainerCreating              | no    |
 | absent, last install failed        | waiting BizInstallFailed (+ lastState, restartCount) | no |

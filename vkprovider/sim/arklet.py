@@ -43,7 +43,7 @@ class ArkletBehaviour:
     install_latency_s: float = 0.05
     uninstall_latency_s: float = 0.01
     failure_rate: float = 0.0
-    fail_bizs: frozenset[str] = frozenset()
+    fail_bizs: frozenset[str] = frozenset()  # names, or name:version, whose installs always fail
     multi_version_mode: MultiVersionMode = MultiVersionMode.ACTIVATE_NEW
     cpu_count: int = 4
     metaspace_max_bytes: int = 512 * 1024 * 1024
@@ -231,8 +231,8 @@ class SimArklet:
     def _versions_of(self, name: str, *, other_than: str) -> list[SimBiz]:
         return [biz for biz in self.bizs.values() if biz.name == name and biz.version != other_than]
 
-    def _should_fail(self, name: str) -> bool:
-        if name in self.behaviour.fail_bizs:
+    def _should_fail(self, name: str, version: str) -> bool:
+        if name in self.behaviour.fail_bizs or _key(name, version) in self.behaviour.fail_bizs:
             return True
         return self.behaviour.failure_rate > 0 and self._rng.random() < self.behaviour.failure_rate
 
@@ -285,7 +285,7 @@ class SimArklet:
                 await asyncio.sleep(self.behaviour.install_latency_s)
             now_ms = self._clock_ms()
             cost = now_ms - started_ms
-            if self._should_fail(name):
+            if self._should_fail(name, version):
                 return self._fail_install(biz, cost, started_ms)
             self._activate(biz, now_ms)
             return {

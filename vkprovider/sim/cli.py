@@ -79,8 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--fail-biz",
         action="append",
         default=[],
-        metavar="NAME",
-        help="installs of this biz always fail (repeatable)",
+        metavar="NAME[:VERSION]",
+        help="installs of this biz (or of this version of it) always fail (repeatable)",
     )
     add(
         "--multi-version-mode",
