@@ -167,7 +167,9 @@ class BaseEventSink:
         node = vnode.node_name(metadata.identity, self.settings.env)
         if self.modules is None or not self.modules.may_write(node):
             return None
-        return self.modules.baseline(node)
+        view = self.registry.get(node)
+        return self.modules.baseline(node, view.heartbeat.metadata.cluster_name if view is not None
+                                     else metadata.cluster_name)
 
 
 def build_tunnels(settings: Settings) -> list[Tunnel]:

@@ -144,6 +144,23 @@ async def test_node_create_patch_status_delete(kube: Kube) -> None:
     assert await kube.delete(path) is None
 
 
+async def test_a_status_patch_with_another_pods_uid_is_refused(kube: Kube, namespace: Any) -> None:
+    """The precondition vkprovider's pod status writes carry (issue 27, item 3): the apiserver refuses a status
+    patch whose ``metadata.uid`` is not the pod's, and the facade names the refusal (``is_other_object``)."""
+    ns = ns_name(namespace)
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-0"},
+           "spec": {"containers": [{"name": "c", "image": "x"}], "nodeSelector": {"vkprovider.test/nowhere": "1"}}}
+    created = await kube.create(f"/api/v1/namespaces/{ns}/pods", pod)
+    path = f"/api/v1/namespaces/{ns}/pods/web-0/status"
+    patch = {"status": {"conditions": [{"type": "Ready", "status": "False", "reason": "Test"}]}}
+    ok = await kube.patch(path, {"metadata": {"uid": created["metadata"]["uid"]}, **patch})
+    assert {c["type"]: c.get("reason") for c in ok["status"]["conditions"]}["Ready"] == "Test"
+    with pytest.raises(ApiError) as refused:
+        await kube.patch(path, {"metadata": {"uid": str(uuid.uuid4())}, **patch})
+    assert refused.value.is_other_object, refused.value
+    assert not refused.value.is_retryable
+
+
 async def test_informer_sees_adds_updates_deletes(kube: Kube, namespace: Any) -> None:
     ns = ns_name(namespace)
     coll = f"/api/v1/namespaces/{ns}/configmaps"

@@ -184,3 +184,57 @@ def test_a_supersession_ends_when_the_new_version_leaves_or_the_old_one_returns(
     led.start(V1.key, CommandKind.INSTALL, V1, 3.0)
     led.finish_install(V1, ok=True, reported=[ACTIVE_V1], now=3.0, at_ms=0)
     assert led.superseded == {}
+
+
+# --- issue 27, item 6: a base installing its own baseline is not raced by the controller ------------------------
+
+def test_a_baseline_answered_counts_as_installs_under_way_until_a_read_shows_them():
+    """vkprovider answered a restarted base's queryBaseline: the base installs those bizs itself. Until a read
+    shows them (or the wait is over), they are in flight: the controller sends no install of its own (before, it
+    did, and the base answered "conflict, exist unfinished command": a BizInstallFailed Event per biz)."""
+    from vkprovider.core.plan import PodWant, plan_base
+
+    led = fresh()
+    led.apply_read(led.begin_read(), [ACTIVE_V1])
+    led.start_baseline([V1, B2], now=10.0)
+    assert {k: i.kind for k, i in led.inflight.items()} == {V1.key: CommandKind.BASELINE, B2.key: CommandKind.BASELINE}
+    pods = [PodWant("ns/a", (V1, B2))]
+    led.apply_read(led.begin_read(), [])  # the base restarted: nothing yet
+    assert plan_base(pods, led, now=11.0, orphan_grace_s=30).install == ()
+    led.apply_read(led.begin_read(), [BizInfo("biz1", "0.0.1", BizState.RESOLVED)])  # one of them starting
+    assert set(led.inflight) == {B2.key}
+    led.expire_baselines(now=10.0 + 119.0, wait_s=120.0)
+    assert set(led.inflight) == {B2.key}
+    led.expire_baselines(now=10.0 + 121.0, wait_s=120.0)  # the base never installed it: decide again
+    assert led.inflight == {} and led.read_needed()  # the reconcile reads before it plans again
+    led.apply_read(led.begin_read(), [ACTIVE_V1])
+    assert plan_base(pods, led, now=131.0, orphan_grace_s=30).install == (B2,)
+
+
+def test_a_baseline_never_replaces_a_command_of_the_controller_in_flight():
+    led = fresh()
+    first = led.start(V1.key, CommandKind.INSTALL, V1, 1.0)
+    led.start_baseline([V1], now=2.0)
+    assert led.inflight[V1.key] is first
+
+
+def test_a_conflicting_install_answer_is_not_a_failure_to_report():
+    """arklet's "conflict, exist unfinished command": the base is installing that biz already (its baseline, or
+    another replica before a takeover). Retried after a read, shown as installing, never counted as a failure."""
+    led = fresh()
+    led.start(V1.key, CommandKind.INSTALL, V1, 1.0)
+    led.finish_install(V1, ok=False, busy=True, message="conflict", now=2.0, at_ms=0)
+    failure = led.failures[V1.key]
+    assert failure.busy and failure.attempts == 0 and led.read_needed()
+    led.start(V1.key, CommandKind.INSTALL, V1, 5.0)
+    led.finish_install(V1, ok=False, busy=True, message="conflict", now=6.0, at_ms=0)
+    assert led.failures[V1.key].attempts == 0  # busy answers do not grow a crash-loop backoff
+
+
+def test_a_failed_read_is_remembered_until_a_read_succeeds():
+    led = BaseLedger()
+    assert led.read_error is None
+    led.read_failed("biz list entry 3 has no bizName/bizVersion")
+    assert led.read_error == "biz list entry 3 has no bizName/bizVersion" and led.bizs is None
+    led.apply_read(led.begin_read(), [])
+    assert led.read_error is None

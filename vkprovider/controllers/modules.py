@@ -285,6 +285,12 @@ class ModuleController:
                 if not members:
                     del self.pods_by_node[old_node]
             self.queue.add(old_node)
+        old_uid = ((old or {}).get("metadata") or {}).get("uid")
+        replaced = old is not None and new is not None and old_uid != (new.get("metadata") or {}).get("uid")
+        if replaced:
+            # Another pod of the same name (a StatefulSet's, a re-created bare pod): nothing meant for the old one
+            # may reach it, and nothing it showed is this one's.
+            self._forget_pod(key, old)
         sent = self._status_sent.get(key)
         echo = (sent is not None and new is not None and old_node == new_node
                 and sent.written_rv == (new.get("metadata") or {}).get("resourceVersion"))
@@ -298,14 +304,23 @@ class ModuleController:
                 if old_node != new_node and new is not None and not _started(new):
                     self._unstarted_since.setdefault(key, self.clock())
         if new is None:
-            self._pod_facts.pop(key, None)
-            self._unstarted_since.pop(key, None)
-            uid = ((old or {}).get("metadata") or {}).get("uid", "")
-            self._warned.pop(uid, None)
-            self._terminating_since.pop(uid, None)
-            self._not_module_done.discard(uid)
-            if old_node:
-                self._seeded.get(old_node, set()).discard(uid)
+            self._forget_pod(key, old)
+
+    def _forget_pod(self, key: str, old: dict[str, Any] | None) -> None:
+        """A pod object is gone (deleted, or replaced by another pod of the same name): drop what was kept for it,
+        a status write waiting for it included."""
+        self._status_next.pop(key, None)
+        self._status_sent.pop(key, None)
+        self._pod_facts.pop(key, None)
+        self._unstarted_since.pop(key, None)
+        md = (old or {}).get("metadata") or {}
+        uid = md.get("uid", "")
+        self._warned.pop(uid, None)
+        self._terminating_since.pop(uid, None)
+        self._not_module_done.discard(uid)
+        old_node = ((old or {}).get("spec") or {}).get("nodeName")
+        if old_node:
+            self._seeded.get(old_node, set()).discard(uid)
 
     def on_gained(self, node: str) -> None:
         """This replica now holds ``node``: learn the base's bizs before deciding anything (adoption)."""
@@ -354,15 +369,27 @@ class ModuleController:
                 found.append(pod)
         return found
 
-    def baseline(self, node: str) -> list[BizSpec]:
-        """The bizs the pods bound to ``node`` want (answer to queryBaseline)."""
+    def baseline(self, node: str, cluster: str) -> list[BizSpec]:
+        """The bizs the pods bound to ``node`` want (answer to queryBaseline from a base of ``cluster``): the same
+        bizs the controller would install there, VKP_BIZ_NAMESPACE_POLICY included. The base installs them
+        itself, so they count as in flight until a read shows them (``BaseLedger.start_baseline``): the
+        controller sends no install that would race the base's own (arklet: "conflict, exist unfinished
+        command")."""
         specs: dict[BizKey, BizSpec] = {}
+        view = self.registry.get(node)
+        superseded = view.ledger.superseded if view is not None else {}
         for pod in self.pods_on(node):
             if is_module_pod(pod) and not is_terminating(pod) and not is_terminal(pod):
+                namespace = str((pod.get("metadata") or {}).get("namespace") or "")
+                if self._namespaces.refusal(namespace, cluster) is not None:
+                    continue
                 finished = _finished_containers(pod)
                 for spec in self._facts(pod).modules.bizs:
-                    if spec.name not in finished:
+                    if spec.name not in finished and spec.key not in superseded:
                         specs.setdefault(spec.key, spec)
+        if view is not None and specs:
+            view.ledger.start_baseline(specs.values(), self.clock())
+            self.queue.add(node)
         return list(specs.values())
 
     def describe(self, node: str) -> dict[str, Any]:
@@ -448,6 +475,7 @@ class ModuleController:
             wants.append(PodWant(key, bizs, terminating=is_terminating(pod), terminal=is_terminal(pod),
                                  order=facts.order, deadline=self._deadline(pod, now), workload=facts.workload,
                                  revision=self.revision_of(pod), strategy=modules.strategy))
+        ledger.expire_baselines(now, self.settings.arklet_install_timeout_s)
         plan = plan_base(wants, ledger, now=now, orphan_grace_s=self.settings.module_orphan_grace_s)
         ledger.planned(plan.wanted, plan.released, plan.orphans)
         if readiness is BaseReadiness.READY and tunnel is not None and ledger.bizs is not None:
@@ -480,6 +508,7 @@ class ModuleController:
         except TunnelError as exc:
             log.info("queryAllBiz of %s failed: %s", view.node, clean(exc, MAX_LOG_TEXT), extra={"node": view.node})
             self._read_at[view.node] = now
+            ledger.read_failed(clean(exc, MAX_LOG_TEXT))
             return
         self.registry.answered(view.node)
         self._read_at[view.node] = now
@@ -651,11 +680,18 @@ class ModuleController:
             current = shown.get("status") or {}
             if known is None:
                 if base is BaseCondition.READY:
-                    continue  # nothing known yet: say nothing rather than something wrong
-                desired = with_base_not_ready(current, base, base_message, stamp)
-                if desired is None:
+                    if ledger.read_error is None or current.get("containerStatuses"):
+                        continue  # nothing known yet: say nothing rather than something wrong
+                    # The base's biz list cannot be read: a pod that never started says what it waits for.
+                    waiting = OpFacts(OpState.INSTALLING, f"waiting for base {view.heartbeat.identity}'s biz list: "
+                                      f"{ledger.read_error}")
+                    desired = pod_status(shown, modules, {}, {s.key: waiting for s in modules.bizs},
+                                         base_ip=view.heartbeat.ip, now_iso=stamp)
+                    self._queue_status(view.node, key, pod, desired, modules, now)
                     continue
-                self._queue_status(view.node, key, pod, desired, modules, now)
+                not_ready = with_base_not_ready(current, base, base_message, stamp)
+                if not_ready is not None:
+                    self._queue_status(view.node, key, pod, not_ready, modules, now)
                 continue
             finished = _finished_containers(shown)
             pod_bizs = bizs
@@ -733,6 +769,9 @@ class ModuleController:
         if inflight is not None and inflight.kind is not CommandKind.UNINSTALL:
             attempts = failure.attempts if failure is not None else 0
             return OpFacts(OpState.INSTALLING, f"installing {spec.key}", attempts=attempts, installed_url=url)
+        if failure is not None and failure.busy:
+            return OpFacts(OpState.INSTALLING, f"installing {spec.key} (the base is busy with it)",
+                           attempts=failure.attempts, installed_url=url)
         if failure is not None and failure.kind is not CommandKind.UNINSTALL:
             message = f"{failure.message} (attempt {failure.attempts}, retried with backoff)"
             return OpFacts(OpState.INSTALL_FAILED, message, attempts=failure.attempts,
@@ -790,11 +829,15 @@ class ModuleController:
     async def _write_status(self, pod: dict[str, Any], desired: dict[str, Any], modules: PodModules) -> str | None:
         """PATCH the pod's status; returns the resourceVersion written (None when the pod is gone)."""
         md = pod["metadata"]
+        # The pod's uid rides along as a precondition: a write meant for a pod that was deleted meanwhile never
+        # lands on a new pod of the same name (a StatefulSet's, a re-created bare pod).
+        body = {"metadata": {"uid": md.get("uid")}, "status": status_patch(desired)} if md.get("uid") else {
+            "status": status_patch(desired)}
         try:
             answer = await self.kube.patch(f"/api/v1/namespaces/{md['namespace']}/pods/{md['name']}/status",
-                                           {"status": status_patch(desired)}, kind="strategic")
+                                           body, kind="strategic")
         except ApiError as exc:
-            if exc.is_not_found:
+            if exc.is_not_found or exc.is_other_object:
                 return None
             raise
         POD_STATUS_WRITES.labels(desired["phase"]).inc()
@@ -957,6 +1000,7 @@ class ModuleController:
         if result.outcome is not CommandOutcome.FAILED or result.bizs:
             self.registry.answered(node)
         ok = result.ok or result.outcome is CommandOutcome.REPEAT
+        busy = result.outcome is CommandOutcome.CONFLICT  # the base runs another command on it (its baseline)
         mismatch = next((b for b in result.bizs if b.name != spec.name), None) if ok else None
         pods = self._pods_wanting(node, spec.key)
         names = ",".join(pod_key(p) for p in pods) or "-"
@@ -969,7 +1013,7 @@ class ModuleController:
             for pod in pods:
                 self.events.warning(pod, "BizNameMismatch", f"container {spec.name}: {message}")
         view.ledger.finish_install(spec, ok=ok, reported=result.bizs, message=message, now=self.clock(),
-                                   at_ms=_now_ms(), replaced=replaced)
+                                   at_ms=_now_ms(), replaced=replaced, busy=busy)
         if ok:
             extra = f", replacing {', '.join(map(str, replaced))}" if replaced else ""
             log.info("installed %s on %s for %s in %.2fs%s", spec.key, node, names, took_s, extra, extra=context)
@@ -981,6 +1025,9 @@ class ModuleController:
                 self.events.normal(pod, "BizInstalled", f"biz {spec.key} installed on {node} in {took_s:.1f}s")
             if any(k.name == spec.name and k != spec.key for k in (view.ledger.bizs or {})):
                 view.ledger.request_read()  # another version's state may have changed (BizDeactivate)
+        elif busy:
+            log.info("install of %s on %s: the base is running another command on it (%s); reading it again",
+                     spec.key, node, clean(message, MAX_LOG_TEXT), extra=context)
         else:
             failure = view.ledger.failures.get(spec.key)
             delay = (failure.retry_at - self.clock()) if failure is not None else 0.0

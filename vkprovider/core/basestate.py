@@ -37,6 +37,7 @@ class CommandKind(enum.StrEnum):
     INSTALL = "install"
     UNINSTALL = "uninstall"
     REINSTALL = "reinstall"  # same name:version from another jar URL: uninstall, then install
+    BASELINE = "baseline"  # the base installs it itself: vkprovider answered its queryBaseline
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,7 @@ class Failure:
     retry_at: float
     at_ms: int
     seq: int = 0
+    busy: bool = False  # the base was running another command on the biz ("conflict"): not the biz's failure
 
 
 class BaseLedger:
@@ -89,6 +91,7 @@ class BaseLedger:
         self._known: set[BizKey] = set()
         self._orphan_since: dict[BizKey, float] = {}
         self._version = 0  # bumped by every change a plan or a pod status can see (see ``version``)
+        self._read_error: str | None = None
 
     # --- reading ---------------------------------------------------------------------------------------
 
@@ -141,6 +144,11 @@ class BaseLedger:
     def orphan_since(self) -> Mapping[BizKey, float]:
         return self._orphan_since
 
+    @property
+    def read_error(self) -> str | None:
+        """Why the last read of the base failed, until a read succeeds (pods waiting for the list say it)."""
+        return self._read_error
+
     def read_needed(self) -> bool:
         return self._read_requested is not None
 
@@ -162,6 +170,7 @@ class BaseLedger:
     def forget(self) -> None:
         """Nothing about the base is known any more (another replica owned it meanwhile): read before acting."""
         self._bizs = None
+        self._read_error = None
         self._last_read = self._seq
         self._changed_at.clear()
         self._inflight.clear()
@@ -171,6 +180,12 @@ class BaseLedger:
     def begin_read(self) -> ReadToken:
         return ReadToken(self._tick())
 
+    def read_failed(self, message: str) -> None:
+        """A read of the base got no usable answer (unreachable, or a list that cannot be parsed)."""
+        if message != self._read_error:
+            self._read_error = message
+            self._version += 1
+
     def apply_read(self, token: ReadToken, bizs: Iterable[BizInfo]) -> bool:
         """Merge a read sent at ``token``; returns whether anything a pod can see changed.
 
@@ -179,7 +194,10 @@ class BaseLedger:
         if token.seq <= self._last_read:
             return False
         self._last_read = token.seq
+        self._read_error = None
         fresh = {b.key: b for b in bizs}
+        for key in [k for k, i in self._inflight.items() if i.kind is CommandKind.BASELINE and k in fresh]:
+            del self._inflight[key]  # the base installed (or is starting) what its baseline asked for
         old = self._bizs
         merged: dict[BizKey, BizInfo] = {}
         for key, info in fresh.items():
@@ -210,6 +228,24 @@ class BaseLedger:
 
     # --- commands --------------------------------------------------------------------------------------
 
+    def start_baseline(self, specs: Iterable[BizSpec], now: float) -> None:
+        """vkprovider answered the base's queryBaseline with ``specs``: the base installs them itself, so they are
+        in flight until a read shows them or ``expire_baselines`` gives up (no install of ours races them)."""
+        for spec in specs:
+            if spec.key not in self._inflight:
+                self._inflight[spec.key] = Inflight(CommandKind.BASELINE, spec, now)
+                self._version += 1
+        self._tick()
+
+    def expire_baselines(self, now: float, wait_s: float) -> None:
+        """Bizs a baseline asked the base for that no read has shown within ``wait_s``: decided again (read first)."""
+        stale = [k for k, i in self._inflight.items()
+                 if i.kind is CommandKind.BASELINE and now - i.started_at > wait_s]
+        for key in stale:
+            del self._inflight[key]
+        if stale:
+            self.request_read()
+
     def start(self, key: BizKey, kind: CommandKind, spec: BizSpec | None, now: float) -> Inflight:
         inflight = self._inflight[key] = Inflight(kind, spec, now)
         self._tick()
@@ -236,8 +272,10 @@ class BaseLedger:
         now: float,
         at_ms: int,
         replaced: Iterable[BizKey] = (),
+        busy: bool = False,
     ) -> None:
-        """Record an install (or reinstall) answer. ``reported`` is what the answer said about the biz."""
+        """Record an install (or reinstall) answer. ``reported`` is what the answer said about the biz; ``busy``:
+        the base refused because it runs another command on the biz (retried after a read, not a failure)."""
         key = spec.key
         inflight = self._inflight.pop(key, None)
         kind = inflight.kind if inflight is not None else CommandKind.INSTALL
@@ -262,7 +300,7 @@ class BaseLedger:
                     self._bizs.pop(old, None)
                 self._urls.pop(old, None)
         else:
-            self._record_failure(key, kind, message, now, at_ms, BIZ_INSTALL)
+            self._record_failure(key, kind, message, now, at_ms, BIZ_INSTALL, busy=busy)
             if kind is CommandKind.REINSTALL and self._bizs is not None:
                 self._bizs.pop(key, None)  # the old copy was uninstalled before the failed install
                 self._urls.pop(key, None)
@@ -287,11 +325,15 @@ class BaseLedger:
             self._read_requested = seq
 
     def _record_failure(self, key: BizKey, kind: CommandKind, message: str, now: float, at_ms: int,
-                        policy: Backoff) -> None:
+                        policy: Backoff, *, busy: bool = False) -> None:
         previous = self._failures.get(key)
         attempts = previous.attempts + 1 if previous is not None and previous.kind is kind else 1
-        retry_at = now + policy.delay(attempts, self._rand)
-        self._failures[key] = Failure(kind, attempts, message, retry_at, at_ms, self._seq)
+        if busy:  # the base was busy with the biz: wait the first step, and keep the count of real failures
+            attempts = previous.attempts if previous is not None and previous.kind is kind else 0
+            retry_at = now + policy.delay(1, self._rand)
+        else:
+            retry_at = now + policy.delay(attempts, self._rand)
+        self._failures[key] = Failure(kind, attempts, message, retry_at, at_ms, self._seq, busy)
 
     def seed_failure(self, key: BizKey, attempts: int, message: str, retry_at: float, at_ms: int) -> None:
         """A failure read back from a pod's status after a restart (the pod remembers what the process lost)."""

@@ -113,6 +113,14 @@ class ApiError(Exception):
         return self.status == 409 and self.reason != "AlreadyExists"
 
     @property
+    def is_other_object(self) -> bool:
+        """A write carrying ``metadata.uid`` met another object of the same name: the one it was meant for is gone
+        (the apiserver refuses the uid change as a failed precondition, 409, or as an immutable field, 422)."""
+        text = self.message.lower()
+        return (self.status == 409 and "precondition" in text and "uid" in text) or (
+            self.status == 422 and "metadata.uid" in text)
+
+    @property
     def is_gone(self) -> bool:
         """The resourceVersion or continue token is too old: start again with a fresh LIST."""
         return self.status == 410 or self.reason in ("Expired", "Gone")

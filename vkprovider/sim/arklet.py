@@ -41,6 +41,7 @@ class ArkletBehaviour:
     """Knobs shared by every simulated base."""
 
     install_latency_s: float = 0.05
+    download_latency_s: float = 0.0  # an install fetches its jar this long before the biz shows in queryAllBiz
     uninstall_latency_s: float = 0.01
     failure_rate: float = 0.0
     fail_bizs: frozenset[str] = frozenset()  # names, or name:version, whose installs always fail
@@ -53,6 +54,7 @@ class ArkletBehaviour:
     master_biz_version: str = "1.0.0"
     query_latency_s: float = 0.0  # queryAllBiz takes this long (reads overtaken by command answers)
     fail_uninstall_bizs: frozenset[str] = frozenset()  # uninstalls of these bizs fail (an orphan stays)
+    malformed_biz_list: bool = False  # queryAllBiz lists one entry without a version (a list no client can parse)
 
 
 @dataclass(slots=True)
@@ -190,8 +192,12 @@ class SimArklet:
     # --- queries -----------------------------------------------------------------------------------------
 
     def query_all_biz(self) -> list[dict[str, Any]]:
-        """Every biz but the master biz (arklet leaves it out)."""
-        return [biz.to_wire() for biz in self.bizs.values()]
+        """Every biz but the master biz (arklet leaves it out); with ``malformed_biz_list`` plus an entry no client
+        can use (no bizVersion)."""
+        listed = [biz.to_wire() for biz in self.bizs.values()]
+        if self.behaviour.malformed_biz_list:
+            listed.append({"bizName": "mystery", "bizState": "activated"})
+        return listed
 
     def health(self) -> Envelope:
         b = self.behaviour
@@ -275,6 +281,8 @@ class SimArklet:
         self._running[key] = "installBiz"
         started_ms = self._clock_ms()
         try:
+            if self.behaviour.download_latency_s > 0:
+                await asyncio.sleep(self.behaviour.download_latency_s)  # not registered yet: not in the list
             if body.get("installStrategy") == "uninstallThenInstall":
                 for old in self._versions_of(name, other_than=version):
                     await self._stop_and_remove(old)

@@ -73,6 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--mqtt-client-prefix", default="koupleless", help="MQTT client id prefix (koupleless)")
     add("--control-port", type=int, default=7780, help="control API port (0 = ephemeral; printed)")
     add("--install-latency", type=_non_negative, default=0.05, help="seconds an install takes (0.05)")
+    add("--download-latency", type=_non_negative, default=0.0,
+        help="seconds an install fetches its jar before the biz shows in queryAllBiz (0)")
     add("--uninstall-latency", type=_non_negative, default=0.01, help="seconds an uninstall takes (0.01)")
     add("--failure-rate", type=_fraction, default=0.0, help="fraction of installs that fail (0..1)")
     add(
@@ -97,6 +99,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="uninstalls of this biz always fail (repeatable)",
     )
+    add("--malformed-biz-list", action="store_true",
+        help="queryAllBiz lists one more entry, without a bizVersion (an unparseable list)")
     add("--cpu-count", type=int, default=4, help="cpu count health reports")
     add("--metaspace-max-mb", type=int, default=512, help="'java max metaspace' health reports, in MiB")
     add("--metaspace-committed-mb", type=int, default=96)
@@ -107,6 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> SimConfig:
     behaviour = ArkletBehaviour(
         install_latency_s=args.install_latency,
+        download_latency_s=args.download_latency,
         uninstall_latency_s=args.uninstall_latency,
         failure_rate=args.failure_rate,
         fail_bizs=frozenset(args.fail_biz),
@@ -119,6 +124,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         master_biz_version=args.base_version,
         query_latency_s=args.query_latency,
         fail_uninstall_bizs=frozenset(args.fail_uninstall),
+        malformed_biz_list=args.malformed_biz_list,
     )
     return SimConfig(
         bases=args.bases,
