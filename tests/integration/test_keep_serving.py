@@ -241,8 +241,8 @@ async def test_query_baseline_keeps_the_namespace_policy(admin, env_name, namesp
     """A pod of a namespace VKP_BIZ_NAMESPACE_POLICY forbids on the base's cluster, bound to the vnode: the
     controller refuses it (BizNotAllowed). Before, queryBaseline still handed its biz to the base, which would
     install it itself."""
-    from vkprovider.core.credentials import base_token
     from tests.integration.harness import TEST_SECRET
+    from vkprovider.core.credentials import base_token
 
     provider = await provider_factory(VKP_BIZ_NAMESPACE_POLICY=f"{namespace}=*")
     sim = await sim_factory(provider.endpoint, "--bases", "1", "--heartbeat-interval", "2", "--identity-prefix",
