@@ -10,6 +10,10 @@ what such a request needs and nothing else:
   time on each, a total time limit per request, a size cap per answer, and streamed answers for watches;
 - :func:`exchange`: one request on a connection of its own, its answer read to the end or to EOF (arklet sends no
   length and closes after the body);
+- on both, an answer ends only where it says (its length, its last chunk) or, without a length, at a clean EOF:
+  a connection *reset* is a cut, never an end, so such an answer cut by a reset is an error (``closed``), not a
+  shorter whole answer; and informational answers (``1xx``, e.g. ``100 Continue``) are skipped: the answer is the
+  final one that follows them;
 - :class:`ServerConnection`: the server side of small request/answer endpoints with a synchronous handler (the
   heartbeat listener): every byte is hostile, so a request head and body are size-capped, a request must arrive
   whole within a time limit, an idle keep-alive connection is closed after it, and a connection that never sent
@@ -127,8 +131,8 @@ class _ClientConnection(asyncio.Protocol):
         self.closed = True
         self.keep_alive = False
         if self._parser is not None and not self._complete and self._error is None:
-            if self._head_done is not None and self._head_done.done() and not self._framed:
-                self._finish()  # an answer without a length ends at EOF (arklet's)
+            if self._head_done is not None and self._head_done.done() and not self._framed and exc is None:
+                self._finish()  # an answer without a length ends at EOF (arklet's); a reset only cuts it
             else:
                 why = f": {exc}" if exc else ""
                 self._fail(HttpError("closed", f"connection closed before the answer was complete{why}",
@@ -137,6 +141,13 @@ class _ClientConnection(asyncio.Protocol):
             self._readable.set_result(None)
 
     # --- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        # a final answer after an informational one starts with a clean head
+        self._status_reason = b""
+        self._headers = {}
+        self._head_size = 0
+        self._framed = False
 
     def on_status(self, reason: bytes) -> None:
         if not self._complete:
@@ -156,7 +167,14 @@ class _ClientConnection(asyncio.Protocol):
         have = self._headers.get(key)
         self._headers[key] = text if have is None else f"{have}, {text}"
 
+    def _informational(self) -> bool:
+        """A 1xx answer (``100 Continue``, ``102 Processing``): not the answer, which follows it."""
+        parser = self._parser
+        return parser is not None and 100 <= parser.get_status_code() < 200
+
     def on_headers_complete(self) -> None:
+        if self._informational():
+            return
         if self._head_done is not None and not self._head_done.done():
             self._head_done.set_result(None)
 
@@ -177,7 +195,7 @@ class _ClientConnection(asyncio.Protocol):
                 self.transport.pause_reading()
 
     def on_message_complete(self) -> None:
-        if self._error is None and not self._complete:
+        if self._error is None and not self._complete and not self._informational():
             self._finish()
 
     # --- driving it

@@ -8,7 +8,9 @@ not asyncio's classes, which once broke the first version of this module under u
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
+import struct
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -188,6 +190,82 @@ def test_a_streamed_answer_comes_in_chunks_and_gives_its_connection_back(run: Ru
                     seen.append(chunk)
             streamed.close()
             assert stalled.value.kind == "timeout" and b"".join(seen) == b'{"n":1}\n{"n":2}\n'
+            await pool.close()
+
+    run(scenario())
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Close with a TCP RST (SO_LINGER 0), not a FIN: the connection was cut, it did not end."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+def test_an_answer_without_a_length_cut_by_a_reset_is_an_error_not_a_whole_answer(run: Runner) -> None:
+    head_read = asyncio.Event()
+
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"half\":")
+        await writer.drain()
+        if b"/stream" in request:
+            await head_read.wait()  # the client has the head: what comes next is the body's end
+        _reset(writer)  # on loopback the bytes written reach the client before the reset
+
+    async def eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"whole\":1}")
+        await writer.drain()  # and a FIN: the end of an answer without a length
+
+    async def scenario() -> None:
+        async with Scripted(cut) as server, Scripted(eof) as fine:
+            pool = http1.Pool("127.0.0.1", server.port)
+            head, streamed = await pool.stream(get("/stream"), head_timeout_s=5)
+            assert head.status == 200
+            head_read.set()
+            seen = []
+            with pytest.raises(http1.HttpError) as reset:
+                async for chunk in streamed.chunks(silence_s=5):
+                    seen.append(chunk)
+            streamed.close()
+            assert reset.value.kind == "closed" and reset.value.sent
+            assert b"".join(seen) in (b"", b'{"half":')
+            with pytest.raises(http1.HttpError) as cut_exchange:
+                await http1.exchange("127.0.0.1", server.port, post(b"{}", "/x"), timeout_s=5, limit=100)
+            assert cut_exchange.value.kind == "closed"
+            answer = await http1.exchange("127.0.0.1", fine.port, post(b"{}"), timeout_s=5, limit=100)
+            assert (answer.status, answer.body) == (200, b'{"whole":1}')
+            await pool.close()
+
+    run(scenario())
+
+
+def test_informational_answers_before_the_final_one_are_skipped(run: Runner) -> None:
+    async def continues(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            request = await read_request(reader)
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            if b"/two" in request:
+                writer.write(b"HTTP/1.1 102 Processing\r\nX-Progress: 1\r\n\r\n")
+            await writer.drain()
+            if b"/nolength" in request:
+                writer.write(b"HTTP/1.1 200 OK\r\nX-Final: yes\r\n\r\ndone")
+                await writer.drain()
+                return
+            writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-Final: yes\r\n\r\nok")
+            await writer.drain()
+
+    async def scenario() -> None:
+        async with Scripted(continues) as server:
+            pool = http1.Pool("127.0.0.1", server.port)
+            for path in ("/one", "/two", "/again"):
+                answer = await pool.request(post(b"{}", path), timeout_s=5)
+                assert (answer.status, answer.reason, answer.body) == (201, "Created", b"ok")
+                assert answer.headers.get("x-final") == "yes" and "x-progress" not in answer.headers
+            assert server.connections == 1  # the connection stays usable after an informational answer
+            answer = await http1.exchange("127.0.0.1", server.port, post(b"{}", "/nolength"), timeout_s=5, limit=100)
+            assert (answer.status, answer.body, answer.headers.get("x-final")) == (200, b"done", "yes")
             await pool.close()
 
     run(scenario())
