@@ -25,7 +25,15 @@ from vkprovider.kube.client import (
     should_retry,
 )
 from vkprovider.kube.events import object_reference, timestamp, truncate_message
-from vkprovider.kube.informer import Informer, backoff_delay, default_key, diff_snapshots, trim
+from vkprovider.kube.informer import (
+    Informer,
+    UnionCache,
+    backoff_delay,
+    default_key,
+    diff_snapshots,
+    resource_version,
+    trim,
+)
 
 # ------------------------------------------------------------------------------------------- pure helpers
 
@@ -518,3 +526,36 @@ def test_a_kubeconfig_proxy_url_is_an_http_proxy_with_optional_basic_credentials
     for unsupported in ("socks5://proxy:1080", "https://proxy:443"):
         with pytest.raises(ValueError, match="only http:// proxies"):
             proxy_from_url(unsupported)
+
+
+def test_a_union_cache_returns_the_newer_of_two_copies_of_an_object() -> None:
+    """A module pod carrying both module labels is cached by two informers: the union reads the newer copy (by
+    resourceVersion as integers; for other versions, the copy of the informer that saw the object last)."""
+    seen: list[tuple[str | None, str | None]] = []
+    union = UnionCache(lambda key, old, new: seen.append((resource_version(old) if old else None,
+                                                          resource_version(new) if new else None)))
+    first = Informer(FakeKube(), "/api/v1/pods", on_change=union.notify)  # type: ignore[arg-type]
+    second = Informer(FakeKube(), "/api/v1/pods", on_change=union.notify)  # type: ignore[arg-type]
+    union.add(first)
+    union.add(second)
+    first._apply({"type": "ADDED", "object": obj("p", "100")})
+    second._apply({"type": "ADDED", "object": obj("p", "100")})
+    second._apply({"type": "MODIFIED", "object": obj("p", "105")})  # the first informer has not seen it yet
+    assert resource_version(union.get("ns/p") or {}) == "105"
+    first._apply({"type": "MODIFIED", "object": obj("p", "101")})  # a lagging informer's older event
+    assert resource_version(union.get("ns/p") or {}) == "105"
+    assert seen[-1] == ("100", "105")  # what on_change hands on is the newer copy too
+    first._apply({"type": "MODIFIED", "object": obj("p", "1000")})  # integers compare as numbers, not text
+    assert resource_version(union.get("ns/p") or {}) == "1000"
+    second._apply({"type": "DELETED", "object": obj("p", "1001")})
+    assert resource_version(union.get("ns/p") or {}) == "1000"
+    # versions that are not integers: the copy the informers saw last wins
+    first._apply({"type": "MODIFIED", "object": obj("q", "b")})
+    second._apply({"type": "MODIFIED", "object": obj("q", "a")})
+    assert resource_version(union.get("ns/q") or {}) == "a"
+    first._apply({"type": "MODIFIED", "object": obj("q", "c")})
+    assert resource_version(union.get("ns/q") or {}) == "c"
+    first._apply({"type": "DELETED", "object": obj("q", "d")})
+    assert resource_version(union.get("ns/q") or {}) == "a"
+    second._apply({"type": "DELETED", "object": obj("q", "e")})
+    assert union.get("ns/q") is None and "ns/q" not in union

@@ -6,6 +6,9 @@ the normal signal to re-LIST, diffs the fresh LIST against the cache so deletes 
 delivered, advances on BOOKMARK events so a re-WATCH rarely needs a LIST, backs off with jitter on other errors and
 never dies on a bad event. ``on_change(key, old, new)`` is a cheap synchronous callback (controllers enqueue keys).
 
+``UnionCache`` reads several informers of one resource as one cache; an object two of them hold (a pod with both
+module labels) is read as the newer of its two copies (see its docstring).
+
 The cache diff (:func:`diff_snapshots`), key function and object trimming are pure and unit-tested.
 """
 
@@ -364,11 +367,17 @@ class UnionCache:
 
     ``on_change`` sees one consistent stream: an object that leaves one informer but is still in another is a
     change, not a delete.
+
+    An object in two informers (a pod carrying both module labels) has two copies, and the informers' watches
+    advance independently, so one copy may be older. ``get`` returns the newer: by resourceVersion compared as
+    integers when both are integers (as the apiserver orders them, etcd revisions), else the copy of the informer
+    that stored the object last; ``on_change`` is handed that same copy.
     """
 
     def __init__(self, on_change: OnChange | None = None) -> None:
         self._informers: list[Informer] = []
         self._on_change = on_change
+        self._last: dict[str, int] = {}  # key -> the informer that stored it last (for versions not integers)
 
     def add(self, informer: Informer) -> None:
         self._informers.append(informer)
@@ -381,11 +390,24 @@ class UnionCache:
         return list(self._informers)
 
     def get(self, key: str) -> Obj | None:
-        for informer in self._informers:
+        found: Obj | None = None
+        found_at = -1
+        for index, informer in enumerate(self._informers):
             obj = informer.get(key)
-            if obj is not None:
-                return obj
-        return None
+            if obj is None:
+                continue
+            if found is None or self._newer(key, (index, obj), (found_at, found)):
+                found, found_at = obj, index
+        return found
+
+    def _newer(self, key: str, a: tuple[int, Obj], b: tuple[int, Obj]) -> bool:
+        """Whether copy ``a`` of ``key`` is newer than copy ``b`` (see the class docstring)."""
+        rv_a, rv_b = resource_version(a[1]), resource_version(b[1])
+        if rv_a == rv_b:
+            return False
+        if rv_a.isdigit() and rv_b.isdigit():
+            return int(rv_a) > int(rv_b)
+        return self._last.get(key) == a[0]
 
     def __len__(self) -> int:
         return len({k for i in self._informers for k in i})
@@ -395,9 +417,17 @@ class UnionCache:
 
     def notify(self, key: str, old: Obj | None, new: Obj | None) -> None:
         """The on_change hook to give each member informer."""
-        if new is None:
+        if new is not None:
+            for index, informer in enumerate(self._informers):
+                if informer.get(key) is new:
+                    self._last[key] = index
+                    break
+            new = self.get(key)
+        else:
             new = self.get(key)
             if new is old:
                 new = None
+            if new is None:
+                self._last.pop(key, None)
         if self._on_change is not None:
             self._on_change(key, old, new)
