@@ -17,7 +17,13 @@ what such a request needs and nothing else:
 - :class:`ServerConnection`: the server side of small request/answer endpoints with a synchronous handler (the
   heartbeat listener): every byte is hostile, so a request head and body are size-capped, a request must arrive
   whole within a time limit, an idle keep-alive connection is closed after it, and a connection that never sent
-  a whole request is counted (``serving`` adds the cap on open connections and the metrics).
+  a whole request is counted (``serving`` adds the cap on open connections and the metrics). Answers meet
+  back-pressure: when the transport holds more than ``WRITE_HIGH_WATER`` unsent bytes (a client that pipelines
+  requests and does not read the answers) the connection stops reading until it drains below
+  ``WRITE_LOW_WATER``; the requests already read are still answered, but a connection that gets more than
+  ``ServerLimits.max_queued_answers`` answers past the high-water mark, or stays blocked for the idle timeout,
+  is aborted (closing it would wait for a client that does not read). So one connection holds at most about
+  ``WRITE_HIGH_WATER + max_queued_answers`` answers of memory, whatever the client sends.
 
 Everything else (probes, metrics, the kubelet API, MQTT) keeps aiohttp: those are not hot.
 """
@@ -39,6 +45,8 @@ import httptools
 log = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES: Final = 64 * 1024  # a request or answer head larger than this is refused
+WRITE_HIGH_WATER: Final = 64 * 1024  # a server connection stops reading while more than this waits to be sent
+WRITE_LOW_WATER: Final = 16 * 1024  # ... and reads again once the client took the rest
 _STREAM_HIGH_WATER: Final = 1 << 20  # a streamed answer stops reading while this much waits for its reader
 _PHRASES: Final = {s.value: s.phrase for s in HTTPStatus}
 
@@ -554,6 +562,7 @@ class ServerLimits:
     max_body: int  # bytes; a larger body is answered 413
     request_timeout_s: float  # a request must arrive whole within this of its first byte (else 408 / closed)
     idle_timeout_s: float  # a keep-alive connection with no request for this long is closed
+    max_queued_answers: int = 64  # answers written past the high-water mark before the connection is aborted
 
 
 def response_bytes(response: Response, *, keep_alive: bool) -> bytes:
@@ -592,6 +601,8 @@ class ServerConnection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._size = 0
         self._rejected: Response | None = None  # answered before the body came (413): then closed
+        self._blocked = False  # the transport holds more than WRITE_HIGH_WATER unsent: reading is paused
+        self._queued = 0  # answers written while blocked
 
     # --- asyncio.Protocol
 
@@ -603,7 +614,21 @@ class ServerConnection(asyncio.Protocol):
             self._guard.refused()
             self._transport.abort()
             return
+        self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
         self._arm(self._limits.idle_timeout_s)
+
+    def pause_writing(self) -> None:
+        """The client does not take its answers as fast as it sends requests: read no more until it does."""
+        self._blocked = True
+        self._queued = 0
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._blocked = False
+        self._queued = 0
+        if self._transport is not None and not self._closed and not self._transport.is_closing():
+            self._transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self._closed:
@@ -720,13 +745,32 @@ class ServerConnection(asyncio.Protocol):
         if transport is None or self._closed:
             return
         transport.write(response_bytes(response, keep_alive=keep_alive))
+        if self._blocked:
+            self._queued += 1
+            if self._queued > self._limits.max_queued_answers:
+                log.debug("aborting a connection that pipelined more than %d requests without reading the answers",
+                          self._limits.max_queued_answers)
+                self._abort()
+                return
         if keep_alive:
             self._arm(self._limits.idle_timeout_s)
         else:
             self._close()
 
+    def _abort(self) -> None:
+        """Drop the connection and what it still buffers (``connection_lost`` counts it)."""
+        if self._transport is not None and not self._closed:
+            self._closed = True
+            self._transport.abort()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def _close(self) -> None:
         """Close after what was written goes out (``connection_lost`` counts it)."""
+        if self._blocked:
+            self._abort()  # what was written does not go out: the client is not reading
+            return
         if self._transport is not None and not self._closed:
             self._closed = True
             self._transport.close()
@@ -747,7 +791,9 @@ class ServerConnection(asyncio.Protocol):
         if self._loop.time() < self._deadline:
             self._timer = self._loop.call_at(self._deadline, self._expired)
             return
-        if self._in_request and self._head_complete:
+        if self._blocked:
+            self._abort()  # its answers untaken for a whole timeout: a close would wait for them forever
+        elif self._in_request and self._head_complete:
             seconds = f"{self._limits.request_timeout_s:g}"
             self._refuse(Response(408, b'{"error":"body not received within ' + seconds.encode() + b's"}',
                                   "application/json"))
