@@ -7,7 +7,10 @@ machine (docs/performance.md): a Lease PATCH cost 0.39 ms of CPU through aiohttp
 what such a request needs and nothing else:
 
 - :class:`Pool`: keep-alive connections to one origin (TLS, or through an HTTP CONNECT proxy), one request at a
-  time on each, a total time limit per request, a size cap per answer, and streamed answers for watches;
+  time on each, a total time limit per request, a size cap per answer, and streamed answers for watches. Its
+  connections (the API server's) send TCP keepalive probes after ``KEEPALIVE_IDLE_S`` of silence, every
+  ``KEEPALIVE_INTERVAL_S``, and give up after ``KEEPALIVE_PROBES`` unanswered: a peer that vanished without a
+  reset (a node gone, a dropped NAT entry) is found dead in 25 s, not after the kernel's two-hour default;
 - :func:`exchange`: one request on a connection of its own, its answer read to the end or to EOF (arklet sends no
   length and closes after the body);
 - on both, an answer ends only where it says (its length, its last chunk) or, without a length, at a clean EOF:
@@ -33,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -48,6 +52,9 @@ MAX_HEAD_BYTES: Final = 64 * 1024  # a request or answer head larger than this i
 WRITE_HIGH_WATER: Final = 64 * 1024  # a server connection stops reading while more than this waits to be sent
 WRITE_LOW_WATER: Final = 16 * 1024  # ... and reads again once the client took the rest
 _STREAM_HIGH_WATER: Final = 1 << 20  # a streamed answer stops reading while this much waits for its reader
+KEEPALIVE_IDLE_S: Final = 10  # a pool connection silent this long is probed ...
+KEEPALIVE_INTERVAL_S: Final = 5  # ... every this often ...
+KEEPALIVE_PROBES: Final = 3  # ... and dropped after this many probes go unanswered
 _PHRASES: Final = {s.value: s.phrase for s in HTTPStatus}
 
 
@@ -438,6 +445,17 @@ class Pool:
                 waiter.set_result(None)
                 return
 
+    @staticmethod
+    def _keepalive(conn: _ClientConnection) -> None:
+        sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
+        if sock is None:
+            return
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE_S), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+                              ("TCP_KEEPCNT", KEEPALIVE_PROBES)):
+            if hasattr(socket, option):  # Linux; elsewhere the system's keepalive timing applies
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
     async def _connect(self, conn: _ClientConnection) -> None:
         loop = asyncio.get_running_loop()
         where = f"{self.authority}" + (f" through proxy {self._proxy.host}:{self._proxy.port}" if self._proxy else "")
@@ -446,8 +464,10 @@ class Pool:
                 if self._proxy is None:
                     await loop.create_connection(lambda: conn, self.host, self.port, ssl=self._tls,
                                                  server_hostname=self._server_hostname if self._tls else None)
+                    self._keepalive(conn)
                     return
                 await loop.create_connection(lambda: conn, self._proxy.host, self._proxy.port)
+                self._keepalive(conn)
                 if self._tls is None:
                     return  # plain HTTP through a proxy: absolute-form requests on this connection
                 headers = [("Proxy-Authorization", self._proxy.authorization)] if self._proxy.authorization else []

@@ -272,6 +272,34 @@ def test_informational_answers_before_the_final_one_are_skipped(run: Runner) -> 
     run(scenario())
 
 
+def test_pool_connections_probe_a_silent_peer_with_tcp_keepalive(run: Runner) -> None:
+    """A connection to the API server whose peer vanished without a reset (a node gone, a NAT entry dropped) must
+    not wait for the kernel's two-hour default: keepalive probes after a short idle time find it dead."""
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+
+    async def scenario() -> None:
+        async with Scripted(echo) as server:
+            pool = http1.Pool("127.0.0.1", server.port)
+            await pool.request(get(), timeout_s=5)
+            (conn,) = pool._open
+            assert conn.transport is not None
+            sock = conn.transport.get_extra_info("socket")
+            options = (sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                       sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                       sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                       sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT))
+            assert options[0] == 1
+            assert options[1:] == (http1.KEEPALIVE_IDLE_S, http1.KEEPALIVE_INTERVAL_S, http1.KEEPALIVE_PROBES)
+            assert options[1] + options[2] * options[3] <= 30  # a dead peer is found within half a minute
+            await pool.close()
+
+    run(scenario())
+
+
 def test_a_full_pool_makes_requests_wait_for_a_connection(run: Runner) -> None:
     async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:

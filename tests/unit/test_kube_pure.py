@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,13 @@ import orjson
 import pytest
 from aiohttp import web
 
+from vkprovider.kube import client as client_module
 from vkprovider.kube.client import (
     ApiConnectionError,
     ApiError,
     Kube,
     LineSplitter,
+    WatchStalled,
     api_error_from_response,
     parse_retry_after,
     parse_watch_line,
@@ -173,7 +176,7 @@ class FakeKube:
         self.rv = 10
         self.lists = 0
         self.watch_rvs: list[str] = []
-        self.scripts: list[list[dict[str, Any]] | BaseException] = []
+        self.scripts: list[list[dict[str, Any] | BaseException] | BaseException] = []
         self.list_errors: list[BaseException] = []
 
     async def list_all(self, path: str, *, params: Mapping[str, Any] | None = None,
@@ -194,6 +197,8 @@ class FakeKube:
         if isinstance(script, BaseException):
             raise script
         for ev in script:
+            if isinstance(ev, BaseException):
+                raise ev  # the stream broke after what came before
             yield ev
 
 
@@ -317,6 +322,14 @@ class FakeApi:
             if request.headers.get("Authorization") != "Bearer new-token":
                 return web.Response(status=401, body=status(401, "Unauthorized"), content_type="application/json")
             return web.json_response({"ok": True})
+        if request.path == "/silent-watch":  # one event, then nothing: a connection that went dead
+            resp = web.StreamResponse()
+            resp.content_type = "application/json"
+            await resp.prepare(request)
+            await resp.write(orjson.dumps({"type": "ADDED", "object": {"metadata": {"name": "a"}}}) + b"\n")
+            while request.transport is not None and not request.transport.is_closing():
+                await asyncio.sleep(0.05)  # silent until the client gives up
+            return resp
         if request.path == "/watch":
             resp = web.StreamResponse()
             resp.content_type = "application/json"
@@ -464,6 +477,36 @@ async def test_watch_streams_large_lines_and_skips_garbage(fake_api: tuple[Kube,
             events.append(ev)
     assert [e["type"] for e in events] == ["ADDED", "BOOKMARK"]
     assert len(events[0]["object"]["metadata"]["big"]) == 300_000
+
+
+async def test_a_watch_silent_past_its_timeout_is_declared_stalled(fake_api: tuple[Kube, FakeApi],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server ends a watch after timeoutSeconds; one that sent no byte for longer is dead (a blackholed
+    connection), whatever TCP says: the watch raises WatchStalled after timeoutSeconds + the grace."""
+    monkeypatch.setattr(client_module, "WATCH_SILENCE_GRACE_S", 0.5)
+    kube, _ = fake_api
+    events = []
+    started = time.monotonic()
+    with pytest.raises(WatchStalled):
+        async with asyncio.timeout(10):
+            async with contextlib.aclosing(kube.watch("/silent-watch", params={"timeoutSeconds": 1})) as stream:
+                async for ev in stream:
+                    events.append(ev)
+    assert [e["type"] for e in events] == ["ADDED"]
+    assert 1.4 <= time.monotonic() - started < 5
+
+
+async def test_an_informer_watches_again_from_its_version_after_a_stalled_watch() -> None:
+    fake = FakeKube()
+    fake.objects = {"a": obj("a", "1")}
+    fake.scripts = [[{"type": "ADDED", "object": obj("c", "11")},
+                     WatchStalled("Timeout", "no byte for 45s", sent=True)]]  # then an idle watch
+    inf = Informer(fake, "/api/v1/configmaps")  # type: ignore[arg-type]
+    async with running(inf):
+        await wait_until(lambda: len(fake.watch_rvs) == 2)
+    assert fake.watch_rvs == ["10", "11"]  # from where the dead watch left off ...
+    assert fake.lists == 1  # ... without a LIST
+    assert sorted(inf.keys()) == ["ns/a", "ns/c"]
 
 
 def _kubeconfig(tmp: Path, cluster: dict[str, Any], user: dict[str, Any]) -> str:

@@ -6,6 +6,13 @@ the normal signal to re-LIST, diffs the fresh LIST against the cache so deletes 
 delivered, advances on BOOKMARK events so a re-WATCH rarely needs a LIST, backs off with jitter on other errors and
 never dies on a bad event. ``on_change(key, old, new)`` is a cheap synchronous callback (controllers enqueue keys).
 
+Liveness (issue 27): a watch that silently died (its connection blackholed, no reset) must not leave the cache
+stale for long - Lease renewals unseen make their holders look expired. Each watch asks the server to end it after
+``WATCH_TIMEOUT_S`` (30 s; with bookmarks allowed), so a healthy one is never silent for longer; one that delivered
+no byte - event, bookmark or its end - for ``WATCH_TIMEOUT_S + kube.client.WATCH_SILENCE_GRACE_S`` (45 s) is
+declared dead (``WatchStalled``) and watched again at once from the cache's resourceVersion, without a LIST. Dead
+peers without a proxy in between are found sooner still by TCP keepalive on the API connections (``http1.Pool``).
+
 ``UnionCache`` reads several informers of one resource as one cache; an object two of them hold (a pod with both
 module labels) is read as the newer of its two copies (see its docstring).
 
@@ -25,7 +32,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 
 from vkprovider.core.backoff import INFORMER
-from vkprovider.kube.client import ApiError, Kube, error_from_status, resource_of
+from vkprovider.kube.client import ApiError, Kube, WatchStalled, error_from_status, resource_of
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +57,8 @@ INFORMER_RELISTS = Counter(
 )
 
 _EVENT_TYPES = ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR", "INVALID")
+#: Each watch is ended by the server after this many seconds (see the module docstring).
+WATCH_TIMEOUT_S = 30
 
 
 def default_key(obj: Mapping[str, Any]) -> str:
@@ -111,7 +120,7 @@ class Informer:
 
     def __init__(self, kube: Kube, list_path: str, *, label_selector: str | None = None,
                  field_selector: str | None = None, key: KeyFunc = default_key,
-                 on_change: OnChange | None = None, page_size: int = 500, watch_timeout_s: int = 300,
+                 on_change: OnChange | None = None, page_size: int = 500, watch_timeout_s: int = WATCH_TIMEOUT_S,
                  resource: str | None = None, keep: Callable[[Obj], bool] | None = None,
                  trim_object: Callable[[Obj], Obj] | None = None) -> None:
         self._kube = kube
@@ -278,6 +287,10 @@ class Informer:
                 async for event in events:
                     seen[0] = True
                     self._apply(event)
+        except WatchStalled as stalled:
+            # dead, not wrong: where it stopped is still good (module docstring)
+            log.warning("informer %s: %s; watching again from resourceVersion %s", self.resource, stalled.message,
+                        self._rv)
         except ApiError as exc:
             if exc.is_gone:  # the server may answer a too-old resourceVersion with an HTTP 410
                 raise _Gone(exc.message) from exc
