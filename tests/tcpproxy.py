@@ -1,9 +1,15 @@
 """A TCP proxy that tests put between vkprovider and the apiserver (or a broker) to break the network on purpose.
 
-Bytes pass through unchanged (TLS stays end to end). ``refuse()`` closes every connection and refuses new ones
-(a down apiserver: calls fail at once); ``blackhole()`` keeps connections open but forwards nothing, in either
-direction, and accepts new connections that never answer (a silently dead network: calls hang until a timeout);
-``heal()`` goes back to forwarding. ``kubeconfig_through`` writes a copy of a kubeconfig whose server is the proxy.
+Bytes pass through unchanged (TLS stays end to end).
+
+- ``refuse()``: every connection is closed and new ones are refused (a down apiserver: calls fail at once);
+- ``blackhole()``: nothing is forwarded, in either direction, on any connection, and new connections are
+  accepted but never answered (a dead network: calls hang until their timeout), until ``heal()``;
+- ``blackhole_open()``: only the connections open now stop forwarding, without closing (no FIN, no RST, the
+  proxy's kernel still acknowledges what arrives: a dead path through a NAT or a load balancer, which TCP
+  keepalive cannot see); connections made afterwards forward normally, as a fresh path would.
+
+``kubeconfig_through`` writes a copy of a kubeconfig whose server is the proxy.
 """
 
 from __future__ import annotations
@@ -11,8 +17,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
+
+
+class _Link:
+    """One proxied connection: both sockets, and whether it forwards."""
+
+    def __init__(self, client: asyncio.StreamWriter, upstream: asyncio.StreamWriter, flowing: bool) -> None:
+        self.writers = (client, upstream)
+        self.flowing = asyncio.Event()
+        if flowing:
+            self.flowing.set()
+
+    def abort(self) -> None:
+        for writer in self.writers:
+            with contextlib.suppress(Exception):
+                writer.transport.abort()
 
 
 class TcpProxy:
@@ -20,11 +42,9 @@ class TcpProxy:
         self.upstream = (upstream_host, upstream_port)
         self.port = 0
         self.mode = "forward"
-        self._server: asyncio.Server | None = None
-        self._open: set[asyncio.StreamWriter] = set()
-        self._flowing = asyncio.Event()
-        self._flowing.set()
         self.connections = 0
+        self._server: asyncio.Server | None = None
+        self._links: set[_Link] = set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -33,27 +53,33 @@ class TcpProxy:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-        self._close_all()
-        self._flowing.set()
+        for link in list(self._links):
+            link.abort()
+            link.flowing.set()
+        self._links.clear()
 
     def refuse(self) -> None:
         self.mode = "refuse"
-        self._flowing.set()
-        self._close_all()
+        for link in list(self._links):
+            link.abort()
+            link.flowing.set()
+        self._links.clear()
 
     def blackhole(self) -> None:
         self.mode = "blackhole"
-        self._flowing.clear()
+        for link in self._links:
+            link.flowing.clear()
+
+    def blackhole_open(self) -> int:
+        """Stop forwarding on every connection open now, without closing any; returns how many there were."""
+        for link in self._links:
+            link.flowing.clear()
+        return len(self._links)
 
     def heal(self) -> None:
         self.mode = "forward"
-        self._flowing.set()
-
-    def _close_all(self) -> None:
-        for writer in list(self._open):
-            with contextlib.suppress(Exception):
-                writer.transport.abort()
-        self._open.clear()
+        for link in self._links:
+            link.flowing.set()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.mode == "refuse":
@@ -65,44 +91,44 @@ class TcpProxy:
         except OSError:
             writer.transport.abort()
             return
-        self._open |= {writer, up_writer}
+        link = _Link(writer, up_writer, flowing=self.mode == "forward")
+        self._links.add(link)
         try:
-            await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+            await asyncio.gather(self._pump(reader, up_writer, link), self._pump(up_reader, writer, link))
         finally:
-            for w in (writer, up_writer):
-                self._open.discard(w)
-                with contextlib.suppress(Exception):
-                    w.transport.abort()
+            self._links.discard(link)
+            link.abort()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: _Link) -> None:
         with contextlib.suppress(ConnectionError, OSError, asyncio.IncompleteReadError):
             while True:
-                await self._flowing.wait()
+                await link.flowing.wait()
                 data = await reader.read(65536)
                 if not data:
                     break
-                await self._flowing.wait()  # read while flowing, held back if the network broke meanwhile
+                await link.flowing.wait()  # read while flowing, held back if the network broke meanwhile
                 if self.mode == "refuse":
                     break
                 writer.write(data)
                 await writer.drain()
-        with contextlib.suppress(Exception):
-            writer.transport.abort()
+        link.abort()
 
 
 def kubeconfig_through(kubeconfig: Path, proxy: TcpProxy, out: Path) -> Path:
-    """A copy of ``kubeconfig`` whose clusters' server is the proxy (the certificate names 127.0.0.1 already)."""
+    """A copy of ``kubeconfig`` whose clusters' server is the proxy (the certificate names 127.0.0.1 already;
+    another server host is kept as the TLS server name)."""
     config = yaml.safe_load(kubeconfig.read_text())
     for cluster in config.get("clusters") or []:
+        host = urlsplit(cluster["cluster"]["server"]).hostname
         cluster["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
+        if host not in (None, "127.0.0.1", "localhost"):
+            cluster["cluster"]["tls-server-name"] = host
     out.write_text(yaml.safe_dump(config))
     return out
 
 
 def upstream_of(kubeconfig: Path) -> tuple[str, int]:
     """(host, port) of the first cluster's server in ``kubeconfig``."""
-    from urllib.parse import urlsplit
-
     config = yaml.safe_load(kubeconfig.read_text())
     parts = urlsplit(config["clusters"][0]["cluster"]["server"])
     return parts.hostname or "127.0.0.1", int(parts.port or 443)

@@ -7,13 +7,26 @@ machine (docs/performance.md): a Lease PATCH cost 0.39 ms of CPU through aiohttp
 what such a request needs and nothing else:
 
 - :class:`Pool`: keep-alive connections to one origin (TLS, or through an HTTP CONNECT proxy), one request at a
-  time on each, a total time limit per request, a size cap per answer, and streamed answers for watches;
+  time on each, a total time limit per request, a size cap per answer, and streamed answers for watches. Its
+  connections (the API server's) send TCP keepalive probes after ``KEEPALIVE_IDLE_S`` of silence, every
+  ``KEEPALIVE_INTERVAL_S``, and give up after ``KEEPALIVE_PROBES`` unanswered: a peer that vanished without a
+  reset (a node gone, a dropped NAT entry) is found dead in 25 s, not after the kernel's two-hour default;
 - :func:`exchange`: one request on a connection of its own, its answer read to the end or to EOF (arklet sends no
   length and closes after the body);
+- on both, an answer ends only where it says (its length, its last chunk) or, without a length, at a clean EOF:
+  a connection *reset* is a cut, never an end, so such an answer cut by a reset is an error (``closed``), not a
+  shorter whole answer; and informational answers (``1xx``, e.g. ``100 Continue``) are skipped: the answer is the
+  final one that follows them;
 - :class:`ServerConnection`: the server side of small request/answer endpoints with a synchronous handler (the
   heartbeat listener): every byte is hostile, so a request head and body are size-capped, a request must arrive
   whole within a time limit, an idle keep-alive connection is closed after it, and a connection that never sent
-  a whole request is counted (``serving`` adds the cap on open connections and the metrics).
+  a whole request is counted (``serving`` adds the cap on open connections and the metrics). Answers meet
+  back-pressure: when the transport holds more than ``WRITE_HIGH_WATER`` unsent bytes (a client that pipelines
+  requests and does not read the answers) the connection stops reading until it drains below
+  ``WRITE_LOW_WATER``; the requests already read are still answered, but a connection that gets more than
+  ``ServerLimits.max_queued_answers`` answers past the high-water mark, or stays blocked for the idle timeout,
+  is aborted (closing it would wait for a client that does not read). So one connection holds at most about
+  ``WRITE_HIGH_WATER + max_queued_answers`` answers of memory, whatever the client sends.
 
 Everything else (probes, metrics, the kubelet API, MQTT) keeps aiohttp: those are not hot.
 """
@@ -23,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -35,7 +49,12 @@ import httptools
 log = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES: Final = 64 * 1024  # a request or answer head larger than this is refused
+WRITE_HIGH_WATER: Final = 64 * 1024  # a server connection stops reading while more than this waits to be sent
+WRITE_LOW_WATER: Final = 16 * 1024  # ... and reads again once the client took the rest
 _STREAM_HIGH_WATER: Final = 1 << 20  # a streamed answer stops reading while this much waits for its reader
+KEEPALIVE_IDLE_S: Final = 10  # a pool connection silent this long is probed ...
+KEEPALIVE_INTERVAL_S: Final = 5  # ... every this often ...
+KEEPALIVE_PROBES: Final = 3  # ... and dropped after this many probes go unanswered
 _PHRASES: Final = {s.value: s.phrase for s in HTTPStatus}
 
 
@@ -127,8 +146,8 @@ class _ClientConnection(asyncio.Protocol):
         self.closed = True
         self.keep_alive = False
         if self._parser is not None and not self._complete and self._error is None:
-            if self._head_done is not None and self._head_done.done() and not self._framed:
-                self._finish()  # an answer without a length ends at EOF (arklet's)
+            if self._head_done is not None and self._head_done.done() and not self._framed and exc is None:
+                self._finish()  # an answer without a length ends at EOF (arklet's); a reset only cuts it
             else:
                 why = f": {exc}" if exc else ""
                 self._fail(HttpError("closed", f"connection closed before the answer was complete{why}",
@@ -137,6 +156,13 @@ class _ClientConnection(asyncio.Protocol):
             self._readable.set_result(None)
 
     # --- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        # a final answer after an informational one starts with a clean head
+        self._status_reason = b""
+        self._headers = {}
+        self._head_size = 0
+        self._framed = False
 
     def on_status(self, reason: bytes) -> None:
         if not self._complete:
@@ -156,7 +182,14 @@ class _ClientConnection(asyncio.Protocol):
         have = self._headers.get(key)
         self._headers[key] = text if have is None else f"{have}, {text}"
 
+    def _informational(self) -> bool:
+        """A 1xx answer (``100 Continue``, ``102 Processing``): not the answer, which follows it."""
+        parser = self._parser
+        return parser is not None and 100 <= parser.get_status_code() < 200
+
     def on_headers_complete(self) -> None:
+        if self._informational():
+            return
         if self._head_done is not None and not self._head_done.done():
             self._head_done.set_result(None)
 
@@ -177,7 +210,7 @@ class _ClientConnection(asyncio.Protocol):
                 self.transport.pause_reading()
 
     def on_message_complete(self) -> None:
-        if self._error is None and not self._complete:
+        if self._error is None and not self._complete and not self._informational():
             self._finish()
 
     # --- driving it
@@ -412,6 +445,17 @@ class Pool:
                 waiter.set_result(None)
                 return
 
+    @staticmethod
+    def _keepalive(conn: _ClientConnection) -> None:
+        sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
+        if sock is None:
+            return
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE_S), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+                              ("TCP_KEEPCNT", KEEPALIVE_PROBES)):
+            if hasattr(socket, option):  # Linux; elsewhere the system's keepalive timing applies
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
     async def _connect(self, conn: _ClientConnection) -> None:
         loop = asyncio.get_running_loop()
         where = f"{self.authority}" + (f" through proxy {self._proxy.host}:{self._proxy.port}" if self._proxy else "")
@@ -420,8 +464,10 @@ class Pool:
                 if self._proxy is None:
                     await loop.create_connection(lambda: conn, self.host, self.port, ssl=self._tls,
                                                  server_hostname=self._server_hostname if self._tls else None)
+                    self._keepalive(conn)
                     return
                 await loop.create_connection(lambda: conn, self._proxy.host, self._proxy.port)
+                self._keepalive(conn)
                 if self._tls is None:
                     return  # plain HTTP through a proxy: absolute-form requests on this connection
                 headers = [("Proxy-Authorization", self._proxy.authorization)] if self._proxy.authorization else []
@@ -536,6 +582,7 @@ class ServerLimits:
     max_body: int  # bytes; a larger body is answered 413
     request_timeout_s: float  # a request must arrive whole within this of its first byte (else 408 / closed)
     idle_timeout_s: float  # a keep-alive connection with no request for this long is closed
+    max_queued_answers: int = 64  # answers written past the high-water mark before the connection is aborted
 
 
 def response_bytes(response: Response, *, keep_alive: bool) -> bytes:
@@ -574,6 +621,8 @@ class ServerConnection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._size = 0
         self._rejected: Response | None = None  # answered before the body came (413): then closed
+        self._blocked = False  # the transport holds more than WRITE_HIGH_WATER unsent: reading is paused
+        self._queued = 0  # answers written while blocked
 
     # --- asyncio.Protocol
 
@@ -585,7 +634,21 @@ class ServerConnection(asyncio.Protocol):
             self._guard.refused()
             self._transport.abort()
             return
+        self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
         self._arm(self._limits.idle_timeout_s)
+
+    def pause_writing(self) -> None:
+        """The client does not take its answers as fast as it sends requests: read no more until it does."""
+        self._blocked = True
+        self._queued = 0
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._blocked = False
+        self._queued = 0
+        if self._transport is not None and not self._closed and not self._transport.is_closing():
+            self._transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self._closed:
@@ -702,13 +765,32 @@ class ServerConnection(asyncio.Protocol):
         if transport is None or self._closed:
             return
         transport.write(response_bytes(response, keep_alive=keep_alive))
+        if self._blocked:
+            self._queued += 1
+            if self._queued > self._limits.max_queued_answers:
+                log.debug("aborting a connection that pipelined more than %d requests without reading the answers",
+                          self._limits.max_queued_answers)
+                self._abort()
+                return
         if keep_alive:
             self._arm(self._limits.idle_timeout_s)
         else:
             self._close()
 
+    def _abort(self) -> None:
+        """Drop the connection and what it still buffers (``connection_lost`` counts it)."""
+        if self._transport is not None and not self._closed:
+            self._closed = True
+            self._transport.abort()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def _close(self) -> None:
         """Close after what was written goes out (``connection_lost`` counts it)."""
+        if self._blocked:
+            self._abort()  # what was written does not go out: the client is not reading
+            return
         if self._transport is not None and not self._closed:
             self._closed = True
             self._transport.close()
@@ -729,7 +811,9 @@ class ServerConnection(asyncio.Protocol):
         if self._loop.time() < self._deadline:
             self._timer = self._loop.call_at(self._deadline, self._expired)
             return
-        if self._in_request and self._head_complete:
+        if self._blocked:
+            self._abort()  # its answers untaken for a whole timeout: a close would wait for them forever
+        elif self._in_request and self._head_complete:
             seconds = f"{self._limits.request_timeout_s:g}"
             self._refuse(Response(408, b'{"error":"body not received within ' + seconds.encode() + b's"}',
                                   "application/json"))

@@ -8,6 +8,8 @@ aiohttp application, and ``serve_small`` the lean ``http1`` server of the heartb
 - closes a connection whose request head has not arrived within ``header_timeout_s`` and an idle keep-alive one
   after the same time (aiohttp's keep-alive timer runs from the connection's start),
 - counts every connection closed before a complete request (idle, slow or refused),
+- (``serve_small``) stops reading a connection whose client does not take its answers, and drops it when it
+  keeps sending (``http1.ServerConnection``: a pipelining client that never reads cannot grow the buffers),
 
 and ``read_body`` bounds the time a request body may take. Client aborts are not errors: nothing is logged.
 A port already in use is a configuration error naming the setting.

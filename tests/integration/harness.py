@@ -154,6 +154,15 @@ class SimProcess:
     async def activate_base(self, identity: str) -> None:
         await self.call("POST", f"/bases/{identity}/activate")
 
+    async def hold_biz_lists(self, identity: str) -> None:
+        """MQTT bases: take and stamp queryAllBiz answers but do not publish them (a delaying broker)."""
+        await self.call("POST", f"/bases/{identity}/hold-biz-lists")
+
+    async def release_biz_lists(self, identity: str, count: int | None = None) -> int:
+        """Publish the ``count`` oldest held answers late, as they were taken (the rest are lost); stop holding."""
+        query = "" if count is None else f"?count={count}"
+        return int((await self.call("POST", f"/bases/{identity}/release-biz-lists{query}"))["released"])
+
     async def install_direct(self, identity: str, name: str, version: str, url: str = "") -> Any:
         """Install a biz on the base behind vkprovider's back (an orphan, or what another controller did)."""
         body = {"bizName": name, "bizVersion": version, **({"bizUrl": url} if url else {})}

@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncGenerator, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from tests.helpers import figure
+from tests.tcpproxy import TcpProxy, kubeconfig_through, upstream_of
 from vkprovider.kube import ApiError, EventRecorder, Informer, Kube
 
 pytestmark = pytest.mark.integration
@@ -418,3 +422,34 @@ async def test_in_cluster_config_follows_token_rotation(kube: Kube, kube_cluster
         assert await whoami(in_cluster) == f"system:serviceaccount:{ns}:second"
     finally:
         await in_cluster.close()
+
+
+async def test_an_informer_recovers_from_a_blackholed_watch_in_well_under_the_old_330s(
+        kube: Kube, namespace: Any, kube_cluster: Any, tmp_path: Path) -> None:
+    """Issue 27, item 9: a watch whose connection dies silently (a proxy in the path stops forwarding without
+    closing; TCP keepalive sees a live peer) used to be noticed only after timeoutSeconds + 30 = 330 s. The
+    informer, reaching the apiserver through such a proxy, must see a change made after the blackhole within its
+    documented liveness bound (45 s of silence) plus a re-WATCH."""
+    ns = ns_name(namespace)
+    coll = f"/api/v1/namespaces/{ns}/configmaps"
+    proxy = TcpProxy(*upstream_of(Path(kube_cluster.admin_kubeconfig)))
+    await proxy.start()
+    proxied_config = kubeconfig_through(Path(kube_cluster.admin_kubeconfig), proxy, tmp_path / "proxied.kubeconfig")
+    proxied = await Kube.connect(str(proxied_config), timeout_s=15)
+    inf = Informer(proxied, coll, label_selector="app=blackhole")
+    try:
+        async with running(inf):
+            await kube.create(coll, cm("before", {"v": "0"}, {"app": "blackhole"}))
+            await eventually(lambda: inf.get(f"{ns}/before") is not None, what="the informer working")
+            cut = proxy.blackhole_open()
+            assert cut >= 1  # the watch's connection at least
+            started = time.monotonic()
+            await kube.create(coll, cm("after", {"v": "1"}, {"app": "blackhole"}))
+            await eventually(lambda: inf.get(f"{ns}/after") is not None, timeout=200,
+                             what="the change made after the blackhole")
+            took = time.monotonic() - started
+    finally:
+        await proxied.close()
+        await proxy.stop()
+    figure("blackholed_watch_recovery_s", round(took, 1))
+    assert took < 120, f"{took:.0f}s to notice a dead watch"

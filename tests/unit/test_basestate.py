@@ -238,3 +238,52 @@ def test_a_failed_read_is_remembered_until_a_read_succeeds():
     assert led.read_error == "biz list entry 3 has no bizName/bizVersion" and led.bizs is None
     led.apply_read(led.begin_read(), [])
     assert led.read_error is None
+
+
+BROKEN_B2 = BizInfo("biz2", "1.0", BizState.BROKEN)
+ACTIVE_B2 = BizInfo("biz2", "1.0", BizState.ACTIVATED)
+
+
+@pytest.mark.parametrize("command", ["install", "uninstall"])
+def test_a_list_of_unknown_send_time_never_overwrites_a_command_result_newer_than_the_last_read(command):
+    """Issue 27, item 4: over MQTT a queryAllBiz answer that comes after its query timed out (or a list nobody
+    asked for) cannot be placed by a token. Merged untimed, it must not undo an install or uninstall answered
+    since the last read - the list may well be from before it."""
+    led = fresh()
+    led.apply_read(led.begin_read(), [ACTIVE_B2] + ([ACTIVE_V1] if command == "uninstall" else []))
+    if command == "install":
+        led.start(V1.key, CommandKind.INSTALL, V1, 1.0)
+        led.finish_install(V1, ok=True, reported=[ACTIVE_V1], now=2.0, at_ms=0)
+        late = [ACTIVE_B2]  # taken before the install
+    else:
+        led.start(V1.key, CommandKind.UNINSTALL, None, 1.0)
+        led.finish_uninstall(V1.key, ok=True, now=2.0, at_ms=0)
+        late = [ACTIVE_B2, ACTIVE_V1]  # taken before the uninstall
+    expected = {V1.key: ACTIVE_V1, B2.key: ACTIVE_B2} if command == "install" else {B2.key: ACTIVE_B2}
+    led.apply_untimed(late)
+    assert led.bizs == expected
+    # What no command touched since the last read is news, untimed or not.
+    led.apply_untimed([BROKEN_B2, *late[1:]])
+    assert led.bizs is not None and led.bizs[B2.key] == BROKEN_B2 and (V1.key in led.bizs) == (command == "install")
+    # A read sent afterwards is the newer fact for every biz.
+    led.apply_read(led.begin_read(), [])
+    assert led.bizs == {}
+
+
+def test_a_list_of_unknown_send_time_is_no_read_a_request_or_a_failure_waits_for():
+    led = fresh()
+    led.request_read()
+    led.start(V1.key, CommandKind.INSTALL, V1, 1.0)
+    led.finish_install(V1, ok=False, message="boom", now=2.0, at_ms=0)
+    failure = led.failures[V1.key]
+    led.apply_untimed([ACTIVE_B2])
+    assert led.bizs == {B2.key: ACTIVE_B2}
+    assert led.read_needed() and not led.read_since(failure)  # it may be from before the request, the failure
+    led.apply_read(led.begin_read(), [ACTIVE_B2])
+    assert not led.read_needed() and led.read_since(failure)
+
+
+def test_the_first_list_of_unknown_send_time_is_taken_when_nothing_is_known():
+    led = BaseLedger(rand=lambda: 0.5)
+    assert led.apply_untimed([ACTIVE_V1]) is True
+    assert led.bizs == {V1.key: ACTIVE_V1} and led.read_needed()  # still read: it may be old

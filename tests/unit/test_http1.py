@@ -8,7 +8,9 @@ not asyncio's classes, which once broke the first version of this module under u
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
+import struct
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import pytest
 import uvloop
 
+from tests.helpers import wait_for
 from tests.mqtt_broker import make_ca, make_server_cert
 from vkprovider import http1
 
@@ -193,6 +196,110 @@ def test_a_streamed_answer_comes_in_chunks_and_gives_its_connection_back(run: Ru
     run(scenario())
 
 
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Close with a TCP RST (SO_LINGER 0), not a FIN: the connection was cut, it did not end."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+def test_an_answer_without_a_length_cut_by_a_reset_is_an_error_not_a_whole_answer(run: Runner) -> None:
+    head_read = asyncio.Event()
+
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"half\":")
+        await writer.drain()
+        if b"/stream" in request:
+            await head_read.wait()  # the client has the head: what comes next is the body's end
+        _reset(writer)  # on loopback the bytes written reach the client before the reset
+
+    async def eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"whole\":1}")
+        await writer.drain()  # and a FIN: the end of an answer without a length
+
+    async def scenario() -> None:
+        async with Scripted(cut) as server, Scripted(eof) as fine:
+            pool = http1.Pool("127.0.0.1", server.port)
+            head, streamed = await pool.stream(get("/stream"), head_timeout_s=5)
+            assert head.status == 200
+            head_read.set()
+            seen = []
+            with pytest.raises(http1.HttpError) as reset:
+                async for chunk in streamed.chunks(silence_s=5):
+                    seen.append(chunk)
+            streamed.close()
+            assert reset.value.kind == "closed" and reset.value.sent
+            assert b"".join(seen) in (b"", b'{"half":')
+            with pytest.raises(http1.HttpError) as cut_exchange:
+                await http1.exchange("127.0.0.1", server.port, post(b"{}", "/x"), timeout_s=5, limit=100)
+            assert cut_exchange.value.kind == "closed"
+            answer = await http1.exchange("127.0.0.1", fine.port, post(b"{}"), timeout_s=5, limit=100)
+            assert (answer.status, answer.body) == (200, b'{"whole":1}')
+            await pool.close()
+
+    run(scenario())
+
+
+def test_informational_answers_before_the_final_one_are_skipped(run: Runner) -> None:
+    async def continues(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            request = await read_request(reader)
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            if b"/two" in request:
+                writer.write(b"HTTP/1.1 102 Processing\r\nX-Progress: 1\r\n\r\n")
+            await writer.drain()
+            if b"/nolength" in request:
+                writer.write(b"HTTP/1.1 200 OK\r\nX-Final: yes\r\n\r\ndone")
+                await writer.drain()
+                return
+            writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-Final: yes\r\n\r\nok")
+            await writer.drain()
+
+    async def scenario() -> None:
+        async with Scripted(continues) as server:
+            pool = http1.Pool("127.0.0.1", server.port)
+            for path in ("/one", "/two", "/again"):
+                answer = await pool.request(post(b"{}", path), timeout_s=5)
+                assert (answer.status, answer.reason, answer.body) == (201, "Created", b"ok")
+                assert answer.headers.get("x-final") == "yes" and "x-progress" not in answer.headers
+            assert server.connections == 1  # the connection stays usable after an informational answer
+            answer = await http1.exchange("127.0.0.1", server.port, post(b"{}", "/nolength"), timeout_s=5, limit=100)
+            assert (answer.status, answer.body, answer.headers.get("x-final")) == (200, b"done", "yes")
+            await pool.close()
+
+    run(scenario())
+
+
+def test_pool_connections_probe_a_silent_peer_with_tcp_keepalive(run: Runner) -> None:
+    """A connection to the API server whose peer vanished without a reset (a node gone, a NAT entry dropped) must
+    not wait for the kernel's two-hour default: keepalive probes after a short idle time find it dead."""
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+
+    async def scenario() -> None:
+        async with Scripted(echo) as server:
+            pool = http1.Pool("127.0.0.1", server.port)
+            await pool.request(get(), timeout_s=5)
+            (conn,) = pool._open
+            assert conn.transport is not None
+            sock = conn.transport.get_extra_info("socket")
+            options = (sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                       sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                       sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                       sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT))
+            assert options[0] == 1
+            assert options[1:] == (http1.KEEPALIVE_IDLE_S, http1.KEEPALIVE_INTERVAL_S, http1.KEEPALIVE_PROBES)
+            assert options[1] + options[2] * options[3] <= 30  # a dead peer is found within half a minute
+            await pool.close()
+
+    run(scenario())
+
+
 def test_a_full_pool_makes_requests_wait_for_a_connection(run: Runner) -> None:
     async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
@@ -288,34 +395,59 @@ class Guard:
 
 class Served:
     def __init__(self, *, max_body: int = 64, timeout_s: float = 5.0, cap: int = 100,
-                 fail: bool = False) -> None:
+                 fail: bool = False, answer: bytes = b"SUCCESS", max_queued: int = 64,
+                 small_send_buffer: bool = False) -> None:
         self.guard = Guard(cap)
         self.requests: list[http1.Request] = []
         self.refused: list[tuple[str, int]] = []
-        self.limits = http1.ServerLimits(max_body=max_body, request_timeout_s=timeout_s, idle_timeout_s=timeout_s)
+        self.limits = http1.ServerLimits(max_body=max_body, request_timeout_s=timeout_s, idle_timeout_s=timeout_s,
+                                         max_queued_answers=max_queued)
         self.fail = fail
+        self.answer = answer
+        self.small_send_buffer = small_send_buffer  # the kernel takes little: answers wait in the transport
         self.server: asyncio.base_events.Server | None = None
+        self.transports: list[asyncio.Transport] = []
+        self.peak_buffered = 0  # the most bytes any connection's transport held unsent when a request was handled
 
     def handle(self, request: http1.Request) -> http1.Response:
         self.requests.append(request)
+        self.peak_buffered = max([self.peak_buffered, *(t.get_write_buffer_size() for t in self.transports)])
         if self.fail:
             raise RuntimeError("boom")
-        return http1.Response(200, b"SUCCESS")
+        return http1.Response(200, self.answer)
+
+    def connection(self) -> http1.ServerConnection:
+        served = self
+
+        class Recorded(http1.ServerConnection):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                served.transports.append(transport)  # type: ignore[arg-type]
+                if served.small_send_buffer:
+                    transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+                super().connection_made(transport)
+
+        return Recorded(self.handle, self.limits, self.guard, lambda path, status: self.refused.append((path, status)))
 
     async def __aenter__(self) -> Served:
-        self.server = await asyncio.get_running_loop().create_server(
-            lambda: http1.ServerConnection(self.handle, self.limits, self.guard,
-                                           lambda path, status: self.refused.append((path, status))),
-            "127.0.0.1", 0)
+        self.server = await asyncio.get_running_loop().create_server(self.connection, "127.0.0.1", 0)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         assert self.server is not None
         self.server.close()
 
-    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def connect(self, *, small_window: bool = False) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A client connection; ``small_window``: a 4 KB receive buffer (no autotuning), so answers the client
+        does not read pile up on the server's side instead of in the client's kernel."""
         assert self.server is not None
-        return await asyncio.open_connection("127.0.0.1", self.server.sockets[0].getsockname()[1])
+        address = ("127.0.0.1", self.server.sockets[0].getsockname()[1])
+        if not small_window:
+            return await asyncio.open_connection(*address)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, address)
+        return await asyncio.open_connection(sock=sock)
 
 
 async def answers(reader: asyncio.StreamReader, count: int) -> list[tuple[int, bytes]]:
@@ -406,5 +538,66 @@ def test_a_failing_handler_answers_500_and_expect_continue_is_honoured(run: Runn
             status, body = (await answers(reader, 1))[0]
             assert (status, body) == (500, b'{"error":"internal error"}')
             writer.close()
+
+    run(scenario())
+
+
+def test_a_client_that_pipelines_and_never_reads_cannot_make_the_server_buffer_without_bound(run: Runner) -> None:
+    """Every answer waits in the server's transport until the client reads it; a client that sends thousands of
+    pipelined requests (404s need no credential) and reads nothing must meet back-pressure, not a growing buffer."""
+    answer = b"x" * 4096
+    count = 5000  # 20 MB of answers, far more than the kernel's socket buffers take
+
+    async def scenario() -> None:
+        async with Served(answer=answer) as served:
+            reader, writer = await served.connect(small_window=True)
+            writer.write(get("/nothing-here") * count)  # buffered on our side; never a read of an answer
+
+            def settled() -> bool:  # everything handled, or the server stopped reading or closed the connection
+                transport = served.transports[0] if served.transports else None
+                return len(served.requests) == count or (transport is not None and (
+                    transport.is_closing() or not transport.is_reading()))
+
+            await wait_for(settled, 30, interval=0.01, what="the server to handle everything or push back")
+            buffered = max(served.peak_buffered, served.transports[0].get_write_buffer_size())
+            assert buffered <= 1 << 20, f"{buffered} bytes of answers buffered for a client that never reads"
+            assert len(served.requests) < count
+            writer.transport.abort()
+
+    run(scenario())
+
+
+def test_a_connection_whose_client_does_not_read_is_dropped_after_the_idle_timeout(run: Runner) -> None:
+    """Closing would wait for the client to take the answers; a client that never does must not keep the
+    connection (and its buffer, and a place under the listener's cap) forever."""
+
+    async def scenario() -> None:
+        async with Served(answer=b"z" * 4096, timeout_s=0.5, max_queued=10**9) as served:
+            reader, writer = await served.connect(small_window=True)
+            writer.write(get("/x") * 2000)  # 8 MB of answers, never read
+            await wait_for(lambda: served.guard.open == 0 and served.requests, 15, interval=0.05,
+                           what="the connection of a client that does not read to be dropped")
+            writer.transport.abort()
+
+    run(scenario())
+
+
+def test_a_pipelining_client_that_reads_its_answers_gets_every_one(run: Runner) -> None:
+    """Back-pressure, not refusal: a client that pipelines a few dozen requests and reads the answers slower
+    than they are written gets them all, on one connection."""
+    answer = b"y" * 4096
+    count = 60  # 240 KB of answers: past the high-water mark, within the queue cap
+
+    async def scenario() -> None:
+        async with Served(answer=answer, small_send_buffer=True) as served:
+            reader, writer = await served.connect(small_window=True)
+            for batch in range(5):
+                writer.write(b"".join(get(f"/n{batch}-{i}") for i in range(count)))
+                got = await answers(reader, count)
+                assert got == [(200, answer)] * count
+            assert [r.path for r in served.requests] == [f"/n{b}-{i}" for b in range(5) for i in range(count)]
+            assert served.peak_buffered > http1.WRITE_HIGH_WATER  # the answers did wait for the reader
+            writer.close()
+            await wait_for(lambda: served.guard.open == 0, 5, interval=0.01, what="the connection closed")
 
     run(scenario())

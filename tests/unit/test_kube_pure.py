@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,13 @@ import orjson
 import pytest
 from aiohttp import web
 
+from vkprovider.kube import client as client_module
 from vkprovider.kube.client import (
     ApiConnectionError,
     ApiError,
     Kube,
     LineSplitter,
+    WatchStalled,
     api_error_from_response,
     parse_retry_after,
     parse_watch_line,
@@ -25,7 +28,15 @@ from vkprovider.kube.client import (
     should_retry,
 )
 from vkprovider.kube.events import object_reference, timestamp, truncate_message
-from vkprovider.kube.informer import Informer, backoff_delay, default_key, diff_snapshots, trim
+from vkprovider.kube.informer import (
+    Informer,
+    UnionCache,
+    backoff_delay,
+    default_key,
+    diff_snapshots,
+    resource_version,
+    trim,
+)
 
 # ------------------------------------------------------------------------------------------- pure helpers
 
@@ -165,7 +176,7 @@ class FakeKube:
         self.rv = 10
         self.lists = 0
         self.watch_rvs: list[str] = []
-        self.scripts: list[list[dict[str, Any]] | BaseException] = []
+        self.scripts: list[list[dict[str, Any] | BaseException] | BaseException] = []
         self.list_errors: list[BaseException] = []
 
     async def list_all(self, path: str, *, params: Mapping[str, Any] | None = None,
@@ -186,6 +197,8 @@ class FakeKube:
         if isinstance(script, BaseException):
             raise script
         for ev in script:
+            if isinstance(ev, BaseException):
+                raise ev  # the stream broke after what came before
             yield ev
 
 
@@ -309,6 +322,14 @@ class FakeApi:
             if request.headers.get("Authorization") != "Bearer new-token":
                 return web.Response(status=401, body=status(401, "Unauthorized"), content_type="application/json")
             return web.json_response({"ok": True})
+        if request.path == "/silent-watch":  # one event, then nothing: a connection that went dead
+            resp = web.StreamResponse()
+            resp.content_type = "application/json"
+            await resp.prepare(request)
+            await resp.write(orjson.dumps({"type": "ADDED", "object": {"metadata": {"name": "a"}}}) + b"\n")
+            while request.transport is not None and not request.transport.is_closing():
+                await asyncio.sleep(0.05)  # silent until the client gives up
+            return resp
         if request.path == "/watch":
             resp = web.StreamResponse()
             resp.content_type = "application/json"
@@ -458,6 +479,36 @@ async def test_watch_streams_large_lines_and_skips_garbage(fake_api: tuple[Kube,
     assert len(events[0]["object"]["metadata"]["big"]) == 300_000
 
 
+async def test_a_watch_silent_past_its_timeout_is_declared_stalled(fake_api: tuple[Kube, FakeApi],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server ends a watch after timeoutSeconds; one that sent no byte for longer is dead (a blackholed
+    connection), whatever TCP says: the watch raises WatchStalled after timeoutSeconds + the grace."""
+    monkeypatch.setattr(client_module, "WATCH_SILENCE_GRACE_S", 0.5)
+    kube, _ = fake_api
+    events = []
+    started = time.monotonic()
+    with pytest.raises(WatchStalled):
+        async with asyncio.timeout(10):
+            async with contextlib.aclosing(kube.watch("/silent-watch", params={"timeoutSeconds": 1})) as stream:
+                async for ev in stream:
+                    events.append(ev)
+    assert [e["type"] for e in events] == ["ADDED"]
+    assert 1.4 <= time.monotonic() - started < 5
+
+
+async def test_an_informer_watches_again_from_its_version_after_a_stalled_watch() -> None:
+    fake = FakeKube()
+    fake.objects = {"a": obj("a", "1")}
+    fake.scripts = [[{"type": "ADDED", "object": obj("c", "11")},
+                     WatchStalled("Timeout", "no byte for 45s", sent=True)]]  # then an idle watch
+    inf = Informer(fake, "/api/v1/configmaps")  # type: ignore[arg-type]
+    async with running(inf):
+        await wait_until(lambda: len(fake.watch_rvs) == 2)
+    assert fake.watch_rvs == ["10", "11"]  # from where the dead watch left off ...
+    assert fake.lists == 1  # ... without a LIST
+    assert sorted(inf.keys()) == ["ns/a", "ns/c"]
+
+
 def _kubeconfig(tmp: Path, cluster: dict[str, Any], user: dict[str, Any]) -> str:
     import yaml
 
@@ -518,3 +569,36 @@ def test_a_kubeconfig_proxy_url_is_an_http_proxy_with_optional_basic_credentials
     for unsupported in ("socks5://proxy:1080", "https://proxy:443"):
         with pytest.raises(ValueError, match="only http:// proxies"):
             proxy_from_url(unsupported)
+
+
+def test_a_union_cache_returns_the_newer_of_two_copies_of_an_object() -> None:
+    """A module pod carrying both module labels is cached by two informers: the union reads the newer copy (by
+    resourceVersion as integers; for other versions, the copy of the informer that saw the object last)."""
+    seen: list[tuple[str | None, str | None]] = []
+    union = UnionCache(lambda key, old, new: seen.append((resource_version(old) if old else None,
+                                                          resource_version(new) if new else None)))
+    first = Informer(FakeKube(), "/api/v1/pods", on_change=union.notify)  # type: ignore[arg-type]
+    second = Informer(FakeKube(), "/api/v1/pods", on_change=union.notify)  # type: ignore[arg-type]
+    union.add(first)
+    union.add(second)
+    first._apply({"type": "ADDED", "object": obj("p", "100")})
+    second._apply({"type": "ADDED", "object": obj("p", "100")})
+    second._apply({"type": "MODIFIED", "object": obj("p", "105")})  # the first informer has not seen it yet
+    assert resource_version(union.get("ns/p") or {}) == "105"
+    first._apply({"type": "MODIFIED", "object": obj("p", "101")})  # a lagging informer's older event
+    assert resource_version(union.get("ns/p") or {}) == "105"
+    assert seen[-1] == ("100", "105")  # what on_change hands on is the newer copy too
+    first._apply({"type": "MODIFIED", "object": obj("p", "1000")})  # integers compare as numbers, not text
+    assert resource_version(union.get("ns/p") or {}) == "1000"
+    second._apply({"type": "DELETED", "object": obj("p", "1001")})
+    assert resource_version(union.get("ns/p") or {}) == "1000"
+    # versions that are not integers: the copy the informers saw last wins
+    first._apply({"type": "MODIFIED", "object": obj("q", "b")})
+    second._apply({"type": "MODIFIED", "object": obj("q", "a")})
+    assert resource_version(union.get("ns/q") or {}) == "a"
+    first._apply({"type": "MODIFIED", "object": obj("q", "c")})
+    assert resource_version(union.get("ns/q") or {}) == "c"
+    first._apply({"type": "DELETED", "object": obj("q", "d")})
+    assert resource_version(union.get("ns/q") or {}) == "a"
+    second._apply({"type": "DELETED", "object": obj("q", "e")})
+    assert union.get("ns/q") is None and "ns/q" not in union

@@ -24,6 +24,18 @@ class _Leases:
         self.versions = itertools.count(1)
         self.patches: list[str] = []
         self.failing = False
+        # Leases kept here as the apiserver has them (None: deleted): a GET answers them, and a patch whose
+        # resourceVersion precondition is not theirs answers 409 (404 once deleted).
+        self.current: dict[str, dict[str, Any] | None] = {}
+        self.gets: list[str] = []
+
+    async def get(self, path: str) -> dict[str, Any]:
+        name = path.rsplit("/", 1)[-1]
+        self.gets.append(name)
+        lease = self.current.get(name)
+        if lease is None:
+            raise ApiError(404, "NotFound", f"leases {name} not found")
+        return lease
 
     async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return {"metadata": {"name": body["metadata"]["name"], "resourceVersion": str(next(self.versions))}}
@@ -31,7 +43,15 @@ class _Leases:
     async def patch(self, path: str, body: dict[str, Any], kind: str = "merge") -> dict[str, Any]:
         if self.failing:
             raise ApiError(500, "InternalError", "etcd is away")
-        self.patches.append(path.rsplit("/", 1)[-1])
+        name = path.rsplit("/", 1)[-1]
+        self.patches.append(name)
+        if name in self.current:
+            lease = self.current[name]
+            if lease is None:
+                raise ApiError(404, "NotFound", f"leases {name} not found")
+            if body["metadata"]["resourceVersion"] != lease["metadata"]["resourceVersion"]:
+                raise ApiError(409, "Conflict", "the object has been modified; please apply your changes to the "
+                               "latest version and try again")
         return {"metadata": {"resourceVersion": str(next(self.versions))}}
 
 
@@ -158,3 +178,35 @@ async def test_a_foreign_lease_is_taken_when_it_expires_and_a_new_replica_redeci
     clock.now += TICK_S
     await _tick(keeper)
     assert keeper.decisions - before == 1
+
+
+def _patches_of(leases: _Leases, node: str) -> list[str]:
+    return [name for name in leases.patches if name == node]
+
+
+async def test_a_conflicted_acquire_is_not_retried_at_tick_rate():
+    """A Lease that looks expired only because this replica's watch stopped delivering (its holder renews it):
+    the acquire's 409 says the observation is stale, so the Lease is read again before it is decided again,
+    instead of a PATCH and a 409 on every tick."""
+    leases, clock = _Leases(), _Clock()
+    keeper = _keeper(leases, clock)
+    node = _name(3)
+    keeper.on_lease_change(f"{vnode.LEASE_NAMESPACE}/{node}", None, _foreign_lease(node, "busy", "5"))
+    seen_at = clock.now
+    leases.current[node] = _foreign_lease(node, "busy", "9")  # renewed meanwhile; the watch did not say
+
+    async def until(t: float) -> None:
+        while clock.now < t:
+            clock.now += TICK_S
+            await _tick(keeper)
+
+    await until(seen_at + 60)
+    assert _patches_of(leases, node) == [node]  # one acquire at expiry, then the fresh version: unexpired
+    assert leases.gets == [node] and not keeper.may_write(node)
+    read_at = seen_at + 40 + TICK_S  # the GET went out on the tick after the 409
+    leases.current[node] = _foreign_lease(node, "busy", "12")  # renewed again, still unseen by the watch
+    await until(read_at + 60)
+    assert _patches_of(leases, node) == [node] * 2 and leases.gets == [node] * 2 and not keeper.may_write(node)
+    leases.current[node] = None  # deleted, unseen by the watch: one 404, one read, forgotten
+    await until(read_at + 200)
+    assert _patches_of(leases, node) == [node] * 3 and leases.gets == [node] * 3 and keeper.lease_of(node) is None

@@ -570,3 +570,33 @@ async def test_pod_start_duration_times_a_pod_from_first_seen_to_its_first_runni
     one.cache["ns/q"] = running
     one.controller.on_pod_change("ns/q", None, running)
     assert "ns/q" not in one.controller._unstarted_since and "ns/p" not in one.controller._unstarted_since
+
+
+async def test_a_pushed_biz_list_does_not_undo_an_install_answered_since_the_last_read() -> None:
+    """Issue 27, item 4: over MQTT a biz list that arrives after its query timed out (or unasked) was merged as
+    a read sent just now, so a list taken before an install answered removed the installed biz again: the pod's
+    Ready regressed and the install was sent a second time."""
+    from vkprovider.config import load_settings
+    from vkprovider.controllers.modules import ModuleController
+    from vkprovider.core.basestate import CommandKind
+    from vkprovider.core.model import BizInfo, BizSpec, BizState
+    from vkprovider.kube.informer import UnionCache
+
+    settings = load_settings({"ENV": "test"})
+    registry = BaseRegistry("test", clock=lambda: 0.0)
+    registry.heartbeat(hb("b1"))
+    node = "vnode.b1.test"
+    view = registry.get(node)
+    assert view is not None
+    controller = ModuleController(settings, None, registry, UnionCache(), {}, None,  # type: ignore[arg-type]
+                                  may_write=lambda n: True, fenced=lambda n: False, clock=lambda: 0.0)
+    spec = BizSpec("biz1", "1", "http://x/biz1.jar")
+    running = BizInfo("biz1", "1", BizState.ACTIVATED)
+    ledger = view.ledger
+    ledger.apply_read(ledger.begin_read(), [])
+    ledger.start(spec.key, CommandKind.INSTALL, spec, 0.0)
+    ledger.finish_install(spec, ok=True, reported=[running], now=1.0, at_ms=0)
+    controller.on_pushed_bizs(node, [])  # the late answer of a query sent before the install
+    assert ledger.bizs == {spec.key: running}
+    controller.on_pushed_bizs(node, [BizInfo("orphan", "9", BizState.ACTIVATED)])  # news about other bizs: taken
+    assert ledger.bizs is not None and set(ledger.bizs) == {spec.key, BizInfo("orphan", "9", BizState.ACTIVATED).key}

@@ -517,12 +517,13 @@ class ModuleController:
             self._log_changes(view.node, before, ledger.bizs or {})
 
     def on_pushed_bizs(self, node: str, bizs: Sequence[BizInfo]) -> None:
-        """A biz list the base pushed (MQTT): merged like a read sent just now."""
+        """A biz list of unknown send time (MQTT: unasked, or the answer of a query that timed out): merged so it
+        never undoes a command result newer than the last read (``BaseLedger.apply_untimed``)."""
         view = self.registry.get(node)
         if view is None or not self.may_write(node):
             return
         before = dict(view.ledger.bizs or {})
-        if view.ledger.apply_read(view.ledger.begin_read(), bizs):
+        if view.ledger.apply_untimed(bizs):
             self._log_changes(node, before, view.ledger.bizs or {})
         self.queue.add(node)
 

@@ -14,6 +14,11 @@ cost two hundred decisions a second (due, then landed, per renewal), not two tho
 replicas decides every vnode again. A tick that comes far too late means the process was stalled (SIGSTOP,
 swapping): every observation is then restarted from now, because what was "unchanged for a lease duration" was
 only unseen.
+
+An acquire answered 409 (or 404) proves the observation it was decided from out of date: the Lease changed (its
+holder renewed it, another replica took it) without the watch saying so yet. The vnode is then not decided again
+from that observation: its Lease is read again (one GET, at the next tick) and decided from what the read shows,
+so a watch that fell behind costs one PATCH and one GET per Lease, not a PATCH and a 409 on every tick.
 """
 
 from __future__ import annotations
@@ -111,7 +116,7 @@ class LeaseKeeper:
         self._held: dict[str, own.Held] = {}
         self._held_since: dict[str, float] = {}  # when this replica got each vnode (no ping-pong hand-overs)
         self._busy: set[str] = set()  # nodes with a lease write in flight
-        self._stale: set[str] = set()  # observations made before a stall: read again before acting on them
+        self._stale: set[str] = set()  # observations made before a stall, or refuted by a 409: read them again
         self._writes_in_flight: set[asyncio.Task[None]] = set()
         self._member_held: own.Held | None = None
         self._member_seen_since: dict[str, float] = {}
@@ -497,7 +502,10 @@ class LeaseKeeper:
             answer = await self.kube.patch(self._lease_path(node), body, kind="merge")
         except ApiError as exc:
             if exc.is_conflict or exc.is_not_found:
-                return  # somebody else was faster, or it is gone: decide again from the next observation
+                # Somebody else was faster, or it is gone: what we saw is out of date (our watch may be behind).
+                # Read it again before deciding again, not a PATCH and a 409 on every tick (module docstring).
+                self._stale.add(node)
+                return
             raise
         self._gain(node, own.Held(sent, _rv(answer), self._first_renewal(sent)),
                    why if facts.holder != self.me else "")

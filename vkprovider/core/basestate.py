@@ -18,6 +18,14 @@ decides whether a read satisfies a request to read again (``request_read``, e.g.
 the base restarted): only a read sent after the request clears it. So an older read never overwrites a newer
 result, and a request to look again is never lost.
 
+A biz list whose send time is not known - one a base pushed, or the late answer of a query that timed out (over
+MQTT an answer carries no query id, so nothing says which query it answers) - has no token. ``apply_untimed``
+merges it as a read sent right after the newest read applied: the earliest moment it can be from, provided the
+tunnel never hands on a list older than one it already delivered (the MQTT tunnel orders a base's lists by the
+base's own publishTimestamp). So it updates only the bizs that no command result changed since that read, never
+overwrites a newer install or uninstall (no Ready regression, no second command), and neither satisfies a
+request to read again nor counts as the read a failed command waits for (``read_since``).
+
 Pure: no I/O, no asyncio; times are passed in (monotonic seconds for deadlines, wall-clock milliseconds for what
 is shown to users). Table-tested in tests/unit/test_basestate.py, including every read/command interleaving.
 """
@@ -194,6 +202,17 @@ class BaseLedger:
         if token.seq <= self._last_read:
             return False
         self._last_read = token.seq
+        if self._read_requested is not None and self._read_requested < token.seq:
+            self._read_requested = None
+        return self._merge(token.seq, bizs)
+
+    def apply_untimed(self, bizs: Iterable[BizInfo]) -> bool:
+        """Merge a biz list of unknown send time (pushed, or a late answer): as a read sent right after the newest
+        read applied (see the module docstring). Returns whether anything a pod can see changed."""
+        return self._merge(self._last_read, bizs)
+
+    def _merge(self, sent: int, bizs: Iterable[BizInfo]) -> bool:
+        """Take what a read sent at sequence number ``sent`` shows, except where a command result is newer."""
         self._read_error = None
         fresh = {b.key: b for b in bizs}
         for key in [k for k, i in self._inflight.items() if i.kind is CommandKind.BASELINE and k in fresh]:
@@ -201,7 +220,7 @@ class BaseLedger:
         old = self._bizs
         merged: dict[BizKey, BizInfo] = {}
         for key, info in fresh.items():
-            if self._changed_at.get(key, 0) > token.seq:
+            if self._changed_at.get(key, 0) > sent:
                 if old is not None and key in old:
                     merged[key] = old[key]  # a command result newer than the read
                 # else: a command removed it after the read was sent
@@ -209,12 +228,10 @@ class BaseLedger:
                 merged[key] = info
         if old is not None:
             for key, info in old.items():
-                if key not in fresh and self._changed_at.get(key, 0) > token.seq:
+                if key not in fresh and self._changed_at.get(key, 0) > sent:
                     merged[key] = info  # installed after the read was sent
         self._bizs = merged
-        if self._read_requested is not None and self._read_requested < token.seq:
-            self._read_requested = None
-        for key in [k for k, at in self._changed_at.items() if at <= token.seq]:
+        for key in [k for k, at in self._changed_at.items() if at <= sent]:
             del self._changed_at[key]  # the read has seen it; nothing newer to protect
         facts = (len(self._urls), len(self._superseded))
         for key in list(self._urls):

@@ -60,6 +60,8 @@ MAX_ATTEMPTS = 5
 _URL_CACHE_SIZE = 20_000  # write targets kept encoded (a Lease, Node and pod status each: thousands)
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"  # RFC 3986 pchar and "/": what a path keeps unencoded
 MAX_RETRY_AFTER_S = 30.0
+#: A watch is dead once silent for its timeoutSeconds plus this (see ``Kube.watch``).
+WATCH_SILENCE_GRACE_S = 15.0
 
 #: Where the kubelet mounts the service-account token (rotated in place) and the cluster CA in a pod.
 IN_CLUSTER_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
@@ -167,6 +169,11 @@ class ApiConnectionError(ApiError):
     def __init__(self, reason: str, message: str, *, sent: bool) -> None:
         super().__init__(0, reason, message, None)
         self.sent = sent
+
+
+class WatchStalled(ApiConnectionError):
+    """A watch delivered no byte for its ``timeoutSeconds`` + ``WATCH_SILENCE_GRACE_S``: the server would have
+    ended it by then, so its connection is dead (see ``Kube.watch``). Its resourceVersion is still good."""
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -777,13 +784,17 @@ class Kube:
         (the caller decides; a 410 means re-LIST). Raises :class:`ApiError` when the watch cannot start.
         Consume it inside ``contextlib.aclosing`` so an abandoned watch frees its connection at once.
         Watches do not count against ``max_inflight`` and are not retried: informers own that policy.
+
+        Liveness: the server ends every watch after ``timeoutSeconds``, so a healthy watch is never silent longer
+        than that (events, bookmarks, or the end itself are bytes). A watch that delivered no byte for
+        ``timeoutSeconds + WATCH_SILENCE_GRACE_S`` is dead - a connection blackholed between here and the
+        apiserver, which TCP keepalive cannot see when a proxy in the middle still acknowledges - and raises
+        :class:`WatchStalled`.
         """
         query = _clean_params(params) or {}
         query["watch"] = "true"
         query.setdefault("allowWatchBookmarks", "true")
         server_timeout = int(query.setdefault("timeoutSeconds", "300"))
-        # The server ends the watch after timeoutSeconds; a stream silent for longer (bookmarks come every minute)
-        # is dead.
         request = self._head("GET", self._target(path, query, remember=False), None, None)
         started = time.perf_counter()
         code = "<error>"
@@ -796,7 +807,7 @@ class Kube:
             REQUEST_DURATION.labels("WATCH", self._host_label).observe(time.perf_counter() - started)
             REQUESTS.labels(code, "WATCH", self._host_label).inc()
         try:
-            chunks = streamed.chunks(silence_s=server_timeout + 30)
+            chunks = streamed.chunks(silence_s=server_timeout + WATCH_SILENCE_GRACE_S)
             if answer.status >= 300:
                 raw = b"".join([chunk async for chunk in chunks])
                 if answer.status == 401:
@@ -817,6 +828,9 @@ class Kube:
                 if event is not None:
                     yield event
         except http1.HttpError as exc:
+            if exc.kind == "timeout":
+                raise WatchStalled("Timeout", f"watch {resource_of(path)}: no byte for "
+                                   f"{server_timeout + WATCH_SILENCE_GRACE_S:g}s", sent=True) from exc
             raise _connection_error(exc, "watch stream stalled") from exc
         finally:
             streamed.close()

@@ -6,6 +6,16 @@ the normal signal to re-LIST, diffs the fresh LIST against the cache so deletes 
 delivered, advances on BOOKMARK events so a re-WATCH rarely needs a LIST, backs off with jitter on other errors and
 never dies on a bad event. ``on_change(key, old, new)`` is a cheap synchronous callback (controllers enqueue keys).
 
+Liveness (issue 27): a watch that silently died (its connection blackholed, no reset) must not leave the cache
+stale for long - Lease renewals unseen make their holders look expired. Each watch asks the server to end it after
+``WATCH_TIMEOUT_S`` (30 s; with bookmarks allowed), so a healthy one is never silent for longer; one that delivered
+no byte - event, bookmark or its end - for ``WATCH_TIMEOUT_S + kube.client.WATCH_SILENCE_GRACE_S`` (45 s) is
+declared dead (``WatchStalled``) and watched again at once from the cache's resourceVersion, without a LIST. Dead
+peers without a proxy in between are found sooner still by TCP keepalive on the API connections (``http1.Pool``).
+
+``UnionCache`` reads several informers of one resource as one cache; an object two of them hold (a pod with both
+module labels) is read as the newer of its two copies (see its docstring).
+
 The cache diff (:func:`diff_snapshots`), key function and object trimming are pure and unit-tested.
 """
 
@@ -22,7 +32,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge
 
 from vkprovider.core.backoff import INFORMER
-from vkprovider.kube.client import ApiError, Kube, error_from_status, resource_of
+from vkprovider.kube.client import ApiError, Kube, WatchStalled, error_from_status, resource_of
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +57,8 @@ INFORMER_RELISTS = Counter(
 )
 
 _EVENT_TYPES = ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR", "INVALID")
+#: Each watch is ended by the server after this many seconds (see the module docstring).
+WATCH_TIMEOUT_S = 30
 
 
 def default_key(obj: Mapping[str, Any]) -> str:
@@ -108,7 +120,7 @@ class Informer:
 
     def __init__(self, kube: Kube, list_path: str, *, label_selector: str | None = None,
                  field_selector: str | None = None, key: KeyFunc = default_key,
-                 on_change: OnChange | None = None, page_size: int = 500, watch_timeout_s: int = 300,
+                 on_change: OnChange | None = None, page_size: int = 500, watch_timeout_s: int = WATCH_TIMEOUT_S,
                  resource: str | None = None, keep: Callable[[Obj], bool] | None = None,
                  trim_object: Callable[[Obj], Obj] | None = None) -> None:
         self._kube = kube
@@ -275,6 +287,10 @@ class Informer:
                 async for event in events:
                     seen[0] = True
                     self._apply(event)
+        except WatchStalled as stalled:
+            # dead, not wrong: where it stopped is still good (module docstring)
+            log.warning("informer %s: %s; watching again from resourceVersion %s", self.resource, stalled.message,
+                        self._rv)
         except ApiError as exc:
             if exc.is_gone:  # the server may answer a too-old resourceVersion with an HTTP 410
                 raise _Gone(exc.message) from exc
@@ -364,11 +380,17 @@ class UnionCache:
 
     ``on_change`` sees one consistent stream: an object that leaves one informer but is still in another is a
     change, not a delete.
+
+    An object in two informers (a pod carrying both module labels) has two copies, and the informers' watches
+    advance independently, so one copy may be older. ``get`` returns the newer: by resourceVersion compared as
+    integers when both are integers (as the apiserver orders them, etcd revisions), else the copy of the informer
+    that stored the object last; ``on_change`` is handed that same copy.
     """
 
     def __init__(self, on_change: OnChange | None = None) -> None:
         self._informers: list[Informer] = []
         self._on_change = on_change
+        self._last: dict[str, int] = {}  # key -> the informer that stored it last (for versions not integers)
 
     def add(self, informer: Informer) -> None:
         self._informers.append(informer)
@@ -381,11 +403,24 @@ class UnionCache:
         return list(self._informers)
 
     def get(self, key: str) -> Obj | None:
-        for informer in self._informers:
+        found: Obj | None = None
+        found_at = -1
+        for index, informer in enumerate(self._informers):
             obj = informer.get(key)
-            if obj is not None:
-                return obj
-        return None
+            if obj is None:
+                continue
+            if found is None or self._newer(key, (index, obj), (found_at, found)):
+                found, found_at = obj, index
+        return found
+
+    def _newer(self, key: str, a: tuple[int, Obj], b: tuple[int, Obj]) -> bool:
+        """Whether copy ``a`` of ``key`` is newer than copy ``b`` (see the class docstring)."""
+        rv_a, rv_b = resource_version(a[1]), resource_version(b[1])
+        if rv_a == rv_b:
+            return False
+        if rv_a.isdigit() and rv_b.isdigit():
+            return int(rv_a) > int(rv_b)
+        return self._last.get(key) == a[0]
 
     def __len__(self) -> int:
         return len({k for i in self._informers for k in i})
@@ -395,9 +430,17 @@ class UnionCache:
 
     def notify(self, key: str, old: Obj | None, new: Obj | None) -> None:
         """The on_change hook to give each member informer."""
-        if new is None:
+        if new is not None:
+            for index, informer in enumerate(self._informers):
+                if informer.get(key) is new:
+                    self._last[key] = index
+                    break
+            new = self.get(key)
+        else:
             new = self.get(key)
             if new is old:
                 new = None
+            if new is None:
+                self._last.pop(key, None)
         if self._on_change is not None:
             self._on_change(key, old, new)

@@ -3,6 +3,8 @@
 Routes: ``GET /bases``, ``GET /stats``, ``POST /bases?count=N``, ``POST /bases/{identity}/stop``,
 ``POST /bases/{identity}/start``, ``POST /bases/{identity}/bizs`` (install an orphan biz directly),
 ``POST /bases/{identity}/deactivate`` and ``.../activate`` (graceful shutdown and back),
+``POST /bases/{identity}/hold-biz-lists`` and ``.../release-biz-lists?count=N`` (MQTT bases: queryAllBiz answers
+are held back, then published late with their original publishTimestamp, the N oldest, the rest dropped),
 ``POST /reset-stats``.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
+from vkprovider.sim.mqtt_transport import MqttBaseTransport
 from vkprovider.sim.simulator import SimBase, Simulator
 
 _SIM_KEY = web.AppKey("simulator", Simulator)
@@ -97,6 +100,31 @@ async def _install_orphan(request: web.Request) -> web.Response:
     return _json(answer)
 
 
+def _mqtt_or_409(base: SimBase) -> MqttBaseTransport:
+    if base.mqtt is None:
+        raise web.HTTPConflict(text=orjson.dumps({"error": f"base {base.identity} is not an MQTT base"}).decode(),
+                               content_type="application/json")
+    return base.mqtt
+
+
+async def _hold_biz_lists(request: web.Request) -> web.Response:
+    base = _base_or_404(request)
+    _mqtt_or_409(base).holding_biz_lists = True
+    return _json({"identity": base.identity, "holding": True})
+
+
+async def _release_biz_lists(request: web.Request) -> web.Response:
+    base = _base_or_404(request)
+    transport = _mqtt_or_409(base)
+    raw = request.query.get("count")
+    try:
+        count = int(raw) if raw is not None else None
+    except ValueError:
+        return _json({"error": "count must be an integer"}, status=400)
+    released = await transport.release_biz_lists(count)
+    return _json({"identity": base.identity, "released": released})
+
+
 async def _reset_stats(request: web.Request) -> web.Response:
     _sim(request).reset_stats()
     return _json({"reset": True})
@@ -114,6 +142,8 @@ async def start_control_api(sim: Simulator, host: str, port: int) -> tuple[web.A
     app.router.add_post("/bases/{identity}/bizs", _install_orphan)
     app.router.add_post("/bases/{identity}/deactivate", _deactivate)
     app.router.add_post("/bases/{identity}/activate", _activate)
+    app.router.add_post("/bases/{identity}/hold-biz-lists", _hold_biz_lists)
+    app.router.add_post("/bases/{identity}/release-biz-lists", _release_biz_lists)
     app.router.add_post("/reset-stats", _reset_stats)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -120,6 +120,11 @@ class MqttBaseTransport:
         self._beats: asyncio.Task[None] | None = None
         self._commands: set[asyncio.Task[None]] = set()
         self.running = False
+        # A test knob: while holding, queryAllBiz answers are taken (and stamped) but not published, as if the
+        # broker or the network delayed them; ``release_biz_lists`` publishes them late, their stamps unchanged.
+        self.holding_biz_lists = False
+        self.held_biz_lists: list[bytes] = []
+        self.query_calls = 0
         prefix = f"koupleless_{connection.env}/{identity}"
         self.prefix = prefix
         self.subscriptions = (f"{prefix}/+", f"{prefix}/base/baseline")
@@ -160,6 +165,16 @@ class MqttBaseTransport:
             await self.beat_once()
             await asyncio.sleep(self._interval_s * self._rng.uniform(0.98, 1.02))
 
+    async def release_biz_lists(self, count: int | None = None) -> int:
+        """Stop holding; publish the ``count`` oldest held answers (all when None) as they were taken, and drop
+        the rest (answers a broker lost). Returns how many were published."""
+        held, self.held_biz_lists = self.held_biz_lists, []
+        self.holding_biz_lists = False
+        released = held if count is None else held[:count]
+        for payload in released:
+            await self._connection.publish_raw(self.topic("simpleBiz"), payload)
+        return len(released)
+
     def on_message(self, command: str, payload: bytes) -> None:
         """A command arrived (the last topic segment, ``baseline`` included); answered in its own task."""
         if not self.running:
@@ -189,7 +204,12 @@ class MqttBaseTransport:
         elif command == "health":
             await self._connection.publish(self.topic("health"), mqtt_output(arklet.health()))
         elif command == "queryAllBiz":
-            await self._connection.publish(self.topic("simpleBiz"), [simple_biz(b) for b in arklet.bizs.values()])
+            self.query_calls += 1
+            payload = self._connection.envelope([simple_biz(b) for b in arklet.bizs.values()])
+            if self.holding_biz_lists:
+                self.held_biz_lists.append(payload)
+            else:
+                await self._connection.publish_raw(self.topic("simpleBiz"), payload)
         elif command == "baseline":
             if not isinstance(body, list):
                 return
@@ -328,12 +348,19 @@ class MqttSimConnection:
             with contextlib.suppress(aiomqtt.MqttError):
                 await client.unsubscribe(list(base.subscriptions))
 
+    def envelope(self, data: Any) -> bytes:
+        """``data`` in arklet's envelope, stamped now."""
+        return orjson.dumps({"publishTimestamp": self._clock_ms(), "data": data})
+
     async def publish(self, topic: str, data: Any) -> bool:
         """Publish ``data`` in arklet's envelope at QoS 1, not retained; False when it could not be sent."""
+        return await self.publish_raw(topic, self.envelope(data))
+
+    async def publish_raw(self, topic: str, payload: bytes) -> bool:
+        """Publish an enveloped payload at QoS 1, not retained; False when it could not be sent."""
         client = self._client
         if client is None:
             return False
-        payload = orjson.dumps({"publishTimestamp": self._clock_ms(), "data": data})
         try:
             await client.publish(topic, payload, qos=QOS, retain=False, timeout=10.0)
         except aiomqtt.MqttError as exc:

@@ -211,6 +211,8 @@ class SimBase:
             "batchInstallCalls": self.arklet.batch_calls,
             "heartbeatsSent": self.heartbeats_sent,
             "heartbeatFailures": self.heartbeat_failures,
+            **({"queryCalls": self.mqtt.query_calls, "heldBizLists": len(self.mqtt.held_biz_lists)}
+               if self.mqtt is not None else {}),
         }
 
 

@@ -47,7 +47,11 @@ class BaseEvents(Protocol):
 
     def on_health(self, identity: str, health: BaseHealth) -> None: ...
 
-    def on_bizs(self, identity: str, bizs: Sequence[BizInfo]) -> None: ...
+    def on_bizs(self, identity: str, bizs: Sequence[BizInfo]) -> None:
+        """A biz list the tunnel cannot place in time: pushed unasked, the answer of a query that timed out, or
+        one taken before a command answer it delivered. Merge it so it never overwrites a command result newer
+        than the last read (``BaseLedger.apply_untimed``); never older than a list delivered before it."""
+        ...
 
     def baseline(self, metadata: BaseMetadata) -> list[BizSpec] | None:
         """The bizs a base that asks for its baseline should run (queryBaseline); None when another replica
@@ -66,7 +70,10 @@ class Tunnel(Protocol):
 
     async def health(self, base: BaseHeartbeat) -> BaseHealth: ...
 
-    async def query_all_biz(self, base: BaseHeartbeat) -> list[BizInfo]: ...
+    async def query_all_biz(self, base: BaseHeartbeat) -> list[BizInfo]:
+        """The base's bizs as taken after this call began: the caller merges them as a read sent when it called
+        (a list that cannot be shown to be that goes to ``BaseEvents.on_bizs`` instead)."""
+        ...
 
     async def install_biz(
         self, base: BaseHeartbeat, biz: BizSpec, *, replace_other_versions: bool = False

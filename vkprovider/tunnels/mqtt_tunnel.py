@@ -13,6 +13,25 @@ the matching answer, with a timeout) and avoids the Go controller's known faults
 - a message's age window (``VKP_MQTT_MAX_MESSAGE_AGE``, 60 s by default, both directions) is wide enough for
   ordinary clock skew; retained, oversized and malformed messages are dropped and counted, never fatal.
 
+Biz lists are placed by the base's own clock, never by when they arrive (issue 27). A ``queryAllBiz`` answer
+carries no query id, may come after its query timed out, and may be overtaken by a command answer; applied as
+"read now" it used to undo a newer install or uninstall (Ready regressed, the command was sent again). Each
+message carries the ``publishTimestamp`` of the base that sent it, and arklet takes a list when it publishes it,
+so per base (``BizListOrder``):
+
+- a list published before the newest list already taken from that base is stale, and dropped (``stale``);
+- a list answers the ``query_all_biz`` waiting for it only if it was published after every command answer
+  (bizOperation, batchInstallBizResponse) the base had delivered when that query was sent. The caller merges it
+  as a read sent when it asked (``BaseLedger`` token): every result recorded before that is in the list, every
+  one recorded after is newer than the token and kept;
+- any other list - the answer of a query that timed out, one nobody asked for, or one older than a command answer
+  delivered before its query - goes to ``BaseEvents.on_bizs``, merged as a list of unknown send time
+  (``BaseLedger.apply_untimed``): it never overwrites a command result newer than the last read, and the first
+  rule guarantees it is not older than that read.
+
+A base's stamps are remembered for twice the age window (a message older than that is dropped by the age check
+anyway), so a base whose clock stepped back is out of order for at most that long.
+
 The pure parts (topic parsing, envelope checks, TLS context) are module functions so they can be unit-tested.
 """
 
@@ -20,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import secrets
 import ssl
@@ -69,7 +89,8 @@ BASE_KINDS: Final = (
     KIND_BATCH_RESPONSE,
 )
 
-DROP_REASONS: Final = ("too_large", "bad_json", "invalid", "expired", "clock_skew", "retained", "topic", "error")
+DROP_REASONS: Final = ("too_large", "bad_json", "invalid", "expired", "clock_skew", "retained", "topic", "error",
+                       "stale")
 MQTT_DROPPED_TOTAL = Counter(
     "vkprovider_mqtt_dropped_total", "MQTT messages from bases that were dropped, by reason.", ["reason"]
 )
@@ -140,7 +161,13 @@ class MessageDropped(Exception):
 
 
 def open_envelope(payload: bytes, *, now_ms: int, max_age_s: float, max_bytes: int, retained: bool = False) -> Any:
-    """Check one ``{"publishTimestamp": ms, "data": X}`` message and return X.
+    """Check one ``{"publishTimestamp": ms, "data": X}`` message and return X (see ``read_envelope``)."""
+    return read_envelope(payload, now_ms=now_ms, max_age_s=max_age_s, max_bytes=max_bytes, retained=retained)[1]
+
+
+def read_envelope(payload: bytes, *, now_ms: int, max_age_s: float, max_bytes: int,
+                  retained: bool = False) -> tuple[int, Any]:
+    """Check one ``{"publishTimestamp": ms, "data": X}`` message and return (publishTimestamp, X).
 
     Raises ``MessageDropped`` for a message that is too large, retained (a replay from the broker's store, not
     something a base just said), not a JSON envelope, or outside the age window ``max_age_s`` on either side
@@ -165,7 +192,7 @@ def open_envelope(payload: bytes, *, now_ms: int, max_age_s: float, max_bytes: i
             raise MessageDropped("expired", f"{age_ms / 1000:.1f}s old")
         if -age_ms > max_age_s * 1000:
             raise MessageDropped("clock_skew", f"{-age_ms / 1000:.1f}s in the future")
-    return decoded["data"]
+    return stamp, decoded["data"]
 
 
 def build_tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -205,6 +232,59 @@ def _as_bytes(payload: object) -> bytes | None:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+class Placement(enum.Enum):
+    """Where a biz list goes (``BizListOrder.place``)."""
+
+    STALE = "stale"  # older than a list already taken: dropped
+    ANSWER = "answer"  # the answer of the pending query: to its caller
+    UNTIMED = "untimed"  # late, unasked or older than a command answer: to BaseEvents.on_bizs
+
+
+class BizListOrder:
+    """One base's biz lists ordered by its publishTimestamp against its other lists and its command answers (the
+    module docstring's rules). Times are passed in: ``now_ms`` is this process's wall clock, only used to forget
+    stamps after ``memory_ms``."""
+
+    __slots__ = ("_answer", "_asked_after", "_list", "_memory_ms")
+
+    def __init__(self, memory_ms: int) -> None:
+        self._memory_ms = memory_ms
+        self._list: tuple[int, int] | None = None  # (newest list stamp taken, when it came)
+        self._answer: tuple[int, int] | None = None  # (newest command answer stamp, when it came)
+        self._asked_after: int | None = None  # a query is pending, sent after answers up to this stamp
+
+    def _recent(self, record: tuple[int, int] | None, now_ms: int) -> int | None:
+        if record is None or now_ms - record[1] > self._memory_ms:
+            return None
+        return record[0]
+
+    def answered(self, stamp: int, now_ms: int) -> None:
+        """A command answer (published at ``stamp``) is being handed to its caller."""
+        newest = self._recent(self._answer, now_ms)
+        if newest is None or stamp >= newest:
+            self._answer = (stamp, now_ms)
+
+    def asking(self, now_ms: int) -> None:
+        """A queryAllBiz is being sent."""
+        newest = self._recent(self._answer, now_ms)
+        self._asked_after = -1 if newest is None else newest
+
+    def not_asking(self) -> None:
+        """Nobody waits for the pending query any more (answered, timed out, failed)."""
+        self._asked_after = None
+
+    def place(self, stamp: int, now_ms: int) -> Placement:
+        newest = self._recent(self._list, now_ms)
+        if newest is not None and stamp < newest:
+            return Placement.STALE
+        if newest is None or stamp > newest:
+            self._list = (stamp, now_ms)
+        if self._asked_after is not None and stamp > self._asked_after:
+            self._asked_after = None
+            return Placement.ANSWER
+        return Placement.UNTIMED
 
 
 # --- waiting for answers -------------------------------------------------------------------------------------
@@ -309,6 +389,9 @@ class MqttTunnel:
         self._answering: set[str] = set()  # bases whose answer topics are subscribed on this connection
         self._wanted: set[str] = set()  # bases this replica commands (subscribed again after a reconnect)
         self._subscribe_lock = _KeyedLocks()
+        self._orders: dict[str, BizListOrder] = {}  # identity -> its biz lists' order (bases this replica commands)
+        age_ms = int(settings.mqtt_max_message_age_s * 1000)
+        self._order_memory_ms = 2 * age_ms if age_ms > 0 else 120_000
         self.last_error: str | None = None
         self.connections = 0
         """How many times the tunnel connected (and subscribed); tests use it to see a reconnect."""
@@ -440,14 +523,14 @@ class MqttTunnel:
             payload = _as_bytes(message.payload)
             if payload is None:
                 raise MessageDropped("invalid", "payload is not bytes")
-            data = open_envelope(
+            stamp, data = read_envelope(
                 payload,
                 now_ms=self._clock_ms(),
                 max_age_s=self._settings.mqtt_max_message_age_s,
                 max_bytes=self._settings.mqtt_max_payload_bytes,
                 retained=bool(message.retain),
             )
-            self._handle(where[0], where[1], data)
+            self._handle(where[0], where[1], data, stamp)
         except MessageDropped as dropped:
             MQTT_DROPPED_TOTAL.labels(dropped.reason).inc()
             log.debug("dropped mqtt message on %s: %s", topic[:120], dropped)
@@ -455,7 +538,7 @@ class MqttTunnel:
             MQTT_DROPPED_TOTAL.labels("error").inc()
             log.exception("mqtt message on %s could not be handled", topic[:120])
 
-    def _handle(self, identity: str, kind: str, data: Any) -> None:
+    def _handle(self, identity: str, kind: str, data: Any, stamp: int) -> None:
         if kind == KIND_HEART:
             self._on_heartbeat(identity, data)
         elif kind == KIND_QUERY_BASELINE:
@@ -463,11 +546,17 @@ class MqttTunnel:
         elif kind == KIND_HEALTH:
             self._on_health(identity, data)
         elif kind in (KIND_SIMPLE_BIZ, KIND_BIZ):
-            self._on_bizs(identity, data)
+            self._on_bizs(identity, data, stamp)
         elif kind == KIND_BIZ_OPERATION:
-            self._on_biz_operation(identity, data)
+            self._on_biz_operation(identity, data, stamp)
         elif kind == KIND_BATCH_RESPONSE:
-            self._on_batch_response(identity, data)
+            self._on_batch_response(identity, data, stamp)
+
+    def _order(self, identity: str) -> BizListOrder:
+        order = self._orders.get(identity)
+        if order is None:
+            order = self._orders[identity] = BizListOrder(self._order_memory_ms)
+        return order
 
     def _on_heartbeat(self, identity: str, data: Any) -> None:
         result = "error"
@@ -533,7 +622,7 @@ class MqttTunnel:
         assert self._events is not None
         self._events.on_health(identity, health)
 
-    def _on_bizs(self, identity: str, data: Any) -> None:
+    def _on_bizs(self, identity: str, data: Any, stamp: int) -> None:
         # base/simpleBiz carries the list itself; base/biz (full queryAllBiz answer) an envelope around it.
         if isinstance(data, Mapping) and "code" in data:
             if data.get("code") != "SUCCESS":
@@ -543,7 +632,10 @@ class MqttTunnel:
             bizs = wire.parse_biz_list(data)
         except wire.WireError as exc:
             raise MessageDropped("invalid", f"biz list: {exc.reason}") from None
-        if self._queries.resolve((identity, "bizs"), bizs):
+        placement = self._order(identity).place(stamp, self._clock_ms())
+        if placement is Placement.STALE:
+            raise MessageDropped("stale", f"biz list of {identity} published before one already taken")
+        if placement is Placement.ANSWER and self._queries.resolve((identity, "bizs"), bizs):
             return
         requested = self._batch_requested.get(identity)
         if (identity in self._batches and identity not in self._batch_responders and requested is not None
@@ -554,9 +646,10 @@ class MqttTunnel:
         assert self._events is not None
         self._events.on_bizs(identity, bizs)
 
-    def _on_biz_operation(self, identity: str, data: Any) -> None:
+    def _on_biz_operation(self, identity: str, data: Any, stamp: int) -> None:
         if not isinstance(data, Mapping) or not isinstance(data.get("response"), Mapping):
             raise MessageDropped("invalid", "bizOperation without a response object")
+        self._order(identity).answered(stamp, self._clock_ms())
         command, name, version = data.get("command"), data.get("bizName"), data.get("bizVersion")
         if self._ops.resolve((identity, command, name, version), data["response"]):
             return
@@ -568,9 +661,10 @@ class MqttTunnel:
                     return
         log.debug("unrequested %s answer from %s for %s:%s", command, identity, name, version)
 
-    def _on_batch_response(self, identity: str, data: Any) -> None:
+    def _on_batch_response(self, identity: str, data: Any, stamp: int) -> None:
         if not isinstance(data, Mapping) or not isinstance(data.get("response"), Mapping):
             raise MessageDropped("invalid", "batchInstallBizResponse without a response object")
+        self._order(identity).answered(stamp, self._clock_ms())
         self._batch_responders.add(identity)  # a new-enough arklet: never fall back to single installs
         self._list_answers.pop(identity, None)
         self._no_batch.discard(identity)
@@ -606,6 +700,7 @@ class MqttTunnel:
         """This replica no longer commands ``base``: stop receiving its answers."""
         identity = base.identity
         self._wanted.discard(identity)
+        self._orders.pop(identity, None)
         if identity not in self._answering:
             return
         self._answering.discard(identity)
@@ -668,15 +763,22 @@ class MqttTunnel:
 
     async def _query(self, base: BaseHeartbeat, command: str, kind: str) -> Any:
         """health / queryAllBiz: concurrent callers for one base share one command and its next answer."""
-        topic = command_topic(self._env, base.identity, command)
+        identity = base.identity
+        topic = command_topic(self._env, identity, command)
         timeout_s = self._settings.arklet_query_timeout_s
+        key = (identity, kind)
 
         async def send() -> None:
-            await self._listen_to(base.identity, timeout_s)
+            await self._listen_to(identity, timeout_s)
+            if kind == "bizs":
+                self._order(identity).asking(self._clock_ms())
             await self._publish(topic, b"{}", timeout_s)
 
-        return await self._await(self._queries, (base.identity, kind), send, timeout_s,
-                                 f"{command} to {base.identity}")
+        try:
+            return await self._await(self._queries, key, send, timeout_s, f"{command} to {identity}")
+        finally:
+            if kind == "bizs" and key not in self._queries and identity in self._orders:
+                self._orders[identity].not_asking()  # a list that comes now answers nobody: untimed
 
     async def health(self, base: BaseHeartbeat) -> BaseHealth:
         answer = await self._timed("health", self._query(base, "health", KIND_HEALTH), _succeeded)
