@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -142,35 +143,68 @@ def test_recreate_strategy_is_refused_and_unbatched_is_none() -> None:
     assert rel.parse_release(deployment(batches=None)) is None
 
 
+def fields_v1(paths: Any) -> dict[str, Any]:
+    """managedFields' ``fieldsV1`` of these field paths, as the apiserver writes it."""
+    out: dict[str, Any] = {}
+    for path in paths:
+        node = out
+        for name in path:
+            node = node.setdefault(f"f:{name}", {})
+    return out
+
+
+def held_by_vkprovider(paths: Any) -> list[dict[str, Any]]:
+    return [{"manager": "vkprovider", "operation": "Apply", "apiVersion": "apps/v1", "fieldsType": "FieldsV1",
+             "fieldsV1": fields_v1(paths)}]
+
+
+@dataclass
+class Step:
+    decision: rel.ReleaseDecision
+    written: dict[rel.FieldPath, Any] | None  # what the controller applied; None: nothing to write
+
+
+def walk(d: dict[str, Any], new: NewPods | None, now: float) -> Step:
+    """Plan, then write to the Deployment what the controller would: a stale confirmation cleared by a merge
+    patch, then vkprovider's fields by server-side apply (the apiserver's part simulated: values and ownership)."""
+    release = parsed(d)
+    decision = rel.plan_release(release, new, now=now)
+    md = d["metadata"]
+    if decision.clear_confirmed:
+        md["annotations"].pop(rel.CONFIRMED, None)
+        md["generation"] += 1  # a Deployment's generation counts annotation changes too
+    wanted = rel.release_fields(release, decision, md["annotations"].get(rel.STATE))
+    config = rel.apply_config(rel.live_fields(d), rel.held_fields(md.get("managedFields")), wanted)
+    if config is not None:
+        body = rel.apply_body(config, md["name"], md["namespace"], "1")
+        md["annotations"].update(body["metadata"].get("annotations") or {})
+        spec = body.get("spec") or {}
+        d["spec"].update({k: v for k, v in spec.items() if k != "strategy"})
+        if "strategy" in spec:
+            d["spec"]["strategy"] = {**d["spec"]["strategy"], **spec["strategy"]}
+        md["managedFields"] = held_by_vkprovider(config)
+        md["generation"] += 1
+    return Step(decision, config)
+
+
+def bounds(d: dict[str, Any]) -> Bounds:
+    rolling = d["spec"]["strategy"]["rollingUpdate"]
+    return Bounds(rolling["maxSurge"], rolling["maxUnavailable"])
+
+
 def test_first_sight_counts_as_released_and_sets_the_at_rest_bound() -> None:
     d = deployment(surge="25%", unavailable="25%")
-    decision = rel.plan_release(parsed(d), None, now=100.0)
-    assert decision.state == ReleaseState(digest(d), 2, Phase.DONE, 100.0)
-    assert decision.bounds == Bounds(0, 1)
-    assert decision.event is None and decision.paused is None
+    step = walk(d, None, 100.0)
+    assert step.decision.state == ReleaseState(digest(d), 2, Phase.DONE, 100.0)
+    assert step.decision.event is None and step.decision.paused is None
+    assert bounds(d) == Bounds(0, 1) and d["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert step.written is not None and rel.PAUSED_FIELD not in step.written  # paused is the user's
 
 
 def test_surge_mode_bounds_surge() -> None:
     d = deployment(mode="surge", state=ReleaseState(digest(deployment(mode="surge")), 2, Phase.DONE, 1.0))
-    assert rel.plan_release(parsed(d), None, now=2.0).bounds == Bounds(1, 0)
-
-
-def walk(d: dict[str, Any], new: NewPods, now: float) -> rel.ReleaseDecision:
-    """Plan, then apply the decision to the Deployment as the controller would write it."""
-    decision = rel.plan_release(parsed(d), new, now=now)
-    annotations = d["metadata"]["annotations"]
-    if decision.state is not None:
-        annotations[rel.STATE] = decision.state.encode()
-    if decision.clear_confirmed:
-        annotations.pop(rel.CONFIRMED, None)
-    if decision.paused is not None:
-        d["spec"]["paused"] = decision.paused
-        d["metadata"]["generation"] += 1
-    if decision.bounds is not None:
-        d["spec"]["strategy"]["rollingUpdate"] = {"maxSurge": decision.bounds.max_surge,
-                                                  "maxUnavailable": decision.bounds.max_unavailable}
-        d["metadata"]["generation"] += 1
-    return decision
+    walk(d, None, 2.0)
+    assert bounds(d) == Bounds(1, 0)
 
 
 def phase(d: dict[str, Any]) -> tuple[int, Phase, bool]:
@@ -183,15 +217,15 @@ def test_a_manual_release_of_ten_pods_in_three_batches() -> None:
     old = deployment()
     d = deployment(image="biz-2.0.0.jar", state=ReleaseState(digest(old), 2, Phase.DONE, 1.0), confirmed="3")
     # The template changed: batch 1 begins, a stale confirmation from the last release is cleared.
-    decision = walk(d, NewPods(), 10.0)
+    decision = walk(d, NewPods(), 10.0).decision
     assert decision.event is not None and decision.event[0] == "ReleaseStarted"
     assert decision.clear_confirmed and rel.CONFIRMED not in d["metadata"]["annotations"]
     assert phase(d) == (1, Phase.MOVING, False)
     r = parsed(d)
     assert rel.ready_hold(r, 0) is not None  # the batch's pod may not turn Ready yet
-    assert walk(d, NewPods(1, 0, 0), 11.0) == rel.ReleaseDecision()  # installing
+    assert walk(d, NewPods(1, 0, 0), 11.0).written is None  # installing
     # Installed: the Deployment is paused, and only once the controller saw it may the pod turn Ready.
-    decision = walk(d, NewPods(1, 1, 0), 12.0)
+    decision = walk(d, NewPods(1, 1, 0), 12.0).decision
     assert decision.event is not None and decision.event[0] == "BatchReady"
     assert "confirmed-batch=2" in decision.event[1]
     assert phase(d) == (1, Phase.WAITING, True)
@@ -199,41 +233,41 @@ def test_a_manual_release_of_ten_pods_in_three_batches() -> None:
     d["status"]["observedGeneration"] = d["metadata"]["generation"]
     assert rel.ready_hold(parsed(d), 0) is None
     # Nothing moves without the confirmation, however long.
-    assert walk(d, NewPods(1, 1, 1), 10_000.0) == rel.ReleaseDecision()
+    assert walk(d, NewPods(1, 1, 1), 10_000.0).written is None
     d["metadata"]["annotations"][rel.CONFIRMED] = "2"
-    decision = walk(d, NewPods(1, 1, 1), 10_001.0)
+    decision = walk(d, NewPods(1, 1, 1), 10_001.0).decision
     assert decision.event is not None and decision.event[0] == "BatchStarted"
-    assert decision.bounds == Bounds(0, 4) and phase(d) == (2, Phase.MOVING, False)
+    assert bounds(d) == Bounds(0, 4) and phase(d) == (2, Phase.MOVING, False)
     r = parsed(d)
     assert rel.ready_hold(r, 1) is not None  # batch 2's pods wait; batch 1's quota (1) is Ready
     assert rel.ready_hold(r, 0) is None  # a replacement of batch 1's pod catches up
-    assert walk(d, NewPods(5, 4, 1), 10_002.0) == rel.ReleaseDecision()
+    assert walk(d, NewPods(5, 4, 1), 10_002.0).written is None
     walk(d, NewPods(5, 5, 1), 10_003.0)
     assert phase(d) == (2, Phase.WAITING, True)
     d["status"]["observedGeneration"] = d["metadata"]["generation"]
     # `kubectl rollout resume` is a confirmation too.
     d["spec"]["paused"] = False
     d["metadata"]["generation"] += 1
-    decision = walk(d, NewPods(5, 5, 5), 10_004.0)
-    assert phase(d) == (3, Phase.MOVING, False) and decision.bounds == Bounds(0, 5)
+    walk(d, NewPods(5, 5, 5), 10_004.0)
+    assert phase(d) == (3, Phase.MOVING, False) and bounds(d) == Bounds(0, 5)
     assert rel.ready_hold(parsed(d), 5) is None  # the last batch is not held
-    assert walk(d, NewPods(10, 10, 9), 10_005.0) == rel.ReleaseDecision()
-    decision = walk(d, NewPods(10, 10, 10), 10_006.0)
+    assert walk(d, NewPods(10, 10, 9), 10_005.0).written is None
+    decision = walk(d, NewPods(10, 10, 10), 10_006.0).decision
     assert decision.event is not None and decision.event[0] == "ReleaseCompleted"
-    assert decision.bounds == Bounds(0, 1)  # back to the at-rest bound
+    assert bounds(d) == Bounds(0, 1)  # back to the at-rest bound
     assert phase(d) == (3, Phase.DONE, False)
-    assert walk(d, NewPods(10, 10, 10), 10_007.0) == rel.ReleaseDecision()  # at rest: nothing to write
+    assert walk(d, NewPods(10, 10, 10), 10_007.0).written is None  # at rest: nothing to write
 
 
 def test_resume_before_the_pause_was_observed_pauses_again_and_remembers() -> None:
     d = deployment(image="biz-2.0.0.jar")
     d["metadata"]["annotations"][rel.STATE] = ReleaseState(digest(d), 0, Phase.WAITING, 5.0).encode()
     d["spec"]["paused"] = False  # resumed at once: the batch's pod is not Ready yet
-    decision = walk(d, NewPods(1, 1, 0), 6.0)
+    decision = walk(d, NewPods(1, 1, 0), 6.0).decision
     assert decision.paused is True and decision.state is not None and decision.state.go
     d["status"]["observedGeneration"] = d["metadata"]["generation"]
     assert rel.ready_hold(parsed(d), 0) is None
-    assert walk(d, NewPods(1, 1, 0), 7.0) == rel.ReleaseDecision()
+    assert walk(d, NewPods(1, 1, 0), 7.0).written is None
     walk(d, NewPods(1, 1, 1), 8.0)  # the go-ahead was kept: batch 2 starts without asking again
     assert phase(d) == (2, Phase.MOVING, False)
 
@@ -241,10 +275,10 @@ def test_resume_before_the_pause_was_observed_pauses_again_and_remembers() -> No
 def test_grey_time_moves_on_by_itself() -> None:
     d = deployment(image="biz-2.0.0.jar", confirm=None, grey="30")
     d["metadata"]["annotations"][rel.STATE] = ReleaseState(digest(d), 0, Phase.MOVING, 0.0).encode()
-    decision = walk(d, NewPods(1, 1, 0), 1.0)
+    decision = walk(d, NewPods(1, 1, 0), 1.0).decision
     assert decision.event is not None and "begins in 30s" in decision.event[1]
     assert rel.wait_for_grey(parsed(d), 11.0) == 20.0
-    assert walk(d, NewPods(1, 1, 1), 30.0) == rel.ReleaseDecision()
+    assert walk(d, NewPods(1, 1, 1), 30.0).written is None
     walk(d, NewPods(1, 1, 1), 31.0)
     assert phase(d) == (2, Phase.MOVING, False)
 
@@ -284,7 +318,7 @@ def test_a_rollback_that_brings_back_an_old_state_is_released_as_a_new_template(
     assert rel.plan_release(r, settling, now=5.0) == rel.ReleaseDecision()
     assert rel.ready_hold(r, 0, settling) == "the Deployment controller is still taking this template back (rollback)"
     # Renumbered (4): a new release of that template begins, the restored confirmation is cleared.
-    decision = walk(d, NewPods(1, 0, 0, revision=4), 6.0)
+    decision = walk(d, NewPods(1, 0, 0, revision=4), 6.0).decision
     assert decision.event is not None and decision.event[0] == "ReleaseStarted" and decision.clear_confirmed
     state = ReleaseState.decode(d["metadata"]["annotations"][rel.STATE])
     assert state is not None and state.rs_revision == 4 and state.phase is Phase.MOVING
@@ -296,12 +330,116 @@ def test_the_replicaset_revision_is_recorded_once_known() -> None:
     walk(d, None, 1.0)  # first sight, no ReplicaSet yet
     state = ReleaseState.decode(d["metadata"]["annotations"][rel.STATE])
     assert state is not None and state.rs_revision == 0
-    decision = walk(d, NewPods(10, 10, 10, revision=1), 2.0)
+    decision = walk(d, NewPods(10, 10, 10, revision=1), 2.0).decision
     assert decision.state is not None and decision.state.rs_revision == 1 and decision.event is None
-    assert walk(d, NewPods(10, 10, 10, revision=1), 3.0) == rel.ReleaseDecision()
+    assert walk(d, NewPods(10, 10, 10, revision=1), 3.0).written is None
     # A new template whose ReplicaSet does not exist yet starts without the old revision.
     d["spec"]["template"]["spec"]["containers"][0]["image"] = "biz-2.0.0.jar"
-    decision = walk(d, None, 4.0)
+    decision = walk(d, None, 4.0).decision
     assert decision.state is not None and decision.state.rs_revision == 0
-    decision = walk(d, NewPods(1, 0, 0, revision=2), 5.0)
+    decision = walk(d, NewPods(1, 0, 0, revision=2), 5.0).decision
     assert decision.state is not None and decision.state.rs_revision == 2 and decision.state.phase is Phase.MOVING
+
+
+# --- who owns which field (server-side apply) -----------------------------------------------------------------
+
+ALL = list(rel.OWNED_FIELDS)
+
+
+@pytest.mark.parametrize(("managed", "held"), [
+    (held_by_vkprovider(ALL), ALL),
+    (held_by_vkprovider([rel.REPLICAS_FIELD, ("spec", "template")]), [rel.REPLICAS_FIELD]),
+    # not vkprovider's Apply entry: another manager, vkprovider's merge patches (Update), the scale subresource
+    ([{**held_by_vkprovider(ALL)[0], "manager": "argocd-controller"}], []),
+    ([{**held_by_vkprovider(ALL)[0], "operation": "Update"}], []),
+    ([{**held_by_vkprovider(ALL)[0], "subresource": "scale"}], []),
+    # a map owned as a whole (".") is not each of its fields
+    ([{**held_by_vkprovider([])[0], "fieldsV1": {"f:spec": {"f:strategy": {".": {}}}}}], []),
+    (None, []), ("junk", []), ([None, 3, {"manager": "vkprovider", "operation": "Apply", "fieldsV1": "x"}], []),
+])
+def test_held_fields_are_vkproviders_apply_entry_only(managed: object, held: list[rel.FieldPath]) -> None:
+    assert rel.held_fields(managed) == held
+
+
+def test_live_fields_leave_absent_fields_out() -> None:
+    d = deployment(state=ReleaseState("x", 2, Phase.DONE, 1.0))
+    del d["spec"]["paused"]
+    assert rel.live_fields(d) == {rel.REPLICAS_FIELD: 10, rel.STRATEGY_TYPE_FIELD: "RollingUpdate",
+                                  rel.MAX_SURGE_FIELD: 0, rel.MAX_UNAVAILABLE_FIELD: 1,
+                                  rel.STATE_FIELD: d["metadata"]["annotations"][rel.STATE]}
+
+
+R, P, S, U = rel.REPLICAS_FIELD, rel.PAUSED_FIELD, rel.MAX_SURGE_FIELD, rel.MAX_UNAVAILABLE_FIELD
+
+
+@pytest.mark.parametrize(("live", "held", "wanted", "config"), [
+    # in line: every wanted field has its value and is held
+    ({R: 3, P: True}, [R, P], {R: 3}, None),
+    ({R: 3}, [R], {}, None),
+    # the right value, not held (a GitOps tool set it, or nobody did): claimed all the same
+    ({R: 3}, [], {R: 3}, {R: 3}),
+    # another value (a re-apply reset it): applied, force
+    ({R: 1}, [], {R: 3}, {R: 3}),
+    ({S: "25%", U: "25%"}, [], {S: 0, U: 1}, {S: 0, U: 1}),
+    # held fields not wanted now ride along at their live value: nothing is dropped by omission...
+    ({R: 1, P: True, S: 0, U: 1}, [P, S, U], {R: 3}, {R: 3, P: True, S: 0, U: 1}),
+    # ... except a held field that is gone from the object (nothing to keep)
+    ({R: 1}, [P, S], {R: 3}, {R: 3}),
+])
+def test_apply_config(live: dict[rel.FieldPath, Any], held: list[rel.FieldPath], wanted: dict[rel.FieldPath, Any],
+                      config: dict[rel.FieldPath, Any] | None) -> None:
+    assert rel.apply_config(live, held, wanted) == config
+
+
+def test_apply_body_is_a_deployment_apply_configuration_with_a_precondition() -> None:
+    config = {R: 5, P: True, rel.STRATEGY_TYPE_FIELD: "RollingUpdate", S: 0, U: 1, rel.STATE_FIELD: "{}"}
+    assert rel.apply_body(config, "m", "ns", "42") == {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "m", "namespace": "ns", "resourceVersion": "42", "annotations": {rel.STATE: "{}"}},
+        "spec": {"replicas": 5, "paused": True,
+                 "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}}}
+
+
+def test_release_fields_follow_the_state_and_claim_it_as_written() -> None:
+    d = deployment(image="biz-2.0.0.jar", state=ReleaseState(digest(deployment(image="biz-2.0.0.jar")), 1,
+                                                             Phase.WAITING, 5.0), paused=True)
+    r = parsed(d)
+    text = d["metadata"]["annotations"][rel.STATE]
+    # Waiting at batch 2: its bound (4), the state as it is written; paused stays whose it is.
+    assert rel.release_fields(r, rel.ReleaseDecision(), text) == {
+        rel.STATE_FIELD: text, rel.STRATEGY_TYPE_FIELD: "RollingUpdate", S: 0, U: 4}
+    # Nothing while there is no state (a rollback not yet numbered, before first sight).
+    assert rel.release_fields(parsed(deployment()), rel.ReleaseDecision(), None) == {}
+
+
+def test_a_bound_reset_by_a_reapply_is_restored_while_waiting_and_the_pause_is_left_alone() -> None:
+    """A client-side `kubectl apply` of a manifest with `strategy: {type: RollingUpdate}` drops the bound
+    (`$retainKeys`; the apiserver defaults it to 25%) while the release waits at a batch boundary."""
+    d = deployment(image="biz-2.0.0.jar")
+    walk(d, None, 1.0)  # first sight
+    d["spec"]["template"]["spec"]["containers"][0]["image"] = "biz-3.0.0.jar"
+    walk(d, NewPods(), 2.0)
+    walk(d, NewPods(1, 1, 0), 3.0)
+    assert phase(d) == (1, Phase.WAITING, True) and bounds(d) == Bounds(0, 1)
+    state = d["metadata"]["annotations"][rel.STATE]
+    d["spec"]["strategy"]["rollingUpdate"] = {"maxSurge": "25%", "maxUnavailable": "25%"}
+    d["metadata"]["managedFields"] = held_by_vkprovider([rel.STATE_FIELD, rel.STRATEGY_TYPE_FIELD, P])
+    step = walk(d, NewPods(1, 1, 1), 4.0)
+    assert step.written == {S: 0, U: 1, rel.STATE_FIELD: state, rel.STRATEGY_TYPE_FIELD: "RollingUpdate", P: True}
+    assert bounds(d) == Bounds(0, 1) and phase(d) == (1, Phase.WAITING, True)
+    assert d["metadata"]["annotations"][rel.STATE] == state  # the release stays where it was
+    assert walk(d, NewPods(1, 1, 1), 5.0).written is None
+
+
+def test_a_users_pause_is_not_claimed() -> None:
+    """`kubectl rollout pause` while a batch moves: the field's ownership went to kubectl with its value, and
+    vkprovider's applies leave it out (ownership moves with a changed value, so the user's pause stays theirs)."""
+    d = deployment(image="biz-2.0.0.jar")
+    walk(d, None, 1.0)
+    d["spec"]["template"]["spec"]["containers"][0]["image"] = "biz-3.0.0.jar"
+    step = walk(d, NewPods(), 2.0)
+    assert step.written is not None and P not in step.written
+    d["spec"]["paused"] = True  # kubectl rollout pause (vkprovider does not hold `paused`)
+    assert walk(d, NewPods(1, 0, 0), 3.0).written is None
+    step = walk(d, NewPods(1, 1, 0), 4.0)  # the batch is installed: waiting, in the user's pause
+    assert step.written is not None and P not in step.written and phase(d) == (1, Phase.WAITING, True)

@@ -2,7 +2,9 @@
 
 The decisions are ``core.release``'s. This module watches what they need - Deployments that opt in (a peer label
 or a batches annotation), the module ReplicaSets (which template is whose, and each one's revision) - and writes
-the Deployments. Exactly one replica in the cluster writes: the holder of the ``vkprovider-<env>-releases`` Lease
+the Deployments: one server-side apply of vkprovider's fields per step (field manager ``vkprovider``; the
+informer keeps of managedFields only which of them vkprovider holds; see ``core.release``, "Who owns which
+field"). Exactly one replica in the cluster writes: the holder of the ``vkprovider-<env>-releases`` Lease
 (:class:`Elector`, the same observed-time, fenced, resourceVersion-checked rules as the vnode Leases). Every
 replica answers the module controller's two questions from the same caches:
 
@@ -20,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -49,6 +51,7 @@ for _kind in ("replicas", "batch"):
 _KEPT_ANNOTATIONS = (rel.BATCHES, rel.CONFIRM, rel.CONFIRMED, rel.GREY_SECONDS, rel.MODE, rel.STATE,
                      rel.REVISION_ANNOTATION)
 DIGEST = "templateDigest"  # the trimmed objects keep their template only as this digest
+HELD = "heldByVkprovider"  # ... and of managedFields only the fields vkprovider holds by server-side apply
 
 
 def wants_release(deployment: Mapping[str, Any]) -> bool:
@@ -77,6 +80,7 @@ def trim_deployment(obj: dict[str, Any]) -> dict[str, Any]:
         "status": {k: v for k, v in (obj.get("status") or {}).items()
                    if k in ("observedGeneration", "replicas", "readyReplicas", "updatedReplicas")},
         DIGEST: rel.template_digest(template),
+        HELD: rel.held_fields((obj.get("metadata") or {}).get("managedFields")),
     }
 
 
@@ -401,24 +405,64 @@ class ReleaseController:
     # --- reconcile -------------------------------------------------------------------------------------------
 
     async def reconcile(self, key: str) -> float | None:
+        """One level-based step: what vkprovider wants on the Deployment (peer count, release fields), applied
+        in one server-side apply when it is not there or not held (``core.release``, "Who owns which field")."""
         if not self.elector.leading():
             return None  # the writer's queue has it; this replica is re-queued when it becomes the writer
         deployment = self.deployments.get(key)
         if deployment is None:
             return None
+        wanted: dict[rel.FieldPath, Any] = {}
         waits: list[float] = []
+        told: list[tuple[str, str]] = []  # Normal Events, posted once written
+        peer = None
         if self.settings.replicas_sync_with_base and rel.is_peer(deployment):
-            wait = await self._sync_replicas(key, deployment)
-            if wait is not None:
-                waits.append(wait)
-            deployment = self.deployments.get(key) or deployment
+            peer = self._peer(key, deployment)
+            if peer is not None:
+                wanted[rel.REPLICAS_FIELD] = peer.replicas
+                if peer.event is not None:
+                    told.append(peer.event)
+                if peer.wait_s is not None:
+                    waits.append(peer.wait_s)
         if self.settings.batched_releases:
-            wait = await self._step_release(key, deployment)
-            if wait is not None:
-                waits.append(wait)
-        return min(waits) if waits else None
+            step = self._release(key, deployment)
+            if step is not None:
+                decision, fields, wait = step
+                if decision.clear_confirmed:
+                    return await self._clear_confirmed(deployment)  # first; the release's fields come next
+                wanted.update(fields)
+                if decision.event is not None:
+                    told.append(decision.event)
+                if wait is not None:
+                    waits.append(wait)
+        config = rel.apply_config(rel.live_fields(deployment), deployment.get(HELD) or (), wanted)
+        if config is None:
+            return min(waits) if waits else None
+        if not self.elector.leading():
+            return None
+        md = deployment["metadata"]
+        try:
+            await self.kube.patch(_path(deployment),
+                                  rel.apply_body(config, md["name"], md["namespace"], md["resourceVersion"]),
+                                  kind="apply", field_manager=rel.FIELD_MANAGER, force=True)
+        except ApiError as exc:
+            if exc.is_conflict:
+                return 0.5  # decided on a stale copy: again from the fresh one
+            if exc.is_not_found or exc.status == 422:
+                log.info("deployment %s: not applied (%s); gone, or the watch brings its change", key, exc)
+                return None
+            raise
+        cause = "replicas" if peer is not None and not _in_line(deployment, rel.REPLICAS_FIELD, peer.replicas) \
+            else "batch"
+        WRITES.labels(cause).inc()
+        for reason, message in told:
+            self.events.normal(_ref(deployment), reason, message)
+            log.info("deployment %s: %s", key, message)
+        return None  # the watch brings the written Deployment back, and with it the next step
 
-    async def _sync_replicas(self, key: str, deployment: dict[str, Any]) -> float | None:
+    def _peer(self, key: str, deployment: dict[str, Any]) -> _Peer | None:
+        """The replicas a peer Deployment should have (its current count while a scale-down waits), or None when
+        it names no cluster."""
         cluster = rel.cluster_of(deployment)
         if cluster is None:
             self._warn(key, deployment, "PeerWithoutCluster",
@@ -434,25 +478,14 @@ class ReleaseController:
         else:
             self._lower_since[key] = decision.lower_since
         if decision.replicas is None:
-            return decision.wait_s
-        if not self.elector.leading():
-            return None
-        md = deployment["metadata"]
-        try:
-            await self.kube.patch(_path(deployment), {"metadata": {"resourceVersion": md["resourceVersion"]},
-                                                      "spec": {"replicas": decision.replicas}}, kind="merge")
-        except ApiError as exc:
-            if exc.is_conflict or exc.is_not_found:
-                return 0.5 if exc.is_conflict else None  # decided on a stale copy: again from the fresh one
-            raise
-        WRITES.labels("replicas").inc()
-        self.events.normal(_ref(deployment), "ReplicasSyncedWithBases",
-                           f"replicas {current} -> {decision.replicas}: {ready} Ready base(s) in cluster {cluster}")
-        log.info("peer deployment %s: replicas %d -> %d (%d Ready bases in cluster %s)", key, current,
-                 decision.replicas, ready, cluster)
-        return None
+            return _Peer(current, None, decision.wait_s)
+        return _Peer(decision.replicas, ("ReplicasSyncedWithBases", f"replicas {current} -> {decision.replicas}: "
+                                                                    f"{ready} Ready base(s) in cluster {cluster}"),
+                     None)
 
-    async def _step_release(self, key: str, deployment: dict[str, Any]) -> float | None:
+    def _release(self, key: str, deployment: dict[str, Any]
+                 ) -> tuple[rel.ReleaseDecision, dict[rel.FieldPath, Any], float | None] | None:
+        """The batched release's next step, the fields vkprovider wants for it, and when to look again."""
         release = parse(deployment)
         if release is None:
             return None
@@ -466,45 +499,25 @@ class ReleaseController:
         counts = self._new_pods(key, new_rs) if new_rs is not None else None
         now = self.wall().timestamp()
         decision = rel.plan_release(release, counts, now=now)
-        if decision.writes:
-            if not self.elector.leading():
-                return None
-            if not await self._write_release(deployment, decision):
-                return 0.5
-            if decision.event is not None:
-                self.events.normal(_ref(deployment), *decision.event)
-                log.info("batched release %s: %s", key, decision.event[1])
-            return None  # the watch brings the written Deployment back, and with it the next step
-        return rel.wait_for_grey(release, now)
+        live_state = ((deployment.get("metadata") or {}).get("annotations") or {}).get(rel.STATE)
+        fields = rel.release_fields(release, decision, str(live_state) if live_state is not None else None)
+        return decision, fields, rel.wait_for_grey(release, now) if decision.state is None else None
 
-    async def _write_release(self, deployment: dict[str, Any], decision: rel.ReleaseDecision) -> bool:
+    async def _clear_confirmed(self, deployment: dict[str, Any]) -> float | None:
+        """Remove a stale ``confirmed-batch`` (the user's field: a server-side apply cannot remove it)."""
+        if not self.elector.leading():
+            return None
         md = deployment["metadata"]
-        annotations: dict[str, Any] = {}
-        if decision.state is not None:
-            annotations[rel.STATE] = decision.state.encode()
-        if decision.clear_confirmed:
-            annotations[rel.CONFIRMED] = None
-        metadata: dict[str, Any] = {"resourceVersion": md["resourceVersion"]}
-        if annotations:
-            metadata["annotations"] = annotations
-        spec: dict[str, Any] = {}
-        if decision.paused is not None:
-            spec["paused"] = decision.paused
-        if decision.bounds is not None:
-            spec["strategy"] = {"type": "RollingUpdate",
-                                "rollingUpdate": {"maxSurge": decision.bounds.max_surge,
-                                                  "maxUnavailable": decision.bounds.max_unavailable}}
-        body: dict[str, Any] = {"metadata": metadata}
-        if spec:
-            body["spec"] = spec
         try:
-            await self.kube.patch(_path(deployment), body, kind="merge")
+            await self.kube.patch(_path(deployment), {"metadata": {"resourceVersion": md["resourceVersion"],
+                                                                   "annotations": {rel.CONFIRMED: None}}},
+                                  kind="merge")
         except ApiError as exc:
             if exc.is_conflict or exc.is_not_found:
-                return False
+                return 0.5 if exc.is_conflict else None
             raise
         WRITES.labels("batch").inc()
-        return True
+        return None
 
     def _warn(self, key: str, deployment: dict[str, Any], reason: str, message: str) -> None:
         if self._warned.get(key) == message:
@@ -530,6 +543,17 @@ class UnionOfReplicaSets:
             if found is not None:
                 return found
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Peer:
+    replicas: int  # wanted: the synced count, or the current one while nothing changes (claimed all the same)
+    event: tuple[str, str] | None
+    wait_s: float | None  # a scale-down is pending: look again after this long
+
+
+def _in_line(deployment: Mapping[str, Any], path: rel.FieldPath, value: object) -> bool:
+    return path in (deployment.get(HELD) or ()) and rel.live_fields(deployment).get(path) == value
 
 
 def _revision(rs: Mapping[str, Any] | None) -> int:

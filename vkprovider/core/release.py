@@ -23,6 +23,26 @@ user's confirmation (``confirm: manual``; ``confirmed-batch: "<n>"`` or ``kubect
 - progress is the ``state`` annotation (JSON) plus Events; a rollback (``kubectl rollout undo``) is a new
   template and is released the same way.
 
+**Who owns which field** (two writers: vkprovider, and whatever applies the user's manifest - ``kubectl apply``,
+Argo CD, Flux). vkprovider writes its fields by server-side apply, field manager ``vkprovider``, ``force``, with
+the resourceVersion it decided on as precondition; the user's manifest leaves those fields out (docs/releases.md,
+"GitOps"). Its fields: ``spec.replicas`` of a peer Deployment; of a batched one the ``state`` annotation, the
+rollout bound (``strategy.type`` RollingUpdate and ``rollingUpdate.maxSurge``/``maxUnavailable``) and
+``spec.paused`` when it pauses or lifts a pause at a batch boundary. The rules (:func:`apply_config`):
+
+- level-based: what vkprovider wants follows from the Deployment alone (the bound from the state's batch, in
+  every phase; the peer count from the bases), and it applies whenever a wanted field has another value *or is
+  not held by its Apply entry in managedFields*. So a re-apply that resets a field is undone at once, and a field
+  that already has the right value is still claimed: vkprovider co-owns it, and a manifest that stops setting it
+  (the documented migration) gives up only the GitOps tool's share - the apiserver would otherwise delete or
+  default the field (``replicas`` 1), uninstalling the module from all bases but one;
+- an apply is a manager's whole intent (a held field left out is given up, and deleted if nobody else holds it),
+  so each apply carries every field vkprovider holds at its live value besides the ones it wants: vkprovider never
+  drops a field by omission. A field it holds is let go only when someone else changes it (ownership moves with
+  the value), e.g. ``kubectl rollout pause``/``resume`` on ``paused``: the user's pause stays theirs;
+- a server-side apply cannot remove another manager's field, so the stale ``confirmed-batch`` of an earlier
+  release is cleared by a merge patch first, before the new release's state is applied.
+
 This module has no I/O; ``controllers.releases`` feeds it the Deployment and counts of the new template's pods.
 """
 
@@ -31,7 +51,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -199,18 +219,14 @@ class Bounds:
 
 @dataclass(frozen=True, slots=True)
 class ReleaseDecision:
-    """What to write on the Deployment (None: leave as it is) and what to tell."""
+    """The release's next step: a new state, a pause to set or lift (None: leave as it is), a stale confirmation
+    to clear, and what to tell. The rollout bound follows from the state (:func:`bounds_at`); what vkprovider
+    writes is :func:`release_fields`."""
 
     state: ReleaseState | None = None  # the state annotation to write
     paused: bool | None = None
-    bounds: Bounds | None = None
     clear_confirmed: bool = False
     event: tuple[str, str] | None = None  # (reason, message) of a Normal Event
-    error: str | None = None  # a Warning Event: the annotations are unusable
-
-    @property
-    def writes(self) -> bool:
-        return self.state is not None or self.paused is not None or self.bounds is not None or self.clear_confirmed
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +242,6 @@ class Release:
     digest: str
     replicas: int
     paused: bool
-    bounds: Bounds | None  # as written now
     generation: int
     observed_generation: int
 
@@ -240,14 +255,6 @@ class Release:
     def bounds_for(self, batch: int) -> Bounds:
         size = self.size(batch)
         return Bounds(size, 0) if self.mode is Mode.SURGE else Bounds(0, size)
-
-
-def _int_or_percent(value: object) -> int | None:
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
-    return None  # a percentage (or nothing): not a bound vkprovider wrote
 
 
 def parse_release(deployment: Mapping[str, Any]) -> Release | str | None:
@@ -280,8 +287,6 @@ def parse_release(deployment: Mapping[str, Any]) -> Release | str | None:
         return f"{GREY_SECONDS} must not be negative"
     confirmed_text = str(annotations.get(CONFIRMED) or "").strip()
     confirmed = int(confirmed_text) if confirmed_text.isdigit() else 0
-    rolling = strategy.get("rollingUpdate") or {}
-    surge, unavailable = _int_or_percent(rolling.get("maxSurge")), _int_or_percent(rolling.get("maxUnavailable"))
     return Release(
         targets=targets,
         mode=Mode(mode_text),
@@ -292,7 +297,6 @@ def parse_release(deployment: Mapping[str, Any]) -> Release | str | None:
         digest=template_digest(spec.get("template") or {}),
         replicas=replicas,
         paused=bool(spec.get("paused")),
-        bounds=Bounds(surge, unavailable) if surge is not None and unavailable is not None else None,
         generation=int(md.get("generation") or 0),
         observed_generation=int(((deployment.get("status") or {}).get("observedGeneration")) or 0),
     )
@@ -314,10 +318,6 @@ def plan_release(release: Release, new: NewPods | None, *, now: float) -> Releas
     last = r.total - 1
     rs_revision = new.revision if new is not None else 0
 
-    def bound(batch: int) -> Bounds | None:
-        wanted = r.bounds_for(batch)
-        return None if r.bounds == wanted else wanted
-
     def at(batch: int, phase: Phase, since: float, *, go: bool = False) -> ReleaseState:
         kept = state.rs_revision if state is not None and is_current(state, r.digest, rs_revision) else 0
         return ReleaseState(r.digest, batch, phase, since, go, rs_revision or kept)
@@ -326,33 +326,32 @@ def plan_release(release: Release, new: NewPods | None, *, now: float) -> Releas
         return ReleaseDecision()  # a rollback the controller has not numbered yet: decide once it has
     if state is None:
         # First sight (a new Deployment, or one that just opted in): its current template counts as released;
-        # batches apply to the template changes that follow. Only the at-rest bound is set.
-        return ReleaseDecision(state=at(last, Phase.DONE, now), bounds=bound(0))
+        # batches apply to the template changes that follow (the state's bound is the at-rest one).
+        return ReleaseDecision(state=at(last, Phase.DONE, now))
     if not is_current(state, r.digest, rs_revision):
         # A template never released here (a new one, or a rollback): batch 1 begins. A pause that vkprovider
         # wrote at a batch boundary of an older release is lifted; a user's pause (in any other phase) stays.
         lift = state.phase is Phase.WAITING and r.paused
         return ReleaseDecision(
-            state=at(0, Phase.MOVING, now), paused=False if lift else None, bounds=bound(0),
+            state=at(0, Phase.MOVING, now), paused=False if lift else None,
             clear_confirmed=r.confirmed > 0,
             event=("ReleaseStarted", f"releasing a new pod template in {r.total} batch(es) of "
                                      f"{', '.join(map(str, r.targets))} pod(s) out of {r.replicas}"))
     if rs_revision and not state.rs_revision:
         # The template's ReplicaSet is known now: record its revision (what tells a later rollback apart).
-        return ReleaseDecision(state=replace(state, rs_revision=rs_revision),
-                               bounds=bound(0) if state.phase is Phase.DONE else None)
+        return ReleaseDecision(state=replace(state, rs_revision=rs_revision))
     if state.phase is Phase.DONE:
-        return ReleaseDecision(bounds=bound(0))
+        return ReleaseDecision()
     batch = min(state.batch, last)
     target = r.targets[batch]
     counts = new or NewPods()
     if state.phase is Phase.MOVING:
         if batch == last:
             if counts.ready >= target and counts.total >= target:
-                return ReleaseDecision(state=at(batch, Phase.DONE, now), bounds=bound(0),
+                return ReleaseDecision(state=at(batch, Phase.DONE, now),
                                        event=("ReleaseCompleted", f"all {r.total} batch(es) Ready: {r.replicas} "
                                                                   "pod(s) of the new template"))
-            return ReleaseDecision(bounds=bound(batch))
+            return ReleaseDecision()
         if counts.containers_ready >= target:
             how = (f"confirm with: kubectl annotate deployment <name> {CONFIRMED}={batch + 2} --overwrite "
                    "(or kubectl rollout resume)" if r.manual else
@@ -360,7 +359,7 @@ def plan_release(release: Release, new: NewPods | None, *, now: float) -> Releas
             return ReleaseDecision(state=at(batch, Phase.WAITING, now), paused=True if not r.paused else None,
                                    event=("BatchReady", f"batch {batch + 1}/{r.total} is installed "
                                                         f"({target}/{r.replicas} pods); {how}"))
-        return ReleaseDecision(bounds=bound(batch))
+        return ReleaseDecision()
     # WAITING at a batch boundary: vkprovider paused the Deployment.
     resumed = not r.paused  # `kubectl rollout resume`
     asked = state.go or resumed or (r.confirmed >= batch + 2 if r.manual else now - state.since >= r.grey_s)
@@ -374,7 +373,7 @@ def plan_release(release: Release, new: NewPods | None, *, now: float) -> Releas
         return ReleaseDecision()
     nxt = batch + 1
     return ReleaseDecision(
-        state=at(nxt, Phase.MOVING, now), paused=False if r.paused else None, bounds=bound(nxt),
+        state=at(nxt, Phase.MOVING, now), paused=False if r.paused else None,
         event=("BatchStarted", f"batch {nxt + 1}/{r.total} begins ({r.targets[nxt]}/{r.replicas} pods)"))
 
 
@@ -422,3 +421,95 @@ def ready_hold(release: Release, ready_now: int, new: NewPods | None = None) -> 
     if state.phase is Phase.MOVING:
         return f"{where} of a batched release: Ready once the whole batch is installed and the Deployment paused"
     return f"{where} is installed: Ready once the Deployment controller has observed the pause"
+
+
+def bounds_at(release: Release, state: ReleaseState) -> Bounds:
+    """The rollout bound while ``state`` holds: the first batch's at rest, else the batch's that moves or waits."""
+    return release.bounds_for(0 if state.phase is Phase.DONE else min(state.batch, release.total - 1))
+
+
+# --- field ownership (server-side apply) ---------------------------------------------------------------------
+
+FIELD_MANAGER = "vkprovider"
+FieldPath = tuple[str, ...]
+REPLICAS_FIELD: FieldPath = ("spec", "replicas")
+PAUSED_FIELD: FieldPath = ("spec", "paused")
+STRATEGY_TYPE_FIELD: FieldPath = ("spec", "strategy", "type")
+MAX_SURGE_FIELD: FieldPath = ("spec", "strategy", "rollingUpdate", "maxSurge")
+MAX_UNAVAILABLE_FIELD: FieldPath = ("spec", "strategy", "rollingUpdate", "maxUnavailable")
+STATE_FIELD: FieldPath = ("metadata", "annotations", STATE)
+#: Every field vkprovider may own on a Deployment.
+OWNED_FIELDS: tuple[FieldPath, ...] = (REPLICAS_FIELD, PAUSED_FIELD, STRATEGY_TYPE_FIELD, MAX_SURGE_FIELD,
+                                       MAX_UNAVAILABLE_FIELD, STATE_FIELD)
+
+
+def held_fields(managed_fields: object, manager: str = FIELD_MANAGER) -> list[FieldPath]:
+    """The fields of :data:`OWNED_FIELDS` that ``manager`` holds by server-side apply: its ``Apply`` entry (of the
+    object itself, not a subresource) in ``metadata.managedFields``. Malformed entries hold nothing."""
+    if not isinstance(managed_fields, list):
+        return []
+    held: list[FieldPath] = []
+    for entry in managed_fields:
+        if not isinstance(entry, Mapping) or entry.get("manager") != manager or entry.get("operation") != "Apply" \
+                or entry.get("subresource"):
+            continue
+        for path in OWNED_FIELDS:
+            node: object = entry.get("fieldsV1")
+            for name in path:
+                node = node.get(f"f:{name}") if isinstance(node, Mapping) else None
+            if isinstance(node, Mapping) and path not in held:
+                held.append(path)
+    return held
+
+
+def live_fields(deployment: Mapping[str, Any]) -> dict[FieldPath, Any]:
+    """The values of :data:`OWNED_FIELDS` the Deployment has now (absent fields left out)."""
+    live: dict[FieldPath, Any] = {}
+    for path in OWNED_FIELDS:
+        node: object = deployment
+        for name in path:
+            node = node.get(name) if isinstance(node, Mapping) else None
+        if node is not None:
+            live[path] = node
+    return live
+
+
+def release_fields(release: Release, decision: ReleaseDecision, live_state: str | None) -> dict[FieldPath, Any]:
+    """The fields vkprovider wants on a batched Deployment after ``decision``: the state annotation (the new one,
+    else ``live_state`` as it is written), the bound of the state's batch, and ``paused`` when the decision sets
+    it. Nothing while there is no state yet (a rollback the controller has not numbered)."""
+    state = decision.state or release.state
+    text = decision.state.encode() if decision.state is not None else live_state
+    if state is None or text is None:
+        return {}
+    bounds = bounds_at(release, state)
+    wanted: dict[FieldPath, Any] = {STATE_FIELD: text, STRATEGY_TYPE_FIELD: "RollingUpdate",
+                                    MAX_SURGE_FIELD: bounds.max_surge, MAX_UNAVAILABLE_FIELD: bounds.max_unavailable}
+    if decision.paused is not None:
+        wanted[PAUSED_FIELD] = decision.paused
+    return wanted
+
+
+def apply_config(live: Mapping[FieldPath, Any], held: Iterable[FieldPath],
+                 wanted: Mapping[FieldPath, Any]) -> dict[FieldPath, Any] | None:
+    """What vkprovider applies (see the module docstring), or None when every wanted field already has its value
+    and is held: the wanted fields, plus every held field at its live value (an apply never drops a field)."""
+    held = list(held)
+    if all(path in held and path in live and live[path] == value for path, value in wanted.items()):
+        return None
+    config = {path: live[path] for path in held if path in live}
+    config.update(wanted)
+    return config
+
+
+def apply_body(config: Mapping[FieldPath, Any], name: str, namespace: str, resource_version: str) -> dict[str, Any]:
+    """A Deployment apply configuration of ``config``; the resourceVersion makes it a precondition (409 when the
+    Deployment changed since vkprovider decided, and never a creation of a Deployment that is gone)."""
+    body: dict[str, Any] = {"apiVersion": "apps/v1", "kind": "Deployment",
+                            "metadata": {"name": name, "namespace": namespace, "resourceVersion": resource_version}}
+    for path, value in config.items():
+        node = body
+        for name_ in path[:-1]:
+            node = node.setdefault(name_, {})
+        node[path[-1]] = value
+    return body

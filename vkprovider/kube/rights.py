@@ -89,8 +89,9 @@ RIGHTS: tuple[Right, ...] = (
     Right("apps", "deployments", "list", _DEPLOYMENT_CACHE),
     Right("apps", "deployments", "watch", _DEPLOYMENT_CACHE),
     Right("apps", "deployments", "patch",
-          "ReleaseController writes peer replicas (_sync_replicas) and a batched release's state, pause and "
-          "rollout bounds (_write_release) (controllers/releases.py)"),
+          "ReleaseController applies its fields (server-side apply, field manager vkprovider: peer replicas, a "
+          "batched release's state, pause and rollout bound) and clears a stale confirmed-batch by merge patch "
+          "(controllers/releases.py)"),
     Right("apps", "replicasets", "list", _REPLICASET_CACHE),
     Right("apps", "replicasets", "watch", _REPLICASET_CACHE),
 )
