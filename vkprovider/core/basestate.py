@@ -18,6 +18,10 @@ decides whether a read satisfies a request to read again (``request_read``, e.g.
 the base restarted): only a read sent after the request clears it. So an older read never overwrites a newer
 result, and a request to look again is never lost.
 
+An ownership gap (the vnode held by another replica for a while, then gained back) forgets what the base
+runs and when each orphan (a biz no pod wants, of unknown origin) was first seen: pods may have come for it
+meanwhile, so an orphan waits its whole grace again from the first read after the gap, never less.
+
 Pure: no I/O, no asyncio; times are passed in (monotonic seconds for deadlines, wall-clock milliseconds for what
 is shown to users). Table-tested in tests/unit/test_basestate.py, including every read/command interleaving.
 """
@@ -160,11 +164,13 @@ class BaseLedger:
         self._version += 1
 
     def forget(self) -> None:
-        """Nothing about the base is known any more (another replica owned it meanwhile): read before acting."""
+        """Nothing about the base is known any more (another replica owned it meanwhile): read before acting.
+        Orphans' first-seen times go too: an orphan seen before the gap waits its whole grace again."""
         self._bizs = None
         self._last_read = self._seq
         self._changed_at.clear()
         self._inflight.clear()
+        self._orphan_since.clear()
         self._read_requested = self._tick()
         self._version += 1
 
