@@ -3,6 +3,8 @@
 import asyncio
 from typing import Any
 
+import pytest
+
 from tests.helpers import wait_for
 from vkprovider.controllers.bases import BaseRegistry, Heard
 from vkprovider.controllers.queue import WorkQueue
@@ -570,3 +572,78 @@ async def test_pod_start_duration_times_a_pod_from_first_seen_to_its_first_runni
     one.cache["ns/q"] = running
     one.controller.on_pod_change("ns/q", None, running)
     assert "ns/q" not in one.controller._unstarted_since and "ns/p" not in one.controller._unstarted_since
+
+
+async def test_a_probe_answered_after_a_deactivated_heartbeat_does_not_bring_the_vnode_back() -> None:
+    """Item 10a of issue 27: a health probe is sent while the base serves; before it is answered the base says
+    DEACTIVATED in a heartbeat (graceful shutdown); the probe's answer (ACTIVATED, as the base was when asked)
+    comes after. Before, the probe path wrote ``deactivated`` itself and flipped the vnode back to Ready once; the
+    registry is now the one writer, and an answer older than the latest heartbeat does not overrule it."""
+    from vkprovider.config import load_settings
+    from vkprovider.controllers.nodes import NodeController
+    from vkprovider.core import node as vnode
+    from vkprovider.core.model import BaseHealth
+
+    settings = load_settings({"ENV": "test"})
+    now = [100.0]
+    registry = BaseRegistry("test", clock=lambda: now[0])
+    view, _ = registry.heartbeat(hb("b1"))
+    node = view.node
+    asked = asyncio.Event()
+    answer = asyncio.Event()
+
+    class Tunnel:
+        name = "http"
+
+        async def health(self, base: object) -> BaseHealth:
+            asked.set()
+            await answer.wait()
+            return BaseHealth(cpu_count=2, master_biz_state="ACTIVATED")
+
+    cfg = vnode.NodeConfig(env="test", stack="java", max_pods=100, kubelet_version="v1", kubelet_port=0)
+    controller = NodeController(settings, None, registry, {}, _Held(), {"http": Tunnel()},  # type: ignore[arg-type]
+                                _NoEvents(), cfg, clock=lambda: now[0])  # type: ignore[arg-type]
+    probe = controller._start_probe(node)
+    await asyncio.wait_for(asked.wait(), 5)
+    now[0] += 1.0
+    registry.heartbeat(hb("b1", state="DEACTIVATED"))  # the base shuts down while the probe is on the wire
+    assert view.readiness(now[0], 25) is BaseReadiness.DEACTIVATED
+    now[0] += 1.0
+    answer.set()
+    await asyncio.wait_for(probe, 5)
+    assert view.deactivated and view.readiness(now[0], 25) is BaseReadiness.DEACTIVATED
+    assert view.health is not None and view.health.cpu_count == 2  # its resources are still news
+    # A probe sent after the heartbeat is newer: the base is serving again.
+    answer.clear()
+    asked.clear()
+    probe = controller._start_probe(node)
+    await asyncio.wait_for(asked.wait(), 5)
+    now[0] += 1.0
+    answer.set()
+    await asyncio.wait_for(probe, 5)
+    assert not view.deactivated and view.readiness(now[0], 25) is BaseReadiness.READY
+
+
+@pytest.mark.parametrize(
+    ("said", "sent_before_it", "answered", "deactivated"),
+    [
+        ("DEACTIVATED", True, "ACTIVATED", True),  # the answer is older than the shutdown: the heartbeat stands
+        ("DEACTIVATED", False, "ACTIVATED", False),  # asked after the shutdown and it serves: back
+        ("ACTIVATED", True, "DEACTIVATED", False),  # an old answer of a shutdown the base has come back from
+        ("ACTIVATED", False, "DEACTIVATED", True),  # asked after the heartbeat: it is shutting down now
+        ("ACTIVATED", False, None, False),  # an answer that does not say (the Go controller's arklet): alive
+    ],
+)
+def test_the_registry_is_the_one_writer_of_deactivated_and_the_newest_word_wins(
+        said: str, sent_before_it: bool, answered: str | None, deactivated: bool) -> None:
+    from vkprovider.core.model import BaseHealth
+
+    now = [100.0]
+    registry = BaseRegistry("dev", clock=lambda: now[0])
+    view, _ = registry.heartbeat(hb())
+    now[0] = 110.0
+    registry.heartbeat(hb(state=said))  # at 110; the probe was sent at 109 (before it) or 111 (after it)
+    now[0] = 112.0  # answered
+    registry.probed(view.node, BaseHealth(master_biz_state=answered), sent_at=109.0 if sent_before_it else 111.0)
+    assert view.deactivated is deactivated
+    assert (view.last_heard == 112.0) is (not deactivated)  # an answer is a sign of life unless it is shutting down

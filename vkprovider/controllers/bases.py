@@ -9,6 +9,11 @@ Liveness is "last heard": a heartbeat, or any answer from the base's arklet. A r
 the base (``health``) when it has not heard it for a while, so a base whose heartbeats land on other replicas
 stays Ready. A base that says DEACTIVATED is not alive: its heartbeat does not count.
 
+The registry is the one writer of what a base said about itself (``deactivated``): heartbeats and probe answers
+both come here, and the newest word wins. A probe answer is as old as its question: one sent before the latest
+heartbeat does not overrule it (a probe on the wire while the base says DEACTIVATED would otherwise bring the vnode
+back to Ready with the answer it gave before shutting down).
+
 Times come from an injected monotonic clock so liveness is tested without sleeping.
 """
 
@@ -42,6 +47,7 @@ class BaseView:
     heartbeat: BaseHeartbeat
     first_seen: float
     last_heard: float | None = None  # None: never heard by this replica (known from its Node only)
+    said_at: float = -1e18  # when its latest heartbeat (of any state) arrived
     deactivated: bool = False
     health: BaseHealth | None = None
     health_at: float = -1e18
@@ -102,7 +108,7 @@ class BaseRegistry:
         view = self._bases.get(node)
         deactivated = hb.state == "DEACTIVATED"
         if view is None:
-            view = BaseView(node=node, heartbeat=hb, first_seen=now, deactivated=deactivated)
+            view = BaseView(node=node, heartbeat=hb, first_seen=now, deactivated=deactivated, said_at=now)
             if not deactivated:
                 view.last_heard = now
             self._bases[node] = view
@@ -115,6 +121,7 @@ class BaseRegistry:
         if changed:  # an equal heartbeat keeps the old object: "unchanged" is an identity check downstream
             view.heartbeat = hb
         view.deactivated = deactivated
+        view.said_at = now
         if not deactivated:
             view.last_heard = now
         return view, (Heard.CHANGED if changed or was_silent else Heard.NOTHING)
@@ -124,6 +131,23 @@ class BaseRegistry:
         view = self._bases.get(node)
         if view is not None and not view.deactivated:
             view.last_heard = self.clock()
+
+    def probed(self, node: str, health: BaseHealth, sent_at: float) -> bool:
+        """The base answered a health probe sent at ``sent_at``: its state counts only when the question is newer
+        than its latest heartbeat; the answer is a sign of life unless the base is shutting down. True if it
+        changed what the node shows."""
+        view = self._bases.get(node)
+        if view is None:
+            return False
+        changed = False
+        if sent_at > view.said_at:
+            state = health.master_biz_state
+            deactivated = state is not None and state != "ACTIVATED"
+            changed = deactivated != view.deactivated
+            view.deactivated = deactivated
+        if not view.deactivated:
+            view.last_heard = self.clock()
+        return self.health(node, health) or changed
 
     def health(self, node: str, health: BaseHealth) -> bool:
         """Record health; True if it changed what the node shows."""

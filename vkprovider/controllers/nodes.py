@@ -350,6 +350,7 @@ class NodeController:
         tunnel = self.tunnels.get(view.heartbeat.tunnel)
         if tunnel is None:
             return
+        sent = self.clock()
         try:
             health = await tunnel.health(view.heartbeat)
         except TunnelError as exc:
@@ -359,19 +360,8 @@ class NodeController:
         finally:
             if self._probes.get(node) is asyncio.current_task():
                 del self._probes[node]
-        state = health.master_biz_state
-        if state is not None and state != "ACTIVATED":
-            if not view.deactivated:
-                view.deactivated = True
-                self.queue.add(node)
-        else:
-            was_silent = view.silent_for(self.clock()) > self.settings.base_unreachable_after_s or view.deactivated
-            if view.deactivated:
-                view.deactivated = False
-            self.registry.answered(node)
-            if was_silent:
-                self.queue.add(node)
-        if self.registry.health(node, health):
+        was_silent = view.silent_for(self.clock()) > self.settings.base_unreachable_after_s or view.deactivated
+        if self.registry.probed(node, health, sent) or was_silent:  # the registry decides what the answer says
             self.queue.add(node)
 
     async def _create(self, view: BaseView, status: dict[str, object], readiness: BaseReadiness) -> dict[str, Any]:
