@@ -7,7 +7,9 @@ Bytes pass through unchanged (TLS stays end to end).
   accepted but never answered (a dead network: calls hang until their timeout), until ``heal()``;
 - ``blackhole_open()``: only the connections open now stop forwarding, without closing (no FIN, no RST, the
   proxy's kernel still acknowledges what arrives: a dead path through a NAT or a load balancer, which TCP
-  keepalive cannot see); connections made afterwards forward normally, as a fresh path would.
+  keepalive cannot see); connections made afterwards forward normally, as a fresh path would;
+- ``lose_open(seconds)``: a stateful middlebox losing its flows: ``blackhole_open()`` for ``seconds``, then those
+  connections are cut (their next bytes meet a reset).
 
 ``kubeconfig_through`` writes a copy of a kubeconfig whose server is the proxy.
 """
@@ -43,6 +45,7 @@ class TcpProxy:
         self.port = 0
         self.mode = "forward"
         self.connections = 0
+        self.blackholed = 0  # connections frozen by ``blackhole_open``, over the proxy's life
         self._server: asyncio.Server | None = None
         self._links: set[_Link] = set()
 
@@ -72,9 +75,21 @@ class TcpProxy:
 
     def blackhole_open(self) -> int:
         """Stop forwarding on every connection open now, without closing any; returns how many there were."""
-        for link in self._links:
+        frozen = [link for link in self._links if link.flowing.is_set()]
+        for link in frozen:
             link.flowing.clear()
-        return len(self._links)
+        self.blackholed += len(frozen)
+        return len(frozen)
+
+    async def lose_open(self, seconds: float) -> None:
+        """Freeze every connection open now for ``seconds``, then cut them."""
+        frozen = [link for link in self._links if link.flowing.is_set()]
+        self.blackhole_open()
+        await asyncio.sleep(seconds)  # the outage being simulated lasts this long
+        for link in frozen:
+            self._links.discard(link)
+            link.abort()
+            link.flowing.set()
 
     def heal(self) -> None:
         self.mode = "forward"

@@ -27,7 +27,13 @@ from vkprovider.controllers.bases import BaseRegistry, Heard
 from vkprovider.controllers.bizlog import BizLog
 from vkprovider.controllers.modules import ModuleController
 from vkprovider.controllers.nodes import NodeController
-from vkprovider.controllers.ownership import LEASE_WRITES_INFLIGHT, MEMBER_LABEL, LeaseKeeper
+from vkprovider.controllers.ownership import (
+    LEASE_WRITES_INFLIGHT,
+    MEMBER_LABEL,
+    LeaseKeeper,
+    lease_client,
+    lease_timing,
+)
 from vkprovider.controllers.releases import ReleaseController
 from vkprovider.core import node as vnode
 from vkprovider.core.model import BaseHealth, BaseHeartbeat, BaseMetadata, BizInfo, BizSpec
@@ -298,7 +304,8 @@ class Provider:
             return datetime.now(UTC) + offset
 
         # Leases get a lane of their own: a renewal never queues behind a rollout's status writes in this process.
-        keeper = self.keeper = LeaseKeeper(s, kube.lane(LEASE_WRITES_INFLIGHT), events, clock=self.clock, wall=wall)
+        keeper = self.keeper = LeaseKeeper(s, lease_client(kube, lease_timing(s), LEASE_WRITES_INFLIGHT), events,
+                                           clock=self.clock, wall=wall)
         def on_node(key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
             self.node_controller.on_node_change(key, old, new)
             self.release_controller.on_node_change(key, old, new)

@@ -360,9 +360,10 @@ class Pool:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def request(self, data: bytes, *, timeout_s: float, limit: int = 64 << 20) -> Answer:
-        """Send a whole request (head and body) and return the whole answer."""
-        conn, answer = await self._send(data, timeout_s=timeout_s, limit=limit, stream=False)
+    async def request(self, data: bytes, *, timeout_s: float, limit: int = 64 << 20, fresh: bool = False) -> Answer:
+        """Send a whole request (head and body) and return the whole answer. ``fresh``: on a new connection, not a
+        pooled one (a request sent again after its connection died: the other pooled ones may be as dead)."""
+        conn, answer = await self._send(data, timeout_s=timeout_s, limit=limit, stream=False, fresh=fresh)
         self._release(conn)
         return answer
 
@@ -373,14 +374,14 @@ class Pool:
         conn, head = await self._send(data, timeout_s=head_timeout_s, limit=limit, stream=True)
         return head, Streamed(self, conn)
 
-    async def _send(self, data: bytes, *, timeout_s: float, limit: int, stream: bool
+    async def _send(self, data: bytes, *, timeout_s: float, limit: int, stream: bool, fresh: bool = False
                     ) -> tuple[_ClientConnection, Answer]:
         """A connection with ``data`` sent on it, and the whole answer (or only its head, for a stream) within
         ``timeout_s``; a connection that failed is dropped."""
         conn: _ClientConnection | None = None
         try:
             async with asyncio.timeout(timeout_s):
-                conn = await self._acquire()
+                conn = await self._acquire(fresh=fresh)
                 conn.send(data, limit=limit, stream=stream)
                 return conn, await (conn.head() if stream else conn.answer())
         except TimeoutError:
@@ -394,10 +395,10 @@ class Pool:
 
     # --- connections
 
-    async def _acquire(self) -> _ClientConnection:
+    async def _acquire(self, *, fresh: bool = False) -> _ClientConnection:
         while True:
             now = time.monotonic()
-            while self._idle:
+            while self._idle and not fresh:
                 conn = self._idle.pop()
                 if conn.closed or now - conn.idle_since > self._idle_s:
                     self._drop(conn)

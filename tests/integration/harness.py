@@ -142,8 +142,9 @@ class SimProcess:
     async def stats(self) -> dict[str, Any]:
         return dict(await self.call("GET", "/stats"))
 
-    async def stop_base(self, identity: str) -> None:
-        await self.call("POST", f"/bases/{identity}/stop")
+    async def stop_base(self, identity: str, *, partition: bool = False) -> None:
+        """The base's JVM dies (it restarts empty); with ``partition`` the network to it is cut (it keeps its bizs)."""
+        await self.call("POST", f"/bases/{identity}/stop", params={"partition": "true"} if partition else None)
 
     async def start_base(self, identity: str) -> None:
         await self.call("POST", f"/bases/{identity}/start")

@@ -287,3 +287,40 @@ def test_the_first_list_of_unknown_send_time_is_taken_when_nothing_is_known():
     led = BaseLedger(rand=lambda: 0.5)
     assert led.apply_untimed([ACTIVE_V1]) is True
     assert led.bizs == {V1.key: ACTIVE_V1} and led.read_needed()  # still read: it may be old
+
+
+ORPHAN = BizSpec("stray", "1", "file:///tmp/stray.jar")
+ORPHAN_INFO = BizInfo("stray", "1", BizState.ACTIVATED)
+
+
+@pytest.mark.parametrize(
+    ("gap", "read_at", "uninstalled_at"),
+    [
+        # (ownership gap: lost at 10, gained again at ``gap``; the read after the gain answers at ``read_at``)
+        (20.0, 21.0, 51.0),  # a short gap: the grace (30 s) counts again from the first read after the gain
+        (100.0, 101.0, 131.0),  # before: first seen at 0, so uninstalled at once on the first plan after the gap
+        (100.0, 150.0, 180.0),  # a slow read: the grace starts when the orphan is seen again, not at the gain
+    ],
+)
+def test_an_ownership_gap_forgets_orphan_first_seen_times(gap: float, read_at: float, uninstalled_at: float):
+    """An orphan seen before this replica lost the vnode (another replica owned the base meanwhile, pods may have
+    come for it) waits the whole grace again after the vnode is gained back: ``forget`` forgets its first-seen
+    time with the rest of what was known."""
+    from vkprovider.core.plan import plan_base
+
+    led = fresh()
+    led.apply_read(led.begin_read(), [ORPHAN_INFO])
+    first = plan_base([], led, now=0.0, orphan_grace_s=30.0)
+    assert first.orphans == {ORPHAN.key: 0.0} and first.uninstall == ()
+    led.planned(first.wanted, first.released, first.orphans)
+    led.forget()  # lost at 10 s, gained again at ``gap``
+    assert led.orphan_since == {}
+    waiting = plan_base([], led, now=gap, orphan_grace_s=30.0)  # nothing read yet: nothing decided or kept
+    led.planned(waiting.wanted, waiting.released, waiting.orphans)
+    assert waiting.uninstall == () and led.orphan_since == {}
+    led.apply_read(led.begin_read(), [ORPHAN_INFO])
+    seen = plan_base([], led, now=read_at, orphan_grace_s=30.0)
+    assert seen.uninstall == () and seen.orphans == {ORPHAN.key: read_at}
+    led.planned(seen.wanted, seen.released, seen.orphans)
+    assert plan_base([], led, now=uninstalled_at - 0.5, orphan_grace_s=30.0).uninstall == ()
+    assert plan_base([], led, now=uninstalled_at, orphan_grace_s=30.0).uninstall == (ORPHAN.key,)

@@ -602,3 +602,96 @@ def test_a_union_cache_returns_the_newer_of_two_copies_of_an_object() -> None:
     assert resource_version(union.get("ns/q") or {}) == "a"
     second._apply({"type": "DELETED", "object": obj("q", "e")})
     assert union.get("ns/q") is None and "ns/q" not in union
+
+
+# ------------------------------------------------------------------ Lease writes on stalled connections (issue 27)
+
+
+class _Blackhole:
+    """A raw HTTP/1.1 API stand-in whose established connections can be made to stop answering (a stateful hop
+    that lost its flows, a half-dead apiserver): ``freeze()`` blackholes every connection open now; new ones answer
+    (``everything`` blackholes them too). Counts which connection each PATCH was answered on."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.frozen_upto = 0
+        self.everything = False
+        self.answered: list[tuple[str, int]] = []
+        self.release = asyncio.Event()
+        self.server: asyncio.base_events.Server | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        me = self.connections
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                if length:
+                    await reader.readexactly(length)
+                if me <= self.frozen_upto or self.everything:
+                    await self.release.wait()  # no answer, no close
+                    return
+                self.answered.append((head.split(b" ", 1)[0].decode(), me))
+                body = b'{"metadata":{"resourceVersion":"7"}}'
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                             + str(len(body)).encode() + b"\r\n\r\n" + body)
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    def freeze(self) -> None:
+        self.frozen_upto = self.connections
+
+
+@pytest.fixture
+async def blackhole(tmp_path: Path) -> AsyncGenerator[tuple[Kube, _Blackhole], None]:
+    api = _Blackhole()
+    api.server = await asyncio.start_server(api.handle, "127.0.0.1", 0)
+    port = api.server.sockets[0].getsockname()[1]
+    cfg = tmp_path / "kubeconfig"
+    cfg.write_text(f"""
+apiVersion: v1
+kind: Config
+clusters: [{{name: c, cluster: {{server: "http://127.0.0.1:{port}"}}}}]
+users: [{{name: u, user: {{token: t}}}}]
+contexts: [{{name: x, context: {{cluster: c, user: u}}}}]
+current-context: x
+""")
+    kube = await Kube.connect(str(cfg), timeout_s=30)
+    try:
+        yield kube, api
+    finally:
+        api.release.set()
+        await kube.close()
+        api.server.close()
+
+
+async def test_a_lease_write_on_a_dead_pooled_connection_is_sent_again_on_a_fresh_one_in_time(
+        blackhole: tuple[Kube, _Blackhole]) -> None:
+    """Before, a Lease PATCH on a pooled connection that had stopped answering waited the generic 30 s and was not
+    sent again (a PATCH is not idempotent to the client): past the renew deadline, so the vnode was fenced. A Lease
+    lane bounds each attempt and the whole write, and sends a write that got no answer once more on a new
+    connection - not on another pooled one, which may be as dead."""
+    kube, api = blackhole
+    await asyncio.gather(kube.get("/warm"), kube.get("/warm"))  # two pooled connections
+    assert api.connections == 2
+    api.freeze()
+    lane = kube.lane(4, timeout_s=0.3, total_s=0.9, repeatable=True)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    answer = await lane.patch("/apis/coordination.k8s.io/v1/namespaces/n/leases/l",
+                              {"metadata": {"resourceVersion": "6"}, "spec": {"renewTime": "t"}}, kind="merge")
+    took = loop.time() - started
+    assert answer == {"metadata": {"resourceVersion": "7"}}
+    assert api.answered[-1] == ("PATCH", 3)  # on a new connection: the other pooled one was dead too
+    assert 0.3 <= took < 0.9
+    # Nothing answers at all: the write gives up within its budget, not after 30 s.
+    api.everything = True
+    started = loop.time()
+    with pytest.raises(ApiConnectionError):
+        await lane.patch("/apis/coordination.k8s.io/v1/namespaces/n/leases/l", {"spec": {}}, kind="merge")
+    assert loop.time() - started < 0.9 + 0.2

@@ -210,3 +210,70 @@ async def test_a_conflicted_acquire_is_not_retried_at_tick_rate():
     leases.current[node] = None  # deleted, unseen by the watch: one 404, one read, forgotten
     await until(read_at + 200)
     assert _patches_of(leases, node) == [node] * 3 and leases.gets == [node] * 3 and keeper.lease_of(node) is None
+
+
+async def test_a_stalled_membership_renewal_does_not_hold_up_the_vnode_renewals():
+    """Issue 27, item 5: the tick awaited the membership Lease PATCH inline, so one write stalled on a dead
+    connection stopped every vnode's renewal behind it (and past their renew deadline, fenced them all). The
+    membership is renewed in the background now, like the vnode Leases."""
+    stall = asyncio.Event()
+
+    class StalledMembership(_Leases):
+        async def patch(self, path: str, body: dict[str, Any], kind: str = "merge") -> dict[str, Any]:
+            if "/kube-node-lease/" not in path:
+                await stall.wait()  # the membership renewal gets no answer
+            return await super().patch(path, body, kind)
+
+    leases, clock = StalledMembership(), _Clock()
+    keeper = _keeper(leases, clock)
+    lost: list[str] = []
+    keeper.on_lost.append(lost.append)
+    await _tick(keeper)  # creates the membership Lease (answered)
+    for i in range(20):
+        assert await keeper.claim(_name(i))
+    started = clock.now
+    while clock.now < started + 60:  # three renew deadlines; the membership renewal due at 10 s never answers
+        clock.now += TICK_S
+        await asyncio.wait_for(_tick(keeper), 1.0)
+    assert lost == [] and len(keeper.held_nodes()) == 20
+    assert all(leases.patches.count(_name(i)) >= 5 for i in range(20))
+    stall.set()
+
+
+async def test_a_renewal_that_landed_twice_is_still_ours():
+    """A renewal sent again after its answer was lost (a dead connection) may land twice: the second copy answers
+    409 because the first changed the Lease. The Lease then carries the renewTime this replica wrote: the renewal
+    succeeded, no second write is needed, and nobody is suspected of writing our Lease."""
+    stamps: list[str] = []
+
+    class LandedTwice(_Leases):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stored: dict[str, Any] = {}
+
+        async def patch(self, path: str, body: dict[str, Any], kind: str = "merge") -> dict[str, Any]:
+            if "/kube-node-lease/" in path and "renewTime" in body.get("spec", {}):
+                stamps.append(body["spec"]["renewTime"])
+                self.patches.append(path.rsplit("/", 1)[-1])
+                # the first copy landed (answer lost), the retried copy meets the new version: 409
+                self.stored = {"metadata": {"name": path.rsplit("/", 1)[-1], "resourceVersion": "55",
+                                            "labels": {"app.kubernetes.io/managed-by": "vkprovider"}},
+                               "spec": {"holderIdentity": "me", "renewTime": body["spec"]["renewTime"],
+                                        "leaseDurationSeconds": 40}}
+                raise ApiError(409, "Conflict", "the object has been modified")
+            return await super().patch(path, body, kind)
+
+        async def get(self, path: str) -> dict[str, Any]:
+            return self.stored
+
+    leases, clock = LandedTwice(), _Clock()
+    keeper = _keeper(leases, clock)
+    lost: list[str] = []
+    keeper.on_lost.append(lost.append)
+    assert await keeper.claim(_name(1))
+    while not stamps:
+        clock.now += TICK_S
+        await _tick(keeper)
+    assert leases.patches.count(_name(1)) == 1  # not written again
+    assert keeper._held[_name(1)].resource_version == "55" and lost == []
+    assert keeper.may_write(_name(1))

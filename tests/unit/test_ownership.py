@@ -115,3 +115,24 @@ def test_lease_facts_from_the_go_controller_lease():
                          "renewTime": "2025-09-22T10:00:00.123456Z"}}
     f = own.LeaseFacts.from_object(go_lease, 20)
     assert (f.holder, f.resource_version, f.duration_s, f.transitions, f.managed) == ("go-mc-1", "42", 40, 0, False)
+
+
+@pytest.mark.parametrize(
+    ("duration", "interval", "deadline", "attempt", "total"),
+    [
+        (20, 10.0, 15.0, 10 / 3, 5.0),  # the defaults: a renewal due at 10 s must land by 15 s
+        (10, 3.0, 7.5, 3.0, 4.5),  # the integration tests' timing
+        (40, 10.0, 30.0, 40 / 3, 20.0),  # the Go controller's lease duration
+        (20, 14.0, 15.0, 2 / 3, 1.0),  # a tight window is not stretched: a later write would be fenced anyway
+    ],
+)
+def test_lease_writes_have_a_budget_below_the_renew_deadline(duration: int, interval: float, deadline: float,
+                                                             attempt: float, total: float) -> None:
+    """Issue 27, item 5: Lease writes used the generic 30 s request timeout, longer than the renew deadline and the
+    lease itself: one dead connection held a renewal until the vnode was fenced. A write now has, in all, the time
+    between its renewal falling due and the renew deadline; its first attempt two thirds of it, so a retry on a
+    fresh connection fits in the rest."""
+    budget = own.lease_write_budget(own.Timing(duration, interval, deadline))
+    assert budget.attempt_s == pytest.approx(attempt) and budget.total_s == pytest.approx(total)
+    assert budget.attempt_s < budget.total_s <= deadline - interval < deadline < duration
+    assert budget.total_s - budget.attempt_s >= budget.total_s / 3 - 1e-9  # room for the retry

@@ -3,6 +3,8 @@
 import asyncio
 from typing import Any
 
+import pytest
+
 from tests.helpers import wait_for
 from vkprovider.controllers.bases import BaseRegistry, Heard
 from vkprovider.controllers.queue import WorkQueue
@@ -600,3 +602,245 @@ async def test_a_pushed_biz_list_does_not_undo_an_install_answered_since_the_las
     assert ledger.bizs == {spec.key: running}
     controller.on_pushed_bizs(node, [BizInfo("orphan", "9", BizState.ACTIVATED)])  # news about other bizs: taken
     assert ledger.bizs is not None and set(ledger.bizs) == {spec.key, BizInfo("orphan", "9", BizState.ACTIVATED).key}
+
+
+async def test_a_probe_answered_after_a_deactivated_heartbeat_does_not_bring_the_vnode_back() -> None:
+    """Item 10a of issue 27: a health probe is sent while the base serves; before it is answered the base says
+    DEACTIVATED in a heartbeat (graceful shutdown); the probe's answer (ACTIVATED, as the base was when asked)
+    comes after. Before, the probe path wrote ``deactivated`` itself and flipped the vnode back to Ready once; the
+    registry is now the one writer, and an answer older than the latest heartbeat does not overrule it."""
+    from vkprovider.config import load_settings
+    from vkprovider.controllers.nodes import NodeController
+    from vkprovider.core import node as vnode
+    from vkprovider.core.model import BaseHealth
+
+    settings = load_settings({"ENV": "test"})
+    now = [100.0]
+    registry = BaseRegistry("test", clock=lambda: now[0])
+    view, _ = registry.heartbeat(hb("b1"))
+    node = view.node
+    asked = asyncio.Event()
+    answer = asyncio.Event()
+
+    class Tunnel:
+        name = "http"
+
+        async def health(self, base: object) -> BaseHealth:
+            asked.set()
+            await answer.wait()
+            return BaseHealth(cpu_count=2, master_biz_state="ACTIVATED")
+
+    cfg = vnode.NodeConfig(env="test", stack="java", max_pods=100, kubelet_version="v1", kubelet_port=0)
+    controller = NodeController(settings, None, registry, {}, _Held(), {"http": Tunnel()},  # type: ignore[arg-type]
+                                _NoEvents(), cfg, clock=lambda: now[0])  # type: ignore[arg-type]
+    probe = controller._start_probe(node)
+    await asyncio.wait_for(asked.wait(), 5)
+    now[0] += 1.0
+    registry.heartbeat(hb("b1", state="DEACTIVATED"))  # the base shuts down while the probe is on the wire
+    assert view.readiness(now[0], 25) is BaseReadiness.DEACTIVATED
+    now[0] += 1.0
+    answer.set()
+    await asyncio.wait_for(probe, 5)
+    assert view.deactivated and view.readiness(now[0], 25) is BaseReadiness.DEACTIVATED
+    assert view.health is not None and view.health.cpu_count == 2  # its resources are still news
+    # A probe sent after the heartbeat is newer: the base is serving again.
+    answer.clear()
+    asked.clear()
+    probe = controller._start_probe(node)
+    await asyncio.wait_for(asked.wait(), 5)
+    now[0] += 1.0
+    answer.set()
+    await asyncio.wait_for(probe, 5)
+    assert not view.deactivated and view.readiness(now[0], 25) is BaseReadiness.READY
+
+
+@pytest.mark.parametrize(
+    ("said", "sent_before_it", "answered", "deactivated"),
+    [
+        ("DEACTIVATED", True, "ACTIVATED", True),  # the answer is older than the shutdown: the heartbeat stands
+        ("DEACTIVATED", False, "ACTIVATED", False),  # asked after the shutdown and it serves: back
+        ("ACTIVATED", True, "DEACTIVATED", False),  # an old answer of a shutdown the base has come back from
+        ("ACTIVATED", False, "DEACTIVATED", True),  # asked after the heartbeat: it is shutting down now
+        ("ACTIVATED", False, None, False),  # an answer that does not say (the Go controller's arklet): alive
+    ],
+)
+def test_the_registry_is_the_one_writer_of_deactivated_and_the_newest_word_wins(
+        said: str, sent_before_it: bool, answered: str | None, deactivated: bool) -> None:
+    from vkprovider.core.model import BaseHealth
+
+    now = [100.0]
+    registry = BaseRegistry("dev", clock=lambda: now[0])
+    view, _ = registry.heartbeat(hb())
+    now[0] = 110.0
+    registry.heartbeat(hb(state=said))  # at 110; the probe was sent at 109 (before it) or 111 (after it)
+    now[0] = 112.0  # answered
+    registry.probed(view.node, BaseHealth(master_biz_state=answered), sent_at=109.0 if sent_before_it else 111.0)
+    assert view.deactivated is deactivated
+    assert (view.last_heard == 112.0) is (not deactivated)  # an answer is a sign of life unless it is shutting down
+
+
+def _node_showing(ready: str | None, identity: str = "b1") -> dict[str, Any]:
+    """A vnode as the informer shows it, its Ready condition saying ``ready`` (None: no condition yet)."""
+    from vkprovider.core import node as vnode
+
+    cfg = vnode.NodeConfig(env="test", stack="java", max_pods=100, kubelet_version="v1", kubelet_port=0)
+    readiness = {"True": BaseReadiness.READY, "False": BaseReadiness.DEACTIVATED}.get(
+        str(ready), BaseReadiness.UNREACHABLE)
+    status = vnode.with_times(vnode.node_status(hb(identity), None, cfg, readiness=readiness, silent_for_s=0),
+                              None, "2026-12-02T00:00:00Z")
+    if ready is None:
+        status["conditions"] = []
+    node: dict[str, Any] = vnode.new_node(hb(identity), cfg, status)  # type: ignore[assignment]
+    node["metadata"]["resourceVersion"] = "1"
+    return node
+
+
+class _Keeper:
+    """A lease keeper for one vnode that this replica holds from ``gain()`` on (a takeover)."""
+
+    me = "me"
+
+    def __init__(self) -> None:
+        self.held = False
+        self.dropped: list[str] = []
+
+    def may_write(self, n: str) -> bool:
+        return self.held
+
+    def fenced(self, n: str) -> bool:
+        return False
+
+    def lease_of(self, n: str) -> object:
+        return object()  # somebody holds it (the old holder, until the takeover)
+
+    async def drop(self, n: str) -> None:
+        self.dropped.append(n)
+
+
+def _standby(now: list[float], probe: Any) -> tuple[Any, BaseRegistry, dict[str, Any], _Keeper, list[str]]:
+    """A NodeController of a standby replica (started at ``now[0]``) that never hears base b1, whose Node the
+    informer shows; ``probe()`` is the base's answer to a health probe (raise TunnelError: no answer)."""
+    from vkprovider.config import load_settings
+    from vkprovider.controllers.nodes import NodeController
+    from vkprovider.core import node as vnode
+
+    settings = load_settings({"ENV": "test", "VKP_BASE_UNREACHABLE_AFTER": "25", "VKP_BASE_DEAD_AFTER": "600"})
+    registry = BaseRegistry("test", clock=lambda: now[0])
+    deleted: list[str] = []
+
+    class Kube:
+        async def delete(self, path: str, **kw: object) -> None:
+            deleted.append(path)
+
+        async def patch(self, path: str, body: object, **kw: object) -> object:
+            return {}
+
+    class Tunnel:
+        name = "http"
+
+        async def health(self, base: object) -> object:
+            return probe()
+
+    cfg = vnode.NodeConfig(env="test", stack="java", max_pods=100, kubelet_version="v1", kubelet_port=0)
+    cache: dict[str, Any] = {}
+    keeper = _Keeper()
+    controller = NodeController(settings, Kube(), registry, cache, keeper, {"http": Tunnel()},  # type: ignore[arg-type]
+                                _NoEvents(), cfg, clock=lambda: now[0])  # type: ignore[arg-type]
+    return controller, registry, cache, keeper, deleted
+
+
+def _show(controller: Any, cache: dict[str, Any], ready: str | None) -> None:
+    node = "vnode.b1.test"
+    old = cache.get(node)
+    cache[node] = _node_showing(ready)
+    controller.on_node_change(node, old, cache[node])
+
+
+@pytest.mark.parametrize(
+    ("unready_at", "taken_at", "deleted"),
+    [
+        # (a standby started at 0 never hears the base; its Node shows it not Ready from ``unready_at``, the
+        # standby takes the vnode over at ``taken_at``; VKP_BASE_DEAD_AFTER is 600)
+        (900.0, 1000.0, False),  # up 1,000 s, base silent ~100 s: before, deleted at once (silent "since 0")
+        (300.0, 1000.0, True),  # silent for 700 s as the Node showed it: past the dead window (after a probe)
+        (None, 1000.0, False),  # the Node says Ready at the takeover: alive until a probe says otherwise
+    ],
+)
+async def test_a_takeover_counts_a_base_silence_from_what_the_node_showed_not_from_the_standby_start(
+        unready_at: float | None, taken_at: float, deleted: bool) -> None:
+    """Issue 27, item 2: a standby replica's view of a base it never heard counted silence from its own start, so a
+    takeover of a vnode whose Node was not Ready deleted the Node at once, skipping the dead window."""
+    from vkprovider.tunnels.base import TunnelError
+
+    def no_answer() -> object:
+        raise TunnelError("connection refused")
+
+    now = [0.0]
+    controller, registry, cache, keeper, removed = _standby(now, no_answer)
+    _show(controller, cache, "True")
+    if unready_at is not None:
+        now[0] = unready_at
+        _show(controller, cache, "Unknown")
+    now[0] = taken_at
+    keeper.held = True
+    controller.on_gained("vnode.b1.test")
+    await controller.reconcile("vnode.b1.test")
+    await asyncio.gather(*controller._probes.values())  # the takeover's probe: no answer
+    await controller.reconcile("vnode.b1.test")
+    assert (removed == ["/api/v1/nodes/vnode.b1.test"]) is deleted, removed
+    if not deleted:  # it goes only once the silence counted from the Node passes the dead window
+        now[0] = (unready_at if unready_at is not None else taken_at) + 600.5
+        await controller.reconcile("vnode.b1.test")
+        await asyncio.gather(*controller._probes.values())
+        await controller.reconcile("vnode.b1.test")
+        assert removed == ["/api/v1/nodes/vnode.b1.test"]
+
+
+async def test_a_takeover_asks_the_base_before_deleting_its_node_and_an_answer_keeps_it() -> None:
+    """Past the dead window by everything the Node showed, a base that answers the takeover's probe is alive:
+    its Node stays (and turns Ready)."""
+    from vkprovider.core.model import BaseHealth
+
+    now = [0.0]
+    asked: list[float] = []
+
+    def answer() -> object:
+        asked.append(now[0])
+        return BaseHealth(cpu_count=2, master_biz_state="ACTIVATED")
+
+    controller, registry, cache, keeper, removed = _standby(now, answer)
+    _show(controller, cache, "Unknown")
+    now[0] = 700.0
+    keeper.held = True
+    controller.on_gained("vnode.b1.test")
+    await controller.reconcile("vnode.b1.test")
+    assert removed == [] and controller._probes  # asked first
+    await asyncio.gather(*controller._probes.values())
+    assert asked == [700.0]
+    await controller.reconcile("vnode.b1.test")
+    view = registry.get("vnode.b1.test")
+    assert removed == [] and view is not None and view.readiness(now[0], 25) is BaseReadiness.READY
+
+
+@pytest.mark.parametrize(
+    ("shown", "seen_unready_at", "silent_at_1000"),
+    [
+        (["True"], None, 0.0),  # Ready at the takeover: counted alive then
+        (["True", "Unknown"], 400.0, 600.0),  # silent since this replica saw it go Unknown
+        (["Unknown", "Unknown"], 100.0, 900.0),  # a status refresh of a silent base moves nothing
+        (["Unknown", "True", "False"], 700.0, 300.0),  # back, then deactivated: from the latest change
+        ([None], None, 0.0),  # no Ready condition: no evidence of silence, counted from the takeover
+    ],
+)
+def test_a_base_known_from_its_node_is_silent_since_its_node_first_showed_it_not_ready(
+        shown: list[str | None], seen_unready_at: float | None, silent_at_1000: float) -> None:
+    now = [100.0]
+    registry = BaseRegistry("dev", clock=lambda: now[0])
+    view = registry.known_from_node(hb())
+    for ready in shown:
+        registry.shown(view.node, ready)
+        now[0] += 300.0
+    assert view.shown_unready_since == seen_unready_at
+    now[0] = 1000.0
+    registry.adopted(view.node, shown[-1])
+    assert view.silent_for(1000.0) == silent_at_1000

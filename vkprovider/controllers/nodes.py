@@ -11,6 +11,10 @@ the base does. Only after the dead window is a silent base's Node deleted. A Nod
 while its base lives. Liveness counts heartbeats heard by this replica and answers of the base's arklet: the
 owner probes a base it has not heard for ``VKP_BASE_PROBE_AFTER`` (its heartbeats may be going to another
 replica behind the same Service), so a base is Ready as long as it answers, whichever replica it heartbeats to.
+
+A takeover never deletes a Node at once (issue 27): the base's silence counts from what this replica saw of its
+Node (``BaseRegistry.adopted``), never from this replica's start, and the first reconcile that finds it past the
+dead window asks the base first; only a probe that fails (or a base with no tunnel to ask through) lets the Node go.
 """
 
 from __future__ import annotations
@@ -108,6 +112,7 @@ class NodeController:
         self._readiness: dict[str, BaseReadiness] = {}
         self._probes: dict[str, asyncio.Task[None]] = {}
         self._probed_at: dict[str, float] = {}
+        self._unprobed: set[str] = set()  # taken over, and the base not asked yet: no deletion until it is
         self._synced: dict[str, _Synced] = {}  # what each Node was last found in sync with (no write needed)
         # Nodes this replica created that the informer has not shown yet (node -> (the answer, when)): a
         # reconcile queued during the create (the health answer) must not POST it again (an AlreadyExists for a
@@ -132,16 +137,20 @@ class NodeController:
 
     def on_node_change(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         self._created.pop(key, None)  # the cache has caught up with our create (or the Node is gone)
-        if new is not None and key not in self.registry:
-            hb = vnode.heartbeat_from_node(new, self.settings.env)
-            if hb is not None:
-                self.registry.known_from_node(hb)
+        if new is not None:
+            if key not in self.registry:
+                hb = vnode.heartbeat_from_node(new, self.settings.env)
+                if hb is not None:
+                    self.registry.known_from_node(hb)
+            self.registry.shown(key, vnode.ready_status(new))  # what a takeover will count silence from
         self.queue.add(key)
 
     def on_gained(self, node: str) -> None:
         """A vnode taken over (a hand-over, a failover, a restart): adoption, not judgement. This replica may
         not have heard the base for a while (its heartbeats went to the replica that held it), so the Node's own
-        Ready=True stands as the base's last word until a probe, asked at once, says otherwise."""
+        Ready=True stands as the base's last word until a probe, asked at once, says otherwise; a Node not Ready
+        counts the base silent from when this replica first saw it so (``BaseRegistry.adopted``). Whatever the
+        silence, the Node is not deleted before that probe has been answered or has failed."""
         self._status_written.pop(node, None)
         self._synced.pop(node, None)
         current = self.nodes.get(node)
@@ -150,14 +159,13 @@ class NodeController:
             hb = vnode.heartbeat_from_node(current, self.settings.env)
             view = self.registry.known_from_node(hb) if hb is not None else None
         if view is not None:
-            shown = {c.get("type"): c.get("status") for c in ((current or {}).get("status") or {}).get("conditions")
-                     or []}.get("Ready")
-            if shown == "True" and not view.deactivated:
-                self.registry.answered(node)
+            self.registry.adopted(node, vnode.ready_status(current) if current is not None else None)
             view.health_at = -1e18  # probe now: resources, and whether it is really alive
+            self._unprobed.add(node)
         self.queue.add(node)
 
     def on_lost(self, node: str) -> None:
+        self._unprobed.discard(node)
         task = self._probes.pop(node, None)
         if task is not None:
             task.cancel()
@@ -195,6 +203,9 @@ class NodeController:
         silent = view.silent_for(now)
         dead_after = self.settings.base_dead_after_s
         if silent > dead_after:
+            if node in self._unprobed:  # taken over: ask the base before its Node goes (the probe re-queues)
+                self._start_probe(node)
+                return PROBE_EVERY_S
             await self._delete(node, current, f"base silent for {int(silent)}s")
             return None
         readiness = view.readiness(now, self.settings.base_unreachable_after_s)
@@ -290,9 +301,7 @@ class NodeController:
         if before is None:
             # First look after a start or a takeover: compare with what the Node says, so a takeover of a Ready
             # node raises no event and a base that came back while nobody watched does.
-            status = (current or {}).get("status") or {}
-            conds = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
-            shown = conds.get("Ready")
+            shown = vnode.ready_status(current)
             before = (BaseReadiness.READY if shown == "True" else BaseReadiness.DEACTIVATED if shown == "False"
                       else BaseReadiness.UNREACHABLE if shown == "Unknown" else None)
         self._readiness[node] = readiness
@@ -344,34 +353,31 @@ class NodeController:
             await asyncio.wait_for(asyncio.shield(task), HEALTH_BEFORE_CREATE_S)
 
     async def _probe(self, node: str) -> None:
+        try:
+            await self._ask(node)
+        finally:
+            if self._probes.get(node) is asyncio.current_task():
+                del self._probes[node]
+            if node in self._unprobed:  # the takeover's question is answered (or failed): judge again
+                self._unprobed.discard(node)
+                self.queue.add(node)
+
+    async def _ask(self, node: str) -> None:
         view = self.registry.get(node)
         if view is None:
             return
         tunnel = self.tunnels.get(view.heartbeat.tunnel)
         if tunnel is None:
             return
+        sent = self.clock()
         try:
             health = await tunnel.health(view.heartbeat)
         except TunnelError as exc:
             log.debug("health of %s failed: %s", node, clean(exc, MAX_LOG_TEXT))
             view.health_at = self.clock()
             return
-        finally:
-            if self._probes.get(node) is asyncio.current_task():
-                del self._probes[node]
-        state = health.master_biz_state
-        if state is not None and state != "ACTIVATED":
-            if not view.deactivated:
-                view.deactivated = True
-                self.queue.add(node)
-        else:
-            was_silent = view.silent_for(self.clock()) > self.settings.base_unreachable_after_s or view.deactivated
-            if view.deactivated:
-                view.deactivated = False
-            self.registry.answered(node)
-            if was_silent:
-                self.queue.add(node)
-        if self.registry.health(node, health):
+        was_silent = view.silent_for(self.clock()) > self.settings.base_unreachable_after_s or view.deactivated
+        if self.registry.probed(node, health, sent) or was_silent:  # the registry decides what the answer says
             self.queue.add(node)
 
     async def _create(self, view: BaseView, status: dict[str, object], readiness: BaseReadiness) -> dict[str, Any]:

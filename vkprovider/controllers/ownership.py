@@ -6,14 +6,19 @@ by renew deadline, rendezvous spread over live replicas); this module observes L
 decisions out, and tells the node and module controllers when a vnode is gained or lost. Everything that writes
 for a vnode asks ``may_write(node)`` right before writing.
 
-One loop (``run``) ticks every ``TICK_S``: it renews this replica's membership Lease, then decides for the vnode
-Leases that are due. A decision only changes when its inputs do (the Lease seen changing, a write landing, the
-live replicas) or when time passes one of its deadlines (a renewal due, a foreign lease expiring), so each vnode is
-decided again when it was touched or at its next deadline (``_due``, a heap), not on every tick: 1,000 held vnodes
-cost two hundred decisions a second (due, then landed, per renewal), not two thousand. A change of the live
-replicas decides every vnode again. A tick that comes far too late means the process was stalled (SIGSTOP,
-swapping): every observation is then restarted from now, because what was "unchanged for a lease duration" was
-only unseen.
+One loop (``run``) ticks every ``TICK_S``: it starts the renewal of this replica's membership Lease when due (in
+the background, like every Lease write: a write stalled on a dead connection never holds up the tick, and so never
+the renewals and fencing decisions of other vnodes), then decides for the vnode Leases that are due. A decision
+only changes when its inputs do (the Lease seen changing, a write landing, the live replicas) or when time passes
+one of its deadlines (a renewal due, a foreign lease expiring), so each vnode is decided again when it was touched
+or at its next deadline (``_due``, a heap), not on every tick: 1,000 held vnodes cost two hundred decisions a
+second (due, then landed, per renewal), not two thousand. A change of the live replicas decides every vnode again.
+A tick that comes far too late means the process was stalled (SIGSTOP, swapping): every observation is then
+restarted from now, because what was "unchanged for a lease duration" was only unseen.
+
+Every Lease write goes through a lane of its own (``lease_client``) bounded by ``core.ownership.lease_write_budget``:
+an attempt that gets no answer is sent once more on a fresh connection, all of it before the renew deadline; a
+copy that lands twice answers 409, and the writer finds its own renewTime in the Lease (``_after_conflict``).
 
 An acquire answered 409 (or 404) proves the observation it was decided from out of date: the Lease changed (its
 holder renewed it, another replica took it) without the watch saying so yet. The vnode is then not decided again
@@ -75,6 +80,19 @@ for _event in ("acquired", "lost", "handed_over", "released", "renew_failed", "c
     LEASE_EVENTS.labels(_event)
 
 
+def lease_timing(settings: Settings) -> own.Timing:
+    return own.Timing(lease_duration_s=settings.node_lease_duration_s, renew_interval_s=settings.node_lease_renew_s,
+                      renew_deadline_s=settings.node_lease_renew_deadline_s)
+
+
+def lease_client(kube: Kube, timing: own.Timing, max_inflight: int) -> Kube:
+    """The client a Lease writer uses: its own bound on requests in flight (a renewal never waits behind bulk
+    writes), each request within the Lease write budget, and its writes safe to send twice (each carries the
+    resourceVersion it was decided on, or, for the membership renewal, only a renewTime)."""
+    budget = own.lease_write_budget(timing)
+    return kube.lane(max_inflight, timeout_s=budget.attempt_s, total_s=budget.total_s, repeatable=True)
+
+
 def micro_time(dt: datetime) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -105,11 +123,7 @@ class LeaseKeeper:
         self.wall = wall or (lambda: datetime.now(UTC))
         self.me = settings.client_id
         self.env = settings.env
-        self.timing = own.Timing(
-            lease_duration_s=settings.node_lease_duration_s,
-            renew_interval_s=settings.node_lease_renew_s,
-            renew_deadline_s=settings.node_lease_renew_deadline_s,
-        )
+        self.timing = lease_timing(settings)
         self.member_lease = membership_lease_name(settings.env, settings.client_id)
         self._observed: dict[str, own.Observed] = {}  # node name -> its Lease as last seen
         self._members: dict[str, own.Observed] = {}  # membership lease name -> as last seen
@@ -119,6 +133,7 @@ class LeaseKeeper:
         self._stale: set[str] = set()  # observations made before a stall, or refuted by a 409: read them again
         self._writes_in_flight: set[asyncio.Task[None]] = set()
         self._member_held: own.Held | None = None
+        self._member_write: asyncio.Task[None] | None = None
         self._member_seen_since: dict[str, float] = {}
         self._last_tick = clock()
         self._started = clock()
@@ -209,6 +224,8 @@ class LeaseKeeper:
                 self._wake.clear()
         finally:
             watchdog.cancel()
+            if self._member_write is not None:
+                self._member_write.cancel()
 
     async def _watch_the_loop(self) -> None:
         """Notice when this process did not run at all for a while (SIGSTOP, a frozen VM), as opposed to being
@@ -225,7 +242,7 @@ class LeaseKeeper:
         self._last_tick = now
         if self._stopping:
             return
-        await self._keep_membership(now)
+        self._renew_membership(now)
         members = self.live_members()
         MEMBERS.set(len(members))
         handoffs = self._handoff_budget(members, now)
@@ -369,10 +386,16 @@ class LeaseKeeper:
         base = f"/apis/coordination.k8s.io/v1/namespaces/{self.settings.namespace}/leases"
         return f"{base}/{name}" if name else base
 
-    async def _keep_membership(self, now: float) -> None:
+    def _renew_membership(self, now: float) -> None:
+        """Start the membership renewal when it is due and none is under way; never wait for it."""
         held = self._member_held
         if held is not None and now - held.renewed_at < self.timing.renew_interval_s:
             return
+        if self._member_write is None or self._member_write.done():
+            self._member_write = asyncio.create_task(self._keep_membership(now), name="lease-membership")
+
+    async def _keep_membership(self, now: float) -> None:
+        held = self._member_held
         stamp = micro_time(self.wall())
         try:
             if held is None:
@@ -397,7 +420,8 @@ class LeaseKeeper:
             else:
                 answer = await self.kube.patch(self._member_path(self.member_lease),
                                                {"spec": {"renewTime": stamp}}, kind="merge")
-            self._member_held = own.Held(now, _rv(answer))
+            if not self._stopping:
+                self._member_held = own.Held(now, _rv(answer))
         except ApiError as exc:
             log.warning("renewing this replica's membership lease failed: %s", exc)
 
@@ -443,14 +467,14 @@ class LeaseKeeper:
         if held is None:
             return
         sent = self.clock()
-        body = {"metadata": {"resourceVersion": held.resource_version},
-                "spec": {"renewTime": micro_time(self.wall())}}
+        stamp = micro_time(self.wall())
+        body = {"metadata": {"resourceVersion": held.resource_version}, "spec": {"renewTime": stamp}}
         try:
             with RENEW_SECONDS.time():
                 answer = await self.kube.patch(self._lease_path(node), body, kind="merge")
         except ApiError as exc:
             if exc.is_conflict:
-                await self._after_conflict(node, held)
+                await self._after_conflict(node, held, stamp, sent)
                 return
             if exc.is_not_found:
                 self._lose(node, "its Lease was deleted")
@@ -460,14 +484,19 @@ class LeaseKeeper:
         if node in self._held:
             self._held[node] = own.Held(sent, _rv(answer))
 
-    async def _after_conflict(self, node: str, held: own.Held) -> None:
-        """A renewal lost a race: somebody else wrote the Lease. Still ours (a label edit, another controller
-        touching renewTime)? Renew on the fresh version; otherwise it is lost."""
+    async def _after_conflict(self, node: str, held: own.Held, stamp: str, sent: float) -> None:
+        """A renewal lost a race: somebody else wrote the Lease - or this renewal itself, sent twice after its first
+        answer was lost, whose first copy landed (the Lease then carries our ``stamp``: renewed). Still ours
+        otherwise (a label edit, another controller touching renewTime)? Renew on the fresh version; else lost."""
         LEASE_EVENTS.labels("conflict").inc()
         fresh = await self.kube.get(self._lease_path(node))
         facts = own.LeaseFacts.from_object(fresh, self.timing.lease_duration_s)
         if facts.holder != self.me:
             self._lose(node, f"taken by {facts.holder or 'nobody'}")
+            return
+        if ((fresh.get("spec") or {}) if isinstance(fresh, Mapping) else {}).get("renewTime") == stamp:
+            if node in self._held:
+                self._held[node] = own.Held(sent, facts.resource_version)
             return
         log.warning("lease %s was written by someone else while we hold it (is another controller, e.g. the Go "
                     "ModuleController, still running with CLIENT_ID=%s?)", node, self.me, extra={"node": node})
@@ -538,6 +567,8 @@ class LeaseKeeper:
                     raise
             fresh = own.LeaseFacts.from_object(await self.kube.get(self._lease_path(node)),
                                                self.timing.lease_duration_s)
+            if fresh.holder == to:
+                return True  # our own write, sent twice after its first answer was lost: the first landed
             if fresh.holder != self.me:
                 return False  # somebody else has it now: nothing to hand over
             version, transitions = fresh.resource_version, fresh.transitions
@@ -587,6 +618,8 @@ class LeaseKeeper:
         restart moves vnodes in seconds; with no other replica, keep holding (a restart under the same
         CLIENT_ID adopts them at once). Then give up the membership."""
         self._stopping = True
+        if self._member_write is not None:
+            self._member_write.cancel()
         # Leave the membership first: the others stop choosing this replica for anything (without it a
         # receiving replica could hand a vnode straight back to the one that is leaving).
         with contextlib.suppress(ApiError):

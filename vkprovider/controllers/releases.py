@@ -5,8 +5,9 @@ or a batches annotation), the module ReplicaSets (which template is whose, and e
 the Deployments: one server-side apply of vkprovider's fields per step (field manager ``vkprovider``; the
 informer keeps of managedFields only which of them vkprovider holds; see ``core.release``, "Who owns which
 field"). Exactly one replica in the cluster writes: the holder of the ``vkprovider-<env>-releases`` Lease
-(:class:`Elector`, the same observed-time, fenced, resourceVersion-checked rules as the vnode Leases). Every
-replica answers the module controller's two questions from the same caches:
+(:class:`Elector`, the same observed-time, fenced, resourceVersion-checked rules as the vnode Leases, and the
+same write budget: ``core.ownership.lease_write_budget``). Every replica answers the module controller's two
+questions from the same caches:
 
 - ``revision_of(pod)``: the Deployment revision of the pod's ReplicaSet (a base installs only the newest
   revision of a workload's biz, so a release never ping-pongs, see ``core.plan``);
@@ -30,7 +31,7 @@ from prometheus_client import Counter, Gauge
 
 from vkprovider.config import Settings
 from vkprovider.controllers.bases import Clock
-from vkprovider.controllers.ownership import micro_time
+from vkprovider.controllers.ownership import lease_client, lease_timing, micro_time
 from vkprovider.controllers.queue import WorkQueue
 from vkprovider.core import ownership as own
 from vkprovider.core import release as rel
@@ -126,15 +127,14 @@ class Elector:
 
     def __init__(self, settings: Settings, kube: Kube, *, members: Callable[[], list[str]], clock: Clock,
                  wall: Callable[[], datetime]) -> None:
-        self.kube = kube
+        self.timing = lease_timing(settings)
+        self.kube = lease_client(kube, self.timing, 2)  # bounded by the Lease write budget, like the vnode Leases
         self.me = settings.client_id
         self.name = f"vkprovider-{settings.env.lower()}-releases"[:253]
         self.path = f"/apis/coordination.k8s.io/v1/namespaces/{settings.namespace}/leases"
         self.members = members
         self.clock = clock
         self.wall = wall
-        self.timing = own.Timing(settings.node_lease_duration_s, settings.node_lease_renew_s,
-                                 settings.node_lease_renew_deadline_s)
         self.poll_s = min(2.0, settings.node_lease_renew_s / 2)
         self._observed: own.Observed | None = None
         self._held: own.Held | None = None
@@ -210,12 +210,24 @@ class Elector:
                                                          "labels": {own.MANAGED_BY_LABEL: own.MANAGED_BY}},
                                             "spec": spec}, kind="merge")
         except ApiError as exc:
+            if exc.is_conflict and await self._landed(stamp, sent, why):
+                return
             if exc.is_conflict or exc.is_not_found:
                 if self._held is not None:
                     self._set(None, "the Lease was written by someone else")
                 return
             raise
         self._set(own.Held(sent, _rv(answer)), why)
+
+    async def _landed(self, stamp: str, sent: float, why: str) -> bool:
+        """After a 409: whether the write itself landed (sent twice after its first answer was lost, the second
+        copy met the version the first made): the Lease names us with our ``stamp``."""
+        lease = await self.kube.get(f"{self.path}/{self.name}")
+        facts = own.LeaseFacts.from_object(lease, self.timing.lease_duration_s)
+        if facts.holder != self.me or (lease.get("spec") or {}).get("renewTime") != stamp:
+            return False
+        self._set(own.Held(sent, facts.resource_version), why)
+        return True
 
     async def release(self) -> None:
         """On stop: give the Lease up (holder emptied), so another replica takes over within a poll."""

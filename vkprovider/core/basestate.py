@@ -26,6 +26,10 @@ base's own publishTimestamp). So it updates only the bizs that no command result
 overwrites a newer install or uninstall (no Ready regression, no second command), and neither satisfies a
 request to read again nor counts as the read a failed command waits for (``read_since``).
 
+An ownership gap (the vnode held by another replica for a while, then gained back) forgets what the base
+runs and when each orphan (a biz no pod wants, of unknown origin) was first seen: pods may have come for it
+meanwhile, so an orphan waits its whole grace again from the first read after the gap, never less.
+
 Pure: no I/O, no asyncio; times are passed in (monotonic seconds for deadlines, wall-clock milliseconds for what
 is shown to users). Table-tested in tests/unit/test_basestate.py, including every read/command interleaving.
 """
@@ -176,12 +180,14 @@ class BaseLedger:
         self._version += 1
 
     def forget(self) -> None:
-        """Nothing about the base is known any more (another replica owned it meanwhile): read before acting."""
+        """Nothing about the base is known any more (another replica owned it meanwhile): read before acting.
+        Orphans' first-seen times go too: an orphan seen before the gap waits its whole grace again."""
         self._bizs = None
         self._read_error = None
         self._last_read = self._seq
         self._changed_at.clear()
         self._inflight.clear()
+        self._orphan_since.clear()
         self._read_requested = self._tick()
         self._version += 1
 

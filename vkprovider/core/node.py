@@ -317,6 +317,15 @@ def node_annotations(hb: BaseHeartbeat) -> dict[str, str]:
     }
 
 
+def ready_status(node: Mapping[str, Any] | None) -> str | None:
+    """What the Node's Ready condition says (``True``, ``False``, ``Unknown``); None without one."""
+    for cond in ((node or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            status = cond.get("status")
+            return str(status) if status is not None else None
+    return None
+
+
 def heartbeat_from_node(node: Mapping[str, Any], env: str) -> BaseHeartbeat | None:
     """What a heartbeat of this vnode's base would say, rebuilt from the Node (ours or the Go controller's).
 

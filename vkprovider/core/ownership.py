@@ -22,6 +22,14 @@ rules follow client-go's leaderelection and KWOK's node-lease controller:
 - **Adoption.** A lease held by this replica's own identity (a restart) is taken back at once; so is one written
   by a controller that is not vkprovider (the Go ModuleController: no ``app.kubernetes.io/managed-by`` label), as
   the migration procedure stops that controller first.
+- **Writes in time** (``lease_write_budget``). A renewal falls due ``renew_interval`` after the last one was sent
+  and is useless after ``renew_deadline``: every Lease write (vnode, membership, release writer) has the time
+  between the two, ``renew_deadline - renew_interval`` (5 s by default), in all. Its first attempt waits two thirds
+  of that for an answer; a write that timed out or whose connection died is sent once more on a fresh connection
+  in the rest (a dead pooled connection answers nothing, however long one waits: before, such a renewal waited
+  the generic 30 s, past the deadline and the lease, and fenced the vnode). Repeating a write is safe: each
+  carries the resourceVersion it was decided on, so one that landed twice answers 409, and the writer asks
+  whether the Lease is still its own (its own renewTime in it: the first copy landed).
 
 This module has no I/O: the node controller feeds it observations and carries out its decisions.
 """
@@ -113,6 +121,21 @@ class Timing:
     def __post_init__(self) -> None:
         if not 0 < self.renew_interval_s < self.renew_deadline_s < self.lease_duration_s:
             raise ValueError("need 0 < renew interval < renew deadline < lease duration")
+
+
+@dataclass(frozen=True, slots=True)
+class WriteBudget:
+    """How long one Lease write may take: each attempt, and all attempts together (see the module docstring)."""
+
+    attempt_s: float
+    total_s: float
+
+
+def lease_write_budget(timing: Timing) -> WriteBudget:
+    """A renewal sent when due must land before the renew deadline: the window between them, two thirds of it
+    for the first attempt and the rest for one retry on a fresh connection."""
+    total = timing.renew_deadline_s - timing.renew_interval_s
+    return WriteBudget(attempt_s=total * 2 / 3, total_s=total)
 
 
 def renew_due(held: Held, timing: Timing) -> float:

@@ -7,6 +7,11 @@ request ourselves: orjson in and out, a bounded number of requests in flight, a 
 tenacity retries only around a single call that is safe to repeat, and client-go compatible metrics
 (``rest_client_requests_total{code,method}``, ``rest_client_request_duration_seconds{verb}``).
 
+A request sent again after its connection died or stalled goes on a new connection, never on another pooled one
+(which may be as dead). A lane (``Kube.lane``) may bound its requests tighter than the client: a timeout per
+attempt and a time for all attempts together, and mark its writes safe to repeat; the Lease writers' lanes do
+(``core.ownership.lease_write_budget``: a renewal is useless after its renew deadline).
+
 The parsing helpers (:func:`api_error_from_response`, :func:`parse_watch_line`, :class:`LineSplitter`,
 :func:`should_retry`) are pure functions so they are unit-tested without a cluster.
 """
@@ -23,7 +28,7 @@ import os
 import ssl
 import tempfile
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote, urlencode
@@ -33,6 +38,7 @@ import yaml
 import yarl
 from prometheus_client import Counter, Histogram
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.stop import stop_base
 
 from vkprovider import __version__, http1
 from vkprovider.core.backoff import API_CALL
@@ -238,6 +244,16 @@ def retry_wait_s(exc: BaseException | None, failed_attempts: int) -> float:
     if isinstance(exc, ApiError) and exc.retry_after_s is not None:
         return exc.retry_after_s
     return API_CALL.delay(failed_attempts)  # the one backoff policy (core.backoff)
+
+
+class _Before(stop_base):
+    """tenacity: stop when the wait before the next attempt would pass the request's time (``past(wait_s)``)."""
+
+    def __init__(self, past: Callable[[float], bool]) -> None:
+        self._past = past
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self._past(retry_state.upcoming_sleep)
 
 
 def _later_retry_wait(state: RetryCallState) -> float:
@@ -512,6 +528,8 @@ class Kube:
         self._sem = asyncio.Semaphore(max_inflight)
         self._targets: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
         self._timeout_s = timeout_s
+        self._total_s: float | None = None  # all attempts of one request together (None: only MAX_ATTEMPTS)
+        self._repeatable = False  # every request of this client is safe to send again (see ``lane``)
         # Which replica wrote what shows in the apiserver's audit log: the instance rides in the User-Agent.
         self._user_agent = f"vkprovider/{__version__}" + (f" ({instance})" if instance else "")
         self._origin = f"http://{pool.authority}" if pool.absolute_targets else ""
@@ -544,12 +562,20 @@ class Kube:
     def host(self) -> str:
         return self._host
 
-    def lane(self, max_inflight: int) -> Kube:
+    def lane(self, max_inflight: int, *, timeout_s: float | None = None, total_s: float | None = None,
+             repeatable: bool = False) -> Kube:
         """The same server, connection pool and credentials with a request bound of its own: for requests that
         must not wait behind bulk writes in this process (a vnode's lease renewal behind a rollout's pod status
-        PATCHes). Close the client the lane came from, not the lane."""
+        PATCHes). ``timeout_s`` bounds each attempt, ``total_s`` all attempts of a request with the waits between
+        them; ``repeatable`` says every write of the lane may be sent twice (a resourceVersion precondition makes
+        a second copy a 409). Close the client the lane came from, not the lane."""
         lane = copy.copy(self)
         lane._sem = asyncio.Semaphore(max_inflight)
+        if timeout_s is not None:
+            lane._timeout_s = timeout_s
+        if total_s is not None:
+            lane._total_s = total_s
+        lane._repeatable = repeatable or self._repeatable
         return lane
 
     async def close(self) -> None:
@@ -603,7 +629,7 @@ class Kube:
         ``idempotent`` defaults to True for GET/HEAD/OPTIONS/DELETE.
         """
         method = method.upper()
-        safe = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
+        safe = self._repeatable or (method in IDEMPOTENT_METHODS if idempotent is None else idempotent)
         data: bytes | None
         if body is None:
             data = None
@@ -613,24 +639,38 @@ class Kube:
             data = orjson.dumps(body)
         query = _clean_params(params)
         timeout = timeout_s if timeout_s is not None else self._timeout_s
+        until = time.monotonic() + self._total_s if self._total_s is not None else None
+
+        def attempt_s() -> float:  # each attempt within what is left of the request's time
+            return timeout if until is None else max(min(timeout, until - time.monotonic()), 0.001)
+
+        def past(wait_s: float) -> bool:
+            return until is not None and time.monotonic() + wait_s >= until
+
         refreshed = False
+        fresh = False  # the last attempt's connection died or stalled: the next one opens a new connection
         ctype = content_type if data is not None else None
         while True:
             try:
                 try:  # the first attempt needs no retry machinery (the hot path: one object fewer per call)
-                    return await self._send_once(method, path, query, data, ctype, timeout)
+                    return await self._send_once(method, path, query, data, ctype, attempt_s())
                 except ApiError as first:
-                    if not should_retry(first, idempotent=safe):
+                    if not should_retry(first, idempotent=safe) or past(wait := retry_wait_s(first, 1)):
                         raise
-                    await asyncio.sleep(retry_wait_s(first, 1))
+                    fresh = isinstance(first, ApiConnectionError)
+                    await asyncio.sleep(wait)
                 async for attempt in AsyncRetrying(
-                    stop=stop_after_attempt(MAX_ATTEMPTS - 1),
+                    stop=stop_after_attempt(MAX_ATTEMPTS - 1) | _Before(past),
                     wait=_later_retry_wait,
                     retry=retry_if_exception(lambda e: should_retry(e, idempotent=safe)),
                     reraise=True,
                 ):
                     with attempt:
-                        return await self._send_once(method, path, query, data, ctype, timeout)
+                        try:
+                            return await self._send_once(method, path, query, data, ctype, attempt_s(), fresh)
+                        except ApiConnectionError:
+                            fresh = True
+                            raise
             except ApiError as exc:
                 # A 401 means the request was refused before it was processed: safe to repeat once with
                 # fresh credentials (rotated service-account token, expired exec-plugin token).
@@ -641,7 +681,7 @@ class Kube:
             raise AssertionError("unreachable")  # pragma: no cover - tenacity either returns or raises
 
     async def _send_once(self, method: str, path: str, query: dict[str, str] | None, data: bytes | None,
-                         content_type: str | None, timeout_s: float) -> Any:
+                         content_type: str | None, timeout_s: float, fresh: bool = False) -> Any:
         target = self._target(path, query, remember=method != "GET")
         request = self._head(method, target, content_type, len(data) if data is not None else None)
         if data:
@@ -650,10 +690,10 @@ class Kube:
             started = time.perf_counter()
             code = "<error>"
             try:
-                answer = await self._pool.request(request, timeout_s=timeout_s)
+                answer = await self._pool.request(request, timeout_s=timeout_s, fresh=fresh)
                 code = str(answer.status)
             except http1.HttpError as exc:
-                raise _connection_error(exc, f"{method} timed out after {timeout_s:g}s") from exc
+                raise _connection_error(exc, f"{method} timed out after {timeout_s:.3g}s") from exc
             finally:
                 REQUEST_DURATION.labels(method, self._host_label).observe(time.perf_counter() - started)
                 REQUESTS.labels(code, method, self._host_label).inc()

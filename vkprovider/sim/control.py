@@ -1,7 +1,8 @@
 """The simulator's control API: lets tests and benchmarks in other processes inspect and disturb the bases.
 
-Routes: ``GET /bases``, ``GET /stats``, ``POST /bases?count=N``, ``POST /bases/{identity}/stop``,
-``POST /bases/{identity}/start``, ``POST /bases/{identity}/bizs`` (install an orphan biz directly),
+Routes: ``GET /bases``, ``GET /stats``, ``POST /bases?count=N``, ``POST /bases/{identity}/stop`` (the JVM dies;
+``?partition=true``: the network to it is cut, it keeps its bizs), ``POST /bases/{identity}/start``,
+``POST /bases/{identity}/bizs`` (install an orphan biz directly),
 ``POST /bases/{identity}/deactivate`` and ``.../activate`` (graceful shutdown and back),
 ``POST /bases/{identity}/hold-biz-lists`` and ``.../release-biz-lists?count=N`` (MQTT bases: queryAllBiz answers
 are held back, then published late with their original publishTimestamp, the N oldest, the rest dropped),
@@ -59,7 +60,7 @@ async def _add_bases(request: web.Request) -> web.Response:
 
 async def _stop_base(request: web.Request) -> web.Response:
     base = _base_or_404(request)
-    await base.stop()
+    await base.stop(partition=request.query.get("partition") == "true")
     return _json({"identity": base.identity, "running": base.running})
 
 

@@ -175,8 +175,10 @@ class SimBase:
         elif self.mqtt is not None and self.mqtt.running:
             await self.mqtt.beat_once()
 
-    async def stop(self) -> None:
-        """The JVM dies: heartbeats stop, the port closes, every biz is lost (a restart starts empty)."""
+    async def stop(self, *, partition: bool = False) -> None:
+        """The JVM dies: heartbeats stop, the port closes, every biz is lost (a restart starts empty). With
+        ``partition`` the network to it is cut instead: the same silence, but the JVM keeps its bizs, and ``start``
+        reconnects it as it was."""
         if self._sender is not None:
             await self._sender.stop()
             self._sender = None
@@ -184,6 +186,8 @@ class SimBase:
             await self.server.stop()
         if self.mqtt is not None:
             await self.mqtt.stop()
+        if partition:
+            return
         stats = (self.arklet.install_calls, self.arklet.uninstall_calls, self.arklet.calls_by_biz,
                  self.arklet.batch_calls)
         self.arklet = SimArklet(self._sim.config.behaviour, rng=random.Random(self._sim.rng.random()))
@@ -285,8 +289,8 @@ class Simulator:
         except KeyError:
             raise KeyError(f"no simulated base {identity!r}") from None
 
-    async def stop_base(self, identity: str) -> None:
-        await self.base(identity).stop()
+    async def stop_base(self, identity: str, *, partition: bool = False) -> None:
+        await self.base(identity).stop(partition=partition)
 
     async def start_base(self, identity: str) -> None:
         await self.base(identity).start()
