@@ -48,8 +48,7 @@ async def test_twenty_bases_become_ready_nodes_with_labels_and_taints(admin, env
 
     nodes = await wait_until(all_ready, 30, what="20 Ready vnodes with capacity")
     # A registration asks the base for its resources first: each Node is created with its capacity, one write.
-    writes = {kind: float(v) for kind, v in re.findall(
-        r'^vkprovider_node_writes_total\{kind="(\w+)"\} (\S+)$', await provider.metrics(), re.M)}
+    writes = await node_writes(provider)
     assert writes.get("create") == 20 and writes.get("status", 0.0) == 0.0, writes
     for name, node in nodes.items():
         assert name.startswith(f"vnode.{env_name}-") and name.endswith(f".{env_name}")
@@ -243,6 +242,61 @@ async def test_deleted_node_is_recreated_and_base_changes_are_applied(admin, env
 
     await wait_until(changed, 20, what="labels, IP and port updated")
     assert node
+
+
+TTL_ANNOTATION = "node.alpha.kubernetes.io/ttl"
+
+
+async def node_writes(provider: Any) -> dict[str, float]:
+    return {kind: float(v) for kind, v in re.findall(
+        r'^vkprovider_node_writes_total\{kind="(\w+)"\} (\S+)$', await provider.metrics(), re.M)}
+
+
+async def test_what_other_managers_write_on_a_vnode_is_left_alone(admin, env_name, provider_factory, sim_factory):
+    """Past 100 Nodes the TTL controller raises node.alpha.kubernetes.io/ttl to 15 on every Node it sees change,
+    vnodes included: vkprovider must not write its own value back (each would answer the other's write forever).
+    What others add stays; an owned label removed by hand comes back, in a patch that carries nothing else."""
+    provider = await provider_factory()
+    await sim_factory(provider.endpoint, "--bases", "1", "--heartbeat-interval", "2", "--identity-prefix", env_name)
+    await wait_until(lambda: _count_ready(admin, env_name, 1), 30, what="1 Ready vnode")
+    name = next(iter(await vnodes(admin, env_name)))
+    total = len((await admin.get("/api/v1/nodes"))["items"])
+    # Plain Nodes in a zone of their own (the node-lifecycle controller's zone states stay as they were elsewhere).
+    fakes = [f"{env_name}-ttl-{i}" for i in range(max(0, 101 - total))]
+    try:
+        await asyncio.gather(*(admin.create("/api/v1/nodes", {"metadata": {"name": fake, "labels": {
+            "topology.kubernetes.io/zone": f"{env_name}-ttl", "vkprovider.test/ttl": env_name}}}) for fake in fakes))
+
+        async def counted_past_100() -> bool:  # the TTL controller annotates each Node it is told of
+            got = await admin.get("/api/v1/nodes", params={"labelSelector": f"vkprovider.test/ttl={env_name}"})
+            ttls = [(n["metadata"].get("annotations") or {}).get(TTL_ANNOTATION) for n in got["items"]]
+            return None not in ttls and "15" in ttls
+
+        await wait_until(counted_past_100, 60, what="the TTL controller counting over 100 Nodes")
+        # Changing the vnode makes the TTL controller look at it (it raises a Node's ttl when the Node changes).
+        await admin.patch(f"/api/v1/nodes/{name}", {"metadata": {
+            "labels": {"type": None, "example.com/team": "a"}, "annotations": {"example.com/note": "kept"}}},
+            kind="merge")
+
+        async def settled() -> dict[str, Any] | None:
+            node = await _get_node(admin, name)
+            ok = node and node["metadata"]["labels"].get("type") == "virtual-kubelet" \
+                and node["metadata"]["annotations"].get(TTL_ANNOTATION) == "15"
+            return node if ok else None
+
+        node = await wait_until(settled, 30, what="vkprovider restoring its type label, the TTL controller's ttl 15")
+        meta = await wait_until(lambda: _meta_writes(provider), 10, what="vkprovider counting its meta write")
+        assert node["metadata"]["annotations"]["example.com/note"] == "kept"
+        assert node["metadata"]["labels"]["example.com/team"] == "a"
+        assert meta == 1.0, await node_writes(provider)  # the label, and nothing answering the TTL controller
+        again = await _get_node(admin, name)
+        assert again and again["metadata"]["annotations"][TTL_ANNOTATION] == "15"
+    finally:
+        await asyncio.gather(*(admin.delete(f"/api/v1/nodes/{fake}") for fake in fakes))
+
+
+async def _meta_writes(provider: Any) -> float:
+    return (await node_writes(provider)).get("meta", 0.0)
 
 
 def provider_taints(node: dict[str, Any]) -> list[dict[str, Any]]:

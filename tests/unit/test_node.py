@@ -154,3 +154,20 @@ def test_node_info_names_vkprovider_and_addresses():
     # With vkprovider's kubelet API the only address is vkprovider's (a Hostname address would be tried first).
     assert st["addresses"] == [{"type": "InternalIP", "address": "10.1.2.3"}]
     assert st["nodeInfo"]["architecture"] == "arm64"
+
+
+def test_annotation_patch_writes_only_our_changed_annotations():
+    """The TTL controller's annotation is set at create (a small cluster's 0) and never written again: past 100
+    Nodes the controller raises it, and writing ours back would answer each of its writes with one of ours."""
+    ours = {"base.koupleless.io/tunnel": "http", "base.koupleless.io/identity": "10.0.0.5",
+            "base.koupleless.io/address": "10.0.0.5:1238"}
+    assert vnode.new_node(HB, CFG)["metadata"]["annotations"] == {**ours, "node.alpha.kubernetes.io/ttl": "0"}
+    cases = [  # (current annotations, patch)
+        (ours, {}),
+        ({**ours, "node.alpha.kubernetes.io/ttl": "15", "volumes.kubernetes.io/controller-managed-attach-detach":
+          "true", "example.com/note": "x"}, {}),
+        ({**ours, "base.koupleless.io/address": "10.0.0.9:1238"}, {"base.koupleless.io/address": "10.0.0.5:1238"}),
+        ({"node.alpha.kubernetes.io/ttl": "30"}, ours),  # a Go controller's Node: ours added, the ttl kept
+    ]
+    for current, patch in cases:
+        assert vnode.annotations_to_patch(current, HB) == patch, current

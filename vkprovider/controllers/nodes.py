@@ -394,9 +394,7 @@ class NodeController:
         """Labels, annotations and taints in one merge patch (resourceVersion-guarded when taints change)."""
         md = current.get("metadata") or {}
         labels = vnode.labels_to_patch(md.get("labels") or {}, vnode.node_labels(view.heartbeat, self.cfg))
-        want_ann = vnode.node_annotations(view.heartbeat)
-        have_ann = md.get("annotations") or {}
-        ann = {k: v for k, v in want_ann.items() if have_ann.get(k) != v}
+        ann = vnode.annotations_to_patch(md.get("annotations") or {}, view.heartbeat)
         taints = vnode.taints_to_write((current.get("spec") or {}).get("taints") or [], self.cfg, readiness, stamp)
         if not (labels or ann or taints is not None):
             return

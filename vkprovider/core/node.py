@@ -2,6 +2,12 @@
 
 Pure functions: the node controller compares their output with the cached Node and writes only differences.
 Names, labels and taints are the Go ModuleController's, so existing module manifests schedule unchanged.
+
+What other managers write on a vnode stays theirs: vkprovider keeps in sync only the labels, annotations and taints
+it owns (``OWNED_*``, ``annotations_to_patch``). ``node.alpha.kubernetes.io/ttl`` belongs to the TTL controller,
+which raises it on every Node as the cluster grows (0 up to 100 Nodes, 15, 30 ...): a new vnode carries the value
+of a small cluster (so there the controller has nothing to write) and vkprovider never writes it again - writing it
+back answered each of the controller's writes with one of its own, forever.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ LABEL_ZONE = "topology.kubernetes.io/zone"
 ANNOTATION_TUNNEL = "base.koupleless.io/tunnel"
 ANNOTATION_IDENTITY = "base.koupleless.io/identity"
 ANNOTATION_ADDRESS = "base.koupleless.io/address"  # ip:port of the base's arklet (InternalIP may be ours)
+ANNOTATION_TTL = "node.alpha.kubernetes.io/ttl"  # the TTL controller's; set at create only
 TAINT_VIRTUAL_NODE = "schedule.koupleless.io/virtual-node"
 TAINT_NODE_ENV = "schedule.koupleless.io/node-env"
 TAINT_NOT_READY = "node.kubernetes.io/not-ready"
@@ -299,7 +306,7 @@ def new_node(hb: BaseHeartbeat, cfg: NodeConfig, status: dict[str, object] | Non
         "metadata": {
             "name": node_name(hb.identity, cfg.env),
             "labels": node_labels(hb, cfg),
-            "annotations": node_annotations(hb),
+            "annotations": {**node_annotations(hb), ANNOTATION_TTL: "0"},
         },
         "spec": {"taints": node_taints(cfg)},
     }
@@ -309,12 +316,17 @@ def new_node(hb: BaseHeartbeat, cfg: NodeConfig, status: dict[str, object] | Non
 
 
 def node_annotations(hb: BaseHeartbeat) -> dict[str, str]:
+    """The annotations vkprovider keeps in sync on a vnode (all its own)."""
     return {
         ANNOTATION_TUNNEL: hb.tunnel,
         ANNOTATION_IDENTITY: hb.identity,
         ANNOTATION_ADDRESS: f"{hb.ip}:{hb.port}",
-        "node.alpha.kubernetes.io/ttl": "0",
     }
+
+
+def annotations_to_patch(current: Mapping[str, str], hb: BaseHeartbeat) -> dict[str, str]:
+    """A merge-patch of our annotations whose value differs; every other annotation is left as it is."""
+    return {k: v for k, v in node_annotations(hb).items() if current.get(k) != v}
 
 
 def heartbeat_from_node(node: Mapping[str, Any], env: str) -> BaseHeartbeat | None:
