@@ -17,6 +17,7 @@ from vkprovider.kube.client import Kube
 
 pytestmark = pytest.mark.parametrize("tunnel", TUNNELS, indirect=True)
 
+EXCLUDE_LB = "node.kubernetes.io/exclude-from-external-load-balancers"
 SEED_TOLERATION = {"key": "schedule.koupleless.io/virtual-node", "operator": "Equal", "value": "True",
                    "effect": "NoExecute"}
 
@@ -62,6 +63,10 @@ async def test_twenty_bases_become_ready_nodes_with_labels_and_taints(admin, env
         assert labels["type"] == "virtual-kubelet"
         assert labels["kubernetes.io/role"] == "agent"
         assert labels["topology.kubernetes.io/zone"] in ("zone-a", "zone-b")
+        # no cloud's machine: cloud controllers neither delete it nor put it behind a load balancer
+        assert labels[EXCLUDE_LB] == "true"
+        identity = name.removeprefix("vnode.").removesuffix(f".{env_name}")
+        assert node["spec"]["providerID"] == f"koupleless://{env_name}/{identity}"
         if tunnel == "http":
             assert labels["base.koupleless.io/tunnel-port"].isdigit()
         else:  # as the Go controller: an MQTT base heartbeats port 0 and gets no tunnel-port label
@@ -242,6 +247,36 @@ async def test_deleted_node_is_recreated_and_base_changes_are_applied(admin, env
 
     await wait_until(changed, 20, what="labels, IP and port updated")
     assert node
+
+
+async def test_older_nodes_get_a_provider_id_once_and_another_providers_is_kept(admin, env_name, provider_factory,
+                                                                                 send_heartbeat):
+    """Nodes made before vkprovider set a providerID (an older vkprovider's, the Go controller's) get theirs by
+    patch - the apiserver allows it once, from empty -, and the exclusion label; a Node with another providerID
+    keeps it (the apiserver refuses any change)."""
+    provider = await provider_factory()
+    other = "other://region-1/machine-7"
+    shapes = {f"{env_name}-older": None, f"{env_name}-elsewhere": other}
+    for identity, provider_id in shapes.items():
+        await admin.create("/api/v1/nodes", {"metadata": {"name": f"vnode.{identity}.{env_name}", "labels": {
+            "virtual-kubelet.koupleless.io/component": "vnode", "virtual-kubelet.koupleless.io/env": env_name,
+            "type": "virtual-kubelet"}},
+            "spec": {"taints": [{"key": "schedule.koupleless.io/virtual-node", "value": "True",
+                                 "effect": "NoExecute"}], **({"providerID": provider_id} if provider_id else {})}})
+
+    async def adopted() -> dict[str, Any] | None:
+        for identity in shapes:
+            body = {"baseMetadata": {"clusterName": "c1", "identity": identity, "name": "base", "version": "1.0.0"},
+                    "localHostName": "h1", "localIP": "127.0.0.1", "port": 1238, "state": "activated"}
+            assert await send_heartbeat(provider, identity, json.dumps(body).encode()) in (200, None)
+        nodes = await vnodes(admin, env_name)
+        done = len(nodes) == 2 and all(EXCLUDE_LB in n["metadata"]["labels"] for n in nodes.values())
+        return nodes if done else None
+
+    nodes = await wait_until(adopted, 30, what="both Nodes adopted (the exclusion label added)")
+    assert nodes[f"vnode.{env_name}-older.{env_name}"]["spec"]["providerID"] == \
+        f"koupleless://{env_name}/{env_name}-older"
+    assert nodes[f"vnode.{env_name}-elsewhere.{env_name}"]["spec"]["providerID"] == other
 
 
 TTL_ANNOTATION = "node.alpha.kubernetes.io/ttl"
