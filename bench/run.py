@@ -23,8 +23,10 @@ One run brings up the local control plane (.local/bench-cluster), then runs, in 
                installs, uninstalls.
 
 vkprovider, the simulator and the control plane are separate processes; vkprovider uses the restricted RBAC
-identity and its production defaults. Each scenario reports every process's cores (``cores_<name>``) and its
-run-queue wait (``runq_wait_<name>``: cores' worth of time it was ready to run but had no CPU), so a reader sees
+identity and its production defaults. The control plane is the tests' and ``make run``'s (localcluster.py): its
+controller-manager runs every default controller, and ``limit``'s floors run on that same cluster in the same run, so
+floors and scenarios compare on one control plane. Each scenario reports every process's cores (``cores_<name>``)
+and its run-queue wait (``runq_wait_<name>``: cores' worth of time it was ready to run but had no CPU), so a reader sees
 who uses the machine and who is slowed by the others on it. Results: ``bench/results/<scenario>.json``
 (``{"scenario", "params", "metrics", "targets"}``) and ``<scenario>.png``; a table on stdout.
 It reports; it never fails ``make test``.

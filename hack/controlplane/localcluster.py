@@ -6,7 +6,7 @@ them, Deployments becoming ReplicaSets and Pods, and RBAC refusing what the Helm
 script runs the genuine components from the `kcp` multi-call binary (see build.sh) - no kubelet, no mocks:
 
     etcd  ->  kube-apiserver (TLS, client-cert auth, Node,RBAC, service-account keys)
-          ->  kube-controller-manager + kube-scheduler (own client certs)
+          ->  kube-controller-manager (every default controller, see CONTROLLERS) + kube-scheduler (own client certs)
 
 Everything binds 127.0.0.1 on free ports, runs detached in its own process group (logs in DIR/logs, state in
 DIR/state.json) and is stopped by `down`. Needs only the standard library and `cryptography`.
@@ -53,13 +53,13 @@ RBAC_RULES = REPO / "charts" / "vkprovider" / "files" / "rbac-rules.yaml"
 FLOWCONTROL = REPO / "charts" / "vkprovider" / "files" / "flowcontrol.yaml"
 PROVIDER_USER = "vkprovider"
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
-CONTROLLERS = (
-    "node-lifecycle-controller", "taint-eviction-controller", "deployment-controller",
-    "replicaset-controller", "daemonset-controller", "statefulset-controller", "garbage-collector-controller",
-    "pod-garbage-collector-controller", "namespace-controller", "serviceaccount-controller",
-    "serviceaccount-token-controller", "root-ca-certificate-publisher-controller",
-    "clusterrole-aggregation-controller",
-)
+#: Every controller a default kube-controller-manager runs: "*" is the on-by-default set of the binary's own
+#: version (this Kubernetes has no cloud-provider controller left in kube-controller-manager), so `kubectl drain`
+#: meets the disruption controller and a Service its EndpointSlices, as in any cluster. The ones that need inputs
+#: get them in component_argv (the CSR signer: the local CA); node-ipam stays off as by default
+#: (--allocate-node-cidrs=false), and the disabled-by-default ones (bootstrap-signer, token-cleaner,
+#: selinux-warning) stay disabled.
+CONTROLLERS = ("*",)
 SERVICE_CIDR = "10.0.0.0/24"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 
@@ -608,6 +608,11 @@ def component_argv(kcp: str, d: Path, ports: dict[str, int],
             f"--node-monitor-period={args.node_monitor_period}",
             "--use-service-account-credentials=true",
             f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
+            # The CSR signer issues from the cluster's CA, as kubeadm's clusters do.
+            f"--cluster-signing-cert-file={pki / 'ca.crt'}", f"--cluster-signing-key-file={pki / 'ca.key'}",
+            # The volume controllers probe for FlexVolume drivers and create the directory when missing: inside
+            # the cluster's directory, not /usr/libexec of the machine.
+            f"--flex-volume-plugin-dir={d / 'flexvolume'}",
             "--profiling=false", verbosity, *args.controller_manager_arg,
         ],
         "kube-scheduler": [

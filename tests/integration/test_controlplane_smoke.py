@@ -1,12 +1,18 @@
 """Smoke tests of the local control plane itself: everything vkprovider's tests rely on must really happen.
 
-No kubelet exists, so these tests play the kubelet's part for a node they create (they set its status), and
-then check that the genuine kube-scheduler, kube-controller-manager and RBAC authorizer act on it as they
-would in a real cluster. If one of these fails, every other integration test result is meaningless.
+No kubelet exists, so these tests play the kubelet's part for a node they create (they set its status and its
+pods'), and then check that the genuine kube-scheduler, kube-controller-manager and RBAC authorizer act on it as
+they would in a real cluster. If one of these fails, every other integration test result is meaningless.
+
+The controller-manager runs every default controller (localcluster.py CONTROLLERS): the ones a user meets beside
+vkprovider are checked here - a PodDisruptionBudget gets its status and evictions honour it (`kubectl drain`), a
+Service gets EndpointSlices for its Ready pods, the TTL controller annotates Nodes, a ResourceQuota counts what it
+limits, and an approved CertificateSigningRequest is signed by the cluster's CA.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import ssl
 import urllib.error
@@ -16,6 +22,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.rest import ApiException
 
@@ -154,3 +164,150 @@ async def test_vkprovider_identity_is_restricted_by_rbac(kube_cluster: Any) -> N
         assert info.value.status == 403
     finally:
         await api.close()
+
+
+async def _running_pods(core: Any, namespace: str, node: str, labels: dict[str, str], count: int) -> list[str]:
+    """``count`` pods bound to ``node`` and marked Running and Ready with a pod IP, as a kubelet would."""
+    names = []
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for i in range(count):
+        name = f"{next(iter(labels.values()))}-{i}"
+        pod = _pod(name, node, tolerate=True)
+        pod["metadata"]["labels"] = labels
+        pod["spec"]["nodeName"] = node
+        del pod["spec"]["affinity"]
+        pod["spec"]["containers"][0]["ports"] = [{"containerPort": 8080, "name": "http"}]
+        await core.create_namespaced_pod(namespace, pod)
+        ip = f"10.244.0.{10 + i}"
+        await core.patch_namespaced_pod_status(name, namespace, {"status": {
+            "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": "127.0.0.1",
+            "conditions": [{"type": t, "status": "True", "lastTransitionTime": now}
+                           for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")]}})
+        names.append(name)
+    return names
+
+
+async def _force_delete(core: Any, namespace: str, names: list[str]) -> None:
+    for name in names:  # no kubelet confirms a graceful delete
+        try:
+            await core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+
+async def test_pdb_gets_a_status_and_evictions_honour_it(kube_api: Any, namespace: str, vnode: str) -> None:
+    """What `kubectl drain` needs: the disruption controller computes the budget, the eviction API spends it."""
+    core = client.CoreV1Api(kube_api)
+    policy = client.PolicyV1Api(kube_api)
+    pods = await _running_pods(core, namespace, vnode, {"app": "pdb"}, 2)
+    try:
+        await policy.create_namespaced_pod_disruption_budget(namespace, {
+            "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "pdb"},
+            "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "pdb"}}}})
+
+        async def counted() -> Any:
+            pdb = await policy.read_namespaced_pod_disruption_budget("pdb", namespace)
+            st = pdb.status
+            return st if st and st.observed_generation == pdb.metadata.generation and st.expected_pods == 2 \
+                and st.current_healthy == 2 else None
+
+        status = await wait_for(counted, timeout=60, what="the disruption controller counting the PDB's pods")
+        assert (status.desired_healthy, status.disruptions_allowed) == (1, 1)
+        evict = {"apiVersion": "policy/v1", "kind": "Eviction"}
+        await core.create_namespaced_pod_eviction(pods[0], namespace, {**evict, "metadata": {"name": pods[0]}})
+        with pytest.raises(ApiException) as info:  # the budget is spent: the second pod must stay
+            await core.create_namespaced_pod_eviction(pods[1], namespace, {**evict, "metadata": {"name": pods[1]}})
+        assert info.value.status == 429 and "disruption budget" in str(info.value.body)
+    finally:
+        await _force_delete(core, namespace, pods)
+
+
+async def test_service_gets_endpointslices_for_its_ready_pods(kube_api: Any, namespace: str, vnode: str) -> None:
+    core = client.CoreV1Api(kube_api)
+    discovery = client.DiscoveryV1Api(kube_api)
+    pods = await _running_pods(core, namespace, vnode, {"app": "web"}, 2)
+    try:
+        await core.create_namespaced_service(namespace, {
+            "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http"}]}})
+
+        async def ready_endpoints() -> dict[str, Any]:
+            slices = await discovery.list_namespaced_endpoint_slice(
+                namespace, label_selector="kubernetes.io/service-name=web")
+            found = {e.target_ref.name: e for s in slices.items for e in s.endpoints or []
+                     if e.conditions and e.conditions.ready}
+            return found if found.keys() == set(pods) else {}
+
+        endpoints = await wait_for(ready_endpoints, timeout=60, what="EndpointSlices of the Service's Ready pods")
+        assert {e.addresses[0] for e in endpoints.values()} == {"10.244.0.10", "10.244.0.11"}
+        assert {e.node_name for e in endpoints.values()} == {vnode}
+        slices = await discovery.list_namespaced_endpoint_slice(
+            namespace, label_selector="kubernetes.io/service-name=web")
+        assert {p.port for s in slices.items for p in s.ports or []} == {8080}
+    finally:
+        await _force_delete(core, namespace, pods)
+
+
+async def test_ttl_controller_annotates_nodes(kube_api: Any, vnode: str) -> None:
+    """The TTL controller owns node.alpha.kubernetes.io/ttl (0 up to 100 nodes, more as the cluster grows)."""
+    core = client.CoreV1Api(kube_api)
+
+    async def annotated() -> str | None:
+        node = await core.read_node(vnode)
+        return (node.metadata.annotations or {}).get("node.alpha.kubernetes.io/ttl")
+
+    assert await wait_for(annotated, timeout=60, what="the TTL controller annotating the node") == "0"
+
+
+async def test_resourcequota_gets_its_usage(kube_api: Any, namespace: str) -> None:
+    core = client.CoreV1Api(kube_api)
+    await core.create_namespaced_config_map(namespace, {"metadata": {"name": "counted"}, "data": {"k": "v"}})
+    await core.create_namespaced_resource_quota(namespace, {
+        "apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "quota"},
+        "spec": {"hard": {"configmaps": "10", "pods": "5"}}})
+
+    # the namespace's own kube-root-ca.crt ConfigMap (root-ca-certificate-publisher) and ours
+    expected = {"configmaps": "2", "pods": "0"}
+
+    async def used() -> dict[str, str] | None:
+        quota = await core.read_namespaced_resource_quota("quota", namespace)
+        st = quota.status
+        usage = dict(st.used) if st and st.hard and st.used else None
+        return usage if usage == expected else None
+
+    await wait_for(used, timeout=60, what=f"the resourcequota controller counting {expected}")
+
+
+async def test_approved_csr_is_signed_by_the_cluster_ca(kube_api: Any, kube_cluster: Any) -> None:
+    certs = client.CertificatesV1Api(kube_api)
+    key = ec.generate_private_key(ec.SECP256R1())
+    request = (x509.CertificateSigningRequestBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "smoke-user")]))
+               .sign(key, hashes.SHA256()))
+    name = f"vkp-smoke-{uuid.uuid4().hex[:8]}"
+    pem = request.public_bytes(serialization.Encoding.PEM)
+    await certs.create_certificate_signing_request({
+        "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest", "metadata": {"name": name},
+        "spec": {"request": base64.b64encode(pem).decode(), "signerName": "kubernetes.io/kube-apiserver-client",
+                 "usages": ["client auth"], "expirationSeconds": 600}})
+    try:
+        csr = await certs.read_certificate_signing_request(name)
+        csr.status.conditions = [{"type": "Approved", "status": "True", "reason": "SmokeTest",
+                                  "message": "approved by the smoke test"}]
+        await certs.replace_certificate_signing_request_approval(name, csr)
+
+        async def issued() -> bytes | None:
+            got = await certs.read_certificate_signing_request(name)
+            return base64.b64decode(got.status.certificate) if got.status.certificate else None
+
+        cert = x509.load_pem_x509_certificate(
+            await wait_for(issued, timeout=60, what="the CSR signer issuing the certificate"))
+        ca = x509.load_pem_x509_certificate((kube_cluster.state_dir / "pki" / "ca.crt").read_bytes()) \
+            if kube_cluster.state_dir is not None else None
+        assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "smoke-user"
+        if ca is not None:
+            assert cert.issuer == ca.subject
+            cert.verify_directly_issued_by(ca)
+    finally:
+        await certs.delete_certificate_signing_request(name)

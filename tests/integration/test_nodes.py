@@ -17,6 +17,7 @@ from vkprovider.kube.client import Kube
 
 pytestmark = pytest.mark.parametrize("tunnel", TUNNELS, indirect=True)
 
+EXCLUDE_LB = "node.kubernetes.io/exclude-from-external-load-balancers"
 SEED_TOLERATION = {"key": "schedule.koupleless.io/virtual-node", "operator": "Equal", "value": "True",
                    "effect": "NoExecute"}
 
@@ -48,8 +49,7 @@ async def test_twenty_bases_become_ready_nodes_with_labels_and_taints(admin, env
 
     nodes = await wait_until(all_ready, 30, what="20 Ready vnodes with capacity")
     # A registration asks the base for its resources first: each Node is created with its capacity, one write.
-    writes = {kind: float(v) for kind, v in re.findall(
-        r'^vkprovider_node_writes_total\{kind="(\w+)"\} (\S+)$', await provider.metrics(), re.M)}
+    writes = await node_writes(provider)
     assert writes.get("create") == 20 and writes.get("status", 0.0) == 0.0, writes
     for name, node in nodes.items():
         assert name.startswith(f"vnode.{env_name}-") and name.endswith(f".{env_name}")
@@ -63,6 +63,10 @@ async def test_twenty_bases_become_ready_nodes_with_labels_and_taints(admin, env
         assert labels["type"] == "virtual-kubelet"
         assert labels["kubernetes.io/role"] == "agent"
         assert labels["topology.kubernetes.io/zone"] in ("zone-a", "zone-b")
+        # no cloud's machine: cloud controllers neither delete it nor put it behind a load balancer
+        assert labels[EXCLUDE_LB] == "true"
+        identity = name.removeprefix("vnode.").removesuffix(f".{env_name}")
+        assert node["spec"]["providerID"] == f"koupleless://{env_name}/{identity}"
         if tunnel == "http":
             assert labels["base.koupleless.io/tunnel-port"].isdigit()
         else:  # as the Go controller: an MQTT base heartbeats port 0 and gets no tunnel-port label
@@ -243,6 +247,91 @@ async def test_deleted_node_is_recreated_and_base_changes_are_applied(admin, env
 
     await wait_until(changed, 20, what="labels, IP and port updated")
     assert node
+
+
+async def test_older_nodes_get_a_provider_id_once_and_another_providers_is_kept(admin, env_name, provider_factory,
+                                                                                 send_heartbeat):
+    """Nodes made before vkprovider set a providerID (an older vkprovider's, the Go controller's) get theirs by
+    patch - the apiserver allows it once, from empty -, and the exclusion label; a Node with another providerID
+    keeps it (the apiserver refuses any change)."""
+    provider = await provider_factory()
+    other = "other://region-1/machine-7"
+    shapes = {f"{env_name}-older": None, f"{env_name}-elsewhere": other}
+    for identity, provider_id in shapes.items():
+        await admin.create("/api/v1/nodes", {"metadata": {"name": f"vnode.{identity}.{env_name}", "labels": {
+            "virtual-kubelet.koupleless.io/component": "vnode", "virtual-kubelet.koupleless.io/env": env_name,
+            "type": "virtual-kubelet"}},
+            "spec": {"taints": [{"key": "schedule.koupleless.io/virtual-node", "value": "True",
+                                 "effect": "NoExecute"}], **({"providerID": provider_id} if provider_id else {})}})
+
+    async def adopted() -> dict[str, Any] | None:
+        for identity in shapes:
+            body = {"baseMetadata": {"clusterName": "c1", "identity": identity, "name": "base", "version": "1.0.0"},
+                    "localHostName": "h1", "localIP": "127.0.0.1", "port": 1238, "state": "activated"}
+            assert await send_heartbeat(provider, identity, json.dumps(body).encode()) in (200, None)
+        nodes = await vnodes(admin, env_name)
+        done = len(nodes) == 2 and all(EXCLUDE_LB in n["metadata"]["labels"] for n in nodes.values())
+        return nodes if done else None
+
+    nodes = await wait_until(adopted, 30, what="both Nodes adopted (the exclusion label added)")
+    assert nodes[f"vnode.{env_name}-older.{env_name}"]["spec"]["providerID"] == \
+        f"koupleless://{env_name}/{env_name}-older"
+    assert nodes[f"vnode.{env_name}-elsewhere.{env_name}"]["spec"]["providerID"] == other
+
+
+TTL_ANNOTATION = "node.alpha.kubernetes.io/ttl"
+
+
+async def node_writes(provider: Any) -> dict[str, float]:
+    return {kind: float(v) for kind, v in re.findall(
+        r'^vkprovider_node_writes_total\{kind="(\w+)"\} (\S+)$', await provider.metrics(), re.M)}
+
+
+async def test_what_other_managers_write_on_a_vnode_is_left_alone(admin, env_name, provider_factory, sim_factory):
+    """Past 100 Nodes the TTL controller raises node.alpha.kubernetes.io/ttl to 15 on every Node it sees change,
+    vnodes included: vkprovider must not write its own value back (each would answer the other's write forever).
+    What others add stays; an owned label removed by hand comes back, in a patch that carries nothing else."""
+    provider = await provider_factory()
+    await sim_factory(provider.endpoint, "--bases", "1", "--heartbeat-interval", "2", "--identity-prefix", env_name)
+    await wait_until(lambda: _count_ready(admin, env_name, 1), 30, what="1 Ready vnode")
+    name = next(iter(await vnodes(admin, env_name)))
+    total = len((await admin.get("/api/v1/nodes"))["items"])
+    # Plain Nodes in a zone of their own (the node-lifecycle controller's zone states stay as they were elsewhere).
+    fakes = [f"{env_name}-ttl-{i}" for i in range(max(0, 101 - total))]
+    try:
+        await asyncio.gather(*(admin.create("/api/v1/nodes", {"metadata": {"name": fake, "labels": {
+            "topology.kubernetes.io/zone": f"{env_name}-ttl", "vkprovider.test/ttl": env_name}}}) for fake in fakes))
+
+        async def counted_past_100() -> bool:  # the TTL controller annotates each Node it is told of
+            got = await admin.get("/api/v1/nodes", params={"labelSelector": f"vkprovider.test/ttl={env_name}"})
+            ttls = [(n["metadata"].get("annotations") or {}).get(TTL_ANNOTATION) for n in got["items"]]
+            return None not in ttls and "15" in ttls
+
+        await wait_until(counted_past_100, 60, what="the TTL controller counting over 100 Nodes")
+        # Changing the vnode makes the TTL controller look at it (it raises a Node's ttl when the Node changes).
+        await admin.patch(f"/api/v1/nodes/{name}", {"metadata": {
+            "labels": {"type": None, "example.com/team": "a"}, "annotations": {"example.com/note": "kept"}}},
+            kind="merge")
+
+        async def settled() -> dict[str, Any] | None:
+            node = await _get_node(admin, name)
+            ok = node and node["metadata"]["labels"].get("type") == "virtual-kubelet" \
+                and node["metadata"]["annotations"].get(TTL_ANNOTATION) == "15"
+            return node if ok else None
+
+        node = await wait_until(settled, 30, what="vkprovider restoring its type label, the TTL controller's ttl 15")
+        meta = await wait_until(lambda: _meta_writes(provider), 10, what="vkprovider counting its meta write")
+        assert node["metadata"]["annotations"]["example.com/note"] == "kept"
+        assert node["metadata"]["labels"]["example.com/team"] == "a"
+        assert meta == 1.0, await node_writes(provider)  # the label, and nothing answering the TTL controller
+        again = await _get_node(admin, name)
+        assert again and again["metadata"]["annotations"][TTL_ANNOTATION] == "15"
+    finally:
+        await asyncio.gather(*(admin.delete(f"/api/v1/nodes/{fake}") for fake in fakes))
+
+
+async def _meta_writes(provider: Any) -> float:
+    return (await node_writes(provider)).get("meta", 0.0)
 
 
 def provider_taints(node: dict[str, Any]) -> list[dict[str, Any]]:

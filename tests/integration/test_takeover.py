@@ -166,6 +166,10 @@ async def test_vkprovider_adopts_what_the_go_controller_left(admin: Kube, env_na
             assert "schedule.koupleless.io/node-env" not in taints  # VKP_ENV_TAINT is off by default
             assert node["metadata"]["annotations"]["base.koupleless.io/address"].startswith("127.0.0.1:")
             assert condition(node, "Ready").get("reason") == "BaseReady"
+            # the Go controller set no providerID: vkprovider sets its own once, and the load-balancer exclusion
+            identity = node["metadata"]["name"].removeprefix("vnode.").removesuffix(f".{env_name}")
+            assert node["spec"]["providerID"] == f"koupleless://{env_name}/{identity}"
+            assert node["metadata"]["labels"]["node.kubernetes.io/exclude-from-external-load-balancers"] == "true"
         for p in (await admin.get(f"/api/v1/namespaces/{namespace}/pods"))["items"]:
             assert is_ready(p) and p["status"]["hostIP"] == "127.0.0.1" and p["status"].get("startTime")
     finally:

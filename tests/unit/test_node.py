@@ -154,3 +154,48 @@ def test_node_info_names_vkprovider_and_addresses():
     # With vkprovider's kubelet API the only address is vkprovider's (a Hostname address would be tried first).
     assert st["addresses"] == [{"type": "InternalIP", "address": "10.1.2.3"}]
     assert st["nodeInfo"]["architecture"] == "arm64"
+
+
+def test_annotation_patch_writes_only_our_changed_annotations():
+    """The TTL controller's annotation is set at create (a small cluster's 0) and never written again: past 100
+    Nodes the controller raises it, and writing ours back would answer each of its writes with one of ours."""
+    ours = {"base.koupleless.io/tunnel": "http", "base.koupleless.io/identity": "10.0.0.5",
+            "base.koupleless.io/address": "10.0.0.5:1238"}
+    assert vnode.new_node(HB, CFG)["metadata"]["annotations"] == {**ours, "node.alpha.kubernetes.io/ttl": "0"}
+    cases = [  # (current annotations, patch)
+        (ours, {}),
+        ({**ours, "node.alpha.kubernetes.io/ttl": "15", "volumes.kubernetes.io/controller-managed-attach-detach":
+          "true", "example.com/note": "x"}, {}),
+        ({**ours, "base.koupleless.io/address": "10.0.0.9:1238"}, {"base.koupleless.io/address": "10.0.0.5:1238"}),
+        ({"node.alpha.kubernetes.io/ttl": "30"}, ours),  # a Go controller's Node: ours added, the ttl kept
+    ]
+    for current, patch in cases:
+        assert vnode.annotations_to_patch(current, HB) == patch, current
+
+
+def test_vnode_has_a_provider_id_and_stays_out_of_external_load_balancers():
+    """Cloud controllers leave a Node with a providerID of another provider alone (a Node they cannot find in their
+    cloud without one, they delete), and the service controller keeps labelled Nodes out of load balancers."""
+    node = vnode.new_node(HB, CFG)
+    assert node["spec"]["providerID"] == "koupleless://dev/10.0.0.5"
+    assert node["metadata"]["labels"]["node.kubernetes.io/exclude-from-external-load-balancers"] == "true"
+    assert vnode.provider_id("base-1.a", "prod") == "koupleless://prod/base-1.a"
+
+
+def test_provider_id_is_set_once_and_never_changed():
+    """The apiserver lets a Node's providerID be set once, from empty: an older vkprovider's or the Go controller's
+    Node gets ours; one that has another keeps it."""
+    ours = "koupleless://dev/10.0.0.5"
+    cases = [(None, ours), ("", ours), (ours, None), ("aws:///eu-west-1a/i-0abc", None)]
+    for current, to_set in cases:
+        assert vnode.provider_id_to_set(current, ours) == to_set, current
+
+
+def test_label_patch_adds_the_load_balancer_exclusion_once_whatever_its_value():
+    """The service controller reads the label's presence: a value another manager set (kubeadm's is "") stays."""
+    desired = vnode.node_labels(HB, CFG)
+    label = "node.kubernetes.io/exclude-from-external-load-balancers"
+    current = {k: v for k, v in desired.items() if k != label}
+    assert vnode.labels_to_patch(current, desired) == {label: "true"}
+    assert vnode.labels_to_patch({**current, label: ""}, desired) == {}
+    assert vnode.labels_to_patch({**current, label: "true"}, desired) == {}

@@ -381,9 +381,7 @@ class NodeController:
             self.queue.add(node)
 
     async def _create(self, view: BaseView, status: dict[str, object], readiness: BaseReadiness) -> dict[str, Any]:
-        body = vnode.new_node(view.heartbeat, self.cfg, status)
-        if readiness is not BaseReadiness.READY:
-            body["spec"] = {"taints": vnode.node_taints(self.cfg, readiness)}
+        body = vnode.new_node(view.heartbeat, self.cfg, status, readiness)
         try:
             created: dict[str, Any] = await self.kube.create("/api/v1/nodes", body)
         except ApiError as exc:
@@ -397,14 +395,19 @@ class NodeController:
 
     async def _sync_meta(self, view: BaseView, current: dict[str, Any], readiness: BaseReadiness,
                          stamp: str) -> None:
-        """Labels, annotations and taints in one merge patch (resourceVersion-guarded when taints change)."""
+        """Labels, annotations, taints and a missing providerID in one merge patch (resourceVersion-guarded when
+        taints change)."""
         md = current.get("metadata") or {}
+        spec = current.get("spec") or {}
         labels = vnode.labels_to_patch(md.get("labels") or {}, vnode.node_labels(view.heartbeat, self.cfg))
-        want_ann = vnode.node_annotations(view.heartbeat)
-        have_ann = md.get("annotations") or {}
-        ann = {k: v for k, v in want_ann.items() if have_ann.get(k) != v}
-        taints = vnode.taints_to_write((current.get("spec") or {}).get("taints") or [], self.cfg, readiness, stamp)
-        if not (labels or ann or taints is not None):
+        ann = vnode.annotations_to_patch(md.get("annotations") or {}, view.heartbeat)
+        taints = vnode.taints_to_write(spec.get("taints") or [], self.cfg, readiness, stamp)
+        wanted_id = vnode.provider_id(view.heartbeat.identity, self.cfg.env)
+        provider_id = vnode.provider_id_to_set(spec.get("providerID"), wanted_id)
+        if spec.get("providerID") not in (None, "", wanted_id):
+            log.debug("vnode %s keeps its providerID %s (ours would be %s; a providerID is never changed)",
+                      view.node, spec["providerID"], wanted_id, extra={"node": view.node})
+        if not (labels or ann or taints is not None or provider_id):
             return
         patch: dict[str, Any] = {"metadata": {}}
         if labels:
@@ -414,6 +417,8 @@ class NodeController:
         if taints is not None:
             patch["metadata"]["resourceVersion"] = md.get("resourceVersion")
             patch["spec"] = {"taints": taints}
+        if provider_id:
+            patch.setdefault("spec", {})["providerID"] = provider_id
         if not self.keeper.may_write(view.node):
             return
         try:

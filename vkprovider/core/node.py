@@ -2,6 +2,19 @@
 
 Pure functions: the node controller compares their output with the cached Node and writes only differences.
 Names, labels and taints are the Go ModuleController's, so existing module manifests schedule unchanged.
+
+What other managers write on a vnode stays theirs: vkprovider keeps in sync only the labels, annotations and taints
+it owns (``OWNED_*``, ``annotations_to_patch``). ``node.alpha.kubernetes.io/ttl`` belongs to the TTL controller,
+which raises it on every Node as the cluster grows (0 up to 100 Nodes, 15, 30 ...): a new vnode carries the value
+of a small cluster (so there the controller has nothing to write) and vkprovider never writes it again - writing it
+back answered each of the controller's writes with one of its own, forever.
+
+A vnode says it is no cloud's machine: ``spec.providerID`` is ``koupleless://<env>/<identity>`` (a cloud
+controller deletes a Node it cannot find in its cloud, unless the providerID names another provider) and the label
+``node.kubernetes.io/exclude-from-external-load-balancers`` keeps it out of cloud load balancers (the service
+controller reads the label's presence: a value another manager gave it stays). The apiserver lets a providerID be
+set once, from empty: a Node created before (an older vkprovider's, the Go controller's) gets ours by patch, and one
+that has another keeps it.
 """
 
 from __future__ import annotations
@@ -26,9 +39,12 @@ LABEL_BASE_HOST = "base.koupleless.io/host-name"
 LABEL_BASE_STACK = "base.koupleless.io/stack"
 LABEL_TUNNEL_PORT = "base.koupleless.io/tunnel-port"
 LABEL_ZONE = "topology.kubernetes.io/zone"
+LABEL_EXCLUDE_LB = "node.kubernetes.io/exclude-from-external-load-balancers"
+PROVIDER_ID_SCHEME = "koupleless"
 ANNOTATION_TUNNEL = "base.koupleless.io/tunnel"
 ANNOTATION_IDENTITY = "base.koupleless.io/identity"
 ANNOTATION_ADDRESS = "base.koupleless.io/address"  # ip:port of the base's arklet (InternalIP may be ours)
+ANNOTATION_TTL = "node.alpha.kubernetes.io/ttl"  # the TTL controller's; set at create only
 TAINT_VIRTUAL_NODE = "schedule.koupleless.io/virtual-node"
 TAINT_NODE_ENV = "schedule.koupleless.io/node-env"
 TAINT_NOT_READY = "node.kubernetes.io/not-ready"
@@ -41,6 +57,8 @@ LEASE_SELECTOR = f"{LABEL_COMPONENT} in (vnode-lease,vnode)"
 # The labels vkprovider owns on a vnode: anything else (added by users or other controllers) is left alone.
 OWNED_LABEL_PREFIXES = ("base.koupleless.io/", "virtual-kubelet.koupleless.io/")
 OWNED_LABELS = frozenset({"type", "kubernetes.io/role", "kubernetes.io/hostname", LABEL_ZONE})
+#: Labels whose presence is what counts: added when missing, any value already there kept.
+PRESENCE_LABELS = frozenset({LABEL_EXCLUDE_LB})
 #: Taints vkprovider sets or removes; others (the node-lifecycle controller's, users') are never touched.
 OWNED_TAINTS = frozenset({TAINT_VIRTUAL_NODE, TAINT_NODE_ENV, TAINT_NOT_READY})
 
@@ -124,6 +142,7 @@ def node_labels(hb: BaseHeartbeat, cfg: NodeConfig) -> dict[str, str]:
         "type": "virtual-kubelet",
         "kubernetes.io/role": "agent",
         "kubernetes.io/hostname": node_name(md.identity, cfg.env),
+        LABEL_EXCLUDE_LB: "true",
     }
     if hb.port:
         labels[LABEL_TUNNEL_PORT] = str(hb.port)
@@ -180,13 +199,26 @@ def taints_to_write(current: list[dict[str, str]], cfg: NodeConfig, readiness: B
 
 
 def labels_to_patch(current: dict[str, str], desired: dict[str, str]) -> dict[str, str | None]:
-    """A merge-patch of the labels we own: changed values set, stale owned labels removed."""
-    patch: dict[str, str | None] = {k: v for k, v in desired.items() if current.get(k) != v}
+    """A merge-patch of the labels we own: changed values set, stale owned labels removed, presence labels added
+    when missing."""
+    patch: dict[str, str | None] = {k: v for k, v in desired.items()
+                                    if current.get(k) != v and not (k in PRESENCE_LABELS and k in current)}
     for key in current:
         owned = key in OWNED_LABELS or key.startswith(OWNED_LABEL_PREFIXES)
         if owned and key not in desired:
             patch[key] = None
     return patch
+
+
+def provider_id(identity: str, env: str) -> str:
+    """``koupleless://<env>/<identity>``: the vnode's ``spec.providerID``."""
+    return f"{PROVIDER_ID_SCHEME}://{env}/{identity}"
+
+
+def provider_id_to_set(current: str | None, wanted: str) -> str | None:
+    """The providerID to write: ``wanted`` when the Node has none, else None (set once; never changed, even when
+    it differs: the apiserver would refuse)."""
+    return None if current else wanted
 
 
 def _resources(health: BaseHealth | None, cfg: NodeConfig) -> tuple[dict[str, str], dict[str, str]]:
@@ -290,7 +322,8 @@ def with_times(desired: dict[str, object], current: dict[str, object] | None, no
     return {**desired, "conditions": conditions}
 
 
-def new_node(hb: BaseHeartbeat, cfg: NodeConfig, status: dict[str, object] | None = None) -> dict[str, object]:
+def new_node(hb: BaseHeartbeat, cfg: NodeConfig, status: dict[str, object] | None = None,
+             readiness: BaseReadiness = BaseReadiness.READY) -> dict[str, object]:
     """The Node object created for a base seen for the first time, with its status (a Node may be created with
     its status, so registering a base costs one write for the Node and one for its Lease)."""
     node: dict[str, object] = {
@@ -299,9 +332,9 @@ def new_node(hb: BaseHeartbeat, cfg: NodeConfig, status: dict[str, object] | Non
         "metadata": {
             "name": node_name(hb.identity, cfg.env),
             "labels": node_labels(hb, cfg),
-            "annotations": node_annotations(hb),
+            "annotations": {**node_annotations(hb), ANNOTATION_TTL: "0"},
         },
-        "spec": {"taints": node_taints(cfg)},
+        "spec": {"providerID": provider_id(hb.identity, cfg.env), "taints": node_taints(cfg, readiness)},
     }
     if status is not None:
         node["status"] = status
@@ -309,11 +342,11 @@ def new_node(hb: BaseHeartbeat, cfg: NodeConfig, status: dict[str, object] | Non
 
 
 def node_annotations(hb: BaseHeartbeat) -> dict[str, str]:
+    """The annotations vkprovider keeps in sync on a vnode (all its own)."""
     return {
         ANNOTATION_TUNNEL: hb.tunnel,
         ANNOTATION_IDENTITY: hb.identity,
         ANNOTATION_ADDRESS: f"{hb.ip}:{hb.port}",
-        "node.alpha.kubernetes.io/ttl": "0",
     }
 
 
@@ -324,6 +357,11 @@ def ready_status(node: Mapping[str, Any] | None) -> str | None:
             status = cond.get("status")
             return str(status) if status is not None else None
     return None
+
+
+def annotations_to_patch(current: Mapping[str, str], hb: BaseHeartbeat) -> dict[str, str]:
+    """A merge-patch of our annotations whose value differs; every other annotation is left as it is."""
+    return {k: v for k, v in node_annotations(hb).items() if current.get(k) != v}
 
 
 def heartbeat_from_node(node: Mapping[str, Any], env: str) -> BaseHeartbeat | None:
