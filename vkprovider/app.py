@@ -22,9 +22,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from vkprovider import __version__, serving
-from vkprovider.config import GO_ONLY_VARIABLES, ConfigError, Settings
+from vkprovider.config import GO_ONLY_VARIABLES, ConfigError, Settings, module_settings
 from vkprovider.controllers.bases import BaseRegistry, Heard
 from vkprovider.controllers.bizlog import BizLog
+from vkprovider.controllers.fence import Hold, VnodeWrites
 from vkprovider.controllers.modules import ModuleController
 from vkprovider.controllers.nodes import NodeController
 from vkprovider.controllers.ownership import (
@@ -171,7 +172,7 @@ class BaseEventSink:
 
     def baseline(self, metadata: BaseMetadata) -> list[BizSpec] | None:
         node = vnode.node_name(metadata.identity, self.settings.env)
-        if self.modules is None or not self.modules.may_write(node):
+        if self.modules is None or self.modules.writes.hold(node) is not Hold.HELD:
             return None
         view = self.registry.get(node)
         return self.modules.baseline(node, view.heartbeat.metadata.cluster_name if view is not None
@@ -345,10 +346,10 @@ class Provider:
         self.informers = [nodes, leases, members, *pods.informers, *releases.informers]
         self.node_controller = NodeController(s, kube, self.registry, nodes, keeper, tunnels, events, node_cfg,
                                               clock=self.clock, wall=wall)
-        self.module_controller = ModuleController(s, kube, self.registry, pods, tunnels, events,
-                                                  may_write=keeper.may_write, fenced=keeper.fenced, clock=self.clock,
-                                                  bizlog=self.bizlog,
-                                                  revision_of=releases.revision_of, ready_hold=releases.ready_hold)
+        self.writes = writes = VnodeWrites(keeper, kube, events, tunnels)
+        self.module_controller = ModuleController(module_settings(s), self.registry, writes, clock=self.clock,
+                                                  bizlog=self.bizlog, revision_of=releases.revision_of,
+                                                  ready_hold=releases.ready_hold)
 
         def on_pod(key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
             self.module_controller.on_pod_change(key, old, new)

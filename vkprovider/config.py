@@ -14,6 +14,7 @@ import ipaddress
 import re
 import socket
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
@@ -175,7 +176,10 @@ class Settings(BaseSettings):
     module_namespace_policy: str = F("", "VKP_BIZ_NAMESPACE_POLICY", "module_namespace_policy",
                                      description="Which namespaces may install on bases of which cluster-name: "
                                      "'ns1=clusterA|clusterB;ns2=*;*=shared'. Empty: any.")
-    workers: int = F(8, "VNODE_WORKER_NUM", "workers", description="Workers per controller queue.")
+    workers: int = F(32, "VNODE_WORKER_NUM", "workers",
+                     description="Workers of the module controller: bases whose pods are reconciled at once (the Go "
+                     "controller's pod sync workers). The node controller (256) and the pod status queue (64) have "
+                     "fixed workers.")
     biz_log_lines: int = F(500, "VKP_BIZ_LOG_LINES", "biz_log_lines", ge=10,
                            description="Lifecycle log lines kept per biz (kubectl logs).")
 
@@ -330,6 +334,28 @@ class Settings(BaseSettings):
                 value = fh.read().strip()
             return value or None
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleSettings:
+    """What the module controller is told (the group of settings it uses, and nothing else)."""
+
+    env: str
+    workers: int
+    url_policy: UrlPolicy
+    namespace_policy: NamespacePolicy
+    unreachable_after_s: float
+    read_interval_s: float
+    orphan_grace_s: float
+    baseline_wait_s: float
+    biz_log_lines: int
+
+
+def module_settings(s: Settings) -> ModuleSettings:
+    return ModuleSettings(env=s.env, workers=s.workers, url_policy=s.url_policy, namespace_policy=s.namespace_policy,
+                          unreachable_after_s=s.base_unreachable_after_s, read_interval_s=s.base_bizs_interval_s,
+                          orphan_grace_s=s.module_orphan_grace_s, baseline_wait_s=s.arklet_install_timeout_s,
+                          biz_log_lines=s.biz_log_lines)
 
 
 class _FromMapping(Settings):

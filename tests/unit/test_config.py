@@ -47,7 +47,7 @@ def test_each_bad_setting_is_one_clear_line(environ: dict[str, str], line: str) 
 
 def test_defaults_are_accepted_and_nothing_is_clamped() -> None:
     settings = load_settings({})
-    assert (settings.env, settings.http_tunnel_port, settings.workers) == ("dev", 7777, 8)
+    assert (settings.env, settings.http_tunnel_port, settings.workers) == ("dev", 7777, 32)
     assert settings.url_schemes == frozenset({"https", "http"})  # file: only when enabled
     assert settings.node_lease_renew_deadline_s == 15.0
     assert load_settings({"VNODE_WORKER_NUM": "1"}).workers == 1

@@ -142,28 +142,16 @@ def test_a_base_known_from_its_node_only_is_silent_until_heard_or_answering():
     assert view.readiness(113.0, 25) is BaseReadiness.READY
 
 
-async def test_a_reconcile_that_meets_a_fenced_vnode_comes_back() -> None:
-    """Held but fenced (a renewal late under apiserver load): no writes now, and the reconcile is re-queued - a
-    fence that ends without a lost lease calls no on_gained, so without this the vnode's pods would wait for an
-    unrelated event (found by the 1,000-base bench: 1,700 bound pods never installed)."""
-    from vkprovider.config import load_settings
-    from vkprovider.controllers.modules import ModuleController
+async def test_a_node_reconcile_that_meets_a_fenced_vnode_comes_back() -> None:
+    """Held but fenced (a renewal late under apiserver load): no writes now, and the reconcile is re-queued (the
+    module controller's twin: tests/unit/test_module_controller.py)."""
     from vkprovider.controllers.nodes import NodeController
     from vkprovider.controllers.ownership import FENCED_RETRY_S
-    from vkprovider.kube.informer import UnionCache
 
-    settings = load_settings({"ENV": "test"})
     registry = BaseRegistry("test", clock=lambda: 0.0)
     registry.heartbeat(hb("b1"))
     node = "vnode.b1.test"
     fenced = {node}
-
-    def make(f: set[str]) -> ModuleController:
-        return ModuleController(settings, None, registry, UnionCache(), {}, None,  # type: ignore[arg-type]
-                                may_write=lambda n: False, fenced=lambda n: n in f, clock=lambda: 0.0)
-
-    assert await make(fenced).reconcile(node) == FENCED_RETRY_S
-    assert await make(set()).reconcile(node) is None  # lost: the keeper re-queues on gain
 
     class Keeper:
         def may_write(self, n: str) -> bool:
@@ -179,41 +167,6 @@ async def test_a_reconcile_that_meets_a_fenced_vnode_comes_back() -> None:
     nodes._created = {}
     nodes.clock = lambda: 0.0
     assert await nodes.reconcile(node) == FENCED_RETRY_S
-
-
-async def test_a_command_task_that_meets_a_fenced_vnode_leaves_nothing_in_flight() -> None:
-    """Installs are started in the ledger, then sent by a task; when the task runs the vnode may be fenced (a
-    renewal late under load) and it sends nothing. The ledger must not keep that install in flight (the pod would
-    wait in ContainerCreating for ever): it is abandoned, the base is read again and the vnode re-queued."""
-    from vkprovider.config import load_settings
-    from vkprovider.controllers.modules import ModuleController
-    from vkprovider.core.model import BizSpec
-    from vkprovider.kube.informer import UnionCache
-
-    settings = load_settings({"ENV": "test"})
-    registry = BaseRegistry("test", clock=lambda: 0.0)
-    registry.heartbeat(hb("b1"))
-    node = "vnode.b1.test"
-    view = registry.get(node)
-    assert view is not None
-    controller = ModuleController(settings, None, registry, UnionCache(), {}, None,  # type: ignore[arg-type]
-                                  may_write=lambda n: False, fenced=lambda n: True, clock=lambda: 0.0)
-
-    class Unreachable:
-        name = "http"
-
-        async def install_biz(self, *args: object, **kw: object) -> None:
-            raise AssertionError("a fenced vnode sends no command")
-
-        batch_install_biz = install_biz
-
-    specs = [BizSpec("biz1", "1", "http://x/biz1.jar"), BizSpec("biz2", "1", "http://x/biz2.jar")]
-    for batch in (specs[:1], specs):  # one install, and a batch
-        controller._start_installs(view, Unreachable(), batch, {})  # type: ignore[arg-type]
-        assert set(view.ledger.inflight) == {s.key for s in batch}
-        await wait_for(lambda: not controller._tasks, 2.0, what="the command tasks ended")
-        assert view.ledger.inflight == {} and view.ledger.read_needed
-        assert node in controller.queue._waiting
 
 
 async def test_a_heartbeat_paced_look_at_an_unchanged_base_computes_and_writes_nothing(monkeypatch) -> None:
@@ -282,94 +235,6 @@ async def test_a_heartbeat_paced_look_at_an_unchanged_base_computes_and_writes_n
     assert len(computed) == 4
 
 
-class _OnePodOnOneBase:
-    """A ModuleController with one held vnode (base b1, its biz1:0.0.1 ACTIVATED as the tunnel reads it) and one
-    scheduled module pod ``ns/p`` wanting that biz, on an injected clock (``now[0]``)."""
-
-    def __init__(self) -> None:
-        from vkprovider.config import load_settings
-        from vkprovider.controllers.modules import ModuleController
-        from vkprovider.core.model import BizInfo, BizState, BizStateRecord
-
-        self.now = [100.0]
-        self.registry = BaseRegistry("test", clock=lambda: self.now[0])
-        self.registry.heartbeat(hb("b1"))
-        self.node = "vnode.b1.test"
-        self.on_base = [BizInfo("biz1", "0.0.1", BizState.ACTIVATED,
-                                (BizStateRecord(1_700_000_000_000, BizState.ACTIVATED, "", ""),))]
-        on_base = self.on_base
-
-        class Tunnel:
-            name = "http"
-
-            async def query_all_biz(self, base: object) -> list[BizInfo]:
-                return list(on_base)
-
-        self.pod: dict[str, Any] = {
-            "metadata": {"namespace": "ns", "name": "p", "uid": "u1", "resourceVersion": "1",
-                         "labels": {"virtual-kubelet.koupleless.io/component": "module"}},
-            "spec": {"nodeName": self.node,
-                     "containers": [{"name": "biz1", "image": "https://h/biz1-0.0.1-ark-biz.jar",
-                                     "env": [{"name": "BIZ_VERSION", "value": "0.0.1"}]}]},
-            "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]}}
-        self.cache = {"ns/p": self.pod}
-        self.controller = ModuleController(load_settings({"ENV": "test"}), None, self.registry,  # type: ignore[arg-type]
-                                           self.cache, {"http": Tunnel()}, None,  # type: ignore[arg-type]
-                                           may_write=lambda n: True, clock=lambda: self.now[0])
-        self.controller.on_pod_change("ns/p", None, self.pod)
-
-
-async def test_a_poll_of_an_idle_base_with_running_pods_plans_nothing_until_something_changes(monkeypatch) -> None:
-    """Every biz poll of a base reconciles its module pods. Once a pass found nothing to do (the pods Running
-    and Ready with the status they should have, nothing in flight), a poll that reads the same bizs, with the same
-    pod objects and readiness, stops after the read: no plan, no status computed (issue 17: a third of the steady
-    CPU with 5,000 pods). A biz that changes on the base is planned and written again at once."""
-    from vkprovider.controllers import modules as modules_module
-    from vkprovider.core.model import BizInfo, BizState, BizStateRecord
-
-    one = _OnePodOnOneBase()
-    now, registry, node, on_base, cache, controller = (one.now, one.registry, one.node, one.on_base, one.cache,
-                                                       one.controller)
-    written: list[dict[str, object]] = []
-
-    async def write_status(pod: dict[str, object], desired: dict[str, object], modules: object) -> str:
-        written.append(desired)  # what the apiserver would store, echoed by the watch as a new object
-        rv = str(len(written) + 1)
-        new = {**pod, "metadata": {**pod["metadata"], "resourceVersion": rv}, "status": desired}  # type: ignore[dict-item]
-        old, cache["ns/p"] = cache["ns/p"], new
-        controller.on_pod_change("ns/p", old, new)
-        return rv
-
-    monkeypatch.setattr(controller, "_write_status", write_status)
-    computed = []
-    real = modules_module.pod_status
-
-    def counting(*args: object, **kw: object) -> dict[str, object]:
-        computed.append(1)
-        return real(*args, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(modules_module, "pod_status", counting)
-
-    async def poll() -> None:
-        for _ in range(3):  # heartbeats every 12 s between two polls
-            now[0] += 12.0
-            registry.heartbeat(hb("b1"))
-        await controller.reconcile(node)
-        await wait_for(lambda: not controller._status_busy, 2.0, what="status writes done")
-
-    await poll()  # the biz runs (adopted): the pod is written Running and Ready
-    assert [d["phase"] for d in written] == ["Running"]
-    await poll()  # the echo: compared, nothing to write -> quiet from here on
-    before = len(computed)
-    for _ in range(3):
-        await poll()
-    assert len(computed) == before and len(written) == 1
-    on_base[0] = BizInfo("biz1", "0.0.1", BizState.DEACTIVATED,
-                         (BizStateRecord(1_700_000_100_000, BizState.DEACTIVATED, "", "stopped by hand"),))
-    await poll()
-    assert len(computed) == before + 1 and [d["phase"] for d in written][-1] != "Running"
-
-
 async def test_a_reconcile_before_the_informer_shows_a_created_node_does_not_create_it_again() -> None:
     """The health answer of a new base queues its vnode again while the first reconcile creates the Node; that
     second pass runs before the watch delivers the Node. It must use the create's answer, not POST again (a
@@ -407,201 +272,6 @@ async def test_a_reconcile_before_the_informer_shows_a_created_node_does_not_cre
     cache[node] = shown
     controller.on_node_change(node, None, shown)  # type: ignore[arg-type]
     assert node not in controller._created
-
-
-async def test_a_status_sent_is_not_sent_again_while_the_watch_has_not_shown_it(monkeypatch) -> None:
-    """Under load the pod cache shows a status write seconds after it was answered. Reconciles in between derive
-    the status from the pod as last written, not from the older cached one: what the status keeps (start time,
-    transition times) does not move with the clock, so nothing is sent twice (issue 17: a 5,000-pod rollout wrote
-    1.6-1.9 Running statuses per pod). Once the echo arrives nothing more is written either."""
-    from vkprovider.controllers import modules as modules_module
-
-    one = _OnePodOnOneBase()
-    now, node, pod, cache, controller = one.now, one.node, one.pod, one.cache, one.controller
-    written: list[dict[str, object]] = []
-
-    async def write_status(pod: dict[str, object], desired: dict[str, object], modules: object) -> str:
-        written.append(desired)  # answered; the watch shows it later (``echo``)
-        return str(len(written) + 1)
-
-    monkeypatch.setattr(controller, "_write_status", write_status)
-    seconds = iter(range(10, 60))
-    monkeypatch.setattr(modules_module, "now_iso", lambda: f"2026-12-03T08:00:{next(seconds)}Z")
-
-    async def look() -> None:
-        now[0] += 1.0
-        controller.queue.add(node)
-        await controller.reconcile(node)
-        await wait_for(lambda: not controller._status_busy, 2.0, what="status writes done")
-
-    await look()
-    assert [d["phase"] for d in written] == ["Running"]
-    for _ in range(3):  # a second later each time, the cache still without the write
-        await look()
-    assert len(written) == 1, [(d["startTime"], d["conditions"]) for d in written]
-    echo = {**pod, "metadata": {**pod["metadata"], "resourceVersion": "2"}, "status": written[0]}
-    cache["ns/p"] = echo
-    controller.on_pod_change("ns/p", pod, echo)
-    for _ in range(2):
-        await look()
-    assert len(written) == 1
-
-
-async def test_a_status_whose_write_is_slow_to_be_answered_is_not_queued_again(monkeypatch) -> None:
-    """Under a rollout a status PATCH can wait more than STATUS_ECHO_WAIT_S for a client slot and the apiserver. A
-    reconcile meanwhile must not take the unanswered write for one lost and queue the status again (a 5,000-pod
-    rollout wrote 1.34 Running statuses per pod that way); the wait for the echo starts with the answer."""
-    from vkprovider.controllers import modules as modules_module
-
-    one = _OnePodOnOneBase()
-    now, node, controller = one.now, one.node, one.controller
-    answer = asyncio.Event()
-    written: list[dict[str, object]] = []
-
-    async def write_status(pod: dict[str, object], desired: dict[str, object], modules: object) -> str:
-        written.append(desired)
-        await answer.wait()  # the apiserver is slow
-        return "2"
-
-    monkeypatch.setattr(controller, "_write_status", write_status)
-    seconds = iter(range(10, 60))
-    monkeypatch.setattr(modules_module, "now_iso", lambda: f"2026-12-05T08:00:{next(seconds)}Z")
-    await controller.reconcile(node)
-    await wait_for(lambda: len(written) == 1, 2.0, what="the first write sent")
-    for _ in range(4):  # 4 x 5 s with the write still unanswered
-        now[0] += modules_module.STATUS_ECHO_WAIT_S / 2
-        await controller.reconcile(node)
-    assert not controller._status_next  # nothing waits to be written again
-    answer.set()
-    await wait_for(lambda: not controller._status_busy, 2.0, what="the status writer done")
-    now[0] += 1.0
-    await controller.reconcile(node)  # answered a second ago: the echo is still trusted to come
-    await wait_for(lambda: not controller._status_busy, 2.0, what="the status writer done")
-    assert len(written) == 1
-
-
-async def test_the_echo_of_a_status_written_needs_no_pass_unless_planning_reads_it(monkeypatch) -> None:
-    """The watch's copy of a status vkprovider wrote changes nothing the pass that wrote it had not considered, so it
-    queues no pass over the base (one reconcile in four of a rollout); a written Failed phase or a container
-    terminated BizDeactivate is read by the planner, so its echo does queue one."""
-    from vkprovider.controllers.modules import _SentStatus
-
-    one = _OnePodOnOneBase()
-    controller, node, pod = one.controller, one.node, one.pod
-
-    async def write_status(pod: dict[str, object], desired: dict[str, object], modules: object) -> str:
-        return "2"
-
-    monkeypatch.setattr(controller, "_write_status", write_status)
-    await controller.reconcile(node)
-    await wait_for(lambda: not controller._status_busy, 2.0, what="the status written")
-    controller.queue._waiting.clear()
-    written = controller._status_sent["ns/p"].desired
-    echo = {**pod, "metadata": {**pod["metadata"], "resourceVersion": "2"}, "status": written}
-    one.cache["ns/p"] = echo
-    controller.on_pod_change("ns/p", pod, echo)
-    assert node not in controller.queue._waiting and "ns/p" not in controller._status_sent
-    failed = {**written, "phase": "Failed"}
-    controller._status_sent["ns/p"] = _SentStatus(failed, written_rv="3")
-    echo2 = {**echo, "metadata": {**echo["metadata"], "resourceVersion": "3"}, "status": failed}
-    controller.on_pod_change("ns/p", echo, echo2)
-    assert node in controller.queue._waiting
-    controller.queue._waiting.clear()
-    other = {**echo2, "metadata": {**echo2["metadata"], "resourceVersion": "4"}}  # somebody else's change
-    controller.on_pod_change("ns/p", echo2, other)
-    assert node in controller.queue._waiting
-
-
-async def test_a_status_held_back_by_a_fenced_vnode_is_written_once_the_lease_is_renewed(monkeypatch) -> None:
-    """A status write waits for a client slot; under load the vnode's renewal can be late by then (fenced: held,
-    but no writes). The status is not sent, and the vnode is looked at again shortly, not at the next biz poll 30 s
-    later (issue 17: a few pods of a 5,000-pod rollout turned Running 25-30 s after their install)."""
-    one = _OnePodOnOneBase()
-    controller, node = one.controller, one.node
-    writable = [True]
-    controller.may_write = lambda n: writable[0]
-    controller.fenced = lambda n: not writable[0]
-    written: list[dict[str, object]] = []
-
-    async def write_status(pod: dict[str, object], desired: dict[str, object], modules: object) -> str:
-        written.append(desired)
-        return "2"
-
-    monkeypatch.setattr(controller, "_write_status", write_status)
-    await controller.reconcile(node)
-    writable[0] = False  # fenced between the reconcile and the write
-    await wait_for(lambda: not controller._status_busy, 2.0, what="the status writer done")
-    assert written == []
-    assert node in controller.queue._timers  # looked at again in FENCED_RETRY_S
-    writable[0] = True  # the renewal landed
-    await controller.reconcile(node)
-    await wait_for(lambda: not controller._status_busy, 2.0, what="the status writer done")
-    assert [d["phase"] for d in written] == ["Running"]
-
-
-async def test_pod_start_duration_times_a_pod_from_first_seen_to_its_first_running_write_answered() -> None:
-    """vkprovider_pod_start_duration_seconds (the kubelet's pod start SLI, for modules) runs from the first sight of a
-    not-yet-started pod on a held vnode to the answer to its first Running status; a pod already Running when first
-    seen (a restart, a takeover) is not timed, and a later Running write is not timed again."""
-    from prometheus_client import REGISTRY
-
-    def observed() -> tuple[float, float]:
-        return (REGISTRY.get_sample_value("vkprovider_pod_start_duration_seconds_count") or 0.0,
-                REGISTRY.get_sample_value("vkprovider_pod_start_duration_seconds_sum") or 0.0)
-
-    one = _OnePodOnOneBase()  # ns/p first seen Pending at t=100
-    patched: list[str] = []
-
-    class Kube:
-        async def patch(self, path: str, body: object, *, kind: str) -> dict[str, object]:
-            patched.append(path)
-            one.now[0] += 0.25  # the apiserver's answer takes a quarter of a second
-            return {"metadata": {"resourceVersion": str(len(patched) + 1)}}
-
-    one.controller.kube = Kube()  # type: ignore[assignment]
-    count0, sum0 = observed()
-    one.now[0] += 1.5
-    await one.controller.reconcile(one.node)
-    await wait_for(lambda: not one.controller._status_busy, 2.0, what="status write done")
-    assert patched == ["/api/v1/namespaces/ns/pods/p/status"]
-    count1, sum1 = observed()
-    assert count1 - count0 == 1 and abs((sum1 - sum0) - 1.75) < 1e-9
-
-    running = {**one.pod, "metadata": {**one.pod["metadata"], "name": "q", "uid": "u2"},
-               "status": {"phase": "Running"}}
-    one.cache["ns/q"] = running
-    one.controller.on_pod_change("ns/q", None, running)
-    assert "ns/q" not in one.controller._unstarted_since and "ns/p" not in one.controller._unstarted_since
-
-
-async def test_a_pushed_biz_list_does_not_undo_an_install_answered_since_the_last_read() -> None:
-    """Issue 27, item 4: over MQTT a biz list that arrives after its query timed out (or unasked) was merged as
-    a read sent just now, so a list taken before an install answered removed the installed biz again: the pod's
-    Ready regressed and the install was sent a second time."""
-    from vkprovider.config import load_settings
-    from vkprovider.controllers.modules import ModuleController
-    from vkprovider.core.basestate import CommandKind
-    from vkprovider.core.model import BizInfo, BizSpec, BizState
-    from vkprovider.kube.informer import UnionCache
-
-    settings = load_settings({"ENV": "test"})
-    registry = BaseRegistry("test", clock=lambda: 0.0)
-    registry.heartbeat(hb("b1"))
-    node = "vnode.b1.test"
-    view = registry.get(node)
-    assert view is not None
-    controller = ModuleController(settings, None, registry, UnionCache(), {}, None,  # type: ignore[arg-type]
-                                  may_write=lambda n: True, fenced=lambda n: False, clock=lambda: 0.0)
-    spec = BizSpec("biz1", "1", "http://x/biz1.jar")
-    running = BizInfo("biz1", "1", BizState.ACTIVATED)
-    ledger = view.ledger
-    ledger.apply_read(ledger.begin_read(), [])
-    ledger.start(spec.key, CommandKind.INSTALL, spec, 0.0)
-    ledger.finish_install(spec, ok=True, reported=[running], now=1.0, at_ms=0)
-    controller.on_pushed_bizs(node, [])  # the late answer of a query sent before the install
-    assert ledger.bizs == {spec.key: running}
-    controller.on_pushed_bizs(node, [BizInfo("orphan", "9", BizState.ACTIVATED)])  # news about other bizs: taken
-    assert ledger.bizs is not None and set(ledger.bizs) == {spec.key, BizInfo("orphan", "9", BizState.ACTIVATED).key}
 
 
 async def test_a_probe_answered_after_a_deactivated_heartbeat_does_not_bring_the_vnode_back() -> None:

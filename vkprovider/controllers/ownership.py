@@ -43,6 +43,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from vkprovider.config import Settings
 from vkprovider.controllers.bases import Clock
+from vkprovider.controllers.fence import Hold
 from vkprovider.core import node as vnode
 from vkprovider.core import ownership as own
 from vkprovider.kube.client import ApiError, Kube
@@ -152,6 +153,13 @@ class LeaseKeeper:
         self.on_lost: list[Callable[[str], None]] = []
 
     # --- what others ask -----------------------------------------------------------------------------------
+
+    def hold(self, node: str) -> Hold:
+        """Where this replica stands with ``node``'s Lease (the write port asks before every write)."""
+        held = self._held.get(node)
+        if held is None:
+            return Hold.LOST
+        return Hold.FENCED if own.fenced(held, self.clock(), self.timing) else Hold.HELD
 
     def may_write(self, node: str) -> bool:
         """True only while this replica holds ``node``'s Lease and renewed it before the renew deadline."""

@@ -1,9 +1,18 @@
 """A keyed work queue, as in controller-runtime: one key is handled by one worker at a time, many in parallel.
 
 Adding a key that is already waiting does nothing; adding one that is being handled re-queues it once after the
-handler returns (so no change is lost and no key runs twice at once). A handler that raises is retried with
-per-key backoff (``core.backoff``); ``add_after`` schedules timers. Metrics: client-go's ``workqueue_*`` and
-controller-runtime's ``controller_runtime_*`` names, so existing controller dashboards work unchanged.
+handler returns (so no change is lost and no key runs twice at once); ``add_after`` schedules timers. What a
+handler's outcome means is decided here, in one place (controller-runtime's ``reconcileHandler`` switch):
+
+- it returns None: done (until the key is added again);
+- it returns seconds: look at the key again after that long;
+- it raises :class:`RequeueAfter`: look again after the delay it carries (e.g. a fenced vnode), no error counted;
+- it raises :class:`Drop`: done, and forget the key's backoff (e.g. a vnode another replica holds), no error;
+- it raises :class:`Requeue`: retry with the key's backoff, not logged as an error;
+- it raises anything else: an error, logged and retried with per-key backoff (``core.backoff``).
+
+Metrics: client-go's ``workqueue_*`` and controller-runtime's ``controller_runtime_*`` names, so existing
+controller dashboards work unchanged.
 """
 
 from __future__ import annotations
@@ -50,6 +59,19 @@ MAX_WORKERS = Gauge("controller_runtime_max_concurrent_reconciles",
 
 class Requeue(Exception):
     """Raise from a handler to retry the key with backoff without logging an error."""
+
+
+class RequeueAfter(Exception):
+    """Raise from a handler (or anything it calls) to look at the key again after ``delay_s``; not an error."""
+
+    def __init__(self, delay_s: float, reason: str = "") -> None:
+        super().__init__(reason)
+        self.delay_s = delay_s
+
+
+class Drop(Exception):
+    """Raise from a handler (or anything it calls) when the key is no longer this process's business: done, its
+    backoff forgotten, not an error."""
 
 
 class WorkQueue:
@@ -135,6 +157,14 @@ class WorkQueue:
     def __len__(self) -> int:
         return len(self._waiting)
 
+    def active(self, key: str) -> bool:
+        """Whether a worker is handling ``key`` now."""
+        return key in self._active
+
+    def waiting(self, key: str) -> bool:
+        """Whether ``key`` waits for a worker, or for its timer."""
+        return key in self._waiting or key in self._timers
+
     async def start(self) -> None:
         self._tasks = [
             asyncio.create_task(self._worker(), name=f"{self.name}-worker-{i}") for i in range(self._workers)
@@ -165,6 +195,14 @@ class WorkQueue:
                 self._results["success" if again is None else "requeue_after"].inc()
             except asyncio.CancelledError:
                 raise
+            except RequeueAfter as exc:
+                again = exc.delay_s
+                self._results["requeue_after"].inc()
+            except Drop as exc:
+                self._failures.pop(key, None)
+                again = None
+                self._results["success"].inc()
+                log.debug("%s: %s dropped: %s", self.name, key, exc)
             except Exception as exc:
                 failures = self._failures.get(key, 0) + 1
                 self._failures[key] = failures

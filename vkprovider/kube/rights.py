@@ -58,10 +58,12 @@ RIGHTS: tuple[Right, ...] = (
                                        "(controllers/nodes.py)"),
     Right("", "pods", "list", _POD_CACHE),
     Right("", "pods", "watch", _POD_CACHE),
-    Right("", "pods", "delete", "ModuleController._finalize removes a deleted module pod once its biz is "
-                                "uninstalled (controllers/modules.py)"),
-    Right("", "pods/status", "patch", "ModuleController writes biz states as pod status, and fails non-module "
-                                      "pods bound to a vnode (controllers/modules.py)"),
+    Right("", "pods", "delete", "the module controller removes a deleted module pod once its biz is uninstalled "
+                                "(controllers/modules/basepass.py), through its vnode's write port "
+                                "(controllers/fence.py)"),
+    Right("", "pods/status", "patch", "the module controller writes biz states as pod status, and marks non-module "
+                                      "pods bound to a vnode (controllers/modules/status.py), through the vnode's "
+                                      "write port (controllers/fence.py)"),
     Right("", "events", "create", "EventRecorder posts Events on vnodes, pods and Deployments (kube/events.py)"),
     Right("", "events", "patch", "EventRecorder aggregates a repeated Event: count and lastTimestamp "
                                  "(kube/events.py)"),

@@ -1,0 +1,129 @@
+"""Fakes of the ports controllers are given (``controllers.fence``'s Holds and ApiWrites, the Tunnel protocol, an
+Event sink): plain classes that implement the protocols, recording what reaches them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from vkprovider.controllers.fence import Hold
+from vkprovider.core.model import (
+    BaseHealth,
+    BaseHeartbeat,
+    BaseMetadata,
+    BizInfo,
+    BizSpec,
+    CommandOutcome,
+    CommandResult,
+)
+from vkprovider.tunnels.base import BaseEvents
+
+
+def hb(identity: str = "b1", port: int = 1238, version: str = "1.0.0", state: str = "ACTIVATED") -> BaseHeartbeat:
+    return BaseHeartbeat(BaseMetadata(identity, "base", version, "default"), "h", "127.0.0.1", port, state=state)
+
+
+class Holds:
+    """The Lease keeper's answer per vnode; HELD unless told otherwise."""
+
+    def __init__(self, default: Hold = Hold.HELD) -> None:
+        self.default = default
+        self.of: dict[str, Hold] = {}
+
+    def hold(self, node: str) -> Hold:
+        return self.of.get(node, self.default)
+
+
+class Api:
+    """The kube facade's writes: each call is recorded as (verb, path, body) and answered with a new
+    resourceVersion; ``gate`` (when set) holds every answer until it is set."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, Any]] = []
+        self.gate: asyncio.Event | None = None
+        self.on_patch: Any = None  # called with (path, body) before the answer: a slow apiserver, an echo
+        self.last_rv = 100  # the resourceVersion of the newest answer
+
+    def _answer(self, body: Any) -> dict[str, Any]:
+        self.last_rv += 1
+        md = dict(body.get("metadata") or {}) if isinstance(body, Mapping) else {}
+        return {**(dict(body) if isinstance(body, Mapping) else {}),
+                "metadata": {**md, "resourceVersion": str(self.last_rv)}}
+
+    async def _wait(self) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+
+    async def create(self, path: str, obj: Mapping[str, Any], *, params: Mapping[str, Any] | None = None) -> Any:
+        self.calls.append(("create", path, obj))
+        await self._wait()
+        return self._answer(obj)
+
+    async def patch(self, path: str, body: Any, *, kind: Any = "strategic") -> Any:
+        self.calls.append(("patch", path, body))
+        if self.on_patch is not None:
+            self.on_patch(path, body)
+        await self._wait()
+        return self._answer(body)
+
+    async def request(self, method: str, path: str, *, body: Any = None) -> Any:
+        self.calls.append((method.lower(), path, body))
+        await self._wait()
+        return {}
+
+    async def delete(self, path: str) -> Any:
+        self.calls.append(("delete", path, None))
+        await self._wait()
+        return {}
+
+
+class Events:
+    def __init__(self) -> None:
+        self.posted: list[tuple[str, str, str]] = []  # (type, reason, message)
+
+    def normal(self, obj: Mapping[str, Any], reason: str, message: str) -> None:
+        self.posted.append(("Normal", reason, message))
+
+    def warning(self, obj: Mapping[str, Any], reason: str, message: str) -> None:
+        self.posted.append(("Warning", reason, message))
+
+
+class Tunnel:
+    """A base reached by no network: its biz list is ``bizs``; every command is recorded and answered SUCCESS
+    (or ``answer`` when set)."""
+
+    name = "http"
+
+    def __init__(self, bizs: list[BizInfo] | None = None) -> None:
+        self.bizs = bizs if bizs is not None else []
+        self.commands: list[tuple[str, str]] = []
+        self.answer: CommandResult | None = None
+
+    async def start(self, events: BaseEvents) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def health(self, base: BaseHeartbeat) -> BaseHealth:
+        return BaseHealth(cpu_count=4)
+
+    async def query_all_biz(self, base: BaseHeartbeat) -> list[BizInfo]:
+        return list(self.bizs)
+
+    async def install_biz(self, base: BaseHeartbeat, biz: BizSpec, *,
+                          replace_other_versions: bool = False) -> CommandResult:
+        self.commands.append(("install", str(biz.key)))
+        return self.answer or CommandResult(CommandOutcome.SUCCESS)
+
+    async def uninstall_biz(self, base: BaseHeartbeat, name: str, version: str) -> CommandResult:
+        self.commands.append(("uninstall", f"{name}:{version}"))
+        return self.answer or CommandResult(CommandOutcome.SUCCESS)
+
+    def release(self, base: BaseHeartbeat) -> None:
+        self.commands.append(("release", base.identity))
+
+    async def batch_install_biz(self, base: BaseHeartbeat, bizs: Sequence[BizSpec]) -> dict[str, CommandResult]:
+        self.commands.append(("batch", ",".join(str(b.key) for b in bizs)))
+        return {b.url: self.answer or CommandResult(CommandOutcome.SUCCESS) for b in bizs}
