@@ -22,7 +22,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 
 from vkprovider import __version__, serving
-from vkprovider.config import GO_ONLY_VARIABLES, ConfigError, Settings, module_settings
+from vkprovider.config import GO_ONLY_VARIABLES, ConfigError, Settings, module_settings, node_settings
 from vkprovider.controllers.bases import BaseRegistry, Heard
 from vkprovider.controllers.bizlog import BizLog
 from vkprovider.controllers.fence import Hold, VnodeWrites
@@ -344,9 +344,9 @@ class Provider:
                                                                members=keeper.live_members, clock=self.clock,
                                                                wall=wall)
         self.informers = [nodes, leases, members, *pods.informers, *releases.informers]
-        self.node_controller = NodeController(s, kube, self.registry, nodes, keeper, tunnels, events, node_cfg,
-                                              clock=self.clock, wall=wall)
         self.writes = writes = VnodeWrites(keeper, kube, events, tunnels)
+        self.node_controller = NodeController(node_settings(s), self.registry, nodes, keeper, writes, node_cfg,
+                                              clock=self.clock, wall=wall)
         self.module_controller = ModuleController(module_settings(s), self.registry, writes, clock=self.clock,
                                                   bizlog=self.bizlog, revision_of=releases.revision_of,
                                                   ready_hold=releases.ready_hold)

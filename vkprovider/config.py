@@ -351,6 +351,25 @@ class ModuleSettings:
     biz_log_lines: int
 
 
+@dataclass(frozen=True, slots=True)
+class NodeSettings:
+    """What the node controller is told."""
+
+    env: str
+    max_vnodes: int
+    base_unreachable_after_s: float
+    base_dead_after_s: float
+    base_probe_after_s: float
+    base_health_interval_s: float
+    node_status_refresh_s: float
+
+
+def node_settings(s: Settings) -> NodeSettings:
+    return NodeSettings(env=s.env, max_vnodes=s.max_vnodes, base_unreachable_after_s=s.base_unreachable_after_s,
+                        base_dead_after_s=s.base_dead_after_s, base_probe_after_s=s.base_probe_after_s,
+                        base_health_interval_s=s.base_health_interval_s, node_status_refresh_s=s.node_status_refresh_s)
+
+
 def module_settings(s: Settings) -> ModuleSettings:
     return ModuleSettings(env=s.env, workers=s.workers, url_policy=s.url_policy, namespace_policy=s.namespace_policy,
                           unreachable_after_s=s.base_unreachable_after_s, read_interval_s=s.base_bizs_interval_s,

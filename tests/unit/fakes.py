@@ -127,3 +127,33 @@ class Tunnel:
     async def batch_install_biz(self, base: BaseHeartbeat, bizs: Sequence[BizSpec]) -> dict[str, CommandResult]:
         self.commands.append(("batch", ",".join(str(b.key) for b in bizs)))
         return {b.url: self.answer or CommandResult(CommandOutcome.SUCCESS) for b in bizs}
+
+
+class Claims:
+    """The Lease keeper's side the node controller asks besides the hold (``controllers.nodes.VnodeClaims``)."""
+
+    me = "me"
+
+    def __init__(self, lease: object = None) -> None:
+        self.lease = lease  # what lease_of answers (None: nobody holds it)
+        self.dropped: list[str] = []
+        self.claimed: list[str] = []
+
+    def lease_of(self, node: str) -> Any:
+        return self.lease
+
+    def live_members(self) -> list[str]:
+        return [self.me]
+
+    def held_count(self) -> int:
+        return 0
+
+    def held_nodes(self) -> list[str]:
+        return []
+
+    async def claim(self, node: str) -> bool:
+        self.claimed.append(node)
+        return False
+
+    async def drop(self, node: str) -> None:
+        self.dropped.append(node)

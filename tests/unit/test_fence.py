@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ NODE = "vnode.b1.test"
 V1 = BizSpec("biz1", "0.0.1", "https://h/biz1-0.0.1-ark-biz.jar")
 
 
-def pod(name: str, *, biz: str = "biz1", module: bool = True, terminating: bool = False) -> dict[str, object]:
+def pod(name: str, *, biz: str = "biz1", module: bool = True, terminating: bool = False) -> dict[str, Any]:
     labels = {"virtual-kubelet.koupleless.io/component": "module"} if module else {}
     md: dict[str, object] = {"namespace": "ns", "name": name, "uid": f"u-{name}", "resourceVersion": "1",
                              "labels": labels}
@@ -64,7 +65,7 @@ async def test_no_write_reaches_the_api_or_a_base_for_a_vnode_not_held(hold: Hol
     controller = ModuleController(module_settings(load_settings({"ENV": "test", "VKP_ORPHAN_GRACE": "0"})),
                                   registry, writes, clock=lambda: 100.0)
     for p in (pod("a", biz="biz2"), pod("gone", terminating=True), pod("plain", module=False), pod("keep")):
-        controller.on_pod_change(f"ns/{p['metadata']['name']}", None, p)  # type: ignore[index]
+        controller.on_pod_change(f"ns/{p['metadata']['name']}", None, p)
     await controller.start()
     try:
         controller.queue.add(NODE)

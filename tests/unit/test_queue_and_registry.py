@@ -6,7 +6,10 @@ from typing import Any
 import pytest
 
 from tests.helpers import wait_for
+from tests.unit import fakes
+from vkprovider.config import load_settings, node_settings
 from vkprovider.controllers.bases import BaseRegistry, Heard
+from vkprovider.controllers.fence import FENCED_RETRY_S, Fenced, Hold, VnodeWrites
 from vkprovider.controllers.queue import WorkQueue
 from vkprovider.core.backoff import Backoff
 from vkprovider.core.model import BaseHeartbeat, BaseMetadata
@@ -77,27 +80,14 @@ async def test_handler_can_ask_to_be_called_again_later():
     assert times[1] - times[0] >= 0.04
 
 
+def _cfg() -> Any:
+    from vkprovider.core import node as vnode
+
+    return vnode.NodeConfig(env="test", stack="java", max_pods=100, kubelet_version="v1", kubelet_port=0)
+
+
 def hb(identity: str = "b1", port: int = 1238, version: str = "1.0.0", state: str = "ACTIVATED") -> BaseHeartbeat:
     return BaseHeartbeat(BaseMetadata(identity, "base", version, "default"), "h", "127.0.0.1", port, state=state)
-
-
-class _Held:
-    """A lease keeper that holds every vnode (unit tests of one controller)."""
-
-    me = "me"
-
-    def may_write(self, n: str) -> bool:
-        return True
-
-    def fenced(self, n: str) -> bool:
-        return False
-
-
-class _NoEvents:
-    def normal(self, *args: object) -> None:
-        pass
-
-    warning = normal
 
 
 def test_registry_reports_new_changed_and_restarted_bases_with_an_injected_clock():
@@ -146,27 +136,17 @@ async def test_a_node_reconcile_that_meets_a_fenced_vnode_comes_back() -> None:
     """Held but fenced (a renewal late under apiserver load): no writes now, and the reconcile is re-queued (the
     module controller's twin: tests/unit/test_module_controller.py)."""
     from vkprovider.controllers.nodes import NodeController
-    from vkprovider.controllers.ownership import FENCED_RETRY_S
 
     registry = BaseRegistry("test", clock=lambda: 0.0)
     registry.heartbeat(hb("b1"))
     node = "vnode.b1.test"
-    fenced = {node}
-
-    class Keeper:
-        def may_write(self, n: str) -> bool:
-            return False
-
-        def fenced(self, n: str) -> bool:
-            return n in fenced
-
-    nodes = NodeController.__new__(NodeController)
-    nodes.keeper = Keeper()  # type: ignore[assignment]
-    nodes.registry = registry
-    nodes.nodes = {}  # type: ignore[assignment]
-    nodes._created = {}
-    nodes.clock = lambda: 0.0
-    assert await nodes.reconcile(node) == FENCED_RETRY_S
+    holds = fakes.Holds(Hold.FENCED)
+    api = fakes.Api()
+    controller = NodeController(node_settings(load_settings({"ENV": "test"})), registry, {}, fakes.Claims(),
+                                VnodeWrites(holds, api, fakes.Events(), {}), _cfg(), clock=lambda: 0.0)
+    with pytest.raises(Fenced) as fenced:  # the queue looks again after FENCED_RETRY_S
+        await controller.reconcile(node)
+    assert fenced.value.delay_s == FENCED_RETRY_S and api.calls == []
 
 
 async def test_a_heartbeat_paced_look_at_an_unchanged_base_computes_and_writes_nothing(monkeypatch) -> None:
@@ -196,13 +176,7 @@ async def test_a_heartbeat_paced_look_at_an_unchanged_base_computes_and_writes_n
     created["metadata"]["resourceVersion"] = "1"  # type: ignore[index]
     cache = {node: created}
 
-    writes: list[tuple[str, object]] = []
-
-    class Kube:
-        async def patch(self, path: str, body: object, **kw: object) -> object:
-            writes.append((path, body))
-            return {}
-
+    api = fakes.Api()
     computed = []
     real = nodes_module.vnode.node_status
 
@@ -211,25 +185,28 @@ async def test_a_heartbeat_paced_look_at_an_unchanged_base_computes_and_writes_n
         return real(*args, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(nodes_module.vnode, "node_status", counting)
-    controller = NodeController(settings, Kube(), registry, cache, _Held(), {}, _NoEvents(),  # type: ignore[arg-type]
-                                cfg, clock=lambda: now[0])
-    controller._maybe_probe = lambda view, now: None  # type: ignore[method-assign]  # no tunnel here
+    controller = NodeController(node_settings(settings), registry, cache, fakes.Claims(),
+                                VnodeWrites(fakes.Holds(), api, fakes.Events(), {}), cfg, clock=lambda: now[0])
+
+    def writes() -> list[tuple[str, object]]:
+        return [(path, body) for _, path, body in api.calls]
+
     assert await controller.reconcile(node) is not None
-    assert (len(computed), writes) == (1, [])  # compared once: in sync
+    assert (len(computed), writes()) == (1, [])  # compared once: in sync
     for _ in range(3):  # heartbeats and health answers that say the same
         now[0] += 12.0
         assert registry.heartbeat(hb("b1"))[1] is Heard.NOTHING
         assert registry.health(node, BaseHealth(cpu_count=4, memory_max_bytes=2**30)) is False
         await controller.reconcile(node)
-    assert (len(computed), writes) == (1, [])
+    assert (len(computed), writes()) == (1, [])
     registry.heartbeat(hb("b1", version="2.0.0"))  # the base changed: compared and written
     await controller.reconcile(node)
-    assert len(computed) == 2 and [p for p, _ in writes] == [f"/api/v1/nodes/{node}", f"/api/v1/nodes/{node}/status"]
-    writes.clear()
+    assert len(computed) == 2 and [p for p, _ in writes()] == [f"/api/v1/nodes/{node}", f"/api/v1/nodes/{node}/status"]
+    api.calls.clear()
     edited = {**created, "status": {**status, "conditions": []}}  # someone edited the Node: a new object
     cache[node] = edited
     await controller.reconcile(node)
-    assert len(computed) == 3 and f"/api/v1/nodes/{node}/status" in [p for p, _ in writes]
+    assert len(computed) == 3 and f"/api/v1/nodes/{node}/status" in [p for p, _ in writes()]
     now[0] += 30.0  # silent past VKP_BASE_UNREACHABLE_AFTER: readiness changed, compared again
     await controller.reconcile(node)
     assert len(computed) == 4
@@ -250,27 +227,16 @@ async def test_a_reconcile_before_the_informer_shows_a_created_node_does_not_cre
     node = "vnode.b1.test"
     registry.health(node, BaseHealth(cpu_count=4, memory_max_bytes=2**30))
     cfg = vnode.NodeConfig(env="test", stack="java", max_pods=100, kubelet_version="v1", kubelet_port=0)
-    cache: dict[str, object] = {}
-    calls: list[str] = []
-
-    class Kube:
-        async def create(self, path: str, body: dict[str, object], **kw: object) -> object:
-            calls.append("create")
-            return {**body, "metadata": {**body["metadata"], "resourceVersion": "1"}}  # type: ignore[dict-item]
-
-        async def patch(self, path: str, body: object, **kw: object) -> object:
-            calls.append("patch " + path)
-            return {}
-
-    controller = NodeController(settings, Kube(), registry, cache, _Held(), {}, _NoEvents(),  # type: ignore[arg-type]
-                                cfg, clock=lambda: 100.0)
-    controller._maybe_probe = lambda view, now: None  # type: ignore[method-assign]
+    cache: dict[str, dict[str, Any]] = {}
+    api = fakes.Api()
+    controller = NodeController(node_settings(settings), registry, cache, fakes.Claims(),
+                                VnodeWrites(fakes.Holds(), api, fakes.Events(), {}), cfg, clock=lambda: 100.0)
     await controller.reconcile(node)
     await controller.reconcile(node)  # the watch has not shown the Node yet
-    assert calls == ["create"]
+    assert [verb for verb, _, _ in api.calls] == ["create"]
     shown = {"metadata": {"name": node, "resourceVersion": "1"}}
     cache[node] = shown
-    controller.on_node_change(node, None, shown)  # type: ignore[arg-type]
+    controller.on_node_change(node, None, shown)
     assert node not in controller._created
 
 
@@ -292,17 +258,16 @@ async def test_a_probe_answered_after_a_deactivated_heartbeat_does_not_bring_the
     asked = asyncio.Event()
     answer = asyncio.Event()
 
-    class Tunnel:
-        name = "http"
-
+    class Tunnel(fakes.Tunnel):
         async def health(self, base: object) -> BaseHealth:
             asked.set()
             await answer.wait()
             return BaseHealth(cpu_count=2, master_biz_state="ACTIVATED")
 
     cfg = vnode.NodeConfig(env="test", stack="java", max_pods=100, kubelet_version="v1", kubelet_port=0)
-    controller = NodeController(settings, None, registry, {}, _Held(), {"http": Tunnel()},  # type: ignore[arg-type]
-                                _NoEvents(), cfg, clock=lambda: now[0])  # type: ignore[arg-type]
+    controller = NodeController(node_settings(settings), registry, {}, fakes.Claims(),
+                                VnodeWrites(fakes.Holds(), fakes.Api(), fakes.Events(), {"http": Tunnel()}), cfg,
+                                clock=lambda: now[0])
     probe = controller._start_probe(node)
     await asyncio.wait_for(asked.wait(), 5)
     now[0] += 1.0
@@ -365,58 +330,34 @@ def _node_showing(ready: str | None, identity: str = "b1") -> dict[str, Any]:
     return node
 
 
-class _Keeper:
-    """A lease keeper for one vnode that this replica holds from ``gain()`` on (a takeover)."""
-
-    me = "me"
-
-    def __init__(self) -> None:
-        self.held = False
-        self.dropped: list[str] = []
-
-    def may_write(self, n: str) -> bool:
-        return self.held
-
-    def fenced(self, n: str) -> bool:
-        return False
-
-    def lease_of(self, n: str) -> object:
-        return object()  # somebody holds it (the old holder, until the takeover)
-
-    async def drop(self, n: str) -> None:
-        self.dropped.append(n)
-
-
-def _standby(now: list[float], probe: Any) -> tuple[Any, BaseRegistry, dict[str, Any], _Keeper, list[str]]:
+def _standby(now: list[float], probe: Any) -> tuple[Any, BaseRegistry, dict[str, Any], Any, Any]:
     """A NodeController of a standby replica (started at ``now[0]``) that never hears base b1, whose Node the
-    informer shows; ``probe()`` is the base's answer to a health probe (raise TunnelError: no answer)."""
+    informer shows; ``probe()`` is the base's answer to a health probe (raise TunnelError: no answer). The vnode is
+    held from ``holds.of[node] = Hold.HELD`` on (a takeover); somebody else holds it before."""
     from vkprovider.config import load_settings
     from vkprovider.controllers.nodes import NodeController
     from vkprovider.core import node as vnode
 
     settings = load_settings({"ENV": "test", "VKP_BASE_UNREACHABLE_AFTER": "25", "VKP_BASE_DEAD_AFTER": "600"})
     registry = BaseRegistry("test", clock=lambda: now[0])
-    deleted: list[str] = []
 
-    class Kube:
-        async def delete(self, path: str, **kw: object) -> None:
-            deleted.append(path)
-
-        async def patch(self, path: str, body: object, **kw: object) -> object:
-            return {}
-
-    class Tunnel:
-        name = "http"
-
-        async def health(self, base: object) -> object:
+    class Tunnel(fakes.Tunnel):
+        async def health(self, base: object) -> Any:
             return probe()
 
     cfg = vnode.NodeConfig(env="test", stack="java", max_pods=100, kubelet_version="v1", kubelet_port=0)
     cache: dict[str, Any] = {}
-    keeper = _Keeper()
-    controller = NodeController(settings, Kube(), registry, cache, keeper, {"http": Tunnel()},  # type: ignore[arg-type]
-                                _NoEvents(), cfg, clock=lambda: now[0])  # type: ignore[arg-type]
-    return controller, registry, cache, keeper, deleted
+    holds = fakes.Holds(Hold.LOST)
+    api = fakes.Api()
+    controller = NodeController(node_settings(settings), registry, cache, fakes.Claims(lease=object()),
+                                VnodeWrites(holds, api, fakes.Events(), {"http": Tunnel()}), cfg,
+                                clock=lambda: now[0])
+    return controller, registry, cache, holds, api
+
+
+def _deleted(api: Any) -> list[str]:
+    """The Nodes deleted through the fake API."""
+    return [path for verb, path, _ in api.calls if verb == "delete"]
 
 
 def _show(controller: Any, cache: dict[str, Any], ready: str | None) -> None:
@@ -446,24 +387,24 @@ async def test_a_takeover_counts_a_base_silence_from_what_the_node_showed_not_fr
         raise TunnelError("connection refused")
 
     now = [0.0]
-    controller, registry, cache, keeper, removed = _standby(now, no_answer)
+    controller, registry, cache, holds, api = _standby(now, no_answer)
     _show(controller, cache, "True")
     if unready_at is not None:
         now[0] = unready_at
         _show(controller, cache, "Unknown")
     now[0] = taken_at
-    keeper.held = True
+    holds.of["vnode.b1.test"] = Hold.HELD
     controller.on_gained("vnode.b1.test")
     await controller.reconcile("vnode.b1.test")
     await asyncio.gather(*controller._probes.values())  # the takeover's probe: no answer
     await controller.reconcile("vnode.b1.test")
-    assert (removed == ["/api/v1/nodes/vnode.b1.test"]) is deleted, removed
+    assert (_deleted(api) == ["/api/v1/nodes/vnode.b1.test"]) is deleted, api.calls
     if not deleted:  # it goes only once the silence counted from the Node passes the dead window
         now[0] = (unready_at if unready_at is not None else taken_at) + 600.5
         await controller.reconcile("vnode.b1.test")
         await asyncio.gather(*controller._probes.values())
         await controller.reconcile("vnode.b1.test")
-        assert removed == ["/api/v1/nodes/vnode.b1.test"]
+        assert _deleted(api) == ["/api/v1/nodes/vnode.b1.test"]
 
 
 async def test_a_takeover_asks_the_base_before_deleting_its_node_and_an_answer_keeps_it() -> None:
@@ -478,18 +419,18 @@ async def test_a_takeover_asks_the_base_before_deleting_its_node_and_an_answer_k
         asked.append(now[0])
         return BaseHealth(cpu_count=2, master_biz_state="ACTIVATED")
 
-    controller, registry, cache, keeper, removed = _standby(now, answer)
+    controller, registry, cache, holds, api = _standby(now, answer)
     _show(controller, cache, "Unknown")
     now[0] = 700.0
-    keeper.held = True
+    holds.of["vnode.b1.test"] = Hold.HELD
     controller.on_gained("vnode.b1.test")
     await controller.reconcile("vnode.b1.test")
-    assert removed == [] and controller._probes  # asked first
+    assert _deleted(api) == [] and controller._probes  # asked first
     await asyncio.gather(*controller._probes.values())
     assert asked == [700.0]
     await controller.reconcile("vnode.b1.test")
     view = registry.get("vnode.b1.test")
-    assert removed == [] and view is not None and view.readiness(now[0], 25) is BaseReadiness.READY
+    assert _deleted(api) == [] and view is not None and view.readiness(now[0], 25) is BaseReadiness.READY
 
 
 @pytest.mark.parametrize(

@@ -22,25 +22,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import Counter, Gauge
 
-from vkprovider.config import Settings
+from vkprovider.config import NodeSettings
 from vkprovider.controllers.bases import BaseRegistry, BaseView, Clock
-from vkprovider.controllers.ownership import FENCED_RETRY_S, LeaseKeeper
+from vkprovider.controllers.fence import Hold, VnodeScope, VnodeWrites, node_ref
 from vkprovider.controllers.queue import Requeue, WorkQueue
 from vkprovider.core import node as vnode
 from vkprovider.core import ownership as own
 from vkprovider.core.node import BaseReadiness
 from vkprovider.core.sanitize import MAX_LOG_TEXT, clean
-from vkprovider.kube.client import ApiError, Kube
-from vkprovider.kube.events import EventRecorder
-from vkprovider.kube.informer import Informer
-from vkprovider.tunnels.base import Tunnel, TunnelError
+from vkprovider.kube.client import ApiError
+from vkprovider.tunnels.base import TunnelError
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +55,9 @@ _READY_LABEL = {BaseReadiness.READY: "true", BaseReadiness.DEACTIVATED: "false",
 PROBE_EVERY_S = 5.0  # while a held base is silent, ask it this often whether it is alive
 HEALTH_BEFORE_CREATE_S = 2.0  # how long a registration waits for the base's resources before creating its Node
 CREATED_TRUST_S = 10.0  # how long a Node this replica created stands in for the informer's copy
+# Registration is a few API round trips per base: many workers, so 1,000 new bases register concurrently (the kube
+# facade bounds the requests in flight).
+NODE_WORKERS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,35 +80,55 @@ def iso_time(dt: datetime) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class VnodeClaims(Protocol):
+    """What the node controller asks the Lease keeper besides the hold (the write port asks that)."""
+
+    me: str
+
+    def lease_of(self, node: str) -> own.Observed | None: ...
+
+    def live_members(self) -> list[str]: ...
+
+    def held_count(self) -> int: ...
+
+    def held_nodes(self) -> list[str]: ...
+
+    async def claim(self, node: str) -> bool: ...
+
+    async def drop(self, node: str) -> None: ...
+
+
+class NodeCache(Protocol):
+    """The Node informer's cache."""
+
+    def get(self, key: str) -> dict[str, Any] | None: ...
+
+    def items(self) -> Iterable[dict[str, Any]]: ...
+
+
 class NodeController:
     def __init__(
         self,
-        settings: Settings,
-        kube: Kube,
+        settings: NodeSettings,
         registry: BaseRegistry,
-        nodes: Informer,
-        keeper: LeaseKeeper,
-        tunnels: Mapping[str, Tunnel],
-        events: EventRecorder,
+        nodes: NodeCache,
+        keeper: VnodeClaims,
+        writes: VnodeWrites,
         node_config: vnode.NodeConfig,
         *,
         clock: Clock,
         wall: Callable[[], datetime] | None = None,
     ) -> None:
         self.settings = settings
-        self.kube = kube
         self.registry = registry
         self.nodes = nodes
         self.keeper = keeper
-        self.tunnels = tunnels
-        self.events = events
+        self.writes = writes
         self.cfg = node_config
         self.clock = clock
         self.wall = wall or (lambda: datetime.now(UTC))
         self.started = clock()
-        # Registration is a few API round trips per base: many workers, so 1,000 new bases register concurrently
-        # (the kube facade bounds the requests in flight).
-        self.queue = WorkQueue("node", self.reconcile, workers=max(settings.workers, 256))
+        self.queue = WorkQueue("node", self.reconcile, workers=NODE_WORKERS)
         self._status_written: dict[str, float] = {}
         self._readiness: dict[str, BaseReadiness] = {}
         self._probes: dict[str, asyncio.Task[None]] = {}
@@ -189,9 +210,11 @@ class NodeController:
                 current = created
             else:
                 del self._created[node]
-        if self.keeper.fenced(node):
-            return FENCED_RETRY_S  # held, a renewal late: no writes until it lands, then look again
-        if not self.keeper.may_write(node) and not await self._maybe_claim(node, view, current, now):
+        scope = self.writes.scope(node)
+        hold = self.writes.hold(node)
+        if hold is Hold.FENCED:
+            scope.check()  # held, a renewal late: no writes until it lands, then look again
+        if hold is Hold.LOST and not await self._maybe_claim(node, view, current, now):
             return None
         if view is None:
             if current is None:
@@ -206,13 +229,12 @@ class NodeController:
             if node in self._unprobed:  # taken over: ask the base before its Node goes (the probe re-queues)
                 self._start_probe(node)
                 return PROBE_EVERY_S
-            await self._delete(node, current, f"base silent for {int(silent)}s")
+            await self._delete(scope, current, f"base silent for {int(silent)}s")
             return None
         readiness = view.readiness(now, self.settings.base_unreachable_after_s)
         self._maybe_probe(view, now)
-        self._track_readiness(view, readiness, current)
-        if not self.keeper.may_write(node):
-            return FENCED_RETRY_S if self.keeper.fenced(node) else None
+        self._track_readiness(scope, view, readiness, current)
+        scope.check()
         synced = self._synced.get(node)
         if current is not None and synced is not None and synced.holds(current, view, readiness) and not (
                 now - self._status_written.get(node, now) >= self.settings.node_status_refresh_s):
@@ -228,27 +250,24 @@ class NodeController:
                 await self._health_before_create(view)
                 # everything may have moved during the wait: derive again
                 view, now = self.registry.get(node) or view, self.clock()
-                if not self.keeper.may_write(node):
-                    return FENCED_RETRY_S if self.keeper.fenced(node) else None
+                scope.check()
                 silent = view.silent_for(now)
                 readiness = view.readiness(now, self.settings.base_unreachable_after_s)
                 desired = vnode.node_status(view.heartbeat, view.health, self.cfg, readiness=readiness,
                                             silent_for_s=silent,
                                             unreachable_after_s=self.settings.base_unreachable_after_s)
-            current = await self._create(view, vnode.with_times(desired, None, stamp), readiness)
+            current = await self._create(scope, view, vnode.with_times(desired, None, stamp), readiness)
             if self.nodes.get(node) is None:
                 self._created[node] = (current, self.clock())
             self._status_written[node] = now
         else:
-            await self._sync_meta(view, current, readiness, stamp)
+            await self._sync_meta(scope, view, current, readiness, stamp)
             status = current.get("status") or {}
             last = self._status_written.get(node)
             refresh_due = last is not None and now - last >= self.settings.node_status_refresh_s
             if vnode.status_differs(desired, status) or refresh_due:
-                if not self.keeper.may_write(node):
-                    return FENCED_RETRY_S if self.keeper.fenced(node) else None
                 body = vnode.with_times(desired, status, stamp)
-                await self.kube.patch(f"/api/v1/nodes/{node}/status", {"status": body}, kind="merge")
+                await scope.patch_node_status({"status": body})
                 NODE_WRITES.labels("status").inc()
                 self._status_written[node] = now
             else:
@@ -295,7 +314,8 @@ class NodeController:
         except ApiError as exc:
             raise Requeue(f"claiming the lease of {node} failed: {exc}") from exc
 
-    def _track_readiness(self, view: BaseView, readiness: BaseReadiness, current: Mapping[str, Any] | None) -> None:
+    def _track_readiness(self, scope: VnodeScope, view: BaseView, readiness: BaseReadiness,
+                         current: Mapping[str, Any] | None) -> None:
         node = view.node
         before = self._readiness.get(node)
         if before is None:
@@ -308,17 +328,17 @@ class NodeController:
         if before == readiness:
             return
         if before is not None or readiness is not BaseReadiness.READY:
-            ref = {"kind": "Node", "apiVersion": "v1", "metadata": {"name": node}}
+            ref = node_ref(node)
             if readiness is BaseReadiness.READY:
                 view.ledger.retry_now()
-                self.events.normal(ref, "NodeReady", f"base {view.heartbeat.identity} is back")
+                scope.normal(ref, "NodeReady", f"base {view.heartbeat.identity} is back")
                 log.info("vnode %s Ready: base %s is back", node, view.heartbeat.identity, extra={"node": node})
             else:
                 why = ("the base said DEACTIVATED (shutting down)" if readiness is BaseReadiness.DEACTIVATED
                        else f"no heartbeat or answer from the base for more than "
                             f"{self.settings.base_unreachable_after_s:g}s")
                 reason = "BaseDeactivated" if readiness is BaseReadiness.DEACTIVATED else "BaseUnreachable"
-                self.events.warning(ref, "NodeNotReady", f"{reason}: {why}")
+                scope.warning(ref, "NodeNotReady", f"{reason}: {why}")
                 log.info("vnode %s not ready (%s): %s", node, reason, why, extra={"node": node})
         if readiness is BaseReadiness.READY:
             view.ledger.request_read()  # it was away: it may have restarted and lost its bizs
@@ -366,12 +386,11 @@ class NodeController:
         view = self.registry.get(node)
         if view is None:
             return
-        tunnel = self.tunnels.get(view.heartbeat.tunnel)
-        if tunnel is None:
+        if not self.writes.reaches(view.heartbeat):
             return
         sent = self.clock()
         try:
-            health = await tunnel.health(view.heartbeat)
+            health = await self.writes.reads(view.heartbeat).health(view.heartbeat)
         except TunnelError as exc:
             log.debug("health of %s failed: %s", node, clean(exc, MAX_LOG_TEXT))
             view.health_at = self.clock()
@@ -380,21 +399,22 @@ class NodeController:
         if self.registry.probed(node, health, sent) or was_silent:  # the registry decides what the answer says
             self.queue.add(node)
 
-    async def _create(self, view: BaseView, status: dict[str, object], readiness: BaseReadiness) -> dict[str, Any]:
+    async def _create(self, scope: VnodeScope, view: BaseView, status: dict[str, object],
+                      readiness: BaseReadiness) -> dict[str, Any]:
         body = vnode.new_node(view.heartbeat, self.cfg, status, readiness)
         try:
-            created: dict[str, Any] = await self.kube.create("/api/v1/nodes", body)
+            created: dict[str, Any] = await scope.create_node(body)
         except ApiError as exc:
             if exc.is_already_exists:
                 raise Requeue("node exists but is not cached yet") from exc
             raise
         NODE_WRITES.labels("create").inc()
         log.info("registered vnode %s for base %s", view.node, view.heartbeat.identity, extra={"node": view.node})
-        self.events.normal(created, "RegisteredNode", f"Node {view.node} registered by vkprovider {self.keeper.me}")
+        scope.normal(created, "RegisteredNode", f"Node {view.node} registered by vkprovider {self.keeper.me}")
         return created
 
-    async def _sync_meta(self, view: BaseView, current: dict[str, Any], readiness: BaseReadiness,
-                         stamp: str) -> None:
+    async def _sync_meta(self, scope: VnodeScope, view: BaseView, current: dict[str, Any],
+                         readiness: BaseReadiness, stamp: str) -> None:
         """Labels, annotations, taints and a missing providerID in one merge patch (resourceVersion-guarded when
         taints change)."""
         md = current.get("metadata") or {}
@@ -419,23 +439,21 @@ class NodeController:
             patch["spec"] = {"taints": taints}
         if provider_id:
             patch.setdefault("spec", {})["providerID"] = provider_id
-        if not self.keeper.may_write(view.node):
-            return
         try:
-            await self.kube.patch(f"/api/v1/nodes/{view.node}", patch, kind="merge")
+            await scope.patch_node(patch)
         except ApiError as exc:
             if exc.is_conflict:
                 raise Requeue("node changed while updating its taints") from exc
             raise
         NODE_WRITES.labels("meta").inc()
 
-    async def _delete(self, node: str, current: Mapping[str, Any] | None, why: str) -> None:
-        if not self.keeper.may_write(node):
-            return
+    async def _delete(self, scope: VnodeScope, current: Mapping[str, Any] | None, why: str) -> None:
+        scope.check()
+        node = scope.node
         log.info("deleting vnode %s: %s", node, why, extra={"node": node})
         if current is not None:
-            self.events.normal(dict(current), "RemovingNode", f"Node {node}: {why}")
-            await self.kube.delete(f"/api/v1/nodes/{node}")
+            scope.normal(dict(current), "RemovingNode", f"Node {node}: {why}")
+            await scope.delete_node()
             NODE_WRITES.labels("delete").inc()
         await self.keeper.drop(node)
         self.registry.forget(node)

@@ -49,13 +49,13 @@ RIGHTS: tuple[Right, ...] = (
     Right("", "nodes", "list", _NODE_CACHE),
     Right("", "nodes", "watch", _NODE_CACHE),
     Right("", "nodes", "create", "NodeController._create registers the vnode of a newly heard base "
-                                 "(controllers/nodes.py)"),
+                                 "(controllers/nodes.py, through the write port: controllers/fence.py)"),
     Right("", "nodes", "patch", "NodeController._sync_meta writes a vnode's labels, annotations and taints "
-                                "(controllers/nodes.py)"),
+                                "(controllers/nodes.py, through the write port: controllers/fence.py)"),
     Right("", "nodes", "delete", "NodeController._delete removes the vnode of a base silent past "
-                                 "VKP_BASE_DEAD_AFTER (controllers/nodes.py)"),
+                                 "VKP_BASE_DEAD_AFTER (controllers/nodes.py, through controllers/fence.py)"),
     Right("", "nodes/status", "patch", "NodeController writes a vnode's conditions, capacity and addresses "
-                                       "(controllers/nodes.py)"),
+                                       "(controllers/nodes.py, through controllers/fence.py)"),
     Right("", "pods", "list", _POD_CACHE),
     Right("", "pods", "watch", _POD_CACHE),
     Right("", "pods", "delete", "the module controller removes a deleted module pod once its biz is uninstalled "
