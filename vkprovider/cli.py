@@ -11,7 +11,7 @@ import asyncio
 import gc
 import sys
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import uvloop
 
@@ -63,13 +63,16 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
-def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+_T = TypeVar("_T")
+
+
+def run_event_loop(main: Coroutine[Any, Any, _T]) -> _T:
     """Run ``main`` on uvloop's event loop (libuv), after ``tune_gc``: at 1,000 bases the process is mostly the
     loop itself (socket reads and writes, TLS, timers, task switches), which uvloop does in C at a fraction of
     asyncio's cost."""
     tune_gc()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(main)
+        return runner.run(main)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,12 +115,11 @@ def main(argv: list[str] | None = None) -> int:
 
         setup_logging(settings.log_format, settings.log_level)
         try:
-            run_event_loop(run(settings))
+            return run_event_loop(run(settings))
         except ConfigError as exc:
             return _fail(str(exc))
         except KeyboardInterrupt:
             return 0
-        return 0
     if args.command == "sim":
         from vkprovider.logs import setup_logging
         from vkprovider.sim.cli import run_sim

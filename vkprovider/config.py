@@ -370,6 +370,22 @@ def node_settings(s: Settings) -> NodeSettings:
                         base_health_interval_s=s.base_health_interval_s, node_status_refresh_s=s.node_status_refresh_s)
 
 
+@dataclass(frozen=True, slots=True)
+class AdmissionSettings:
+    """What heartbeat admission is told."""
+
+    env: str
+    max_vnodes: int
+    new_bases_per_second: float
+    new_bases_burst: int
+    unreachable_after_s: float
+
+
+def admission_settings(s: Settings) -> AdmissionSettings:
+    return AdmissionSettings(env=s.env, max_vnodes=s.max_vnodes, new_bases_per_second=s.new_bases_per_second,
+                             new_bases_burst=s.new_bases_burst, unreachable_after_s=s.base_unreachable_after_s)
+
+
 def module_settings(s: Settings) -> ModuleSettings:
     return ModuleSettings(env=s.env, workers=s.workers, url_policy=s.url_policy, namespace_policy=s.namespace_policy,
                           unreachable_after_s=s.base_unreachable_after_s, read_interval_s=s.base_bizs_interval_s,

@@ -4,7 +4,7 @@
 def test_free_heap_memory_goes_back_to_the_system() -> None:
     """After a burst of medium-sized allocations (bodies, buffers: glibc's heap, not Python's arenas) is freed,
     the RSS stays at its high-water mark until the heap is trimmed."""
-    from vkprovider.app import return_free_memory
+    from vkprovider.process import return_free_memory
 
     def rss_mb() -> float:
         with open("/proc/self/statm") as fh:

@@ -140,21 +140,20 @@ class NodeController:
         # quarter of the vnodes of a 1,000-base start).
         self._created: dict[str, tuple[dict[str, Any], float]] = {}
         self.on_base_changed: list[Callable[[str], None]] = []
-        self._gauges_task: asyncio.Task[None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
-    async def start(self) -> None:
-        await self.queue.start()
+    async def run(self) -> None:
+        """Reconcile every cached Node once, then whatever changes, until cancelled (a root task)."""
         for node in self.nodes.items():
             self.queue.add(node["metadata"]["name"])
-        self._gauges_task = asyncio.create_task(self._gauges_forever(), name="node-gauges")
+        try:
+            await asyncio.gather(self.queue.run(), self._gauges_forever())
+        finally:
+            for task in self._probes.values():
+                task.cancel()
 
-    async def stop(self) -> None:
-        if self._gauges_task is not None:
-            self._gauges_task.cancel()
-        for task in self._probes.values():
-            task.cancel()
-        await self.queue.stop()
+    def ready(self) -> bool:
+        return self.queue.running
 
     def on_node_change(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         self._created.pop(key, None)  # the cache has caught up with our create (or the Node is gone)

@@ -35,7 +35,7 @@ import heapq
 import logging
 import random
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,6 +44,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from vkprovider.config import Settings
 from vkprovider.controllers.bases import Clock
 from vkprovider.controllers.fence import Hold
+from vkprovider.controllers.leases import LeaseWriter
 from vkprovider.core import node as vnode
 from vkprovider.core import ownership as own
 from vkprovider.kube.client import ApiError, Kube
@@ -94,10 +95,6 @@ def lease_client(kube: Kube, timing: own.Timing, max_inflight: int) -> Kube:
     return kube.lane(max_inflight, timeout_s=budget.attempt_s, total_s=budget.total_s, repeatable=True)
 
 
-def micro_time(dt: datetime) -> str:
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def membership_lease_name(env: str, client_id: str) -> str:
     """A valid Lease name for a replica's membership, distinct per client id."""
     slug = re.sub(r"[^a-z0-9-]+", "-", client_id.lower()).strip("-")[:40] or "replica"
@@ -119,6 +116,10 @@ class LeaseKeeper:
     ) -> None:
         self.settings = settings
         self.kube = kube
+        self.writer = LeaseWriter(kube, vnode.LEASE_NAMESPACE, settings.client_id, settings.node_lease_duration_s,
+                                  clock=clock, wall=wall or (lambda: datetime.now(UTC)))
+        self.member_writer = LeaseWriter(kube, settings.namespace, settings.client_id, settings.node_lease_duration_s,
+                                         clock=clock, wall=wall or (lambda: datetime.now(UTC)))
         self.events = events
         self.clock = clock
         self.wall = wall or (lambda: datetime.now(UTC))
@@ -375,7 +376,7 @@ class LeaseKeeper:
         async def refresh(node: str) -> None:
             async with self._writes:
                 try:
-                    fresh = await self.kube.get(self._lease_path(node))
+                    fresh = await self.kube.get(f"{self._lease_path()}/{node}")
                 except ApiError as exc:
                     if exc.is_not_found:
                         self._observed.pop(node, None)
@@ -390,10 +391,6 @@ class LeaseKeeper:
 
     # --- membership ---------------------------------------------------------------------------------------
 
-    def _member_path(self, name: str = "") -> str:
-        base = f"/apis/coordination.k8s.io/v1/namespaces/{self.settings.namespace}/leases"
-        return f"{base}/{name}" if name else base
-
     def _renew_membership(self, now: float) -> None:
         """Start the membership renewal when it is due and none is under way; never wait for it."""
         held = self._member_held
@@ -403,56 +400,30 @@ class LeaseKeeper:
             self._member_write = asyncio.create_task(self._keep_membership(now), name="lease-membership")
 
     async def _keep_membership(self, now: float) -> None:
-        held = self._member_held
-        stamp = micro_time(self.wall())
         try:
-            if held is None:
-                body = {
-                    "apiVersion": "coordination.k8s.io/v1",
-                    "kind": "Lease",
-                    "metadata": {"name": self.member_lease, "namespace": self.settings.namespace,
-                                 "labels": {MEMBER_LABEL: self.env, own.MANAGED_BY_LABEL: own.MANAGED_BY}},
-                    "spec": {"holderIdentity": self.me, "leaseDurationSeconds": int(self.timing.lease_duration_s),
-                             "acquireTime": stamp, "renewTime": stamp},
-                }
-                try:
-                    answer = await self.kube.create(self._member_path(), body)
-                except ApiError as exc:
-                    if not exc.is_already_exists:
-                        raise
-                    answer = await self.kube.patch(self._member_path(self.member_lease),
-                                                   {"spec": {"holderIdentity": self.me, "renewTime": stamp,
-                                                             "leaseDurationSeconds":
-                                                                 int(self.timing.lease_duration_s)}},
-                                                   kind="merge")
-            else:
-                answer = await self.kube.patch(self._member_path(self.member_lease),
-                                               {"spec": {"renewTime": stamp}}, kind="merge")
+            held = await self.member_writer.keep(self.member_lease,
+                                                 {MEMBER_LABEL: self.env, own.MANAGED_BY_LABEL: own.MANAGED_BY},
+                                                 self._member_held)
             if not self._stopping:
-                self._member_held = own.Held(now, _rv(answer))
+                self._member_held = held
         except ApiError as exc:
             log.warning("renewing this replica's membership lease failed: %s", exc)
 
     # --- acting ---------------------------------------------------------------------------------------------
 
-    def _lease_path(self, node: str = "") -> str:
-        base = f"/apis/coordination.k8s.io/v1/namespaces/{vnode.LEASE_NAMESPACE}/leases"
-        return f"{base}/{node}" if node else base
+    def _lease_path(self) -> str:
+        return f"/apis/coordination.k8s.io/v1/namespaces/{vnode.LEASE_NAMESPACE}/leases"
 
     async def claim(self, node: str) -> bool:
         """Create the Lease of a vnode nobody holds yet (a base heard for the first time). Atomic: of several
         replicas claiming at once one wins; the others see AlreadyExists."""
         if node in self._observed or node in self._held or self._stopping:
             return self.may_write(node)
-        now = self.clock()
-        body = vnode.new_lease(node, self.me, int(self.timing.lease_duration_s), micro_time(self.wall()), self.env)
-        try:
-            answer = await self.kube.create(self._lease_path(), body)
-        except ApiError as exc:
-            if exc.is_already_exists:
-                return False
-            raise
-        self._gain(node, own.Held(now, _rv(answer), self._first_renewal(now)), "claimed a new base")
+        held = await self.writer.create(node, vnode.lease_labels(self.env))
+        if held is None:
+            return False
+        self._gain(node, own.Held(held.renewed_at, held.resource_version, self._first_renewal(held.renewed_at)),
+                   "claimed a new base")
         return True
 
     async def _carry_out(self, node: str, decision: own.Decision) -> None:
@@ -474,113 +445,45 @@ class LeaseKeeper:
         held = self._held.get(node)
         if held is None:
             return
-        sent = self.clock()
-        stamp = micro_time(self.wall())
-        body = {"metadata": {"resourceVersion": held.resource_version}, "spec": {"renewTime": stamp}}
         try:
             with RENEW_SECONDS.time():
-                answer = await self.kube.patch(self._lease_path(node), body, kind="merge")
-        except ApiError as exc:
-            if exc.is_conflict:
-                await self._after_conflict(node, held, stamp, sent)
-                return
-            if exc.is_not_found:
-                self._lose(node, "its Lease was deleted")
-                return
+                renewal = await self.writer.renew(node, held)
+        except ApiError:
             LEASE_EVENTS.labels("renew_failed").inc()
             raise
-        if node in self._held:
-            self._held[node] = own.Held(sent, _rv(answer))
-
-    async def _after_conflict(self, node: str, held: own.Held, stamp: str, sent: float) -> None:
-        """A renewal lost a race: somebody else wrote the Lease - or this renewal itself, sent twice after its first
-        answer was lost, whose first copy landed (the Lease then carries our ``stamp``: renewed). Still ours
-        otherwise (a label edit, another controller touching renewTime)? Renew on the fresh version; else lost."""
-        LEASE_EVENTS.labels("conflict").inc()
-        fresh = await self.kube.get(self._lease_path(node))
-        facts = own.LeaseFacts.from_object(fresh, self.timing.lease_duration_s)
-        if facts.holder != self.me:
-            self._lose(node, f"taken by {facts.holder or 'nobody'}")
-            return
-        if ((fresh.get("spec") or {}) if isinstance(fresh, Mapping) else {}).get("renewTime") == stamp:
-            if node in self._held:
-                self._held[node] = own.Held(sent, facts.resource_version)
-            return
-        log.warning("lease %s was written by someone else while we hold it (is another controller, e.g. the Go "
-                    "ModuleController, still running with CLIENT_ID=%s?)", node, self.me, extra={"node": node})
-        sent = self.clock()
-        answer = await self.kube.patch(self._lease_path(node),
-                                       {"metadata": {"resourceVersion": facts.resource_version},
-                                        "spec": {"renewTime": micro_time(self.wall())}}, kind="merge")
-        if node in self._held:
-            self._held[node] = own.Held(sent, _rv(answer))
+        if renewal.conflict:
+            LEASE_EVENTS.labels("conflict").inc()
+        if renewal.held is None:
+            self._lose(node, renewal.lost)
+        elif node in self._held:
+            self._held[node] = renewal.held
 
     async def _acquire(self, node: str, why: str) -> None:
         observed = self._observed.get(node)
         if observed is None:
             return
         facts = observed.facts
-        stamp = micro_time(self.wall())
-        sent = self.clock()
-        spec: dict[str, Any] = {"holderIdentity": self.me, "renewTime": stamp,
-                                "leaseDurationSeconds": int(self.timing.lease_duration_s)}
-        if facts.holder != self.me:
-            spec["acquireTime"] = stamp
-            spec["leaseTransitions"] = facts.transitions + 1
-        body = {
-            "metadata": {
-                "resourceVersion": facts.resource_version,
-                "labels": {vnode.LABEL_COMPONENT: vnode.LEASE_COMPONENT, vnode.LABEL_ENV: self.env,
-                           own.MANAGED_BY_LABEL: own.MANAGED_BY},
-            },
-            "spec": spec,
-        }
-        try:
-            answer = await self.kube.patch(self._lease_path(node), body, kind="merge")
-        except ApiError as exc:
-            if exc.is_conflict or exc.is_not_found:
-                # Somebody else was faster, or it is gone: what we saw is out of date (our watch may be behind).
-                # Read it again before deciding again, not a PATCH and a 409 on every tick (module docstring).
-                self._stale.add(node)
-                return
-            raise
-        self._gain(node, own.Held(sent, _rv(answer), self._first_renewal(sent)),
+        held = await self.writer.acquire(node, facts, vnode.lease_labels(self.env))
+        if held is None:
+            # Somebody else was faster, or it is gone: what we saw is out of date (our watch may be behind). Read
+            # it again before deciding again, not a PATCH and a 409 on every tick (module docstring).
+            self._stale.add(node)
+            return
+        self._gain(node, own.Held(held.renewed_at, held.resource_version, self._first_renewal(held.renewed_at)),
                    why if facts.holder != self.me else "")
         if facts.holder and facts.holder != self.me:
             self.events.normal({"kind": "Node", "apiVersion": "v1", "metadata": {"name": node}},
                                "LeaseTakenOver", f"vkprovider {self.me} took over the lease from {facts.holder}: {why}")
 
     async def _hand_over(self, node: str, to: str, why: str) -> bool:
-        """Write ``to`` as the holder. This replica stops acting for the vnode first, whatever the answer; a 409
-        (our own renewal raced it) is retried once on the fresh version if the Lease still names us."""
+        """Write ``to`` as the holder. This replica stops acting for the vnode first, whatever the answer."""
         held = self._held.get(node)
         if held is None:
             return False
         observed = self._observed.get(node)
         transitions = observed.facts.transitions if observed is not None else 0
-        stamp = micro_time(self.wall())
         self._lose(node, f"handing over to {to} ({why})", handed_over=True)
-        version = held.resource_version
-        for _ in range(2):
-            body = {"metadata": {"resourceVersion": version},
-                    "spec": {"holderIdentity": to, "acquireTime": stamp, "renewTime": stamp,
-                             "leaseTransitions": transitions + 1}}
-            try:
-                await self.kube.patch(self._lease_path(node), body, kind="merge")
-                return True
-            except ApiError as exc:
-                if exc.is_not_found:
-                    return False
-                if not exc.is_conflict:
-                    raise
-            fresh = own.LeaseFacts.from_object(await self.kube.get(self._lease_path(node)),
-                                               self.timing.lease_duration_s)
-            if fresh.holder == to:
-                return True  # our own write, sent twice after its first answer was lost: the first landed
-            if fresh.holder != self.me:
-                return False  # somebody else has it now: nothing to hand over
-            version, transitions = fresh.resource_version, fresh.transitions
-        return False
+        return await self.writer.hand_over(node, held, transitions, to)
 
     def _gain(self, node: str, held: own.Held, why: str) -> None:
         fresh = node not in self._held
@@ -612,12 +515,7 @@ class LeaseKeeper:
             return
         self._lose(node, "its base is gone")
         self._observed.pop(node, None)
-        preconditions = {"resourceVersion": held.resource_version} if held.resource_version else None
-        try:
-            await self.kube.delete(self._lease_path(node), preconditions=preconditions)
-        except ApiError as exc:
-            if not exc.is_conflict:
-                raise
+        await self.writer.delete(node, held)
 
     # --- shutdown ---------------------------------------------------------------------------------------------
 
@@ -631,7 +529,7 @@ class LeaseKeeper:
         # Leave the membership first: the others stop choosing this replica for anything (without it a
         # receiving replica could hand a vnode straight back to the one that is leaving).
         with contextlib.suppress(ApiError):
-            await self.kube.delete(self._member_path(self.member_lease))
+            await self.member_writer.delete(self.member_lease)
         if self._writes_in_flight:  # let renewals under way land first: their answers carry the newest version
             await asyncio.wait(set(self._writes_in_flight), timeout=5.0)
         now = self.clock()
@@ -658,8 +556,3 @@ class LeaseKeeper:
     def jitter(self) -> float:
         return random.uniform(0.0, TICK_S)
 
-
-def _rv(answer: object) -> str:
-    if isinstance(answer, Mapping):
-        return str((answer.get("metadata") or {}).get("resourceVersion") or "")
-    return ""

@@ -157,6 +157,11 @@ class WorkQueue:
     def __len__(self) -> int:
         return len(self._waiting)
 
+    @property
+    def running(self) -> bool:
+        """Whether the workers run."""
+        return bool(self._tasks) and not any(t.done() for t in self._tasks)
+
     def active(self, key: str) -> bool:
         """Whether a worker is handling ``key`` now."""
         return key in self._active
@@ -169,6 +174,14 @@ class WorkQueue:
         self._tasks = [
             asyncio.create_task(self._worker(), name=f"{self.name}-worker-{i}") for i in range(self._workers)
         ]
+
+    async def run(self) -> None:
+        """Run the workers until cancelled (a root task: a worker never ends on its own; if one did, so does this)."""
+        await self.start()
+        try:
+            await asyncio.gather(*self._tasks)
+        finally:
+            await self.stop()
 
     async def stop(self) -> None:
         for task in self._tasks:

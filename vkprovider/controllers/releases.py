@@ -31,7 +31,8 @@ from prometheus_client import Counter, Gauge
 
 from vkprovider.config import Settings
 from vkprovider.controllers.bases import Clock
-from vkprovider.controllers.ownership import lease_client, lease_timing, micro_time
+from vkprovider.controllers.leases import LeaseWriter
+from vkprovider.controllers.ownership import lease_client, lease_timing
 from vkprovider.controllers.queue import WorkQueue
 from vkprovider.core import ownership as own
 from vkprovider.core import release as rel
@@ -123,18 +124,20 @@ def _ready_node(node: Mapping[str, Any]) -> bool:
 
 class Elector:
     """Holds the cluster-wide release Lease for this replica: acquire when free or expired (observed time),
-    renew, fence past the renew deadline, release on stop. ``leading()`` is asked right before every write."""
+    renew, fence past the renew deadline, release on stop. ``leading()`` is asked right before every write. Its
+    writes are the one Lease writer's (``controllers.leases``), as the vnode Leases' are."""
 
     def __init__(self, settings: Settings, kube: Kube, *, members: Callable[[], list[str]], clock: Clock,
                  wall: Callable[[], datetime]) -> None:
         self.timing = lease_timing(settings)
         self.kube = lease_client(kube, self.timing, 2)  # bounded by the Lease write budget, like the vnode Leases
+        self.writer = LeaseWriter(self.kube, settings.namespace, settings.client_id, self.timing.lease_duration_s,
+                                  clock=clock, wall=wall)
         self.me = settings.client_id
         self.name = f"vkprovider-{settings.env.lower()}-releases"[:253]
         self.path = f"/apis/coordination.k8s.io/v1/namespaces/{settings.namespace}/leases"
         self.members = members
         self.clock = clock
-        self.wall = wall
         self.poll_s = min(2.0, settings.node_lease_renew_s / 2)
         self._observed: own.Observed | None = None
         self._held: own.Held | None = None
@@ -170,7 +173,9 @@ class Elector:
             if was:
                 self._set(None, "its Lease was deleted")
             if own.rendezvous(self.name, self.members()) == self.me:
-                await self._create()
+                held = await self.writer.create(self.name, {own.MANAGED_BY_LABEL: own.MANAGED_BY})
+                if held is not None:
+                    self._set(held, "created the release Lease")
             return
         facts = own.LeaseFacts.from_object(lease, self.timing.lease_duration_s)
         self._observed = own.observe(self._observed, facts, now)
@@ -178,56 +183,15 @@ class Elector:
                               now=now, timing=self.timing, may_hand_off=False)
         if decision.action is own.Action.FENCE:
             self._set(None, decision.why)
+        elif decision.action is own.Action.RENEW and self._held is not None:
+            renewal = await self.writer.renew(self.name, self._held)
+            self._set(renewal.held, renewal.lost or "")
         elif decision.action in (own.Action.RENEW, own.Action.ACQUIRE):
-            await self._write(facts, decision.why if decision.action is own.Action.ACQUIRE else "")
-
-    async def _create(self) -> None:
-        stamp = micro_time(self.wall())
-        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": self.name, "labels": {own.MANAGED_BY_LABEL: own.MANAGED_BY}},
-                "spec": {"holderIdentity": self.me, "leaseDurationSeconds": int(self.timing.lease_duration_s),
-                         "acquireTime": stamp, "renewTime": stamp, "leaseTransitions": 0}}
-        sent = self.clock()
-        try:
-            answer = await self.kube.create(self.path, body)
-        except ApiError as exc:
-            if exc.is_already_exists:
-                return
-            raise
-        self._set(own.Held(sent, _rv(answer)), "created the release Lease")
-
-    async def _write(self, facts: own.LeaseFacts, why: str) -> None:
-        stamp = micro_time(self.wall())
-        spec: dict[str, Any] = {"holderIdentity": self.me, "renewTime": stamp,
-                                "leaseDurationSeconds": int(self.timing.lease_duration_s)}
-        if facts.holder != self.me:
-            spec["acquireTime"] = stamp
-            spec["leaseTransitions"] = facts.transitions + 1
-        sent = self.clock()
-        try:
-            answer = await self.kube.patch(f"{self.path}/{self.name}",
-                                           {"metadata": {"resourceVersion": facts.resource_version,
-                                                         "labels": {own.MANAGED_BY_LABEL: own.MANAGED_BY}},
-                                            "spec": spec}, kind="merge")
-        except ApiError as exc:
-            if exc.is_conflict and await self._landed(stamp, sent, why):
-                return
-            if exc.is_conflict or exc.is_not_found:
-                if self._held is not None:
-                    self._set(None, "the Lease was written by someone else")
-                return
-            raise
-        self._set(own.Held(sent, _rv(answer)), why)
-
-    async def _landed(self, stamp: str, sent: float, why: str) -> bool:
-        """After a 409: whether the write itself landed (sent twice after its first answer was lost, the second
-        copy met the version the first made): the Lease names us with our ``stamp``."""
-        lease = await self.kube.get(f"{self.path}/{self.name}")
-        facts = own.LeaseFacts.from_object(lease, self.timing.lease_duration_s)
-        if facts.holder != self.me or (lease.get("spec") or {}).get("renewTime") != stamp:
-            return False
-        self._set(own.Held(sent, facts.resource_version), why)
-        return True
+            held = await self.writer.acquire(self.name, facts, {own.MANAGED_BY_LABEL: own.MANAGED_BY})
+            if held is None and self._held is not None:
+                self._set(None, "the Lease was written by someone else")
+            elif held is not None:
+                self._set(held, decision.why if decision.action is own.Action.ACQUIRE else "")
 
     async def release(self) -> None:
         """On stop: give the Lease up (holder emptied), so another replica takes over within a poll."""
@@ -235,9 +199,7 @@ class Elector:
         if held is None:
             return
         with contextlib.suppress(ApiError):
-            await self.kube.patch(f"{self.path}/{self.name}",
-                                  {"metadata": {"resourceVersion": held.resource_version},
-                                   "spec": {"holderIdentity": None}}, kind="merge")
+            await self.writer.give_up(self.name, held)
         self._notify(False, "stopping")
 
     def _set(self, held: own.Held | None, why: str) -> None:
@@ -275,22 +237,18 @@ class ReleaseController:
         self._rs_of_deployment: dict[str, set[str]] = {}  # "ns/deployment" -> "ns/replicaset" keys
         self._lower_since: dict[str, float] = {}
         self._warned: dict[str, str] = {}
-        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def informers(self) -> list[Informer]:
         return [self.deployments, *self.replicasets.informers]
 
-    async def start(self) -> None:
-        await self.queue.start()
-        self._tasks.append(asyncio.create_task(self.elector.run(), name="release-elector"))
+    async def run(self) -> None:
+        """Its queue and the release writer's Lease, until cancelled (a root task)."""
+        await asyncio.gather(self.queue.run(), self.elector.run())
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Give up the release writer's Lease (the root task itself is cancelled by its supervisor)."""
         await self.elector.release()
-        await self.queue.stop()
 
     # --- questions of the module controller --------------------------------------------------------------------
 

@@ -409,6 +409,11 @@ def heartbeat_from_node(node: Mapping[str, Any], env: str) -> BaseHeartbeat | No
     )
 
 
+def lease_labels(env: str) -> dict[str, str]:
+    """A vnode Lease's labels: the Go controller's own (plus who manages it)."""
+    return {LABEL_COMPONENT: LEASE_COMPONENT, LABEL_ENV: env, MANAGED_BY_LABEL: MANAGED_BY}
+
+
 def new_lease(node: str, holder: str, duration_s: int, now_micro_iso: str, env: str) -> dict[str, object]:
     """The node Lease, labelled as the Go controller labels its own (plus who manages it)."""
     return {
@@ -417,7 +422,7 @@ def new_lease(node: str, holder: str, duration_s: int, now_micro_iso: str, env: 
         "metadata": {
             "name": node,
             "namespace": LEASE_NAMESPACE,
-            "labels": {LABEL_COMPONENT: LEASE_COMPONENT, LABEL_ENV: env, MANAGED_BY_LABEL: MANAGED_BY},
+            "labels": lease_labels(env),
         },
         "spec": {
             "holderIdentity": holder,

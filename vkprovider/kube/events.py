@@ -165,6 +165,11 @@ class EventRecorder:
             self._buckets.popitem(last=False)
         return allowed
 
+    async def run(self) -> None:
+        """Run the posting workers until cancelled (a root task)."""
+        if self._ensure_workers():
+            await asyncio.gather(*self._tasks)
+
     async def flush(self, timeout_s: float | None = None) -> None:
         """Wait until every event queued so far has been posted (or dropped)."""
         async with asyncio.timeout(timeout_s):

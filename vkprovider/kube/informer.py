@@ -128,7 +128,7 @@ class Informer:
         self._label_selector = label_selector
         self._field_selector = field_selector
         self._key = key
-        self._on_change = on_change
+        self._subscribers: list[OnChange] = [on_change] if on_change is not None else []
         self._page_size = page_size
         self._watch_timeout_s = watch_timeout_s
         self.resource = resource or resource_of(list_path)
@@ -341,13 +341,16 @@ class Informer:
             self._objects.set(len(self._cache))
         self._notify(key, prev, obj)
 
+    def subscribe(self, on_change: OnChange) -> None:
+        """Call ``on_change(key, old, new)`` for every change from now on (after the subscribers before it)."""
+        self._subscribers.append(on_change)
+
     def _notify(self, key: str, old: Obj | None, new: Obj | None) -> None:
-        if self._on_change is None:
-            return
-        try:
-            self._on_change(key, old, new)
-        except Exception:
-            log.exception("informer %s: on_change failed for %s", self.resource, key)
+        for on_change in self._subscribers:
+            try:
+                on_change(key, old, new)
+            except Exception:
+                log.exception("informer %s: a subscriber failed on %s", self.resource, key)
 
     # -------------------------------------------------------------------------------- hooks
 
@@ -389,14 +392,15 @@ class UnionCache:
 
     def __init__(self, on_change: OnChange | None = None) -> None:
         self._informers: list[Informer] = []
-        self._on_change = on_change
+        self._subscribers: list[OnChange] = [on_change] if on_change is not None else []
         self._last: dict[str, int] = {}  # key -> the informer that stored it last (for versions not integers)
 
     def add(self, informer: Informer) -> None:
         self._informers.append(informer)
 
-    def set_on_change(self, on_change: OnChange) -> None:
-        self._on_change = on_change
+    def subscribe(self, on_change: OnChange) -> None:
+        """Call ``on_change(key, old, new)`` for every change of the union from now on."""
+        self._subscribers.append(on_change)
 
     @property
     def informers(self) -> list[Informer]:
@@ -442,5 +446,8 @@ class UnionCache:
                 new = None
             if new is None:
                 self._last.pop(key, None)
-        if self._on_change is not None:
-            self._on_change(key, old, new)
+        for on_change in self._subscribers:
+            try:
+                on_change(key, old, new)
+            except Exception:
+                log.exception("pods: a subscriber failed on %s", key)

@@ -74,12 +74,15 @@ RIGHTS: tuple[Right, ...] = (
     Right("coordination.k8s.io", "leases", "watch", _LEASE_CACHE),
     Right("coordination.k8s.io", "leases", "create",
           "LeaseKeeper claims a new vnode's Lease and this replica's member Lease (controllers/ownership.py); "
-          "the Elector creates the release Lease (controllers/releases.py)"),
+          "the Elector creates the release Lease (controllers/releases.py); both through the one Lease writer "
+          "(controllers/leases.py)"),
     Right("coordination.k8s.io", "leases", "patch",
           "LeaseKeeper renews, acquires and hands over vnode Leases and renews its member Lease "
-          "(controllers/ownership.py); the Elector renews and gives up the release Lease (controllers/releases.py)"),
+          "(controllers/ownership.py); the Elector renews and gives up the release Lease (controllers/releases.py); "
+          "both through the one Lease writer (controllers/leases.py)"),
     Right("coordination.k8s.io", "leases", "delete",
-          "LeaseKeeper deletes the Lease of a removed vnode, and its member Lease on stop (controllers/ownership.py)"),
+          "LeaseKeeper deletes the Lease of a removed vnode, and its member Lease on stop (controllers/ownership.py, "
+          "through controllers/leases.py)"),
     Right("", "configmaps", "get",
           "KubeletApi._load_client_ca reads the client CA that verifies the apiserver's client certificate "
           "(kubelet/server.py)", names=("extension-apiserver-authentication",)),

@@ -108,7 +108,6 @@ class KubeletApi:
         self._client_ca: str = ""
         self._tokens: dict[str, tuple[float, User | None]] = {}
         self._decisions: dict[tuple[str, tuple[str, ...], str, str, str], tuple[float, bool]] = {}
-        self._refresh: asyncio.Task[None] | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
     @property
@@ -136,12 +135,13 @@ class KubeletApi:
         self._served = await serving.serve(app, name="kubelet", host=s.kubelet_host, port=s.kubelet_port,
                                            setting="KUBELET_PROXY_PORT", max_connections=1024,
                                            header_timeout_s=s.http_header_timeout_s, ssl_context=context)
-        self._refresh = asyncio.create_task(self._refresh_forever(), name="kubelet-client-ca")
         log.info("kubelet API on %s:%d (vnode address %s)", s.kubelet_host, self.port, self._address)
 
+    async def run(self) -> None:
+        """Refresh the cluster's client CA until cancelled (a root task; the listener runs on its own)."""
+        await self._refresh_forever()
+
     async def stop(self) -> None:
-        if self._refresh is not None:
-            self._refresh.cancel()
         if self._served is not None:
             await self._served.stop()
         if self._tmp is not None:

@@ -15,6 +15,7 @@ the one place they change. This module turns informer and Lease events into work
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -61,7 +62,18 @@ class ModuleController:
                               clock=clock, revision_of=revision_of, ready_hold=ready_hold)
         self.queue = WorkQueue("module", self.bases.run, workers=cfg.workers)
 
+    async def run(self) -> None:
+        """Both directions' queues until cancelled (a root task); commands under way are cancelled with them."""
+        try:
+            await asyncio.gather(self.queue.run(), self.statuses.queue.run())
+        finally:
+            self.commands.cancel_all()
+
+    def ready(self) -> bool:
+        return self.queue.running and self.statuses.queue.running
+
     async def start(self) -> None:
+        """Start the queues' workers without a root task (tests drive the controller directly)."""
         await self.statuses.start()
         await self.queue.start()
 
@@ -141,6 +153,12 @@ class ModuleController:
         """The terminating module pods of ``node`` that wanted ``key``."""
         return [r.pod for r in self._module_records(node) if is_terminating(r.pod)
                 and any(s.key == key for s in r.facts(self.cfg.url_policy).modules.bizs)]
+
+    def baseline_for(self, node: str, cluster: str) -> list[BizSpec] | None:
+        """The answer to a base's queryBaseline: None unless this replica holds its vnode (the holder answers)."""
+        if self.writes.hold(node) is not Hold.HELD:
+            return None
+        return self.baseline(node, cluster)
 
     def baseline(self, node: str, cluster: str) -> list[BizSpec]:
         """The bizs the pods bound to ``node`` want (answer to queryBaseline from a base of ``cluster``): the same
