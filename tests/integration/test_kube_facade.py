@@ -381,7 +381,7 @@ async def test_in_cluster_config_follows_token_rotation(kube: Kube, kube_cluster
     import importlib
     from urllib.parse import urlsplit
 
-    from vkprovider.kube import client as kube_client
+    from vkprovider.kube import kubeconfig as kubeconfig_files
 
     ns = ns_name(namespace)
     with open(kube_cluster.admin_kubeconfig, encoding="utf-8") as fh:
@@ -406,8 +406,8 @@ async def test_in_cluster_config_follows_token_rotation(kube: Kube, kube_cluster
 
     token_file = tmp_path / "token"
     token_file.write_text(await token_for("first"))
-    monkeypatch.setattr(kube_client, "IN_CLUSTER_TOKEN_FILE", str(token_file))
-    monkeypatch.setattr(kube_client, "IN_CLUSTER_CA_FILE", str(ca))
+    monkeypatch.setattr(kubeconfig_files, "IN_CLUSTER_TOKEN_FILE", str(token_file))
+    monkeypatch.setattr(kubeconfig_files, "IN_CLUSTER_CA_FILE", str(ca))
 
     async def whoami(k: Kube) -> str:
         review = await k.create("/apis/authentication.k8s.io/v1/selfsubjectreviews",

@@ -12,36 +12,50 @@ A request sent again after its connection died or stalled goes on a new connecti
 attempt and a time for all attempts together, and mark its writes safe to repeat; the Lease writers' lanes do
 (``core.ownership.lease_write_budget``: a renewal is useless after its renew deadline).
 
-The parsing helpers (:func:`api_error_from_response`, :func:`parse_watch_line`, :class:`LineSplitter`,
-:func:`should_retry`) are pure functions so they are unit-tested without a cluster.
+Errors and the retry rule live in ``kube.errors``, where the API is and the credentials in ``kube.kubeconfig``;
+both are re-exported here. The watch-line helpers (:func:`parse_watch_line`, :class:`LineSplitter`) are pure
+functions, unit-tested without a cluster.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
-import base64
-import contextlib
 import copy
 import logging
-import os
-import ssl
-import tempfile
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any, Literal
 from urllib.parse import quote, urlencode
 
 import orjson
-import yaml
 import yarl
 from prometheus_client import Counter, Histogram
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
-from tenacity.stop import stop_base
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from vkprovider import __version__, http1
-from vkprovider.core.backoff import API_CALL
+from vkprovider.kube import kubeconfig as kubeconfig_files
+from vkprovider.kube.errors import (
+    ApiConnectionError,
+    ApiError,
+    WatchStalled,
+    _Before,
+    _later_retry_wait,
+    api_error_from_response,
+    error_from_status,
+    parse_retry_after,
+    retry_wait_s,
+    should_retry,
+)
+from vkprovider.kube.kubeconfig import (
+    IN_CLUSTER_CA_FILE,
+    IN_CLUSTER_TOKEN_FILE,
+    _auth_header,
+    _Credentials,
+    _load_configuration,
+    _ssl_context,
+    proxy_from_url,
+    static_kubeconfig,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +84,6 @@ MAX_RETRY_AFTER_S = 30.0
 WATCH_SILENCE_GRACE_S = 15.0
 
 #: Where the kubelet mounts the service-account token (rotated in place) and the cluster CA in a pod.
-IN_CLUSTER_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-IN_CLUSTER_CA_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
-_TOKEN_RECHECK_S = 1.0
-
 REQUESTS = Counter(
     "rest_client_requests_total",
     "Number of HTTP requests, partitioned by status code ('<error>' when no response), method, and host.",
@@ -88,181 +98,6 @@ REQUEST_DURATION = Histogram(
 
 
 # --------------------------------------------------------------------------------------------- errors
-
-
-class ApiError(Exception):
-    """A non-2xx answer from the API server (or, as :class:`ApiConnectionError`, no answer at all).
-
-    ``reason`` is the Status ``reason`` (``NotFound``, ``AlreadyExists``, ``Conflict``, ``Expired`` ...) when the
-    server sent a Status object, else the HTTP reason phrase. ``body`` is the parsed Status dict, or the raw text
-    when the body was not JSON.
-    """
-
-    def __init__(self, status: int, reason: str, message: str, body: Any = None,
-                 *, retry_after_s: float | None = None) -> None:
-        super().__init__(f"{status} {reason}: {message}")
-        self.status = status
-        self.reason = reason
-        self.message = message
-        self.body = body
-        self.retry_after_s = retry_after_s
-
-    @property
-    def is_not_found(self) -> bool:
-        return self.status == 404
-
-    @property
-    def is_already_exists(self) -> bool:
-        return self.status == 409 and self.reason == "AlreadyExists"
-
-    @property
-    def is_conflict(self) -> bool:
-        """An optimistic-concurrency conflict (stale resourceVersion / failed precondition), not AlreadyExists."""
-        return self.status == 409 and self.reason != "AlreadyExists"
-
-    @property
-    def is_other_object(self) -> bool:
-        """A write carrying ``metadata.uid`` met another object of the same name: the one it was meant for is gone
-        (the apiserver refuses the uid change as a failed precondition, 409, or as an immutable field, 422)."""
-        text = self.message.lower()
-        return (self.status == 409 and "precondition" in text and "uid" in text) or (
-            self.status == 422 and "metadata.uid" in text)
-
-    @property
-    def is_gone(self) -> bool:
-        """The resourceVersion or continue token is too old: start again with a fresh LIST."""
-        return self.status == 410 or self.reason in ("Expired", "Gone")
-
-    @property
-    def is_forbidden(self) -> bool:
-        return self.status == 403
-
-    @property
-    def is_namespace_terminating(self) -> bool:
-        """A create refused because its namespace is being deleted (403, cause ``NamespaceTerminating``)."""
-        if self.status != 403 or not isinstance(self.body, Mapping):
-            return False
-        details = self.body.get("details")
-        causes = details.get("causes") if isinstance(details, Mapping) else None
-        return isinstance(causes, list) and any(
-            isinstance(c, Mapping) and c.get("reason") == "NamespaceTerminating" for c in causes)
-
-    @property
-    def is_unauthorized(self) -> bool:
-        return self.status == 401
-
-    @property
-    def is_too_many_requests(self) -> bool:
-        return self.status == 429
-
-    @property
-    def is_server_error(self) -> bool:
-        return self.status >= 500
-
-    @property
-    def is_retryable(self) -> bool:
-        """Worth trying again later (by the caller's queue): transport failures, 429, 5xx, 410."""
-        return self.status in (0, 429) or self.status >= 500 or self.is_gone
-
-
-class ApiConnectionError(ApiError):
-    """No HTTP answer: connection refused, reset, TLS failure or timeout. ``status`` is 0.
-
-    ``sent`` is False only when the failure provably happened before the request left (the connection was never
-    established), which makes even a non-idempotent request safe to retry.
-    """
-
-    def __init__(self, reason: str, message: str, *, sent: bool) -> None:
-        super().__init__(0, reason, message, None)
-        self.sent = sent
-
-
-class WatchStalled(ApiConnectionError):
-    """A watch delivered no byte for its ``timeoutSeconds`` + ``WATCH_SILENCE_GRACE_S``: the server would have
-    ended it by then, so its connection is dead (see ``Kube.watch``). Its resourceVersion is still good."""
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds form only, as the apiserver sends), capped."""
-    if not value:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return None
-    if seconds < 0:
-        return None
-    return min(seconds, MAX_RETRY_AFTER_S)
-
-
-def error_from_status(status_obj: Mapping[str, Any], *, http_status: int = 0, http_reason: str = "",
-                      retry_after_s: float | None = None) -> ApiError:
-    """Build an :class:`ApiError` from a ``kind: Status`` dict (an error body or a watch ERROR event object)."""
-    code = status_obj.get("code")
-    status = code if isinstance(code, int) and code > 0 else http_status
-    reason = status_obj.get("reason") or http_reason or "Unknown"
-    message = status_obj.get("message") or ""
-    return ApiError(status, str(reason), str(message), dict(status_obj), retry_after_s=retry_after_s)
-
-
-def api_error_from_response(status: int, http_reason: str | None, raw: bytes,
-                            retry_after: str | None = None) -> ApiError:
-    """Map a non-2xx HTTP response to an :class:`ApiError`, using its Status body when there is one."""
-    retry_after_s = parse_retry_after(retry_after)
-    try:
-        parsed = orjson.loads(raw) if raw else None
-    except orjson.JSONDecodeError:
-        parsed = None
-    if isinstance(parsed, dict) and parsed.get("kind") == "Status":
-        return error_from_status(parsed, http_status=status, http_reason=http_reason or "",
-                                 retry_after_s=retry_after_s)
-    text = raw.decode("utf-8", "replace")[:2048]
-    return ApiError(status, http_reason or "Unknown", text, parsed if parsed is not None else text,
-                    retry_after_s=retry_after_s)
-
-
-def should_retry(exc: BaseException, *, idempotent: bool) -> bool:
-    """Whether one call may be repeated after ``exc``.
-
-    - 429: the server rejected the request before handling it (API priority and fairness) - always safe.
-    - A connection that was never established: the request was not sent - always safe.
-    - Other transport failures and 5xx: only when repeating the call cannot do harm (``idempotent``).
-    """
-    if isinstance(exc, ApiConnectionError):
-        if exc.reason == "SSLError":
-            return False  # a configuration problem; repeating it changes nothing
-        return (not exc.sent) or idempotent
-    if isinstance(exc, ApiError):
-        if exc.status == 429:
-            return True
-        return idempotent and exc.status >= 500 and exc.status != 501
-    return False
-
-
-def retry_wait_s(exc: BaseException | None, failed_attempts: int) -> float:
-    """Seconds to wait after ``failed_attempts`` failures: the server's Retry-After, else exponential backoff."""
-    if isinstance(exc, ApiError) and exc.retry_after_s is not None:
-        return exc.retry_after_s
-    return API_CALL.delay(failed_attempts)  # the one backoff policy (core.backoff)
-
-
-class _Before(stop_base):
-    """tenacity: stop when the wait before the next attempt would pass the request's time (``past(wait_s)``)."""
-
-    def __init__(self, past: Callable[[float], bool]) -> None:
-        self._past = past
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        return self._past(retry_state.upcoming_sleep)
-
-
-def _later_retry_wait(state: RetryCallState) -> float:
-    """tenacity's wait for the attempts after the first (which ran outside tenacity, see `Kube.request`)."""
-    exc = state.outcome.exception() if state.outcome is not None else None
-    return retry_wait_s(exc, state.attempt_number + 1)
-
-
-# ---------------------------------------------------------------------------------------- watch lines
 
 
 class LineSplitter:
@@ -304,215 +139,6 @@ def parse_watch_line(line: bytes) -> dict[str, Any] | None:
 # ---------------------------------------------------------------------------------------- credentials
 
 
-class _Credentials:
-    """The Authorization header, kept fresh.
-
-    In-cluster service-account tokens are rotated by the kubelet: the token file is re-read whenever its mtime or
-    size changes (checked at most once a second). Kubeconfig credentials are reloaded (tokenFile, exec plugins)
-    when the server answers 401.
-    """
-
-    def __init__(self, header: str | None, *, token_file: str | None = None,
-                 kubeconfig: str | None = None) -> None:
-        self._header = header
-        self._token_file = token_file
-        self._kubeconfig = kubeconfig
-        self._stamp: tuple[int, int] | None = None
-        self._checked_at = 0.0
-        if token_file is not None:
-            self._reload_token_file(force=True)
-
-    def _reload_token_file(self, *, force: bool) -> None:
-        assert self._token_file is not None
-        try:
-            st = os.stat(self._token_file)
-        except OSError as exc:
-            log.warning("cannot stat service-account token %s: %s", self._token_file, exc)
-            return
-        stamp = (st.st_mtime_ns, st.st_size)
-        if not force and stamp == self._stamp:
-            return
-        try:
-            with open(self._token_file, encoding="utf-8") as fh:
-                token = fh.read().strip()
-        except OSError as exc:
-            log.warning("cannot read service-account token %s: %s", self._token_file, exc)
-            return
-        if token:
-            if self._stamp is not None:
-                log.info("service-account token changed; using the new one")
-            self._header = f"Bearer {token}"
-            self._stamp = stamp
-
-    def header(self) -> str | None:
-        if self._token_file is not None:
-            now = time.monotonic()
-            if now - self._checked_at >= _TOKEN_RECHECK_S:
-                self._checked_at = now
-                self._reload_token_file(force=False)
-        return self._header
-
-    async def refresh(self) -> bool:
-        """Reload after a 401; True when the header changed (so one retry makes sense)."""
-        before = self._header
-        if self._token_file is not None:
-            self._reload_token_file(force=True)
-        elif self._kubeconfig is not None:
-            try:
-                conf = await _load_configuration(self._kubeconfig)
-            except Exception as exc:  # the old credentials stay in use
-                log.warning("reloading kubeconfig credentials failed: %s", exc)
-                return False
-            self._header = await _auth_header(conf)
-        return self._header != before
-
-
-@dataclass(frozen=True, slots=True)
-class _Direct:
-    """An API server and static credentials, found without kubernetes-asyncio (importing its client package costs
-    33 MB of memory for good): what ``_ssl_context``, ``_auth_header`` and ``connect`` read of a configuration."""
-
-    host: str
-    ssl_ca_cert: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    verify_ssl: bool = True
-    tls_server_name: str | None = None
-    proxy: str | None = None
-    header: str | None = None
-
-
-def _in_cluster() -> _Direct:
-    """In-cluster configuration, the way client-go's ``rest.InClusterConfig`` finds it: the service host and port
-    from the environment, the CA next to the token (which ``_Credentials`` reads and watches for rotation)."""
-    host, port = os.environ.get("KUBERNETES_SERVICE_HOST", ""), os.environ.get("KUBERNETES_SERVICE_PORT", "")
-    if not host or not port:
-        raise ValueError("KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are not set (not running in a pod?)")
-    if not os.path.isfile(IN_CLUSTER_TOKEN_FILE) or not os.path.isfile(IN_CLUSTER_CA_FILE):
-        raise ValueError(f"no service-account token and CA in {os.path.dirname(IN_CLUSTER_TOKEN_FILE)} "
-                         "(automountServiceAccountToken off?)")
-    if ":" in host:
-        host = f"[{host}]"  # an IPv6 address
-    return _Direct(host=f"https://{host}:{port}", ssl_ca_cert=IN_CLUSTER_CA_FILE)
-
-
-_STATIC_USER_KEYS = frozenset({"token", "tokenFile", "client-certificate", "client-certificate-data", "client-key",
-                               "client-key-data", "username", "password"})
-_STATIC_CLUSTER_KEYS = frozenset({"server", "certificate-authority", "certificate-authority-data",
-                                  "insecure-skip-tls-verify", "tls-server-name", "proxy-url", "extensions"})
-
-
-def static_kubeconfig(path: str) -> _Direct | None:
-    """A kubeconfig whose current context has a server and static credentials (embedded or file certificates, a
-    token or token file, basic auth), read here; None for anything else (exec plugins, auth providers,
-    impersonation, several files in KUBECONFIG), which kubernetes-asyncio's loader handles."""
-    if os.pathsep in path:
-        return None
-    with open(os.path.expanduser(path), encoding="utf-8") as fh:
-        doc = yaml.safe_load(fh) or {}
-
-    def named(kind: str, name: object) -> dict[str, Any] | None:
-        for item in doc.get(kind) or []:
-            if isinstance(item, dict) and item.get("name") == name:
-                inner = item.get(kind[:-1])
-                return inner if isinstance(inner, dict) else None
-        return None
-
-    context = named("contexts", doc.get("current-context"))
-    if context is None:
-        return None
-    cluster, user = named("clusters", context.get("cluster")), named("users", context.get("user")) or {}
-    if cluster is None or not cluster.get("server") or set(cluster) - _STATIC_CLUSTER_KEYS \
-            or set(user) - _STATIC_USER_KEYS:
-        return None
-    base = os.path.dirname(os.path.abspath(os.path.expanduser(path)))
-
-    def file_of(field: str, entry: dict[str, Any]) -> str | None:
-        if entry.get(f"{field}-data"):
-            return _private_file(base64.b64decode(entry[f"{field}-data"]))
-        if entry.get(field):
-            return os.path.join(base, os.path.expanduser(str(entry[field])))
-        return None
-
-    header = None
-    if user.get("token"):
-        header = f"Bearer {str(user['token']).strip()}"
-    elif user.get("tokenFile"):
-        with open(os.path.join(base, str(user["tokenFile"])), encoding="utf-8") as fh:
-            header = f"Bearer {fh.read().strip()}"
-    elif user.get("username") or user.get("password"):
-        header = _basic(str(user.get("username") or ""), str(user.get("password") or ""))
-    return _Direct(host=str(cluster["server"]).rstrip("/"), ssl_ca_cert=file_of("certificate-authority", cluster),
-                   cert_file=file_of("client-certificate", user), key_file=file_of("client-key", user),
-                   verify_ssl=not cluster.get("insecure-skip-tls-verify"),
-                   tls_server_name=cluster.get("tls-server-name") or None, proxy=cluster.get("proxy-url") or None,
-                   header=header)
-
-
-_PRIVATE_FILES: list[str] = []
-
-
-def _private_file(content: bytes) -> str:
-    """Embedded certificate data as a file only this user can read (ssl wants paths), removed at exit."""
-    fd, path = tempfile.mkstemp(prefix="vkprovider-kubeconfig-")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(content)
-    if not _PRIVATE_FILES:
-        atexit.register(_remove_private_files)
-    _PRIVATE_FILES.append(path)
-    return path
-
-
-def _remove_private_files() -> None:
-    for path in _PRIVATE_FILES:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-
-
-async def _load_configuration(kubeconfig: str | None) -> Any:
-    if kubeconfig is None:
-        return _in_cluster()
-    direct = static_kubeconfig(kubeconfig)
-    if direct is not None:
-        return direct
-    from kubernetes_asyncio import client as k8s_client  # kubeconfig files only: contexts, exec plugins, ...
-    from kubernetes_asyncio import config as k8s_config
-
-    conf = k8s_client.Configuration()
-    await k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=conf, persist_config=False)
-    return conf
-
-
-async def _auth_header(conf: Any) -> str | None:
-    if isinstance(conf, _Direct):
-        return conf.header
-    if "BearerToken" in conf.api_key:
-        value = await conf.get_api_key_with_prefix("BearerToken")
-        # Tokens read from files (tokenFile) keep their trailing newline: never put that in a header.
-        header = str(value).strip() if value else ""
-        return header or None
-    if conf.username or conf.password:
-        return _basic(conf.username or "", conf.password or "")
-    return None
-
-
-def _basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
-def _ssl_context(conf: Any) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=conf.ssl_ca_cert)
-    if conf.cert_file:
-        ctx.load_cert_chain(conf.cert_file, keyfile=conf.key_file)
-    if not conf.verify_ssl:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-# --------------------------------------------------------------------------------------------- client
-
-
 class Kube:
     """Raw-JSON access to one API server. Create with :meth:`connect`; close with :meth:`close`."""
 
@@ -542,7 +168,7 @@ class Kube:
         """Load a kubeconfig file (or the in-cluster service account when None) and open a connection pool."""
         conf = await _load_configuration(kubeconfig)
         if kubeconfig is None:
-            credentials = _Credentials(None, token_file=IN_CLUSTER_TOKEN_FILE)
+            credentials = _Credentials(None, token_file=kubeconfig_files.IN_CLUSTER_TOKEN_FILE)
         else:
             credentials = _Credentials(await _auth_header(conf), kubeconfig=kubeconfig)
         host = str(conf.host)
@@ -888,20 +514,6 @@ def _connection_error(exc: http1.HttpError, timed_out: str) -> ApiConnectionErro
                               sent=exc.sent)
 
 
-def proxy_from_url(url: str | None) -> http1.Proxy | None:
-    """A kubeconfig ``proxy-url``: HTTP proxies only (HTTPS API servers are reached through CONNECT)."""
-    if not url:
-        return None
-    parsed = yarl.URL(url)
-    if parsed.scheme != "http" or not parsed.host:
-        raise ValueError(f"proxy-url {url!r}: only http:// proxies are supported")
-    authorization = None
-    if parsed.user is not None:
-        pair = f"{parsed.user}:{parsed.password or ''}".encode()
-        authorization = "Basic " + base64.b64encode(pair).decode()
-    return http1.Proxy(parsed.host, parsed.port or 80, authorization)
-
-
 def _clean_params(params: Mapping[str, Any] | None) -> dict[str, str] | None:
     """Query parameters as strings (booleans the Kubernetes way), dropping None values."""
     if not params:
@@ -922,3 +534,7 @@ def resource_of(path: str) -> str:
     parts = [p for p in path.split("?", maxsplit=1)[0].split("/") if p]
     return parts[-1] if parts else "unknown"
 
+
+__all__ = ["IN_CLUSTER_CA_FILE", "IN_CLUSTER_TOKEN_FILE", "ApiConnectionError", "ApiError", "Kube", "LineSplitter",
+           "PatchKind", "WatchStalled", "api_error_from_response", "error_from_status", "parse_retry_after",
+           "parse_watch_line", "proxy_from_url", "resource_of", "retry_wait_s", "should_retry", "static_kubeconfig"]
