@@ -102,6 +102,74 @@ def membership_lease_name(env: str, client_id: str) -> str:
     return f"vkprovider-{env.lower()}-{slug}-{digest}"[:253]
 
 
+class Membership:
+    """This replica's membership Lease (renewed in the background, never on the tick's path) and what it sees of
+    the other replicas' (who is alive, since when): the input of every spread and hand-over decision."""
+
+    def __init__(self, settings: Settings, kube: Kube, timing: own.Timing, *, clock: Clock,
+                 wall: Callable[[], datetime]) -> None:
+        self.me = settings.client_id
+        self.env = settings.env
+        self.timing = timing
+        self.clock = clock
+        self.lease = membership_lease_name(settings.env, settings.client_id)
+        self.writer = LeaseWriter(kube, settings.namespace, settings.client_id, settings.node_lease_duration_s,
+                                  clock=clock, wall=wall)
+        self.seen: dict[str, own.Observed] = {}  # membership lease name -> as last seen
+        self._seen_since: dict[str, float] = {}
+        self._held: own.Held | None = None
+        self._write: asyncio.Task[None] | None = None
+        self.leaving = False
+
+    def live(self) -> list[str]:
+        return own.live_members(self.seen, self.me, self.clock())
+
+    def on_change(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        name = key.split("/", 1)[-1]
+        if new is None:
+            self.seen.pop(name, None)
+            self._seen_since.pop(name, None)
+            return
+        facts = own.LeaseFacts.from_object(new, self.timing.lease_duration_s)
+        self.seen[name] = own.observe(self.seen.get(name), facts, self.clock())
+        self._seen_since.setdefault(name, self.clock())
+
+    def ready(self, member: str, now: float) -> bool:
+        """A member that has been alive for a renew interval (not one that just appeared)."""
+        for name, observed in self.seen.items():
+            if observed.facts.holder == member:
+                return now - self._seen_since.get(name, now) >= self.timing.renew_interval_s
+        return False
+
+    def restart_observations(self, now: float) -> None:
+        self.seen = {n: own.Observed(o.facts, now) for n, o in self.seen.items()}
+
+    def renew(self, now: float) -> None:
+        """Start the membership renewal when it is due and none is under way; never wait for it."""
+        held = self._held
+        if held is not None and now - held.renewed_at < self.timing.renew_interval_s:
+            return
+        if self._write is None or self._write.done():
+            self._write = asyncio.create_task(self._keep(), name="lease-membership")
+
+    async def _keep(self) -> None:
+        try:
+            held = await self.writer.keep(self.lease, {MEMBER_LABEL: self.env, own.MANAGED_BY_LABEL: own.MANAGED_BY},
+                                          self._held)
+            if not self.leaving:
+                self._held = held
+        except ApiError as exc:
+            log.warning("renewing this replica's membership lease failed: %s", exc)
+
+    async def leave(self) -> None:
+        """Give up the membership (stopping): the others stop choosing this replica for anything."""
+        self.leaving = True
+        if self._write is not None:
+            self._write.cancel()
+        with contextlib.suppress(ApiError):
+            await self.writer.delete(self.lease)
+
+
 class LeaseKeeper:
     """This replica's side of vnode ownership."""
 
@@ -118,25 +186,20 @@ class LeaseKeeper:
         self.kube = kube
         self.writer = LeaseWriter(kube, vnode.LEASE_NAMESPACE, settings.client_id, settings.node_lease_duration_s,
                                   clock=clock, wall=wall or (lambda: datetime.now(UTC)))
-        self.member_writer = LeaseWriter(kube, settings.namespace, settings.client_id, settings.node_lease_duration_s,
-                                         clock=clock, wall=wall or (lambda: datetime.now(UTC)))
+
         self.events = events
         self.clock = clock
         self.wall = wall or (lambda: datetime.now(UTC))
         self.me = settings.client_id
         self.env = settings.env
         self.timing = lease_timing(settings)
-        self.member_lease = membership_lease_name(settings.env, settings.client_id)
+        self.membership = Membership(settings, kube, self.timing, clock=clock, wall=wall or (lambda: datetime.now(UTC)))
         self._observed: dict[str, own.Observed] = {}  # node name -> its Lease as last seen
-        self._members: dict[str, own.Observed] = {}  # membership lease name -> as last seen
         self._held: dict[str, own.Held] = {}
         self._held_since: dict[str, float] = {}  # when this replica got each vnode (no ping-pong hand-overs)
         self._busy: set[str] = set()  # nodes with a lease write in flight
         self._stale: set[str] = set()  # observations made before a stall, or refuted by a 409: read them again
         self._writes_in_flight: set[asyncio.Task[None]] = set()
-        self._member_held: own.Held | None = None
-        self._member_write: asyncio.Task[None] | None = None
-        self._member_seen_since: dict[str, float] = {}
         self._last_tick = clock()
         self._started = clock()
         self._stopping = False
@@ -184,7 +247,7 @@ class LeaseKeeper:
         return self._observed.get(node)
 
     def live_members(self) -> list[str]:
-        return own.live_members(self._members, self.me, self.clock())
+        return self.membership.live()
 
     # --- informer hooks ------------------------------------------------------------------------------------
 
@@ -206,14 +269,7 @@ class LeaseKeeper:
             self._wake.set()
 
     def on_member_change(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
-        name = key.split("/", 1)[-1]
-        if new is None:
-            self._members.pop(name, None)
-            self._member_seen_since.pop(name, None)
-            return
-        facts = own.LeaseFacts.from_object(new, self.timing.lease_duration_s)
-        self._members[name] = own.observe(self._members.get(name), facts, self.clock())
-        self._member_seen_since.setdefault(name, self.clock())
+        self.membership.on_change(key, old, new)
 
     # --- the loop -------------------------------------------------------------------------------------------
 
@@ -233,8 +289,7 @@ class LeaseKeeper:
                 self._wake.clear()
         finally:
             watchdog.cancel()
-            if self._member_write is not None:
-                self._member_write.cancel()
+            self.membership.leaving = True
 
     async def _watch_the_loop(self) -> None:
         """Notice when this process did not run at all for a while (SIGSTOP, a frozen VM), as opposed to being
@@ -251,7 +306,7 @@ class LeaseKeeper:
         self._last_tick = now
         if self._stopping:
             return
-        self._renew_membership(now)
+        self.membership.renew(now)
         members = self.live_members()
         MEMBERS.set(len(members))
         handoffs = self._handoff_budget(members, now)
@@ -267,7 +322,7 @@ class LeaseKeeper:
                                   may_hand_off=handoffs > 0 and self._settled(now)
                                   and now - self._held_since.get(node, now) >= self.timing.lease_duration_s)
             if decision.action is own.Action.HANDOFF:
-                if not self._ready_member(decision.to, now):
+                if not self.membership.ready(decision.to, now):
                     decision = own.Decision(own.Action.NOTHING)
                     held = self._held[node]
                     if now >= own.renew_due(held, self.timing):
@@ -346,13 +401,6 @@ class LeaseKeeper:
         """Hand vnodes over only once this replica has watched the members for a lease duration."""
         return now - self._started >= self.timing.lease_duration_s
 
-    def _ready_member(self, member: str, now: float) -> bool:
-        """A member that has been alive for a renew interval (not one that just appeared)."""
-        for name, observed in self._members.items():
-            if observed.facts.holder == member:
-                return now - self._member_seen_since.get(name, now) >= self.timing.renew_interval_s
-        return False
-
     def _handoff_budget(self, members: list[str], now: float) -> int:
         if len(members) < 2:
             return 0
@@ -363,7 +411,7 @@ class LeaseKeeper:
         now = self.clock()
         log.warning("this process did not run for %.1fs: restarting every lease observation and fencing", gap)
         self._observed = {n: own.Observed(o.facts, now) for n, o in self._observed.items()}
-        self._members = {n: own.Observed(o.facts, now) for n, o in self._members.items()}
+        self.membership.restart_observations(now)
         for node in list(self._held):
             if not self.may_write(node):
                 self._lose(node, f"stalled for {gap:.0f}s, past the renew deadline")
@@ -390,24 +438,6 @@ class LeaseKeeper:
         await asyncio.gather(*(refresh(n) for n in list(self._stale)[:200]))
 
     # --- membership ---------------------------------------------------------------------------------------
-
-    def _renew_membership(self, now: float) -> None:
-        """Start the membership renewal when it is due and none is under way; never wait for it."""
-        held = self._member_held
-        if held is not None and now - held.renewed_at < self.timing.renew_interval_s:
-            return
-        if self._member_write is None or self._member_write.done():
-            self._member_write = asyncio.create_task(self._keep_membership(now), name="lease-membership")
-
-    async def _keep_membership(self, now: float) -> None:
-        try:
-            held = await self.member_writer.keep(self.member_lease,
-                                                 {MEMBER_LABEL: self.env, own.MANAGED_BY_LABEL: own.MANAGED_BY},
-                                                 self._member_held)
-            if not self._stopping:
-                self._member_held = held
-        except ApiError as exc:
-            log.warning("renewing this replica's membership lease failed: %s", exc)
 
     # --- acting ---------------------------------------------------------------------------------------------
 
@@ -524,16 +554,13 @@ class LeaseKeeper:
         restart moves vnodes in seconds; with no other replica, keep holding (a restart under the same
         CLIENT_ID adopts them at once). Then give up the membership."""
         self._stopping = True
-        if self._member_write is not None:
-            self._member_write.cancel()
         # Leave the membership first: the others stop choosing this replica for anything (without it a
         # receiving replica could hand a vnode straight back to the one that is leaving).
-        with contextlib.suppress(ApiError):
-            await self.member_writer.delete(self.member_lease)
+        await self.membership.leave()
         if self._writes_in_flight:  # let renewals under way land first: their answers carry the newest version
             await asyncio.wait(set(self._writes_in_flight), timeout=5.0)
         now = self.clock()
-        others = [m for m in own.live_members(self._members, self.me, now) if m != self.me]
+        others = [m for m in own.live_members(self.membership.seen, self.me, now) if m != self.me]
         if others:
             moves = []
             for node in list(self._held):
