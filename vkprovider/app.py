@@ -33,6 +33,7 @@ from vkprovider.config import (
 from vkprovider.controllers.admission import Admission
 from vkprovider.controllers.bases import BaseRegistry
 from vkprovider.controllers.bizlog import BizLog
+from vkprovider.controllers.drain import BasePodWatch, DrainController
 from vkprovider.controllers.fence import VnodeWrites
 from vkprovider.controllers.modules import ModuleController
 from vkprovider.controllers.nodes import NodeController
@@ -191,14 +192,24 @@ class Provider:
             revision_of=releases.revision_of, ready_hold=releases.ready_hold)
         self.admission = Admission(admission_settings(s), self.registry, node_changed=node_controller.queue.add,
                                    modules=module_controller)
+        drain = self.drain_controller = DrainController(
+            self.registry, nodes, writes, pods_on=module_controller.pods_on, clock=self.clock,
+            unreachable_after_s=s.base_unreachable_after_s, timeout_s=s.drain_timeout_s)
+        if s.base_pod_selector:
+            base_pods = Informer(kube, "/api/v1/pods", label_selector=s.base_pod_selector, resource="pods-bases",
+                                 trim_object=trim_pod)
+            base_pods.subscribe(BasePodWatch(self.registry, drain).on_pod_change)
+            self.informers.append(base_pods)
         nodes.subscribe(node_controller.on_node_change)
         nodes.subscribe(releases.on_node_change)
+        nodes.subscribe(drain.on_node_change)
         pods.subscribe(module_controller.on_pod_change)
         pods.subscribe(releases.on_pod_change)
+        pods.subscribe(drain.on_pod_change)
         releases.on_gate_changed.append(module_controller.on_base_changed)
         keeper.on_gained += [node_controller.on_gained, module_controller.on_gained]
-        keeper.on_lost += [node_controller.on_lost, module_controller.on_lost]
-        node_controller.on_base_changed.append(module_controller.on_base_changed)
+        keeper.on_lost += [node_controller.on_lost, module_controller.on_lost, drain.on_lost]
+        node_controller.on_base_changed += [module_controller.on_base_changed, drain.on_base_changed]
 
         spawn = self.supervisor.spawn
         spawn("event-recorder", events.run())
@@ -212,6 +223,7 @@ class Provider:
         spawn("node-controller", node_controller.run())
         spawn("module-controller", module_controller.run())
         spawn("release-controller", releases.run())
+        spawn("drain-controller", drain.run())
         await keeper.tick()  # take back what this replica held before a restart, at once
         spawn("lease-keeper", keeper.run())
         spawn("malloc-trim", return_free_memory_forever())

@@ -164,6 +164,13 @@ class Settings(BaseSettings):
                                       "is asked at once, whatever this says (VKP_BASE_PROBE_AFTER).")
     base_bizs_interval_s: float = F(30.0, "VKP_BASE_QUERY_INTERVAL", "base_bizs_interval_s", gt=0,
                                     description="queryAllBiz period per base (changes the base does not push).")
+    drain_timeout_s: float = F(300.0, "VKP_DRAIN_TIMEOUT", "drain_timeout_s", gt=0,
+                               description="A vnode whose base is going is cordoned and its module pods evicted "
+                               "(PodDisruptionBudgets hold) for at most this long.")
+    base_pod_selector: str = F("", "VKP_BASE_POD_SELECTOR", "base_pod_selector",
+                               description="Label selector of the bases' own pods in this cluster: a base whose pod "
+                               "(matched by pod IP) starts terminating is drained at once. Empty: only a base's "
+                               "DEACTIVATED heartbeat or health answer starts a drain.")
 
     # --- modules --------------------------------------------------------------------------------
     module_orphan_grace_s: float = F(30.0, "VKP_ORPHAN_GRACE", "module_orphan_grace_s", ge=0,
@@ -265,6 +272,15 @@ class Settings(BaseSettings):
     @classmethod
     def _policy(cls, value: str) -> str:
         parse_namespace_policy(value)
+        return value
+
+    @field_validator("base_pod_selector")
+    @classmethod
+    def _selector(cls, value: str) -> str:
+        value = value.strip()
+        if value and not re.fullmatch(r"[A-Za-z0-9_./-]+\s*(=|==|!=)\s*[A-Za-z0-9_.-]*"
+                                      r"(\s*,\s*[A-Za-z0-9_./-]+\s*(=|==|!=)\s*[A-Za-z0-9_.-]*)*", value):
+            raise ValueError("must be a label selector of key=value (or key!=value) terms, comma separated")
         return value
 
     @field_validator("base_networks")

@@ -169,6 +169,12 @@ class VnodeScope:
         self.check()
         return await self._kube.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}", body=body)
 
+    async def evict_pod(self, namespace: str, name: str) -> Any:
+        """Ask the Eviction API to remove the pod (PodDisruptionBudgets hold: a refusal is a 429)."""
+        self.check()
+        body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": namespace}}
+        return await self._kube.create(f"/api/v1/namespaces/{namespace}/pods/{name}/eviction", body)
+
     def normal(self, obj: Mapping[str, Any], reason: str, message: str) -> None:
         """An Event about the vnode or one of its pods; dropped (not raised) when the vnode is not held: an Event
         is a side note of a write, and the write itself already raised."""

@@ -64,6 +64,9 @@ RIGHTS: tuple[Right, ...] = (
     Right("", "pods/status", "patch", "the module controller writes biz states as pod status, and marks non-module "
                                       "pods bound to a vnode (controllers/modules/status.py), through the vnode's "
                                       "write port (controllers/fence.py)"),
+    Right("", "pods/eviction", "create", "the drain controller evicts the module pods of a vnode whose base is going, "
+                                         "so PodDisruptionBudgets hold (controllers/drain.py), through the vnode's "
+                                         "write port (controllers/fence.py)"),
     Right("", "events", "create", "EventRecorder posts Events on vnodes, pods and Deployments (kube/events.py)"),
     Right("", "events", "patch", "EventRecorder aggregates a repeated Event: count and lastTimestamp "
                                  "(kube/events.py)"),

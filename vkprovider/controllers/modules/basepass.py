@@ -184,6 +184,10 @@ class BasePass:
                 self._commands.start_installs(view, plan.install, plan.replace)
             for spec in plan.reinstall:
                 self._commands.start_reinstall(view, spec, plan.replace.get(spec.key))
+        # A base shutting down (DEACTIVATED) still answers arklet: the bizs of pods evicted by its drain are
+        # uninstalled there too, so the pods are finalized without waiting for their grace period.
+        going = readiness is BaseReadiness.DEACTIVATED and self._writes.reaches(view.heartbeat)
+        if (reachable or going) and ledger.bizs is not None:
             for biz_key in plan.uninstall:
                 self._commands.start_uninstall(view, biz_key)
         if plan.finalize or plan.force_finalize:

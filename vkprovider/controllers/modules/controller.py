@@ -144,6 +144,10 @@ class ModuleController:
     def _module_records(self, node: str) -> list[PodRecord]:
         return [r for r in self.index.on(node) if is_module_pod(r.pod)]
 
+    def pods_on(self, node: str) -> list[dict[str, Any]]:
+        """The pods bound to ``node`` (module pods and others)."""
+        return [r.pod for r in self.index.on(node)]
+
     def pods_wanting(self, node: str, key: BizKey) -> list[dict[str, Any]]:
         """The live module pods of ``node`` that want ``key``."""
         return [r.pod for r in self._module_records(node) if not is_terminating(r.pod)
