@@ -77,6 +77,7 @@ def test_handlers(raw, handler):
         ({"httpGet": {}}, "no port"),
         ({"httpGet": {"port": 80, "scheme": "FTP"}}, "unsupported scheme"),
         ({"httpGet": {"port": 80, "path": "/a\r\nX: y"}}, "line break"),
+        ({"httpGet": {"port": 80, "httpHeaders": [{"name": "X A", "value": "1"}]}}, "'X A' is not an HTTP header name"),
         ({"tcpSocket": {"port": True}}, "invalid port True"),
         ({"grpc": {"port": "web"}}, "grpc: invalid port number: web"),
         ({}, "no handler"),

@@ -178,6 +178,69 @@ async def test_http_headers_are_kubelets(server, prober):
     assert "Accept" not in headers  # an empty Accept removes it
 
 
+async def _raw_server(answer: bytes, *, close: bool = True) -> tuple[asyncio.Server, int]:
+    """A server that reads a request head and writes ``answer`` as it is (then closes, unless told not to)."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(answer)
+            await writer.drain()
+            if close:
+                writer.close()
+            else:
+                await asyncio.sleep(10)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, int(server.sockets[0].getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("answer", "result", "output"),
+    [
+        # no length: the body ends at EOF (arklet's way)
+        (b"HTTP/1.1 200 OK\r\n\r\nUP", CheckResult.SUCCESS, "UP"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nUP\r\n0\r\n\r\n", CheckResult.SUCCESS, "UP"),
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n", CheckResult.SUCCESS, ""),
+        (b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 4\r\n\r\ndown", CheckResult.FAILURE,
+         "HTTP probe failed with statuscode: 503"),
+        (b"", CheckResult.FAILURE, "EOF"),  # closed without a word
+        (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", CheckResult.FAILURE, "malformed HTTP response"),
+    ],
+)
+async def test_http_framing(prober, answer, result, output):
+    server, port = await _raw_server(answer)
+    try:
+        outcome = await prober.check(HttpGet(port, "/h"), "127.0.0.1", 2.0)
+        assert outcome.result is result
+        assert output in outcome.output
+    finally:
+        server.close()
+
+
+async def test_http_a_body_that_never_ends_is_cut_at_the_cap(prober):
+    """10 KiB of the body are enough: the check does not wait for the rest (nor for the connection to close)."""
+    server, port = await _raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: 99999\r\n\r\n" + b"y" * 20000,
+                                     close=False)
+    try:
+        started = time.monotonic()
+        outcome = await prober.check(HttpGet(port, "/h"), "127.0.0.1", 5.0)
+        assert outcome == Outcome(CheckResult.SUCCESS, "y" * 10240)
+        assert time.monotonic() - started < 2.0
+    finally:
+        server.close()
+
+
+async def test_http_a_body_that_is_slow_times_out_while_reading_it(prober):
+    server, port = await _raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab", close=False)
+    try:
+        outcome = await prober.check(HttpGet(port, "/h"), "127.0.0.1", 1.0)
+        assert outcome == Outcome(CheckResult.FAILURE, f'Get "http://127.0.0.1:{port}/h": context deadline '
+                                                       "exceeded (Client.Timeout or context cancellation while "
+                                                       "reading body)")
+    finally:
+        server.close()
+
+
 async def test_https_is_not_verified(tmp_path: Path, prober):
     ca_path, ca_key, ca_cert = make_ca(tmp_path, "probe-ca")
     cert, key = make_server_cert(tmp_path, ca_key, ca_cert)

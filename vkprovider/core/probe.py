@@ -53,6 +53,7 @@ Ready conditions with readiness gates (kubelet's ``GeneratePodReadyCondition``) 
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -71,6 +72,7 @@ REASON_KILLING: Final = "Killing"
 REASON_UNSUPPORTED: Final = "UnsupportedProbe"
 REASON_FAILED_PRE_STOP: Final = "FailedPreStopHook"
 
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP header name (RFC 9110 token)
 _DEFAULTS: Final = {"initialDelaySeconds": 0, "periodSeconds": 10, "timeoutSeconds": 1, "successThreshold": 1,
                     "failureThreshold": 3}
 _MINIMUM: Final = {"initialDelaySeconds": 0, "periodSeconds": 1, "timeoutSeconds": 1, "successThreshold": 1,
@@ -275,6 +277,9 @@ def _http_get(raw: Mapping[str, Any], container: Mapping[str, Any]) -> HttpGet |
     path = _text(raw.get("path"))
     if any(c in path for c in "\r\n\0 ") or any(c in v for _, v in headers for c in "\r\n\0"):
         return Unresolvable("httpGet: the path or a header holds a line break, a space or a NUL")
+    bad = next((name for name, _ in headers if not _TOKEN.fullmatch(name)), None)
+    if bad is not None:
+        return Unresolvable(f"httpGet: {bad!r} is not an HTTP header name")
     return HttpGet(port=port, path=path, host=_text(raw.get("host")), scheme=scheme, headers=headers)
 
 
