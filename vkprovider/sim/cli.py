@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 import sys
 
 from vkprovider.sim.arklet import ArkletBehaviour, MultiVersionMode
-from vkprovider.sim.simulator import SimConfig, Simulator
+from vkprovider.sim.simulator import SimConfig, Simulator, base_address
 
 log = logging.getLogger(__name__)
 _MB = 1024 * 1024
@@ -35,6 +36,16 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _loopback(text: str) -> str:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
+    if address.version != 4 or not address.is_loopback:
+        raise argparse.ArgumentTypeError(f"{text} is not in the loopback network 127.0.0.0/8")
+    return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the simulator's flags to ``parser`` (the ``vkprovider sim`` sub-command)."""
     add = parser.add_argument
@@ -48,6 +59,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="first heartbeats are spread over this many seconds (1)",
     )
     add("--host", default="127.0.0.1", help="address the arklet servers and the control API bind to")
+    add("--loopback-ips", type=_loopback, default=None, metavar="127.X.Y.Z",
+        help="give each base its own loopback address: base i is this address plus i (its arklet and web server "
+             "listen there, its heartbeats come from there); default: every base is --host")
+    add("--web-port", type=int, default=None,
+        help="each base serves its ACTIVATED bizs' HTTP paths (/<biz>/version, /<biz>/health) on this port "
+             "(8080 with --loopback-ips; without it base i uses port+i; 0: ephemeral); default: no web server")
     add(
         "--port-start",
         type=int,
@@ -150,6 +167,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         mqtt_ca_path=args.mqtt_ca,
         mqtt_client_prefix=args.mqtt_client_prefix,
         control_port=args.control_port,
+        loopback_ips=args.loopback_ips,
+        web_port=args.web_port if args.web_port is not None else (8080 if args.loopback_ips else None),
         seed=args.seed,
         behaviour=behaviour,
     )
@@ -167,7 +186,7 @@ def _raise_open_file_limit(bases: int) -> None:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if soft < bases * 3 + 64:
+    if soft < bases * 4 + 64:
         log.warning("open file limit %d is low for %d bases", soft, bases)
 
 
@@ -175,7 +194,13 @@ async def run_sim(args: argparse.Namespace) -> None:
     """Run the simulator until SIGINT/SIGTERM."""
     config = config_from_args(args)
     _raise_open_file_limit(config.bases)
-    sim = Simulator(config)
+    try:
+        sim = Simulator(config)
+        if config.loopback_ips:
+            base_address(config, config.bases - 1)
+    except ValueError as exc:
+        sys.stderr.write(f"vkprovider sim: {exc}\n")
+        raise SystemExit(2) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -6,6 +6,8 @@ Routes: ``GET /bases``, ``GET /stats``, ``POST /bases?count=N``, ``POST /bases/{
 ``POST /bases/{identity}/deactivate`` and ``.../activate`` (graceful shutdown and back),
 ``POST /bases/{identity}/hold-biz-lists`` and ``.../release-biz-lists?count=N`` (MQTT bases: queryAllBiz answers
 are held back, then published late with their original publishTimestamp, the N oldest, the rest dropped),
+``POST /bases/{identity}/bizs/{name}/health`` with ``{"status": 500, "delaySeconds": 0}`` (what the base's web
+server answers on ``/<name>/health`` from now on; ``{"status": 200}`` makes it healthy again; ``GET`` reads it),
 ``POST /reset-stats``.
 """
 
@@ -16,6 +18,7 @@ from aiohttp import web
 
 from vkprovider.sim.mqtt_transport import MqttBaseTransport
 from vkprovider.sim.simulator import SimBase, Simulator
+from vkprovider.sim.web import BizHealth
 
 _SIM_KEY = web.AppKey("simulator", Simulator)
 MAX_ADD_PER_CALL = 5000
@@ -54,8 +57,12 @@ async def _add_bases(request: web.Request) -> web.Response:
         return _json({"error": "count must be an integer"}, status=400)
     if not 1 <= count <= MAX_ADD_PER_CALL:
         return _json({"error": f"count must be 1..{MAX_ADD_PER_CALL}"}, status=400)
-    added = await _sim(request).add_bases(count)
-    return _json([{"identity": b.identity, "port": b.port} for b in added])
+    try:
+        added = await _sim(request).add_bases(count)
+    except ValueError as exc:  # past the end of --loopback-ips' range
+        return _json({"error": str(exc)}, status=400)
+    return _json([{"identity": b.identity, "port": b.port, "address": b.address, "webPort": b.web_port}
+                  for b in added])
 
 
 async def _stop_base(request: web.Request) -> web.Response:
@@ -126,6 +133,37 @@ async def _release_biz_lists(request: web.Request) -> web.Response:
     return _json({"identity": base.identity, "released": released})
 
 
+MAX_HEALTH_DELAY_S = 60.0
+
+
+async def _set_biz_health(request: web.Request) -> web.Response:
+    base = _base_or_404(request)
+    name = request.match_info["name"]
+    try:
+        body = orjson.loads(await request.read() or b"{}")
+    except orjson.JSONDecodeError:
+        return _json({"error": "body is not JSON"}, status=400)
+    if not isinstance(body, dict):
+        return _json({"error": "body must be an object"}, status=400)
+    status, delay = body.get("status", 200), body.get("delaySeconds", 0)
+    if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+        return _json({"error": "status must be an HTTP status (100..599)"}, status=400)
+    if not isinstance(delay, int | float) or isinstance(delay, bool) or not 0 <= delay <= MAX_HEALTH_DELAY_S:
+        return _json({"error": f"delaySeconds must be 0..{MAX_HEALTH_DELAY_S:g}"}, status=400)
+    if status == 200 and not delay:
+        base.biz_health.pop(name, None)
+    else:
+        base.biz_health[name] = BizHealth(status, float(delay))
+    return _json({"identity": base.identity, "biz": name, "status": status, "delaySeconds": delay})
+
+
+async def _get_biz_health(request: web.Request) -> web.Response:
+    base = _base_or_404(request)
+    name = request.match_info["name"]
+    health = base.biz_health.get(name) or BizHealth()
+    return _json({"identity": base.identity, "biz": name, "status": health.status, "delaySeconds": health.delay_s})
+
+
 async def _reset_stats(request: web.Request) -> web.Response:
     _sim(request).reset_stats()
     return _json({"reset": True})
@@ -141,6 +179,8 @@ async def start_control_api(sim: Simulator, host: str, port: int) -> tuple[web.A
     app.router.add_post("/bases/{identity}/stop", _stop_base)
     app.router.add_post("/bases/{identity}/start", _start_base)
     app.router.add_post("/bases/{identity}/bizs", _install_orphan)
+    app.router.add_post("/bases/{identity}/bizs/{name}/health", _set_biz_health)
+    app.router.add_get("/bases/{identity}/bizs/{name}/health", _get_biz_health)
     app.router.add_post("/bases/{identity}/deactivate", _deactivate)
     app.router.add_post("/bases/{identity}/activate", _activate)
     app.router.add_post("/bases/{identity}/hold-biz-lists", _hold_biz_lists)

@@ -5,11 +5,21 @@ HTTP server and a heartbeat sender, over MQTT (``--tunnel mqtt``) a ``MqttBaseTr
 broker connection. ``Simulator`` owns them all plus the shared HTTP client session or MQTT connection, and offers
 what tests need to play with bases: stop one (the JVM dies), start it again (a restart loses every biz, keeps
 identity and port), add more, read the counters.
+
+Addresses: by default every base is ``host`` (127.0.0.1) with its own arklet port, as before. With
+``loopback_ips`` (``--loopback-ips 127.10.0.1``) base i is that address plus i (Linux routes all of 127.0.0.0/8 to
+lo, no setup needed): its arklet and its web server listen there, its heartbeats name it in ``localIP`` and come
+from it (a session bound to it: vkprovider's HTTP tunnel calls a base only at the address its heartbeat came from),
+so the pod IP of a module (= the base's IP) reaches that base alone, as on a real network. With ``web_port`` each
+base also serves its ACTIVATED bizs' HTTP paths there (``sim.web``: ``/<biz>/version``, ``/<biz>/health``), like a
+Spring Boot base on 8080, so module probes run against it for real; ``biz_health`` is the knob that makes a biz's
+health path fail (the control API's ``POST /bases/{id}/bizs/{name}/health``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import random
 from dataclasses import dataclass, field
@@ -22,6 +32,7 @@ from vkprovider.core.credentials import base_token
 from vkprovider.sim.arklet import ArkletBehaviour, SimArklet
 from vkprovider.sim.http_transport import ArkletHttpServer, HeartbeatSender
 from vkprovider.sim.mqtt_transport import MqttBaseTransport, MqttSimConnection
+from vkprovider.sim.web import BizHealth, BizWebServer
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +64,10 @@ class SimConfig:
     mqtt_ca_path: str | None = None
     mqtt_client_prefix: str = "koupleless"
     control_port: int | None = None  # None: no control API (in-process use)
+    loopback_ips: str | None = None  # first address of the bases (127.x.y.z): base i is it plus i; None: all `host`
+    # each base serves its bizs' HTTP on this port (with loopback_ips: every base on its own address; without:
+    # base i on web_port + i; 0: an ephemeral port each); None: no web server
+    web_port: int | None = None
     seed: int | None = None
     behaviour: ArkletBehaviour = field(default_factory=ArkletBehaviour)
 
@@ -65,13 +80,20 @@ class SimBase:
         self.index = index
         self.identity = f"{config.identity_prefix}-{index:04d}"
         self.zone = config.zones[index % len(config.zones)] if config.zones else None
+        self.address = base_address(config, index)
         self._sim = sim
         self.arklet = SimArklet(config.behaviour, rng=random.Random(sim.rng.random()))
         self.heartbeats_sent = 0
         self.heartbeat_failures = 0
+        self.biz_health: dict[str, BizHealth] = {}  # a test's knob: what /<biz>/health answers (kept over restarts)
         self._heartbeat_body: bytes | None = None
         self._sender: HeartbeatSender | None = None
+        self._own_session: aiohttp.ClientSession | None = None  # heartbeats from this base's own address
         self.server: ArkletHttpServer | None = None
+        self.web: BizWebServer | None = None
+        if config.web_port is not None:
+            web_port = config.web_port if config.loopback_ips or config.web_port == 0 else config.web_port + index
+            self.web = BizWebServer(lambda: self.arklet, lambda: self.biz_health, self.address, web_port)
         self.mqtt: MqttBaseTransport | None = None
         if sim.mqtt is not None:
             self.mqtt = MqttBaseTransport(
@@ -85,7 +107,7 @@ class SimBase:
                 on_result=self._on_heartbeat,
             )
         else:
-            self.server = ArkletHttpServer(lambda: self.arklet, config.host, port)
+            self.server = ArkletHttpServer(lambda: self.arklet, self.address, port)
 
     def token(self) -> str | None:
         """The bearer token this base sends: its own (from the secret) or the shared one."""
@@ -98,6 +120,11 @@ class SimBase:
     def port(self) -> int:
         """The arklet HTTP port; 0 over MQTT, as arklet's MQTT heartbeat says."""
         return self.server.port if self.server is not None else 0
+
+    @property
+    def web_port(self) -> int | None:
+        """The port this base serves its bizs' HTTP on, None without a web server."""
+        return self.web.port if self.web is not None else None
 
     @property
     def running(self) -> bool:
@@ -122,7 +149,7 @@ class SimBase:
                 "version": config.base_version,
             },
             "localHostName": self.identity,
-            "localIP": config.host,
+            "localIP": self.address,
             "port": self.port,
             "state": self.arklet.state,
         }
@@ -145,6 +172,8 @@ class SimBase:
         """Start the JVM: arklet listens, then heartbeats begin. Called after ``stop`` it is a restart."""
         if self.running:
             return
+        if self.web is not None and not self.web.listening:
+            await self.web.start()
         if self.mqtt is not None:
             await self.mqtt.start()
             return
@@ -153,8 +182,12 @@ class SimBase:
         self._heartbeat_body = None
         if self._sim.session is not None:
             config = self._sim.config
+            session = self._sim.session
+            if config.loopback_ips:
+                connector = aiohttp.TCPConnector(limit=4, local_addr=(self.address, 0))
+                self._own_session = session = aiohttp.ClientSession(connector=connector)
             self._sender = HeartbeatSender(
-                self._sim.session,
+                session,
                 config.endpoint,
                 self.heartbeat_body,
                 interval_s=config.heartbeat_interval_s,
@@ -182,8 +215,13 @@ class SimBase:
         if self._sender is not None:
             await self._sender.stop()
             self._sender = None
+        if self._own_session is not None:
+            await self._own_session.close()
+            self._own_session = None
         if self.server is not None:
             await self.server.stop()
+        if self.web is not None:
+            await self.web.stop()
         if self.mqtt is not None:
             await self.mqtt.stop()
         if partition:
@@ -203,6 +241,8 @@ class SimBase:
             "version": config.base_version,
             "clusterName": config.cluster_name,
             "port": self.port,
+            "address": self.address,
+            "webPort": self.web_port,
             "zone": self.zone,
             "running": self.running,
             "state": self.arklet.state,
@@ -220,10 +260,24 @@ class SimBase:
         }
 
 
+def base_address(config: SimConfig, index: int) -> str:
+    """Where base ``index`` listens and what its heartbeats name: ``loopback_ips`` plus ``index``, else ``host``."""
+    if not config.loopback_ips:
+        return config.host
+    first = ipaddress.ip_address(config.loopback_ips)
+    address = first + index
+    if first.version != 4 or not first.is_loopback or not address.is_loopback:
+        raise ValueError(f"--loopback-ips {config.loopback_ips}: base {index} would be {address}, outside the "
+                         "loopback network 127.0.0.0/8")
+    return str(address)
+
+
 class Simulator:
     """N simulated bases. ``start`` returns once every arklet port listens (heartbeats run on their own)."""
 
     def __init__(self, config: SimConfig) -> None:
+        if config.loopback_ips:
+            base_address(config, 0)  # a clear error now, not a half-started simulator
         self.config = config
         self.rng = random.Random(config.seed)
         self.bases: dict[str, SimBase] = {}
@@ -272,6 +326,8 @@ class Simulator:
     async def add_bases(self, count: int) -> list[SimBase]:
         """Start ``count`` more bases (ports continue from ``port_start`` when it is set)."""
         first = len(self.bases)
+        if self.config.loopback_ips and count > 0:
+            base_address(self.config, first + count - 1)  # all of them fit in 127.0.0.0/8, or none is added
         new: list[SimBase] = []
         for index in range(first, first + count):
             port = 0 if self.config.port_start is None else self.config.port_start + index
