@@ -9,6 +9,9 @@ what each of them is told about its bizs, because a pod's status depends on the 
 - a pod whose version was taken over by a newer version of its *own* workload is "replaced in rollout": Running
   but not Ready, never Failed (so its ReplicaSet does not fight the rollout, see ``core.podstatus``);
 - commands in flight, failures, refusals and a base that cannot be read become the containers' waiting reasons;
+- a pod with probes or readiness gates is Ready as the kubelet decides it (``with_probe_readiness``: a container
+  is ready when its probes say so, started when its startup probe has succeeded, and Ready needs every readiness
+  gate's condition True); without either, an ACTIVATED biz is ready, as before;
 - a Ready pod of a batched release may be held not Ready (``with_ready_held``);
 - while the base is not Ready, every pod's Ready follows it; while its biz list is unknown nothing is said, except
   to a pod that never started on a base whose list cannot be read;
@@ -35,8 +38,10 @@ from vkprovider.core.podstatus import (
     is_ready_status,
     pod_status,
     with_base_not_ready,
+    with_probe_readiness,
     with_ready_held,
 )
+from vkprovider.core.probe import ContainerProbeState
 from vkprovider.core.release import HOLD_REASON
 
 #: How long a new pod's first "ContainerCreating" status waits for its install (a fast one writes Running once).
@@ -71,6 +76,12 @@ class PodView:
     order: str
     refused: str | None = None
     installs_started: tuple[float | None, ...] = ()
+    probes: Mapping[str, ContainerProbeState] = field(default_factory=dict)  # biz containers with probes
+
+    @property
+    def kubelet_readiness(self) -> bool:
+        """Whether Ready is decided as the kubelet decides it: the containers' probes, then the readiness gates."""
+        return bool(self.probes) or bool((self.pod.get("spec") or {}).get("readinessGates"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +211,8 @@ def base_pod_statuses(
         desired = pod_status(view.pod, view.modules, pod_bizs, ops, base_ip=base.ip, now_iso=stamp,
                              replaced_in_rollout=replaced, base=base.condition, base_message=base.message,
                              finished=finished)
+        if view.kubelet_readiness:
+            desired = with_probe_readiness(desired, view.pod, view.probes, stamp)
         if is_ready_status(desired):
             hold = hold_of(view.pod)
             if hold is not None:

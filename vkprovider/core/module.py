@@ -209,11 +209,19 @@ _KEPT_METADATA = ("name", "namespace", "uid", "resourceVersion", "labels", "owne
 _KEPT_ANNOTATIONS = frozenset({INSTALL_STRATEGY_ANNOTATION})
 
 
+#: What a container keeps in the cache: its biz (name, image, env with BIZ_VERSION), its configuration (args, env,
+#: envFrom) and what a kubelet runs for it (probes, lifecycle hooks, the ports they name).
+_KEPT_CONTAINER = ("name", "image", "args", "command", "env", "envFrom", "ports", "readinessProbe", "livenessProbe",
+                   "startupProbe", "lifecycle", "resources")
+_KEPT_SPEC = ("nodeName", "readinessGates", "terminationGracePeriodSeconds")
+
+
 def trim_pod(pod: dict[str, Any]) -> dict[str, Any]:
     """The part of a pod vkprovider reads, for its cache: memory grows with module pods at a few KB each.
 
-    Kept: identity and ownership metadata, labels, the annotations vkprovider reads, deletion facts; the node; each
-    container's name, image and BIZ_VERSION; the whole status (it is compared with what vkprovider writes).
+    Kept: identity and ownership metadata, labels, the annotations vkprovider reads, deletion facts; the node, the
+    readiness gates and the grace period; each container's biz, configuration, probes and lifecycle hooks; the whole
+    status (it is compared with what vkprovider writes).
     """
     md = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
@@ -221,16 +229,11 @@ def trim_pod(pod: dict[str, Any]) -> dict[str, Any]:
     annotations = {k: v for k, v in (md.get("annotations") or {}).items() if k in _KEPT_ANNOTATIONS}
     if annotations:
         kept_metadata["annotations"] = annotations
-    containers = []
-    for container in spec.get("containers") or []:
-        kept: dict[str, Any] = {"name": container.get("name"), "image": container.get("image")}
-        env = [e for e in container.get("env") or [] if e.get("name") == BIZ_VERSION_ENV]
-        if env:
-            kept["env"] = env
-        containers.append(kept)
+    containers = [{k: c[k] for k in _KEPT_CONTAINER if k in c} for c in spec.get("containers") or []]
     trimmed_spec: dict[str, Any] = {"containers": containers}
-    if spec.get("nodeName"):
-        trimmed_spec["nodeName"] = spec["nodeName"]
+    for key in _KEPT_SPEC:
+        if spec.get(key):
+            trimmed_spec[key] = spec[key]
     return {
         "apiVersion": pod.get("apiVersion", "v1"),
         "kind": pod.get("kind", "Pod"),

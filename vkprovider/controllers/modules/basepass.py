@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,7 +34,7 @@ from vkprovider.controllers.modules.status import PodStatusQueue
 from vkprovider.core.backoff import BIZ_INSTALL
 from vkprovider.core.basestate import BaseLedger
 from vkprovider.core.basestatus import BaseFacts, PodView, base_pod_statuses, finished_containers
-from vkprovider.core.model import BizInfo, BizKey
+from vkprovider.core.model import BizInfo, BizKey, BizState
 from vkprovider.core.module import is_module_pod, is_terminal, is_terminating
 from vkprovider.core.node import BaseReadiness
 from vkprovider.core.plan import PodWant, plan_base
@@ -45,8 +46,10 @@ from vkprovider.core.podstatus import (
     not_a_module_condition,
     second_to_iso,
 )
+from vkprovider.core.probe import ContainerProbeState
 from vkprovider.core.sanitize import MAX_LOG_TEXT, clean
 from vkprovider.kube.client import ApiError
+from vkprovider.probes import ContainerInput, ProbeManager
 from vkprovider.tunnels.base import TunnelError
 
 log = logging.getLogger(__name__)
@@ -61,8 +64,6 @@ _BASE_CONDITION = {
 
 
 def now_iso() -> str:
-    import time
-
     return second_to_iso(int(time.time()))
 
 
@@ -107,8 +108,8 @@ class BasePass:
     """The per-base reconcile (see the module docstring); ``run(node)`` is the module queue's handler."""
 
     def __init__(self, cfg: ModuleSettings, registry: BaseRegistry, index: PodIndex, writes: VnodeWrites,
-                 commands: CommandRunner, statuses: PodStatusQueue, bizlog: BizLog, *, clock: Callable[[], float],
-                 revision_of: Callable[[Mapping[str, Any]], int],
+                 commands: CommandRunner, statuses: PodStatusQueue, bizlog: BizLog, probes: ProbeManager, *,
+                 clock: Callable[[], float], revision_of: Callable[[Mapping[str, Any]], int],
                  ready_hold: Callable[[Mapping[str, Any]], str | None]) -> None:
         self._cfg = cfg
         self._registry = registry
@@ -117,6 +118,7 @@ class BasePass:
         self._commands = commands
         self._statuses = statuses
         self._bizlog = bizlog
+        self._probes = probes
         self._clock = clock
         self._revision_of = revision_of
         self._ready_hold = ready_hold
@@ -312,9 +314,11 @@ class BasePass:
         views = []
         for record in records:
             facts = record.facts(self._cfg.url_policy)
-            views.append(PodView(record.key, record.shown(now), facts.modules, facts.workload, facts.order,
+            shown = record.shown(now)
+            views.append(PodView(record.key, shown, facts.modules, facts.workload, facts.order,
                                  refused.get(record.key),
-                                 tuple(started.get((node, s.key)) for s in facts.modules.bizs)))
+                                 tuple(started.get((node, s.key)) for s in facts.modules.bizs),
+                                 self._probe(record, shown, view, now)))
         base = BaseFacts(view.heartbeat.identity, view.heartbeat.ip, _BASE_CONDITION[readiness])
         plan = base_pod_statuses(views, view.ledger, base, outranked=outranked, now=now, stamp=now_iso(),
                                  hold_of=self._ready_hold)
@@ -323,3 +327,45 @@ class BasePass:
             if desired is not None:
                 self._statuses.want(record, node, desired)
         return plan.recheck_s
+
+    def _probe(self, record: PodRecord, shown: Mapping[str, Any], view: BaseView,
+               now: float) -> dict[str, ContainerProbeState]:
+        """Bring the pod's probes up to date with what the base says of its bizs; their verdicts for its status."""
+        facts = record.facts(self._cfg.url_policy)
+        pod = record.pod
+        if not facts.probes or is_terminal(pod):
+            if record.probed:
+                self._probes.forget(record.key)
+                record.probed = False
+            return {}
+        bizs = view.ledger.bizs or {}
+        wall = time.time()
+        statuses = {str(c.get("name")): c for c in (shown.get("status") or {}).get("containerStatuses") or []}
+        pod_ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                        for c in (shown.get("status") or {}).get("conditions") or [])
+        inputs: dict[str, ContainerInput] = {}
+        for spec in facts.modules.bizs:
+            probes = facts.probes.get(spec.name)
+            if probes is None:
+                continue
+            info = bizs.get(spec.key)
+            status = statuses.get(spec.name) or {}
+            activated_at: float | None = None
+            if info is not None and info.state is BizState.ACTIVATED:
+                # Since when it runs: its ACTIVATED record, else the start its pod shows (a 2.1.6 base sends records
+                # without times; the pod status survives a restart or a takeover), else when this replica saw it.
+                at_ms = info.time_entered(BizState.ACTIVATED)
+                if at_ms is None:
+                    at_ms = _iso_to_ms(((status.get("state") or {}).get("running") or {}).get("startedAt"))
+                if at_ms is not None:
+                    activated_at = min(now, now - (wall - at_ms / 1000))
+                else:
+                    activated_at = record.activated_seen.setdefault(spec.name, now)
+            else:
+                record.activated_seen.pop(spec.name, None)
+            inputs[spec.name] = ContainerInput(probes, activated_at,
+                                               shown_ready=pod_ready and bool(status.get("ready")),
+                                               shown_started=bool(status.get("started")))
+        self._probes.sync(record.key, record.uid, view.heartbeat.ip, inputs, terminating=is_terminating(pod))
+        record.probed = True
+        return self._probes.state(record.key)

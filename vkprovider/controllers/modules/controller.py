@@ -32,6 +32,8 @@ from vkprovider.controllers.queue import WorkQueue
 from vkprovider.core.basestatus import finished_containers
 from vkprovider.core.model import BizInfo, BizKey, BizSpec
 from vkprovider.core.module import is_module_pod, is_terminal, is_terminating
+from vkprovider.core.probe import ProbeEvent
+from vkprovider.probes import ProbeManager
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +57,12 @@ class ModuleController:
         self.clock = clock
         self.bizlog = bizlog if bizlog is not None else BizLog(cfg.biz_log_lines)
         self.index = PodIndex(cfg.env)
+        self.probes = ProbeManager(on_change=self._probe_changed, on_event=self._probe_event)
         self.statuses = PodStatusQueue(self.index, writes, clock=clock, on_written=self._written)
         self.commands = CommandRunner(registry, writes, self.bizlog, clock=clock, requeue=self._requeue,
                                       wanting=self.pods_wanting, releasing=self.pods_releasing)
         self.bases = BasePass(cfg, registry, self.index, writes, self.commands, self.statuses, self.bizlog,
-                              clock=clock, revision_of=revision_of, ready_hold=ready_hold)
+                              self.probes, clock=clock, revision_of=revision_of, ready_hold=ready_hold)
         self.queue = WorkQueue("module", self.bases.run, workers=cfg.workers)
 
     async def run(self) -> None:
@@ -68,6 +71,7 @@ class ModuleController:
             await asyncio.gather(self.queue.run(), self.statuses.queue.run())
         finally:
             self.commands.cancel_all()
+            await self.probes.close()
 
     def ready(self) -> bool:
         return self.queue.running and self.statuses.queue.running
@@ -81,6 +85,7 @@ class ModuleController:
         self.commands.cancel_all()
         await self.queue.stop()
         await self.statuses.stop()
+        await self.probes.close()
 
     def _requeue(self, node: str) -> None:
         self.queue.add(node)
@@ -88,6 +93,8 @@ class ModuleController:
     # --- events -----------------------------------------------------------------------------------------
     def on_pod_change(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         change = self.index.apply(key, old, new)
+        if change.gone is not None and change.gone.probed:
+            self.probes.forget(key)
         if change.old_node and change.old_node != change.new_node:
             self.queue.add(change.old_node)
         record, node = change.record, change.new_node
@@ -122,6 +129,9 @@ class ModuleController:
             self.statuses.drop(record)
             record.unstarted_since = None
             record.seeded = False
+            if record.probed:
+                self.probes.forget(record.key)
+                record.probed = False
         self.bases.forget(node)
 
     def on_base_changed(self, node: str) -> None:
@@ -139,6 +149,20 @@ class ModuleController:
         if view.ledger.apply_untimed(bizs):
             self.bases.log_changes(node, before, view.ledger.bizs or {})
         self.queue.add(node)
+
+    def _probe_changed(self, pod_key: str) -> None:
+        """A probe changed what a pod shows (ready, started, a restart due): a pass over its base."""
+        record = self.index.get(pod_key)
+        if record is not None and record.node is not None:
+            self.queue.add(record.node)
+
+    def _probe_event(self, pod_key: str, uid: str, container: str, event: ProbeEvent) -> None:
+        record = self.index.get(pod_key)
+        if record is None or record.uid != uid or record.node is None:
+            return
+        scope = self.writes.scope(record.node)
+        post = scope.warning if event.type == "Warning" else scope.normal
+        post(record.pod, event.reason, event.message)
 
     # --- questions ----------------------------------------------------------------------------------------
     def _module_records(self, node: str) -> list[PodRecord]:

@@ -1,0 +1,123 @@
+"""Module pods are Ready when their module serves (issue 29): probes run as a kubelet runs them, on the base's
+address, readiness gates decide as the kubelet decides. Real control plane; simulated bases, each on its own
+loopback address, serving their bizs' HTTP paths while the biz is ACTIVATED (vkprovider/sim/web.py)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tests.helpers import figure
+from tests.integration.harness import condition, is_ready, module_pod, wait_ready_vnodes, wait_until
+from vkprovider.kube.client import Kube
+
+WEB_PORT = 8080
+
+
+async def start(provider_factory: Any, sim_factory: Any, env: str, *args: str) -> tuple[Any, Any]:
+    provider = await provider_factory()
+    sim = await sim_factory(provider.endpoint, "--bases", "1", "--heartbeat-interval", "2", "--identity-prefix", env,
+                            "--loopback-ips", "127.30.0.1", "--web-port", str(WEB_PORT), *args)
+    return provider, sim
+
+
+def probed_pod(name: str, env: str, **container: Any) -> dict[str, Any]:
+    pod = module_pod(name, env)
+    pod["spec"]["containers"][0].update(container)
+    return pod
+
+
+def http_probe(path: str, **timing: int) -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": WEB_PORT}, "periodSeconds": 1, "failureThreshold": 1, **timing}
+
+
+async def get(admin: Kube, namespace: str, name: str) -> dict[str, Any]:
+    return dict(await admin.get(f"/api/v1/namespaces/{namespace}/pods/{name}"))
+
+
+def container_ready(pod: dict[str, Any]) -> bool:
+    return bool(((pod.get("status") or {}).get("containerStatuses") or [{}])[0].get("ready"))
+
+
+async def test_readiness_follows_the_module_s_health_not_just_activated(admin, env_name, namespace,
+                                                                        provider_factory, sim_factory):
+    """biz1's health path answers 500 while biz1 stays ACTIVATED: before, the pod stayed Ready (readiness was
+    ACTIVATED); now its container is not ready and the pod Ready=False with the kubelet's reason, until the module
+    answers 200 again."""
+    provider, sim = await start(provider_factory, sim_factory, env_name)
+    await wait_ready_vnodes(admin, env_name, 1)
+    identity = (await sim.bases())[0]["identity"]
+    await admin.create(f"/api/v1/namespaces/{namespace}/pods",
+                       probed_pod("p", env_name, readinessProbe=http_probe("/biz1/health")))
+
+    async def ready() -> bool:
+        return is_ready(await get(admin, namespace, "p"))
+
+    await wait_until(ready, 60, what="the pod Ready once its readiness probe passes")
+    await sim.call("POST", f"/bases/{identity}/bizs/biz1/health", json={"status": 500})
+    flipped = time.monotonic()
+
+    async def unready() -> dict[str, Any] | None:
+        pod = await get(admin, namespace, "p")
+        return pod if condition(pod, "Ready").get("status") == "False" else None
+
+    pod = await wait_until(unready, 30, interval_s=0.2, what="the pod not Ready while its module fails")
+    unready_s = time.monotonic() - flipped
+    assert not container_ready(pod)
+    assert condition(pod, "Ready").get("reason") == "ContainersNotReady"
+    assert condition(pod, "ContainersReady").get("status") == "False"
+    assert pod["status"]["phase"] == "Running"
+    biz = [b for b in (await sim.bases())[0]["bizs"] if b["bizName"] == "biz1"]
+    assert biz and str(biz[0]["bizState"]).upper() == "ACTIVATED"  # the biz runs: only its health failed
+    events = await admin.get(f"/api/v1/namespaces/{namespace}/events",
+                             params={"fieldSelector": "involvedObject.name=p"})
+    assert any(e["reason"] == "Unhealthy" and "Readiness probe failed" in e["message"] for e in events["items"])
+    await sim.call("POST", f"/bases/{identity}/bizs/biz1/health", json={"status": 200})
+    await wait_until(ready, 30, interval_s=0.2, what="the pod Ready again")
+    figure("readiness_probe_unready_after_s", round(unready_s, 1))
+
+
+async def test_an_exec_probe_is_skipped_with_a_warning_and_readiness_falls_back_to_activated(
+        admin, env_name, namespace, provider_factory, sim_factory):
+    await start(provider_factory, sim_factory, env_name)
+    await wait_ready_vnodes(admin, env_name, 1)
+    await admin.create(f"/api/v1/namespaces/{namespace}/pods",
+                       probed_pod("x", env_name, readinessProbe={"exec": {"command": ["true"]}}))
+
+    async def ready() -> bool:
+        return is_ready(await get(admin, namespace, "x"))
+
+    await wait_until(ready, 60, what="the pod Ready (ACTIVATED) despite its exec probe")
+
+    async def warned() -> bool:
+        events = await admin.get(f"/api/v1/namespaces/{namespace}/events",
+                                 params={"fieldSelector": "involvedObject.name=x"})
+        return any(e["type"] == "Warning" and e["reason"] == "UnsupportedProbe" for e in events["items"])
+
+    await wait_until(warned, 30, what="a Warning Event saying the exec probe is not run")
+
+
+async def test_a_readiness_gate_holds_ready_until_its_condition_is_true(admin, env_name, namespace,
+                                                                        provider_factory, sim_factory):
+    await start(provider_factory, sim_factory, env_name)
+    await wait_ready_vnodes(admin, env_name, 1)
+    pod = module_pod("g", env_name)
+    pod["spec"]["readinessGates"] = [{"conditionType": "vkprovider.test/gate"}]
+    await admin.create(f"/api/v1/namespaces/{namespace}/pods", pod)
+
+    async def held() -> dict[str, Any] | None:
+        shown = await get(admin, namespace, "g")
+        ok = (condition(shown, "ContainersReady").get("status") == "True"
+              and condition(shown, "Ready").get("status") == "False"
+              and condition(shown, "Ready").get("reason") == "ReadinessGatesNotReady")
+        return shown if ok else None
+
+    await wait_until(held, 60, what="containers ready, the pod held by its readiness gate")
+    await admin.patch(f"/api/v1/namespaces/{namespace}/pods/g/status",
+                      {"status": {"conditions": [{"type": "vkprovider.test/gate", "status": "True"}]}},
+                      kind="strategic")
+
+    async def ready() -> bool:
+        return is_ready(await get(admin, namespace, "g"))
+
+    await wait_until(ready, 30, what="the pod Ready once its gate is True")
