@@ -237,6 +237,63 @@ async def test_batch_install(env: Env) -> None:
     assert await env.tunnel.batch_install_biz(base, []) == {}
 
 
+async def test_config_and_the_fence_reach_arklet(env: Env) -> None:
+    """installBiz carries args, envs and bizModelVersion; an uninstall with another pod's bizModelVersion comes
+    back EXPIRED (arklet 1.4.3's rule, simulated) and leaves the biz running; its owner's goes through."""
+    base = await env.base("sim-0000")
+    spec = BizSpec("fenced", "1.0.0", "file:///tmp/fenced.jar").with_config(["--a=1"], {"K": "v", "E": ""})
+    assert (await env.tunnel.install_biz(base, spec, biz_model_version="uid-1")).ok
+    arklet = env.sim.base("sim-0000").arklet
+    sent = arklet.bizs["fenced:1.0.0"]
+    assert (sent.args, sent.envs, arklet.model_versions["fenced:1.0.0"]) == (("--a=1",), {"K": "v", "E": ""}, "uid-1")
+    stale = await env.tunnel.uninstall_biz(base, "fenced", "1.0.0", biz_model_version="uid-2")
+    assert stale.outcome is CommandOutcome.EXPIRED and "command is expired" in stale.message
+    assert "fenced:1.0.0" in arklet.bizs
+    assert (await env.tunnel.uninstall_biz(base, "fenced", "1.0.0", biz_model_version="uid-1")).ok
+
+
+def _requests(command: str) -> float:
+    return sum(REGISTRY.get_sample_value("vkprovider_tunnel_request_duration_seconds_count",
+                                         {"tunnel": "http", "command": command, "result": result}) or 0.0
+               for result in ("success", "failed", "timeout", "transport_error"))
+
+
+async def test_a_base_without_batch_installs_is_served_one_by_one() -> None:
+    """arklet < 2.1.7 answers batchInstallBiz with CMD_NOT_FOUND: the bizs are installed one by one (each with its
+    own bizModelVersion), and that base is never sent a batch again."""
+    events = RecordingEvents()
+    tunnel = HttpTunnel(_settings())
+    await tunnel.start(events)
+    sim = Simulator(SimConfig(bases=1, endpoint=f"http://127.0.0.1:{tunnel.port}", heartbeat_interval_s=5,
+                              heartbeat_first_spread_s=0.05, token_secret=SECRET, identity_prefix="old",
+                              behaviour=ArkletBehaviour(install_latency_s=0.01, batch_install=False,
+                                                        fail_bizs=frozenset({"bad"}))))
+    await sim.start()
+    try:
+        deadline = time.monotonic() + 3
+        while "old-0000" not in events.latest():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        base = events.latest()["old-0000"]
+        a = BizSpec("oa", "1", "file:///tmp/oa.jar").with_config(["--x"], {})
+        b = BizSpec("bad", "1", "file:///tmp/bad.jar")
+        batches = _requests("batchInstallBiz")
+        results = await tunnel.batch_install_biz(base, [a, b], biz_model_versions={a.key: "uid-a"})
+        assert {url: r.outcome for url, r in results.items()} == {a.url: CommandOutcome.SUCCESS,
+                                                                  b.url: CommandOutcome.FAILED}
+        arklet = sim.base("old-0000").arklet
+        assert (arklet.batch_calls, arklet.install_calls) == (0, 2)
+        assert arklet.model_versions == {"oa:1": "uid-a"} and arklet.bizs["oa:1"].args == ("--x",)
+        assert _requests("batchInstallBiz") == batches + 1  # the one CMD_NOT_FOUND
+        c = BizSpec("oc", "1", "file:///tmp/oc.jar")
+        assert (await tunnel.batch_install_biz(base, [c]))[c.url].ok
+        assert _requests("batchInstallBiz") == batches + 1  # not asked again
+        assert (arklet.batch_calls, arklet.install_calls) == (0, 3)
+    finally:
+        await sim.stop()
+        await tunnel.stop()
+
+
 async def test_health(env: Env) -> None:
     health = await env.tunnel.health(await env.base("sim-0000"))
     assert health == BaseHealth(

@@ -233,3 +233,108 @@ async def test_direct_install_is_not_counted_and_reset_stats() -> None:
     await arklet.handle("installBiz", _install_body())
     arklet.reset_stats()
     assert (arklet.install_calls, arklet.calls_by_biz) == (0, {})
+
+
+# --- arklet 1.4.3's fence: bizModelVersion (koupleless/runtime #247, #248) ----------------------------------------
+
+def _uninstall(version: str | None, name: str = "biz1") -> dict[str, Any]:
+    body = {"bizName": name, "bizVersion": "1.0.0"}
+    if version is not None:
+        body["bizModelVersion"] = version
+    return body
+
+
+def _with_owner(owner: str | None, **body: Any) -> dict[str, Any]:
+    out = {**_install_body(), **body}
+    if owner is not None:
+        out["bizModelVersion"] = owner
+    return out
+
+
+# (case, installed with, uninstall with, outcome) - BizOpsPodCoordinator.canAccess
+FENCE = [
+    ("the owner uninstalls", "uid-1", "uid-1", CommandOutcome.SUCCESS),
+    ("another pod's uninstall is expired", "uid-1", "uid-2", CommandOutcome.EXPIRED),
+    ("an empty value is always allowed (orphan clean-up)", "uid-1", "", CommandOutcome.SUCCESS),
+    ("no value is always allowed (an older controller)", "uid-1", None, CommandOutcome.SUCCESS),
+    ("installed without one: anyone may", None, "uid-2", CommandOutcome.SUCCESS),
+    ("installed with an empty one: anyone may", "", "uid-2", CommandOutcome.SUCCESS),
+]
+
+
+@pytest.mark.parametrize(("case", "owner", "caller", "outcome"), FENCE, ids=[c[0] for c in FENCE])
+async def test_a_stale_uninstall_is_refused_as_expired(case: str, owner: str | None, caller: str | None,
+                                                     outcome: CommandOutcome) -> None:
+    arklet = _arklet()
+    assert wire.parse_command_result(await arklet.handle("installBiz", _with_owner(owner))).ok
+    answer = await arklet.handle("uninstallBiz", _uninstall(caller))
+    assert wire.parse_command_result(answer).outcome is outcome
+    if outcome is CommandOutcome.EXPIRED:
+        # arklet's own answer, word for word; the biz keeps running
+        assert answer == {"code": "FAILED", "message": "can not access biz because the command is expired"}
+        assert _states(arklet) == {"biz1:1.0.0": "activated"}
+    else:
+        assert _states(arklet) == {}
+
+
+async def test_the_fence_follows_the_newest_install_and_is_forgotten_on_uninstall() -> None:
+    arklet = _arklet()
+    await arklet.handle("installBiz", _with_owner("uid-1"))
+    assert (await arklet.handle("uninstallBiz", _uninstall("")))["code"] == "SUCCESS"  # clean-up, no owner
+    assert arklet.model_versions == {}  # an uninstall without a value forgets the owner
+    await arklet.handle("installBiz", _with_owner("uid-2"))  # a new pod installs it again
+    expired = wire.parse_command_result(await arklet.handle("uninstallBiz", _uninstall("uid-1")))
+    assert expired.outcome is CommandOutcome.EXPIRED  # the old pod's late uninstall cannot remove it
+    assert (await arklet.handle("uninstallBiz", _uninstall("uid-2")))["code"] == "SUCCESS"
+    assert arklet.model_versions == {}
+    # nothing stored any more: even a stranger's value passes the fence (and finds nothing)
+    gone = wire.parse_command_result(await arklet.handle("uninstallBiz", _uninstall("uid-9")))
+    assert gone.outcome is CommandOutcome.NOT_FOUND
+
+
+async def test_batch_installs_and_replaced_versions_store_nothing_new() -> None:
+    """BatchInstallBizHandler does not call BizOpsPodCoordinator.save; uninstallThenInstall removes old versions
+    without the handler, so their stored value stays (arklet 1.4.3 as written)."""
+    arklet = _arklet()
+    batch = {"bizList": [_with_owner("uid-1")]}
+    assert (await arklet.handle("batchInstallBiz", batch))["code"] == "SUCCESS"
+    assert arklet.model_versions == {}
+    assert (await arklet.handle("uninstallBiz", _uninstall("uid-2")))["code"] == "SUCCESS"
+    await arklet.handle("installBiz", _with_owner("uid-1"))
+    replaced = _with_owner("uid-3", bizVersion="2.0.0", installStrategy="uninstallThenInstall")
+    assert wire.parse_command_result(await arklet.handle("installBiz", replaced)).ok
+    assert arklet.model_versions == {"biz1:1.0.0": "uid-1", "biz1:2.0.0": "uid-3"}
+    stale = wire.parse_command_result(await arklet.handle("uninstallBiz", _uninstall("uid-2")))
+    assert stale.outcome is CommandOutcome.EXPIRED  # biz1:1.0.0 is gone, its owner is still on record
+
+
+async def test_a_failed_install_stores_nothing() -> None:
+    arklet = _arklet(fail_bizs=frozenset({"biz1"}))
+    assert not wire.parse_command_result(await arklet.handle("installBiz", _with_owner("uid-1"))).ok
+    assert arklet.model_versions == {}
+
+
+async def test_a_base_restart_forgets_the_owners() -> None:
+    from vkprovider.sim.simulator import SimBase, SimConfig, Simulator
+
+    behaviour = ArkletBehaviour(install_latency_s=0.0, uninstall_latency_s=0.0)
+    base = SimBase(Simulator(SimConfig(bases=1, behaviour=behaviour)), 0, 0)
+    await base.arklet.handle("installBiz", _with_owner("uid-1"))
+    await base.stop()  # the JVM dies; its arklet comes back empty
+    assert base.arklet.model_versions == {}
+    await base.arklet.handle("installBiz", _with_owner(None))  # e.g. reinstalled by hand, no owner
+    assert (await base.arklet.handle("uninstallBiz", _uninstall("uid-2")))["code"] == "SUCCESS"
+
+
+async def test_an_arklet_before_1_4_3_ignores_the_fence() -> None:
+    arklet = _arklet(model_version_fence=False)
+    await arklet.handle("installBiz", _with_owner("uid-1"))
+    assert (await arklet.handle("uninstallBiz", _uninstall("uid-2")))["code"] == "SUCCESS"
+
+
+async def test_the_simulator_keeps_what_it_was_installed_with() -> None:
+    arklet = _arklet()
+    await arklet.handle("installBiz", _with_owner("uid-1", args=["--a=1"], envs={"K": "s3cr3t"}))
+    biz = arklet.bizs["biz1:1.0.0"]
+    assert biz.args == ("--a=1",) and biz.envs == {"K": "s3cr3t"}
+    assert "args" not in biz.to_wire() and "envs" not in biz.to_wire() and "s3cr3t" not in repr(biz)

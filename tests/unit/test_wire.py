@@ -368,6 +368,17 @@ INSTALL_OK = {
             "illegal",
         ),
         ({"code": "SUCCESS", "data": "weird"}, CommandOutcome.SUCCESS, ""),
+        # arklet 1.4.3 UninstallBizHandler: Output.ofFailed("can not access biz because the command is expired")
+        (
+            {"code": "FAILED", "message": "can not access biz because the command is expired"},
+            CommandOutcome.EXPIRED,
+            "command is expired",
+        ),
+        (  # the same answer over MQTT: bizOperation's response
+            {"baseIdentity": "b", "code": "FAILED", "message": "can not access biz because the command is expired"},
+            CommandOutcome.EXPIRED,
+            "command is expired",
+        ),
     ],
 )
 def test_parse_command_result(envelope: dict[str, Any], outcome: CommandOutcome, message_part: str) -> None:
@@ -440,6 +451,43 @@ def test_request_bodies() -> None:
         "bizList": [orjson.loads(wire.install_request(spec))] * 2
     }
     assert orjson.loads(wire.baseline_response([spec])) == [orjson.loads(wire.install_request(spec))]
+
+
+# (case, install_request kwargs, spec fields, expected body) - arklet's InstallBizHandler.Input
+CONFIGURED = [
+    ("plain: the Go controller's body", {}, {}, {}),
+    ("args and envs", {}, {"args": ("--a=1", "b"), "envs": (("X", "1"), ("Y", ""))},
+     {"args": ["--a=1", "b"], "envs": {"X": "1", "Y": ""}}),
+    ("the fence", {"biz_model_version": "3f1e-uid"}, {}, {"bizModelVersion": "3f1e-uid"}),
+    ("an empty fence is left out (arklet treats absent and empty alike)", {"biz_model_version": ""}, {}, {}),
+    ("all, with the strategy", {"biz_model_version": "u", "replace_other_versions": True},
+     {"args": ("x",), "envs": (("E", "v"),)},
+     {"args": ["x"], "envs": {"E": "v"}, "bizModelVersion": "u", "installStrategy": "uninstallThenInstall"}),
+]
+
+
+@pytest.mark.parametrize(("case", "kwargs", "fields", "extra"), CONFIGURED, ids=[c[0] for c in CONFIGURED])
+def test_install_bodies_carry_args_envs_and_the_fence(case: str, kwargs: dict[str, Any], fields: dict[str, Any],
+                                                      extra: dict[str, Any]) -> None:
+    spec = BizSpec("biz1", "0.0.1", "file:///tmp/biz1.jar", **fields)
+    base = {"bizName": "biz1", "bizVersion": "0.0.1", "bizUrl": "file:///tmp/biz1.jar"}
+    assert orjson.loads(wire.install_request(spec, **kwargs)) == {**base, **extra}
+
+
+def test_uninstall_and_batch_bodies_carry_the_fence_per_biz() -> None:
+    assert orjson.loads(wire.uninstall_request("biz1", "0.0.1", biz_model_version="u1")) == {
+        "bizName": "biz1", "bizVersion": "0.0.1", "bizModelVersion": "u1"}
+    assert orjson.loads(wire.uninstall_request("biz1", "0.0.1", biz_model_version="")) == {
+        "bizName": "biz1", "bizVersion": "0.0.1"}  # the orphan clean-up: always allowed
+    a = BizSpec("a", "1", "file:///a.jar", args=("--x",), envs=(("K", "v"),))
+    b = BizSpec("b", "1", "file:///b.jar")
+    versions = {a.key: "uid-a"}
+    expected = [{"bizName": "a", "bizVersion": "1", "bizUrl": "file:///a.jar", "args": ["--x"], "envs": {"K": "v"},
+                 "bizModelVersion": "uid-a"},
+                {"bizName": "b", "bizVersion": "1", "bizUrl": "file:///b.jar"}]
+    assert orjson.loads(wire.batch_install_request([a, b], biz_model_versions=versions)) == {"bizList": expected}
+    assert orjson.loads(wire.baseline_response([a, b], biz_model_versions=versions)) == expected  # MQTT batch
+    assert orjson.loads(wire.baseline_response([b])) == [expected[1]]  # queryBaseline answer
 
 
 def test_identity_must_fit_the_node_name_of_its_env() -> None:

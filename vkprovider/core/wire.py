@@ -25,6 +25,7 @@ from vkprovider.core.model import (
     BaseHeartbeat,
     BaseMetadata,
     BizInfo,
+    BizKey,
     BizSpec,
     BizState,
     BizStateRecord,
@@ -36,6 +37,7 @@ from vkprovider.core.sanitize import clean
 
 __all__ = [
     "CONFLICT_MARKER",
+    "EXPIRED_MARKER",
     "LABEL_PREFIXES",
     "MAX_EXTRA_LABELS",
     "WireError",
@@ -55,6 +57,9 @@ __all__ = [
 
 CONFLICT_MARKER: Final = "conflict, exist unfinished command"
 """Arklet's top-level message when a command on the same name:version is still running."""
+
+EXPIRED_MARKER: Final = "can not access biz because the command is expired"
+"""arklet >= 1.4.3's whole answer to an uninstall whose bizModelVersion is not the biz's (UninstallBizHandler)."""
 
 LABEL_PREFIXES: Final = ("topology.kubernetes.io/", "base.koupleless.io/")
 """The only node-label keys a base may ask for through the ``labels`` heartbeat extension."""
@@ -420,6 +425,8 @@ def _fold(code: object, data: object, message: object, stack: object) -> Command
         return CommandResult(CommandOutcome.SUCCESS, data_message or outer_message or "", bizs)
     if outer_message and CONFLICT_MARKER in outer_message:
         return CommandResult(CommandOutcome.CONFLICT, outer_message, bizs)
+    if code == "FAILED" and outer_message and EXPIRED_MARKER in outer_message:
+        return CommandResult(CommandOutcome.EXPIRED, outer_message, bizs)
     text = data_message or outer_message or f"arklet answered {code}"
     cause = _first_line(stack)
     if cause and cause not in text:
@@ -467,28 +474,57 @@ def parse_batch_install_result(
 
 
 # --- request bodies ----------------------------------------------------------------------------------------
+#
+# installBiz input (arklet's InstallBizHandler.Input): bizName, bizVersion, bizUrl, installStrategy, and
+# - ``args``: a list of strings, given to the biz's ``main`` (Spring Boot reads ``--name=value`` as properties);
+# - ``envs``: a map of strings. arklet hands it to sofa-ark, whose MainMethodRunner drops it (a "TODO: add envs into
+#   the tenant of jdk" up to sofa-ark 3.1.11): on a standard JDK the biz cannot see them (docs/protocol.md §B);
+# - ``bizModelVersion`` (arklet >= 1.4.3; older arklets ignore it): the owner of this install. arklet stores it with
+#   the biz at install, and refuses an uninstall carrying another non-empty value ("can not access biz because the
+#   command is expired", CommandOutcome.EXPIRED); an empty value is always allowed. Keys are sent only when they
+#   have a value, so a plain biz's bodies are byte for byte those of the Go controller.
+# batchInstallBiz (HTTP) and the MQTT baseline take a list of the same inputs. Never log a body: envs and args may
+# hold Secret data.
 
 
-def _install_input(biz: BizSpec) -> dict[str, str]:
-    return {"bizName": biz.name, "bizVersion": biz.version, "bizUrl": biz.url}
+def _install_input(biz: BizSpec, biz_model_version: str = "") -> dict[str, Any]:
+    body: dict[str, Any] = {"bizName": biz.name, "bizVersion": biz.version, "bizUrl": biz.url}
+    if biz.args:
+        body["args"] = list(biz.args)
+    if biz.envs:
+        body["envs"] = dict(biz.envs)
+    if biz_model_version:
+        body["bizModelVersion"] = biz_model_version
+    return body
 
 
-def install_request(biz: BizSpec, *, replace_other_versions: bool = False) -> bytes:
+def install_request(biz: BizSpec, *, replace_other_versions: bool = False, biz_model_version: str = "") -> bytes:
     """installBiz input; ``replace_other_versions`` asks arklet to uninstall other versions of the biz first."""
-    body: dict[str, str] = _install_input(biz)
+    body = _install_input(biz, biz_model_version)
     if replace_other_versions:
         body["installStrategy"] = "uninstallThenInstall"
     return orjson.dumps(body)
 
 
-def uninstall_request(name: str, version: str) -> bytes:
-    return orjson.dumps({"bizName": name, "bizVersion": version})
+def uninstall_request(name: str, version: str, *, biz_model_version: str = "") -> bytes:
+    body = {"bizName": name, "bizVersion": version}
+    if biz_model_version:
+        body["bizModelVersion"] = biz_model_version
+    return orjson.dumps(body)
 
 
-def batch_install_request(bizs: Sequence[BizSpec]) -> bytes:
-    return orjson.dumps({"bizList": [_install_input(biz) for biz in bizs]})
+def _inputs(bizs: Sequence[BizSpec], biz_model_versions: Mapping[BizKey, str] | None) -> list[dict[str, Any]]:
+    versions = biz_model_versions or {}
+    return [_install_input(biz, versions.get(biz.key, "")) for biz in bizs]
 
 
-def baseline_response(bizs: Sequence[BizSpec]) -> bytes:
-    """The answer to ``queryBaseline``: ``[{"bizName","bizVersion","bizUrl"}]``."""
-    return orjson.dumps([_install_input(biz) for biz in bizs])
+def batch_install_request(bizs: Sequence[BizSpec], *,
+                          biz_model_versions: Mapping[BizKey, str] | None = None) -> bytes:
+    """batchInstallBiz input: one installBiz input per biz (``biz_model_versions`` by name:version)."""
+    return orjson.dumps({"bizList": _inputs(bizs, biz_model_versions)})
+
+
+def baseline_response(bizs: Sequence[BizSpec], *, biz_model_versions: Mapping[BizKey, str] | None = None) -> bytes:
+    """The answer to ``queryBaseline``, also the MQTT batch install (``base/baseline``): installBiz inputs
+    ``[{"bizName","bizVersion","bizUrl",...}]``."""
+    return orjson.dumps(_inputs(bizs, biz_model_versions))

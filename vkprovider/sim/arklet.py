@@ -6,6 +6,22 @@ envelope it returns. It reproduces what vkprovider must cope with on a real base
 state records, REPEAT_BIZ / NOT_FOUND_BIZ, the per-name:version "conflict, exist unfinished command" answer,
 install latency that does not block other commands, injected failures (auto-uninstalled like sofa-ark), and
 what happens to the other versions of a biz when a new version starts.
+
+The fence of arklet 1.4.3 (koupleless/runtime #247, #248: BizOpsPodCoordinator), on unless
+``ArkletBehaviour.model_version_fence`` is off (arklet before 1.4.3, e.g. 2.1.6, ignores ``bizModelVersion``):
+
+- a successful ``installBiz`` stores its ``bizModelVersion`` (empty when absent) under the request's name:version,
+  replacing any stored one. ``batchInstallBiz`` stores nothing (its handler does not), nor does an
+  ``uninstallThenInstall`` that removes other versions (their stored values stay);
+- ``uninstallBiz`` (after the "conflict" check) is refused with arklet's own answer,
+  ``{"code":"FAILED","message":"can not access biz because the command is expired"}``, when it carries a non-empty
+  ``bizModelVersion`` and a different non-empty one is stored; an empty one is always allowed, and so is any when
+  nothing (or empty) is stored. A successful uninstall forgets the stored value: unconditionally when it carried
+  none, else only if it is the stored one;
+- a base restart forgets everything (the map lives in the JVM; a restart is a new ``SimArklet``).
+
+Each biz keeps the ``args`` and ``envs`` it was installed with (``SimBiz.args`` / ``envs``, never in an answer), so
+tests can see what vkprovider sent.
 """
 
 from __future__ import annotations
@@ -21,6 +37,7 @@ from typing import Any, Final
 BIZ_COMMANDS: Final = frozenset({"installBiz", "uninstallBiz", "switchBiz", "batchInstallBiz"})
 QUERY_COMMANDS: Final = frozenset({"health", "queryAllBiz"})
 ALLOWED_URL_PREFIXES: Final = ("http://", "https://", "file://")
+EXPIRED_MESSAGE: Final = "can not access biz because the command is expired"
 
 _BIZ_MODEL_FRAME: Final = "com.alipay.sofa.ark.container.model.BizModel.start(BizModel.java)"
 
@@ -55,6 +72,8 @@ class ArkletBehaviour:
     query_latency_s: float = 0.0  # queryAllBiz takes this long (reads overtaken by command answers)
     fail_uninstall_bizs: frozenset[str] = frozenset()  # uninstalls of these bizs fail (an orphan stays)
     malformed_biz_list: bool = False  # queryAllBiz lists one entry without a version (a list no client can parse)
+    model_version_fence: bool = True  # arklet >= 1.4.3: a stale bizModelVersion cannot uninstall (module docstring)
+    batch_install: bool = True  # False: no batchInstallBiz (arklet < 2.1.7: CMD_NOT_FOUND; MQTT < 1.4.1: biz list)
 
 
 @dataclass(slots=True)
@@ -80,6 +99,8 @@ class SimBiz:
     url: str
     state: str = "unresolved"
     records: list[StateRecord] = field(default_factory=list)
+    args: tuple[str, ...] = field(default=(), repr=False)  # installBiz args, as received
+    envs: dict[str, str] = field(default_factory=dict, repr=False)  # installBiz envs, as received
 
     def move(self, state: str, reason: str, message: str = "", *, now_ms: int) -> None:
         self.state = state
@@ -123,6 +144,19 @@ def _blank(value: object) -> bool:
     return not isinstance(value, str) or not value.strip()
 
 
+def _model_version(body: Mapping[str, Any]) -> str:
+    value = body.get("bizModelVersion")
+    return value if isinstance(value, str) else ""
+
+
+def _args(value: object) -> tuple[str, ...]:
+    return tuple(str(v) for v in value) if isinstance(value, list) else ()
+
+
+def _envs(value: object) -> dict[str, str]:
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+
 class SimArklet:
     """One base's arklet. All state lives here; a JVM restart is a new instance.
 
@@ -146,6 +180,7 @@ class SimArklet:
         self.uninstall_calls = 0
         self.batch_calls = 0
         self.calls_by_biz: dict[str, list[int]] = {}  # name:version -> [installs, uninstalls]
+        self.model_versions: dict[str, str] = {}  # name:version -> bizModelVersion stored at install (1.4.3)
         self.state = "activated"  # the base itself (masterBizInfo): "deactivated" while shutting down
 
     # --- dispatch ----------------------------------------------------------------------------------------
@@ -159,7 +194,7 @@ class SimArklet:
             if self.behaviour.query_latency_s > 0:
                 await asyncio.sleep(self.behaviour.query_latency_s)
             return {"code": "SUCCESS", "data": snapshot}
-        if command not in BIZ_COMMANDS:
+        if command not in BIZ_COMMANDS or (command == "batchInstallBiz" and not self.behaviour.batch_install):
             return {"code": "CMD_NOT_FOUND", "message": f"Internal Error: command {command} not found"}
         if body is None:
             return _internal_error("request body is empty")
@@ -242,13 +277,13 @@ class SimArklet:
             return True
         return self.behaviour.failure_rate > 0 and self._rng.random() < self.behaviour.failure_rate
 
-    async def install(self, body: Mapping[str, Any]) -> Envelope:
+    async def install(self, body: Mapping[str, Any], *, batch: bool = False) -> Envelope:
         name, version, url = body.get("bizName"), body.get("bizVersion"), body.get("bizUrl")
         for field_name, value in (("bizName", name), ("bizVersion", version), ("bizUrl", url)):
             if _blank(value):
                 return _internal_error(f"{field_name} should not be blank")
         assert isinstance(name, str) and isinstance(version, str) and isinstance(url, str)
-        key = _key(name, version)
+        key = requested = _key(name, version)
         conflict = self._conflict("installBiz", key)
         if conflict is not None:
             return conflict
@@ -286,7 +321,7 @@ class SimArklet:
             if body.get("installStrategy") == "uninstallThenInstall":
                 for old in self._versions_of(name, other_than=version):
                     await self._stop_and_remove(old)
-            biz = SimBiz(name, version, url)
+            biz = SimBiz(name, version, url, args=_args(body.get("args")), envs=_envs(body.get("envs")))
             biz.move("resolved", "Created", now_ms=started_ms)
             self.bizs[key] = biz
             if self.behaviour.install_latency_s > 0:
@@ -296,6 +331,8 @@ class SimArklet:
             if self._should_fail(name, version):
                 return self._fail_install(biz, cost, started_ms)
             self._activate(biz, now_ms)
+            if self.behaviour.model_version_fence and not batch:  # InstallBizHandler stores it, batch does not
+                self.model_versions[requested] = _model_version(body)
             return {
                 "code": "SUCCESS",
                 "data": {
@@ -354,6 +391,9 @@ class SimArklet:
         conflict = self._conflict("uninstallBiz", key)
         if conflict is not None:
             return conflict
+        owner = _model_version(body)
+        if self.behaviour.model_version_fence and owner and self.model_versions.get(key, "") not in ("", owner):
+            return {"code": "FAILED", "message": EXPIRED_MESSAGE}
         biz = self.bizs.get(key)
         if biz is None:
             return {
@@ -372,6 +412,8 @@ class SimArklet:
             await self._stop_and_remove(biz)
         finally:
             self._running.pop(key, None)
+        if not owner or self.model_versions.get(key) == owner:
+            self.model_versions.pop(key, None)
         return {"code": "SUCCESS", "data": {"code": "SUCCESS", "message": f"Uninstall biz: {key} success."}}
 
     def switch(self, body: Mapping[str, Any]) -> Envelope:
@@ -405,7 +447,7 @@ class SimArklet:
         for item in biz_list:
             self._count(item, install=True)
         started = self._clock_ms()
-        answers = await asyncio.gather(*(self.install(item) for item in biz_list))
+        answers = await asyncio.gather(*(self.install(item, batch=True) for item in biz_list))
         per_url: dict[str, Any] = {}
         for item, answer in zip(biz_list, answers, strict=True):
             data = answer.get("data") or {}

@@ -118,6 +118,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--malformed-biz-list", action="store_true",
         help="queryAllBiz lists one more entry, without a bizVersion (an unparseable list)")
+    add("--no-batch-install", action="store_true",
+        help="no batch installs, like arklet < 2.1.7 over HTTP (batchInstallBiz: CMD_NOT_FOUND) and < 1.4.1 over "
+             "MQTT (a baseline is installed one by one and answered with the biz list)")
+    add("--no-model-version-fence", action="store_true",
+        help="ignore bizModelVersion like arklet < 1.4.3 (by default an uninstall carrying another pod's "
+             "bizModelVersion is refused as expired, like arklet 1.4.3)")
     add("--cpu-count", type=int, default=4, help="cpu count health reports")
     add("--metaspace-max-mb", type=int, default=512, help="'java max metaspace' health reports, in MiB")
     add("--metaspace-committed-mb", type=int, default=96)
@@ -142,6 +148,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         query_latency_s=args.query_latency,
         fail_uninstall_bizs=frozenset(args.fail_uninstall),
         malformed_biz_list=args.malformed_biz_list,
+        model_version_fence=not args.no_model_version_fence,
+        batch_install=not args.no_batch_install,
     )
     return SimConfig(
         bases=args.bases,

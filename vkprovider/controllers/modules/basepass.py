@@ -354,13 +354,15 @@ class BasePass:
             if info is not None and info.state is BizState.ACTIVATED:
                 # Since when it runs: its ACTIVATED record, else the start its pod shows (a 2.1.6 base sends records
                 # without times; the pod status survives a restart or a takeover), else when this replica saw it.
+                # Worked out once per activation: the probes take another value for another start of the biz.
                 at_ms = info.time_entered(BizState.ACTIVATED)
                 if at_ms is None:
                     at_ms = _iso_to_ms(((status.get("state") or {}).get("running") or {}).get("startedAt"))
-                if at_ms is not None:
-                    activated_at = min(now, now - (wall - at_ms / 1000))
-                else:
-                    activated_at = record.activated_seen.setdefault(spec.name, now)
+                seen = record.activated_seen.get(spec.name)
+                if seen is None or seen[0] != at_ms:
+                    start = now if at_ms is None else min(now, now - (wall - at_ms / 1000))
+                    seen = record.activated_seen[spec.name] = (at_ms, start)
+                activated_at = seen[1]
             else:
                 record.activated_seen.pop(spec.name, None)
             inputs[spec.name] = ContainerInput(probes, activated_at,

@@ -80,7 +80,8 @@ class PodRecord:
     wanted: Wanted | None = None  # a status waiting to be written
     sent: Sent | None = None  # the last status sent, until the watch shows it
     probed: bool = False  # its containers' probes run (``probes.ProbeManager``)
-    activated_seen: dict[str, float] = field(default_factory=dict)  # container -> first seen ACTIVATED (monotonic)
+    # container -> (its activation time as the base or the pod says it, in ms; the same on this replica's clock)
+    activated_seen: dict[str, tuple[int | None, float]] = field(default_factory=dict)
 
     def facts(self, policy: UrlPolicy) -> PodFacts:
         if self._facts is None or self._facts_of is not self.pod:
