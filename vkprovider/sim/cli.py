@@ -15,6 +15,7 @@ import signal
 import sys
 
 from vkprovider.sim.arklet import ArkletBehaviour, MultiVersionMode
+from vkprovider.sim.control import start_control_api
 from vkprovider.sim.simulator import SimConfig, Simulator
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,6 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         mqtt_password=args.mqtt_password,
         mqtt_ca_path=args.mqtt_ca,
         mqtt_client_prefix=args.mqtt_client_prefix,
-        control_port=args.control_port,
         seed=args.seed,
         behaviour=behaviour,
     )
@@ -183,8 +183,12 @@ async def run_sim(args: argparse.Namespace) -> None:
             loop.add_signal_handler(sig, stop.set)
     await sim.start()
     try:
-        sys.stdout.write(f"SIM READY control={sim.control_port} bases={len(sim.bases)}\n")
-        sys.stdout.flush()
-        await stop.wait()
+        control, control_port = await start_control_api(sim, config.host, args.control_port)
+        try:
+            sys.stdout.write(f"SIM READY control={control_port} bases={len(sim.bases)}\n")
+            sys.stdout.flush()
+            await stop.wait()
+        finally:
+            await control.cleanup()
     finally:
         await sim.stop()

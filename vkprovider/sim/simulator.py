@@ -52,7 +52,6 @@ class SimConfig:
     mqtt_password: str | None = None
     mqtt_ca_path: str | None = None
     mqtt_client_prefix: str = "koupleless"
-    control_port: int | None = None  # None: no control API (in-process use)
     seed: int | None = None
     behaviour: ArkletBehaviour = field(default_factory=ArkletBehaviour)
 
@@ -237,8 +236,6 @@ class Simulator:
             )
         elif config.tunnel != "http":
             raise ValueError(f"unknown sim tunnel {config.tunnel!r}")
-        self.control_port: int | None = None
-        self._control_runner: Any = None
 
     async def start(self, *, heartbeats: bool = True) -> None:
         if self.mqtt is not None:
@@ -247,17 +244,8 @@ class Simulator:
             connector = aiohttp.TCPConnector(limit=64, limit_per_host=64)
             self.session = aiohttp.ClientSession(connector=connector)
         await self.add_bases(self.config.bases)
-        if self.config.control_port is not None:
-            from vkprovider.sim.control import start_control_api
-
-            self._control_runner, self.control_port = await start_control_api(
-                self, self.config.host, self.config.control_port
-            )
 
     async def stop(self) -> None:
-        if self._control_runner is not None:
-            await self._control_runner.cleanup()
-            self._control_runner = None
         await asyncio.gather(*(base.stop() for base in self.bases.values()), return_exceptions=True)
         if self.mqtt is not None:
             await self.mqtt.stop()
