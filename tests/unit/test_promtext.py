@@ -64,3 +64,10 @@ def test_escaped_label_values_and_text_without_type_lines_read_as_written() -> N
     assert promtext.total(text, "apiserver_request_total", verb="PATCH") == 4000.0
     assert promtext.by_label(text, "apiserver_request_total", "resource") == {"pods": 12.0, "leases": 4000.0}
     assert promtext.samples(text, "weird_total")[0].labels["why"] == 'a "quoted" word, a } and a comma'
+
+
+def test_a_series_whose_name_extends_anothers_is_never_read_with_it() -> None:
+    text = "\n".join(['x_total{a="1"} 1', 'x_total_more{a="1"} 5', "# TYPE y counter", "y_total 2",
+                      "y_total_created 1.7e+09", ""])
+    assert (promtext.total(text, "x_total"), promtext.total(text, "x_total_more")) == (1.0, 5.0)
+    assert promtext.total(text, "y_total") == 2.0
