@@ -30,6 +30,7 @@ from vkprovider.core.model import (
     CommandOutcome,
 )
 from vkprovider.sim import ArkletBehaviour, SimConfig, Simulator
+from vkprovider.sim.control import start_control_api
 from vkprovider.tunnels.base import Refusal, TunnelError
 from vkprovider.tunnels.http_tunnel import HttpTunnel
 
@@ -87,10 +88,11 @@ def _auth(identity: str) -> dict[str, str]:
 
 
 class Env:
-    def __init__(self, tunnel: HttpTunnel, events: RecordingEvents, sim: Simulator) -> None:
+    def __init__(self, tunnel: HttpTunnel, events: RecordingEvents, sim: Simulator, control_port: int) -> None:
         self.tunnel = tunnel
         self.events = events
         self.sim = sim
+        self.control_port = control_port
 
     async def base(self, identity: str) -> BaseHeartbeat:
         """The base's latest heartbeat as vkprovider would hold it (waits for the first one)."""
@@ -115,7 +117,6 @@ async def env() -> AsyncIterator[Env]:
             zones=("zone-a", "zone-b"),
             stack="java",
             token_secret=SECRET,
-            control_port=0,
             seed=1,
             behaviour=ArkletBehaviour(
                 install_latency_s=INSTALL_LATENCY, uninstall_latency_s=0.02, fail_bizs=frozenset({"bad"})
@@ -123,9 +124,11 @@ async def env() -> AsyncIterator[Env]:
         )
     )
     await sim.start()
+    control, control_port = await start_control_api(sim, "127.0.0.1", 0)
     try:
-        yield Env(tunnel, events, sim)
+        yield Env(tunnel, events, sim, control_port)
     finally:
+        await control.cleanup()
         await sim.stop()
         await tunnel.stop()
 
@@ -389,7 +392,7 @@ async def test_sim_reproduces_arklet_http_quirks(env: Env) -> None:
 
 
 async def test_control_api(env: Env) -> None:
-    url = f"http://127.0.0.1:{env.sim.control_port}"
+    url = f"http://127.0.0.1:{env.control_port}"
     async with aiohttp.ClientSession() as session:
         async with session.post(
             f"{url}/bases/sim-0001/bizs", json={"bizName": "orphan", "bizVersion": "9"}

@@ -22,6 +22,7 @@ from vkprovider.core.probe import container_probes
 from vkprovider.probes import ContainerInput, ProbeManager
 from vkprovider.sim import ArkletBehaviour, SimConfig, Simulator
 from vkprovider.sim.cli import add_arguments, config_from_args
+from vkprovider.sim.control import start_control_api
 from vkprovider.sim.simulator import base_address
 from vkprovider.sim.web import BizHealth
 from vkprovider.tunnels.base import Refusal
@@ -51,12 +52,22 @@ async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
 async def sim() -> AsyncIterator[Simulator]:
     first = _prefix()
     port = _free_port(first)
-    simulator = Simulator(SimConfig(bases=2, loopback_ips=first, web_port=port, control_port=0, behaviour=QUICK))
+    simulator = Simulator(SimConfig(bases=2, loopback_ips=first, web_port=port, behaviour=QUICK))
     await simulator.start(heartbeats=False)
     try:
         yield simulator
     finally:
         await simulator.stop()
+
+
+@pytest_asyncio.fixture
+async def control(sim: Simulator) -> AsyncIterator[str]:
+    """The simulator's control API (the CLI serves it in a real run)."""
+    runner, port = await start_control_api(sim, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
 
 
 async def test_each_base_has_its_own_address_and_serves_its_bizs_there(sim):
@@ -92,10 +103,10 @@ async def test_a_biz_that_is_not_activated_is_404(sim):
         assert (await _get(session, f"http://{base.address}:{base.web_port}/actuator/health"))[0] == 503
 
 
-async def test_the_health_knob_through_the_control_api(sim):
+async def test_the_health_knob_through_the_control_api(sim, control):
     base = next(iter(sim.bases.values()))
     await base.arklet.install_direct("biz1", "0.0.1", "file:///tmp/biz1.jar")
-    control = f"http://127.0.0.1:{sim.control_port}/bases/{base.identity}/bizs/biz1/health"
+    control = f"{control}/bases/{base.identity}/bizs/biz1/health"
     health = f"http://{base.address}:{base.web_port}/biz1/health"
     async with aiohttp.ClientSession() as session:
         async with session.post(control, json={"status": 500}) as resp:
@@ -194,7 +205,7 @@ async def test_module_probes_against_a_simulated_base():
     """A module pod's readiness and liveness probes, as the controller will run them: the pod IP is the base's
     address, the path the biz's; the health knob flips readiness and then asks for a restart."""
     first = _prefix()
-    simulator = Simulator(SimConfig(bases=1, loopback_ips=first, web_port=_free_port(first), control_port=None,
+    simulator = Simulator(SimConfig(bases=1, loopback_ips=first, web_port=_free_port(first),
                                     behaviour=QUICK))
     await simulator.start(heartbeats=False)
     base = next(iter(simulator.bases.values()))

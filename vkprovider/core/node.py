@@ -170,7 +170,8 @@ def taints_to_write(current: list[dict[str, str]], cfg: NodeConfig, readiness: B
     Taints of others are kept as they are; of ours, missing ones are added (not-ready with ``timeAdded``),
     unwanted ones removed (the env taint when it is off, not-ready once the base is back). ``not-ready:NoSchedule``
     is the node-lifecycle controller's (it taints every new Node so, and lifts it once Ready, as for a kubelet):
-    removing it too only raced that controller, one extra write on a tenth of the vnodes of a 1,000-base start.
+    removing it too only raced that controller, an extra write on many vnodes of a start (docs/performance.md, "Measured
+    reasons in the code").
     """
     wanted = {(t["key"], t["effect"]): t for t in node_taints(cfg, readiness)}
     result: list[dict[str, str]] = []

@@ -16,6 +16,7 @@ import signal
 import sys
 
 from vkprovider.sim.arklet import ArkletBehaviour, MultiVersionMode
+from vkprovider.sim.control import start_control_api
 from vkprovider.sim.simulator import SimConfig, Simulator, base_address
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,6 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         mqtt_password=args.mqtt_password,
         mqtt_ca_path=args.mqtt_ca,
         mqtt_client_prefix=args.mqtt_client_prefix,
-        control_port=args.control_port,
         loopback_ips=args.loopback_ips,
         web_port=args.web_port if args.web_port is not None else (8080 if args.loopback_ips else None),
         seed=args.seed,
@@ -216,8 +216,12 @@ async def run_sim(args: argparse.Namespace) -> None:
             loop.add_signal_handler(sig, stop.set)
     await sim.start()
     try:
-        sys.stdout.write(f"SIM READY control={sim.control_port} bases={len(sim.bases)}\n")
-        sys.stdout.flush()
-        await stop.wait()
+        control, control_port = await start_control_api(sim, config.host, args.control_port)
+        try:
+            sys.stdout.write(f"SIM READY control={control_port} bases={len(sim.bases)}\n")
+            sys.stdout.flush()
+            await stop.wait()
+        finally:
+            await control.cleanup()
     finally:
         await sim.stop()

@@ -63,7 +63,6 @@ class SimConfig:
     mqtt_password: str | None = None
     mqtt_ca_path: str | None = None
     mqtt_client_prefix: str = "koupleless"
-    control_port: int | None = None  # None: no control API (in-process use)
     loopback_ips: str | None = None  # first address of the bases (127.x.y.z): base i is it plus i; None: all `host`
     # each base serves its bizs' HTTP on this port (with loopback_ips: every base on its own address; without:
     # base i on web_port + i; 0: an ephemeral port each); None: no web server
@@ -295,8 +294,6 @@ class Simulator:
             )
         elif config.tunnel != "http":
             raise ValueError(f"unknown sim tunnel {config.tunnel!r}")
-        self.control_port: int | None = None
-        self._control_runner: Any = None
 
     async def start(self, *, heartbeats: bool = True) -> None:
         if self.mqtt is not None:
@@ -305,17 +302,8 @@ class Simulator:
             connector = aiohttp.TCPConnector(limit=64, limit_per_host=64)
             self.session = aiohttp.ClientSession(connector=connector)
         await self.add_bases(self.config.bases)
-        if self.config.control_port is not None:
-            from vkprovider.sim.control import start_control_api
-
-            self._control_runner, self.control_port = await start_control_api(
-                self, self.config.host, self.config.control_port
-            )
 
     async def stop(self) -> None:
-        if self._control_runner is not None:
-            await self._control_runner.cleanup()
-            self._control_runner = None
         await asyncio.gather(*(base.stop() for base in self.bases.values()), return_exceptions=True)
         if self.mqtt is not None:
             await self.mqtt.stop()
