@@ -99,6 +99,7 @@ class BaseLedger:
         self._inflight: dict[BizKey, Inflight] = {}
         self._failures: dict[BizKey, Failure] = {}
         self._urls: dict[BizKey, str] = {}
+        self._owners: dict[BizKey, str] = {}  # the bizModelVersion (a pod's uid) each biz was installed with
         self._superseded: dict[BizKey, BizKey] = {}
         self._known: set[BizKey] = set()
         self._orphan_since: dict[BizKey, float] = {}
@@ -140,6 +141,10 @@ class BaseLedger:
     def installed_urls(self) -> Mapping[BizKey, str]:
         """The jar URL each biz was installed from, where vkprovider knows it."""
         return self._urls
+
+    def owner(self, key: BizKey) -> str:
+        """The bizModelVersion this process installed ``key`` with ("" when it did not install it)."""
+        return self._owners.get(key, "")
 
     @property
     def superseded(self) -> Mapping[BizKey, BizKey]:
@@ -243,6 +248,8 @@ class BaseLedger:
         for key in list(self._urls):
             if key not in merged and key not in self._inflight:
                 del self._urls[key]  # gone from the base (a restart loses every biz)
+        for key in [k for k in self._owners if k not in merged and k not in self._inflight]:
+            del self._owners[key]
         self._superseded = {o: n for o, n in self._superseded.items() if n in merged and o not in merged}
         changed = old is None or _visible(old) != _visible(merged)
         if old != merged or facts != (len(self._urls), len(self._superseded)):
@@ -296,6 +303,7 @@ class BaseLedger:
         at_ms: int,
         replaced: Iterable[BizKey] = (),
         busy: bool = False,
+        owner: str = "",
     ) -> None:
         """Record an install (or reinstall) answer. ``reported`` is what the answer said about the biz; ``busy``:
         the base refused because it runs another command on the biz (retried after a read, not a failure)."""
@@ -309,6 +317,8 @@ class BaseLedger:
             self._failures.pop(key, None)
             self._superseded.pop(key, None)  # on the base again: no longer replaced by anything
             self._urls[key] = spec.url
+            if owner:
+                self._owners[key] = owner
             info = next((b for b in reported if b.key == key), None)
             if self._bizs is not None:
                 if info is not None:
@@ -329,8 +339,11 @@ class BaseLedger:
                 self._urls.pop(key, None)
             self._read_requested = seq  # what state did the failure leave behind?
 
-    def finish_uninstall(self, key: BizKey, *, ok: bool, message: str = "", now: float, at_ms: int) -> None:
-        """Record an uninstall answer (``ok`` also when the base no longer had the biz)."""
+    def finish_uninstall(self, key: BizKey, *, ok: bool, message: str = "", now: float, at_ms: int,
+                         expired: bool = False) -> None:
+        """Record an uninstall answer (``ok`` also when the base no longer had the biz). ``expired``: arklet refused
+        it because another pod's install owns the biz now (bizModelVersion): not retried before a read shows what
+        the base has, and no failure of the biz's."""
         self._inflight.pop(key, None)
         seq = self._tick()
         self._version += 1
@@ -339,12 +352,13 @@ class BaseLedger:
             self._failures.pop(key, None)
             self._orphan_since.pop(key, None)
             self._urls.pop(key, None)
+            self._owners.pop(key, None)
             # the version that replaced others is gone: they may be installed again (for new pods)
             self._superseded = {o: n for o, n in self._superseded.items() if n != key}
             if self._bizs is not None:
                 self._bizs.pop(key, None)
         else:
-            self._record_failure(key, CommandKind.UNINSTALL, message, now, at_ms, BIZ_UNINSTALL)
+            self._record_failure(key, CommandKind.UNINSTALL, message, now, at_ms, BIZ_UNINSTALL, busy=expired)
             self._read_requested = seq
 
     def _record_failure(self, key: BizKey, kind: CommandKind, message: str, now: float, at_ms: int,
@@ -404,6 +418,8 @@ class BaseLedger:
         for key in [k for k in self._urls if k not in live]:
             del self._urls[key]
             self._version += 1
+        for key in [k for k in self._owners if k not in live]:
+            del self._owners[key]
 
 
 def _visible(bizs: Mapping[BizKey, BizInfo]) -> dict[BizKey, tuple[BizState, int | None]]:

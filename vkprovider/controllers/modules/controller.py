@@ -173,9 +173,11 @@ class ModuleController:
         return [r.pod for r in self.index.on(node)]
 
     def pods_wanting(self, node: str, key: BizKey) -> list[dict[str, Any]]:
-        """The live module pods of ``node`` that want ``key``."""
-        return [r.pod for r in self._module_records(node) if not is_terminating(r.pod)
-                and any(s.key == key for s in r.facts(self.cfg.url_policy).modules.bizs)]
+        """The live module pods of ``node`` that want ``key``, oldest first."""
+        policy = self.cfg.url_policy
+        records = [r for r in self._module_records(node) if not is_terminating(r.pod)
+                   and any(s.key == key for s in r.facts(policy).modules.bizs)]
+        return [r.pod for r in sorted(records, key=lambda r: (r.facts(policy).order, r.key))]
 
     def pods_releasing(self, node: str, key: BizKey) -> list[dict[str, Any]]:
         """The terminating module pods of ``node`` that wanted ``key``."""
