@@ -347,3 +347,19 @@ def test_while_the_biz_list_is_unknown_a_deleted_pod_goes_at_the_end_of_its_grac
     p = plan(pods, led, now=NOW + 30)
     assert p.force_finalize == ("ns/a",)
     assert p.install == () and p.uninstall == ()
+
+
+# --- issue 29, item 3: graceful stop --------------------------------------------------------------------------
+
+def test_a_deleted_pod_keeps_serving_while_its_prestop_runs_then_goes():
+    led = ledger(V1)
+    led.planned({V1.key}, (), {})
+    stopping = PodWant("ns/a", (V1,), terminating=True, stopping=True, deadline=NOW + 30)
+    p = plan([stopping], led)
+    assert p.uninstall == () and p.finalize == () and p.force_finalize == ()
+    assert V1.key not in p.released
+    done = PodWant("ns/a", (V1,), terminating=True, deadline=NOW + 30)
+    assert plan([done], led).uninstall == (V1.key,)
+    # A hook that outlives the grace period does not hold the pod any longer.
+    p = plan([stopping], led, now=NOW + 30)
+    assert p.uninstall == (V1.key,) and p.force_finalize == ("ns/a",)

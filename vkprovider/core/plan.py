@@ -27,6 +27,8 @@ old pod can never remove what a new pod installed. Further rules:
 - an old version stays while a new version of the same name is being installed (install before remove);
 - failed commands wait for their backoff, and then for a read of the base sent after the failure (an unanswered
   command may have run: it is never sent twice on a guess); an unowned biz of unknown origin waits ``orphan_grace_s``;
+- a deleted pod whose preStop hook still runs (``stopping``) keeps its bizs: nothing of it is uninstalled and it
+  is not finalized before the hook has ended (the module serves until then), or its grace period is over;
 - a deleted pod is finalized once its bizs are gone, or when its grace period is over (the biz then stays
   tracked as an orphan whose uninstall is retried with backoff), so no pod stays Terminating forever - also while
   the base's biz list is unknown (a pod that wants no biz goes at once, the others at the end of their grace
@@ -64,6 +66,7 @@ class PodWant:
     workload: str | None = None
     revision: int = 0  # the Deployment revision of the pod's ReplicaSet; 0 when unknown
     strategy: InstallStrategy = InstallStrategy.AUTO
+    stopping: bool = False  # terminating and its preStop hook still runs: its bizs keep serving until it ends
 
     @property
     def lineage(self) -> str:
@@ -170,7 +173,8 @@ def plan_base(pods: Iterable[PodWant], ledger: BaseLedger, *, now: float, orphan
             wanted[spec.key] = spec
             first_wanted_by.setdefault(spec.key, pod.order)
     actual = ledger.bizs
-    kept = _kept(live, outranked, revisions, wanted, actual or {})
+    kept = _kept(live, outranked, revisions, wanted, actual or {}) | {
+        spec.key for p in pods if p.terminating and p.stopping and not _over(p, now) for spec in p.bizs}
     released = frozenset({spec.key for p in pods if p.terminating for spec in p.bizs} - wanted.keys() - kept)
     timers: list[float] = []
     if actual is None:
@@ -281,15 +285,20 @@ def _kept(live: list[PodWant], outranked: set[tuple[str, BizKey]], revisions: Ma
     return frozenset(kept)
 
 
+def _over(pod: PodWant, now: float) -> bool:
+    return pod.deadline is not None and pod.deadline <= now
+
+
 def _finalizable(pods: list[PodWant], blocks: Callable[[BizSpec], bool], now: float,
                  timers: list[float]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Terminating pods that may go (none of their bizs ``blocks``), and those whose grace period is over."""
+    """Terminating pods that may go (none of their bizs ``blocks``, their preStop ended), and those whose grace
+    period is over."""
     finalize: list[str] = []
     force: list[str] = []
     for pod in pods:
         if not pod.terminating:
             continue
-        if not any(blocks(s) for s in pod.bizs):
+        if not (pod.stopping and not _over(pod, now)) and not any(blocks(s) for s in pod.bizs):
             finalize.append(pod.key)
         elif pod.deadline is not None:
             if pod.deadline <= now:

@@ -31,6 +31,7 @@ from vkprovider.controllers.fence import VnodeScope, VnodeWrites
 from vkprovider.controllers.modules.commands import CommandRunner, now_ms
 from vkprovider.controllers.modules.records import PodIndex, PodRecord
 from vkprovider.controllers.modules.status import PodStatusQueue
+from vkprovider.controllers.modules.stops import GracefulStops
 from vkprovider.core.backoff import BIZ_INSTALL
 from vkprovider.core.basestate import BaseLedger
 from vkprovider.core.basestatus import BaseFacts, PodView, base_pod_statuses, finished_containers
@@ -108,7 +109,8 @@ class BasePass:
     """The per-base reconcile (see the module docstring); ``run(node)`` is the module queue's handler."""
 
     def __init__(self, cfg: ModuleSettings, registry: BaseRegistry, index: PodIndex, writes: VnodeWrites,
-                 commands: CommandRunner, statuses: PodStatusQueue, bizlog: BizLog, probes: ProbeManager, *,
+                 commands: CommandRunner, statuses: PodStatusQueue, bizlog: BizLog, probes: ProbeManager,
+                 stops: GracefulStops, *,
                  clock: Callable[[], float], revision_of: Callable[[Mapping[str, Any]], int],
                  ready_hold: Callable[[Mapping[str, Any]], str | None]) -> None:
         self._cfg = cfg
@@ -119,6 +121,7 @@ class BasePass:
         self._statuses = statuses
         self._bizlog = bizlog
         self._probes = probes
+        self._stops = stops
         self._clock = clock
         self._revision_of = revision_of
         self._ready_hold = ready_hold
@@ -175,9 +178,12 @@ class BasePass:
             finished = finished_containers(pod)
             bizs = tuple(spec for spec in facts.modules.bizs
                          if spec.name not in finished and spec.key not in ledger.superseded and refusal is None)
+            deadline = self._deadline(record, now)
+            stopping = deadline is not None and now < deadline and self._stops.stopping(
+                record, view.heartbeat.ip, deadline)
             wants.append(PodWant(record.key, bizs, terminating=is_terminating(pod), terminal=is_terminal(pod),
-                                 order=facts.order, deadline=self._deadline(record, now), workload=facts.workload,
-                                 revision=self._revision_of(pod), strategy=facts.modules.strategy))
+                                 order=facts.order, deadline=deadline, workload=facts.workload,
+                                 revision=self._revision_of(pod), strategy=facts.modules.strategy, stopping=stopping))
         ledger.expire_baselines(now, self._cfg.baseline_wait_s)
         plan = plan_base(wants, ledger, now=now, orphan_grace_s=self._cfg.orphan_grace_s)
         ledger.planned(plan.wanted, plan.released, plan.orphans)

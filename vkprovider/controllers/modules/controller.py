@@ -28,6 +28,7 @@ from vkprovider.controllers.modules.basepass import BasePass, plans_alike
 from vkprovider.controllers.modules.commands import CommandRunner
 from vkprovider.controllers.modules.records import PodIndex, PodRecord
 from vkprovider.controllers.modules.status import PodStatusQueue
+from vkprovider.controllers.modules.stops import GracefulStops
 from vkprovider.controllers.queue import WorkQueue
 from vkprovider.core.basestatus import finished_containers
 from vkprovider.core.model import BizInfo, BizKey, BizSpec
@@ -61,8 +62,9 @@ class ModuleController:
         self.statuses = PodStatusQueue(self.index, writes, clock=clock, on_written=self._written)
         self.commands = CommandRunner(registry, writes, self.bizlog, clock=clock, requeue=self._requeue,
                                       wanting=self.pods_wanting, releasing=self.pods_releasing)
+        self.stops = GracefulStops(writes, cfg.url_policy, done=self._requeue)
         self.bases = BasePass(cfg, registry, self.index, writes, self.commands, self.statuses, self.bizlog,
-                              self.probes, clock=clock, revision_of=revision_of, ready_hold=ready_hold)
+                              self.probes, self.stops, clock=clock, revision_of=revision_of, ready_hold=ready_hold)
         self.queue = WorkQueue("module", self.bases.run, workers=cfg.workers)
 
     async def run(self) -> None:
@@ -71,6 +73,7 @@ class ModuleController:
             await asyncio.gather(self.queue.run(), self.statuses.queue.run())
         finally:
             self.commands.cancel_all()
+            self.stops.cancel_all()
             await self.probes.close()
 
     def ready(self) -> bool:
@@ -83,6 +86,7 @@ class ModuleController:
 
     async def stop(self) -> None:
         self.commands.cancel_all()
+        self.stops.cancel_all()
         await self.queue.stop()
         await self.statuses.stop()
         await self.probes.close()
@@ -93,8 +97,10 @@ class ModuleController:
     # --- events -----------------------------------------------------------------------------------------
     def on_pod_change(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         change = self.index.apply(key, old, new)
-        if change.gone is not None and change.gone.probed:
-            self.probes.forget(key)
+        if change.gone is not None:
+            self.stops.forget(key)
+            if change.gone.probed:
+                self.probes.forget(key)
         if change.old_node and change.old_node != change.new_node:
             self.queue.add(change.old_node)
         record, node = change.record, change.new_node
@@ -129,6 +135,7 @@ class ModuleController:
             self.statuses.drop(record)
             record.unstarted_since = None
             record.seeded = False
+            self.stops.forget(record.key)
             if record.probed:
                 self.probes.forget(record.key)
                 record.probed = False
