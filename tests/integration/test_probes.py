@@ -166,3 +166,46 @@ async def test_a_deleted_pod_serves_until_its_prestop_ends_then_its_biz_goes(adm
 
     await wait_until(gone, 30, what="the pod finalized")
     figure("prestop_sleep_4s_module_served_for_s", round(max(served), 1))
+
+
+async def test_a_failed_liveness_probe_reinstalls_the_biz_with_a_crash_loop_backoff(admin, env_name, namespace,
+                                                                                    provider_factory, sim_factory):
+    """Liveness (issue 29, item 1): the module's health fails past the threshold, so the biz is reinstalled, as the
+    kubelet restarts a container: restartCount +1 and lastState.terminated; while it keeps failing, the next
+    restarts wait for the crash-loop backoff (CrashLoopBackOff); healthy again, it stays running."""
+    provider, sim = await start(provider_factory, sim_factory, env_name)
+    await wait_ready_vnodes(admin, env_name, 1)
+    identity = (await sim.bases())[0]["identity"]
+    await admin.create(f"/api/v1/namespaces/{namespace}/pods",
+                       probed_pod("l", env_name, livenessProbe=http_probe("/biz1/health", failureThreshold=2)))
+
+    async def ready() -> bool:
+        return is_ready(await get(admin, namespace, "l"))
+
+    await wait_until(ready, 60, what="the pod Ready")
+    await sim.call("POST", f"/bases/{identity}/bizs/biz1/health", json={"status": 500})
+
+    async def restarted(times: int) -> dict[str, Any] | None:
+        pod = await get(admin, namespace, "l")
+        status = (pod["status"].get("containerStatuses") or [{}])[0]
+        return status if int(status.get("restartCount") or 0) >= times else None
+
+    first = await wait_until(lambda: restarted(1), 60, interval_s=0.2, what="the biz reinstalled once")
+    assert (first.get("lastState") or {}).get("terminated", {}).get("reason") == "Error"
+    assert "failed liveness probe" in first["lastState"]["terminated"]["message"]
+    seen_backoff = False
+
+    async def looping() -> dict[str, Any] | None:
+        nonlocal seen_backoff
+        pod = await get(admin, namespace, "l")
+        status = (pod["status"].get("containerStatuses") or [{}])[0]
+        waiting = (status.get("state") or {}).get("waiting") or {}
+        seen_backoff = seen_backoff or waiting.get("reason") == "CrashLoopBackOff"
+        return status if int(status.get("restartCount") or 0) >= 2 else None
+
+    await wait_until(looping, 60, interval_s=0.2, what="a second restart after the backoff")
+    installs = sum(v for k, v in (await sim.stats())["installsByBiz"].items() if "biz1" in k)
+    assert installs >= 3
+    await sim.call("POST", f"/bases/{identity}/bizs/biz1/health", json={"status": 200})
+    await wait_until(ready, 60, what="Ready again once healthy")
+    figure("liveness_restarts", f"2 restarts, CrashLoopBackOff shown between them: {seen_backoff}")

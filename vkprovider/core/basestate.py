@@ -69,6 +69,21 @@ class Inflight:
 
 
 @dataclass(frozen=True, slots=True)
+class Restart:
+    """A biz reinstalled because its container's liveness (or startup) probe failed: how many times in a row, when
+    the last one began (monotonic), when and why (shown as the container's last state)."""
+
+    count: int
+    at: float
+    at_ms: int
+    why: str
+
+
+#: A container that ran this long since its last restart starts its crash-loop backoff afresh (the kubelet's rule).
+RESTART_BACKOFF_RESET_S = 600.0
+
+
+@dataclass(frozen=True, slots=True)
 class Failure:
     """The last command on a biz failed: why, how often in a row, and when it may be tried again.
 
@@ -100,6 +115,7 @@ class BaseLedger:
         self._failures: dict[BizKey, Failure] = {}
         self._urls: dict[BizKey, str] = {}
         self._owners: dict[BizKey, str] = {}  # the bizModelVersion (a pod's uid) each biz was installed with
+        self._restarts: dict[BizKey, Restart] = {}
         self._superseded: dict[BizKey, BizKey] = {}
         self._known: set[BizKey] = set()
         self._orphan_since: dict[BizKey, float] = {}
@@ -141,6 +157,25 @@ class BaseLedger:
     def installed_urls(self) -> Mapping[BizKey, str]:
         """The jar URL each biz was installed from, where vkprovider knows it."""
         return self._urls
+
+    @property
+    def restarts(self) -> Mapping[BizKey, Restart]:
+        """Bizs restarted because a probe failed (``restart_started``)."""
+        return self._restarts
+
+    def restart_allowed_at(self, key: BizKey, rand: Callable[[], float] | None = None) -> float:
+        """When ``key`` may be restarted again: the kubelet's crash-loop backoff after its last restarts."""
+        restart = self._restarts.get(key)
+        if restart is None:
+            return 0.0
+        return restart.at + BIZ_INSTALL.ceiling(restart.count)
+
+    def restart_started(self, key: BizKey, why: str, now: float, at_ms: int) -> None:
+        previous = self._restarts.get(key)
+        count = 1 if previous is None or now - previous.at >= RESTART_BACKOFF_RESET_S + BIZ_INSTALL.max_s \
+            else previous.count + 1
+        self._restarts[key] = Restart(count, now, at_ms, why)
+        self._version += 1
 
     def owner(self, key: BizKey) -> str:
         """The bizModelVersion this process installed ``key`` with ("" when it did not install it)."""
@@ -420,6 +455,8 @@ class BaseLedger:
             self._version += 1
         for key in [k for k in self._owners if k not in live]:
             del self._owners[key]
+        for key in [k for k in self._restarts if k not in live]:
+            del self._restarts[key]
 
 
 def _visible(bizs: Mapping[BizKey, BizInfo]) -> dict[BizKey, tuple[BizState, int | None]]:

@@ -257,6 +257,17 @@ class CommandRunner:
                 scope.warning(pod, "BizInstallFailed", f"biz {spec.key}: {message}")
         self._requeue(node)
 
+    # --- restart (a failed liveness or startup probe) ---
+    def start_restart(self, view: BaseView, spec: BizSpec, why: str) -> None:
+        """Reinstall ``spec`` because its container's probe asked for it (the kubelet restarts the container)."""
+        view.ledger.restart_started(spec.key, why, self._clock(), now_ms())
+        started = view.ledger.start(spec.key, CommandKind.REINSTALL, spec, self._clock())
+        self._bizlog.add(view.node, spec.name, spec.version, f"restarting: {why}")
+        log.info("restarting %s on %s: %s", spec.key, view.node, why, extra={"node": view.node,
+                                                                              "biz": str(spec.key)})
+        self._spawn(view.node, self._reinstall(view.node, spec, None), f"restart-{view.node}-{spec.key}",
+                    {spec.key: started})
+
     # --- reinstall ---------------------------------------------------------------------------------------
     def start_reinstall(self, view: BaseView, spec: BizSpec, replace: Replace | None) -> None:
         started = view.ledger.start(spec.key, CommandKind.REINSTALL, spec, self._clock())

@@ -161,6 +161,7 @@ class ModuleController:
         """A probe changed what a pod shows (ready, started, a restart due): a pass over its base."""
         record = self.index.get(pod_key)
         if record is not None and record.node is not None:
+            self.bases.quiet.pop(record.node, None)  # what the pass derives from the probes changed
             self.queue.add(record.node)
 
     def _probe_event(self, pod_key: str, uid: str, container: str, event: ProbeEvent) -> None:
