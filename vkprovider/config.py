@@ -162,6 +162,10 @@ class Settings(BaseSettings):
                                       description="health query period per base (cpu / memory of the vnode; "
                                       "a kubelet reports its node status every 5 minutes too). A silent base "
                                       "is asked at once, whatever this says (VKP_BASE_PROBE_AFTER).")
+    base_metrics_max_age_s: float = F(20.0, "VKP_BASE_METRICS_MAX_AGE", "base_metrics_max_age_s", gt=0,
+                                      description="A scrape of a vnode's /metrics/resource (kubectl top node) "
+                                      "asks its base for health first when the last answer is older than this; "
+                                      "bases nobody scrapes are asked only every VKP_BASE_HEALTH_INTERVAL.")
     base_bizs_interval_s: float = F(30.0, "VKP_BASE_QUERY_INTERVAL", "base_bizs_interval_s", gt=0,
                                     description="queryAllBiz period per base (changes the base does not push).")
 
