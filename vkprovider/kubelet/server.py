@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 CA_REFRESH_S = 600.0
 AUTHN_TTL_S = 60.0
-AUTHZ_TTL_S = 30.0
+AUTHZ_TTL_S = 300.0  # an allowed SubjectAccessReview, as the kubelet caches it (5 min): metrics-server asks per vnode
 DENY_TTL_S = 5.0
 READ_WAIT_S = 3.0  # a scrape waits this long for a fresh health answer (metrics-server gives a kubelet 10 s)
 WHICH_VNODE = ("{path} names no node, and this kubelet API serves many vnodes: ask {path}/<vnode>, the path each "
