@@ -202,7 +202,7 @@ class Settings(BaseSettings):
     probe_host: str = F("0.0.0.0", "VKP_PROBE_HOST", "probe_host", description="Probe bind address.")
     probe_port: Port = F(8081, "VKP_PROBE_PORT", "probe_port", description="/healthz and /readyz port.")
     kubelet_enabled: bool = F(True, "KUBELET_PROXY_ENABLED", "kubelet_enabled",
-                              description="Serve the vnodes' kubelet API (kubectl logs) over TLS.")
+                              description="Serve the vnodes' kubelet API (kubectl logs, kubectl top node) over TLS.")
     kubelet_port: Port = F(10250, "KUBELET_PROXY_PORT", "kubelet_port", description="Kubelet API port.")
     kubelet_host: str = F("0.0.0.0", "VKP_KUBELET_HOST", "kubelet_host", description="Kubelet API bind address.")
     kubelet_address: str | None = F(None, "VKP_KUBELET_ADDRESS", "kubelet_address",
