@@ -47,6 +47,8 @@ from vkprovider.controllers.ownership import (
 from vkprovider.controllers.releases import ReleaseController
 from vkprovider.core import node as vnode
 from vkprovider.core.module import MODULE_LABEL_VALUE, MODULE_LABELS, is_module_pod, trim_pod
+from vkprovider.core.node import BaseReadiness
+from vkprovider.core.stats import Reading
 from vkprovider.kube.client import ApiError, Kube
 from vkprovider.kube.events import EventRecorder
 from vkprovider.kube.informer import Informer, UnionCache
@@ -106,6 +108,20 @@ class _KubeletSource:
 
     def follow(self, node: str, name: str, version: str) -> Any:
         return self._provider.bizlog.follow(node, name, version)
+
+    def readings(self, node: str) -> tuple[Reading | None, Reading | None]:
+        view = self._provider.registry.get(node)
+        return (view.reading, view.earlier_reading) if view is not None else (None, None)
+
+    def base_ready(self, node: str) -> bool:
+        view = self._provider.registry.get(node)
+        unreachable_after = self._provider.settings.base_unreachable_after_s
+        return view is not None and view.readiness(self._provider.clock(), unreachable_after) is BaseReadiness.READY
+
+    async def read_health(self, node: str, timeout_s: float) -> None:
+        controller = getattr(self._provider, "node_controller", None)
+        if controller is not None:
+            await controller.read_health(node, timeout_s)
 
 
 class Provider:
