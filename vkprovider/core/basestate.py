@@ -99,6 +99,7 @@ class Failure:
     at_ms: int
     seq: int = 0
     busy: bool = False  # the base was running another command on the biz ("conflict"): not the biz's failure
+    config: bool = False  # never sent: the container cannot be configured (CreateContainerConfigError)
 
 
 class BaseLedger:
@@ -339,6 +340,7 @@ class BaseLedger:
         replaced: Iterable[BizKey] = (),
         busy: bool = False,
         owner: str = "",
+        config: bool = False,
     ) -> None:
         """Record an install (or reinstall) answer. ``reported`` is what the answer said about the biz; ``busy``:
         the base refused because it runs another command on the biz (retried after a read, not a failure)."""
@@ -367,6 +369,12 @@ class BaseLedger:
                 if self._bizs is not None:
                     self._bizs.pop(old, None)
                 self._urls.pop(old, None)
+        elif config:
+            # Nothing was sent (the container's configuration cannot be made): no read is needed before trying
+            # again, which happens after the first backoff step, or at once when a referenced object appears.
+            self._failures[key] = Failure(kind, 0, message, now + BIZ_INSTALL.delay(1, self._rand), at_ms, 0,
+                                          config=True)
+            return
         else:
             self._record_failure(key, kind, message, now, at_ms, BIZ_INSTALL, busy=busy)
             if kind is CommandKind.REINSTALL and self._bizs is not None:
@@ -424,6 +432,13 @@ class BaseLedger:
         """A supersession read back from a pod's status after a restart."""
         if old not in self._superseded:
             self._superseded[old] = new
+            self._version += 1
+
+    def retry_config(self, key: BizKey) -> None:
+        """A ConfigMap or Secret the biz's container waits for appeared or changed: try it again now."""
+        failure = self._failures.get(key)
+        if failure is not None and failure.config:
+            del self._failures[key]
             self._version += 1
 
     def retry_now(self) -> None:

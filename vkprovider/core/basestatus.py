@@ -117,6 +117,8 @@ def op_facts(ledger: BaseLedger, spec: BizSpec, refused: str | None, url: str | 
     if inflight is not None and inflight.kind is not CommandKind.UNINSTALL:
         attempts = failure.attempts if failure is not None else 0
         return OpFacts(OpState.INSTALLING, f"installing {spec.key}", attempts=attempts, installed_url=url)
+    if failure is not None and failure.config:
+        return OpFacts(OpState.CONFIG_ERROR, failure.message, installed_url=url)
     if failure is not None and failure.busy:
         return OpFacts(OpState.INSTALLING, f"installing {spec.key} (the base is busy with it)",
                        attempts=failure.attempts, installed_url=url)

@@ -77,6 +77,7 @@ class OpState(enum.StrEnum):
     INSTALL_FAILED = "INSTALL_FAILED"
     UNINSTALLING = "UNINSTALLING"
     OUTRANKED = "OUTRANKED"  # not installed: a newer revision of the pod's workload has this biz on the base
+    CONFIG_ERROR = "CONFIG_ERROR"  # not installed: its configuration cannot be made (CreateContainerConfigError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +138,8 @@ def _container_state(
             return _waiting(REASON_INSTALL_FAILED, op.message), False
         if op is not None and op.state is OpState.OUTRANKED:
             return _waiting(REASON_SUPERSEDED, op.message), False
+        if op is not None and op.state is OpState.CONFIG_ERROR:
+            return _waiting("CreateContainerConfigError", op.message), False
         return _waiting("ContainerCreating", op.message if op else ""), False
     record = biz.last_record
     message = record.message if record else ""

@@ -250,7 +250,8 @@ class SimBase:
             "running": self.running,
             "state": self.arklet.state,
             "bizs": [
-                {"bizName": b.name, "bizVersion": b.version, "bizState": b.state}
+                {"bizName": b.name, "bizVersion": b.version, "bizState": b.state, "args": list(b.args),
+                 "envs": dict(b.envs)}
                 for b in self.arklet.bizs.values()
             ],
             "installCalls": self.arklet.install_calls,

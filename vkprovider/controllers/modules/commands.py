@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import Counter, Histogram
@@ -30,6 +30,7 @@ from vkprovider.controllers.bizlog import BizLog
 from vkprovider.controllers.fence import Fenced, Lost, VnodeScope, VnodeWrites, node_ref
 from vkprovider.controllers.queue import Drop
 from vkprovider.core.basestate import CommandKind, Inflight
+from vkprovider.core.containerconfig import ConfigError
 from vkprovider.core.model import BizKey, BizSpec, CommandOutcome, CommandResult
 from vkprovider.core.plan import Replace
 from vkprovider.core.sanitize import MAX_LOG_TEXT, clean
@@ -51,6 +52,9 @@ for _cmd in ("install", "uninstall", "reinstall"):
 
 #: The pods of a vnode that want a biz (not terminating), as Event subjects.
 PodsWanting = Callable[[str, BizKey], list[dict[str, Any]]]
+#: The spec to send for a biz of a vnode, with its container's args and envs (``containerconfig.resolve``), and
+#: what redacts Secret values from the base's answers; or why the container cannot be configured now.
+Configure = Callable[[str, BizSpec], Awaitable["tuple[BizSpec, Callable[[str], str]] | ConfigError"]]
 #: The pods of a vnode that are terminating and wanted a biz.
 PodsReleasing = Callable[[str, BizKey], list[dict[str, Any]]]
 
@@ -69,7 +73,7 @@ class CommandRunner:
 
     def __init__(self, registry: BaseRegistry, writes: VnodeWrites, bizlog: BizLog, *,
                  clock: Callable[[], float], requeue: Callable[[str], None], wanting: PodsWanting,
-                 releasing: PodsReleasing) -> None:
+                 releasing: PodsReleasing, configure: Configure | None = None) -> None:
         """``wanting(node, key)``: the live pods of the vnode wanting a biz, oldest first (the newest one's uid is
         the bizModelVersion an install sends); ``releasing(node, key)``: its terminating pods that wanted it."""
         self._registry = registry
@@ -79,6 +83,7 @@ class CommandRunner:
         self._requeue = requeue
         self._wanting = wanting
         self._releasing = releasing
+        self._configure = configure
         self._tasks: dict[str, set[asyncio.Task[None]]] = {}  # node -> its command tasks
         self.install_started: dict[tuple[str, BizKey], float] = {}
 
@@ -156,6 +161,10 @@ class CommandRunner:
         if view is None:
             return
         scope = self._writes.scope(node)
+        configured = await self._configured(scope, spec)
+        if configured is None:
+            return
+        spec, redact = configured
         started = time.perf_counter()
         replaced: list[BizKey] = []
         try:
@@ -182,7 +191,26 @@ class CommandRunner:
         else:
             BIZ_COMMANDS.labels(kind, result.outcome.value).inc()
         BIZ_COMMAND_SECONDS.labels(kind).observe(time.perf_counter() - started)
+        result = CommandResult(result.outcome, redact(result.message), result.bizs)
         self._install_done(scope, spec, result, time.perf_counter() - started, replaced, owner)
+
+    async def _configured(self, scope: VnodeScope, spec: BizSpec) -> tuple[BizSpec, Callable[[str], str]] | None:
+        """The spec with its container's configuration; None when it cannot be made (recorded, reported, and
+        retried when what it waits for appears, or after a backoff step)."""
+        if self._configure is None:
+            return spec, _same
+        made = await self._configure(scope.node, spec)
+        if not isinstance(made, ConfigError):
+            return made
+        view = self._registry.get(scope.node)
+        self.install_started.pop((scope.node, spec.key), None)
+        if view is not None:
+            view.ledger.finish_install(spec, ok=False, message=made.message, now=self._clock(), at_ms=now_ms(),
+                                       config=True)
+        for pod in self._wanting(scope.node, spec.key):
+            scope.warning(pod, "Failed", f"Error: {made.message}")
+        self._requeue(scope.node)
+        return None
 
     def _owner(self, node: str, key: BizKey) -> str:
         """The bizModelVersion an install of ``key`` sends: the uid of the newest pod wanting it (arklet >= 1.4.3
@@ -196,6 +224,11 @@ class CommandRunner:
         if view is None:
             return
         scope = self._writes.scope(node)
+        configured = [made for made in [await self._configured(scope, spec) for spec in specs] if made is not None]
+        specs = [spec for spec, _ in configured]
+        redactors = {spec.key: redact for spec, redact in configured}
+        if not specs:
+            return
         started = time.perf_counter()
         owners = {spec.key: self._owner(node, spec.key) for spec in specs}
         try:
@@ -206,6 +239,7 @@ class CommandRunner:
         for spec in specs:
             missing = CommandResult(CommandOutcome.FAILED, "no answer for this biz in the batch")
             result = results.get(spec.url) or missing
+            result = CommandResult(result.outcome, redactors[spec.key](result.message), result.bizs)
             BIZ_COMMANDS.labels("install", result.outcome.value).inc()
             BIZ_COMMAND_SECONDS.labels("install").observe(took)
             self._install_done(scope, spec, result, took, [], owners.get(spec.key, ""))
@@ -356,6 +390,10 @@ class CommandRunner:
             scope.warning(node_ref(node), "BizUninstallFailed",
                           f"uninstall of {key} failed: {clean(result.message)}; retrying in {delay:.0f}s")
         self._requeue(node)
+
+
+def _same(text: str) -> str:
+    return text
 
 
 def _key(pod: Mapping[str, Any]) -> str:
