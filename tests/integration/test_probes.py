@@ -18,7 +18,7 @@ WEB_PORT = 8080
 async def start(provider_factory: Any, sim_factory: Any, env: str, *args: str) -> tuple[Any, Any]:
     provider = await provider_factory()
     sim = await sim_factory(provider.endpoint, "--bases", "1", "--heartbeat-interval", "2", "--identity-prefix", env,
-                            "--loopback-ips", "127.30.0.1", "--web-port", str(WEB_PORT), *args)
+                            "--base-ips", "127.30.0.1", "--web-port", str(WEB_PORT), *args)
     return provider, sim
 
 

@@ -52,7 +52,7 @@ async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
 async def sim() -> AsyncIterator[Simulator]:
     first = _prefix()
     port = _free_port(first)
-    simulator = Simulator(SimConfig(bases=2, loopback_ips=first, web_port=port, behaviour=QUICK))
+    simulator = Simulator(SimConfig(bases=2, base_ips=first, web_port=port, behaviour=QUICK))
     await simulator.start(heartbeats=False)
     try:
         yield simulator
@@ -138,20 +138,25 @@ async def test_the_default_is_unchanged():
         await simulator.stop()
 
 
-def test_loopback_addresses_and_bad_ones():
-    config = SimConfig(loopback_ips="127.10.0.254")
+def test_base_addresses_and_bad_ones():
+    config = SimConfig(base_ips="127.10.0.254")
     assert [base_address(config, i) for i in (0, 1, 2)] == ["127.10.0.254", "127.10.0.255", "127.10.1.0"]
     with pytest.raises(ValueError, match="outside the loopback network"):
-        base_address(SimConfig(loopback_ips="127.255.255.255"), 1)
-    with pytest.raises(ValueError, match="outside the loopback network"):
-        Simulator(SimConfig(loopback_ips="10.0.0.1"))
+        base_address(SimConfig(base_ips="127.255.255.255"), 1)
+    # EndpointSlices refuse loopback addresses: a benchmarking or private range is allowed, and stays in its network
+    assert base_address(SimConfig(base_ips="198.18.0.255"), 2) == "198.18.1.1"
+    with pytest.raises(ValueError, match=r"outside the network 198\.18\.0\.0/15"):
+        base_address(SimConfig(base_ips="198.19.255.255"), 1)
+    with pytest.raises(ValueError, match="not in a loopback, private or benchmarking network"):
+        Simulator(SimConfig(base_ips="8.8.8.8"))
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    args = parser.parse_args(["--loopback-ips", "127.10.0.1", "--bases", "3"])
-    assert (config_from_args(args).loopback_ips, config_from_args(args).web_port) == ("127.10.0.1", 8080)
+    args = parser.parse_args(["--loopback-ips", "127.10.0.1", "--bases", "3"])  # the old name still works
+    assert (config_from_args(args).base_ips, config_from_args(args).web_port) == ("127.10.0.1", 8080)
+    assert config_from_args(parser.parse_args(["--base-ips", "198.18.0.1"])).base_ips == "198.18.0.1"
     assert config_from_args(parser.parse_args([])).web_port is None
     with pytest.raises(SystemExit):
-        parser.parse_args(["--loopback-ips", "10.0.0.1"])
+        parser.parse_args(["--base-ips", "fd00::1"])  # IPv4 only
 
 
 class Heartbeats:
@@ -184,7 +189,7 @@ async def test_heartbeats_come_from_each_bases_own_address():
     events = Heartbeats()
     tunnel = HttpTunnel(Settings(http_tunnel_host="127.0.0.1", http_tunnel_port=0, heartbeat_secret=SECRET))
     await tunnel.start(events)  # type: ignore[arg-type]
-    simulator = Simulator(SimConfig(bases=3, endpoint=f"http://127.0.0.1:{tunnel.port}", loopback_ips=_prefix(),
+    simulator = Simulator(SimConfig(bases=3, endpoint=f"http://127.0.0.1:{tunnel.port}", base_ips=_prefix(),
                                     heartbeat_interval_s=0.5, heartbeat_first_spread_s=0.1, token_secret=SECRET,
                                     behaviour=QUICK))
     await simulator.start()
@@ -205,7 +210,7 @@ async def test_module_probes_against_a_simulated_base():
     """A module pod's readiness and liveness probes, as the controller will run them: the pod IP is the base's
     address, the path the biz's; the health knob flips readiness and then asks for a restart."""
     first = _prefix()
-    simulator = Simulator(SimConfig(bases=1, loopback_ips=first, web_port=_free_port(first),
+    simulator = Simulator(SimConfig(bases=1, base_ips=first, web_port=_free_port(first),
                                     behaviour=QUICK))
     await simulator.start(heartbeats=False)
     base = next(iter(simulator.bases.values()))

@@ -37,13 +37,13 @@ def _non_negative(text: str) -> float:
     return value
 
 
-def _loopback(text: str) -> str:
+def _ipv4(text: str) -> str:
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
-    if address.version != 4 or not address.is_loopback:
-        raise argparse.ArgumentTypeError(f"{text} is not in the loopback network 127.0.0.0/8")
+    if address.version != 4:
+        raise argparse.ArgumentTypeError(f"{text} is not an IPv4 address")
     return text
 
 
@@ -60,12 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="first heartbeats are spread over this many seconds (1)",
     )
     add("--host", default="127.0.0.1", help="address the arklet servers and the control API bind to")
-    add("--loopback-ips", type=_loopback, default=None, metavar="127.X.Y.Z",
-        help="give each base its own loopback address: base i is this address plus i (its arklet and web server "
-             "listen there, its heartbeats come from there); default: every base is --host")
+    add("--base-ips", "--loopback-ips", dest="base_ips", type=_ipv4, default=None, metavar="A.B.C.D",
+        help="give each base its own address: base i is this address plus i (its arklet and web server listen "
+             "there, its heartbeats come from there); 127.0.0.0/8 needs no set-up, a private or benchmarking "
+             "range (198.18.0.0/15) must be on an interface; default: every base is --host")
     add("--web-port", type=int, default=None,
         help="each base serves its ACTIVATED bizs' HTTP paths (/<biz>/version, /<biz>/health) on this port "
-             "(8080 with --loopback-ips; without it base i uses port+i; 0: ephemeral); default: no web server")
+             "(8080 with --base-ips; without it base i uses port+i; 0: ephemeral); default: no web server")
     add(
         "--port-start",
         type=int,
@@ -175,8 +176,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         mqtt_password=args.mqtt_password,
         mqtt_ca_path=args.mqtt_ca,
         mqtt_client_prefix=args.mqtt_client_prefix,
-        loopback_ips=args.loopback_ips,
-        web_port=args.web_port if args.web_port is not None else (8080 if args.loopback_ips else None),
+        base_ips=args.base_ips,
+        web_port=args.web_port if args.web_port is not None else (8080 if args.base_ips else None),
         seed=args.seed,
         behaviour=behaviour,
     )
@@ -204,7 +205,7 @@ async def run_sim(args: argparse.Namespace) -> None:
     _raise_open_file_limit(config.bases)
     try:
         sim = Simulator(config)
-        if config.loopback_ips:
+        if config.base_ips:
             base_address(config, config.bases - 1)
     except ValueError as exc:
         sys.stderr.write(f"vkprovider sim: {exc}\n")

@@ -61,7 +61,7 @@ async def _add_bases(request: web.Request) -> web.Response:
         return _json({"error": f"count must be 1..{MAX_ADD_PER_CALL}"}, status=400)
     try:
         added = await _sim(request).add_bases(count)
-    except ValueError as exc:  # past the end of --loopback-ips' range
+    except ValueError as exc:  # past the end of --base-ips' range
         return _json({"error": str(exc)}, status=400)
     return _json([{"identity": b.identity, "port": b.port, "address": b.address, "webPort": b.web_port}
                   for b in added])

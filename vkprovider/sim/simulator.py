@@ -7,8 +7,10 @@ what tests need to play with bases: stop one (the JVM dies), start it again (a r
 identity and port), add more, read the counters.
 
 Addresses: by default every base is ``host`` (127.0.0.1) with its own arklet port, as before. With
-``loopback_ips`` (``--loopback-ips 127.10.0.1``) base i is that address plus i (Linux routes all of 127.0.0.0/8 to
-lo, no setup needed): its arklet and its web server listen there, its heartbeats name it in ``localIP`` and come
+``base_ips`` (``--base-ips 127.10.0.1``) base i is that address plus i (Linux routes all of 127.0.0.0/8 to lo, no
+setup needed; a private or benchmarking range such as 198.18.0.0/15 works once its addresses are on an interface,
+e.g. ``ip addr add 198.18.0.1/32 dev lo``, which Kubernetes needs where loopback is refused, as in EndpointSlices):
+its arklet and its web server listen there, its heartbeats name it in ``localIP`` and come
 from it (a session bound to it: vkprovider's HTTP tunnel calls a base only at the address its heartbeat came from),
 so the pod IP of a module (= the base's IP) reaches that base alone, as on a real network. With ``web_port`` each
 base also serves its ACTIVATED bizs' HTTP paths there (``sim.web``: ``/<biz>/version``, ``/<biz>/health``), like a
@@ -63,8 +65,8 @@ class SimConfig:
     mqtt_password: str | None = None
     mqtt_ca_path: str | None = None
     mqtt_client_prefix: str = "koupleless"
-    loopback_ips: str | None = None  # first address of the bases (127.x.y.z): base i is it plus i; None: all `host`
-    # each base serves its bizs' HTTP on this port (with loopback_ips: every base on its own address; without:
+    base_ips: str | None = None  # first address of the bases (127.x.y.z, 198.18.x.y): base i is it plus i; None: `host`
+    # each base serves its bizs' HTTP on this port (with base_ips: every base on its own address; without:
     # base i on web_port + i; 0: an ephemeral port each); None: no web server
     web_port: int | None = None
     seed: int | None = None
@@ -93,7 +95,7 @@ class SimBase:
         self.server: ArkletHttpServer | None = None
         self.web: BizWebServer | None = None
         if config.web_port is not None:
-            web_port = config.web_port if config.loopback_ips or config.web_port == 0 else config.web_port + index
+            web_port = config.web_port if config.base_ips or config.web_port == 0 else config.web_port + index
             self.web = BizWebServer(lambda: self.arklet, lambda: self.biz_health, self.address, web_port)
         self.mqtt: MqttBaseTransport | None = None
         if sim.mqtt is not None:
@@ -184,7 +186,7 @@ class SimBase:
         if self._sim.session is not None:
             config = self._sim.config
             session = self._sim.session
-            if config.loopback_ips:
+            if config.base_ips:
                 connector = aiohttp.TCPConnector(limit=4, local_addr=(self.address, 0))
                 self._own_session = session = aiohttp.ClientSession(connector=connector)
             self._sender = HeartbeatSender(
@@ -265,15 +267,24 @@ class SimBase:
         }
 
 
+BASE_NETWORKS = tuple(
+    ipaddress.ip_network(n) for n in ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "198.18.0.0/15")
+)  # loopback, private and benchmarking (RFC 2544) ranges: never someone else's address
+
+
 def base_address(config: SimConfig, index: int) -> str:
-    """Where base ``index`` listens and what its heartbeats name: ``loopback_ips`` plus ``index``, else ``host``."""
-    if not config.loopback_ips:
+    """Where base ``index`` listens and what its heartbeats name: ``base_ips`` plus ``index``, else ``host``."""
+    if not config.base_ips:
         return config.host
-    first = ipaddress.ip_address(config.loopback_ips)
+    first = ipaddress.ip_address(config.base_ips)
+    network = next((n for n in BASE_NETWORKS if first in n), None)
+    if network is None:
+        raise ValueError(f"--base-ips {config.base_ips}: not in a loopback, private or benchmarking network "
+                         f"({', '.join(map(str, BASE_NETWORKS))})")
     address = first + index
-    if first.version != 4 or not first.is_loopback or not address.is_loopback:
-        raise ValueError(f"--loopback-ips {config.loopback_ips}: base {index} would be {address}, outside the "
-                         "loopback network 127.0.0.0/8")
+    if address not in network:
+        where = "the loopback network" if network.network_address.is_loopback else "the network"
+        raise ValueError(f"--base-ips {config.base_ips}: base {index} would be {address}, outside {where} {network}")
     return str(address)
 
 
@@ -281,7 +292,7 @@ class Simulator:
     """N simulated bases. ``start`` returns once every arklet port listens (heartbeats run on their own)."""
 
     def __init__(self, config: SimConfig) -> None:
-        if config.loopback_ips:
+        if config.base_ips:
             base_address(config, 0)  # a clear error now, not a half-started simulator
         self.config = config
         self.rng = random.Random(config.seed)
@@ -320,7 +331,7 @@ class Simulator:
     async def add_bases(self, count: int) -> list[SimBase]:
         """Start ``count`` more bases (ports continue from ``port_start`` when it is set)."""
         first = len(self.bases)
-        if self.config.loopback_ips and count > 0:
+        if self.config.base_ips and count > 0:
             base_address(self.config, first + count - 1)  # all of them fit in 127.0.0.0/8, or none is added
         new: list[SimBase] = []
         for index in range(first, first + count):
