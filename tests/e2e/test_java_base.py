@@ -454,3 +454,39 @@ async def test_killed_base_comes_back_with_its_modules(clean: Rig, admin: Kube, 
 
     await wait_until(back, 90, what="module back on the restarted base")
     assert await serves(victim) == "0.0.1", f"restarted base after {time.monotonic() - killed_at:.0f}s"
+
+
+async def test_readiness_probes_run_against_the_real_biz(clean: Rig, admin: Kube, namespace: str) -> None:
+    """Issue 29 on a real base: a module pod whose readinessProbe asks the real biz1 (GET /biz1/version on the
+    base's Spring Boot port) becomes Ready; one whose probe asks a path biz1 does not serve stays Running but not
+    Ready, with the kubelet's Unhealthy Warning naming the 404, although its biz is ACTIVATED on its base."""
+    rig = clean
+    template = seed_deployment(rig.env)["spec"]["template"]
+    pods = {}
+    for name, base, path in (("probed", rig.bases[0], "/biz1/version"), ("unready", rig.bases[1], "/biz1/missing")):
+        pod = json.loads(json.dumps(template))
+        pod["metadata"] = {"name": name, "labels": {**pod["metadata"]["labels"], "app": name}}
+        pod["spec"]["nodeName"] = base.node_name(rig.env)
+        pod["spec"]["containers"][0]["readinessProbe"] = {
+            "httpGet": {"path": path, "port": base.server_port}, "periodSeconds": 1, "failureThreshold": 1}
+        pods[name] = await admin.create(f"/api/v1/namespaces/{namespace}/pods", pod)
+
+    async def probed() -> dict[str, Any] | None:
+        pod = await admin.get(f"/api/v1/namespaces/{namespace}/pods/probed")
+        return pod if is_ready(pod) else None
+
+    await wait_until(probed, 90, what="the pod whose probe the real biz answers Ready")
+    assert await serves(rig.bases[0]) == "0.0.1"
+
+    async def unhealthy() -> tuple[dict[str, Any], list[str]] | None:
+        pod = await admin.get(f"/api/v1/namespaces/{namespace}/pods/unready")
+        events = (await admin.get(f"/api/v1/namespaces/{namespace}/events"))["items"]
+        warnings = [str(e.get("message")) for e in events if e["type"] == "Warning" and e["reason"] == "Unhealthy"
+                    and e["involvedObject"].get("name") == "unready"]
+        activated = await rig.bases[1].bizs() == [("biz1", "0.0.1", "activated")]
+        return (pod, warnings) if warnings and activated and pod["status"].get("phase") == "Running" else None
+
+    pod, warnings = await wait_until(unhealthy, 90, what="the pod whose probe gets a 404: Running, Unhealthy Warning")
+    conditions = {c["type"]: c["status"] for c in pod["status"].get("conditions") or []}
+    assert conditions.get("Ready") == "False" and conditions.get("ContainersReady") == "False", conditions
+    assert any("404" in w for w in warnings), warnings
