@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+import subprocess
 import time
+from pathlib import Path
 
+from bench import profile
 from bench.context import LOGS, Bench
 from bench.metrics import percentile
 from bench.objects import ENV as BENCH_ENV
@@ -83,6 +86,18 @@ async def window(procs: dict[str, ProviderProcess], seconds: float) -> dict[str,
     return out
 
 
+async def idle_replica_rss(b: Bench, seconds: float = 10.0) -> float:
+    """RSS (MiB) of a replica serving an ENV with no bases, ``seconds`` after it is ready: what a replica costs
+    before any vnode (the floor every replica pays)."""
+    proc = b.provider_process(f"{ENV}idle", "vkprovider-idle", CLIENT_ID="replica-idle")
+    try:
+        await proc.start()
+        await asyncio.sleep(seconds)
+        return round(sample(proc.proc.pid).rss_bytes / MB, 1) if proc.proc is not None else math.nan
+    finally:
+        proc.kill()
+
+
 async def installs_and_uninstalls(sims: list[SimProcess]) -> tuple[int, int]:
     """The install and uninstall calls every simulator has counted."""
     stats = [await s.stats() for s in sims]
@@ -118,6 +133,19 @@ async def run(b: Bench) -> Result:
         procs[name] = b.provider_process(ENV, f"vkprovider-{name}", CLIENT_ID=name)
         await procs[name].start()
 
+    def spy(proc: ProviderProcess, seconds: float, name: str) -> tuple[subprocess.Popen[bytes], Path] | None:
+        """--profile: py-spy over one replica for the window (``bench/results/<name>-profile.txt``)."""
+        if not b.args.profile or proc.proc is None:
+            return None
+        out = b.results_dir / f"{name}-profile.txt"
+        started = profile.start(proc.proc.pid, seconds, out)
+        return (started, out) if started is not None else None
+
+    async def unspy(profiled: tuple[subprocess.Popen[bytes], Path] | None) -> None:
+        if profiled is not None:
+            top = await profile.finish(*profiled)
+            result.metrics[f"profile_top_{profiled[1].stem}"] = top[:15]
+
     def balanced() -> bool:
         counts = holders.counts()
         return len(holders.holder) >= total and all(abs(counts.get(n, 0) - per) <= per * 0.15 for n in NAMES)
@@ -137,20 +165,27 @@ async def run(b: Bench) -> Result:
             await until(lambda: pods.count_ready() >= total * modules, b.args.timeout,
                         f"{total * modules} modules Ready", interval_s=1.0)
             await asyncio.sleep(SETTLE_S)
+            profiled = spy(procs[NAMES[0]], window_s, "replicas-one")
             one = (await window(procs, window_s))[NAMES[0]]
+            await unspy(profiled)
             log(f"replicas: one replica, {total} bases x {modules} modules: {one}")
 
+            floor = await idle_replica_rss(b)
+            log(f"replicas: a replica of an empty ENV: RSS {floor} MiB")
             log("replicas: 2 more replicas; the vnodes handed over by rendezvous")
             start = time.monotonic()
             for name in NAMES[1:]:
                 await replica(name)
-            idle_rss = [round(sample(procs[n].proc.pid).rss_bytes / MB, 1) for n in NAMES[1:] if procs[n].proc]
+            await asyncio.sleep(5)
+            joined_rss = [round(sample(procs[n].proc.pid).rss_bytes / MB, 1) for n in NAMES[1:] if procs[n].proc]
             await until(balanced, b.args.timeout, "the vnodes spread over 3 replicas")
             spread_s = time.monotonic() - start
             await until(lambda: pods.count_ready() >= total * modules, b.args.timeout, "every module Ready")
             await asyncio.sleep(SETTLE_S)
             spread = holders.counts()
+            profiled = spy(procs[NAMES[1]], window_s, "replicas-three")
             three = await window(procs, window_s)
+            await unspy(profiled)
             log(f"replicas: spread {spread} in {spread_s:.1f}s; per replica {three}")
 
             installs0, uninstalls0 = await installs_and_uninstalls(sims)
@@ -180,7 +215,6 @@ async def run(b: Bench) -> Result:
     one_cpu, one_rss, bare_rss = float(one["cpu"]), float(one["rss_mb"]), float(bare["rss_mb"])  # type: ignore[arg-type]
     cpu3 = [float(three[n]["cpu"]) for n in NAMES]  # type: ignore[arg-type]
     rss3 = [float(three[n]["rss_mb"]) for n in NAMES]  # type: ignore[arg-type]
-    floor = min(idle_rss) if idle_rss else math.nan
     held = [spread.get(n, 0) for n in NAMES]
     events3 = [float(three[n]["events_per_s_all"]) for n in NAMES]  # type: ignore[arg-type]
     one_events = float(one["events_per_s_all"])  # type: ignore[arg-type]
@@ -194,6 +228,7 @@ async def run(b: Bench) -> Result:
         "one_replica_cpu_share_no_modules": bare["cpu"],
         "one_replica_watch_events_per_s": one["events_per_s"],
         "idle_replica_rss_mb": floor,
+        "joined_replicas_rss_mb": joined_rss,
         "three_replicas_spread_s": round(spread_s, 2),
         "held_per_replica": held,
         "cpu_share_per_replica": cpu3,
