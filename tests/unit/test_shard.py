@@ -311,14 +311,32 @@ async def test_the_share_keeps_a_foreign_vnode_as_skeletons_and_reads_it_whole_w
     pods.informers[0]._apply(_event("MODIFIED", _pod("a", name, rv="25")))  # its changes stay skeletons
     assert is_skeleton(pods.get("ns/a"))
 
-    owners.others.clear()  # handed back: read whole
+    owners.others.clear()  # handed back: read whole, each read not older than the cache
+    nodes._rv, pods.informers[0]._rv = "10", "25"
+    api.pods = [_pod("a", name, rv="25"), _pod("b", name, rv="22")]
     await shard.load(name)
-    assert api.asked == [("/api/v1/nodes", {"fieldSelector": f"metadata.name={name}"}),
-                         ("/api/v1/pods", {"fieldSelector": f"spec.nodeName={name}"})]
+    assert api.asked == [
+        ("/api/v1/nodes", {"fieldSelector": f"metadata.name={name}", "resourceVersion": "10",
+                           "resourceVersionMatch": "NotOlderThan"}),
+        ("/api/v1/pods", {"fieldSelector": f"spec.nodeName={name}", "resourceVersion": "25",
+                          "resourceVersionMatch": "NotOlderThan"})]
     assert not is_skeleton(nodes.get(name)) and not is_skeleton(pods.get("ns/b"))
-    assert is_skeleton(pods.get("ns/a"))  # the cache (25) is newer than the read (21): the watch brings it
-    pods.informers[0]._apply(_event("MODIFIED", _pod("a", name, rv="26")))
     assert not is_skeleton(pods.get("ns/a"))
+
+
+async def test_a_read_older_than_the_cache_fails_the_load_rather_than_leave_a_skeleton() -> None:
+    owners = _Owners()
+    whole_node = _node("base-1")
+    name = whole_node["metadata"]["name"]
+    api = _Api(whole_node, [_pod("a", name, rv="21")])  # an apiserver answering from behind the watch
+    shard, nodes, pods = _share(api, owners)
+    owners.others.add(name)
+    nodes._apply(_event("ADDED", whole_node))
+    pods.informers[0]._apply(_event("ADDED", _pod("a", name, rv="25")))
+    owners.others.clear()
+    with pytest.raises(ApiError, match="older than the cache"):
+        await shard.load(name)
+    assert is_skeleton(pods.get("ns/a"))
 
 
 async def test_reading_a_vnode_whose_node_is_gone_reads_its_pods_all_the_same() -> None:
@@ -327,3 +345,28 @@ async def test_reading_a_vnode_whose_node_is_gone_reads_its_pods_all_the_same() 
     shard, _, _ = _share(api, owners)
     await shard.load("vn-gone")
     assert [path for path, _ in api.asked] == ["/api/v1/nodes", "/api/v1/pods"]
+
+
+async def test_a_paged_list_sends_its_resource_version_with_the_first_page_only() -> None:
+    """The apiserver refuses a continue token together with a resourceVersion: the token carries the first page's."""
+    from vkprovider.kube.client import Kube
+
+    asked: list[dict[str, str]] = []
+
+    class _Paged(Kube):
+        def __init__(self) -> None:
+            pass
+
+        async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+            query = dict(kwargs["params"])
+            asked.append(query)
+            last = "continue" in query
+            return {"kind": "PodList", "apiVersion": "v1", "items": [{"metadata": {"name": str(len(asked))}}],
+                    "metadata": {"resourceVersion": "30", **({} if last else {"continue": "tok"})}}
+
+    items, rv, kind = await _Paged().list_all("/api/v1/pods", params={
+        "fieldSelector": "spec.nodeName=vn", "resourceVersion": "25", "resourceVersionMatch": "NotOlderThan"})
+    assert [i["metadata"]["name"] for i in items] == ["1", "2"] and rv == "30" and kind == "Pod"
+    assert asked == [{"fieldSelector": "spec.nodeName=vn", "resourceVersion": "25",
+                      "resourceVersionMatch": "NotOlderThan", "limit": "500"},
+                     {"fieldSelector": "spec.nodeName=vn", "limit": "500", "continue": "tok"}]

@@ -18,9 +18,9 @@ The rules:
   (``Informer.retrim``).
 - **Read whole before acting.** A vnode gained after that (a hand-over to this replica, a takeover) is fenced until
   its Node and pods are read again from the API (``load``: a LIST by ``metadata.name`` and one by ``spec.nodeName``,
-  which the apiserver answers from its indexes, with the list rights vkprovider has) and the cached skeletons
-  replaced (``Informer.refresh``, never by an older copy); only then are the controllers told it is held (restart
-  adoption: read first, never replay).
+  which the apiserver answers from its indexes, each not older than the cache; vkprovider's list rights) and the
+  cached skeletons replaced (``Informer.refresh``, never by an older copy); only then are the controllers told it is
+  held (restart adoption: read first, never replay).
 
 What is measured, and why the pods are not watched per vnode: docs/performance.md, "Several replicas".
 """
@@ -32,8 +32,8 @@ import logging
 from typing import Any, Protocol
 
 from vkprovider.core import node as vnode
-from vkprovider.core.module import pod_skeleton, trim_pod
-from vkprovider.kube.client import Kube
+from vkprovider.core.module import is_skeleton, pod_skeleton, trim_pod
+from vkprovider.kube.client import ApiError, Kube
 from vkprovider.kube.informer import Informer, UnionCache, trim
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,14 @@ class Owners(Protocol):
     """What the share asks the Lease keeper."""
 
     def foreign(self, node: str) -> bool: ...
+
+
+def _not_older(params: dict[str, str], informers: list[Informer]) -> dict[str, str]:
+    """``params`` for a LIST at least as new as every one of ``informers``' caches."""
+    versions = [int(i.resource_version) for i in informers if i.resource_version.isdigit()]
+    if versions:
+        params = {**params, "resourceVersion": str(max(versions)), "resourceVersionMatch": "NotOlderThan"}
+    return params
 
 
 class Shard:
@@ -84,15 +92,27 @@ class Shard:
 
     async def load(self, node: str) -> None:
         """Read ``node``'s Node and the pods bound to it from the API and cache them whole (``LeaseKeeper.loader``).
-        Raises ``ApiError`` when a read fails (the keeper tries again)."""
-        (found, _, _), (pods, _, _) = await asyncio.gather(
-            self._kube.list_all("/api/v1/nodes", params={"fieldSelector": f"metadata.name={node}"}),
-            self._kube.list_all("/api/v1/pods", params={"fieldSelector": f"spec.nodeName={node}"}))
-        if self._nodes is not None:
-            self._nodes.refresh(found)
-        if self._pods is not None:
-            self._pods.refresh(pods)
-        log.debug("vnode %s read whole: its Node and %d pod(s)", node, len(pods), extra={"node": node})
+
+        Each read is at least as new as its cache (``resourceVersionMatch=NotOlderThan`` the informers' version), so
+        every skeleton cached before the vnode was gained is replaced; one left over (it cannot be, but a skeleton
+        must never be acted on) fails the load, which the keeper tries again. Raises ``ApiError`` when a read fails.
+        """
+        nodes, pods = self._nodes, self._pods
+        if nodes is None or pods is None:
+            return
+        (found, _, _), (listed, _, _) = await asyncio.gather(
+            self._kube.list_all("/api/v1/nodes", params=_not_older({"fieldSelector": f"metadata.name={node}"},
+                                                                   [nodes])),
+            self._kube.list_all("/api/v1/pods", params=_not_older({"fieldSelector": f"spec.nodeName={node}"},
+                                                                  pods.informers)))
+        nodes.refresh(found)
+        pods.refresh(listed)
+        left = [key for key in [node, *self._pods_by_node.get(node, ())]
+                if is_skeleton(nodes.get(key) if key == node else pods.get(key))]
+        if left:
+            raise ApiError(500, "StaleRead", f"vnode {node}: {len(left)} object(s) still older than the cache "
+                           f"after reading it whole, e.g. {left[0]}")
+        log.debug("vnode %s read whole: its Node and %d pod(s)", node, len(listed), extra={"node": node})
 
     def _on_pod_change(self, key: str, old: Obj | None, new: Obj | None) -> None:
         """Which pods are bound to which vnode (the keys ``on_foreign`` trims)."""
