@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bench import profile
 from bench.context import LOGS, Bench
-from bench.metrics import percentile
+from bench.metrics import exchanges, percentile
 from bench.objects import ENV as BENCH_ENV
 from bench.objects import module_daemonset
 from bench.procstat import cpu_share, sample
@@ -68,21 +68,26 @@ async def watch_events(proc: ProviderProcess) -> dict[str, float]:
 
 
 async def window(procs: dict[str, ProviderProcess], seconds: float) -> dict[str, dict[str, object]]:
-    """Per process over ``seconds``: CPU share (of one core), RSS (MiB), watch events per second by resource."""
+    """Per process over ``seconds``: CPU share (of one core), RSS (MiB), watch events per second by resource, and
+    its exchanges per second (API requests, heartbeats in, arklet calls: what its CPU is spent on)."""
     live = {n: p for n, p in procs.items() if p.proc is not None and p.proc.poll() is None}
     events0 = {n: await watch_events(p) for n, p in live.items()}
+    exchanges0 = {n: exchanges(await p.metrics()) for n, p in live.items()}
     first = {n: sample(p.proc.pid) for n, p in live.items() if p.proc}
     await asyncio.sleep(seconds)
     last = {n: sample(p.proc.pid) for n, p in live.items() if p.proc}
     out: dict[str, dict[str, object]] = {}
     for name, proc in live.items():
         events1 = await watch_events(proc)
+        exchanges1 = exchanges(await proc.metrics())
         wall = last[name].wall_s - first[name].wall_s
         rates = {r: round((v - events0[name].get(r, 0.0)) / wall, 2) for r, v in sorted(events1.items())}
         out[name] = {"cpu": round(cpu_share(first[name], last[name]), 4),
                      "rss_mb": round(last[name].rss_bytes / MB, 1),
                      "events_per_s": {r: v for r, v in rates.items() if v},
-                     "events_per_s_all": round(sum(rates.values()), 2)}
+                     "events_per_s_all": round(sum(rates.values()), 2),
+                     "exchanges_per_s": {k: round((v - exchanges0[name].get(k, 0.0)) / wall, 1)
+                                         for k, v in exchanges1.items()}}
     return out
 
 
