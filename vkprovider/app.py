@@ -62,6 +62,11 @@ BUILD_INFO = Gauge("vkprovider_build_info", "Always 1: the vkprovider version an
                    ["version", "python_version"])
 BUILD_INFO.labels(__version__, platform.python_version()).set(1)
 
+#: Nodes and module pods are listed in pages of this many: each page is parsed whole before it is trimmed (a
+#: skeleton when another replica holds the vnode), and a Python process keeps the memory it once used (issue 31).
+LIST_PAGE = 100
+
+
 def build_tunnels(settings: Settings) -> list[Tunnel]:
     tunnels: list[Tunnel] = []
     if settings.http_tunnel_enabled:
@@ -175,7 +180,7 @@ class Provider:
                                            clock=self.clock, wall=wall)
         # Nodes and module pods of vnodes another replica holds are kept as skeletons (controllers.shard).
         shard = Shard(kube, keeper)
-        nodes = Informer(kube, "/api/v1/nodes", trim_object=shard.trim_node,
+        nodes = Informer(kube, "/api/v1/nodes", trim_object=shard.trim_node, page_size=LIST_PAGE,
                          label_selector=f"{vnode.LABEL_COMPONENT}=vnode,{vnode.LABEL_ENV}={s.env}")
         leases = Informer(kube, f"/apis/coordination.k8s.io/v1/namespaces/{vnode.LEASE_NAMESPACE}/leases",
                           label_selector=vnode.LEASE_SELECTOR, on_change=keeper.on_lease_change,
@@ -340,7 +345,7 @@ def module_pods(kube: Kube, env: str, *, trim_module: Callable[[dict[str, Any]],
 
     for label in MODULE_LABELS:
         pods.add(Informer(kube, "/api/v1/pods", label_selector=f"{label}={MODULE_LABEL_VALUE}",
-                          keep=ours_or_unbound, on_change=pods.notify, trim_object=trim_module,
+                          keep=ours_or_unbound, on_change=pods.notify, trim_object=trim_module, page_size=LIST_PAGE,
                           resource=f"pods-{label.split('.')[0]}"))
     # Non-module pods bound to a vnode stay Pending (no kubelet runs them): watching only bound Pending pods finds
     # them while caching next to nothing of the rest of the cluster. Module pods are left out by the apiserver (the

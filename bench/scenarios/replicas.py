@@ -5,7 +5,8 @@ replica caches the Nodes and module pods of the vnodes it holds, so the same loa
 each about a third. One replica registers 3R bases (R: --replica-bases) with --replica-modules modules each (a
 DaemonSet per module); its CPU, RSS and watch events are measured over a window, without modules and with them.
 Then 2 more replicas start behind the same round-robin endpoint (as a Service) and the vnodes are handed over by
-rendezvous, R to each; the same window per replica (targets: CPU and RSS at most 0.45x the single replica's; the
+rendezvous, R to each, and the first one restarted (a rolling update: a process keeps the memory it once
+used); the same window per replica (targets: CPU and RSS at most 0.45x the single replica's; the
 watch events per replica against its share). Then one replica is SIGKILLed: re-own p50/p99/max, Ready flips of
 vnodes and pods, installs and uninstalls (targets: none of them). What one vnode and one module pod cost (CPU-ms
 per vnode-minute, KB per vnode, KB per module pod, the idle replica's RSS) is what docs/performance.md projects
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -91,14 +93,18 @@ async def window(procs: dict[str, ProviderProcess], seconds: float) -> dict[str,
     return out
 
 
-async def idle_replica_rss(b: Bench, seconds: float = 10.0) -> float:
-    """RSS (MiB) of a replica serving an ENV with no bases, ``seconds`` after it is ready: what a replica costs
-    before any vnode (the floor every replica pays)."""
+async def idle_replica(b: Bench, seconds: float = 20.0) -> tuple[float, float]:
+    """RSS (MiB) and CPU share of a replica serving an ENV with no bases, over ``seconds`` after it is ready: what a
+    replica costs before any vnode (the floor every replica pays)."""
     proc = b.provider_process(f"{ENV}idle", "vkprovider-idle", CLIENT_ID="replica-idle")
     try:
         await proc.start()
+        assert proc.proc is not None
+        await asyncio.sleep(5)
+        first = sample(proc.proc.pid)
         await asyncio.sleep(seconds)
-        return round(sample(proc.proc.pid).rss_bytes / MB, 1) if proc.proc is not None else math.nan
+        last = sample(proc.proc.pid)
+        return round(last.rss_bytes / MB, 1), round(cpu_share(first, last), 4)
     finally:
         proc.kill()
 
@@ -175,8 +181,8 @@ async def run(b: Bench) -> Result:
             await unspy(profiled)
             log(f"replicas: one replica, {total} bases x {modules} modules: {one}")
 
-            floor = await idle_replica_rss(b)
-            log(f"replicas: a replica of an empty ENV: RSS {floor} MiB")
+            floor, idle_cpu = await idle_replica(b)
+            log(f"replicas: a replica of an empty ENV: RSS {floor} MiB, CPU {idle_cpu}")
             log("replicas: 2 more replicas; the vnodes handed over by rendezvous")
             start = time.monotonic()
             for name in NAMES[1:]:
@@ -185,6 +191,17 @@ async def run(b: Bench) -> Result:
             joined_rss = [round(sample(procs[n].proc.pid).rss_bytes / MB, 1) for n in NAMES[1:] if procs[n].proc]
             await until(balanced, b.args.timeout, "the vnodes spread over 3 replicas")
             spread_s = time.monotonic() - start
+            await until(lambda: pods.count_ready() >= total * modules, b.args.timeout, "every module Ready")
+            shrunk_rss = round(sample(procs[NAMES[0]].proc.pid).rss_bytes / MB, 1) if procs[NAMES[0]].proc else 0.0
+            # The first replica handed two thirds away, but a Python process keeps the memory it once used: it is
+            # restarted (SIGTERM, as a rolling update: its vnodes handed over, then given back), so each of the
+            # three is measured as a replica that serves its share from its start.
+            log(f"replicas: {NAMES[0]} restarted (RSS {shrunk_rss} MiB after handing two thirds away)")
+            restarted = time.monotonic()
+            procs[NAMES[0]].kill(signal.SIGTERM)
+            await replica(NAMES[0])
+            await until(balanced, b.args.timeout, f"{NAMES[0]} given its share back")
+            restart_s = time.monotonic() - restarted
             await until(lambda: pods.count_ready() >= total * modules, b.args.timeout, "every module Ready")
             await asyncio.sleep(SETTLE_S)
             spread = holders.counts()
@@ -233,8 +250,11 @@ async def run(b: Bench) -> Result:
         "one_replica_cpu_share_no_modules": bare["cpu"],
         "one_replica_watch_events_per_s": one["events_per_s"],
         "idle_replica_rss_mb": floor,
+        "idle_replica_cpu_share": idle_cpu,
         "joined_replicas_rss_mb": joined_rss,
         "three_replicas_spread_s": round(spread_s, 2),
+        "first_replica_rss_mb_after_handing_over": shrunk_rss,
+        "first_replica_restart_s": round(restart_s, 2),
         "held_per_replica": held,
         "cpu_share_per_replica": cpu3,
         "rss_mb_per_replica": rss3,
