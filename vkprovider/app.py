@@ -179,7 +179,7 @@ class Provider:
         keeper = self.keeper = LeaseKeeper(s, lease_client(kube, lease_timing(s), LEASE_WRITES_INFLIGHT), events,
                                            clock=self.clock, wall=wall)
         # Nodes and module pods of vnodes another replica holds are kept as skeletons (controllers.shard).
-        shard = Shard(kube, keeper)
+        shard = self.shard = Shard(kube, keeper)
         nodes = Informer(kube, "/api/v1/nodes", trim_object=shard.trim_node, page_size=LIST_PAGE,
                          label_selector=f"{vnode.LABEL_COMPONENT}=vnode,{vnode.LABEL_ENV}={s.env}")
         leases = Informer(kube, f"/apis/coordination.k8s.io/v1/namespaces/{vnode.LEASE_NAMESPACE}/leases",
@@ -311,7 +311,10 @@ class Provider:
             controller = getattr(self, "module_controller", None)
             if controller is None:
                 return web.Response(status=503, text="starting")
-            return web.json_response(controller.describe(request.match_info["node"]))
+            node = request.match_info["node"]
+            shard = getattr(self, "shard", None)
+            return web.json_response({**controller.describe(node),
+                                      **({"cache": shard.describe(node)} if shard is not None else {})})
 
         probes = serving.application()
         probes.add_routes([web.get("/healthz", healthz), web.get("/readyz", readyz),

@@ -114,6 +114,15 @@ class Shard:
                            f"after reading it whole, e.g. {left[0]}")
         log.debug("vnode %s read whole: its Node and %d pod(s)", node, len(listed), extra={"node": node})
 
+    def describe(self, node: str) -> dict[str, Any]:
+        """How this replica keeps ``node`` (the probes listener's /debug/vnodes/<node>): its Node and the pods bound
+        to it, whole or as skeletons."""
+        kept = self._nodes.get(node) if self._nodes is not None else None
+        pods = [self._pods.get(k) for k in self._pods_by_node.get(node, ())] if self._pods is not None else []
+        return {"node": None if kept is None else "skeleton" if is_skeleton(kept) else "whole",
+                "pods": {"whole": sum(1 for p in pods if p is not None and not is_skeleton(p)),
+                         "skeleton": sum(1 for p in pods if is_skeleton(p))}}
+
     def _on_pod_change(self, key: str, old: Obj | None, new: Obj | None) -> None:
         """Which pods are bound to which vnode (the keys ``on_foreign`` trims)."""
         was = self._node_of.get(key)
