@@ -61,12 +61,12 @@ def module_pod(name: str, biz: str) -> dict[str, Any]:
                      "nodeSelector": {"virtual-kubelet.koupleless.io/env": ENV}}}
 
 
-def module_daemonset(name: str, env: str) -> dict[str, Any]:
-    """A DaemonSet of one module (biz1, version 1) on every vnode of ``env``."""
+def module_daemonset(name: str, env: str, biz: str = "biz1") -> dict[str, Any]:
+    """A DaemonSet of one module (``biz``, version 1) on every vnode of ``env``."""
     return {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": name},
             "spec": {"selector": {"matchLabels": {"app": name}}, "template": {
                 "metadata": {"labels": {"app": name, "module-controller.koupleless.io/component": "module"}},
-                "spec": {"containers": [{"name": "biz1", "image": "https://repo.example.com/biz1-1-ark-biz.jar",
+                "spec": {"containers": [{"name": biz, "image": f"https://repo.example.com/{biz}-1-ark-biz.jar",
                                          "env": [{"name": "BIZ_VERSION", "value": "1"}]}],
                          "nodeSelector": {"virtual-kubelet.koupleless.io/env": env},
                          "tolerations": [SEED_TOLERATION]}}}}

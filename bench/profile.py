@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +24,10 @@ VKPROVIDER_FRAME = re.compile(r"\((?:[^)]*/)?vkprovider/(?!.*site-packages)")
 def start(pid: int | None, duration: float, out: Path) -> subprocess.Popen[bytes] | None:
     """py-spy over process ``pid`` into ``out`` (collapsed stacks, sampled 100/s, idle frames left out)."""
     spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        spy = Path(shutil.which("py-spy") or spy)
     if not spy.exists() or pid is None:
-        log("profile: py-spy not installed in the virtualenv (pip install py-spy); no profile")
+        log("profile: py-spy not installed in the virtualenv (pip install py-spy) nor on PATH; no profile")
         return None
     out.unlink(missing_ok=True)
     return subprocess.Popen([str(spy), "record", "--pid", str(pid), "--duration", str(int(duration)), "--format",

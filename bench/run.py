@@ -17,10 +17,10 @@ One run brings up the local control plane (.local/bench-cluster), then runs, in 
                time, p50/p99 bound->Running; vkprovider RSS against running pods (bytes per pod, linearity);
 - ``steady``   idle bases: vkprovider CPU share, RSS, API writes per node per minute;
 - ``churn``    a rolling update of every module: total time, installs and uninstalls the simulator counted;
-- ``replicas`` several replicas behind one round-robin endpoint (as a Service): one replica with R bases, then
-               3 replicas with 3R bases and a module on each (R: --replica-bases; CPU and RSS per replica against
-               the one replica's), then one replica SIGKILLed: re-own p50/p99/max, Ready flips of vnodes and pods,
-               installs, uninstalls.
+- ``replicas`` several replicas behind one round-robin endpoint (as a Service): one replica with 3R bases and
+               their modules, then 3 replicas sharing them, R each (R: --replica-bases; CPU, RSS and watch events
+               per replica against the one replica's; what a vnode and a module pod cost), then one replica
+               SIGKILLed: re-own p50/p99/max, Ready flips of vnodes and pods, installs, uninstalls.
 
 vkprovider, the simulator and the control plane are separate processes; vkprovider uses the restricted RBAC
 identity and its production defaults. The control plane is the tests' and ``make run``'s (localcluster.py): its
@@ -78,10 +78,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steady-seconds", type=float, default=None, help="idle period (300; --quick: 60)")
     parser.add_argument("--heartbeat-interval", type=float, default=12.0, help="base heartbeat period (12 s)")
     parser.add_argument("--scenarios", default="limit,register,density,burst,rollout,steady,churn,replicas")
-    parser.add_argument("--replica-bases", type=int, default=334,
-                        help="replicas: bases per replica (334: the failover is measured at 1,000 bases; 1,000 per "
-                             "replica needs more than this machine's 2 cores: the apiserver's PATCH latency passes "
-                             "1 s and lease renewals fall behind)")
+    parser.add_argument("--replica-bases", type=int, default=300,
+                        help="replicas: bases per replica of 3 (300: one replica registers 900, then shares them with "
+                             "2 more; 1,000 per replica needs more than this machine's 2 cores: the apiserver's PATCH "
+                             "latency passes 1 s and lease renewals fall behind)")
+    parser.add_argument("--replica-modules", type=int, default=1,
+                        help="replicas: modules per base, a DaemonSet each (1)")
     parser.add_argument("--density-rate", type=float, default=20.0, help="density: pods created per second (20)")
     parser.add_argument("--density-seconds", type=float, default=None,
                         help="density: seconds of creating (120; --quick: 30)")

@@ -15,6 +15,7 @@ import os
 import platform
 import signal
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -45,6 +46,7 @@ from vkprovider.controllers.ownership import (
     lease_timing,
 )
 from vkprovider.controllers.releases import ReleaseController
+from vkprovider.controllers.shard import Shard
 from vkprovider.core import node as vnode
 from vkprovider.core.module import MODULE_LABEL_VALUE, MODULE_LABELS, is_module_pod, trim_pod
 from vkprovider.core.node import BaseReadiness
@@ -62,6 +64,11 @@ log = logging.getLogger("vkprovider")
 BUILD_INFO = Gauge("vkprovider_build_info", "Always 1: the vkprovider version and the Python it runs on.",
                    ["version", "python_version"])
 BUILD_INFO.labels(__version__, platform.python_version()).set(1)
+
+#: Nodes and module pods are listed in pages of this many: each page is parsed whole before it is trimmed (a
+#: skeleton when another replica holds the vnode), and a Python process keeps the memory it once used (issue 31).
+LIST_PAGE = 100
+
 
 def build_tunnels(settings: Settings) -> list[Tunnel]:
     tunnels: list[Tunnel] = []
@@ -188,7 +195,9 @@ class Provider:
         # Leases get a lane of their own: a renewal never queues behind a rollout's status writes in this process.
         keeper = self.keeper = LeaseKeeper(s, lease_client(kube, lease_timing(s), LEASE_WRITES_INFLIGHT), events,
                                            clock=self.clock, wall=wall)
-        nodes = Informer(kube, "/api/v1/nodes",
+        # Nodes and module pods of vnodes another replica holds are kept as skeletons (controllers.shard).
+        shard = self.shard = Shard(kube, keeper)
+        nodes = Informer(kube, "/api/v1/nodes", trim_object=shard.trim_node, page_size=LIST_PAGE,
                          label_selector=f"{vnode.LABEL_COMPONENT}=vnode,{vnode.LABEL_ENV}={s.env}")
         leases = Informer(kube, f"/apis/coordination.k8s.io/v1/namespaces/{vnode.LEASE_NAMESPACE}/leases",
                           label_selector=vnode.LEASE_SELECTOR, on_change=keeper.on_lease_change,
@@ -196,7 +205,10 @@ class Provider:
         members = Informer(kube, f"/apis/coordination.k8s.io/v1/namespaces/{s.namespace}/leases",
                            label_selector=f"{MEMBER_LABEL}={s.env}", on_change=keeper.on_member_change,
                            resource="leases-member")
-        self.pods = pods = module_pods(kube, s.env)
+        self.pods = pods = module_pods(kube, s.env, trim_module=shard.trim_pod)
+        shard.bind(nodes, pods)
+        keeper.on_foreign.append(shard.on_foreign)
+        keeper.loader = shard.load
         releases = self.release_controller = ReleaseController(s, kube, events, nodes=nodes, pods=pods,
                                                                members=keeper.live_members, clock=self.clock,
                                                                wall=wall)
@@ -235,8 +247,15 @@ class Provider:
         spawn("event-recorder", events.run())
         if self.kubelet is not None:
             spawn("kubelet-client-ca", self.kubelet.run())
-        for informer in self.informers:
+        # Leases first: the share (which vnodes another replica holds) decides how much of each Node and pod the
+        # other informers keep as they list them.
+        for informer in (leases, members):
             spawn(f"informer-{informer.resource}", informer.run())
+        for informer in (leases, members):
+            await _synced(informer, self.supervisor)
+        for informer in self.informers:
+            if informer not in (leases, members):
+                spawn(f"informer-{informer.resource}", informer.run())
         for informer in self.informers:
             await _synced(informer, self.supervisor)
         # Only now, with every cache full, may controllers decide anything (restart adoption, not replay).
@@ -313,7 +332,10 @@ class Provider:
             controller = getattr(self, "module_controller", None)
             if controller is None:
                 return web.Response(status=503, text="starting")
-            return web.json_response(controller.describe(request.match_info["node"]))
+            node = request.match_info["node"]
+            shard = getattr(self, "shard", None)
+            return web.json_response({**controller.describe(node),
+                                      **({"cache": shard.describe(node)} if shard is not None else {})})
 
         probes = serving.application()
         probes.add_routes([web.get("/healthz", healthz), web.get("/readyz", readyz),
@@ -333,9 +355,11 @@ class Provider:
                 raise ConfigError(str(exc)) from None
 
 
-def module_pods(kube: Kube, env: str) -> UnionCache:
+def module_pods(kube: Kube, env: str, *, trim_module: Callable[[dict[str, Any]], dict[str, Any]] = trim_pod
+                ) -> UnionCache:
     """The module pods of this env's vnodes (and the unbound ones a scheduler may bind there), plus non-module pods
-    bound to a vnode, as one cache."""
+    bound to a vnode, as one cache. ``trim_module`` trims each module pod (``Shard.trim_pod``: a skeleton when
+    another replica holds its vnode)."""
     pods = UnionCache()
 
     def ours_or_unbound(pod: dict[str, Any]) -> bool:
@@ -345,7 +369,7 @@ def module_pods(kube: Kube, env: str) -> UnionCache:
 
     for label in MODULE_LABELS:
         pods.add(Informer(kube, "/api/v1/pods", label_selector=f"{label}={MODULE_LABEL_VALUE}",
-                          keep=ours_or_unbound, on_change=pods.notify, trim_object=trim_pod,
+                          keep=ours_or_unbound, on_change=pods.notify, trim_object=trim_module, page_size=LIST_PAGE,
                           resource=f"pods-{label.split('.')[0]}"))
     # Non-module pods bound to a vnode stay Pending (no kubelet runs them): watching only bound Pending pods finds
     # them while caching next to nothing of the rest of the cluster. Module pods are left out by the apiserver (the

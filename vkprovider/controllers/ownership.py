@@ -35,7 +35,7 @@ import heapq
 import logging
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,6 +47,7 @@ from vkprovider.controllers.fence import Hold
 from vkprovider.controllers.leases import LeaseWriter
 from vkprovider.core import node as vnode
 from vkprovider.core import ownership as own
+from vkprovider.core.backoff import API_CALL as LOAD_BACKOFF
 from vkprovider.kube.client import ApiError, Kube
 from vkprovider.kube.events import EventRecorder
 
@@ -215,20 +216,43 @@ class LeaseKeeper:
         UNHELD.set_function(self._unheld_count)
         self.on_gained: list[Callable[[str], None]] = []
         self.on_lost: list[Callable[[str], None]] = []
+        # The share (issue 31, module docstring): vnodes whose Lease names another replica are "foreign" and their
+        # Nodes and pods are kept as skeletons (``controllers.shard``); ``on_foreign(node)`` says when one becomes so.
+        # A vnode gained after that is read whole again (``loader``) before anything acts for it.
+        self.on_foreign: list[Callable[[str], None]] = []
+        self.loader: Callable[[str], Awaitable[None]] | None = None
+        self._shrunk: set[str] = set()  # became foreign since last read whole
+        self._loading: dict[str, asyncio.Task[None]] = {}
 
     # --- what others ask -----------------------------------------------------------------------------------
 
     def hold(self, node: str) -> Hold:
-        """Where this replica stands with ``node``'s Lease (the write port asks before every write)."""
+        """Where this replica stands with ``node``'s Lease (the write port asks before every write). A vnode gained
+        whose Node and pods are still being read whole is fenced until they are."""
         held = self._held.get(node)
         if held is None:
             return Hold.LOST
-        return Hold.FENCED if own.fenced(held, self.clock(), self.timing) else Hold.HELD
+        return Hold.FENCED if node in self._loading or own.fenced(held, self.clock(), self.timing) else Hold.HELD
 
     def may_write(self, node: str) -> bool:
-        """True only while this replica holds ``node``'s Lease and renewed it before the renew deadline."""
+        """True only while this replica holds ``node``'s Lease and renewed it before the renew deadline (and has
+        read the vnode whole, when it was another replica's)."""
         held = self._held.get(node)
-        return held is not None and not own.fenced(held, self.clock(), self.timing)
+        return held is not None and node not in self._loading and not own.fenced(held, self.clock(), self.timing)
+
+    def foreign(self, node: str) -> bool:
+        """Whether ``node``'s Lease, as last seen, names another replica that this one does not hold it for: its
+        Node and pods are that replica's to keep whole (issue 31)."""
+        if node in self._held:
+            return False
+        observed = self._observed.get(node)
+        return observed is not None and observed.facts.holder not in ("", self.me)
+
+    def _check_foreign(self, node: str) -> None:
+        if node not in self._shrunk and self.foreign(node):
+            self._shrunk.add(node)
+            for callback in self.on_foreign:
+                callback(node)
 
     def held_nodes(self) -> list[str]:
         return [n for n in self._held if self.may_write(n)]
@@ -237,7 +261,7 @@ class LeaseKeeper:
         """Held, but the last renewal is older than the renew deadline (one is under way, or failing): no writes
         until it lands. Whoever skipped work because of it looks again shortly (see ``FENCED_RETRY_S``)."""
         held = self._held.get(node)
-        return held is not None and own.fenced(held, self.clock(), self.timing)
+        return held is not None and (node in self._loading or own.fenced(held, self.clock(), self.timing))
 
     def held_count(self) -> int:
         """How many vnodes this replica holds (fenced ones included): O(1), for the VKP_MAX_VNODES cap."""
@@ -264,6 +288,7 @@ class LeaseKeeper:
         facts = own.LeaseFacts.from_object(new, self.timing.lease_duration_s)
         self._observed[node] = own.observe(self._observed.get(node), facts, self.clock())
         self._stale.discard(node)
+        self._check_foreign(node)
         held = self._held.get(node)
         if (held is not None and facts.holder != self.me) or (held is None and facts.holder in ("", self.me)):
             self._wake.set()
@@ -525,8 +550,39 @@ class LeaseKeeper:
             LEASE_EVENTS.labels("acquired").inc()
             if why:
                 log.info("holding vnode %s (%s)", node, why, extra={"node": node})
-            for callback in self.on_gained:
-                callback(node)
+            if node in self._shrunk and self.loader is not None:
+                # Its Node and pods are skeletons here: read them whole before anyone acts (fenced meanwhile).
+                self._loading[node] = asyncio.create_task(self._load(node), name=f"load-{node}")
+                return
+            self._gained(node)
+
+    def _gained(self, node: str) -> None:
+        for callback in self.on_gained:
+            callback(node)
+
+    async def _load(self, node: str) -> None:
+        """Read a gained vnode's Node and pods whole (``loader``), then tell the controllers it is held. A read
+        that fails is tried again (the vnode stays fenced) until it succeeds or the vnode is lost."""
+        assert self.loader is not None
+        failures = 0
+        try:
+            while node in self._held:
+                try:
+                    await self.loader(node)
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    failures += 1
+                    log.warning("reading vnode %s whole failed (%s); trying again", node, exc, extra={"node": node})
+                    await asyncio.sleep(LOAD_BACKOFF.delay(failures, random.random))
+        finally:
+            if self._loading.get(node) is asyncio.current_task():
+                del self._loading[node]
+        if node in self._held:
+            self._shrunk.discard(node)
+            self._touched.add(node)
+            self._gained(node)
 
     def _lose(self, node: str, why: str, *, handed_over: bool = False) -> None:
         self._held_since.pop(node, None)
@@ -535,8 +591,13 @@ class LeaseKeeper:
             return
         LEASE_EVENTS.labels("handed_over" if handed_over else "lost").inc()
         log.info("no longer acting for vnode %s: %s", node, why, extra={"node": node})
-        for callback in self.on_lost:
-            callback(node)
+        loading = self._loading.pop(node, None)
+        if loading is not None:
+            loading.cancel()  # the controllers were never told it was gained: nothing to undo
+        else:
+            for callback in self.on_lost:
+                callback(node)
+        self._check_foreign(node)
 
     async def drop(self, node: str) -> None:
         """The base is gone for good: give the vnode up and delete its Lease (only the version we hold)."""

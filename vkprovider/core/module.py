@@ -287,6 +287,39 @@ def trim_pod(pod: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+#: The mark of a skeleton (``pod_skeleton``, ``core.node.node_skeleton``): an object kept for a vnode another replica
+#: holds, of which only what ownership and release decisions read is kept.
+SKELETON = "vkprovider.koupleless.io/skeleton"
+_SKELETON_METADATA = ("name", "namespace", "uid", "resourceVersion", "labels", "ownerReferences",
+                      "creationTimestamp", "deletionTimestamp")
+_SKELETON_CONDITIONS = frozenset({"Ready", "ContainersReady"})
+
+
+def pod_skeleton(pod: dict[str, Any]) -> dict[str, Any]:
+    """What a replica keeps of a pod bound to a vnode another replica holds (issue 31): its identity, owner, node,
+    phase and Ready / ContainersReady (what the release decisions count over a workload's pods), marked
+    ``SKELETON``. The holder's status and biz decisions never read it: a vnode gained is read whole first."""
+    if pod.get(SKELETON):
+        return pod
+    md = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    kept_status: dict[str, Any] = {}
+    if status.get("phase"):
+        kept_status["phase"] = status["phase"]
+    conditions = [{"type": c.get("type"), "status": c.get("status")} for c in status.get("conditions") or []
+                  if isinstance(c, Mapping) and c.get("type") in _SKELETON_CONDITIONS]
+    if conditions:
+        kept_status["conditions"] = conditions
+    spec = pod.get("spec") or {}
+    return {"metadata": {k: md[k] for k in _SKELETON_METADATA if k in md},
+            "spec": {"nodeName": spec["nodeName"]} if spec.get("nodeName") else {},
+            "status": kept_status, SKELETON: True}
+
+
+def is_skeleton(obj: Mapping[str, Any] | None) -> bool:
+    return bool(obj is not None and obj.get(SKELETON))
+
+
 def _resource_refs(container: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     refs = []
     for var in container.get("env") or []:

@@ -27,6 +27,7 @@ from typing import Any
 
 from vkprovider.core.compare import holds
 from vkprovider.core.model import BaseHealth, BaseHeartbeat, BaseMetadata
+from vkprovider.core.module import SKELETON
 from vkprovider.core.ownership import MANAGED_BY, MANAGED_BY_LABEL
 
 NODE_PREFIX = "vnode."
@@ -381,6 +382,26 @@ def annotations_to_patch(current: Mapping[str, str], hb: BaseHeartbeat, cfg: Nod
     if ANNOTATION_METRICS_PATH not in wanted and current.get(ANNOTATION_METRICS_PATH) == ours:
         patch[ANNOTATION_METRICS_PATH] = None
     return patch
+
+
+_SKELETON_METADATA = ("name", "uid", "resourceVersion", "labels", "annotations", "creationTimestamp")
+
+
+def node_skeleton(node: dict[str, Any]) -> dict[str, Any]:
+    """What a replica keeps of a vnode another replica holds (issue 31): its labels and annotations, addresses and
+    Ready condition - where its base is (``heartbeat_from_node``), whether it is Ready (a takeover counts a base's
+    silence from it, ``controllers.bases``; peer replicas count Ready bases) - marked ``SKELETON``
+    (``core.module``). The node controller never writes from it: a vnode gained is read whole first."""
+    if node.get(SKELETON):
+        return node
+    md = node.get("metadata") or {}
+    status = node.get("status") or {}
+    ready = [{"type": "Ready", "status": c.get("status")} for c in status.get("conditions") or []
+             if isinstance(c, Mapping) and c.get("type") == "Ready"]
+    kept_status: dict[str, Any] = {"conditions": ready} if ready else {}
+    if status.get("addresses"):
+        kept_status["addresses"] = status["addresses"]
+    return {"metadata": {k: md[k] for k in _SKELETON_METADATA if k in md}, "status": kept_status, SKELETON: True}
 
 
 def heartbeat_from_node(node: Mapping[str, Any], env: str) -> BaseHeartbeat | None:

@@ -409,7 +409,9 @@ class Kube:
                     query = dict(params or {})
                     query["limit"] = str(page_size)
                     if token:
-                        query["continue"] = token
+                        query["continue"] = token  # the token carries the first page's resourceVersion
+                        query.pop("resourceVersion", None)
+                        query.pop("resourceVersionMatch", None)
                     page = await self.request("GET", path, params=query)
                     if not isinstance(page, dict):
                         raise ApiError(500, "InvalidList", f"LIST {path} did not return an object", page)

@@ -101,6 +101,13 @@ def diff_snapshots(old: Mapping[str, Obj], new: Mapping[str, Obj]) -> list[tuple
     return changes
 
 
+def _not_older(rv: str, than: str) -> bool:
+    """Whether resourceVersion ``rv`` is at least ``than`` (integers, as etcd revisions; otherwise only equal)."""
+    if rv.isdigit() and than.isdigit():
+        return int(rv) >= int(than)
+    return rv == than
+
+
 def backoff_delay(failures: int, *, rand: Callable[[], float] = random.random) -> float:
     """The informer's wait after ``failures`` consecutive failures: the one backoff policy (core.backoff),
     capped at a few seconds so the cache is current again soon after the apiserver is back."""
@@ -345,6 +352,45 @@ class Informer:
         """Call ``on_change(key, old, new)`` for every change from now on (after the subscribers before it)."""
         self._subscribers.append(on_change)
 
+    def retrim(self, keys: Iterable[str]) -> None:
+        """Trim the cached objects of ``keys`` again (``trim_object`` may now keep less of them), telling the
+        subscribers of each object that changed."""
+        for key in keys:
+            prev = self._cache.get(key)
+            if prev is None:
+                continue
+            try:
+                kept = self._trim(prev)
+            except Exception:
+                log.warning("informer %s: cannot trim %s again; kept as it was", self.resource, key, exc_info=True)
+                continue
+            if kept is not prev and kept != prev:
+                self._cache[key] = kept
+                self._notify(key, prev, kept)
+
+    def refresh(self, objects: Iterable[Obj]) -> int:
+        """Replace cached objects with copies read from the API (``trim_object`` may now keep more of them).
+
+        Only objects the cache holds are replaced, and only by a copy at least as new (resourceVersions compared as
+        integers, as the apiserver orders them): one deleted or changed after it was read is the watch's to tell.
+        An object the cache does not hold is left to the watch too (a read may be older than a delete the watch
+        already delivered). Returns how many were replaced."""
+        replaced = 0
+        for obj in objects:
+            try:
+                kept = self._trim(obj)
+                key = self._key(kept)
+            except Exception:
+                log.warning("informer %s: cannot key a read object; skipped", self.resource, exc_info=True)
+                continue
+            prev = self._cache.get(key)
+            if prev is None or not _not_older(resource_version(kept), resource_version(prev)):
+                continue
+            self._cache[key] = kept
+            replaced += 1
+            self._notify(key, prev, kept)
+        return replaced
+
     def _notify(self, key: str, old: Obj | None, new: Obj | None) -> None:
         for on_change in self._subscribers:
             try:
@@ -431,6 +477,17 @@ class UnionCache:
 
     def __contains__(self, key: object) -> bool:
         return any(key in i for i in self._informers)
+
+    def retrim(self, keys: Iterable[str]) -> None:
+        """``Informer.retrim`` on every member informer."""
+        keys = list(keys)
+        for informer in self._informers:
+            informer.retrim(keys)
+
+    def refresh(self, objects: Iterable[Obj]) -> int:
+        """``Informer.refresh`` on every member informer (each replaces only the objects it holds)."""
+        objects = list(objects)
+        return sum(informer.refresh(objects) for informer in self._informers)
 
     def notify(self, key: str, old: Obj | None, new: Obj | None) -> None:
         """The on_change hook to give each member informer."""
