@@ -67,7 +67,7 @@ def build_tunnels(settings: Settings) -> list[Tunnel]:
 
         tunnels.append(HttpTunnel(settings))
     if settings.mqtt_enabled:
-        from vkprovider.tunnels.mqtt_tunnel import MqttTunnel
+        from vkprovider.tunnels.mqtt import MqttTunnel
 
         tunnels.append(MqttTunnel(settings))
     return tunnels
