@@ -6,7 +6,9 @@ controllers' queues, the Lease keeper, the release writer, the Event recorder, t
 refresh) is a root task spawned here (kopf's guarded tasks, ``aiotasks.py``, and ``run_tasks``: when a root task
 ends, the operator ends). A root task that returns, raises or is cancelled by anyone but :meth:`stop` is a
 failure: one clear line is logged (which task, why), ``failed`` says so (``/healthz`` answers 503 with it), and
-``ended`` is set so the process stops and exits with code 1 (Kubernetes restarts it).
+``ended`` is set so the process stops and exits with code 1 (Kubernetes restarts it). Once the process is stopping
+(:meth:`stopping`: its owners stop the tunnels, close the Event recorder, then :meth:`stop` cancels the rest), a
+root task that ends is the shutdown, not a failure.
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ class Supervisor:
             log.critical("root task %s ended unexpectedly (%s): stopping vkprovider with exit code 1", name, why,
                          exc_info=task.exception() if not task.cancelled() else None)
         self.ended.set()
+
+    def stopping(self) -> None:
+        """The process is stopping: a root task that ends from now on ends with what it runs (a stopped tunnel, a
+        closed Event recorder), which is no failure."""
+        self._stopping = True
 
     async def stop(self) -> None:
         """Cancel every root task (their end is then no failure) and wait for them."""

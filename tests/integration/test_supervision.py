@@ -26,7 +26,7 @@ async def test_a_dead_root_task_stops_vkprovider_with_exit_1_and_healthz_503(kub
                 assert resp.status == 200
             roots = set(provider.supervisor.tasks)
             assert {"informer-nodes", "lease-keeper", "module-controller", "node-controller",
-                    "release-controller", "event-recorder"} <= roots, roots
+                    "release-controller", "event-recorder", "tunnel-http"} <= roots, roots
             provider.supervisor.tasks["module-controller"].cancel()  # the module controller's queues die
             code = await asyncio.wait_for(provider.wait(asyncio.Event()), 10)
             assert code == 1

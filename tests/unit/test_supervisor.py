@@ -4,9 +4,15 @@ supervisor - is a failure that stops the process; stopping the supervisor ends t
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import pytest
 
+from tests.unit import fakes
+from vkprovider.app import Provider
+from vkprovider.config import Settings
+from vkprovider.kube.client import Kube
+from vkprovider.kube.events import EventRecorder
 from vkprovider.supervisor import Supervisor
 
 
@@ -53,3 +59,24 @@ async def test_root_task_names_are_unique() -> None:
     with pytest.raises(ValueError, match="runs already"):
         sup.spawn("a", forever())
     await sup.stop()
+
+
+
+@pytest.mark.parametrize("owner", ["tunnel", "event-recorder"])
+async def test_root_tasks_that_end_with_their_owner_while_vkprovider_stops_are_no_failure(owner: str) -> None:
+    """Provider.stop stops the tunnels and closes the Event recorder before the supervisor cancels what is left: a
+    root task that ends because its owner was stopped (a tunnel's run(), the recorder's workers) is the shutdown,
+    not a dead root task."""
+    provider = Provider(Settings())
+    if owner == "tunnel":
+        tunnel = fakes.Tunnel()
+        provider.tunnels = [tunnel]
+        root = provider.supervisor.spawn(f"tunnel-{tunnel.name}", tunnel.run())
+    else:
+        provider.events = EventRecorder(cast(Kube, fakes.Api()), reporting_instance="test")
+        root = provider.supervisor.spawn("event-recorder", provider.events.run())
+    provider.supervisor.spawn("steady", forever())
+    await asyncio.sleep(0)  # the root tasks start
+    await provider.stop()
+    assert root.done()
+    assert provider.supervisor.failed is None and not provider.supervisor.ended.is_set()

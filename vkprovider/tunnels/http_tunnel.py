@@ -110,6 +110,7 @@ class HttpTunnel:
         self._settings = settings
         self._events: BaseEvents | None = None
         self._served: Served | None = None
+        self._stopping = False
         self._limiter = _BaseLimiter(settings.arklet_max_inflight_per_base)
         # bases (ip:port) whose arklet predates batchInstallBiz: one CMD_NOT_FOUND proves it
         self._batch = BatchSupport(strikes=1, lacks="batchInstallBiz (arklet < 2.1.7)")
@@ -137,6 +138,7 @@ class HttpTunnel:
 
     async def start(self, events: BaseEvents) -> None:
         self._events = events
+        self._stopping = False
         s = self._settings
         self._served = await serving.serve_small(
             self._handle, on_refused=self._refused_early, name="heartbeat", host=s.http_tunnel_host,
@@ -166,7 +168,18 @@ class HttpTunnel:
             context.verify_mode = ssl.CERT_OPTIONAL  # a base without a certificate may still use a token
         return context
 
+    async def run(self) -> None:
+        """The root task of the heartbeat listener: until its listener is closed (``stop``, or a closed server:
+        then ``TunnelError``). The server's connections are served by the event loop, not by this task."""
+        served = self._served
+        if served is None:
+            raise TunnelError("the http tunnel is not started")
+        await served.wait_closed()
+        if not self._stopping:
+            raise TunnelError(f"the heartbeat listener closed (port {served.port})")
+
     async def stop(self) -> None:
+        self._stopping = True
         if self._served is not None:
             await self._served.stop()
             self._served = None

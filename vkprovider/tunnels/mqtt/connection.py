@@ -116,6 +116,20 @@ class Connection:
         """Wait until the tunnel is connected and subscribed (tests, readiness)."""
         await asyncio.wait_for(self._connected.wait(), timeout_s)
 
+    async def run(self) -> None:
+        """Until the connection loop ends: returns after ``stop``, else raises what ended it. Cancelling this
+        leaves the loop running (``stop`` ends it)."""
+        task = self._task
+        if task is None:
+            raise TunnelError("the mqtt tunnel is not started")
+        await asyncio.wait({task})
+        if self._stopping:
+            return
+        if task.cancelled():
+            raise TunnelError(f"the mqtt connection loop was cancelled (broker {self.broker})")
+        task.result()  # what killed the loop
+        raise TunnelError(f"the mqtt connection loop ended (broker {self.broker})")
+
     async def stop(self) -> None:
         """End the connection loop and the tasks it spawned."""
         self._stopping = True
@@ -147,6 +161,12 @@ class Connection:
 
     async def _run(self, tls: ssl.SSLContext | None) -> None:
         """Connect, subscribe, read; on any failure wait (exponential backoff with jitter) and start over."""
+        try:
+            await self._connect_forever(tls)
+        finally:
+            self._attempted.set()  # a loop that died at once does not hold ``start`` for FIRST_CONNECT_WAIT_S
+
+    async def _connect_forever(self, tls: ssl.SSLContext | None) -> None:
         failures = 0
         while not self._stopping:
             client = self._new_client(tls)
@@ -193,9 +213,13 @@ class Connection:
         self._on_lost(TunnelError(f"disconnected from the MQTT broker {self.broker}"))
 
     def spawn(self, coro: Awaitable[Any], name: str) -> None:
-        """Run ``coro`` beside the loop (a publish a handler must not wait for); ``stop`` cancels it."""
+        """Run ``coro`` beside the loop (a publish a handler must not wait for); ``stop`` cancels it. Such a task
+        is short and not a root task: it fails alone, with one line in the log (the loop and ``run`` go on)."""
         async def run() -> None:
-            await coro
+            try:
+                await coro
+            except Exception:
+                log.exception("mqtt tunnel: %s failed", name)
 
         task = asyncio.create_task(run(), name=name)
         self._background.add(task)

@@ -131,6 +131,10 @@ class MqttTunnel:
         self._events = events
         await self._connection.start()
 
+    async def run(self) -> None:
+        """The tunnel's root task: lives as long as its connection loop (``Connection.run``)."""
+        await self._connection.run()
+
     async def wait_connected(self, timeout_s: float) -> None:
         """Wait until the tunnel is connected and subscribed (tests, readiness)."""
         await self._connection.wait_connected(timeout_s)
