@@ -162,6 +162,10 @@ class Settings(BaseSettings):
                                       description="health query period per base (cpu / memory of the vnode; "
                                       "a kubelet reports its node status every 5 minutes too). A silent base "
                                       "is asked at once, whatever this says (VKP_BASE_PROBE_AFTER).")
+    base_metrics_max_age_s: float = F(20.0, "VKP_BASE_METRICS_MAX_AGE", "base_metrics_max_age_s", gt=0,
+                                      description="A scrape of a vnode's /metrics/resource (kubectl top node) "
+                                      "asks its base for health first when the last answer is older than this; "
+                                      "bases nobody scrapes are asked only every VKP_BASE_HEALTH_INTERVAL.")
     base_bizs_interval_s: float = F(30.0, "VKP_BASE_QUERY_INTERVAL", "base_bizs_interval_s", gt=0,
                                     description="queryAllBiz period per base (changes the base does not push).")
     drain_timeout_s: float = F(300.0, "VKP_DRAIN_TIMEOUT", "drain_timeout_s", gt=0,
@@ -205,7 +209,7 @@ class Settings(BaseSettings):
     probe_host: str = F("0.0.0.0", "VKP_PROBE_HOST", "probe_host", description="Probe bind address.")
     probe_port: Port = F(8081, "VKP_PROBE_PORT", "probe_port", description="/healthz and /readyz port.")
     kubelet_enabled: bool = F(True, "KUBELET_PROXY_ENABLED", "kubelet_enabled",
-                              description="Serve the vnodes' kubelet API (kubectl logs) over TLS.")
+                              description="Serve the vnodes' kubelet API (kubectl logs, kubectl top node) over TLS.")
     kubelet_port: Port = F(10250, "KUBELET_PROXY_PORT", "kubelet_port", description="Kubelet API port.")
     kubelet_host: str = F("0.0.0.0", "VKP_KUBELET_HOST", "kubelet_host", description="Kubelet API bind address.")
     kubelet_address: str | None = F(None, "VKP_KUBELET_ADDRESS", "kubelet_address",

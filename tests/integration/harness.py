@@ -155,6 +155,11 @@ class SimProcess:
     async def activate_base(self, identity: str) -> None:
         await self.call("POST", f"/bases/{identity}/activate")
 
+    async def set_usage(self, identity: str, *, cpu: float | None = None, heap_mib: float | None = None) -> Any:
+        """What the base's health says it uses from now on: the busy fraction of its CPUs, its used heap."""
+        params = {k: str(v) for k, v in (("cpu", cpu), ("heapMiB", heap_mib)) if v is not None}
+        return await self.call("POST", f"/bases/{identity}/usage", params=params)
+
     async def hold_biz_lists(self, identity: str) -> None:
         """MQTT bases: take and stamp queryAllBiz answers but do not publish them (a delaying broker)."""
         await self.call("POST", f"/bases/{identity}/hold-biz-lists")

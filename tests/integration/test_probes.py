@@ -4,6 +4,7 @@ loopback address, serving their bizs' HTTP paths while the biz is ACTIVATED (vkp
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -121,3 +122,90 @@ async def test_a_readiness_gate_holds_ready_until_its_condition_is_true(admin, e
         return is_ready(await get(admin, namespace, "g"))
 
     await wait_until(ready, 30, what="the pod Ready once its gate is True")
+
+
+async def test_a_deleted_pod_serves_until_its_prestop_ends_then_its_biz_goes(admin, env_name, namespace,
+                                                                             provider_factory, sim_factory):
+    """Graceful stop (issue 29, item 3): a preStop sleep of 4 s; the module keeps serving (its biz ACTIVATED, its
+    HTTP path answering) until the hook has ended, then it is uninstalled and the pod goes - all within its grace
+    period. Before, the biz was uninstalled as soon as the pod was deleted."""
+    import aiohttp
+
+    provider, sim = await start(provider_factory, sim_factory, env_name)
+    await wait_ready_vnodes(admin, env_name, 1)
+    base = (await sim.bases())[0]
+    pod = probed_pod("s", env_name, lifecycle={"preStop": {"sleep": {"seconds": 4}}})
+    pod["spec"]["terminationGracePeriodSeconds"] = 20
+    await admin.create(f"/api/v1/namespaces/{namespace}/pods", pod)
+
+    async def ready() -> bool:
+        return is_ready(await get(admin, namespace, "s"))
+
+    await wait_until(ready, 60, what="the pod Ready")
+    url = f"http://{base['address']}:{base['webPort']}/biz1/version"
+    await admin.delete(f"/api/v1/namespaces/{namespace}/pods/s")
+    deleted = time.monotonic()
+    served: list[float] = []
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() - deleted < 30:
+            async with http.get(url) as resp:
+                if resp.status != 200:
+                    break
+                served.append(time.monotonic() - deleted)
+            await asyncio.sleep(0.1)
+    stopped_after = time.monotonic() - deleted
+    assert served and max(served) >= 3.5, served[-3:]  # it served through the hook (4 s)
+    assert stopped_after < 20  # and went within the grace period
+
+    async def gone() -> bool:
+        try:
+            await get(admin, namespace, "s")
+        except Exception:
+            return True
+        return False
+
+    await wait_until(gone, 30, what="the pod finalized")
+    figure("prestop_sleep_4s_module_served_for_s", round(max(served), 1))
+
+
+async def test_a_failed_liveness_probe_reinstalls_the_biz_with_a_crash_loop_backoff(admin, env_name, namespace,
+                                                                                    provider_factory, sim_factory):
+    """Liveness (issue 29, item 1): the module's health fails past the threshold, so the biz is reinstalled, as the
+    kubelet restarts a container: restartCount +1 and lastState.terminated; while it keeps failing, the next
+    restarts wait for the crash-loop backoff (CrashLoopBackOff); healthy again, it stays running."""
+    provider, sim = await start(provider_factory, sim_factory, env_name)
+    await wait_ready_vnodes(admin, env_name, 1)
+    identity = (await sim.bases())[0]["identity"]
+    await admin.create(f"/api/v1/namespaces/{namespace}/pods",
+                       probed_pod("l", env_name, livenessProbe=http_probe("/biz1/health", failureThreshold=2)))
+
+    async def ready() -> bool:
+        return is_ready(await get(admin, namespace, "l"))
+
+    await wait_until(ready, 60, what="the pod Ready")
+    await sim.call("POST", f"/bases/{identity}/bizs/biz1/health", json={"status": 500})
+
+    async def restarted(times: int) -> dict[str, Any] | None:
+        pod = await get(admin, namespace, "l")
+        status = (pod["status"].get("containerStatuses") or [{}])[0]
+        return status if int(status.get("restartCount") or 0) >= times else None
+
+    first = await wait_until(lambda: restarted(1), 60, interval_s=0.2, what="the biz reinstalled once")
+    assert (first.get("lastState") or {}).get("terminated", {}).get("reason") == "Error"
+    assert "failed liveness probe" in first["lastState"]["terminated"]["message"]
+    seen_backoff = False
+
+    async def looping() -> dict[str, Any] | None:
+        nonlocal seen_backoff
+        pod = await get(admin, namespace, "l")
+        status = (pod["status"].get("containerStatuses") or [{}])[0]
+        waiting = (status.get("state") or {}).get("waiting") or {}
+        seen_backoff = seen_backoff or waiting.get("reason") == "CrashLoopBackOff"
+        return status if int(status.get("restartCount") or 0) >= 2 else None
+
+    await wait_until(looping, 60, interval_s=0.2, what="a second restart after the backoff")
+    installs = sum(v for k, v in (await sim.stats())["installsByBiz"].items() if "biz1" in k)
+    assert installs >= 3
+    await sim.call("POST", f"/bases/{identity}/bizs/biz1/health", json={"status": 200})
+    await wait_until(ready, 60, what="Ready again once healthy")
+    figure("liveness_restarts", f"2 restarts, CrashLoopBackOff shown between them: {seen_backoff}")

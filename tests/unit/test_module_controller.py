@@ -386,3 +386,33 @@ async def test_a_probed_pod_turns_ready_when_its_probe_passes_and_each_activatio
     finally:
         await controller.stop()
         await runner.cleanup()
+
+
+async def test_commands_carry_the_pod_uid_as_bizmodelversion_and_an_expired_uninstall_is_read_again() -> None:
+    """Issue 29, item 5 (arklet 1.4.3's fence): an install sends the uid of the pod it is for; the uninstall of a
+    deleted pod's biz sends the uid it was installed with; an orphan's uninstall sends nothing. An uninstall arklet
+    refuses as expired (another pod's install owns the biz) is no failure to report or retry: the base is read
+    again before anything is decided."""
+    from vkprovider.core.model import CommandOutcome, CommandResult
+
+    one = OnePodOnOneBase()
+    one.tunnel.bizs = []
+    await one.run()  # the biz is not on the base: installed for ns/p (uid u1)
+    await wait_for(lambda: one.tunnel.owners, 2.0, what="the install sent")
+    await one.controller.wait_idle(NODE)
+    assert one.tunnel.owners == [("install", "biz1:0.0.1", "u1")]
+    view = one.registry.get(NODE)
+    assert view is not None and view.ledger.owner(BizSpec("biz1", "0.0.1", "x").key) == "u1"
+    one.tunnel.answer = CommandResult(CommandOutcome.EXPIRED, "can not access biz because the command is expired")
+    one.controller.commands.start_uninstall(view, BizSpec("biz1", "0.0.1", "x").key)
+    await one.controller.wait_idle(NODE)
+    assert one.tunnel.owners[-1] == ("uninstall", "biz1:0.0.1", "u1")
+    failure = view.ledger.failures[BizSpec("biz1", "0.0.1", "x").key]
+    assert failure.busy and view.ledger.read_needed()
+    assert not any(kind == "Warning" for kind, _, _ in one.events.posted)
+    one.tunnel.answer = None
+    orphan = BizInfo("orphan", "9", BizState.ACTIVATED)
+    view.ledger.apply_read(view.ledger.begin_read(), [*view.ledger.bizs.values(), orphan])
+    one.controller.commands.start_uninstall(view, orphan.key)
+    await one.controller.wait_idle(NODE)
+    assert one.tunnel.owners[-1] == ("uninstall", "orphan:9", "")

@@ -338,3 +338,31 @@ async def test_the_simulator_keeps_what_it_was_installed_with() -> None:
     biz = arklet.bizs["biz1:1.0.0"]
     assert biz.args == ("--a=1",) and biz.envs == {"K": "s3cr3t"}
     assert "args" not in biz.to_wire() and "envs" not in biz.to_wire() and "s3cr3t" not in repr(biz)
+
+
+def test_health_figures_move_with_the_bases_usage_as_arklets_do():
+    """The simulated base's health reads as a real one's: CPU ticks counted since its arklet started, busy at the
+    rate its Usage says (set_usage changes it from then on), the used heap it is told, MiB as doubles."""
+    from vkprovider.core import stats
+    from vkprovider.sim.arklet import NON_HEAP_BESIDES_METASPACE, Usage
+
+    now = [1000.0]
+    arklet = SimArklet(ArkletBehaviour(cpu_count=4), clock_s=lambda: now[0], usage=Usage(0.25, 300 * 1024 * 1024))
+
+    def health() -> Any:
+        return wire.parse_health(arklet.health()["data"])
+
+    assert stats.cpu_seconds(health()) == 0.0
+    now[0] += 10  # 4 CPUs a quarter busy for 10 s: 10 core-seconds of 40
+    first = health()
+    assert first.cpu is not None and first.cpu.total_ms == 40000.0
+    assert stats.cpu_seconds(first) == 10.0 and first.uptime_s == 10.0
+    assert first.heap_used_bytes == 300 * 1024 * 1024
+    assert first.non_heap_used_bytes == ArkletBehaviour().metaspace_used_bytes + NON_HEAP_BESIDES_METASPACE
+    arklet.set_usage(cpu=1.0, heap_used_bytes=700 * 1024 * 1024)
+    now[0] += 5  # then fully busy for 5 s: 20 more
+    second = health()
+    assert stats.cpu_seconds(second) == 30.0 and second.heap_used_bytes == 700 * 1024 * 1024
+    assert stats.usage_nano_cores(stats.Reading(15.0, second), stats.Reading(10.0, first)) == 4_000_000_000
+    raw = arklet.health()["data"]["healthData"]["cpu"]
+    assert raw["user used (%)"] + raw["system used (%)"] + raw["free (%)"] == pytest.approx(100.0)

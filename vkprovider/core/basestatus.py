@@ -105,15 +105,20 @@ def finished_containers(pod: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     return done
 
 
-def op_facts(ledger: BaseLedger, spec: BizSpec, refused: str | None, url: str | None) -> OpFacts:
+def op_facts(ledger: BaseLedger, spec: BizSpec, refused: str | None, url: str | None, *,
+             crash_loop: str | None = None) -> OpFacts:
     """What vkprovider is doing about one biz of a pod, for its container's status."""
     if refused is not None:
         return OpFacts(OpState.IDLE, refused=refused)
+    restart = ledger.restarts.get(spec.key)
+    last_restart = (restart.why, restart.at_ms) if restart is not None else None
     failure = ledger.failures.get(spec.key)
     inflight = ledger.inflight.get(spec.key)
     if inflight is not None and inflight.kind is not CommandKind.UNINSTALL:
         attempts = failure.attempts if failure is not None else 0
         return OpFacts(OpState.INSTALLING, f"installing {spec.key}", attempts=attempts, installed_url=url)
+    if failure is not None and failure.config:
+        return OpFacts(OpState.CONFIG_ERROR, failure.message, installed_url=url)
     if failure is not None and failure.busy:
         return OpFacts(OpState.INSTALLING, f"installing {spec.key} (the base is busy with it)",
                        attempts=failure.attempts, installed_url=url)
@@ -121,7 +126,7 @@ def op_facts(ledger: BaseLedger, spec: BizSpec, refused: str | None, url: str | 
         message = f"{failure.message} (attempt {failure.attempts}, retried with backoff)"
         return OpFacts(OpState.INSTALL_FAILED, message, attempts=failure.attempts,
                        failed_at_ms=failure.at_ms, installed_url=url)
-    return OpFacts(OpState.IDLE, installed_url=url)
+    return OpFacts(OpState.IDLE, installed_url=url, crash_loop=crash_loop, last_restart=last_restart)
 
 
 def base_pod_statuses(
@@ -133,6 +138,7 @@ def base_pod_statuses(
     now: float,
     stamp: str,
     hold_of: Callable[[Mapping[str, Any]], str | None] = lambda pod: None,
+    crash_loop: frozenset[BizKey] = frozenset(),
 ) -> StatusPlan:
     """The status each pod of the base should show (see the module docstring). ``hold_of(pod)``: why a release
     holds the pod's Ready (None: not held)."""
@@ -192,7 +198,12 @@ def base_pod_statuses(
                 ops[spec.key] = OpFacts(OpState.OUTRANKED, f"a newer revision of this pod's workload has "
                                         f"{spec.name} on the base; {spec.key} is not installed over it")
                 continue
-            ops[spec.key] = op_facts(ledger, spec, view.refused, url)
+            looping = None
+            if spec.key in crash_loop:
+                restart = ledger.restarts.get(spec.key)
+                wait_s = max(0, round(ledger.restart_allowed_at(spec.key) - now)) if restart is not None else 0
+                looping = f"back-off {wait_s}s restarting failed container={spec.name} pod={view.key}"
+            ops[spec.key] = op_facts(ledger, spec, view.refused, url, crash_loop=looping)
         workload = view.workload
         pod_active = {b.name: b.key for b in pod_bizs.values() if b.state is BizState.ACTIVATED} or active
         replaced = frozenset(

@@ -152,6 +152,20 @@ class BaseHeartbeat:
 
 
 @dataclass(frozen=True, slots=True)
+class CpuTicks:
+    """Arklet's ``cpu`` figures: its machine's CPU time since arklet started, not a rate.
+
+    Arklet (``CpuIndicator``) reads the machine's tick counters (oshi, /proc/stat: every CPU, every process) once
+    when it starts and again on each ``health``: ``total used (%)`` is, despite its name, the milliseconds of CPU
+    time in every state on every CPU between the two; ``user used (%)`` and ``system used (%)`` are shares of it.
+    """
+
+    total_ms: float
+    user_pct: float
+    system_pct: float
+
+
+@dataclass(frozen=True, slots=True)
 class BaseHealth:
     """Resource facts from arklet's ``health`` command. ``None`` means the base did not say."""
 
@@ -162,6 +176,12 @@ class BaseHealth:
     master_biz_name: str | None = None
     master_biz_version: str | None = None
     master_biz_state: str | None = None  # the base itself: ACTIVATED while serving, else shutting down
+    # What the base uses, for ``kubectl top node`` (``core.stats``). Left out of equality: these move with every
+    # answer, and an answer that differs only in them changes nothing the Node shows.
+    cpu: CpuTicks | None = field(default=None, compare=False)
+    heap_used_bytes: int | None = field(default=None, compare=False)
+    non_heap_used_bytes: int | None = field(default=None, compare=False)  # Metaspace, code cache, class space
+    uptime_s: float | None = field(default=None, compare=False)  # "run time(s)": since the JVM started
 
 
 class CommandOutcome(enum.StrEnum):

@@ -77,6 +77,7 @@ class OpState(enum.StrEnum):
     INSTALL_FAILED = "INSTALL_FAILED"
     UNINSTALLING = "UNINSTALLING"
     OUTRANKED = "OUTRANKED"  # not installed: a newer revision of the pod's workload has this biz on the base
+    CONFIG_ERROR = "CONFIG_ERROR"  # not installed: its configuration cannot be made (CreateContainerConfigError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +89,8 @@ class OpFacts:
     attempts: int = 0  # consecutive failed installs (for restartCount / CrashLoopBackOff-like status)
     failed_at_ms: int | None = None
     installed_url: str | None = None  # the URL the biz on the base came from, when known
+    crash_loop: str | None = None  # a restart is due and waits for its backoff: the CrashLoopBackOff message
+    last_restart: tuple[str, int] | None = None  # (why, when in epoch ms) of the last restart a probe asked for
     refused: str | None = None  # policy refusal (namespace policy): the biz is not installed at all
 
 
@@ -135,9 +138,13 @@ def _container_state(
             return _waiting(REASON_INSTALL_FAILED, op.message), False
         if op is not None and op.state is OpState.OUTRANKED:
             return _waiting(REASON_SUPERSEDED, op.message), False
+        if op is not None and op.state is OpState.CONFIG_ERROR:
+            return _waiting("CreateContainerConfigError", op.message), False
         return _waiting("ContainerCreating", op.message if op else ""), False
     record = biz.last_record
     message = record.message if record else ""
+    if biz.state is BizState.ACTIVATED and op is not None and op.crash_loop:
+        return _waiting("CrashLoopBackOff", op.crash_loop), False
     if biz.state is BizState.ACTIVATED:
         return {"running": {"startedAt": _started_at(biz, previous, now_iso)}}, True
     if biz.state is BizState.DEACTIVATED:
@@ -231,8 +238,13 @@ def pod_status(
             prev_state = previous.get("state") or {}
             prev_started = (prev_state.get("running") or {}).get("startedAt")
             now_started = (state.get("running") or {}).get("startedAt")
-            if prev_started and ("waiting" in state or (now_started and now_started != prev_started)):
-                restarts += 1  # it ran and had to be installed again (the base lost it): a restart
+            waiting_now = str((state.get("waiting") or {}).get("reason") or "")
+            was_looping = ((prev_state.get("waiting") or {}).get("reason") == "CrashLoopBackOff")
+            if (prev_started and ((waiting_now and waiting_now != "CrashLoopBackOff")
+                                  or (now_started and now_started != prev_started))) or (was_looping and now_started):
+                # it ran and had to be installed again (the base lost it, a probe restarted it): a restart; a
+                # crash-loop backoff counts when the container runs again after it, as the kubelet counts
+                restarts += 1
             if op is not None:
                 if op.state is OpState.INSTALL_FAILED and op.failed_at_ms is not None:
                     failed_at = ms_to_iso(op.failed_at_ms)
@@ -241,6 +253,10 @@ def pod_status(
                     last_shown = ((previous.get("lastState") or {}).get("terminated") or {}).get("finishedAt")
                     if last_shown != failed_at and op.attempts > 1:
                         restarts += 1  # another failed attempt since the status was last shown
+                elif op.last_restart is not None and last_state is None:
+                    why, at_ms = op.last_restart
+                    last_state = {"terminated": {"exitCode": 143, "reason": "Error", "message": clean(why),
+                                                 "finishedAt": ms_to_iso(at_ms)}}
                 if op.installed_url and biz is not None:
                     image = op.installed_url
             if biz is not None:

@@ -31,6 +31,7 @@ from vkprovider.core.model import (
     BizStateRecord,
     CommandOutcome,
     CommandResult,
+    CpuTicks,
 )
 from vkprovider.core.node import identity_refusal
 from vkprovider.core.sanitize import clean
@@ -308,12 +309,42 @@ def _optional_int(value: object) -> int | None:
     return int(value)
 
 
+def _optional_float(value: object) -> float | None:
+    """A finite, non-negative JSON number; ``None`` otherwise (arklet's -1 and its -9.5e-7 mean unknown)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not math.isfinite(value) or value < 0:
+        return None
+    return float(value)
+
+
+def _mib_to_bytes(value: object) -> int | None:
+    """Arklet's ``...(M)`` figures are bytes / 1024 / 1024 as a double."""
+    mib = _optional_float(value)
+    return None if mib is None else round(mib * 1024 * 1024)
+
+
+def _cpu_ticks(cpu: Mapping[str, Any]) -> CpuTicks | None:
+    """Arklet's CPU time since it started (see ``CpuTicks``); None unless all three figures make sense."""
+    total = _optional_float(cpu.get("total used (%)"))
+    user = _optional_float(cpu.get("user used (%)"))
+    system = _optional_float(cpu.get("system used (%)"))
+    if total is None or user is None or system is None or user + system > 100.0 + 1e-6:
+        return None
+    return CpuTicks(total_ms=total, user_pct=user, system_pct=system)
+
+
 def _optional_str(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
 def parse_health(data: object) -> BaseHealth:
-    """The ``data`` of a ``health`` answer (``{"healthData": {...}}``, or healthData itself) → BaseHealth."""
+    """The ``data`` of a ``health`` answer (``{"healthData": {...}}``, or healthData itself) → BaseHealth.
+
+    Resources: ``cpu.count`` and Metaspace (the vnode's capacity). Usage, for ``kubectl top node``: the machine's
+    CPU time since arklet started (``CpuTicks``), the JVM's used heap and non-heap (``used heap memory(M)``,
+    ``used non heap memory(M)``) and its ``run time(s)``. A figure that is missing, negative or not a number is
+    None, never a guess."""
     if not isinstance(data, Mapping):
         raise WireError("health data is not an object")
     health = data.get("healthData", data)
@@ -334,6 +365,10 @@ def parse_health(data: object) -> BaseHealth:
         master_biz_name=_optional_str(master.get("bizName")),
         master_biz_version=_optional_str(master.get("bizVersion")),
         master_biz_state=(_optional_str(master.get("bizState")) or "").upper() or None,
+        cpu=_cpu_ticks(cpu),
+        heap_used_bytes=_mib_to_bytes(jvm.get("used heap memory(M)")),
+        non_heap_used_bytes=_mib_to_bytes(jvm.get("used non heap memory(M)")),
+        uptime_s=_optional_float(jvm.get("run time(s)")),
     )
 
 

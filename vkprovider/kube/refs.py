@@ -213,6 +213,14 @@ class RefStore:
                 except Exception:
                     log.exception("re-reading waited ConfigMaps and Secrets failed")
 
+    async def run(self) -> None:
+        """Re-read waited objects every ``recheck_s`` until cancelled (a root task)."""
+        await self._run()
+
+    def on_change(self, callback: Callable[[frozenset[str]], None]) -> None:
+        """Who is told which waiters' objects appeared or changed (set once the controller exists)."""
+        self._on_change = callback
+
     def start(self) -> None:
         """Re-read waited objects every ``recheck_s`` until ``stop``."""
         if self._task is None:

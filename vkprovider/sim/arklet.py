@@ -4,8 +4,10 @@ This is the part of the simulator that does not care how commands arrive: the HT
 (``http_transport``) and a future MQTT transport both call ``SimArklet.handle(command, body)`` and send the
 envelope it returns. It reproduces what vkprovider must cope with on a real base: lowercase biz states with
 state records, REPEAT_BIZ / NOT_FOUND_BIZ, the per-name:version "conflict, exist unfinished command" answer,
-install latency that does not block other commands, injected failures (auto-uninstalled like sofa-ark), and
-what happens to the other versions of a biz when a new version starts.
+install latency that does not block other commands, injected failures (auto-uninstalled like sofa-ark), what
+happens to the other versions of a biz when a new version starts, and ``health`` figures shaped as arklet's (the
+machine's CPU ticks since arklet started with their user/system shares, heap and non-heap in MiB) that move with
+the base's ``Usage``.
 
 The fence of arklet 1.4.3 (koupleless/runtime #247, #248: BizOpsPodCoordinator), on unless
 ``ArkletBehaviour.model_version_fence`` is off (arklet before 1.4.3, e.g. 2.1.6, ignores ``bizModelVersion``):
@@ -74,6 +76,19 @@ class ArkletBehaviour:
     malformed_biz_list: bool = False  # queryAllBiz lists one entry without a version (a list no client can parse)
     model_version_fence: bool = True  # arklet >= 1.4.3: a stale bizModelVersion cannot uninstall (module docstring)
     batch_install: bool = True  # False: no batchInstallBiz (arklet < 2.1.7: CMD_NOT_FOUND; MQTT < 1.4.1: biz list)
+
+
+#: The simulated JVM's code cache and compressed class space, on top of its Metaspace (its used non-heap).
+NON_HEAP_BESIDES_METASPACE: Final = 24 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What one simulated base uses: the busy fraction of its machine's CPUs and its used heap (``kubectl top
+    node``; the control API's ``POST /bases/{identity}/usage`` sets them)."""
+
+    cpu: float = 0.05
+    heap_used_bytes: int = 256 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -170,10 +185,17 @@ class SimArklet:
         *,
         rng: random.Random | None = None,
         clock_ms: Callable[[], int] = _now_ms,
+        clock_s: Callable[[], float] = time.monotonic,
+        usage: Usage | None = None,
     ) -> None:
         self.behaviour = behaviour
         self._rng = rng or random.Random()
         self._clock_ms = clock_ms
+        self._clock_s = clock_s
+        self._started = clock_s()  # arklet takes its first CPU ticks when it starts
+        self._busy_ms = 0.0  # busy CPU time up to _usage_since
+        self._usage_since = self._started
+        self.usage = usage or Usage()
         self.bizs: dict[str, SimBiz] = {}
         self._running: dict[str, str] = {}  # name:version -> the command running on it
         self.install_calls = 0
@@ -234,20 +256,45 @@ class SimArklet:
             listed.append({"bizName": "mystery", "bizState": "activated"})
         return listed
 
+    def set_usage(self, cpu: float | None = None, heap_used_bytes: int | None = None) -> Usage:
+        """From now on the machine's CPUs are ``cpu`` busy (a fraction) and the heap holds ``heap_used_bytes``."""
+        now = self._clock_s()
+        self._busy_ms += (now - self._usage_since) * self.usage.cpu * self.behaviour.cpu_count * 1000
+        self._usage_since = now
+        self.usage = Usage(cpu=self.usage.cpu if cpu is None else cpu,
+                           heap_used_bytes=self.usage.heap_used_bytes if heap_used_bytes is None else heap_used_bytes)
+        return self.usage
+
+    def _cpu(self) -> dict[str, Any]:
+        """Arklet's ``cpu``: whole milliseconds of CPU ticks on every CPU since it started, with the busy share
+        split 3:1 between user and system (arklet's CpuIndicator; see core.model.CpuTicks)."""
+        b = self.behaviour
+        now = self._clock_s()
+        total = int((now - self._started) * b.cpu_count * 1000)
+        busy = min(total, int(self._busy_ms + (now - self._usage_since) * self.usage.cpu * b.cpu_count * 1000))
+        share = 100.0 * busy / total if total else 0.0
+        return {"count": b.cpu_count, "type": "simulated", "total used (%)": float(total),
+                "user used (%)": share * 0.75, "system used (%)": share * 0.25, "free (%)": 100.0 - share}
+
     def health(self) -> Envelope:
         b = self.behaviour
+        mib = 1024.0 * 1024.0
+        heap = self.usage.heap_used_bytes
         return {
             "code": "SUCCESS",
             "data": {
                 "healthData": {
-                    "jvm": {
+                    "jvm": {  # arklet's JvmIndicator: Metaspace in bytes, the rest in MiB as doubles
                         "java max metaspace": b.metaspace_max_bytes,
                         "java committed metaspace": b.metaspace_committed_bytes,
                         "java used metaspace": b.metaspace_used_bytes,
-                        "java max memory": 2 * 1024 * 1024 * 1024,
-                        "java used memory": 300 * 1024 * 1024,
+                        "max heap memory(M)": 2048.0,
+                        "committed heap memory(M)": max(heap, 512 * 1024 * 1024) / mib,
+                        "used heap memory(M)": heap / mib,
+                        "used non heap memory(M)": (b.metaspace_used_bytes + NON_HEAP_BESIDES_METASPACE) / mib,
+                        "run time(s)": round(self._clock_s() - self._started, 3),
                     },
-                    "cpu": {"count": b.cpu_count, "total used (%)": 7.5, "type": "simulated"},
+                    "cpu": self._cpu(),
                     "masterBizInfo": {
                         "bizName": b.master_biz_name,
                         "bizState": self.state,

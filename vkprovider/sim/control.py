@@ -4,6 +4,8 @@ Routes: ``GET /bases``, ``GET /stats``, ``POST /bases?count=N``, ``POST /bases/{
 ``?partition=true``: the network to it is cut, it keeps its bizs), ``POST /bases/{identity}/start``,
 ``POST /bases/{identity}/bizs`` (install an orphan biz directly),
 ``POST /bases/{identity}/deactivate`` and ``.../activate`` (graceful shutdown and back),
+``POST /bases/{identity}/usage?cpu=F&heapMiB=N`` (what its health says it uses: the busy fraction 0..1 of its CPUs,
+its used heap),
 ``POST /bases/{identity}/hold-biz-lists`` and ``.../release-biz-lists?count=N`` (MQTT bases: queryAllBiz answers
 are held back, then published late with their original publishTimestamp, the N oldest, the rest dropped),
 ``POST /bases/{identity}/bizs/{name}/health`` with ``{"status": 500, "delaySeconds": 0}`` (what the base's web
@@ -108,6 +110,21 @@ async def _install_orphan(request: web.Request) -> web.Response:
     return _json(answer)
 
 
+async def _set_usage(request: web.Request) -> web.Response:
+    base = _base_or_404(request)
+    try:
+        cpu = float(request.query["cpu"]) if "cpu" in request.query else None
+        heap_mib = float(request.query["heapMiB"]) if "heapMiB" in request.query else None
+    except ValueError:
+        return _json({"error": "cpu and heapMiB must be numbers"}, status=400)
+    if cpu is not None and not 0.0 <= cpu <= 1.0:
+        return _json({"error": "cpu is the busy fraction of the base's CPUs: 0..1"}, status=400)
+    if heap_mib is not None and not 0.0 <= heap_mib <= 1024 * 1024:
+        return _json({"error": "heapMiB must be 0..1048576"}, status=400)
+    usage = base.arklet.set_usage(cpu, None if heap_mib is None else round(heap_mib * 1024 * 1024))
+    return _json({"identity": base.identity, "cpu": usage.cpu, "heapUsedBytes": usage.heap_used_bytes})
+
+
 def _mqtt_or_409(base: SimBase) -> MqttBaseTransport:
     if base.mqtt is None:
         raise web.HTTPConflict(text=orjson.dumps({"error": f"base {base.identity} is not an MQTT base"}).decode(),
@@ -183,6 +200,7 @@ async def start_control_api(sim: Simulator, host: str, port: int) -> tuple[web.A
     app.router.add_get("/bases/{identity}/bizs/{name}/health", _get_biz_health)
     app.router.add_post("/bases/{identity}/deactivate", _deactivate)
     app.router.add_post("/bases/{identity}/activate", _activate)
+    app.router.add_post("/bases/{identity}/usage", _set_usage)
     app.router.add_post("/bases/{identity}/hold-biz-lists", _hold_biz_lists)
     app.router.add_post("/bases/{identity}/release-biz-lists", _release_biz_lists)
     app.router.add_post("/reset-stats", _reset_stats)

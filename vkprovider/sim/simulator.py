@@ -29,7 +29,7 @@ import aiohttp
 import orjson
 
 from vkprovider.core.credentials import base_token
-from vkprovider.sim.arklet import ArkletBehaviour, SimArklet
+from vkprovider.sim.arklet import ArkletBehaviour, SimArklet, Usage
 from vkprovider.sim.http_transport import ArkletHttpServer, HeartbeatSender
 from vkprovider.sim.mqtt_transport import MqttBaseTransport, MqttSimConnection
 from vkprovider.sim.web import BizHealth, BizWebServer
@@ -81,7 +81,9 @@ class SimBase:
         self.zone = config.zones[index % len(config.zones)] if config.zones else None
         self.address = base_address(config, index)
         self._sim = sim
-        self.arklet = SimArklet(config.behaviour, rng=random.Random(sim.rng.random()))
+        # Distinct figures for kubectl top node: 2 % to 23 % of the CPUs busy, 256 MiB to 704 MiB of heap used.
+        usage = Usage(cpu=0.02 + 0.03 * (index % 8), heap_used_bytes=(256 + 64 * (index % 8)) * 1024 * 1024)
+        self.arklet = SimArklet(config.behaviour, rng=random.Random(sim.rng.random()), usage=usage)
         self.heartbeats_sent = 0
         self.heartbeat_failures = 0
         self.biz_health: dict[str, BizHealth] = {}  # a test's knob: what /<biz>/health answers (kept over restarts)
@@ -227,7 +229,9 @@ class SimBase:
             return
         stats = (self.arklet.install_calls, self.arklet.uninstall_calls, self.arklet.calls_by_biz,
                  self.arklet.batch_calls)
-        self.arklet = SimArklet(self._sim.config.behaviour, rng=random.Random(self._sim.rng.random()))
+        # A new JVM: its CPU ticks count from its start again; it does the same work.
+        self.arklet = SimArklet(self._sim.config.behaviour, rng=random.Random(self._sim.rng.random()),
+                                usage=self.arklet.usage)
         # Call counters describe what vkprovider did to this base; they survive the restart.
         (self.arklet.install_calls, self.arklet.uninstall_calls, self.arklet.calls_by_biz,
          self.arklet.batch_calls) = stats
@@ -246,12 +250,14 @@ class SimBase:
             "running": self.running,
             "state": self.arklet.state,
             "bizs": [
-                {"bizName": b.name, "bizVersion": b.version, "bizState": b.state}
+                {"bizName": b.name, "bizVersion": b.version, "bizState": b.state, "args": list(b.args),
+                 "envs": dict(b.envs)}
                 for b in self.arklet.bizs.values()
             ],
             "installCalls": self.arklet.install_calls,
             "uninstallCalls": self.arklet.uninstall_calls,
             "batchInstallCalls": self.arklet.batch_calls,
+            "usage": {"cpu": self.arklet.usage.cpu, "heapUsedBytes": self.arklet.usage.heap_used_bytes},
             "heartbeatsSent": self.heartbeats_sent,
             "heartbeatFailures": self.heartbeat_failures,
             **({"queryCalls": self.mqtt.query_calls, "heldBizLists": len(self.mqtt.held_biz_lists)}

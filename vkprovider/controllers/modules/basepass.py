@@ -31,6 +31,7 @@ from vkprovider.controllers.fence import VnodeScope, VnodeWrites
 from vkprovider.controllers.modules.commands import CommandRunner, now_ms
 from vkprovider.controllers.modules.records import PodIndex, PodRecord
 from vkprovider.controllers.modules.status import PodStatusQueue
+from vkprovider.controllers.modules.stops import GracefulStops
 from vkprovider.core.backoff import BIZ_INSTALL
 from vkprovider.core.basestate import BaseLedger
 from vkprovider.core.basestatus import BaseFacts, PodView, base_pod_statuses, finished_containers
@@ -108,7 +109,8 @@ class BasePass:
     """The per-base reconcile (see the module docstring); ``run(node)`` is the module queue's handler."""
 
     def __init__(self, cfg: ModuleSettings, registry: BaseRegistry, index: PodIndex, writes: VnodeWrites,
-                 commands: CommandRunner, statuses: PodStatusQueue, bizlog: BizLog, probes: ProbeManager, *,
+                 commands: CommandRunner, statuses: PodStatusQueue, bizlog: BizLog, probes: ProbeManager,
+                 stops: GracefulStops, *,
                  clock: Callable[[], float], revision_of: Callable[[Mapping[str, Any]], int],
                  ready_hold: Callable[[Mapping[str, Any]], str | None]) -> None:
         self._cfg = cfg
@@ -119,6 +121,7 @@ class BasePass:
         self._statuses = statuses
         self._bizlog = bizlog
         self._probes = probes
+        self._stops = stops
         self._clock = clock
         self._revision_of = revision_of
         self._ready_hold = ready_hold
@@ -164,6 +167,7 @@ class BasePass:
         queued = self._statuses.queued
         wants: list[PodWant] = []
         refused: dict[str, str] = {}
+        probed: dict[str, dict[str, ContainerProbeState]] = {}
         cluster = view.heartbeat.metadata.cluster_name
         for record in module_records:
             pod = record.pod
@@ -175,9 +179,15 @@ class BasePass:
             finished = finished_containers(pod)
             bizs = tuple(spec for spec in facts.modules.bizs
                          if spec.name not in finished and spec.key not in ledger.superseded and refusal is None)
+            deadline = self._deadline(record, now)
+            stopping = deadline is not None and now < deadline and self._stops.stopping(
+                record, view.heartbeat.ip, deadline)
+            probes = probed[record.key] = self._probe(record, record.shown(now), view, now)
+            restart = frozenset(s.key for s in bizs if (p := probes.get(s.name)) is not None and p.restart)
             wants.append(PodWant(record.key, bizs, terminating=is_terminating(pod), terminal=is_terminal(pod),
-                                 order=facts.order, deadline=self._deadline(record, now), workload=facts.workload,
-                                 revision=self._revision_of(pod), strategy=facts.modules.strategy))
+                                 order=facts.order, deadline=deadline, workload=facts.workload,
+                                 revision=self._revision_of(pod), strategy=facts.modules.strategy, stopping=stopping,
+                                 restart=restart))
         ledger.expire_baselines(now, self._cfg.baseline_wait_s)
         plan = plan_base(wants, ledger, now=now, orphan_grace_s=self._cfg.orphan_grace_s)
         ledger.planned(plan.wanted, plan.released, plan.orphans)
@@ -186,6 +196,10 @@ class BasePass:
                 self._commands.start_installs(view, plan.install, plan.replace)
             for spec in plan.reinstall:
                 self._commands.start_reinstall(view, spec, plan.replace.get(spec.key))
+            for spec in plan.restart:
+                why = next((p.restart for w in wants if spec in w.bizs
+                            for name, p in probed.get(w.key, {}).items() if name == spec.name and p.restart), "")
+                self._commands.start_restart(view, spec, why or "a probe failed")
         # A base shutting down (DEACTIVATED) still answers arklet: the bizs of pods evicted by its drain are
         # uninstalled there too, so the pods are finalized without waiting for their grace period.
         going = readiness is BaseReadiness.DEACTIVATED and self._writes.reaches(view.heartbeat)
@@ -195,7 +209,8 @@ class BasePass:
         if plan.finalize or plan.force_finalize:
             await asyncio.gather(*(self._finalize(scope, key) for key in plan.finalize),
                                  *(self._force_finalize(scope, view, key) for key in plan.force_finalize))
-        recheck = self._statuses_for(view, module_records, readiness, refused, plan.outranked, now)
+        recheck = self._statuses_for(view, module_records, readiness, refused, plan.outranked, plan.crash_loop, probed,
+                                     now)
         if (recheck is None and plan.is_idle() and not refused and self._statuses.queued == queued
                 and ledger.settled() and ledger.version == quiet.ledger and all(map(_settled, pods))
                 and not any(self._statuses.busy(r.key) for r in module_records)):
@@ -306,7 +321,9 @@ class BasePass:
         await self._finalize(scope, key)
 
     def _statuses_for(self, view: BaseView, records: list[PodRecord], readiness: BaseReadiness,
-                      refused: Mapping[str, str], outranked: frozenset[tuple[str, BizKey]], now: float) -> float | None:
+                      refused: Mapping[str, str], outranked: frozenset[tuple[str, BizKey]],
+                      crash_loop: frozenset[BizKey], probed: Mapping[str, Mapping[str, ContainerProbeState]],
+                      now: float) -> float | None:
         """Hand the status each pod of the base should show to the status queue; returns when to look again for
         pods whose first status was deferred (``core.basestatus``)."""
         started = self._commands.install_started
@@ -318,10 +335,10 @@ class BasePass:
             views.append(PodView(record.key, shown, facts.modules, facts.workload, facts.order,
                                  refused.get(record.key),
                                  tuple(started.get((node, s.key)) for s in facts.modules.bizs),
-                                 self._probe(record, shown, view, now)))
+                                 probed.get(record.key) or {}))
         base = BaseFacts(view.heartbeat.identity, view.heartbeat.ip, _BASE_CONDITION[readiness])
         plan = base_pod_statuses(views, view.ledger, base, outranked=outranked, now=now, stamp=now_iso(),
-                                 hold_of=self._ready_hold)
+                                 hold_of=self._ready_hold, crash_loop=crash_loop)
         for record in records:
             desired = plan.wanted.get(record.key)
             if desired is not None:

@@ -80,6 +80,7 @@ class PodRecord:
     wanted: Wanted | None = None  # a status waiting to be written
     sent: Sent | None = None  # the last status sent, until the watch shows it
     probed: bool = False  # its containers' probes run (``probes.ProbeManager``)
+    pre_stop_done: bool = False  # terminating, and its preStop hooks have ended (``stops``)
     # container -> (its activation time as the base or the pod says it, in ms; the same on this replica's clock)
     activated_seen: dict[str, tuple[int | None, float]] = field(default_factory=dict)
 
