@@ -255,7 +255,7 @@ class Provider:
                 raise ConfigError(str(exc)) from None
             except OSError as exc:
                 raise ConfigError(f"cannot start the {tunnel.name} tunnel: {exc}") from None
-            spawn(f"tunnel-{tunnel.name}", tunnel.run())
+            self.supervisor.keep(f"tunnel-{tunnel.name}", tunnel.run)  # a dead loop or listener starts again
         self.ready = True
         log.info("vkprovider %s serving env=%s client_id=%s tunnels=%s", __version__, s.env, s.client_id,
                  ",".join(tunnels))

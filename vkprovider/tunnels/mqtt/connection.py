@@ -82,6 +82,8 @@ class Connection:
         self._connected = asyncio.Event()
         self._attempted = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._tls: ssl.SSLContext | None = None
+        self._raised: asyncio.Task[None] | None = None  # the dead loop whose end ``run`` raised
         self._stopping = False
         self._background: set[asyncio.Task[Any]] = set()
         self._answering: set[str] = set()  # bases whose answer topics are subscribed on this connection
@@ -104,8 +106,8 @@ class Connection:
     async def start(self) -> None:
         """Start the connection loop; returns once the first attempt ended (connected or not)."""
         self._stopping = False
-        tls = build_tls_context(self._settings)  # an unreadable CA or key fails the start, loudly
-        self._task = asyncio.create_task(self._run(tls), name="mqtt-tunnel")
+        self._tls = build_tls_context(self._settings)  # an unreadable CA or key fails the start, loudly
+        self._task = asyncio.create_task(self._run(self._tls), name="mqtt-tunnel")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._attempted.wait(), FIRST_CONNECT_WAIT_S)
         if not self.connected:
@@ -117,14 +119,17 @@ class Connection:
         await asyncio.wait_for(self._connected.wait(), timeout_s)
 
     async def run(self) -> None:
-        """Until the connection loop ends: returns after ``stop``, else raises what ended it. Cancelling this
-        leaves the loop running (``stop`` ends it)."""
+        """Until the connection loop ends: returns after ``stop``, else raises what ended it (the supervisor
+        keeps ``run``: called again, it starts a new loop). Cancelling this leaves the loop running."""
         task = self._task
         if task is None:
             raise TunnelError("the mqtt tunnel is not started")
+        if task is self._raised and not self._stopping:  # its end was raised already: a new loop
+            task = self._task = asyncio.create_task(self._run(self._tls), name="mqtt-tunnel")
         await asyncio.wait({task})
         if self._stopping:
             return
+        self._raised = task
         if task.cancelled():
             raise TunnelError(f"the mqtt connection loop was cancelled (broker {self.broker})")
         task.result()  # what killed the loop
