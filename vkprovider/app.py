@@ -77,7 +77,7 @@ def build_tunnels(settings: Settings) -> list[Tunnel]:
 
         tunnels.append(HttpTunnel(settings))
     if settings.mqtt_enabled:
-        from vkprovider.tunnels.mqtt_tunnel import MqttTunnel
+        from vkprovider.tunnels.mqtt import MqttTunnel
 
         tunnels.append(MqttTunnel(settings))
     return tunnels
@@ -274,6 +274,7 @@ class Provider:
                 raise ConfigError(str(exc)) from None
             except OSError as exc:
                 raise ConfigError(f"cannot start the {tunnel.name} tunnel: {exc}") from None
+            self.supervisor.keep(f"tunnel-{tunnel.name}", tunnel.run)  # a dead loop or listener starts again
         self.ready = True
         log.info("vkprovider %s serving env=%s client_id=%s tunnels=%s", __version__, s.env, s.client_id,
                  ",".join(tunnels))
@@ -289,6 +290,7 @@ class Provider:
 
     async def stop(self) -> None:
         self.ready = False
+        self.supervisor.stopping()  # the tunnels' run() and the Event recorder end below with what they run
         if self.keeper is not None and self.kube is not None and self.supervisor.failed is None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.keeper.release_all(), 10.0)

@@ -135,8 +135,14 @@ class Served:
         self._server = server
         self.listener = listener
         self.port = int(server.sockets[0].getsockname()[1])
+        self._closed = asyncio.Event()
+
+    async def wait_closed(self) -> None:
+        """Until the listener is closed (``stop``); its connections may still be finishing."""
+        await self._closed.wait()
 
     async def stop(self) -> None:
+        self._closed.set()
         self._server.close()
         if self._runner is not None:
             await self._runner.cleanup()

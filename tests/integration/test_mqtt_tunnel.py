@@ -34,7 +34,7 @@ from vkprovider.core.model import (
 from vkprovider.sim import ArkletBehaviour, SimConfig, Simulator
 from vkprovider.tunnels.base import Refusal, Tunnel, TunnelError
 from vkprovider.tunnels.http_tunnel import HttpTunnel
-from vkprovider.tunnels.mqtt_tunnel import MqttTunnel
+from vkprovider.tunnels.mqtt import MqttTunnel
 
 MAX_PAYLOAD = 8192
 
@@ -406,7 +406,7 @@ async def test_tls_with_a_wrong_ca_is_refused(mq: Env, mqtt_broker: MqttBroker,
     base = await mq.base(mq.identities()[0])
     tunnel = MqttTunnel(_settings(mqtt_broker, mq.env, mqtt_port=mqtt_broker.tls_port,
                                   mqtt_ca_path=str(mqtt_broker.other_ca_path)))
-    with caplog.at_level(logging.ERROR, logger="vkprovider.tunnels.mqtt_tunnel"):
+    with caplog.at_level(logging.ERROR, logger="vkprovider.tunnels.mqtt"):
         await tunnel.start(RecordingEvents())
     try:
         assert not tunnel.connected
@@ -422,7 +422,7 @@ async def test_wrong_password_is_a_clear_error(mq: Env, mqtt_broker: MqttBroker,
                                                caplog: pytest.LogCaptureFixture) -> None:
     base = await mq.base(mq.identities()[0])
     tunnel = MqttTunnel(_settings(mqtt_broker, mq.env, mqtt_password="wrong"))
-    with caplog.at_level(logging.ERROR, logger="vkprovider.tunnels.mqtt_tunnel"):
+    with caplog.at_level(logging.ERROR, logger="vkprovider.tunnels.mqtt"):
         await tunnel.start(RecordingEvents())
     try:
         assert not tunnel.connected

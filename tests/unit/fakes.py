@@ -101,12 +101,24 @@ class Tunnel:
         self.commands: list[tuple[str, str]] = []
         self.owners: list[tuple[str, str, str]] = []  # (command, biz, bizModelVersion)
         self.answer: CommandResult | None = None
+        self.stopped = asyncio.Event()
+        self._runs: set[asyncio.Task[Any]] = set()
 
     async def start(self, events: BaseEvents) -> None:
         return None
 
+    async def run(self) -> None:
+        """Like the real tunnels: runs until cancelled, returns once stopped."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._runs.add(task)
+        await self.stopped.wait()
+
     async def stop(self) -> None:
-        return None
+        """Returns once every run() has ended (a real tunnel's stop awaits the work its run() waits on)."""
+        self.stopped.set()
+        if self._runs:
+            await asyncio.wait(self._runs)
 
     async def health(self, base: BaseHeartbeat) -> BaseHealth:
         return BaseHealth(cpu_count=4)

@@ -19,7 +19,9 @@ from vkprovider.config import Settings
 from vkprovider.core import wire
 from vkprovider.core.model import BaseHealth, BaseHeartbeat, BaseMetadata, BizInfo, BizSpec
 from vkprovider.tunnels.base import Refusal
-from vkprovider.tunnels.mqtt_tunnel import BASE_KINDS, MQTT_DROPPED_TOTAL, MessageDropped, MqttTunnel, open_envelope
+from vkprovider.tunnels.mqtt import MqttTunnel
+from vkprovider.tunnels.mqtt.topics import BASE_KINDS, MessageDropped, open_envelope
+from vkprovider.tunnels.mqtt.tunnel import MQTT_DROPPED_TOTAL
 
 CASES = 10_000
 BATCH = 50  # cases per hypothesis example: the per-example overhead is paid once per batch

@@ -19,7 +19,9 @@ import pytest
 from vkprovider.config import Settings
 from vkprovider.core.model import BaseHealth, BaseHeartbeat, BaseMetadata, BizInfo, BizSpec
 from vkprovider.tunnels.base import Refusal
-from vkprovider.tunnels.mqtt_tunnel import MQTT_DROPPED_TOTAL, BizListOrder, MqttTunnel, Placement
+from vkprovider.tunnels.mqtt import MqttTunnel
+from vkprovider.tunnels.mqtt.answers import BizListOrder, Placement
+from vkprovider.tunnels.mqtt.tunnel import MQTT_DROPPED_TOTAL
 
 MEMORY = 120_000
 

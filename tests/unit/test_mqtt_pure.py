@@ -17,15 +17,14 @@ from tests.mqtt_broker import make_ca
 from vkprovider.config import Settings
 from vkprovider.sim.arklet import SimBiz
 from vkprovider.sim.mqtt_transport import mqtt_output, simple_biz
-from vkprovider.tunnels.mqtt_tunnel import (
+from vkprovider.tunnels.mqtt.connection import build_tls_context, describe_connect_error
+from vkprovider.tunnels.mqtt.topics import (
     BASE_KINDS,
     DROP_REASONS,
     MessageDropped,
     answer_subscriptions,
     baseline_topic,
-    build_tls_context,
     command_topic,
-    describe_connect_error,
     open_envelope,
     parse_topic,
     subscriptions,

@@ -55,3 +55,5 @@ ARKLET_QUERY = Backoff(initial_s=0.1, max_s=1.0)
 BIZ_INSTALL = Backoff(initial_s=2.0, max_s=300.0)
 #: A biz uninstall that failed (an orphan left in the JVM): retried, never in a tight loop.
 BIZ_UNINSTALL = Backoff(initial_s=2.0, max_s=120.0)
+#: A kept root task (a tunnel's connection loop or listener) that raised, started again (``supervisor.keep``).
+ROOT_RESTART = Backoff(initial_s=1.0, max_s=30.0)

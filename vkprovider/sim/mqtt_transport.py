@@ -8,7 +8,7 @@ wrapped ``{"publishTimestamp": ms, "data": X}`` and published at QoS 1, not reta
 fastjson output: enums by name (``"ACTIVATED"``, ``"SUCCESS"``), but ``simpleBiz[].state`` and the heartbeat's
 ``state`` lowercase.
 
-The topic strings are written out here independently of ``vkprovider.tunnels.mqtt_tunnel`` on purpose: the
+The topic strings are written out here independently of ``vkprovider.tunnels.mqtt.topics`` on purpose: the
 simulator plays the other side of the protocol, so a topic mistake in the tunnel must not be mirrored here.
 
 Bases share ONE broker connection per simulator process (multiplexed by topic) instead of one connection per

@@ -65,9 +65,18 @@ class Tunnel(Protocol):
 
     name: str
 
-    async def start(self, events: BaseEvents) -> None: ...
+    async def start(self, events: BaseEvents) -> None:
+        """Bind what the tunnel listens on and start its work; a port in use raises ``serving.ListenError``."""
+        ...
 
-    async def stop(self) -> None: ...
+    async def run(self) -> None:
+        """Its root task (``supervisor``): runs until cancelled, and returns or raises only when the tunnel died
+        (its connection loop or listener ended) or was stopped. Cancelling it leaves the tunnel as it is."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop the tunnel's work and fail the commands waiting for an answer."""
+        ...
 
     async def health(self, base: BaseHeartbeat) -> BaseHealth: ...
 

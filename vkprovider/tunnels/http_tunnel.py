@@ -110,6 +110,8 @@ class HttpTunnel:
         self._settings = settings
         self._events: BaseEvents | None = None
         self._served: Served | None = None
+        self._stopping = False
+        self._raised: Served | None = None  # the closed listener whose close ``run`` raised
         self._limiter = _BaseLimiter(settings.arklet_max_inflight_per_base)
         # bases (ip:port) whose arklet predates batchInstallBiz: one CMD_NOT_FOUND proves it
         self._batch = BatchSupport(strikes=1, lacks="batchInstallBiz (arklet < 2.1.7)")
@@ -137,8 +139,12 @@ class HttpTunnel:
 
     async def start(self, events: BaseEvents) -> None:
         self._events = events
+        self._stopping = False
+        await self._serve()
+
+    async def _serve(self) -> Served:
         s = self._settings
-        self._served = await serving.serve_small(
+        self._served = served = await serving.serve_small(
             self._handle, on_refused=self._refused_early, name="heartbeat", host=s.http_tunnel_host,
             port=s.http_tunnel_port,
             setting="HTTP_TUNNEL_LISTEN_PORT", max_connections=s.http_max_connections,
@@ -146,6 +152,7 @@ class HttpTunnel:
             ssl_context=self._server_tls())
         log.info("http tunnel listening on %s:%d (tls=%s, credentials=%s)", s.http_tunnel_host, self.port,
                  self._settings.http_tls_cert is not None, self._auth_mode())
+        return served
 
     def _auth_mode(self) -> str:
         accepted = (("per-base token", self._secret), ("client certificate", self._settings.http_client_ca),
@@ -166,7 +173,23 @@ class HttpTunnel:
             context.verify_mode = ssl.CERT_OPTIONAL  # a base without a certificate may still use a token
         return context
 
+    async def run(self) -> None:
+        """The root task of the heartbeat listener: until its listener is closed (``stop``, or a closed server:
+        then ``TunnelError``; the supervisor keeps ``run``: called again, it listens again). The server's
+        connections are served by the event loop, not by this task."""
+        served = self._served
+        if served is None:
+            raise TunnelError("the http tunnel is not started")
+        if served is self._raised and not self._stopping:  # its close was raised already: listen again
+            await served.stop()
+            served = await self._serve()
+        await served.wait_closed()
+        self._raised = served
+        if not self._stopping:
+            raise TunnelError(f"the heartbeat listener closed (port {served.port})")
+
     async def stop(self) -> None:
+        self._stopping = True
         if self._served is not None:
             await self._served.stop()
             self._served = None
