@@ -136,8 +136,7 @@ class NodeController:
         self._unprobed: set[str] = set()  # taken over, and the base not asked yet: no deletion until it is
         self._synced: dict[str, _Synced] = {}  # what each Node was last found in sync with (no write needed)
         # Nodes this replica created that the informer has not shown yet (node -> (the answer, when)): a
-        # reconcile queued during the create (the health answer) must not POST it again (an AlreadyExists for a
-        # quarter of the vnodes of a 1,000-base start).
+        # reconcile queued during the create (the health answer) must not POST it again (docs/performance.md).
         self._created: dict[str, tuple[dict[str, Any], float]] = {}
         self.on_base_changed: list[Callable[[str], None]] = []
 

@@ -56,11 +56,8 @@ log = logging.getLogger(__name__)
 TICK_S = 0.5
 FENCED_RETRY_S = 1.0  # a reconcile that met a fenced (held, renewal late) vnode comes back after this
 STALL_S = 3.0  # a tick this late: the process was not running
-# Lease writes at once (the keeper's client lane has the same bound). 1,000 vnodes renew 100 times a second, and under
-# a 5,000-pod rollout the apiserver answers one in 0.3-1 s: 32 at once fell behind and fenced up to 340 vnodes at a
-# time (no writes for them until their renewal landed); 128 kept every renewal inside its deadline (issue 17). More
-# at once does not help an apiserver that cannot keep up: with the control plane on one core (bench --split-cores)
-# 256 moved the wait from here into the apiserver's queues (a renewal's answer p99 4.4 s -> 9.8 s).
+# Lease writes at once (the keeper's client lane has the same bound): enough that renewals keep their deadline under a
+# rollout, no more than a slow apiserver can take (docs/performance.md, "Measured reasons in the code").
 LEASE_WRITES_INFLIGHT = 128
 MEMBER_LABEL = "vkprovider.koupleless.io/member-of"
 

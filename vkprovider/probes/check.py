@@ -21,9 +21,8 @@ The rules it keeps (``pkg/probe/http``, ``tcp``, ``grpc``):
 
 The HTTP GET is a small asyncio protocol on httptools (llhttp, as ``vkprovider.http1``): a connection of its own
 per check, the request written at once, the answer parsed until its status, its Location and 10 KiB of its body
-are known, then the connection dropped. Measured with 1,000 pods probed every 10 s (``python -m bench.micro
-probes``): an aiohttp ClientSession cost 0.34 ms of CPU per check even with checks batched, this 0.1 ms; a probe
-is as hot a path as a heartbeat.
+are known, then the connection dropped: a probe is as hot a path as a heartbeat, and an aiohttp ClientSession
+costs three times the CPU per check (docs/performance.md, "Measured reasons in the code").
 """
 
 from __future__ import annotations
