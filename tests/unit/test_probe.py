@@ -10,20 +10,12 @@ from vkprovider.core.model import BizInfo, BizState, BizStateRecord
 from vkprovider.core.module import pod_modules
 from vkprovider.core.podstatus import pod_status, ready_conditions, with_probe_readiness
 from vkprovider.core.probe import (
-    INHERIT_AFTER_S,
-    CheckResult,
-    ContainerProber,
     ContainerProbes,
-    ContainerProbeState,
     Exec,
     Grpc,
     HttpGet,
-    Outcome,
-    ProbeEvent,
     ProbeKind,
     ProbeSpec,
-    ProbeTracker,
-    Result,
     Sleep,
     TcpSocket,
     Unresolvable,
@@ -33,6 +25,16 @@ from vkprovider.core.probe import (
     parse_probe,
     pod_probes,
     termination_grace_period_s,
+)
+from vkprovider.core.prober import (
+    INHERIT_AFTER_S,
+    CheckResult,
+    ContainerProber,
+    ContainerProbeState,
+    Outcome,
+    ProbeEvent,
+    ProbeTracker,
+    Result,
 )
 
 CONTAINER = {"name": "biz1",

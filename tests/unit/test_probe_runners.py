@@ -20,12 +20,10 @@ from aiohttp import web
 from tests.helpers import wait_for
 from tests.mqtt_broker import make_ca, make_server_cert
 from vkprovider.core.probe import (
-    CheckResult,
     ContainerProbes,
     Exec,
     Grpc,
     HttpGet,
-    Outcome,
     ProbeHandler,
     ProbeKind,
     ProbeSpec,
@@ -34,6 +32,7 @@ from vkprovider.core.probe import (
     Unresolvable,
     container_probes,
 )
+from vkprovider.core.prober import CheckResult, Outcome
 from vkprovider.probes import ContainerInput, ProbeManager, Prober, run_pre_stop
 from vkprovider.probes.check import LIFECYCLE_USER_AGENT, PROBE_USER_AGENT
 

@@ -41,7 +41,7 @@ from vkprovider.core.podstatus import (
     with_probe_readiness,
     with_ready_held,
 )
-from vkprovider.core.probe import ContainerProbeState
+from vkprovider.core.prober import ContainerProbeState
 from vkprovider.core.release import HOLD_REASON
 
 #: How long a new pod's first "ContainerCreating" status waits for its install (a fast one writes Running once).

@@ -29,7 +29,7 @@ or once the pod has been Running (a base restart shows as containers waiting, as
 Pending otherwise. Terminal phases are never left.
 
 Probes and readiness gates (``with_probe_readiness``, after ``pod_status``): a running biz container is ready only
-when its probes say so (``core.probe``), and the pod's Ready is True only when every container is ready and every
+when its probes say so (``core.prober``), and the pod's Ready is True only when every container is ready and every
 ``spec.readinessGates[].conditionType`` has a True condition in ``status.conditions``. The ContainersReady and Ready
 conditions then read as kubelet writes them (``ready_conditions``: reason ContainersNotReady with "containers with
 unready status: [a b]", ReadinessGatesNotReady with "corresponding condition of pod readiness gate "x" does not
@@ -53,7 +53,7 @@ from typing import Any
 from vkprovider.core.compare import holds
 from vkprovider.core.model import BizInfo, BizKey, BizState
 from vkprovider.core.module import PodModules
-from vkprovider.core.probe import ContainerProbeState
+from vkprovider.core.prober import ContainerProbeState
 from vkprovider.core.sanitize import clean
 
 REASON_BIZ_DEACTIVATE = "BizDeactivate"

@@ -6,7 +6,7 @@ timer armed for the earliest (rounded up to a ``batch_s`` slice, 0.25 s: the che
 so one wake-up hands them out and their I/O overlaps) and a pool of at most ``max_concurrent`` runner tasks do all
 of it (what that saves: docs/performance.md, "Measured reasons in the code").
 The rules of each probe (delays, thresholds, gating, restarts) are
-``core.probe``'s; this module only feeds them and runs the checks (``probes.check``).
+``core.prober``'s; this module only feeds them and runs the checks (``probes.check``).
 
 API (all calls from the event loop's thread; none of them blocks):
 
@@ -48,13 +48,15 @@ from prometheus_client import Counter, Histogram
 
 from vkprovider.core.probe import (
     REASON_UNSUPPORTED,
-    ContainerProber,
     ContainerProbes,
+    ProbeHandler,
+    ProbeKind,
+)
+from vkprovider.core.prober import (
+    ContainerProber,
     ContainerProbeState,
     Outcome,
     ProbeEvent,
-    ProbeHandler,
-    ProbeKind,
     ProbeTracker,
 )
 from vkprovider.probes.check import Prober

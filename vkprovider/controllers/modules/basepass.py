@@ -47,7 +47,7 @@ from vkprovider.core.podstatus import (
     not_a_module_condition,
     second_to_iso,
 )
-from vkprovider.core.probe import ContainerProbeState
+from vkprovider.core.prober import ContainerProbeState
 from vkprovider.core.sanitize import MAX_LOG_TEXT, clean
 from vkprovider.kube.client import ApiError
 from vkprovider.probes import ContainerInput, ProbeManager

@@ -34,7 +34,7 @@ from vkprovider.core.basestatus import finished_containers
 from vkprovider.core.containerconfig import ConfigError, Lookups, Ref, container_references, resolve
 from vkprovider.core.model import BizInfo, BizKey, BizSpec
 from vkprovider.core.module import is_module_pod, is_terminal, is_terminating
-from vkprovider.core.probe import ProbeEvent
+from vkprovider.core.prober import ProbeEvent
 from vkprovider.probes import ProbeManager
 
 log = logging.getLogger(__name__)
