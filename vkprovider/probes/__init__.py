@@ -1,4 +1,4 @@
-"""Probes and preStop hooks of module pods, run as kubelet runs them (``core.probe`` and ``core.prober`` hold the rules).
+"""Probes and preStop hooks of module pods, run as kubelet runs them (rules: core.probe, core.prober).
 
 - ``check.Prober``: one check (HTTP GET, TCP connect, gRPC health) against the pod IP;
 - ``manager.ProbeManager``: the schedule of every probed container, bounded concurrency, ``on_change``;

@@ -1,7 +1,7 @@
 """One probe check, run as kubelet's prober runs it: HTTP GET, TCP connect or gRPC health check against the pod IP.
 
-Why it exists: ``core.probe`` says what a probe is and ``core.prober`` what its results mean; this module does the I/O of one
-check and turns what happened into kubelet's result and output text (``core.prober.Outcome``), so Events read as a
+Why it exists: ``core.probe`` says what a probe is, ``core.prober`` what its results mean; this module does the I/O of
+one check and turns what happened into kubelet's result and output text (``core.prober.Outcome``), so Events read as a
 kubelet's would ("Readiness probe failed: HTTP probe failed with statuscode: 500").
 
 The rules it keeps (``pkg/probe/http``, ``tcp``, ``grpc``):
