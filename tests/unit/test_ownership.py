@@ -136,3 +136,46 @@ def test_lease_writes_have_a_budget_below_the_renew_deadline(duration: int, inte
     assert budget.attempt_s == pytest.approx(attempt) and budget.total_s == pytest.approx(total)
     assert budget.attempt_s < budget.total_s <= deadline - interval < deadline < duration
     assert budget.total_s - budget.attempt_s >= budget.total_s / 3 - 1e-9  # room for the retry
+
+
+@pytest.mark.parametrize(
+    ("held", "observed_since", "members", "now", "want"),
+    [
+        # held, we are the rendezvous winner (or alone): at the renewal
+        (own.Held(100.0, "5"), None, ["me"], 101.0, 110.0),
+        # held, another replica wins the rendezvous: the next tick (a hand-over waits on budget and readiness)
+        (own.Held(100.0, "5"), None, ["me", "other"], 101.0, "tick"),
+        # not held, observed: a lease duration after, then two, then every tick
+        (None, 100.0, ["me"], 101.0, 120.0),
+        (None, 100.0, ["me"], 125.0, 140.0),
+        (None, 100.0, ["me"], 141.0, "tick"),
+        # neither held nor observed: only a new observation can change anything
+        (None, None, ["me"], 101.0, None),
+    ],
+)
+def test_next_deadline(held, observed_since, members, now, want):
+    node = "vnode.x.dev"
+    if want == "tick" and held is not None:
+        node = next(n for n in (f"vnode.{i}.dev" for i in range(100)) if own.rendezvous(n, members) != "me")
+    observed = None if observed_since is None else own.Observed(facts("other"), observed_since)
+    got = own.next_deadline(node, held, observed, me="me", members=members, now=now, timing=T, tick_s=0.5)
+    assert got == (now + 0.5 if want == "tick" else want)
+
+
+def test_decision_schedule_decides_all_on_new_inputs_then_only_touched_and_due():
+    schedule = own.DecisionSchedule()
+    known = {"a", "b", "c"}
+    assert sorted(schedule.due((("me",), False), known, 0.0)) == ["a", "b", "c"]  # first tick: all
+    schedule.again_at("a", 5.0)
+    schedule.again_at("b", None)  # only an observation can change b
+    schedule.again_at("c", 10.0)
+    assert schedule.due((("me",), False), known, 1.0) == []
+    schedule.touch("b")
+    assert schedule.due((("me",), False), known, 1.0) == ["b"]
+    assert schedule.due((("me",), False), known, 5.0) == ["a"]
+    schedule.again_at("c", 12.0)  # moved: the old entry at 10 is skipped
+    assert schedule.due((("me",), False), known, 11.0) == []
+    assert schedule.due((("me",), False), known - {"c"}, 12.0) == []  # forgotten vnodes are not decided
+    assert sorted(schedule.due((("me", "other"), False), known, 12.0)) == ["a", "b", "c"]  # new members: all
+    schedule.decide_all_again()
+    assert sorted(schedule.due((("me", "other"), False), known, 12.0)) == ["a", "b", "c"]

@@ -11,10 +11,10 @@ the background, like every Lease write: a write stalled on a dead connection nev
 the renewals and fencing decisions of other vnodes), then decides for the vnode Leases that are due. A decision
 only changes when its inputs do (the Lease seen changing, a write landing, the live replicas) or when time passes
 one of its deadlines (a renewal due, a foreign lease expiring), so each vnode is decided again when it was touched
-or at its next deadline (``_due``, a heap), not on every tick: 1,000 held vnodes cost two hundred decisions a
-second (due, then landed, per renewal), not two thousand. A change of the live replicas decides every vnode again.
-A tick that comes far too late means the process was stalled (SIGSTOP, swapping): every observation is then
-restarted from now, because what was "unchanged for a lease duration" was only unseen.
+or at its next deadline (``core.ownership.DecisionSchedule``), not on every tick: 1,000 held vnodes cost two hundred
+decisions a second (due, then landed, per renewal), not two thousand. A change of the live replicas decides every
+vnode again. A tick that comes far too late means the process was stalled (SIGSTOP, swapping): every observation is
+then restarted from now, because what was "unchanged for a lease duration" was only unseen.
 
 Every Lease write goes through a lane of its own (``lease_client``) bounded by ``core.ownership.lease_write_budget``:
 an attempt that gets no answer is sent once more on a fresh connection, all of it before the renew deadline; a
@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import heapq
 import logging
 import random
 import re
@@ -203,12 +202,7 @@ class LeaseKeeper:
         self._stopping = False
         self._wake = asyncio.Event()
         self._writes = asyncio.Semaphore(LEASE_WRITES_INFLIGHT)
-        # When each vnode is to be decided again: ``_next[node]`` is its time, ``_due`` a heap of (time, node) with
-        # outdated entries skipped; ``_touched`` are decided on the next tick whatever their time.
-        self._next: dict[str, float] = {}
-        self._due: list[tuple[float, str]] = []
-        self._touched: set[str] = set()
-        self._decided_for: tuple[tuple[str, ...], bool] = ((), False)  # live members, settled: when all decided
+        self._schedule = own.DecisionSchedule()  # when each vnode is to be decided again
         self.decisions = 0  # vnode decisions made (a unit test's measure of the tick's work)
         UNHELD.set_function(self._unheld_count)
         self.on_gained: list[Callable[[str], None]] = []
@@ -276,7 +270,7 @@ class LeaseKeeper:
         node = key.split("/", 1)[-1]
         if not vnode.is_vnode_name(node, self.env):
             return
-        self._touched.add(node)
+        self._schedule.touch(node)
         if new is None:
             self._observed.pop(node, None)
             if node in self._held:
@@ -335,7 +329,8 @@ class LeaseKeeper:
         todo: list[tuple[str, own.Decision]] = []
         if self._stale:
             await self._refresh_stale()
-        for node in self._due_now(members, now):
+        known = self._observed.keys() | self._held.keys()
+        for node in self._schedule.due((tuple(members), self._settled(now)), known, now):
             if node in self._busy or node in self._stale:
                 continue  # decided again when its write lands (``_carry_out``) or it was read again
             self.decisions += 1
@@ -352,7 +347,9 @@ class LeaseKeeper:
                 else:
                     handoffs -= 1
             if decision.action is own.Action.NOTHING:
-                self._decide_again_at(node, self._next_deadline(node, members, now))
+                self._schedule.again_at(node, own.next_deadline(
+                    node, self._held.get(node), self._observed.get(node), me=self.me, members=members, now=now,
+                    timing=self.timing, tick_s=TICK_S))
             else:
                 todo.append((node, decision))
         for node, decision in todo:
@@ -370,54 +367,6 @@ class LeaseKeeper:
     def _unheld_count(self) -> float:
         now = self.clock()
         return sum(1 for o in self._observed.values() if not o.facts.holder or own.expired(o, now))
-
-    def _due_now(self, members: list[str], now: float) -> list[str]:
-        """The vnodes to decide on this tick: all of them when the live replicas (or whether this replica may hand
-        over yet) changed since they were last all decided; else the touched ones and those whose time came."""
-        inputs = (tuple(members), self._settled(now))
-        if inputs != self._decided_for:
-            self._decided_for = inputs
-            self._next.clear()
-            self._due.clear()
-            self._touched.clear()
-            return list(set(self._observed) | set(self._held))
-        due = self._touched
-        self._touched = set()
-        heap, upcoming = self._due, self._next
-        while heap and heap[0][0] <= now:
-            at, node = heapq.heappop(heap)
-            if upcoming.get(node) == at:
-                del upcoming[node]
-                due.add(node)
-        return [n for n in due if n in self._observed or n in self._held]
-
-    def _decide_again_at(self, node: str, at: float | None) -> None:
-        if at is None:
-            self._next.pop(node, None)  # nothing can change without a new observation (which touches it)
-            return
-        if self._next.get(node) == at:
-            return
-        self._next[node] = at
-        heapq.heappush(self._due, (at, node))
-        if len(self._due) > 4 * len(self._next) + 1024:  # outdated entries: rebuild now and then
-            self._due = [(t, n) for n, t in self._next.items()]
-            heapq.heapify(self._due)
-
-    def _next_deadline(self, node: str, members: list[str], now: float) -> float | None:
-        """When a decision of "nothing" about ``node`` may turn into something without any new observation."""
-        held = self._held.get(node)
-        if held is not None:
-            if len(members) > 1 and own.rendezvous(node, members) != self.me:
-                return now + TICK_S  # a hand-over waits for its budget, the member's readiness, or our hold's age
-            return own.renew_due(held, self.timing)
-        observed = self._observed.get(node)
-        if observed is None:
-            return None
-        duration = observed.facts.duration_s
-        for deadline in (observed.since + duration, observed.since + 2 * duration):
-            if deadline > now:
-                return deadline
-        return now + TICK_S
 
     def _settled(self, now: float) -> bool:
         """Hand vnodes over only once this replica has watched the members for a lease duration."""
@@ -440,7 +389,7 @@ class LeaseKeeper:
         # What the cache says about leases that name us (or nobody) may be long out of date: read them again
         # before taking any back. Leases of others are refreshed by their holders' renewals.
         self._stale = {n for n, o in self._observed.items() if o.facts.holder in ("", self.me) and n not in self._held}
-        self._decided_for = ((), False)  # decide every vnode again on the next tick
+        self._schedule.decide_all_again()  # every vnode on the next tick
 
     async def _refresh_stale(self) -> None:
         async def refresh(node: str) -> None:
@@ -455,7 +404,7 @@ class LeaseKeeper:
             facts = own.LeaseFacts.from_object(fresh, self.timing.lease_duration_s)
             self._observed[node] = own.observe(self._observed.get(node), facts, self.clock())
             self._stale.discard(node)
-            self._touched.add(node)
+            self._schedule.touch(node)
 
         await asyncio.gather(*(refresh(n) for n in list(self._stale)[:200]))
 
@@ -491,7 +440,7 @@ class LeaseKeeper:
             log.warning("lease %s: %s failed: %s", node, decision.action.value, exc, extra={"node": node})
         finally:
             self._busy.discard(node)
-            self._touched.add(node)
+            self._schedule.touch(node)
 
     async def _renew(self, node: str) -> None:
         held = self._held.get(node)
@@ -540,7 +489,7 @@ class LeaseKeeper:
     def _gain(self, node: str, held: own.Held, why: str) -> None:
         fresh = node not in self._held
         self._held[node] = held
-        self._touched.add(node)
+        self._schedule.touch(node)
         if fresh:
             self._held_since[node] = self.clock()
         if fresh:
@@ -578,12 +527,12 @@ class LeaseKeeper:
                 del self._loading[node]
         if node in self._held:
             self._shrunk.discard(node)
-            self._touched.add(node)
+            self._schedule.touch(node)
             self._gained(node)
 
     def _lose(self, node: str, why: str, *, handed_over: bool = False) -> None:
         self._held_since.pop(node, None)
-        self._touched.add(node)
+        self._schedule.touch(node)
         if self._held.pop(node, None) is None:
             return
         LEASE_EVENTS.labels("handed_over" if handed_over else "lost").inc()

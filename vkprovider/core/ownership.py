@@ -39,7 +39,8 @@ from __future__ import annotations
 import enum
 import functools
 import hashlib
-from collections.abc import Mapping, Sequence
+import heapq
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -234,3 +235,70 @@ def live_members(observed: Mapping[str, Observed], me: str, now: float) -> list[
     alive = {o.facts.holder for o in observed.values() if o.facts.holder and not expired(o, now)}
     alive.add(me)
     return sorted(alive)
+
+
+def next_deadline(node: str, held: Held | None, observed: Observed | None, *, me: str, members: Sequence[str],
+                  now: float, timing: Timing, tick_s: float) -> float | None:
+    """When a decision of "nothing" about a vnode may turn into something without any new observation: its renewal
+    when held (the next tick while it is to be handed over: that waits for a budget, the member's readiness or the
+    hold's age), a lease duration and two after the observation when not; None when only a new observation can."""
+    if held is not None:
+        if len(members) > 1 and rendezvous(node, members) != me:
+            return now + tick_s
+        return renew_due(held, timing)
+    if observed is None:
+        return None
+    duration = observed.facts.duration_s
+    for deadline in (observed.since + duration, observed.since + 2 * duration):
+        if deadline > now:
+            return deadline
+    return now + tick_s
+
+
+class DecisionSchedule:
+    """When each vnode is to be decided again, so a tick decides only those whose inputs or time changed.
+
+    ``again_at(node, at)`` files a time (None: only a new observation can change it); ``touch(node)`` has it decided
+    on the next tick whatever its time; ``due(inputs, known, now)`` is the vnodes to decide now: all of ``known``
+    when ``inputs`` (the live replicas, whether hand-overs may start) changed since they were last all decided, else
+    the touched ones and those whose time came. A heap of (time, node) with outdated entries skipped, rebuilt when
+    they outnumber the live ones."""
+
+    def __init__(self) -> None:
+        self._next: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
+        self._touched: set[str] = set()
+        self._decided_for: tuple[object, ...] | None = None
+
+    def touch(self, node: str) -> None:
+        self._touched.add(node)
+
+    def decide_all_again(self) -> None:
+        self._decided_for = None
+
+    def again_at(self, node: str, at: float | None) -> None:
+        if at is None:
+            self._next.pop(node, None)
+            return
+        if self._next.get(node) == at:
+            return
+        self._next[node] = at
+        heapq.heappush(self._heap, (at, node))
+        if len(self._heap) > 4 * len(self._next) + 1024:
+            self._heap = [(t, n) for n, t in self._next.items()]
+            heapq.heapify(self._heap)
+
+    def due(self, inputs: tuple[object, ...], known: Set[str], now: float) -> list[str]:
+        if inputs != self._decided_for:
+            self._decided_for = inputs
+            self._next.clear()
+            self._heap.clear()
+            self._touched.clear()
+            return list(known)
+        due, self._touched = self._touched, set()
+        while self._heap and self._heap[0][0] <= now:
+            at, node = heapq.heappop(self._heap)
+            if self._next.get(node) == at:
+                del self._next[node]
+                due.add(node)
+        return [n for n in due if n in known]
