@@ -269,8 +269,13 @@ class BasePass:
         recorded at the base's start, recorded now when the latest health reading shows a new start and a biz
         list read after it is in."""
         node, ledger = view.node, view.ledger
-        patterns = self._cfg.static_bizs + parse_patterns(view.heartbeat.static_bizs)
-        recorded = self.recorded.get(node) or decode(self._node_annotation(node, ANNOTATION_STATIC_BIZS))
+        declared = view.heartbeat.static_bizs
+        patterns = self._cfg.static_bizs + (parse_patterns(declared) if declared else ())
+        recorded = self.recorded.get(node)
+        if recorded is None:  # read back from the Node once (a restart, a takeover); only this replica writes it
+            recorded = decode(self._node_annotation(node, ANNOTATION_STATIC_BIZS))
+            if recorded is not None:
+                self.recorded[node] = recorded
         reading = view.reading
         start = base_start_ms(reading.at, reading.health.uptime_s) if reading is not None else None
         health_at = view.health_at if reading is not None else None
