@@ -23,6 +23,9 @@ that reading's start done), the orphan is not uninstalled even when its grace is
 with it since the last reading. The planner asks for a health reading then. A base whose health answers carry no
 ``run time(s)`` cannot be told to have restarted: its recorded set is used as it is, never renewed.
 
+"Never uninstalled" is about vkprovider's own uninstalls (``core.plan``): a pod installing another version of the
+same name may still replace it with ``uninstallThenInstall``, as any version no pod wants.
+
 Bad annotation JSON is treated as no annotation (the next start is recorded again), never a crash.
 """
 
