@@ -220,7 +220,10 @@ class Provider:
         module_controller = self.module_controller = ModuleController(
             module_settings(s), self.registry, writes, clock=self.clock, bizlog=self.bizlog,
             revision_of=releases.revision_of, ready_hold=releases.ready_hold, refs=refs,
-            allocatable=lambda node: ((nodes.get(node) or {}).get("status") or {}).get("allocatable") or {})
+            allocatable=lambda node: ((nodes.get(node) or {}).get("status") or {}).get("allocatable") or {},
+            node_annotation=lambda node, key: (((nodes.get(node) or {}).get("metadata") or {}).get("annotations")
+                                               or {}).get(key),
+            ask_health=node_controller.ask_health)
         refs.on_change(module_controller.on_refs_changed)
         self.admission = Admission(admission_settings(s), self.registry, node_changed=node_controller.queue.add,
                                    modules=module_controller)

@@ -21,6 +21,7 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator, mode
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from vkprovider.core.module import NamespacePolicy, UrlPolicy, parse_namespace_policy
+from vkprovider.core.staticbizs import BizPattern, parse_patterns
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 Port = int  # 0..65535 (0: any free port), checked by _ports
@@ -179,6 +180,9 @@ class Settings(BaseSettings):
     # --- modules --------------------------------------------------------------------------------
     module_orphan_grace_s: float = F(30.0, "VKP_ORPHAN_GRACE", "module_orphan_grace_s", ge=0,
                                      description="A biz no pod owns is uninstalled after this long.")
+    module_static_bizs: str = F("", "VKP_STATIC_BIZS", "module_static_bizs",
+                                description="Bizs that ship inside the bases (static merge deployment), never "
+                                "uninstalled as orphans: 'name' (every version) or 'name:version', comma list.")
     module_url_schemes: str = F("https,http", "VKP_BIZ_URL_SCHEMES", "module_url_schemes",
                                 description="Allowed biz URL schemes (comma list; add file to allow local jars).")
     module_url_hosts: str = F("", "VKP_BIZ_URL_HOSTS", "module_url_hosts",
@@ -278,6 +282,12 @@ class Settings(BaseSettings):
         parse_namespace_policy(value)
         return value
 
+    @field_validator("module_static_bizs")
+    @classmethod
+    def _static_bizs(cls, value: str) -> str:
+        parse_patterns(value)
+        return value
+
     @field_validator("base_pod_selector")
     @classmethod
     def _selector(cls, value: str) -> str:
@@ -367,6 +377,7 @@ class ModuleSettings:
     unreachable_after_s: float
     read_interval_s: float
     orphan_grace_s: float
+    static_bizs: tuple[BizPattern, ...]
     baseline_wait_s: float
     biz_log_lines: int
 
@@ -409,7 +420,8 @@ def admission_settings(s: Settings) -> AdmissionSettings:
 def module_settings(s: Settings) -> ModuleSettings:
     return ModuleSettings(env=s.env, workers=s.workers, url_policy=s.url_policy, namespace_policy=s.namespace_policy,
                           unreachable_after_s=s.base_unreachable_after_s, read_interval_s=s.base_bizs_interval_s,
-                          orphan_grace_s=s.module_orphan_grace_s, baseline_wait_s=s.arklet_install_timeout_s,
+                          orphan_grace_s=s.module_orphan_grace_s,
+                          static_bizs=parse_patterns(s.module_static_bizs), baseline_wait_s=s.arklet_install_timeout_s,
                           biz_log_lines=s.biz_log_lines)
 
 

@@ -146,8 +146,10 @@ class SimProcess:
         """The base's JVM dies (it restarts empty); with ``partition`` the network to it is cut (it keeps its bizs)."""
         await self.call("POST", f"/bases/{identity}/stop", params={"partition": "true"} if partition else None)
 
-    async def start_base(self, identity: str) -> None:
-        await self.call("POST", f"/bases/{identity}/start")
+    async def start_base(self, identity: str, *, static_bizs: list[str] | None = None) -> None:
+        """Start the base's JVM again; ``static_bizs`` ("name:version"): the bizs it ships from this start on."""
+        await self.call("POST", f"/bases/{identity}/start",
+                        json={"staticBizs": static_bizs} if static_bizs is not None else None)
 
     async def deactivate_base(self, identity: str) -> None:
         await self.call("POST", f"/bases/{identity}/deactivate")

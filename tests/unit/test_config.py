@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from vkprovider.config import ConfigError, load_settings
+from vkprovider.config import ConfigError, load_settings, module_settings
+from vkprovider.core.staticbizs import BizPattern
 
 CASES = [
     ({"HTTP_TUNNEL_LISTEN_PORT": "abc"}, "invalid HTTP_TUNNEL_LISTEN_PORT='abc': not an integer"),
@@ -32,6 +33,7 @@ CASES = [
     ({"VKP_BIZ_URL_SCHEMES": "ftp"}, "invalid VKP_BIZ_URL_SCHEMES='ftp': unknown scheme(s) ftp"),
     ({"VKP_BASE_NETWORKS": "10.0.0.0/33"}, "invalid VKP_BASE_NETWORKS='10.0.0.0/33': '10.0.0.0/33' is not a CIDR"),
     ({"VKP_BIZ_NAMESPACE_POLICY": "team-a"}, "invalid VKP_BIZ_NAMESPACE_POLICY='team-a': rule 'team-a'"),
+    ({"VKP_STATIC_BIZS": "a,:1"}, "invalid VKP_STATIC_BIZS='a,:1': static biz ':1'"),
     ({"VKP_LEASE_DURATION": "10", "VKP_LEASE_RENEW_INTERVAL": "10"},
      "VKP_LEASE_RENEW_INTERVAL < VKP_LEASE_RENEW_DEADLINE < VKP_LEASE_DURATION must hold"),
     ({"ENABLE_HTTP_TUNNEL": "false"}, "no tunnel enabled"),
@@ -52,6 +54,9 @@ def test_defaults_are_accepted_and_nothing_is_clamped() -> None:
     assert settings.url_schemes == frozenset({"https", "http"})  # file: only when enabled
     assert settings.node_lease_renew_deadline_s == 15.0
     assert load_settings({"VNODE_WORKER_NUM": "1"}).workers == 1
+    assert module_settings(load_settings({})).static_bizs == ()
+    assert module_settings(load_settings({"VKP_STATIC_BIZS": "a, b:1.0"})).static_bizs == (
+        BizPattern("a"), BizPattern("b", "1.0"))
 
 
 def _run(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:

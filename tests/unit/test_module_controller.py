@@ -4,6 +4,7 @@ command runner, the pod status queue, and the write port's fencing."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from tests.helpers import wait_for
@@ -15,7 +16,8 @@ from vkprovider.controllers.modules import ModuleController
 from vkprovider.controllers.modules.records import STATUS_ECHO_WAIT_S, Sent
 from vkprovider.core import basestatus
 from vkprovider.core.basestate import CommandKind
-from vkprovider.core.model import BizInfo, BizSpec, BizState, BizStateRecord
+from vkprovider.core.model import BaseHealth, BizInfo, BizKey, BizSpec, BizState, BizStateRecord
+from vkprovider.core.staticbizs import ANNOTATION_STATIC_BIZS, decode
 
 NODE = "vnode.b1.test"
 
@@ -416,3 +418,56 @@ async def test_commands_carry_the_pod_uid_as_bizmodelversion_and_an_expired_unin
     one.controller.commands.start_uninstall(view, orphan.key)
     await one.controller.wait_idle(NODE)
     assert one.tunnel.owners[-1] == ("uninstall", "orphan:9", "")
+
+
+# --- bizs that ship inside the base (core.staticbizs) ---------------------------------------------------------
+
+def _static_fixture(asked: list[str], annotation: str | None = None) -> OnePodOnOneBase:
+    """One pod wanting biz1 on a base that also runs shipped:1.0 (in its JVM since a second after its start, 60 s
+    ago) and, from the pass's ``ask_health`` and ``node_annotation``, what the pass asked and read."""
+    one = OnePodOnOneBase()
+    start_ms = int((time.time() - 60) * 1000)
+    one.tunnel.bizs.append(BizInfo("shipped", "1.0", BizState.ACTIVATED,
+                                   (BizStateRecord(start_ms + 1000, BizState.ACTIVATED, "", ""),)))
+    one.controller = ModuleController(module_settings(load_settings({"ENV": "test", "VKP_ORPHAN_GRACE": "5"})),
+                                      one.registry, one.writes, clock=lambda: one.now[0],
+                                      node_annotation=lambda node, key: annotation, ask_health=asked.append)
+    one.controller.on_pod_change("ns/p", None, one.pod)
+    return one
+
+
+def _patches(one: OnePodOnOneBase) -> list[Any]:
+    return [body for verb, path, body in one.api.calls if verb == "patch" and path == f"/api/v1/nodes/{one.node}"]
+
+
+async def test_a_pass_records_what_the_base_started_with_and_never_uninstalls_it() -> None:
+    asked: list[str] = []
+    one = _static_fixture(asked)
+    one.registry.health(one.node, BaseHealth(uptime_s=60.0))  # a reading at 100 shows a start 60 s ago
+    one.now[0] = 101.0
+    await one.run()  # the read is sent after the reading: shipped:1.0 (no pod wants it) is recorded
+    [patch] = _patches(one)
+    recorded = decode(patch["metadata"]["annotations"][ANNOTATION_STATIC_BIZS])
+    assert recorded is not None and recorded.bizs == {BizKey("shipped", "1.0")}
+    assert abs(recorded.started_at_ms - (time.time() - 60) * 1000) < 5000
+    assert [(t, r) for t, r, m in one.events.posted if r == "StaticBizsRecorded"] == [("Normal", "StaticBizsRecorded")]
+    one.now[0] = 110.0  # past the grace, the base still heard
+    one.registry.heartbeat(fakes.hb("b1"))
+    await one.run()
+    await wait_for(lambda: not one.controller.commands.running(one.node), 2.0, what="commands ended")
+    await one.run()
+    assert ("uninstall", "shipped:1.0") not in one.tunnel.commands and _patches(one) == [patch]  # recorded once
+    assert asked == []
+
+
+async def test_an_orphan_due_asks_for_a_health_reading_before_it_goes() -> None:
+    """The recorded start is another run's, but no reading newer than the orphan's first sighting is in: the base may
+    have restarted with it inside. The pass asks for a reading and keeps the orphan."""
+    asked: list[str] = []
+    one = _static_fixture(asked, annotation='{"startedAt":1,"bizs":[]}')
+    await one.run()  # shipped:1.0 first seen at 100 as an orphan of unknown origin; no reading at all
+    one.now[0] = 106.0
+    one.registry.heartbeat(fakes.hb("b1"))
+    assert await one.run() is not None
+    await wait_for(lambda: not one.controller.commands.running(one.node), 2.0, what="commands ended")
+    assert asked == [one.node] and ("uninstall", "shipped:1.0") not in one.tunnel.commands

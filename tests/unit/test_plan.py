@@ -1,8 +1,11 @@
 """Desired-vs-actual planning per base: the fencing rules of core.plan, over a real BaseLedger."""
 
+import pytest
+
 from vkprovider.core.basestate import BaseLedger, CommandKind
 from vkprovider.core.model import BizInfo, BizSpec, BizState, InstallStrategy
 from vkprovider.core.plan import READ_BEFORE_RETRY_S, PodWant, Replace, plan_base
+from vkprovider.core.staticbizs import BizPattern, StaticBizs
 
 V1 = BizSpec("biz1", "0.0.1", "http://x/biz1-0.0.1.jar")
 V2 = BizSpec("biz1", "0.0.2", "http://x/biz1-0.0.2.jar")
@@ -382,3 +385,54 @@ def test_a_failed_liveness_probe_restarts_the_biz_at_once_then_after_a_crash_loo
     assert plan([failing], led, now=NOW + 5.0).restart == ()  # the second wait is twice as long (4 s)
     assert plan([failing], led, now=NOW + 6.0).restart == (V1,)
     assert plan([PodWant("ns/a", (V1,))], led, now=NOW + 6.0).is_idle()  # healthy again: nothing to do
+
+
+# --- bizs that ship inside the base (core.staticbizs) ---------------------------------------------------------
+SETTLED = StaticBizs(patterns=(BizPattern("biz2", "1.0"),), settled_at=NOW + 1)
+
+
+def _orphan_plans(static, *, grace=30.0):
+    """Plans at NOW (the orphan first seen) and at NOW + grace (its grace due)."""
+    led = ledger(B2, known=False)
+    p = plan_base([], led, now=NOW, orphan_grace_s=grace, static=static)
+    led.planned(p.wanted, p.released, p.orphans)
+    return p, plan_base([], led, now=NOW + grace, orphan_grace_s=grace, static=static)
+
+
+@pytest.mark.parametrize(("static", "uninstalled"), [
+    (StaticBizs(settled_at=NOW + 1), True),  # settled, not static: the orphan goes after its grace
+    (SETTLED, False),  # the setting or the heartbeat names name:version
+    (StaticBizs(patterns=(BizPattern("biz2"),), settled_at=NOW + 1), False),  # every version of the name
+    (StaticBizs(patterns=(BizPattern("biz2", "2.0"),), settled_at=NOW + 1), True),  # another version
+    (StaticBizs(recorded=frozenset({B2.key}), settled_at=NOW + 1), False),  # recorded at the base's start
+])
+def test_static_bizs_are_never_uninstalled_as_orphans(static, uninstalled):
+    first, due = _orphan_plans(static)
+    assert first.uninstall == ()
+    assert due.uninstall == ((B2.key,) if uninstalled else ())
+    assert due.is_idle() is not uninstalled  # a static biz is no orphan: nothing to wait for
+    assert not due.health_wanted
+
+
+@pytest.mark.parametrize("settled_at", [None, NOW - 5, NOW])  # no reading, or none newer than the first sighting
+def test_an_orphan_due_waits_while_the_static_set_is_not_settled(settled_at):
+    first, due = _orphan_plans(StaticBizs(settled_at=settled_at))
+    assert not first.health_wanted  # not due yet: nothing to ask
+    assert due.uninstall == () and due.health_wanted and due.wait_s == READ_BEFORE_RETRY_S
+    assert due.orphans == {B2.key: NOW}
+
+
+def test_a_released_static_biz_stays_and_its_pod_is_finalized():
+    """A pod wanted a biz the base ships (same name:version): deleting the pod leaves the biz, the pod goes."""
+    led = ledger(B2)
+    led.planned({B2.key}, (), {})
+    p = plan_base([PodWant("ns/a", (B2,), terminating=True, deadline=NOW + 30)], led, now=NOW,
+                  orphan_grace_s=30.0, static=SETTLED)
+    assert p.uninstall == () and p.finalize == ("ns/a",)
+    p = plan_base([], led, now=NOW, orphan_grace_s=30.0, static=SETTLED)  # known to vkprovider, no pod: stays
+    assert p.uninstall == () and p.is_idle()
+
+
+def test_a_pod_may_want_a_static_biz():
+    p = plan_base([PodWant("ns/a", (B2,))], ledger(B2, known=False), now=NOW, orphan_grace_s=30.0, static=SETTLED)
+    assert p.install == () and p.uninstall == () and B2.key in p.wanted

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import random
 from typing import Any
@@ -366,3 +367,34 @@ def test_health_figures_move_with_the_bases_usage_as_arklets_do():
     assert stats.usage_nano_cores(stats.Reading(15.0, second), stats.Reading(10.0, first)) == 4_000_000_000
     raw = arklet.health()["data"]["healthData"]["cpu"]
     assert raw["user used (%)"] + raw["system used (%)"] + raw["free (%)"] == pytest.approx(100.0)
+
+
+async def test_static_bizs_are_in_the_jvm_at_each_start_before_its_first_heartbeat() -> None:
+    """``--static-biz``: the base starts with those bizs (static merge deployment), again after a restart, and its
+    uptime counts from that start; a start may name another set (the control API's body)."""
+    from vkprovider.sim.cli import add_arguments, config_from_args
+    from vkprovider.sim.simulator import SimBase, Simulator
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    config = config_from_args(parser.parse_args(["--static-biz", "shipped:1.0", "--static-biz", "other:2",
+                                                 "--install-latency", "0"]))
+    assert config.static_bizs == (("shipped", "1.0"), ("other", "2"))
+    base = SimBase(Simulator(config), 0, 0)
+    try:
+        await base.start()
+        assert set(base.arklet.bizs) == {"shipped:1.0", "other:2"}
+        assert base.arklet.install_calls == 0  # not vkprovider's doing
+        await base.stop()
+        assert base.arklet.bizs == {}
+        await base.start(static_bizs=(("next", "3"),))
+        assert set(base.arklet.bizs) == {"next:3"}
+        uptime = base.arklet.health()["data"]["healthData"]["jvm"]["run time(s)"]
+        assert 0 <= uptime < 5
+        await base.stop(partition=True)
+        await base.start()  # the network back, the same JVM: nothing installed again
+        assert set(base.arklet.bizs) == {"next:3"}
+    finally:
+        await base.stop()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--static-biz", "nover"])

@@ -235,3 +235,21 @@ async def test_module_probes_against_a_simulated_base():
     finally:
         await manager.close()
         await simulator.stop()
+
+
+async def test_a_base_start_through_the_control_api_may_ship_other_static_bizs(sim, control):
+    base = next(iter(sim.bases.values()))
+    url = f"{control}/bases/{base.identity}"
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{url}/stop") as resp:
+            assert resp.status == 200
+        async with session.post(f"{url}/start", json={"staticBizs": ["a"]}) as resp:
+            assert resp.status == 400 and "name:version" in await resp.text()
+        assert not base.running
+        async with session.post(f"{url}/start", json={"staticBizs": ["shipped:2.0"]}) as resp:
+            assert resp.status == 200
+        assert set(base.arklet.bizs) == {"shipped:2.0"}
+        await base.stop()
+        async with session.post(f"{url}/start") as resp:  # no body: the set it shipped last
+            assert resp.status == 200
+        assert set(base.arklet.bizs) == {"shipped:2.0"}

@@ -99,6 +99,13 @@ def test_heartbeat_labels_extension_filters_and_merges() -> None:
     assert hb.labels == (("base.koupleless.io/stack", "java"), ("topology.kubernetes.io/zone", "zone-a"))
 
 
+def test_heartbeat_static_bizs_extension_merges() -> None:
+    """``staticBizs`` (a vkprovider extension): the bizs the base ships, at the top level or in baseMetadata."""
+    assert wire.parse_heartbeat(_heartbeat()).static_bizs == ()
+    hb = wire.parse_heartbeat(_heartbeat(staticBizs=["a:1.0", "b"], baseMetadata__staticBizs=["b", "c:2"]))
+    assert hb.static_bizs == ("a:1.0", "b", "c:2")
+
+
 def test_heartbeat_mqtt_port_zero_allowed_only_when_asked() -> None:
     body = _heartbeat(port=0)
     with pytest.raises(wire.WireError, match="port"):
@@ -153,6 +160,9 @@ def test_heartbeat_mqtt_port_zero_allowed_only_when_asked() -> None:
         (orjson.dumps(_heartbeat(labels={"topology.kubernetes.io/": "a"})), "invalid", "label key"),
         (orjson.dumps(_heartbeat(labels={"base.koupleless.io/stack": 1})), "invalid", "labels"),
         (orjson.dumps(_heartbeat(labels=["x"])), "invalid", "labels"),
+        (orjson.dumps(_heartbeat(staticBizs="a:1")), "invalid", "staticBizs"),
+        (orjson.dumps(_heartbeat(staticBizs=[":1"])), "invalid", "staticBizs"),
+        (orjson.dumps(_heartbeat(baseMetadata__staticBizs=[1])), "invalid", "staticBizs"),
         (
             orjson.dumps(_heartbeat(labels={f"base.koupleless.io/l{i}": "v" for i in range(17)})),
             "invalid",

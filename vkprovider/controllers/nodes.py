@@ -368,6 +368,11 @@ class NodeController:
     async def _health_before_create(self, view: BaseView) -> None:
         await self.read_health(view.node, HEALTH_BEFORE_CREATE_S)
 
+    def ask_health(self, node: str) -> None:
+        """Start a read of the base's health now, unless one is under way (the module controller's static bizs
+        need a reading newer than an orphan's first sighting, ``core.staticbizs``)."""
+        self._start_probe(node)
+
     async def read_health(self, node: str, timeout_s: float) -> None:
         """Ask the base for its health now and wait for the answer, at most ``timeout_s`` (the read goes on after
         that); a read already under way is shared, not repeated. A scrape of the vnode's metrics asks this when its

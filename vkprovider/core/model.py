@@ -135,7 +135,8 @@ class BaseHeartbeat:
     """A heartbeat: metadata plus where the base's arklet listens.
 
     ``labels`` are extra node labels the base asked for (e.g. a zone or stack); ``tunnel`` names the tunnel
-    the heartbeat arrived on, so commands go back the same way.
+    the heartbeat arrived on, so commands go back the same way; ``static_bizs`` the bizs the base says it ships
+    (the ``staticBizs`` extension).
     """
 
     metadata: BaseMetadata
@@ -145,6 +146,7 @@ class BaseHeartbeat:
     state: str = "ACTIVATED"
     labels: tuple[tuple[str, str], ...] = ()
     tunnel: str = "http"
+    static_bizs: tuple[str, ...] = ()  # "name[:version]": bizs the base ships (``core.staticbizs``)
 
     @property
     def identity(self) -> str:

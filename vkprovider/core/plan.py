@@ -34,7 +34,11 @@ old pod can never remove what a new pod installed. Further rules:
 - a deleted pod is finalized once its bizs are gone, or when its grace period is over (the biz then stays
   tracked as an orphan whose uninstall is retried with backoff), so no pod stays Terminating forever - also while
   the base's biz list is unknown (a pod that wants no biz goes at once, the others at the end of their grace
-  period, as a kubelet that cannot reach its runtime does).
+  period, as a kubelet that cannot reach its runtime does);
+- **a biz that ships inside the base (``core.staticbizs``) is never uninstalled**: not as an orphan, not when a
+  deleted pod that wanted the same name:version releases it, and it never holds up a pod's finalization; while the
+  static set is not settled for an orphan whose grace is due (no health reading newer than its first sighting),
+  the orphan stays, and the plan asks for a health reading (``health_wanted``) and is made again soon.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from dataclasses import dataclass, field
 
 from vkprovider.core.basestate import BaseLedger, CommandKind
 from vkprovider.core.model import BizKey, BizSpec, BizState, InstallStrategy
+from vkprovider.core.staticbizs import StaticBizs
 
 #: After a failed command's backoff, while no read of the base sent later than the failure has come back: how long
 #: until the plan is made again (the reconcile reads the base first whenever a read is due).
@@ -106,6 +111,7 @@ class BasePlan:
     crash_loop: frozenset[BizKey] = frozenset()  # restarts due, waiting for their backoff
     kept: frozenset[BizKey] = frozenset()  # on the base, not wanted, kept because an older revision's pod serves it
     replace: Mapping[BizKey, Replace] = field(default_factory=dict)  # installs that may use uninstallThenInstall
+    health_wanted: bool = False  # an orphan is due but the static set is not settled: read the base's health
 
     def is_idle(self) -> bool:
         """Nothing to send, finalize or wait for, and no pod left out."""
@@ -161,8 +167,10 @@ def _replace_modes(live: list[PodWant], wanted: Mapping[BizKey, BizSpec],
     return modes
 
 
-def plan_base(pods: Iterable[PodWant], ledger: BaseLedger, *, now: float, orphan_grace_s: float) -> BasePlan:
-    """Decide the next commands for one base (see the module docstring)."""
+def plan_base(pods: Iterable[PodWant], ledger: BaseLedger, *, now: float, orphan_grace_s: float,
+              static: StaticBizs | None = None) -> BasePlan:
+    """Decide the next commands for one base (see the module docstring). ``static``: the bizs the base ships
+    (None: no biz is static and orphans need no settled set, as before static bizs)."""
     pods = sorted(pods, key=lambda p: (p.order, p.key))
     live = [p for p in pods if not p.terminating and not p.terminal]
     revisions = _revisions(live, ledger)
@@ -240,8 +248,10 @@ def plan_base(pods: Iterable[PodWant], ledger: BaseLedger, *, now: float, orphan
     known = ledger.known | released
     uninstall: list[BizKey] = []
     orphans: dict[BizKey, float] = {}
+    shipped = frozenset(k for k in actual if static is not None and static.covers(k.name, k.version))
+    health_wanted = False
     for key, biz in actual.items():
-        if key in wanted or key in inflight or key in kept:
+        if key in wanted or key in inflight or key in kept or key in shipped:
             continue
         if key.name in installing_names and biz.state is BizState.ACTIVATED:
             continue  # an upgrade in progress: the old version goes once the new one is installed
@@ -254,13 +264,16 @@ def plan_base(pods: Iterable[PodWant], ledger: BaseLedger, *, now: float, orphan
         due = first_seen + orphan_grace_s
         if due > now:
             timers.append(due - now)
+        elif static is not None and not static.settled_for(first_seen):
+            health_wanted = True  # the base may have restarted with it inside since the last health reading
+            timers.append(READ_BEFORE_RETRY_S)
         elif not backing_off(key, (CommandKind.UNINSTALL,)):
             uninstall.append(key)
 
     busy = set(inflight) | set(uninstall)
     finalize, force = _finalizable(
         pods, lambda spec: spec.key in busy or (spec.key in actual and spec.key not in wanted
-                                                and spec.key not in kept), now, timers)
+                                                and spec.key not in kept and spec.key not in shipped), now, timers)
     changing = {s.key for s in (*install, *reinstall, *restart)}
     return BasePlan(
         wanted=frozenset(wanted),
@@ -277,6 +290,7 @@ def plan_base(pods: Iterable[PodWant], ledger: BaseLedger, *, now: float, orphan
         crash_loop=frozenset(crash_loop),
         kept=kept,
         replace={k: m for k, m in _replace_modes(live, wanted, actual).items() if k in changing},
+        health_wanted=health_wanted,
     )
 
 

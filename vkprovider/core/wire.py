@@ -35,6 +35,7 @@ from vkprovider.core.model import (
 )
 from vkprovider.core.node import identity_refusal
 from vkprovider.core.sanitize import clean
+from vkprovider.core.staticbizs import parse_patterns
 
 __all__ = [
     "CONFLICT_MARKER",
@@ -119,6 +120,7 @@ class _MetadataWire(BaseModel):
     version: str
     cluster_name: str = Field(alias="clusterName")
     labels: dict[str, str] | None = None
+    static_bizs: list[str] | None = Field(None, alias="staticBizs")
 
     @field_validator("identity")
     @classmethod
@@ -149,6 +151,7 @@ class _HeartbeatWire(BaseModel):
     port: int
     state: str = "ACTIVATED"
     labels: dict[str, str] | None = None
+    static_bizs: list[str] | None = Field(None, alias="staticBizs")
 
     @field_validator("local_host_name")
     @classmethod
@@ -223,6 +226,15 @@ def _extra_labels(*maps: Mapping[str, str] | None) -> tuple[tuple[str, str], ...
     return tuple(sorted(merged.items()))
 
 
+def _static_bizs(*lists: list[str] | None) -> tuple[str, ...]:
+    """The ``staticBizs`` extension (``core.staticbizs``): both lists merged, each entry ``name[:version]``."""
+    try:
+        patterns = parse_patterns([entry for entries in lists for entry in entries or ()])
+    except ValueError as exc:
+        raise WireError(f"staticBizs: {exc}"[:200]) from None
+    return tuple(str(p) for p in patterns)
+
+
 def _check_node_name(identity: str, env: str | None) -> None:
     if env is not None:
         refusal = identity_refusal(identity, env)
@@ -259,6 +271,7 @@ def parse_heartbeat(
         state=wire.state,
         labels=_extra_labels(meta.labels, wire.labels),
         tunnel=tunnel,
+        static_bizs=_static_bizs(wire.static_bizs, meta.static_bizs),
     )
 
 

@@ -240,6 +240,11 @@ class SimArklet:
             self.uninstall_calls += 1
             counts[1] += 1
 
+    def boot(self) -> None:
+        """The JVM starts now: its uptime ("run time(s)") and CPU ticks count from here."""
+        self._started = self._usage_since = self._clock_s()
+        self._busy_ms = 0.0
+
     def reset_stats(self) -> None:
         self.install_calls = 0
         self.uninstall_calls = 0

@@ -47,6 +47,13 @@ def _ipv4(text: str) -> str:
     return text
 
 
+def _name_version(text: str) -> tuple[str, str]:
+    name, _, version = text.partition(":")
+    if not name.strip() or not version.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME:VERSION")
+    return name.strip(), version.strip()
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the simulator's flags to ``parser`` (the ``vkprovider sim`` sub-command)."""
     add = parser.add_argument
@@ -131,6 +138,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--metaspace-committed-mb", type=int, default=96)
     add("--metaspace-used-mb", type=int, default=90)
     add("--seed", type=int, default=None, help="random seed (jitter, failure rate)")
+    add("--static-biz", type=_name_version, action="append", default=[], metavar="NAME:VERSION",
+        help="a biz each base starts with (static merge deployment: installed at each JVM start, before the first "
+             "heartbeat, not by vkprovider); repeatable")
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
@@ -180,6 +190,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         web_port=args.web_port if args.web_port is not None else (8080 if args.base_ips else None),
         seed=args.seed,
         behaviour=behaviour,
+        static_bizs=tuple(args.static_biz),
     )
 
 

@@ -74,8 +74,22 @@ async def _stop_base(request: web.Request) -> web.Response:
 
 
 async def _start_base(request: web.Request) -> web.Response:
+    """Start the base's JVM; an optional body ``{"staticBizs": ["name:version", ...]}`` names the bizs it ships
+    from this start on (without: those it shipped before)."""
     base = _base_or_404(request)
-    await base.start()
+    raw = await request.read()
+    static: tuple[tuple[str, str], ...] | None = None
+    if raw.strip():
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return _json({"error": "body is not JSON"}, status=400)
+        entries = body.get("staticBizs") if isinstance(body, dict) else None
+        if not isinstance(entries, list) or not all(isinstance(e, str) and e.count(":") == 1
+                                                    and all(e.split(":")) for e in entries):
+            return _json({"error": "staticBizs must be a list of 'name:version'"}, status=400)
+        static = tuple((e.split(":")[0], e.split(":")[1]) for e in entries)
+    await base.start(static)
     return _json({"identity": base.identity, "running": base.running, "port": base.port})
 
 

@@ -71,6 +71,9 @@ class SimConfig:
     web_port: int | None = None
     seed: int | None = None
     behaviour: ArkletBehaviour = field(default_factory=ArkletBehaviour)
+    # (name, version) of the bizs each JVM starts with (static merge deployment): installed directly at each start,
+    # before the first heartbeat, as SOFAArk starts the bizs in the base's image
+    static_bizs: tuple[tuple[str, str], ...] = ()
 
 
 class SimBase:
@@ -89,6 +92,8 @@ class SimBase:
         self.heartbeats_sent = 0
         self.heartbeat_failures = 0
         self.biz_health: dict[str, BizHealth] = {}  # a test's knob: what /<biz>/health answers (kept over restarts)
+        self.static_bizs = config.static_bizs  # what the next JVM start ships (``start`` may change it)
+        self._fresh = True  # a new JVM: its static bizs are not installed yet
         self._heartbeat_body: bytes | None = None
         self._sender: HeartbeatSender | None = None
         self._own_session: aiohttp.ClientSession | None = None  # heartbeats from this base's own address
@@ -171,10 +176,18 @@ class SimBase:
         else:
             self.heartbeat_failures += 1
 
-    async def start(self) -> None:
-        """Start the JVM: arklet listens, then heartbeats begin. Called after ``stop`` it is a restart."""
+    async def start(self, static_bizs: tuple[tuple[str, str], ...] | None = None) -> None:
+        """Start the JVM: its static bizs are installed (``static_bizs``, else as before), arklet listens, then
+        heartbeats begin. Called after ``stop`` it is a restart; after a partition the same JVM reconnects."""
         if self.running:
             return
+        if static_bizs is not None:
+            self.static_bizs = static_bizs
+        if self._fresh:
+            self._fresh = False
+            self.arklet.boot()
+            for name, version in self.static_bizs:
+                await self.arklet.install_direct(name, version, f"file:///tmp/{name}-{version}.jar")
         if self.web is not None and not self.web.listening:
             await self.web.start()
         if self.mqtt is not None:
@@ -232,6 +245,7 @@ class SimBase:
         stats = (self.arklet.install_calls, self.arklet.uninstall_calls, self.arklet.calls_by_biz,
                  self.arklet.batch_calls)
         # A new JVM: its CPU ticks count from its start again; it does the same work.
+        self._fresh = True
         self.arklet = SimArklet(self._sim.config.behaviour, rng=random.Random(self._sim.rng.random()),
                                 usage=self.arklet.usage)
         # Call counters describe what vkprovider did to this base; they survive the restart.

@@ -27,7 +27,7 @@ from typing import Any
 from vkprovider.config import ModuleSettings
 from vkprovider.controllers.bases import BaseRegistry, BaseView
 from vkprovider.controllers.bizlog import BizLog
-from vkprovider.controllers.fence import VnodeScope, VnodeWrites
+from vkprovider.controllers.fence import VnodeScope, VnodeWrites, node_ref
 from vkprovider.controllers.modules.commands import CommandRunner, now_ms
 from vkprovider.controllers.modules.records import PodIndex, PodRecord
 from vkprovider.controllers.modules.status import PodStatusQueue
@@ -49,6 +49,17 @@ from vkprovider.core.podstatus import (
 )
 from vkprovider.core.prober import ContainerProbeState
 from vkprovider.core.sanitize import MAX_LOG_TEXT, clean
+from vkprovider.core.staticbizs import (
+    ANNOTATION_STATIC_BIZS,
+    Recorded,
+    StaticBizs,
+    Verdict,
+    base_start_ms,
+    decode,
+    judge,
+    parse_patterns,
+    to_record,
+)
 from vkprovider.kube.client import ApiError
 from vkprovider.probes import ContainerInput, ProbeManager
 from vkprovider.tunnels.base import TunnelError
@@ -112,7 +123,9 @@ class BasePass:
                  commands: CommandRunner, statuses: PodStatusQueue, bizlog: BizLog, probes: ProbeManager,
                  stops: GracefulStops, *,
                  clock: Callable[[], float], revision_of: Callable[[Mapping[str, Any]], int],
-                 ready_hold: Callable[[Mapping[str, Any]], str | None]) -> None:
+                 ready_hold: Callable[[Mapping[str, Any]], str | None],
+                 node_annotation: Callable[[str, str], str | None] = lambda node, key: None,
+                 ask_health: Callable[[str], None] = lambda node: None) -> None:
         self._cfg = cfg
         self._registry = registry
         self._index = index
@@ -125,12 +138,18 @@ class BasePass:
         self._clock = clock
         self._revision_of = revision_of
         self._ready_hold = ready_hold
+        self._node_annotation = node_annotation
+        self._ask_health = ask_health
         self.read_at: dict[str, float] = {}
+        self.read_ok_at: dict[str, float] = {}  # when the latest successful biz list read was sent
+        self.recorded: dict[str, Recorded] = {}  # the static bizs this replica wrote on the Node
         self.quiet: dict[str, Quiet] = {}
 
     def forget(self, node: str) -> None:
         """Start afresh with ``node`` (gained, lost, or its base gone)."""
         self.read_at.pop(node, None)
+        self.read_ok_at.pop(node, None)
+        self.recorded.pop(node, None)
         self.quiet.pop(node, None)
 
     async def run(self, node: str) -> float | None:
@@ -189,8 +208,11 @@ class BasePass:
                                  revision=self._revision_of(pod), strategy=facts.modules.strategy, stopping=stopping,
                                  restart=restart))
         ledger.expire_baselines(now, self._cfg.baseline_wait_s)
-        plan = plan_base(wants, ledger, now=now, orphan_grace_s=self._cfg.orphan_grace_s)
+        static, verdict = await self._static_bizs(scope, view, wants)
+        plan = plan_base(wants, ledger, now=now, orphan_grace_s=self._cfg.orphan_grace_s, static=static)
         ledger.planned(plan.wanted, plan.released, plan.orphans)
+        if plan.health_wanted and reachable:
+            self._ask_health(node)
         if reachable and ledger.bizs is not None:
             if plan.install:
                 self._commands.start_installs(view, plan.install, plan.replace)
@@ -213,6 +235,7 @@ class BasePass:
                                      now)
         if (recheck is None and plan.is_idle() and not refused and self._statuses.queued == queued
                 and ledger.settled() and ledger.version == quiet.ledger and all(map(_settled, pods))
+                and verdict in (Verdict.SETTLED, Verdict.ASK_HEALTH)
                 and not any(self._statuses.busy(r.key) for r in module_records)):
             self.quiet[node] = quiet
         waits = [next_poll]
@@ -234,10 +257,53 @@ class BasePass:
             ledger.read_failed(clean(exc, MAX_LOG_TEXT))
             return
         self._registry.answered(view.node)
-        self.read_at[view.node] = now
+        self.read_at[view.node] = self.read_ok_at[view.node] = now
         before = dict(ledger.bizs or {})
         if ledger.apply_read(token, bizs):
             self.log_changes(view.node, before, ledger.bizs or {})
+
+    # --- bizs that ship inside the base ---------------------------------------------------------------
+    async def _static_bizs(self, scope: VnodeScope, view: BaseView,
+                           wants: list[PodWant]) -> tuple[StaticBizs, Verdict]:
+        """The base's static bizs for this pass (``core.staticbizs``): the setting, the heartbeat, and what was
+        recorded at the base's start, recorded now when the latest health reading shows a new start and a biz
+        list read after it is in."""
+        node, ledger = view.node, view.ledger
+        declared = view.heartbeat.static_bizs
+        patterns = self._cfg.static_bizs + (parse_patterns(declared) if declared else ())
+        recorded = self.recorded.get(node)
+        if recorded is None:  # read back from the Node once (a restart, a takeover); only this replica writes it
+            recorded = decode(self._node_annotation(node, ANNOTATION_STATIC_BIZS))
+            if recorded is not None:
+                self.recorded[node] = recorded
+        reading = view.reading
+        start = base_start_ms(reading.at, reading.health.uptime_s) if reading is not None else None
+        health_at = view.health_at if reading is not None else None
+        verdict = judge(recorded, start, health_at, self.read_ok_at.get(node))
+        settled_at = health_at if verdict is Verdict.SETTLED else None
+        if verdict is Verdict.READ:
+            ledger.request_read()
+        elif verdict is Verdict.RECORD and start is not None and ledger.bizs is not None:
+            owned = {s.key for w in wants for s in w.bizs} | set(ledger.inflight) | set(ledger.known)
+            recorded = to_record(start, ledger.bizs, [k for k in ledger.bizs if k not in owned])
+            settled_at = health_at
+            await self._record(scope, node, recorded)
+        return StaticBizs(patterns, recorded.bizs if recorded is not None else frozenset(), settled_at), verdict
+
+    async def _record(self, scope: VnodeScope, node: str, recorded: Recorded) -> None:
+        """Write the recorded static bizs on the Node (the next pass tries again when the write fails)."""
+        try:
+            await scope.patch_node({"metadata": {"annotations": {ANNOTATION_STATIC_BIZS: recorded.encode()}}})
+        except ApiError as exc:
+            log.info("recording the static bizs of %s failed: %s", node, clean(exc, MAX_LOG_TEXT),
+                     extra={"node": node})
+            return
+        self.recorded[node] = recorded
+        names = ", ".join(sorted(str(k) for k in recorded.bizs)) or "no biz"
+        started = second_to_iso(recorded.started_at_ms // 1000)
+        scope.normal(node_ref(node), "StaticBizsRecorded",
+                     f"the base started at {started} with {names} inside (left alone by the orphan clean-up)")
+        log.info("base %s started at %s with %s inside", node, started, names, extra={"node": node})
 
     def log_changes(self, node: str, before: Mapping[BizKey, BizInfo], after: Mapping[BizKey, BizInfo]) -> None:
         for key, info in after.items():

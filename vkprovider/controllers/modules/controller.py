@@ -65,9 +65,13 @@ class ModuleController:
                  revision_of: Callable[[Mapping[str, Any]], int] = lambda pod: 0,
                  ready_hold: Callable[[Mapping[str, Any]], str | None] = lambda pod: None,
                  refs: ConfigRefs | None = None,
-                 allocatable: Callable[[str], Mapping[str, str]] = lambda node: {}) -> None:
+                 allocatable: Callable[[str], Mapping[str, str]] = lambda node: {},
+                 node_annotation: Callable[[str, str], str | None] = lambda node, key: None,
+                 ask_health: Callable[[str], None] = lambda node: None) -> None:
         """``refs``: where a container's ConfigMaps and Secrets are read (None: only literal configuration);
-        ``allocatable(node)``: the vnode's allocatable (a resourceFieldRef without a limit reads it)."""
+        ``allocatable(node)``: the vnode's allocatable (a resourceFieldRef without a limit reads it);
+        ``node_annotation(node, key)``: an annotation of the vnode's Node as the informer shows it (the static bizs
+        recorded, ``core.staticbizs``); ``ask_health(node)``: start a read of the base's health now."""
         self.cfg = cfg
         self.registry = registry
         self.writes = writes
@@ -84,7 +88,8 @@ class ModuleController:
                                       configure=self._configure)
         self.stops = GracefulStops(writes, cfg.url_policy, done=self._requeue)
         self.bases = BasePass(cfg, registry, self.index, writes, self.commands, self.statuses, self.bizlog,
-                              self.probes, self.stops, clock=clock, revision_of=revision_of, ready_hold=ready_hold)
+                              self.probes, self.stops, clock=clock, revision_of=revision_of, ready_hold=ready_hold,
+                              node_annotation=node_annotation, ask_health=ask_health)
         self.queue = WorkQueue("module", self.bases.run, workers=cfg.workers)
 
     async def run(self) -> None:
