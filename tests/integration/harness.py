@@ -155,6 +155,10 @@ class SimProcess:
     async def activate_base(self, identity: str) -> None:
         await self.call("POST", f"/bases/{identity}/activate")
 
+    async def set_metaspace(self, identity: str, used_mb: float) -> None:
+        """The base's JVM uses this much metaspace (MiB) from now on; vkprovider sees it at its next health read."""
+        await self.call("POST", f"/bases/{identity}/metaspace", params={"usedMb": str(used_mb)})
+
     async def hold_biz_lists(self, identity: str) -> None:
         """MQTT bases: take and stamp queryAllBiz answers but do not publish them (a delaying broker)."""
         await self.call("POST", f"/bases/{identity}/hold-biz-lists")

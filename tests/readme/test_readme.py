@@ -334,3 +334,36 @@ def test_the_release_walkthrough_as_printed(make_run: MakeRun) -> None:
     finally:
         kc(kubectl, "delete", "-f", "samples/module-deployment-batched.yaml", "--wait=true", "--ignore-not-found",
            timeout=120)
+
+
+def test_the_memory_pressure_lines_as_printed(make_run: MakeRun) -> None:
+    """The README's memory-pressure lines, run as printed: the control API call fills a base's metaspace, and within
+    the health interval the kubectl line shows the kubelet's reason and the node-lifecycle controller's taint. The
+    pressure is cleared afterwards (the README's ``usedMb=90``), so the demo stays as the README describes it."""
+    kubectl = kubectl_argv(yaml.safe_load((REPO / ".local" / "cluster" / "state.json").read_text())["kcp"])
+    fill, look = code_block_after("To put a base under memory pressure")
+    assert fill.startswith("curl ") and "usedMb=480" in fill and "usedMb=90" in README
+    node = shlex.split(look)[5]
+    wait_for_sync(lambda: kc(kubectl, "get", "node", node, check=False).returncode == 0, timeout=60, interval=0.5,
+                  what=f"make run's {node}")
+    shown: dict[str, str] = {}
+
+    def says(reason: str, tainted: bool) -> bool:
+        shown["out"] = sh(readme_kubectl(look, kubectl)).stdout.strip()
+        words = shown["out"].split()
+        return bool(words) and words[0] == reason and \
+            ("node.kubernetes.io/memory-pressure" in words[1:]) is tainted
+
+    try:
+        started = time.monotonic()
+        assert '"metaspaceUsedMb":480' in sh(shlex.split(fill)).stdout.replace(" ", "")
+        try:
+            wait_for_sync(lambda: says("KubeletHasInsufficientMemory", True), timeout=90, interval=1.0,
+                          what="MemoryPressure and its taint on make run's base")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {shown}") from None
+        figure(f"readme_pressure_shown_s = {time.monotonic() - started:.1f}")
+    finally:
+        sh(shlex.split(fill.replace("usedMb=480", "usedMb=90")))
+        wait_for_sync(lambda: says("KubeletHasSufficientMemory", False), timeout=90, interval=1.0,
+                      what="the pressure cleared again")

@@ -233,3 +233,21 @@ async def test_direct_install_is_not_counted_and_reset_stats() -> None:
     await arklet.handle("installBiz", _install_body())
     arklet.reset_stats()
     assert (arklet.install_calls, arklet.calls_by_biz) == (0, {})
+
+
+async def test_a_bases_metaspace_use_can_be_set_and_health_reports_it_as_arklet_does() -> None:
+    """The control API's knob for memory pressure: used metaspace of one base (committed follows it up); the max
+    heap in arklet's own key and unit (MiB); every health question counted."""
+    mib = 1024 * 1024
+    arklet = _arklet(metaspace_max_bytes=512 * mib, metaspace_committed_bytes=96 * mib, metaspace_used_bytes=90 * mib)
+    health = wire.parse_health((await arklet.handle("health", {}))["data"])
+    assert (health.memory_used_bytes, health.memory_committed_bytes) == (90 * mib, 96 * mib)
+    assert health.heap_max_bytes == 2048 * mib
+    arklet.set_metaspace_used(480 * mib)
+    health = wire.parse_health((await arklet.handle("health", {}))["data"])
+    assert (health.memory_max_bytes, health.memory_committed_bytes, health.memory_used_bytes) == (
+        512 * mib, 480 * mib, 480 * mib)
+    arklet.set_metaspace_used(100 * mib)
+    health = wire.parse_health((await arklet.handle("health", {}))["data"])
+    assert (health.memory_committed_bytes, health.memory_used_bytes) == (100 * mib, 100 * mib)
+    assert arklet.health_calls == 3

@@ -450,3 +450,19 @@ def test_identity_must_fit_the_node_name_of_its_env() -> None:
         wire.parse_heartbeat(_heartbeat(baseMetadata__identity=fits + "b"), env="dev")
     with pytest.raises(wire.WireError, match="identity too long"):
         wire.parse_base_metadata(_heartbeat(baseMetadata__identity=fits + "b")["baseMetadata"], env="dev")
+
+
+@pytest.mark.parametrize(
+    ("jvm", "heap"),
+    [
+        ({"max heap memory(M)": 6028.0}, 6028 * 1024 * 1024),  # a real base (docs/protocol.md): MiB, a float
+        ({"max heap memory(M)": 0.5}, 512 * 1024),
+        ({"max heap memory(M)": -1}, None),
+        ({"max heap memory(M)": "6028"}, None),
+        ({"max heap memory(M)": float("inf")}, None),
+        ({}, None),
+    ],
+)
+def test_parse_health_reads_the_max_heap_in_mib(jvm: dict[str, Any], heap: int | None) -> None:
+    """The vnode's memory when the base has no max metaspace (-1, the JVM's default) is its max heap."""
+    assert wire.parse_health({"healthData": {"jvm": jvm}}).heap_max_bytes == heap

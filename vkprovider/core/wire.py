@@ -303,6 +303,13 @@ def _optional_int(value: object) -> int | None:
     return int(value)
 
 
+def _mib_to_bytes(value: object) -> int | None:
+    """Arklet's ``... (M)`` figures (MiB, a float) in bytes; ``None`` for missing, non-positive or non-numeric."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        return None
+    return int(value * 1024 * 1024)
+
+
 def _optional_str(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
@@ -326,6 +333,7 @@ def parse_health(data: object) -> BaseHealth:
         memory_max_bytes=_optional_int(jvm.get("java max metaspace")),
         memory_committed_bytes=_optional_int(jvm.get("java committed metaspace")),
         memory_used_bytes=_optional_int(jvm.get("java used metaspace")),
+        heap_max_bytes=_mib_to_bytes(jvm.get("max heap memory(M)")),
         master_biz_name=_optional_str(master.get("bizName")),
         master_biz_version=_optional_str(master.get("bizVersion")),
         master_biz_state=(_optional_str(master.get("bizState")) or "").upper() or None,

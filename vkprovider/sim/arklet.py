@@ -50,6 +50,7 @@ class ArkletBehaviour:
     metaspace_max_bytes: int = 512 * 1024 * 1024
     metaspace_committed_bytes: int = 96 * 1024 * 1024
     metaspace_used_bytes: int = 90 * 1024 * 1024
+    heap_max_mb: float = 2048.0  # "max heap memory(M)", as arklet says it (MiB)
     master_biz_name: str = "base"
     master_biz_version: str = "1.0.0"
     query_latency_s: float = 0.0  # queryAllBiz takes this long (reads overtaken by command answers)
@@ -147,6 +148,8 @@ class SimArklet:
         self.batch_calls = 0
         self.calls_by_biz: dict[str, list[int]] = {}  # name:version -> [installs, uninstalls]
         self.state = "activated"  # the base itself (masterBizInfo): "deactivated" while shutting down
+        self.metaspace_used: int | None = None  # set through the control API (None: the behaviour's)
+        self.health_calls = 0
 
     # --- dispatch ----------------------------------------------------------------------------------------
 
@@ -199,16 +202,24 @@ class SimArklet:
             listed.append({"bizName": "mystery", "bizState": "activated"})
         return listed
 
+    def set_metaspace_used(self, used_bytes: int) -> None:
+        """This JVM's metaspace use from now on (memory pressure); committed follows it up, as the JVM commits
+        metaspace while it loads classes. A restart (a new SimArklet) starts from the behaviour's again."""
+        self.metaspace_used = used_bytes
+
     def health(self) -> Envelope:
+        self.health_calls += 1
         b = self.behaviour
+        used = b.metaspace_used_bytes if self.metaspace_used is None else self.metaspace_used
         return {
             "code": "SUCCESS",
             "data": {
                 "healthData": {
                     "jvm": {
                         "java max metaspace": b.metaspace_max_bytes,
-                        "java committed metaspace": b.metaspace_committed_bytes,
-                        "java used metaspace": b.metaspace_used_bytes,
+                        "java committed metaspace": max(b.metaspace_committed_bytes, used),
+                        "java used metaspace": used,
+                        "max heap memory(M)": b.heap_max_mb,
                         "java max memory": 2 * 1024 * 1024 * 1024,
                         "java used memory": 300 * 1024 * 1024,
                     },

@@ -4,6 +4,8 @@ Routes: ``GET /bases``, ``GET /stats``, ``POST /bases?count=N``, ``POST /bases/{
 ``?partition=true``: the network to it is cut, it keeps its bizs), ``POST /bases/{identity}/start``,
 ``POST /bases/{identity}/bizs`` (install an orphan biz directly),
 ``POST /bases/{identity}/deactivate`` and ``.../activate`` (graceful shutdown and back),
+``POST /bases/{identity}/metaspace?usedMb=N`` (the JVM's used metaspace from now on, in MiB: memory pressure once
+vkprovider next reads its health; a restart of the base starts from ``--metaspace-used-mb`` again),
 ``POST /bases/{identity}/hold-biz-lists`` and ``.../release-biz-lists?count=N`` (MQTT bases: queryAllBiz answers
 are held back, then published late with their original publishTimestamp, the N oldest, the rest dropped),
 ``POST /reset-stats``.
@@ -82,6 +84,20 @@ async def _activate(request: web.Request) -> web.Response:
     return _json({"identity": base.identity, "state": "activated"})
 
 
+async def _set_metaspace(request: web.Request) -> web.Response:
+    base = _base_or_404(request)
+    raw = request.query.get("usedMb", "")
+    try:
+        used_mb = float(raw)
+    except ValueError:
+        used_mb = -1.0
+    if not 0 <= used_mb < 1024 * 1024:  # NaN and inf fail it too
+        return _json({"error": "usedMb must be a number of MiB >= 0"}, status=400)
+    base.arklet.set_metaspace_used(int(used_mb * 1024 * 1024))
+    max_mb = _sim(request).config.behaviour.metaspace_max_bytes / (1024 * 1024)
+    return _json({"identity": base.identity, "metaspaceUsedMb": base.metaspace_used_mb(), "metaspaceMaxMb": max_mb})
+
+
 async def _install_orphan(request: web.Request) -> web.Response:
     base = _base_or_404(request)
     if not base.running:
@@ -143,6 +159,7 @@ async def start_control_api(sim: Simulator, host: str, port: int) -> tuple[web.A
     app.router.add_post("/bases/{identity}/bizs", _install_orphan)
     app.router.add_post("/bases/{identity}/deactivate", _deactivate)
     app.router.add_post("/bases/{identity}/activate", _activate)
+    app.router.add_post("/bases/{identity}/metaspace", _set_metaspace)
     app.router.add_post("/bases/{identity}/hold-biz-lists", _hold_biz_lists)
     app.router.add_post("/bases/{identity}/release-biz-lists", _release_biz_lists)
     app.router.add_post("/reset-stats", _reset_stats)

@@ -42,6 +42,7 @@ class SimConfig:
     identity_prefix: str = "sim"
     zones: tuple[str, ...] = ()
     stack: str | None = None
+    max_pods: str | None = None  # the base.koupleless.io/max-pods label the bases send (their own pod capacity)
     token: str | None = None
     token_secret: str | None = None  # per-base tokens: base_token(secret, identity), as `vkprovider token` prints
     env: str = "default"
@@ -131,6 +132,8 @@ class SimBase:
             labels["topology.kubernetes.io/zone"] = self.zone
         if config.stack:
             labels["base.koupleless.io/stack"] = config.stack
+        if config.max_pods:
+            labels["base.koupleless.io/max-pods"] = config.max_pods
         if labels:
             body["labels"] = labels
         return body
@@ -195,6 +198,10 @@ class SimBase:
         (self.arklet.install_calls, self.arklet.uninstall_calls, self.arklet.calls_by_biz,
          self.arklet.batch_calls) = stats
 
+    def metaspace_used_mb(self) -> float:
+        used = self.arklet.metaspace_used
+        return (self._sim.config.behaviour.metaspace_used_bytes if used is None else used) / (1024 * 1024)
+
     def describe(self) -> dict[str, Any]:
         config = self._sim.config
         return {
@@ -206,6 +213,8 @@ class SimBase:
             "zone": self.zone,
             "running": self.running,
             "state": self.arklet.state,
+            "metaspaceUsedMb": self.metaspace_used_mb(),
+            "healthCalls": self.arklet.health_calls,
             "bizs": [
                 {"bizName": b.name, "bizVersion": b.version, "bizState": b.state}
                 for b in self.arklet.bizs.values()
