@@ -28,10 +28,10 @@ lint: setup ## ruff, mypy --strict and the import-linter layer contracts
 test-unit: setup ## Pure unit tests (no cluster)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: setup kcp ## Integration tests against the real local control plane and the base simulator
+test-integration: setup kcp metrics-server ## Integration tests against the real local control plane and the base simulator
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
-test: setup lint kcp test-deps java-build image chart-tools ## Lint plus every test tier (unit, integration, e2e with real Koupleless bases, the image, the chart)
+test: setup lint kcp test-deps java-build image chart-tools metrics-server ## Lint plus every test tier (unit, integration, e2e with real Koupleless bases, the image, the chart)
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 test-deps: image-deps ## System packages the tests start (mosquitto; podman, debootstrap for the image), installed when missing

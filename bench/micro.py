@@ -1,14 +1,20 @@
 """CPU per request of vkprovider's hot HTTP paths, next to aiohttp doing the same: the evidence for vkprovider/http1.py.
 
-    python -m bench.micro            # both; writes bench/results/micro.json
+    python -m bench.micro            # heartbeat and patch; writes bench/results/micro.json
     python -m bench.micro heartbeat  # no cluster needed
     python -m bench.micro patch      # starts the local control plane in .local/micro-cluster
+    python -m bench.micro probes     # no cluster needed (about 50 s)
 
 - heartbeat: a client process sends heartbeats at 100 a second over keep-alive connections; the server process's
   CPU per heartbeat is measured for a bare aiohttp handler and for vkprovider's heartbeat listener (HttpTunnel on
   http1, token check, parse, a stand-in for the controllers that accepts every heartbeat).
 - patch: Lease renewals (a merge PATCH with a resourceVersion precondition, over TLS) one at a time and eight at a
   time, through an aiohttp ClientSession and through vkprovider's Kube client; the client's CPU per request.
+
+- probes: 1,000 module pods, each with an HTTP readiness probe every 10 s (100 checks a second), run by
+  vkprovider.probes.ProbeManager against a web server in another process; the manager process's CPU per check, the
+  share of one core it takes at that rate, and the CPU of one ``sync`` of an unchanged pod (the controller calls it
+  for every pod after each pass over a base).
 
 Process CPU (time.process_time) over a fixed amount of work, so it does not depend on the machine's other load as
 much as wall time does; on a 2-core machine run it alone.
@@ -182,6 +188,74 @@ def cluster(action: str) -> None:
     subprocess.run([*cmd, "--purge"] if action == "down" else cmd, check=action == "up", capture_output=True)
 
 
+# ------------------------------------------------------------------------------------------------ probes
+
+PROBE_PODS = 1000
+PROBE_PERIOD_S = 10
+PROBE_MEASURE_S = 40.0
+
+
+async def probe_server() -> None:
+    """A biz's health endpoint in its own process (its CPU is not the manager's); prints its port."""
+    async def health(request: web.Request) -> web.Response:
+        return web.Response(text='{"status":"UP"}', content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/biz1/health", health)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+    await site.start()
+    print(runner.addresses[0][1], flush=True)
+    await asyncio.Event().wait()
+
+
+async def probes() -> dict[str, float]:
+    from vkprovider.core.probe import ContainerProbes, HttpGet, ProbeKind, ProbeSpec
+    from vkprovider.probes import ContainerInput, ProbeManager
+
+    server = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.micro", "probe-server", cwd=ROOT,
+                                                  stdout=asyncio.subprocess.PIPE)
+    assert server.stdout is not None
+    port = int((await server.stdout.readline()).decode())
+    changes = 0
+
+    def on_change(pod_key: str) -> None:
+        nonlocal changes
+        changes += 1
+
+    manager = ProbeManager(on_change=on_change)
+    spec = ProbeSpec(ProbeKind.READINESS, HttpGet(port, "/biz1/health"), period_s=PROBE_PERIOD_S)
+    probes = ContainerProbes("biz1", readiness=spec)
+    start = time.monotonic()
+    inputs = []
+    for i in range(PROBE_PODS):
+        # activation times spread over one period ahead: the steady state of pods that started at random times
+        inputs.append({"biz1": ContainerInput(probes, activated_at=start + i * PROBE_PERIOD_S / PROBE_PODS)})
+        manager.sync(f"bench/p{i}", f"u{i}", "127.0.0.1", inputs[-1])
+    await asyncio.sleep(PROBE_PERIOD_S + 1)  # every pod probed once (and Ready): the steady state
+    ready = sum(manager.state(f"bench/p{i}")["biz1"].ready for i in range(PROBE_PODS))
+    checks0, cpu0, wall0 = manager.checks_run, time.process_time(), time.monotonic()
+    await asyncio.sleep(PROBE_MEASURE_S)
+    cpu, wall, checks = time.process_time() - cpu0, time.monotonic() - wall0, manager.checks_run - checks0
+    sync0 = time.process_time()
+    for _ in range(5):
+        for i in range(PROBE_PODS):
+            manager.sync(f"bench/p{i}", f"u{i}", "127.0.0.1", inputs[i])
+    sync_cpu = time.process_time() - sync0
+    await manager.close()
+    server.kill()
+    await server.wait()
+    if ready != PROBE_PODS or changes != PROBE_PODS:
+        raise RuntimeError(f"{ready} of {PROBE_PODS} pods ready after one period, {changes} changes")
+    return {
+        "probe_checks_per_second": round(checks / wall, 1),
+        "probe_check_cpu_ms": round(1000 * cpu / checks, 3),
+        "probe_cpu_percent_of_one_core": round(100 * cpu / wall, 2),
+        "probe_sync_unchanged_pod_cpu_us": round(1e6 * sync_cpu / (5 * PROBE_PODS), 2),
+    }
+
+
 # ------------------------------------------------------------------------------------------------- main
 
 
@@ -190,6 +264,8 @@ async def main(which: list[str]) -> dict[str, float]:
     if "heartbeat" in which:
         for kind in ("aiohttp", "vkprovider"):
             found[f"heartbeat_server_cpu_ms_{kind}"] = await heartbeat_server(kind)
+    if "probes" in which:
+        found.update(await probes())
     if "patch" in which:
         cluster("down")
         cluster("up")
@@ -206,9 +282,14 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["heartbeat-client"]:
         uvloop.run(heartbeat_client(int(sys.argv[2])))
         sys.exit(0)
+    if sys.argv[1:2] == ["probe-server"]:
+        uvloop.run(probe_server())
+        sys.exit(0)
     wanted = sys.argv[1:] or ["heartbeat", "patch"]
     results = uvloop.run(main(wanted))
     for key, value in results.items():
         print(f"{key:48} {value:8.3f}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "micro.json").write_text(json.dumps({"scenario": "micro", "metrics": results}, indent=2) + "\n")
+    path = RESULTS / "micro.json"
+    kept = json.loads(path.read_text()).get("metrics", {}) if path.exists() else {}  # a partial run keeps the rest
+    path.write_text(json.dumps({"scenario": "micro", "metrics": {**kept, **results}}, indent=2) + "\n")

@@ -47,7 +47,7 @@ def thread_waits_s(pid: int) -> dict[int, float]:
 def runqueue_wait_s(pid: int) -> float:
     """Seconds ``pid``'s live threads have spent runnable but waiting for a CPU: how much a process was starved by
     the others on a saturated machine. The bench's components keep their threads for their lifetime; a delta that
-    a thread's end made negative is read as no wait (`Bench.cores_used`)."""
+    a thread's end made negative is read as no wait (`bench.cores.cores_used`)."""
     return sum(thread_waits_s(pid).values())
 
 

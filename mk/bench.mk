@@ -1,4 +1,4 @@
-# Benchmarks: the local control plane, the simulator and vkprovider as separate processes (bench/run.py).
+# Benchmarks: the local control plane, the simulator and vkprovider as separate processes (bench/run.py, bench/scenarios/).
 # They report (bench/results/<scenario>.json + .png, a table on stdout); they never fail `make test`.
 BENCH_ARGS ?=
 

@@ -5,7 +5,7 @@ CLUSTER_DIR ?= .local/cluster
 CLUSTER_ARGS ?=
 LOCALCLUSTER = $(PY) hack/controlplane/localcluster.py
 
-.PHONY: kcp cluster cluster-down cluster-purge cluster-status
+.PHONY: kcp cluster cluster-down cluster-purge cluster-status metrics-server
 
 kcp: ## Build the control-plane binary for K8S_VERSION (cached in ~/.cache/vkprovider; no-op when current)
 	@hack/controlplane/build.sh $(K8S_VERSION) >/dev/null
@@ -23,3 +23,6 @@ cluster-purge: ## Stop the local control plane and delete its data, certificates
 
 cluster-status: ## Show whether the local control plane is up
 	@$(LOCALCLUSTER) status --dir $(CLUSTER_DIR)
+
+metrics-server: ## Build metrics-server (go install from the Go module proxy, cached; make run then starts it: kubectl top node)
+	@hack/controlplane/metrics-server.sh >/dev/null

@@ -33,6 +33,7 @@ from vkprovider.config import (
 from vkprovider.controllers.admission import Admission
 from vkprovider.controllers.bases import BaseRegistry
 from vkprovider.controllers.bizlog import BizLog
+from vkprovider.controllers.drain import BasePodWatch, DrainController
 from vkprovider.controllers.fence import VnodeWrites
 from vkprovider.controllers.modules import ModuleController
 from vkprovider.controllers.nodes import NodeController
@@ -46,9 +47,12 @@ from vkprovider.controllers.ownership import (
 from vkprovider.controllers.releases import ReleaseController
 from vkprovider.core import node as vnode
 from vkprovider.core.module import MODULE_LABEL_VALUE, MODULE_LABELS, is_module_pod, trim_pod
+from vkprovider.core.node import BaseReadiness
+from vkprovider.core.stats import Reading
 from vkprovider.kube.client import ApiError, Kube
 from vkprovider.kube.events import EventRecorder
 from vkprovider.kube.informer import Informer, UnionCache
+from vkprovider.kube.refs import RefStore
 from vkprovider.process import default_address, default_architecture, return_free_memory_forever
 from vkprovider.supervisor import Supervisor
 from vkprovider.tunnels.base import Tunnel
@@ -105,6 +109,20 @@ class _KubeletSource:
 
     def follow(self, node: str, name: str, version: str) -> Any:
         return self._provider.bizlog.follow(node, name, version)
+
+    def readings(self, node: str) -> tuple[Reading | None, Reading | None]:
+        view = self._provider.registry.get(node)
+        return (view.reading, view.earlier_reading) if view is not None else (None, None)
+
+    def base_ready(self, node: str) -> bool:
+        view = self._provider.registry.get(node)
+        unreachable_after = self._provider.settings.base_unreachable_after_s
+        return view is not None and view.readiness(self._provider.clock(), unreachable_after) is BaseReadiness.READY
+
+    async def read_health(self, node: str, timeout_s: float) -> None:
+        controller = getattr(self._provider, "node_controller", None)
+        if controller is not None:
+            await controller.read_health(node, timeout_s)
 
 
 class Provider:
@@ -186,19 +204,32 @@ class Provider:
         self.writes = writes = VnodeWrites(keeper, kube, events, tunnels)
         node_controller = self.node_controller = NodeController(node_settings(s), self.registry, nodes, keeper,
                                                                 writes, node_cfg, clock=self.clock, wall=wall)
+        self.refs = refs = RefStore(kube)
         module_controller = self.module_controller = ModuleController(
             module_settings(s), self.registry, writes, clock=self.clock, bizlog=self.bizlog,
-            revision_of=releases.revision_of, ready_hold=releases.ready_hold)
+            revision_of=releases.revision_of, ready_hold=releases.ready_hold, refs=refs,
+            allocatable=lambda node: ((nodes.get(node) or {}).get("status") or {}).get("allocatable") or {})
+        refs.on_change(module_controller.on_refs_changed)
         self.admission = Admission(admission_settings(s), self.registry, node_changed=node_controller.queue.add,
                                    modules=module_controller)
+        drain = self.drain_controller = DrainController(
+            self.registry, nodes, writes, pods_on=module_controller.pods_on, clock=self.clock,
+            unreachable_after_s=s.base_unreachable_after_s, timeout_s=s.drain_timeout_s)
+        if s.base_pod_selector:
+            base_pods = Informer(kube, "/api/v1/pods", label_selector=s.base_pod_selector, resource="pods-bases",
+                                 trim_object=trim_pod)
+            base_pods.subscribe(BasePodWatch(self.registry, drain).on_pod_change)
+            self.informers.append(base_pods)
         nodes.subscribe(node_controller.on_node_change)
         nodes.subscribe(releases.on_node_change)
+        nodes.subscribe(drain.on_node_change)
         pods.subscribe(module_controller.on_pod_change)
         pods.subscribe(releases.on_pod_change)
+        pods.subscribe(drain.on_pod_change)
         releases.on_gate_changed.append(module_controller.on_base_changed)
         keeper.on_gained += [node_controller.on_gained, module_controller.on_gained]
-        keeper.on_lost += [node_controller.on_lost, module_controller.on_lost]
-        node_controller.on_base_changed.append(module_controller.on_base_changed)
+        keeper.on_lost += [node_controller.on_lost, module_controller.on_lost, drain.on_lost]
+        node_controller.on_base_changed += [module_controller.on_base_changed, drain.on_base_changed]
 
         spawn = self.supervisor.spawn
         spawn("event-recorder", events.run())
@@ -212,6 +243,8 @@ class Provider:
         spawn("node-controller", node_controller.run())
         spawn("module-controller", module_controller.run())
         spawn("release-controller", releases.run())
+        spawn("drain-controller", drain.run())
+        spawn("config-refs", refs.run())
         await keeper.tick()  # take back what this replica held before a restart, at once
         spawn("lease-keeper", keeper.run())
         spawn("malloc-trim", return_free_memory_forever())

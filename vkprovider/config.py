@@ -176,8 +176,19 @@ class Settings(BaseSettings):
                                       "its MemoryPressure (metaspace use) follow it. 30 s cost 0.5 % of a core at "
                                       "1,000 bases, 10 s 2.7 %. A silent base is asked at once, whatever this says "
                                       "(VKP_BASE_PROBE_AFTER).")
+    base_metrics_max_age_s: float = F(20.0, "VKP_BASE_METRICS_MAX_AGE", "base_metrics_max_age_s", gt=0,
+                                      description="A scrape of a vnode's /metrics/resource (kubectl top node) "
+                                      "asks its base for health first when the last answer is older than this; "
+                                      "bases nobody scrapes are asked only every VKP_BASE_HEALTH_INTERVAL.")
     base_bizs_interval_s: float = F(30.0, "VKP_BASE_QUERY_INTERVAL", "base_bizs_interval_s", gt=0,
                                     description="queryAllBiz period per base (changes the base does not push).")
+    drain_timeout_s: float = F(300.0, "VKP_DRAIN_TIMEOUT", "drain_timeout_s", gt=0,
+                               description="A vnode whose base is going is cordoned and its module pods evicted "
+                               "(PodDisruptionBudgets hold) for at most this long.")
+    base_pod_selector: str = F("", "VKP_BASE_POD_SELECTOR", "base_pod_selector",
+                               description="Label selector of the bases' own pods in this cluster: a base whose pod "
+                               "(matched by pod IP) starts terminating is drained at once. Empty: only a base's "
+                               "DEACTIVATED heartbeat or health answer starts a drain.")
 
     # --- modules --------------------------------------------------------------------------------
     module_orphan_grace_s: float = F(30.0, "VKP_ORPHAN_GRACE", "module_orphan_grace_s", ge=0,
@@ -212,7 +223,7 @@ class Settings(BaseSettings):
     probe_host: str = F("0.0.0.0", "VKP_PROBE_HOST", "probe_host", description="Probe bind address.")
     probe_port: Port = F(8081, "VKP_PROBE_PORT", "probe_port", description="/healthz and /readyz port.")
     kubelet_enabled: bool = F(True, "KUBELET_PROXY_ENABLED", "kubelet_enabled",
-                              description="Serve the vnodes' kubelet API (kubectl logs) over TLS.")
+                              description="Serve the vnodes' kubelet API (kubectl logs, kubectl top node) over TLS.")
     kubelet_port: Port = F(10250, "KUBELET_PROXY_PORT", "kubelet_port", description="Kubelet API port.")
     kubelet_host: str = F("0.0.0.0", "VKP_KUBELET_HOST", "kubelet_host", description="Kubelet API bind address.")
     kubelet_address: str | None = F(None, "VKP_KUBELET_ADDRESS", "kubelet_address",
@@ -285,6 +296,15 @@ class Settings(BaseSettings):
     @classmethod
     def _max_pods_by_base(cls, value: str) -> str:
         parse_max_pods_by_base(value)
+        return value
+
+    @field_validator("base_pod_selector")
+    @classmethod
+    def _selector(cls, value: str) -> str:
+        value = value.strip()
+        if value and not re.fullmatch(r"[A-Za-z0-9_./-]+\s*(=|==|!=)\s*[A-Za-z0-9_.-]*"
+                                      r"(\s*,\s*[A-Za-z0-9_./-]+\s*(=|==|!=)\s*[A-Za-z0-9_.-]*)*", value):
+            raise ValueError("must be a label selector of key=value (or key!=value) terms, comma separated")
         return value
 
     @field_validator("base_networks")

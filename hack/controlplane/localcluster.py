@@ -18,6 +18,15 @@ DIR/state.json) and is stopped by `down`. Needs only the standard library and `c
 `up` writes DIR/admin.kubeconfig (system:masters) and DIR/vkprovider.kubeconfig (user "vkprovider", bound
 only to the ClusterRole made from charts/vkprovider/files/rbac-rules.yaml); with the default --dir the admin
 kubeconfig is also copied to .local/kubeconfig.
+
+    localcluster.py metrics-server [--dir ...] [--binary PATH] [--metric-resolution 15s]
+
+runs a real metrics-server (hack/controlplane/metrics-server.sh builds it) as one more component of the cluster
+(`down` stops it) and registers it as the APIService v1beta1.metrics.k8s.io, so `kubectl top` works. Aggregation
+needs nothing more of the apiserver than its front-proxy flags: the APIService names a Service of type
+ExternalName `localhost`, which the aggregator dials at the APIService's port without kube-proxy or endpoints.
+metrics-server verifies the kubelets it scrapes against the cluster CA, which issues pki/kubelet-serving.crt for
+127.0.0.1 (vkprovider's VKP_KUBELET_TLS_CERT/KEY), and scrapes them as user system:metrics-server.
 """
 
 from __future__ import annotations
@@ -127,7 +136,10 @@ CLIENTS: dict[str, tuple[str, str | None]] = {  # file stem -> (CN, O)
     PROVIDER_USER: (PROVIDER_USER, None),
     # How the apiserver authenticates to kubelets (vkprovider's kubelet API: kubectl logs on module pods).
     "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", "system:masters"),
+    # metrics-server, to the apiserver and to the kubelets it scrapes (ClusterRole system:metrics-server).
+    "metrics-server": ("system:metrics-server", None),
 }
+METRICS_SERVER_SERVICE = "metrics-server.kube-system.svc"  # the name the aggregator checks its certificate for
 
 # With --audit: every request of vkprovider's identity, with its User-Agent (which names the replica): tests see
 # which replica wrote what, and tests/integration/test_zz_rbac.py that vkprovider was never refused and used every
@@ -186,6 +198,11 @@ def ensure_pki(pki: Path) -> None:
                                   "kubernetes.default.svc.cluster.local")]
     sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", "::1", "10.0.0.1")]
     _issue(pki, "apiserver", _name("kube-apiserver"), ca, server=True, sans=sans)
+    local = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    # vkprovider's kubelet API on 127.0.0.1 (VKP_KUBELET_TLS_CERT/KEY), which metrics-server verifies.
+    _issue(pki, "kubelet-serving", _name("vkprovider-kubelet"), ca, server=True, sans=local)
+    _issue(pki, "metrics-server-serving", _name("metrics-server"), ca, server=True,
+           sans=[x509.DNSName(METRICS_SERVER_SERVICE), *local])
     for stem, (cn, org) in CLIENTS.items():
         _issue(pki, stem, _name(cn, org), ca)
     # Front-proxy CA: the request-header authentication of the aggregation layer. Without it the
@@ -356,7 +373,8 @@ def stop_all(cluster_dir: Path, grace_s: float = 10.0) -> list[str]:
     identity lease) until a request timeout, so it is stopped while etcd still answers.
     """
     pids = {n: p for n, p in recorded_pids(cluster_dir).items() if p != os.getpid()}
-    stages = [["watchdog"], ["kube-scheduler", "kube-controller-manager"], ["kube-apiserver"], ["etcd"]]
+    stages = [["watchdog"], ["metrics-server", "kube-scheduler", "kube-controller-manager"], ["kube-apiserver"],
+              ["etcd"]]
     staged = {n for stage in stages for n in stage}
     stages.append([n for n in pids if n not in staged])
     stopped = []
@@ -727,6 +745,127 @@ def start(args: argparse.Namespace, d: Path, kcp: str, old_ports: dict[str, int]
     return state
 
 
+# --------------------------------------------------------------------------------------------- metrics-server
+
+
+def metrics_server_manifest(port: int, ca_pem: bytes) -> str:
+    """metrics-server's rights (as its own manifests give them, to user system:metrics-server), the ExternalName
+    Service the aggregator reaches it through, and the APIService v1beta1.metrics.k8s.io."""
+    user = {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "system:metrics-server"}
+    labels = {"app.kubernetes.io/name": "metrics-server", "app.kubernetes.io/managed-by": "localcluster"}
+    docs: list[dict[str, Any]] = [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": "system:metrics-server", "labels": labels},
+         "rules": [{"apiGroups": [""], "resources": ["nodes/metrics"], "verbs": ["get"]},
+                   {"apiGroups": [""], "resources": ["pods", "nodes"], "verbs": ["get", "list", "watch"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": "system:metrics-server", "labels": labels},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:metrics-server"},
+         "subjects": [user]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": "metrics-server:system:auth-delegator", "labels": labels},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"},
+         "subjects": [user]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": "metrics-server-auth-reader", "namespace": "kube-system", "labels": labels},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                     "name": "extension-apiserver-authentication-reader"},
+         "subjects": [user]},
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": "metrics-server", "namespace": "kube-system", "labels": labels},
+         "spec": {"type": "ExternalName", "externalName": "localhost",
+                  "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}},
+        {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+         "metadata": {"name": "v1beta1.metrics.k8s.io", "labels": labels},
+         "spec": {"group": "metrics.k8s.io", "version": "v1beta1", "groupPriorityMinimum": 100,
+                  "versionPriority": 100, "caBundle": base64.b64encode(ca_pem).decode(),
+                  "service": {"name": "metrics-server", "namespace": "kube-system", "port": port}}},
+    ]
+    return "---\n".join(json.dumps(doc) + "\n" for doc in docs)
+
+
+def metrics_server_binary(args: argparse.Namespace) -> str:
+    if args.binary:
+        return str(Path(args.binary).resolve())
+    out = subprocess.run([str(HERE / "metrics-server.sh")], check=True, stdout=subprocess.PIPE, text=True).stdout
+    return out.strip().splitlines()[-1]
+
+
+def stop_metrics_server(d: Path, state: dict[str, Any]) -> int:
+    """Unregister metrics.k8s.io (a registered group nobody serves fails discovery, and with it namespace
+    deletion), then stop the process."""
+    if state.get("kcp") and (d / "admin.kubeconfig").exists():
+        subprocess.run([state["kcp"], "kubectl", "--kubeconfig", str(d / "admin.kubeconfig"), "delete",
+                        "--ignore-not-found", "--wait=false", "apiservice/v1beta1.metrics.k8s.io",
+                        "-n", "kube-system", "service/metrics-server"], capture_output=True, check=False, timeout=60)
+    pid = recorded_pids(d).get("metrics-server")
+    if pid is not None and ours(pid, d):
+        _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _running(pid):
+            time.sleep(0.05)
+        if _running(pid):
+            _signal_group(pid, signal.SIGKILL)
+        _reap([pid])
+    (d / "pids" / "metrics-server.pid").unlink(missing_ok=True)
+    log("metrics-server stopped and unregistered")
+    return 0
+
+
+def cmd_metrics_server(args: argparse.Namespace) -> int:
+    """Start metrics-server against the running cluster in --dir (idempotent) and wait until the apiserver serves
+    metrics.k8s.io through it."""
+    d: Path = args.dir
+    state = load_state(d)
+    if args.stop:
+        return stop_metrics_server(d, state)
+    if not state or health(d, state).get("kube-apiserver") != "ok":
+        log(f"no running cluster in {d}: `up` first")
+        return 1
+    pki = d / "pki"
+    ensure_pki(pki)
+    kcp, server = state["kcp"], state["server"]
+    pid = recorded_pids(d).get("metrics-server")
+    port = int(state.get("metrics_server_port") or 0)
+    running = pid is not None and ours(pid, d) and port
+    if not running:
+        port = free_port()
+    # Its rights first: it reads the front-proxy CA from kube-system at start and stops when it cannot.
+    proc = subprocess.run([kcp, "kubectl", "--kubeconfig", str(d / "admin.kubeconfig"), "apply", "--server-side",
+                           "--force-conflicts", "--field-manager=localcluster", "-f", "-"],
+                          input=metrics_server_manifest(port, (pki / "ca.crt").read_bytes()), text=True,
+                          capture_output=True, check=False)
+    if proc.returncode != 0:
+        log(f"registering metrics-server failed: {proc.stderr.strip()}")
+        return 1
+    if not running:
+        binary = metrics_server_binary(args)
+        kubeconfig = d / "metrics-server.kubeconfig"
+        write_kubeconfig(kubeconfig, pki, server, "system:metrics-server", "metrics-server")
+        argv = [binary, f"--kubeconfig={kubeconfig}", f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}", "--bind-address=127.0.0.1", f"--secure-port={port}",
+                f"--tls-cert-file={pki / 'metrics-server-serving.crt'}",
+                f"--tls-private-key-file={pki / 'metrics-server-serving.key'}",
+                # A vnode's kubelet port is its Node's (vkprovider's KUBELET_PROXY_PORT), its address the
+                # holding replica's, verified against the cluster CA (pki/kubelet-serving.crt).
+                "--kubelet-use-node-status-port", "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+                # It must stay below nine tenths of the resolution (10s at least); vkprovider answers within 3 s.
+                f"--metric-resolution={args.metric_resolution}", "--kubelet-request-timeout=8s", f"--v={args.v}"]
+        pid = spawn("metrics-server", argv, d)
+        state["metrics_server_port"] = port
+        (d / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+    try:
+        wait("the APIService v1beta1.metrics.k8s.io Available", "metrics-server", d, pid, args.timeout,
+             probe(f"{server}/apis/metrics.k8s.io/v1beta1", _ssl_admin(pki), '"nodes"'))
+    except UpError as err:
+        log(f"FAILED: {err}")
+        print(log_tail(d, "metrics-server"), file=sys.stderr)
+        return 1
+    log(f"metrics-server on 127.0.0.1:{port} (pid {pid}), serving metrics.k8s.io: kubectl top node")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ down, status
 
 
@@ -811,11 +950,18 @@ def main(argv: list[str] | None = None) -> int:
     down.add_argument("--purge", action="store_true", help="also delete the dir (etcd data, certs, logs)")
     status = sub.add_parser("status", parents=[common], help="print state; exit 0 only when healthy")
     status.add_argument("--json", action="store_true")
+    ms = sub.add_parser("metrics-server", parents=[common], help="run metrics-server (kubectl top) on the cluster")
+    ms.add_argument("--binary", default=None, help="metrics-server binary (default: metrics-server.sh installs it)")
+    ms.add_argument("--metric-resolution", default="15s", help="how often it scrapes every node (at least 10s)")
+    ms.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for the APIService")
+    ms.add_argument("--v", default="1", help="klog verbosity")
+    ms.add_argument("--stop", action="store_true", help="unregister metrics.k8s.io and stop metrics-server")
     dog = sub.add_parser("_watchdog", parents=[common])
     dog.add_argument("--owner-pid", type=int, required=True)
     dog.add_argument("--purge", action="store_true")
     args = parser.parse_args(argv)
-    handler = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "_watchdog": cmd_watchdog}[args.cmd]
+    handler = {"up": cmd_up, "down": cmd_down, "status": cmd_status, "metrics-server": cmd_metrics_server,
+               "_watchdog": cmd_watchdog}[args.cmd]
     return handler(args)
 
 

@@ -7,7 +7,7 @@
 # from the Debian mirror), cached as a tarball in $IMAGE_CACHE and imported into podman once.
 #
 # The image is rebuilt only when its inputs change: the label dev.vkprovider.inputs is a sha256 over the
-# Containerfile, .containerignore, pyproject.toml, README.md, every file under vkprovider/ (no caches), the
+# Containerfile, .dockerignore, pyproject.toml, README.md, every file under vkprovider/ (no caches), the
 # version and the base image id. A current image makes this a no-op (about a second).
 #
 # Usage: hack/image/build.sh        prints the image reference on stdout (the only stdout line)
@@ -90,7 +90,7 @@ base_id="$(podman image inspect --format '{{.Id}}' "$base")"
 inputs="$(
   cd "$repo"
   {
-    printf '%s\n' Containerfile .containerignore pyproject.toml README.md
+    printf '%s\n' Containerfile .dockerignore pyproject.toml README.md
     find vkprovider -type f ! -path '*/__pycache__/*' ! -name '*.pyc' | LC_ALL=C sort
   } | while read -r f; do printf '%s %s\n' "$(sha256sum < "$f" | cut -d' ' -f1)" "$f"; done
   echo "version $version"

@@ -404,7 +404,9 @@ async def test_helm_install_for_real(tools: dict[str, str], kube_cluster: KubeCl
                 for resource in rule["resources"]:
                     for verb in rule["verbs"]:
                         assert allowed(group, resource, verb), f"{sa} cannot {verb} {resource} ({group!r})"
-        assert not allowed("", "secrets", "get") and not allowed("", "namespaces", "delete")
+        # Secrets only by name (kube/refs.py; docs/security.md): never listed or watched
+        assert allowed("", "secrets", "get") and not allowed("", "secrets", "list")
+        assert not allowed("", "secrets", "watch") and not allowed("", "namespaces", "delete")
 
         # vkprovider itself, with a token of the chart's ServiceAccount, starts and gets ready.
         token = kube_cluster.kubectl("create", "token", f"{release}-vkprovider", "-n", ns).stdout.strip()

@@ -155,9 +155,13 @@ class SimProcess:
     async def activate_base(self, identity: str) -> None:
         await self.call("POST", f"/bases/{identity}/activate")
 
-    async def set_metaspace(self, identity: str, used_mb: float) -> None:
-        """The base's JVM uses this much metaspace (MiB) from now on; vkprovider sees it at its next health read."""
-        await self.call("POST", f"/bases/{identity}/metaspace", params={"usedMb": str(used_mb)})
+    async def set_usage(self, identity: str, *, cpu: float | None = None, heap_mib: float | None = None,
+                        metaspace_mib: float | None = None) -> Any:
+        """What the base's health says it uses from now on: the busy fraction of its CPUs, its used heap, its used
+        Metaspace (memory pressure); vkprovider sees it at its next health read."""
+        params = {k: str(v) for k, v in (("cpu", cpu), ("heapMiB", heap_mib), ("metaspaceMiB", metaspace_mib))
+                  if v is not None}
+        return await self.call("POST", f"/bases/{identity}/usage", params=params)
 
     async def hold_biz_lists(self, identity: str) -> None:
         """MQTT bases: take and stamp queryAllBiz answers but do not publish them (a delaying broker)."""

@@ -109,7 +109,7 @@ async def test_metaspace_pressure_taints_the_vnode_keeps_its_pods_and_clears_bel
     assert condition(await vnode_of(admin, hot_node), "MemoryPressure")["reason"] == "KubeletHasSufficientMemory"
 
     started = time.monotonic()
-    await sim.set_metaspace(hot, 480)
+    await sim.set_usage(hot, metaspace_mib=480)
     seen: dict[str, float] = {}
 
     async def pressed() -> dict[str, Any] | None:
@@ -157,7 +157,7 @@ async def test_metaspace_pressure_taints_the_vnode_keeps_its_pods_and_clears_bel
         target = await calls() + count
         await wait_until(lambda: _at_least(calls, target), 30, what=f"{count} more health reads")
 
-    await sim.set_metaspace(hot, 440)  # between the marks: nothing changes
+    await sim.set_usage(hot, metaspace_mib=440)  # between the marks: nothing changes
     await health_reads(2)
     node = await vnode_of(admin, hot_node)
     assert condition(node, "MemoryPressure")["status"] == "True" and (PRESSURE_TAINT, "NoSchedule") in \
@@ -170,7 +170,7 @@ async def test_metaspace_pressure_taints_the_vnode_keeps_its_pods_and_clears_bel
     assert (PRESSURE_TAINT, "NoSchedule") in taint_keys(node)
 
     started = time.monotonic()
-    await sim.set_metaspace(hot, 300)
+    await sim.set_usage(hot, metaspace_mib=300)
     cleared: dict[str, float] = {}
 
     async def released() -> dict[str, Any] | None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests import promtext
 from tests.helpers import figure
 from tests.integration.conftest import TUNNELS
 from tests.integration.harness import (
@@ -392,12 +393,9 @@ async def test_the_pod_cache_holds_module_pods_only(admin, env_name, namespace, 
 
 
 def _cached(metrics: str) -> dict[str, int]:
-    out = {}
-    for line in metrics.splitlines():
-        if line.startswith('vkprovider_informer_objects{resource="pods'):
-            resource = line.split('"')[1]
-            out[resource] = int(float(line.rsplit(" ", 1)[1]))
-    return out
+    """The informers' object counts of pod caches (``resource`` ``pods-*``), by cache."""
+    return {resource: int(n) for resource, n in promtext.by_label(metrics, "vkprovider_informer_objects",
+                                                                  "resource").items() if resource.startswith("pods")}
 
 
 # --- 10. sidecars and biz names ------------------------------------------------------------------------------

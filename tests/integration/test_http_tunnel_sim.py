@@ -30,6 +30,7 @@ from vkprovider.core.model import (
     CommandOutcome,
 )
 from vkprovider.sim import ArkletBehaviour, SimConfig, Simulator
+from vkprovider.sim.control import start_control_api
 from vkprovider.tunnels.base import Refusal, TunnelError
 from vkprovider.tunnels.http_tunnel import HttpTunnel
 
@@ -87,10 +88,11 @@ def _auth(identity: str) -> dict[str, str]:
 
 
 class Env:
-    def __init__(self, tunnel: HttpTunnel, events: RecordingEvents, sim: Simulator) -> None:
+    def __init__(self, tunnel: HttpTunnel, events: RecordingEvents, sim: Simulator, control_port: int) -> None:
         self.tunnel = tunnel
         self.events = events
         self.sim = sim
+        self.control_port = control_port
 
     async def base(self, identity: str) -> BaseHeartbeat:
         """The base's latest heartbeat as vkprovider would hold it (waits for the first one)."""
@@ -115,7 +117,6 @@ async def env() -> AsyncIterator[Env]:
             zones=("zone-a", "zone-b"),
             stack="java",
             token_secret=SECRET,
-            control_port=0,
             seed=1,
             behaviour=ArkletBehaviour(
                 install_latency_s=INSTALL_LATENCY, uninstall_latency_s=0.02, fail_bizs=frozenset({"bad"})
@@ -123,9 +124,11 @@ async def env() -> AsyncIterator[Env]:
         )
     )
     await sim.start()
+    control, control_port = await start_control_api(sim, "127.0.0.1", 0)
     try:
-        yield Env(tunnel, events, sim)
+        yield Env(tunnel, events, sim, control_port)
     finally:
+        await control.cleanup()
         await sim.stop()
         await tunnel.stop()
 
@@ -237,6 +240,63 @@ async def test_batch_install(env: Env) -> None:
     assert await env.tunnel.batch_install_biz(base, []) == {}
 
 
+async def test_config_and_the_fence_reach_arklet(env: Env) -> None:
+    """installBiz carries args, envs and bizModelVersion; an uninstall with another pod's bizModelVersion comes
+    back EXPIRED (arklet 1.4.3's rule, simulated) and leaves the biz running; its owner's goes through."""
+    base = await env.base("sim-0000")
+    spec = BizSpec("fenced", "1.0.0", "file:///tmp/fenced.jar").with_config(["--a=1"], {"K": "v", "E": ""})
+    assert (await env.tunnel.install_biz(base, spec, biz_model_version="uid-1")).ok
+    arklet = env.sim.base("sim-0000").arklet
+    sent = arklet.bizs["fenced:1.0.0"]
+    assert (sent.args, sent.envs, arklet.model_versions["fenced:1.0.0"]) == (("--a=1",), {"K": "v", "E": ""}, "uid-1")
+    stale = await env.tunnel.uninstall_biz(base, "fenced", "1.0.0", biz_model_version="uid-2")
+    assert stale.outcome is CommandOutcome.EXPIRED and "command is expired" in stale.message
+    assert "fenced:1.0.0" in arklet.bizs
+    assert (await env.tunnel.uninstall_biz(base, "fenced", "1.0.0", biz_model_version="uid-1")).ok
+
+
+def _requests(command: str) -> float:
+    return sum(REGISTRY.get_sample_value("vkprovider_tunnel_request_duration_seconds_count",
+                                         {"tunnel": "http", "command": command, "result": result}) or 0.0
+               for result in ("success", "failed", "timeout", "transport_error"))
+
+
+async def test_a_base_without_batch_installs_is_served_one_by_one() -> None:
+    """arklet < 2.1.7 answers batchInstallBiz with CMD_NOT_FOUND: the bizs are installed one by one (each with its
+    own bizModelVersion), and that base is never sent a batch again."""
+    events = RecordingEvents()
+    tunnel = HttpTunnel(_settings())
+    await tunnel.start(events)
+    sim = Simulator(SimConfig(bases=1, endpoint=f"http://127.0.0.1:{tunnel.port}", heartbeat_interval_s=5,
+                              heartbeat_first_spread_s=0.05, token_secret=SECRET, identity_prefix="old",
+                              behaviour=ArkletBehaviour(install_latency_s=0.01, batch_install=False,
+                                                        fail_bizs=frozenset({"bad"}))))
+    await sim.start()
+    try:
+        deadline = time.monotonic() + 3
+        while "old-0000" not in events.latest():
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        base = events.latest()["old-0000"]
+        a = BizSpec("oa", "1", "file:///tmp/oa.jar").with_config(["--x"], {})
+        b = BizSpec("bad", "1", "file:///tmp/bad.jar")
+        batches = _requests("batchInstallBiz")
+        results = await tunnel.batch_install_biz(base, [a, b], biz_model_versions={a.key: "uid-a"})
+        assert {url: r.outcome for url, r in results.items()} == {a.url: CommandOutcome.SUCCESS,
+                                                                  b.url: CommandOutcome.FAILED}
+        arklet = sim.base("old-0000").arklet
+        assert (arklet.batch_calls, arklet.install_calls) == (0, 2)
+        assert arklet.model_versions == {"oa:1": "uid-a"} and arklet.bizs["oa:1"].args == ("--x",)
+        assert _requests("batchInstallBiz") == batches + 1  # the one CMD_NOT_FOUND
+        c = BizSpec("oc", "1", "file:///tmp/oc.jar")
+        assert (await tunnel.batch_install_biz(base, [c]))[c.url].ok
+        assert _requests("batchInstallBiz") == batches + 1  # not asked again
+        assert (arklet.batch_calls, arklet.install_calls) == (0, 3)
+    finally:
+        await sim.stop()
+        await tunnel.stop()
+
+
 async def test_health(env: Env) -> None:
     health = await env.tunnel.health(await env.base("sim-0000"))
     assert health == BaseHealth(
@@ -333,7 +393,7 @@ async def test_sim_reproduces_arklet_http_quirks(env: Env) -> None:
 
 
 async def test_control_api(env: Env) -> None:
-    url = f"http://127.0.0.1:{env.sim.control_port}"
+    url = f"http://127.0.0.1:{env.control_port}"
     async with aiohttp.ClientSession() as session:
         async with session.post(
             f"{url}/bases/sim-0001/bizs", json={"bizName": "orphan", "bizVersion": "9"}
@@ -345,17 +405,19 @@ async def test_control_api(env: Env) -> None:
         assert bases["sim-0001"]["running"] is True and bases["sim-0001"]["clusterName"] == "default"
         async with session.post(f"{url}/bases/nobody/stop") as r:
             assert r.status == 404
-        async with session.post(f"{url}/bases/sim-0001/metaspace?usedMb=480") as r:
-            assert (await r.json()) == {"identity": "sim-0001", "metaspaceUsedMb": 480.0, "metaspaceMaxMb": 512.0}
+        async with session.post(f"{url}/bases/sim-0001/usage?metaspaceMiB=480") as r:
+            answer = await r.json()
+        mib = 1024 * 1024
+        assert (answer["metaspaceUsedBytes"], answer["metaspaceMaxBytes"]) == (480 * mib, 512 * mib), answer
         health = await env.tunnel.health(await env.base("sim-0001"))
         assert health.memory_used_bytes == 480 * 1024 * 1024 and health.memory_max_bytes == 512 * 1024 * 1024
         for bad in ("-1", "x", "nan", "inf", ""):
-            async with session.post(f"{url}/bases/sim-0001/metaspace?usedMb={bad}") as r:
+            async with session.post(f"{url}/bases/sim-0001/usage?metaspaceMiB={bad}") as r:
                 assert r.status == 400, bad
         async with session.get(f"{url}/bases") as r:
             bases = {b["identity"]: b for b in await r.json()}
-        assert bases["sim-0001"]["metaspaceUsedMb"] == 480.0 and bases["sim-0001"]["healthCalls"] >= 1
-        assert bases["sim-0000"]["metaspaceUsedMb"] == 90.0
+        assert bases["sim-0001"]["usage"]["metaspaceUsedBytes"] == 480 * mib and bases["sim-0001"]["healthCalls"] >= 1
+        assert bases["sim-0000"]["usage"]["metaspaceUsedBytes"] == 90 * mib
         async with session.post(f"{url}/bases?count=1") as r:
             (added,) = await r.json()
         assert added["identity"] == "sim-0003"

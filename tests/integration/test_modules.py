@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests import promtext
 from tests.integration.conftest import TUNNELS
 from tests.integration.harness import ProviderProcess, SimProcess, wait_until
 from vkprovider.kube.client import Kube
@@ -290,8 +291,7 @@ async def rollout_100_with_a_fault(admin: Kube, env: str, namespace: str, sim: S
 
 def status_writes(metrics: str) -> float:
     """Sum of vkprovider_pod_status_writes_total over phases."""
-    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-               if line.startswith("vkprovider_pod_status_writes_total{"))
+    return promtext.total(metrics, "vkprovider_pod_status_writes_total")
 
 
 async def test_pod_status_is_written_once_per_change_and_not_again_when_idle(admin, env_name, namespace,

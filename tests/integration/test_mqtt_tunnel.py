@@ -222,6 +222,46 @@ async def test_batch_install(mq: Env) -> None:
     assert await mq.tunnel.batch_install_biz(base, []) == {}
 
 
+async def test_config_and_the_fence_reach_arklet_over_mqtt(mq: Env) -> None:
+    base = await mq.base(mq.identities()[0])
+    spec = BizSpec("fenced-m", "1.0.0", "file:///tmp/fenced-m.jar").with_config(["--a=1"], {"K": "v"})
+    assert (await mq.tunnel.install_biz(base, spec, biz_model_version="uid-1")).ok
+    arklet = mq.sim.base(base.identity).arklet
+    assert (arklet.bizs["fenced-m:1.0.0"].args, arklet.bizs["fenced-m:1.0.0"].envs) == (("--a=1",), {"K": "v"})
+    stale = await mq.tunnel.uninstall_biz(base, "fenced-m", "1.0.0", biz_model_version="uid-2")
+    assert stale.outcome is CommandOutcome.EXPIRED and "command is expired" in stale.message
+    assert "fenced-m:1.0.0" in arklet.bizs
+    assert (await mq.tunnel.uninstall_biz(base, "fenced-m", "1.0.0", biz_model_version="uid-1")).ok
+    # a batch (the MQTT baseline) carries each biz's config and bizModelVersion too
+    batched = BizSpec("batched-m", "1.0.0", "file:///tmp/batched-m.jar").with_config([], {"B": "1"})
+    results = await mq.tunnel.batch_install_biz(base, [batched], biz_model_versions={batched.key: "uid-3"})
+    assert results[batched.url].ok and arklet.bizs["batched-m:1.0.0"].envs == {"B": "1"}
+    assert "batched-m:1.0.0" not in arklet.model_versions  # arklet 1.4.3's batch handler stores none
+
+
+async def test_a_base_without_batch_answers_is_served_one_by_one(mq: Env, mqtt_broker: MqttBroker) -> None:
+    """arklet < 1.4.1 installs a baseline itself and answers with its biz list: twice in a row, and from then on
+    the tunnel installs one by one (each biz with its own bizModelVersion)."""
+    sim = Simulator(_sim_config(mqtt_broker, mq.env, bases=1,
+                                behaviour=ArkletBehaviour(install_latency_s=0.01, batch_install=False)))
+    await sim.start()
+    try:
+        (identity,) = sim.bases
+        base = await mq.base(identity)
+        arklet = sim.base(identity).arklet
+        for round_ in (1, 2):
+            spec = BizSpec(f"old-{round_}", "1", f"file:///tmp/old-{round_}.jar")
+            results = await mq.tunnel.batch_install_biz(base, [spec])
+            assert results[spec.url].ok and results[spec.url].message == "installed from the baseline"
+        installs = arklet.install_calls
+        last = BizSpec("old-3", "1", "file:///tmp/old-3.jar")
+        results = await mq.tunnel.batch_install_biz(base, [last], biz_model_versions={last.key: "uid-3"})
+        assert results[last.url].ok and results[last.url].message != "installed from the baseline"
+        assert arklet.install_calls == installs + 1 and arklet.model_versions["old-3:1"] == "uid-3"
+    finally:
+        await sim.stop()
+
+
 async def test_query_baseline_is_answered(mq: Env) -> None:
     prefix = next(iter(mq.sim.bases)).rsplit("-", 1)[0]
     new_identity = f"{prefix}-{len(mq.sim.bases):04d}"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests import promtext
 from tests.integration.conftest import TUNNELS
 from tests.integration.harness import wait_until
 from vkprovider.kube.client import Kube
@@ -49,7 +49,7 @@ async def test_twenty_bases_become_ready_nodes_with_labels_and_taints(admin, env
 
     nodes = await wait_until(all_ready, 30, what="20 Ready vnodes with capacity")
     # A registration asks the base for its resources first: each Node is created with its capacity, one write.
-    writes = await node_writes(provider)
+    writes = promtext.by_label(await provider.metrics(), "vkprovider_node_writes_total", "kind")
     assert writes.get("create") == 20 and writes.get("status", 0.0) == 0.0, writes
     for name, node in nodes.items():
         assert name.startswith(f"vnode.{env_name}-") and name.endswith(f".{env_name}")
@@ -283,8 +283,7 @@ TTL_ANNOTATION = "node.alpha.kubernetes.io/ttl"
 
 
 async def node_writes(provider: Any) -> dict[str, float]:
-    return {kind: float(v) for kind, v in re.findall(
-        r'^vkprovider_node_writes_total\{kind="(\w+)"\} (\S+)$', await provider.metrics(), re.M)}
+    return promtext.by_label(await provider.metrics(), "vkprovider_node_writes_total", "kind")
 
 
 async def test_what_other_managers_write_on_a_vnode_is_left_alone(admin, env_name, provider_factory, sim_factory):
@@ -342,11 +341,7 @@ def provider_taints(node: dict[str, Any]) -> list[dict[str, Any]]:
 
 def dropped_total(metrics: str) -> int:
     """Sum of vkprovider_mqtt_dropped_total (a counter) over every reason."""
-    total = 0.0
-    for line in metrics.splitlines():
-        if line.startswith("vkprovider_mqtt_dropped_total{"):
-            total += float(line.rsplit(" ", 1)[1])
-    return int(total)
+    return int(promtext.total(metrics, "vkprovider_mqtt_dropped_total"))
 
 
 async def _get_node(admin: Kube, name: str) -> dict[str, Any] | None:

@@ -12,6 +12,7 @@ import time
 import uuid
 from typing import Any
 
+from tests import promtext
 from tests.helpers import figure
 from tests.integration.harness import SEED_TOLERATION, ProviderProcess, SimProcess, is_ready, wait_until
 from vkprovider.kube.client import Kube
@@ -64,8 +65,7 @@ async def test_series_count_is_flat_from_10_to_1000_bases(kube_cluster: Any, adm
         per_object = [s for s in grown if env in s]
         assert per_object == [], per_object[:10]
         text = await provider.metrics()
-        vnodes = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                     if line.startswith("vkprovider_vnodes{"))
+        vnodes = promtext.total(text, "vkprovider_vnodes")
         assert vnodes == 1000, vnodes  # the second scrape did see 1,000 bases
     finally:
         sim.kill()

@@ -20,6 +20,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
+from tests import promtext
 from tests.helpers import figure
 from tests.integration.harness import (
     TEST_SECRET,
@@ -129,8 +130,8 @@ async def test_an_impostor_cannot_borrow_a_base_identity(admin, env_name, namesp
         figure("commands_reaching_the_impostor", len(fake.calls))
         assert fake.calls == []
         metrics = await provider.metrics()
-        assert _metric(metrics, "vkprovider_heartbeats_total", 'result="unauthorized"') >= 2
-        assert _metric(metrics, "vkprovider_heartbeats_total", 'result="forbidden"') >= 2
+        assert promtext.total(metrics, "vkprovider_heartbeats_total", result="unauthorized") >= 2
+        assert promtext.total(metrics, "vkprovider_heartbeats_total", result="forbidden") >= 2
     finally:
         await fake.stop()
         sim.kill()
@@ -170,7 +171,7 @@ async def test_a_forged_local_ip_makes_no_call_to_it(admin, env_name, provider_f
         await asyncio.sleep(3)
         figure("calls_to_the_forged_address", len(target.calls))
         assert target.calls == []
-        assert _metric(await provider.metrics(), "vkprovider_heartbeats_total", 'result="forbidden_address"') == 1
+        assert promtext.total(await provider.metrics(), "vkprovider_heartbeats_total", result="forbidden_address") == 1
     finally:
         await target.stop()
 
@@ -197,7 +198,7 @@ async def test_a_burst_of_new_identities_is_capped_and_existing_bases_stay_ready
     figure("new_identity_burst", {"sent": 1000, "accepted": accepted, "429": limited, "seconds": round(took, 1)})
     assert accepted + limited == 1000
     assert accepted <= 50 + 20 * took + 2
-    assert _metric(await provider.metrics(), "vkprovider_heartbeats_total", 'result="rate_limited"') == limited
+    assert promtext.total(await provider.metrics(), "vkprovider_heartbeats_total", result="rate_limited") == limited
     nodes = await admin.get("/api/v1/nodes", params={"labelSelector": f"virtual-kubelet.koupleless.io/env={env_name}"})
     real = [n for n in nodes["items"] if "-flood-" not in n["metadata"]["name"]]
     assert len(real) == 3 and all(condition(n, "Ready").get("status") == "True" for n in real)
@@ -264,8 +265,8 @@ async def test_slow_idle_and_aborted_connections_are_closed_counted_and_not_logg
     async def refusals_done() -> float | None:
         # Over the cap a connection is accepted and aborted; the abort closes its descriptor a loop turn later.
         # Count descriptors once the refusals are through (on a busy machine 60 were still pending at once).
-        refused = _metric(await provider.metrics(), "vkprovider_listener_closed_total",
-                          'listener="heartbeat",why="refused"')
+        refused = promtext.total(await provider.metrics(), "vkprovider_listener_closed_total", listener="heartbeat",
+                                 why="refused")
         return refused if refused >= 95 else None
 
     await wait_until(refusals_done, 15, what="the connections over the cap refused")
@@ -290,7 +291,7 @@ async def test_slow_idle_and_aborted_connections_are_closed_counted_and_not_logg
         s.close()
     await asyncio.sleep(1)
     metrics = await provider.metrics()
-    closed = {w: _metric(metrics, "vkprovider_listener_closed_total", f'listener="heartbeat",why="{w}"')
+    closed = {w: promtext.total(metrics, "vkprovider_listener_closed_total", listener="heartbeat", why=w)
               for w in ("refused", "incomplete")}
     figure("slow_idle_connections", {"fds_before": fds_before, "fds_during": fds_during, "fds_after": fds_after,
                                      "closed": closed})
@@ -333,21 +334,11 @@ async def test_policy_refusals_are_a_pod_reason_and_a_warning(admin, env_name, n
 
 
 async def sim_bizs(provider: Any, admin: Kube, env: str) -> int:
-    metrics = await provider.metrics()
-    return int(sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-                   if line.startswith('vkprovider_biz_commands_total{command="install"')))
+    return int(promtext.total(await provider.metrics(), "vkprovider_biz_commands_total", command="install"))
 
 
 async def _ready(admin: Kube, namespace: str, name: str) -> bool:
     return is_ready(await admin.get(f"/api/v1/namespaces/{namespace}/pods/{name}"))
-
-
-def _metric(metrics: str, name: str, labels: str) -> float:
-    total = 0.0
-    for line in metrics.splitlines():
-        if line.startswith(name + "{") and labels in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def _rss_mb(pid: int) -> float:

@@ -30,7 +30,8 @@ SECTIONS = {
 EVENT_REASONS = ("RegisteredNode", "NodeReady", "NodeNotReady", "RemovingNode", "LeaseTakenOver", "BizInstalled",
                  "BizInstallFailed", "BizUninstalled", "OrphanBizUninstalled", "BizUninstallFailed",
                  "BizUninstallTimeout", "BizNameMismatch", "BizNotAllowed", "InvalidBizURL", "MissingBizVersion",
-                 "NotAModule", "NoBizContainer")
+                 "NotAModule", "NoBizContainer", "InvalidInstallStrategy", "DrainStarted", "Evicted", "EvictionBlocked",
+                 "Drained", "DrainTimeout", "DrainCancelled")
 
 
 def doc() -> str:
@@ -145,8 +146,8 @@ def code_event_reasons() -> set[str]:
     found = set()
     for path in (REPO / "vkprovider").rglob("*.py"):
         text = path.read_text()
-        for match in re.finditer(r"(?:events\.(?:normal|warning)|_warn_once)\((?:[^()\"]|\([^()]*\))*?\"([A-Z]\w+)\"",
-                                 text):
+        posted = r"(?:(?:events|scope)\.(?:normal|warning)|_warn_once)\((?:[^()\"]|\([^()]*\))*?\"([A-Z]\w+)\""
+        for match in re.finditer(posted, text):
             found.add(match.group(1))
         # reasons that reach an Event through a container problem, a release decision or a Deployment warning
         found.update(re.findall(r"ContainerProblem\(\w+, \"([A-Z]\w+)\"", text))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import time
 from datetime import datetime
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import aiohttp
 import yaml
 
+from tests import promtext
 from tests.integration.harness import LOGS, wait_ready_vnodes, wait_until
 from tests.operations import promql
 from tests.operations.common import ALERTS, dashboard_queries
@@ -46,9 +46,8 @@ def rules_with_short_for() -> dict[str, Any]:
 
 
 def gauge(text: str, name: str, **labels: str) -> float | None:
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    match = re.search(rf"^{re.escape(name)}\{{{re.escape(want)}\}} (\S+)$", text, re.M)
-    return float(match.group(1)) if match else None
+    found = promtext.samples(text, name, **labels)
+    return found[0].value if found else None
 
 
 def ready_status(node: dict[str, Any]) -> str | None:

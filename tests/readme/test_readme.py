@@ -203,6 +203,24 @@ def test_the_readme_demo_as_printed(make_run: MakeRun) -> None:
         logs = sh(readme_kubectl(line, kubectl)).stdout
         assert "installing from" in logs and "installed in" in logs and "state ACTIVATED" in logs, logs
         figure(f"readme kubectl logs: {logs.strip().splitlines()[-1][:160]}")
+    for line in code_block_after("`kubectl top node` shows"):
+        top: dict[str, Any] = {}
+
+        def every_vnode_measured(line: str = line, top: dict[str, Any] = top) -> bool:
+            out = sh(readme_kubectl(line, kubectl), check=False)
+            top["out"] = out.stdout + out.stderr
+            rows = [row.split() for row in out.stdout.strip().splitlines()[1:]]
+            return out.returncode == 0 and len(rows) == 7 and all(
+                row[0].startswith("vnode.") and row[1].endswith("m") and row[3].endswith("Mi") for row in rows)
+
+        try:
+            wait_for_sync(every_vnode_measured, timeout=120, interval=2.0, what="kubectl top node on every vnode")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {top.get('out')} (is metrics-server installed? make metrics-server)\n"
+                                 f"make run:\n{make_run.output()}") from None
+        figure("readme kubectl top node", "\n" + str(top["out"]).strip())
+        memory = {row.split()[3] for row in str(top["out"]).strip().splitlines()[1:]}
+        assert len(memory) > 1, top["out"]  # each base says its own figures
     failed = pods["biz1-pod"][0]["status"]
     assert failed["reason"] == "BizDeactivate" and "0.0.2" in failed["message"], failed
     # Nothing fights: a later look shows the same, with no pod created since (no BizDeactivate loop).

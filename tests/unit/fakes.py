@@ -13,6 +13,7 @@ from vkprovider.core.model import (
     BaseHeartbeat,
     BaseMetadata,
     BizInfo,
+    BizKey,
     BizSpec,
     CommandOutcome,
     CommandResult,
@@ -98,6 +99,7 @@ class Tunnel:
     def __init__(self, bizs: list[BizInfo] | None = None) -> None:
         self.bizs = bizs if bizs is not None else []
         self.commands: list[tuple[str, str]] = []
+        self.owners: list[tuple[str, str, str]] = []  # (command, biz, bizModelVersion)
         self.answer: CommandResult | None = None
 
     async def start(self, events: BaseEvents) -> None:
@@ -112,19 +114,23 @@ class Tunnel:
     async def query_all_biz(self, base: BaseHeartbeat) -> list[BizInfo]:
         return list(self.bizs)
 
-    async def install_biz(self, base: BaseHeartbeat, biz: BizSpec, *,
-                          replace_other_versions: bool = False) -> CommandResult:
+    async def install_biz(self, base: BaseHeartbeat, biz: BizSpec, *, replace_other_versions: bool = False,
+                          biz_model_version: str = "") -> CommandResult:
         self.commands.append(("install", str(biz.key)))
+        self.owners.append(("install", str(biz.key), biz_model_version))
         return self.answer or CommandResult(CommandOutcome.SUCCESS)
 
-    async def uninstall_biz(self, base: BaseHeartbeat, name: str, version: str) -> CommandResult:
+    async def uninstall_biz(self, base: BaseHeartbeat, name: str, version: str, *,
+                            biz_model_version: str = "") -> CommandResult:
         self.commands.append(("uninstall", f"{name}:{version}"))
+        self.owners.append(("uninstall", f"{name}:{version}", biz_model_version))
         return self.answer or CommandResult(CommandOutcome.SUCCESS)
 
     def release(self, base: BaseHeartbeat) -> None:
         self.commands.append(("release", base.identity))
 
-    async def batch_install_biz(self, base: BaseHeartbeat, bizs: Sequence[BizSpec]) -> dict[str, CommandResult]:
+    async def batch_install_biz(self, base: BaseHeartbeat, bizs: Sequence[BizSpec], *,
+                                biz_model_versions: Mapping[BizKey, str] | None = None) -> dict[str, CommandResult]:
         self.commands.append(("batch", ",".join(str(b.key) for b in bizs)))
         return {b.url: self.answer or CommandResult(CommandOutcome.SUCCESS) for b in bizs}
 

@@ -1,12 +1,12 @@
-"""bench.run.histogram_quantile: the quantile of what a cumulative Prometheus histogram counted between two reads
+"""bench.metrics.histogram_quantile: the quantile of what a cumulative Prometheus histogram counted between two reads
 (the burst scenario reads vkprovider's pod start histogram before and after), as Prometheus interpolates it; and
-bench.run.target, a target's row with the machine's own floor next to it."""
+bench.report.target, a target's row with the machine's own floor next to it."""
 
 from __future__ import annotations
 
 import math
 
-from bench.run import histogram_quantile
+from bench.metrics import histogram_quantile
 
 BEFORE = {0.5: 10.0, 1.0: 10.0, 2.0: 10.0, math.inf: 10.0}  # 10 observations before the window, all <= 0.5 s
 
@@ -24,7 +24,7 @@ def test_past_the_last_bound_it_is_that_bound_and_nothing_counted_is_nan() -> No
 
 
 def test_a_target_carries_the_machines_floor_measured_in_the_same_run() -> None:
-    from bench.run import target
+    from bench.report import target
 
     plain = target("ratio_to_scheduler_only", 2.7, 2.0)
     assert plain == {"name": "ratio_to_scheduler_only", "value": 2.7, "target": "<= 2", "pass": False}
@@ -36,7 +36,7 @@ def test_a_target_carries_the_machines_floor_measured_in_the_same_run() -> None:
 
 
 def test_the_apiservers_refusals_are_summed_by_flow_schema() -> None:
-    from bench.run import refused_by_flow_schema
+    from bench.metrics import refused_by_flow_schema
 
     text = "\n".join([
         "# HELP apiserver_flowcontrol_rejected_requests_total [BETA] Number of requests rejected by API Priority",

@@ -6,14 +6,14 @@ from __future__ import annotations
 import os
 import threading
 
+from bench.cores import RUNQ, cores_used
 from bench.procstat import runqueue_wait_s, thread_waits_s
-from bench.run import RUNQ, Bench
 
 
 def test_wait_is_reported_apart_and_kept_out_of_the_cpu_sums() -> None:
     before = {"kube-apiserver": 10.0, "vkprovider": 5.0, RUNQ + "kube-apiserver": 1.0, RUNQ + "vkprovider": 2.0}
     after = {"kube-apiserver": 30.0, "vkprovider": 11.0, RUNQ + "kube-apiserver": 9.0, RUNQ + "vkprovider": 14.0}
-    used = Bench.cores_used(before, after, 10.0)
+    used = cores_used(before, after, 10.0)
     assert used["cores_kube-apiserver"] == 2.0 and used["cores_vkprovider"] == 0.6
     assert used["cores_all"] == 2.6  # CPU only: waiting is not using
     assert used["control_plane_cpu_s"] == 20.0
@@ -40,14 +40,14 @@ def test_sums_the_wait_of_every_thread_of_a_live_process() -> None:
 def test_a_thread_that_ended_is_no_negative_wait() -> None:
     before = {"vkprovider": 5.0, RUNQ + "vkprovider": 3.0}
     after = {"vkprovider": 6.0, RUNQ + "vkprovider": 2.5}  # a thread with 0.5 s+ of wait ended in between
-    assert Bench.cores_used(before, after, 10.0)["runq_wait_vkprovider"] == 0.0
+    assert cores_used(before, after, 10.0)["runq_wait_vkprovider"] == 0.0
 
 
 def test_pinning_a_process_moves_every_one_of_its_threads() -> None:
     import os
     import threading
 
-    from bench.run import pin_threads
+    from bench.cores import pin_threads
 
     allowed = os.sched_getaffinity(0)
     stop = threading.Event()

@@ -24,6 +24,7 @@ CASES = [
     ({"VKP_ENV_TAINT": "maybe"}, "invalid VKP_ENV_TAINT='maybe': not a boolean"),
     ({"ENABLE_MQTT_TUNNEL": "sometimes"}, "invalid ENABLE_MQTT_TUNNEL='sometimes': not a boolean"),
     ({"VNODE_WORKER_NUM": "0"}, "invalid VNODE_WORKER_NUM='0': must be at least 1"),
+    ({"VKP_BASE_METRICS_MAX_AGE": "0"}, "invalid VKP_BASE_METRICS_MAX_AGE='0': Input should be greater than 0"),
     ({"ENV": "Dev_1"}, "invalid ENV='Dev_1': must be a DNS label"),
     ({"ENV": "a.b"}, "invalid ENV='a.b': must be a DNS label"),
     ({"VKP_LOG_FORMAT": "xml"}, "invalid VKP_LOG_FORMAT='xml': not one of the accepted values ('text' or 'json')"),

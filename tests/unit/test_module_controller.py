@@ -341,3 +341,78 @@ async def test_lost_and_fenced_are_raised_by_the_port_before_anything_is_sent() 
             pass
         else:
             raise AssertionError(f"{hold} must raise {outcome.__name__}")
+
+
+async def test_a_probed_pod_turns_ready_when_its_probe_passes_and_each_activation_is_probed_once() -> None:
+    """Issue 29: a readiness probe on the base's address decides the container's ready. The biz's activation time is
+    worked out once per activation: a value that moved with the clock on every pass made the probes take every pass
+    for a new container (thousands of checks a second, never ready)."""
+    import time
+
+    from aiohttp import web
+
+    app = web.Application()
+    async def healthy(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app.router.add_get("/biz1/health", healthy)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    registry = BaseRegistry("test", clock=time.monotonic)
+    registry.heartbeat(fakes.hb("b1"))
+    tunnel = fakes.Tunnel([BizInfo("biz1", "0.0.1", BizState.ACTIVATED, (
+        BizStateRecord(int(time.time() * 1000) - 5000, BizState.ACTIVATED, "", ""),))])
+    api = fakes.Api()
+    controller = ModuleController(module_settings(load_settings({"ENV": "test"})), registry,
+                                  VnodeWrites(fakes.Holds(), api, fakes.Events(), {"http": tunnel}),
+                                  clock=time.monotonic)
+    pod = OnePodOnOneBase().pod
+    pod["spec"]["containers"][0]["readinessProbe"] = {"httpGet": {"path": "/biz1/health", "port": port},
+                                                      "periodSeconds": 1}
+    controller.on_pod_change("ns/p", None, pod)
+    await controller.start()
+    try:
+        controller.queue.add(NODE)
+
+        def written_ready() -> bool:
+            return any(c.get("ready") for _, path, body in api.calls if path.endswith("/status")
+                       for c in body["status"].get("containerStatuses") or [])
+
+        await wait_for(written_ready, 10.0, what="the container written ready once its probe passed")
+        assert controller.probes.checks_run < 10
+    finally:
+        await controller.stop()
+        await runner.cleanup()
+
+
+async def test_commands_carry_the_pod_uid_as_bizmodelversion_and_an_expired_uninstall_is_read_again() -> None:
+    """Issue 29, item 5 (arklet 1.4.3's fence): an install sends the uid of the pod it is for; the uninstall of a
+    deleted pod's biz sends the uid it was installed with; an orphan's uninstall sends nothing. An uninstall arklet
+    refuses as expired (another pod's install owns the biz) is no failure to report or retry: the base is read
+    again before anything is decided."""
+    from vkprovider.core.model import CommandOutcome, CommandResult
+
+    one = OnePodOnOneBase()
+    one.tunnel.bizs = []
+    await one.run()  # the biz is not on the base: installed for ns/p (uid u1)
+    await wait_for(lambda: one.tunnel.owners, 2.0, what="the install sent")
+    await one.controller.wait_idle(NODE)
+    assert one.tunnel.owners == [("install", "biz1:0.0.1", "u1")]
+    view = one.registry.get(NODE)
+    assert view is not None and view.ledger.owner(BizSpec("biz1", "0.0.1", "x").key) == "u1"
+    one.tunnel.answer = CommandResult(CommandOutcome.EXPIRED, "can not access biz because the command is expired")
+    one.controller.commands.start_uninstall(view, BizSpec("biz1", "0.0.1", "x").key)
+    await one.controller.wait_idle(NODE)
+    assert one.tunnel.owners[-1] == ("uninstall", "biz1:0.0.1", "u1")
+    failure = view.ledger.failures[BizSpec("biz1", "0.0.1", "x").key]
+    assert failure.busy and view.ledger.read_needed()
+    assert not any(kind == "Warning" for kind, _, _ in one.events.posted)
+    one.tunnel.answer = None
+    orphan = BizInfo("orphan", "9", BizState.ACTIVATED)
+    view.ledger.apply_read(view.ledger.begin_read(), [*view.ledger.bizs.values(), orphan])
+    one.controller.commands.start_uninstall(view, orphan.key)
+    await one.controller.wait_idle(NODE)
+    assert one.tunnel.owners[-1] == ("uninstall", "orphan:9", "")

@@ -170,7 +170,27 @@ def test_annotation_patch_writes_only_our_changed_annotations():
         ({"node.alpha.kubernetes.io/ttl": "30"}, ours),  # a Go controller's Node: ours added, the ttl kept
     ]
     for current, patch in cases:
-        assert vnode.annotations_to_patch(current, HB) == patch, current
+        assert vnode.annotations_to_patch(current, HB, CFG) == patch, current
+
+
+def test_a_served_vnode_tells_metrics_server_the_path_that_names_it():
+    """With the kubelet API on, metrics-server (0.7+) scrapes /metrics/resource/<vnode> (the Node annotation),
+    so the replica that holds the vnode answers for it alone; with it off the annotation goes, and only ours."""
+    served = vnode.NodeConfig(env="dev", stack="java", max_pods=1, kubelet_version="v", kubelet_port=10250,
+                              kubelet_address="10.1.2.3")
+    path = {"metrics.k8s.io/resource-metrics-path": "/metrics/resource/vnode.10.0.0.5.dev"}
+    assert vnode.new_node(HB, served)["metadata"]["annotations"]["metrics.k8s.io/resource-metrics-path"] == \
+        "/metrics/resource/vnode.10.0.0.5.dev"
+    assert "metrics.k8s.io/resource-metrics-path" not in vnode.new_node(HB, CFG)["metadata"]["annotations"]
+    ours = vnode.node_annotations(HB, CFG)
+    cases = [  # (config, current annotations, patch)
+        (served, ours, path),  # an older vkprovider's Node gets the path
+        (served, {**ours, **path}, {}),
+        (CFG, {**ours, **path}, {"metrics.k8s.io/resource-metrics-path": None}),  # kubelet API turned off
+        (CFG, {**ours, "metrics.k8s.io/resource-metrics-path": "/elsewhere"}, {}),  # somebody else's: kept
+    ]
+    for cfg, current, patch in cases:
+        assert vnode.annotations_to_patch(current, HB, cfg) == patch, (cfg.kubelet_address, current)
 
 
 def test_vnode_has_a_provider_id_and_stays_out_of_external_load_balancers():

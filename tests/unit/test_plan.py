@@ -347,3 +347,38 @@ def test_while_the_biz_list_is_unknown_a_deleted_pod_goes_at_the_end_of_its_grac
     p = plan(pods, led, now=NOW + 30)
     assert p.force_finalize == ("ns/a",)
     assert p.install == () and p.uninstall == ()
+
+
+# --- issue 29, item 3: graceful stop --------------------------------------------------------------------------
+
+def test_a_deleted_pod_keeps_serving_while_its_prestop_runs_then_goes():
+    led = ledger(V1)
+    led.planned({V1.key}, (), {})
+    stopping = PodWant("ns/a", (V1,), terminating=True, stopping=True, deadline=NOW + 30)
+    p = plan([stopping], led)
+    assert p.uninstall == () and p.finalize == () and p.force_finalize == ()
+    assert V1.key not in p.released
+    done = PodWant("ns/a", (V1,), terminating=True, deadline=NOW + 30)
+    assert plan([done], led).uninstall == (V1.key,)
+    # A hook that outlives the grace period does not hold the pod any longer.
+    p = plan([stopping], led, now=NOW + 30)
+    assert p.uninstall == (V1.key,) and p.force_finalize == ("ns/a",)
+
+
+def test_a_failed_liveness_probe_restarts_the_biz_at_once_then_after_a_crash_loop_backoff():
+    """Issue 29, item 1: the container's liveness failed past its threshold: the biz is reinstalled; a second
+    failure waits for the kubelet's crash-loop backoff (2 s doubling here, BIZ_INSTALL), during which the plan says
+    which bizs loop."""
+    led = ledger(V1)
+    led.planned({V1.key}, (), {})
+    failing = PodWant("ns/a", (V1,), restart=frozenset({V1.key}))
+    p = plan([failing], led)
+    assert p.restart == (V1,) and p.install == () and p.uninstall == ()
+    led.restart_started(V1.key, "Liveness probe failed", NOW, 0)
+    p = plan([failing], led, now=NOW + 1.0)
+    assert p.restart == () and p.crash_loop == {V1.key} and p.wait_s == 1.0
+    assert plan([failing], led, now=NOW + 2.0).restart == (V1,)
+    led.restart_started(V1.key, "Liveness probe failed", NOW + 2.0, 0)
+    assert plan([failing], led, now=NOW + 5.0).restart == ()  # the second wait is twice as long (4 s)
+    assert plan([failing], led, now=NOW + 6.0).restart == (V1,)
+    assert plan([PodWant("ns/a", (V1,))], led, now=NOW + 6.0).is_idle()  # healthy again: nothing to do

@@ -455,3 +455,51 @@ def test_a_base_known_from_its_node_is_silent_since_its_node_first_showed_it_not
     now[0] = 1000.0
     registry.adopted(view.node, shown[-1])
     assert view.silent_for(1000.0) == silent_at_1000
+
+
+def test_every_health_answer_is_a_reading_even_one_that_changes_nothing_the_node_shows():
+    """kubectl top node reads what the base uses from the registry's last two readings; the Node's view of the
+    base (``view.health``) keeps its object when an answer differs only in usage, so nothing is recomputed."""
+    from vkprovider.core.model import BaseHealth, CpuTicks
+
+    wall = [1_800_000_000.0]
+    registry = BaseRegistry("dev", clock=lambda: 5.0, wall=lambda: wall[0])
+    view, _ = registry.heartbeat(hb())
+    first = BaseHealth(cpu_count=4, cpu=CpuTicks(1000, 10, 5), heap_used_bytes=100)
+    assert registry.health(view.node, first) is True
+    wall[0] += 15
+    busier = BaseHealth(cpu_count=4, cpu=CpuTicks(61000, 20, 5), heap_used_bytes=300)
+    assert registry.health(view.node, busier) is False  # nothing the Node shows changed
+    assert view.health is first
+    assert view.reading is not None and view.earlier_reading is not None
+    assert (view.reading.at, view.reading.health) == (1_800_000_015.0, busier)
+    assert view.reading.health.heap_used_bytes == 300 and view.earlier_reading.health.heap_used_bytes == 100
+
+
+async def test_scrapes_that_find_an_old_answer_share_one_health_read_and_wait_a_bounded_time() -> None:
+    """A scrape of a vnode's metrics asks its base again (read_health); scrapes meanwhile wait for that same read,
+    and none waits longer than it is told (the read goes on and lands in the registry)."""
+    from vkprovider.controllers.nodes import NodeController
+    from vkprovider.core.model import BaseHealth
+
+    registry = BaseRegistry("test", clock=lambda: 0.0)
+    view, _ = registry.heartbeat(hb("b1"))
+    answer = asyncio.Event()
+    asked: list[int] = []
+
+    class Tunnel(fakes.Tunnel):
+        async def health(self, base: object) -> BaseHealth:
+            asked.append(1)
+            await answer.wait()
+            return BaseHealth(cpu_count=2, heap_used_bytes=42)
+
+    controller = NodeController(node_settings(load_settings({"ENV": "test"})), registry, {}, fakes.Claims(),
+                                VnodeWrites(fakes.Holds(), fakes.Api(), fakes.Events(), {"http": Tunnel()}), _cfg(),
+                                clock=lambda: 0.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.gather(*(controller.read_health(view.node, 0.2) for _ in range(3)))
+    assert 0.2 <= loop.time() - started < 2.0 and asked == [1] and view.reading is None
+    answer.set()  # the one read lands in the registry after all
+    await wait_for(lambda: view.reading is not None, timeout=5, what="the health answer recorded")
+    assert asked == [1] and view.reading is not None and view.reading.health.heap_used_bytes == 42

@@ -10,7 +10,7 @@ import pytest
 
 from vkprovider.core import wire
 from vkprovider.core.model import CommandOutcome
-from vkprovider.sim.arklet import ArkletBehaviour, MultiVersionMode, SimArklet
+from vkprovider.sim.arklet import NON_HEAP_BESIDES_METASPACE, ArkletBehaviour, MultiVersionMode, SimArklet
 
 
 def _arklet(**behaviour: Any) -> SimArklet:
@@ -235,6 +235,139 @@ async def test_direct_install_is_not_counted_and_reset_stats() -> None:
     assert (arklet.install_calls, arklet.calls_by_biz) == (0, {})
 
 
+# --- arklet 1.4.3's fence: bizModelVersion (koupleless/runtime #247, #248) ----------------------------------------
+
+def _uninstall(version: str | None, name: str = "biz1") -> dict[str, Any]:
+    body = {"bizName": name, "bizVersion": "1.0.0"}
+    if version is not None:
+        body["bizModelVersion"] = version
+    return body
+
+
+def _with_owner(owner: str | None, **body: Any) -> dict[str, Any]:
+    out = {**_install_body(), **body}
+    if owner is not None:
+        out["bizModelVersion"] = owner
+    return out
+
+
+# (case, installed with, uninstall with, outcome) - BizOpsPodCoordinator.canAccess
+FENCE = [
+    ("the owner uninstalls", "uid-1", "uid-1", CommandOutcome.SUCCESS),
+    ("another pod's uninstall is expired", "uid-1", "uid-2", CommandOutcome.EXPIRED),
+    ("an empty value is always allowed (orphan clean-up)", "uid-1", "", CommandOutcome.SUCCESS),
+    ("no value is always allowed (an older controller)", "uid-1", None, CommandOutcome.SUCCESS),
+    ("installed without one: anyone may", None, "uid-2", CommandOutcome.SUCCESS),
+    ("installed with an empty one: anyone may", "", "uid-2", CommandOutcome.SUCCESS),
+]
+
+
+@pytest.mark.parametrize(("case", "owner", "caller", "outcome"), FENCE, ids=[c[0] for c in FENCE])
+async def test_a_stale_uninstall_is_refused_as_expired(case: str, owner: str | None, caller: str | None,
+                                                     outcome: CommandOutcome) -> None:
+    arklet = _arklet()
+    assert wire.parse_command_result(await arklet.handle("installBiz", _with_owner(owner))).ok
+    answer = await arklet.handle("uninstallBiz", _uninstall(caller))
+    assert wire.parse_command_result(answer).outcome is outcome
+    if outcome is CommandOutcome.EXPIRED:
+        # arklet's own answer, word for word; the biz keeps running
+        assert answer == {"code": "FAILED", "message": "can not access biz because the command is expired"}
+        assert _states(arklet) == {"biz1:1.0.0": "activated"}
+    else:
+        assert _states(arklet) == {}
+
+
+async def test_the_fence_follows_the_newest_install_and_is_forgotten_on_uninstall() -> None:
+    arklet = _arklet()
+    await arklet.handle("installBiz", _with_owner("uid-1"))
+    assert (await arklet.handle("uninstallBiz", _uninstall("")))["code"] == "SUCCESS"  # clean-up, no owner
+    assert arklet.model_versions == {}  # an uninstall without a value forgets the owner
+    await arklet.handle("installBiz", _with_owner("uid-2"))  # a new pod installs it again
+    expired = wire.parse_command_result(await arklet.handle("uninstallBiz", _uninstall("uid-1")))
+    assert expired.outcome is CommandOutcome.EXPIRED  # the old pod's late uninstall cannot remove it
+    assert (await arklet.handle("uninstallBiz", _uninstall("uid-2")))["code"] == "SUCCESS"
+    assert arklet.model_versions == {}
+    # nothing stored any more: even a stranger's value passes the fence (and finds nothing)
+    gone = wire.parse_command_result(await arklet.handle("uninstallBiz", _uninstall("uid-9")))
+    assert gone.outcome is CommandOutcome.NOT_FOUND
+
+
+async def test_batch_installs_and_replaced_versions_store_nothing_new() -> None:
+    """BatchInstallBizHandler does not call BizOpsPodCoordinator.save; uninstallThenInstall removes old versions
+    without the handler, so their stored value stays (arklet 1.4.3 as written)."""
+    arklet = _arklet()
+    batch = {"bizList": [_with_owner("uid-1")]}
+    assert (await arklet.handle("batchInstallBiz", batch))["code"] == "SUCCESS"
+    assert arklet.model_versions == {}
+    assert (await arklet.handle("uninstallBiz", _uninstall("uid-2")))["code"] == "SUCCESS"
+    await arklet.handle("installBiz", _with_owner("uid-1"))
+    replaced = _with_owner("uid-3", bizVersion="2.0.0", installStrategy="uninstallThenInstall")
+    assert wire.parse_command_result(await arklet.handle("installBiz", replaced)).ok
+    assert arklet.model_versions == {"biz1:1.0.0": "uid-1", "biz1:2.0.0": "uid-3"}
+    stale = wire.parse_command_result(await arklet.handle("uninstallBiz", _uninstall("uid-2")))
+    assert stale.outcome is CommandOutcome.EXPIRED  # biz1:1.0.0 is gone, its owner is still on record
+
+
+async def test_a_failed_install_stores_nothing() -> None:
+    arklet = _arklet(fail_bizs=frozenset({"biz1"}))
+    assert not wire.parse_command_result(await arklet.handle("installBiz", _with_owner("uid-1"))).ok
+    assert arklet.model_versions == {}
+
+
+async def test_a_base_restart_forgets_the_owners() -> None:
+    from vkprovider.sim.simulator import SimBase, SimConfig, Simulator
+
+    behaviour = ArkletBehaviour(install_latency_s=0.0, uninstall_latency_s=0.0)
+    base = SimBase(Simulator(SimConfig(bases=1, behaviour=behaviour)), 0, 0)
+    await base.arklet.handle("installBiz", _with_owner("uid-1"))
+    await base.stop()  # the JVM dies; its arklet comes back empty
+    assert base.arklet.model_versions == {}
+    await base.arklet.handle("installBiz", _with_owner(None))  # e.g. reinstalled by hand, no owner
+    assert (await base.arklet.handle("uninstallBiz", _uninstall("uid-2")))["code"] == "SUCCESS"
+
+
+async def test_an_arklet_before_1_4_3_ignores_the_fence() -> None:
+    arklet = _arklet(model_version_fence=False)
+    await arklet.handle("installBiz", _with_owner("uid-1"))
+    assert (await arklet.handle("uninstallBiz", _uninstall("uid-2")))["code"] == "SUCCESS"
+
+
+async def test_the_simulator_keeps_what_it_was_installed_with() -> None:
+    arklet = _arklet()
+    await arklet.handle("installBiz", _with_owner("uid-1", args=["--a=1"], envs={"K": "s3cr3t"}))
+    biz = arklet.bizs["biz1:1.0.0"]
+    assert biz.args == ("--a=1",) and biz.envs == {"K": "s3cr3t"}
+    assert "args" not in biz.to_wire() and "envs" not in biz.to_wire() and "s3cr3t" not in repr(biz)
+
+
+def test_health_figures_move_with_the_bases_usage_as_arklets_do():
+    """The simulated base's health reads as a real one's: CPU ticks counted since its arklet started, busy at the
+    rate its Usage says (set_usage changes it from then on), the used heap it is told, MiB as doubles."""
+    from vkprovider.core import stats
+    from vkprovider.sim.arklet import Usage
+
+    now = [1000.0]
+    arklet = SimArklet(ArkletBehaviour(cpu_count=4), clock_s=lambda: now[0], usage=Usage(0.25, 300 * 1024 * 1024))
+
+    def health() -> Any:
+        return wire.parse_health(arklet.health()["data"])
+
+    assert stats.cpu_seconds(health()) == 0.0
+    now[0] += 10  # 4 CPUs a quarter busy for 10 s: 10 core-seconds of 40
+    first = health()
+    assert first.cpu is not None and first.cpu.total_ms == 40000.0
+    assert stats.cpu_seconds(first) == 10.0 and first.uptime_s == 10.0
+    assert first.heap_used_bytes == 300 * 1024 * 1024
+    assert first.non_heap_used_bytes == ArkletBehaviour().metaspace_used_bytes + NON_HEAP_BESIDES_METASPACE
+    arklet.set_usage(cpu=1.0, heap_used_bytes=700 * 1024 * 1024)
+    now[0] += 5  # then fully busy for 5 s: 20 more
+    second = health()
+    assert stats.cpu_seconds(second) == 30.0 and second.heap_used_bytes == 700 * 1024 * 1024
+    assert stats.usage_nano_cores(stats.Reading(15.0, second), stats.Reading(10.0, first)) == 4_000_000_000
+    raw = arklet.health()["data"]["healthData"]["cpu"]
+    assert raw["user used (%)"] + raw["system used (%)"] + raw["free (%)"] == pytest.approx(100.0)
+
+
 async def test_a_bases_metaspace_use_can_be_set_and_health_reports_it_as_arklet_does() -> None:
     """The control API's knob for memory pressure: used metaspace of one base (committed follows it up); the max
     heap in arklet's own key and unit (MiB); every health question counted."""
@@ -243,11 +376,12 @@ async def test_a_bases_metaspace_use_can_be_set_and_health_reports_it_as_arklet_
     health = wire.parse_health((await arklet.handle("health", {}))["data"])
     assert (health.memory_used_bytes, health.memory_committed_bytes) == (90 * mib, 96 * mib)
     assert health.heap_max_bytes == 2048 * mib
-    arklet.set_metaspace_used(480 * mib)
+    arklet.set_usage(metaspace_used_bytes=480 * mib)
     health = wire.parse_health((await arklet.handle("health", {}))["data"])
     assert (health.memory_max_bytes, health.memory_committed_bytes, health.memory_used_bytes) == (
         512 * mib, 480 * mib, 480 * mib)
-    arklet.set_metaspace_used(100 * mib)
+    arklet.set_usage(metaspace_used_bytes=100 * mib)
     health = wire.parse_health((await arklet.handle("health", {}))["data"])
     assert (health.memory_committed_bytes, health.memory_used_bytes) == (100 * mib, 100 * mib)
+    assert health.non_heap_used_bytes == 100 * mib + NON_HEAP_BESIDES_METASPACE  # non-heap holds the Metaspace
     assert arklet.health_calls == 3

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from vkprovider.core import wire
-from vkprovider.core.model import BizSpec, BizState, CommandOutcome
+from vkprovider.core.model import BizSpec, BizState, CommandOutcome, CpuTicks
 
 REAL_HEARTBEAT: dict[str, Any] = {
     "baseMetadata": {
@@ -368,6 +368,17 @@ INSTALL_OK = {
             "illegal",
         ),
         ({"code": "SUCCESS", "data": "weird"}, CommandOutcome.SUCCESS, ""),
+        # arklet 1.4.3 UninstallBizHandler: Output.ofFailed("can not access biz because the command is expired")
+        (
+            {"code": "FAILED", "message": "can not access biz because the command is expired"},
+            CommandOutcome.EXPIRED,
+            "command is expired",
+        ),
+        (  # the same answer over MQTT: bizOperation's response
+            {"baseIdentity": "b", "code": "FAILED", "message": "can not access biz because the command is expired"},
+            CommandOutcome.EXPIRED,
+            "command is expired",
+        ),
     ],
 )
 def test_parse_command_result(envelope: dict[str, Any], outcome: CommandOutcome, message_part: str) -> None:
@@ -442,6 +453,43 @@ def test_request_bodies() -> None:
     assert orjson.loads(wire.baseline_response([spec])) == [orjson.loads(wire.install_request(spec))]
 
 
+# (case, install_request kwargs, spec fields, expected body) - arklet's InstallBizHandler.Input
+CONFIGURED = [
+    ("plain: the Go controller's body", {}, {}, {}),
+    ("args and envs", {}, {"args": ("--a=1", "b"), "envs": (("X", "1"), ("Y", ""))},
+     {"args": ["--a=1", "b"], "envs": {"X": "1", "Y": ""}}),
+    ("the fence", {"biz_model_version": "3f1e-uid"}, {}, {"bizModelVersion": "3f1e-uid"}),
+    ("an empty fence is left out (arklet treats absent and empty alike)", {"biz_model_version": ""}, {}, {}),
+    ("all, with the strategy", {"biz_model_version": "u", "replace_other_versions": True},
+     {"args": ("x",), "envs": (("E", "v"),)},
+     {"args": ["x"], "envs": {"E": "v"}, "bizModelVersion": "u", "installStrategy": "uninstallThenInstall"}),
+]
+
+
+@pytest.mark.parametrize(("case", "kwargs", "fields", "extra"), CONFIGURED, ids=[c[0] for c in CONFIGURED])
+def test_install_bodies_carry_args_envs_and_the_fence(case: str, kwargs: dict[str, Any], fields: dict[str, Any],
+                                                      extra: dict[str, Any]) -> None:
+    spec = BizSpec("biz1", "0.0.1", "file:///tmp/biz1.jar", **fields)
+    base = {"bizName": "biz1", "bizVersion": "0.0.1", "bizUrl": "file:///tmp/biz1.jar"}
+    assert orjson.loads(wire.install_request(spec, **kwargs)) == {**base, **extra}
+
+
+def test_uninstall_and_batch_bodies_carry_the_fence_per_biz() -> None:
+    assert orjson.loads(wire.uninstall_request("biz1", "0.0.1", biz_model_version="u1")) == {
+        "bizName": "biz1", "bizVersion": "0.0.1", "bizModelVersion": "u1"}
+    assert orjson.loads(wire.uninstall_request("biz1", "0.0.1", biz_model_version="")) == {
+        "bizName": "biz1", "bizVersion": "0.0.1"}  # the orphan clean-up: always allowed
+    a = BizSpec("a", "1", "file:///a.jar", args=("--x",), envs=(("K", "v"),))
+    b = BizSpec("b", "1", "file:///b.jar")
+    versions = {a.key: "uid-a"}
+    expected = [{"bizName": "a", "bizVersion": "1", "bizUrl": "file:///a.jar", "args": ["--x"], "envs": {"K": "v"},
+                 "bizModelVersion": "uid-a"},
+                {"bizName": "b", "bizVersion": "1", "bizUrl": "file:///b.jar"}]
+    assert orjson.loads(wire.batch_install_request([a, b], biz_model_versions=versions)) == {"bizList": expected}
+    assert orjson.loads(wire.baseline_response([a, b], biz_model_versions=versions)) == expected  # MQTT batch
+    assert orjson.loads(wire.baseline_response([b])) == [expected[1]]  # queryBaseline answer
+
+
 def test_identity_must_fit_the_node_name_of_its_env() -> None:
     """vnode.<identity>.<env> is also the kubernetes.io/hostname label value: at most 63 characters."""
     fits = "a" * (63 - len("vnode.") - len(".dev") )
@@ -450,6 +498,53 @@ def test_identity_must_fit_the_node_name_of_its_env() -> None:
         wire.parse_heartbeat(_heartbeat(baseMetadata__identity=fits + "b"), env="dev")
     with pytest.raises(wire.WireError, match="identity too long"):
         wire.parse_base_metadata(_heartbeat(baseMetadata__identity=fits + "b")["baseMetadata"], env="dev")
+
+
+#: The ``jvm`` and ``cpu`` of a real base's health answer (koupleless 2.1.11, docs/protocol.md), verbatim.
+REAL_HEALTH = {"healthData": {
+    "jvm": {"java max metaspace": -1, "java committed metaspace": 56623104, "java used metaspace": 56125448,
+            "max memory(M)": 6028.0, "max heap memory(M)": 6028.0, "used heap memory(M)": 101.3,
+            "total memory(M)": 152.0, "free memory(M)": 49.2, "committed heap memory(M)": 152.0,
+            "init heap memory(M)": 380.0, "max non heap memory(M)": -9.5367431640625E-7,
+            "used non heap memory(M)": 73.1, "committed non heap memory(M)": 75.06, "init non heap memory(M)": 7.3125,
+            "loaded class count": 11599, "unload class count": 2, "total class count": 11601,
+            "java version": "17.0.15", "java home": "/usr/lib/jvm/java-17-openjdk-amd64", "run time(s)": 14.89},
+    "cpu": {"count": 2, "total used (%)": 18360.0, "type": "AMD EPYC", "user used (%)": 2.5, "free (%)": 96.6,
+            "system used (%)": 0.8},
+    "masterBizInfo": {"bizName": "base", "bizState": "activated", "bizVersion": "1.0.0", "webContextPath": "/"}}}
+
+
+@pytest.mark.parametrize(
+    ("jvm", "cpu", "expected"),  # expected: (cpu ticks, heap used, non-heap used, uptime)
+    [
+        (REAL_HEALTH["healthData"]["jvm"], REAL_HEALTH["healthData"]["cpu"],
+         (CpuTicks(18360.0, 2.5, 0.8), round(101.3 * 1048576), round(73.1 * 1048576), 14.89)),
+        ({}, {"count": 2}, (None, None, None, None)),  # an arklet that sends none of it (the simulator before)
+        ({"used heap memory(M)": -1, "used non heap memory(M)": "73", "run time(s)": True}, {},
+         (None, None, None, None)),
+        ({"used heap memory(M)": 0.5}, {"total used (%)": 7.5}, (None, 524288, None, None)),  # no shares: no CPU
+        ({}, {"total used (%)": 100, "user used (%)": 80, "system used (%)": 30}, (None, None, None, None)),  # >100%
+        ({}, {"total used (%)": -1, "user used (%)": 1, "system used (%)": 1}, (None, None, None, None)),
+        ({}, {"total used (%)": 0, "user used (%)": 0, "system used (%)": 0}, (CpuTicks(0, 0, 0), None, None, None)),
+        ({"used heap memory(M)": float("nan")}, {"total used (%)": float("inf"), "user used (%)": 1,
+                                                  "system used (%)": 1}, (None, None, None, None)),
+    ],
+)
+def test_parse_health_usage(jvm: Any, cpu: Any, expected: tuple[Any, ...]) -> None:
+    """What kubectl top node shows: arklet's CPU ticks since it started with their user/system shares, the JVM's
+    used heap and non-heap in bytes (arklet sends MiB as doubles) and its run time; anything else is None."""
+    h = wire.parse_health({"healthData": {"jvm": jvm, "cpu": cpu}})
+    assert (h.cpu, h.heap_used_bytes, h.non_heap_used_bytes, h.uptime_s) == expected
+
+
+def test_usage_figures_do_not_make_an_answer_differ():
+    """A health answer that differs only in what the base uses changes nothing the Node shows (equality)."""
+    first = wire.parse_health(REAL_HEALTH)
+    busier = copy.deepcopy(REAL_HEALTH)
+    busier["healthData"]["cpu"].update({"total used (%)": 20000.0, "user used (%)": 9.0})
+    busier["healthData"]["jvm"]["used heap memory(M)"] = 500.0
+    second = wire.parse_health(busier)
+    assert second == first and second.cpu != first.cpu and second.heap_used_bytes != first.heap_used_bytes
 
 
 @pytest.mark.parametrize(

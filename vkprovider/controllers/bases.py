@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from vkprovider.core.basestate import BaseLedger
 from vkprovider.core.model import BaseHealth, BaseHeartbeat
 from vkprovider.core.node import BaseReadiness, node_name
+from vkprovider.core.stats import Reading
 
 Clock = Callable[[], float]
 
@@ -64,6 +65,8 @@ class BaseView:
     deactivated: bool = False
     health: BaseHealth | None = None
     health_at: float = -1e18
+    reading: Reading | None = None  # the latest health answer and when it came (what kubectl top node shows)
+    earlier_reading: Reading | None = None  # the one before it (the CPU rate of /stats/summary)
     probing: bool = False
     ledger: BaseLedger = field(default_factory=BaseLedger)
 
@@ -85,9 +88,11 @@ class BaseView:
 class BaseRegistry:
     """All bases of this env known to this replica. Not thread-safe: used from the event loop only."""
 
-    def __init__(self, env: str, clock: Clock = time.monotonic, restart_gap_s: float = 20.0) -> None:
+    def __init__(self, env: str, clock: Clock = time.monotonic, restart_gap_s: float = 20.0,
+                 wall: Clock = time.time) -> None:
         self.env = env
         self.clock = clock
+        self.wall = wall
         self.restart_gap_s = restart_gap_s
         self._bases: dict[str, BaseView] = {}
 
@@ -191,11 +196,13 @@ class BaseRegistry:
         return self.health(node, health) or changed
 
     def health(self, node: str, health: BaseHealth) -> bool:
-        """Record health; True if it changed what the node shows."""
+        """Record health; True if it changed what the node shows. Every answer is a new reading of what the base
+        uses (``core.stats``), even one equal to the last."""
         view = self._bases.get(node)
         if view is None:
             return False
         view.health_at = self.clock()
+        view.earlier_reading, view.reading = view.reading, Reading(self.wall(), health)
         changed = view.health != health
         if changed:  # as for heartbeats: an equal answer keeps the old object
             view.health = health

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from vkprovider.controllers.queue import Drop, RequeueAfter
-from vkprovider.core.model import BaseHeartbeat, BizSpec, CommandResult
+from vkprovider.core.model import BaseHeartbeat, BizKey, BizSpec, CommandResult
 from vkprovider.tunnels.base import Tunnel, TunnelError
 
 #: A reconcile that met a fenced vnode (held, renewal late) comes back after this.
@@ -169,6 +169,12 @@ class VnodeScope:
         self.check()
         return await self._kube.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}", body=body)
 
+    async def evict_pod(self, namespace: str, name: str) -> Any:
+        """Ask the Eviction API to remove the pod (PodDisruptionBudgets hold: a refusal is a 429)."""
+        self.check()
+        body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": namespace}}
+        return await self._kube.create(f"/api/v1/namespaces/{namespace}/pods/{name}/eviction", body)
+
     def normal(self, obj: Mapping[str, Any], reason: str, message: str) -> None:
         """An Event about the vnode or one of its pods; dropped (not raised) when the vnode is not held: an Event
         is a side note of a write, and the write itself already raised."""
@@ -186,18 +192,22 @@ class VnodeScope:
             raise Drop(f"no {base.tunnel} tunnel for base {base.identity}")
         return tunnel
 
-    async def install_biz(self, base: BaseHeartbeat, spec: BizSpec, *, replace: bool = False) -> CommandResult:
+    async def install_biz(self, base: BaseHeartbeat, spec: BizSpec, *, replace: bool = False,
+                          owner: str = "") -> CommandResult:
+        """``owner``: the bizModelVersion (the uid of the pod the biz is installed for)."""
         tunnel = self._tunnel(base)
         self.check()
-        return await tunnel.install_biz(base, spec, replace_other_versions=replace)
+        return await tunnel.install_biz(base, spec, replace_other_versions=replace, biz_model_version=owner)
 
-    async def batch_install_biz(self, base: BaseHeartbeat, specs: Sequence[BizSpec]) -> dict[str, CommandResult]:
+    async def batch_install_biz(self, base: BaseHeartbeat, specs: Sequence[BizSpec], *,
+                                owners: Mapping[BizKey, str] | None = None) -> dict[str, CommandResult]:
         tunnel = self._tunnel(base)
         self.check()
-        return await tunnel.batch_install_biz(base, specs)
+        return await tunnel.batch_install_biz(base, specs, biz_model_versions=owners)
 
-    async def uninstall_biz(self, base: BaseHeartbeat, name: str, version: str) -> CommandResult:
+    async def uninstall_biz(self, base: BaseHeartbeat, name: str, version: str, *, owner: str = "") -> CommandResult:
+        """``owner``: the bizModelVersion the biz was installed with (empty: an orphan, always allowed)."""
         tunnel = self._tunnel(base)
         self.check()
-        return await tunnel.uninstall_biz(base, name, version)
+        return await tunnel.uninstall_biz(base, name, version, biz_model_version=owner)
 

@@ -425,9 +425,15 @@ class NodeController:
         return task
 
     async def _health_before_create(self, view: BaseView) -> None:
-        task = self._start_probe(view.node)
+        await self.read_health(view.node, HEALTH_BEFORE_CREATE_S)
+
+    async def read_health(self, node: str, timeout_s: float) -> None:
+        """Ask the base for its health now and wait for the answer, at most ``timeout_s`` (the read goes on after
+        that); a read already under way is shared, not repeated. A scrape of the vnode's metrics asks this when its
+        last answer is old (``kubelet.server``)."""
+        task = self._start_probe(node)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(task), HEALTH_BEFORE_CREATE_S)
+            await asyncio.wait_for(asyncio.shield(task), timeout_s)
 
     async def _probe(self, node: str) -> None:
         try:
@@ -477,7 +483,7 @@ class NodeController:
         md = current.get("metadata") or {}
         spec = current.get("spec") or {}
         labels = vnode.labels_to_patch(md.get("labels") or {}, vnode.node_labels(view.heartbeat, self.cfg))
-        ann = vnode.annotations_to_patch(md.get("annotations") or {}, view.heartbeat)
+        ann = vnode.annotations_to_patch(md.get("annotations") or {}, view.heartbeat, self.cfg)
         taints = vnode.taints_to_write(spec.get("taints") or [], self.cfg, readiness, stamp)
         wanted_id = vnode.provider_id(view.heartbeat.identity, self.cfg.env)
         provider_id = vnode.provider_id_to_set(spec.get("providerID"), wanted_id)
@@ -496,7 +502,6 @@ class NodeController:
             patch["spec"] = {"taints": taints}
         if provider_id:
             patch.setdefault("spec", {})["providerID"] = provider_id
-        log.warning("DEBUGMETA %s %s", view.node, patch)
         try:
             await scope.patch_node(patch)
         except ApiError as exc:

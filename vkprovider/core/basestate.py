@@ -69,6 +69,21 @@ class Inflight:
 
 
 @dataclass(frozen=True, slots=True)
+class Restart:
+    """A biz reinstalled because its container's liveness (or startup) probe failed: how many times in a row, when
+    the last one began (monotonic), when and why (shown as the container's last state)."""
+
+    count: int
+    at: float
+    at_ms: int
+    why: str
+
+
+#: A container that ran this long since its last restart starts its crash-loop backoff afresh (the kubelet's rule).
+RESTART_BACKOFF_RESET_S = 600.0
+
+
+@dataclass(frozen=True, slots=True)
 class Failure:
     """The last command on a biz failed: why, how often in a row, and when it may be tried again.
 
@@ -84,6 +99,7 @@ class Failure:
     at_ms: int
     seq: int = 0
     busy: bool = False  # the base was running another command on the biz ("conflict"): not the biz's failure
+    config: bool = False  # never sent: the container cannot be configured (CreateContainerConfigError)
 
 
 class BaseLedger:
@@ -99,6 +115,8 @@ class BaseLedger:
         self._inflight: dict[BizKey, Inflight] = {}
         self._failures: dict[BizKey, Failure] = {}
         self._urls: dict[BizKey, str] = {}
+        self._owners: dict[BizKey, str] = {}  # the bizModelVersion (a pod's uid) each biz was installed with
+        self._restarts: dict[BizKey, Restart] = {}
         self._superseded: dict[BizKey, BizKey] = {}
         self._known: set[BizKey] = set()
         self._orphan_since: dict[BizKey, float] = {}
@@ -140,6 +158,29 @@ class BaseLedger:
     def installed_urls(self) -> Mapping[BizKey, str]:
         """The jar URL each biz was installed from, where vkprovider knows it."""
         return self._urls
+
+    @property
+    def restarts(self) -> Mapping[BizKey, Restart]:
+        """Bizs restarted because a probe failed (``restart_started``)."""
+        return self._restarts
+
+    def restart_allowed_at(self, key: BizKey, rand: Callable[[], float] | None = None) -> float:
+        """When ``key`` may be restarted again: the kubelet's crash-loop backoff after its last restarts."""
+        restart = self._restarts.get(key)
+        if restart is None:
+            return 0.0
+        return restart.at + BIZ_INSTALL.ceiling(restart.count)
+
+    def restart_started(self, key: BizKey, why: str, now: float, at_ms: int) -> None:
+        previous = self._restarts.get(key)
+        count = 1 if previous is None or now - previous.at >= RESTART_BACKOFF_RESET_S + BIZ_INSTALL.max_s \
+            else previous.count + 1
+        self._restarts[key] = Restart(count, now, at_ms, why)
+        self._version += 1
+
+    def owner(self, key: BizKey) -> str:
+        """The bizModelVersion this process installed ``key`` with ("" when it did not install it)."""
+        return self._owners.get(key, "")
 
     @property
     def superseded(self) -> Mapping[BizKey, BizKey]:
@@ -243,6 +284,8 @@ class BaseLedger:
         for key in list(self._urls):
             if key not in merged and key not in self._inflight:
                 del self._urls[key]  # gone from the base (a restart loses every biz)
+        for key in [k for k in self._owners if k not in merged and k not in self._inflight]:
+            del self._owners[key]
         self._superseded = {o: n for o, n in self._superseded.items() if n in merged and o not in merged}
         changed = old is None or _visible(old) != _visible(merged)
         if old != merged or facts != (len(self._urls), len(self._superseded)):
@@ -296,6 +339,8 @@ class BaseLedger:
         at_ms: int,
         replaced: Iterable[BizKey] = (),
         busy: bool = False,
+        owner: str = "",
+        config: bool = False,
     ) -> None:
         """Record an install (or reinstall) answer. ``reported`` is what the answer said about the biz; ``busy``:
         the base refused because it runs another command on the biz (retried after a read, not a failure)."""
@@ -309,6 +354,8 @@ class BaseLedger:
             self._failures.pop(key, None)
             self._superseded.pop(key, None)  # on the base again: no longer replaced by anything
             self._urls[key] = spec.url
+            if owner:
+                self._owners[key] = owner
             info = next((b for b in reported if b.key == key), None)
             if self._bizs is not None:
                 if info is not None:
@@ -322,6 +369,12 @@ class BaseLedger:
                 if self._bizs is not None:
                     self._bizs.pop(old, None)
                 self._urls.pop(old, None)
+        elif config:
+            # Nothing was sent (the container's configuration cannot be made): no read is needed before trying
+            # again, which happens after the first backoff step, or at once when a referenced object appears.
+            self._failures[key] = Failure(kind, 0, message, now + BIZ_INSTALL.delay(1, self._rand), at_ms, 0,
+                                          config=True)
+            return
         else:
             self._record_failure(key, kind, message, now, at_ms, BIZ_INSTALL, busy=busy)
             if kind is CommandKind.REINSTALL and self._bizs is not None:
@@ -329,8 +382,11 @@ class BaseLedger:
                 self._urls.pop(key, None)
             self._read_requested = seq  # what state did the failure leave behind?
 
-    def finish_uninstall(self, key: BizKey, *, ok: bool, message: str = "", now: float, at_ms: int) -> None:
-        """Record an uninstall answer (``ok`` also when the base no longer had the biz)."""
+    def finish_uninstall(self, key: BizKey, *, ok: bool, message: str = "", now: float, at_ms: int,
+                         expired: bool = False) -> None:
+        """Record an uninstall answer (``ok`` also when the base no longer had the biz). ``expired``: arklet refused
+        it because another pod's install owns the biz now (bizModelVersion): not retried before a read shows what
+        the base has, and no failure of the biz's."""
         self._inflight.pop(key, None)
         seq = self._tick()
         self._version += 1
@@ -339,12 +395,13 @@ class BaseLedger:
             self._failures.pop(key, None)
             self._orphan_since.pop(key, None)
             self._urls.pop(key, None)
+            self._owners.pop(key, None)
             # the version that replaced others is gone: they may be installed again (for new pods)
             self._superseded = {o: n for o, n in self._superseded.items() if n != key}
             if self._bizs is not None:
                 self._bizs.pop(key, None)
         else:
-            self._record_failure(key, CommandKind.UNINSTALL, message, now, at_ms, BIZ_UNINSTALL)
+            self._record_failure(key, CommandKind.UNINSTALL, message, now, at_ms, BIZ_UNINSTALL, busy=expired)
             self._read_requested = seq
 
     def _record_failure(self, key: BizKey, kind: CommandKind, message: str, now: float, at_ms: int,
@@ -377,6 +434,13 @@ class BaseLedger:
             self._superseded[old] = new
             self._version += 1
 
+    def retry_config(self, key: BizKey) -> None:
+        """A ConfigMap or Secret the biz's container waits for appeared or changed: try it again now."""
+        failure = self._failures.get(key)
+        if failure is not None and failure.config:
+            del self._failures[key]
+            self._version += 1
+
     def retry_now(self) -> None:
         """The base came back: failures caused by its absence may be retried at once."""
         self._failures = {
@@ -404,6 +468,10 @@ class BaseLedger:
         for key in [k for k in self._urls if k not in live]:
             del self._urls[key]
             self._version += 1
+        for key in [k for k in self._owners if k not in live]:
+            del self._owners[key]
+        for key in [k for k in self._restarts if k not in live]:
+            del self._restarts[key]
 
 
 def _visible(bizs: Mapping[BizKey, BizInfo]) -> dict[BizKey, tuple[BizState, int | None]]:

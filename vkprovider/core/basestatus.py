@@ -9,6 +9,9 @@ what each of them is told about its bizs, because a pod's status depends on the 
 - a pod whose version was taken over by a newer version of its *own* workload is "replaced in rollout": Running
   but not Ready, never Failed (so its ReplicaSet does not fight the rollout, see ``core.podstatus``);
 - commands in flight, failures, refusals and a base that cannot be read become the containers' waiting reasons;
+- a pod with probes or readiness gates is Ready as the kubelet decides it (``with_probe_readiness``: a container
+  is ready when its probes say so, started when its startup probe has succeeded, and Ready needs every readiness
+  gate's condition True); without either, an ACTIVATED biz is ready, as before;
 - a Ready pod of a batched release may be held not Ready (``with_ready_held``);
 - while the base is not Ready, every pod's Ready follows it; while its biz list is unknown nothing is said, except
   to a pod that never started on a base whose list cannot be read;
@@ -35,8 +38,10 @@ from vkprovider.core.podstatus import (
     is_ready_status,
     pod_status,
     with_base_not_ready,
+    with_probe_readiness,
     with_ready_held,
 )
+from vkprovider.core.probe import ContainerProbeState
 from vkprovider.core.release import HOLD_REASON
 
 #: How long a new pod's first "ContainerCreating" status waits for its install (a fast one writes Running once).
@@ -71,6 +76,12 @@ class PodView:
     order: str
     refused: str | None = None
     installs_started: tuple[float | None, ...] = ()
+    probes: Mapping[str, ContainerProbeState] = field(default_factory=dict)  # biz containers with probes
+
+    @property
+    def kubelet_readiness(self) -> bool:
+        """Whether Ready is decided as the kubelet decides it: the containers' probes, then the readiness gates."""
+        return bool(self.probes) or bool((self.pod.get("spec") or {}).get("readinessGates"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,15 +105,20 @@ def finished_containers(pod: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     return done
 
 
-def op_facts(ledger: BaseLedger, spec: BizSpec, refused: str | None, url: str | None) -> OpFacts:
+def op_facts(ledger: BaseLedger, spec: BizSpec, refused: str | None, url: str | None, *,
+             crash_loop: str | None = None) -> OpFacts:
     """What vkprovider is doing about one biz of a pod, for its container's status."""
     if refused is not None:
         return OpFacts(OpState.IDLE, refused=refused)
+    restart = ledger.restarts.get(spec.key)
+    last_restart = (restart.why, restart.at_ms) if restart is not None else None
     failure = ledger.failures.get(spec.key)
     inflight = ledger.inflight.get(spec.key)
     if inflight is not None and inflight.kind is not CommandKind.UNINSTALL:
         attempts = failure.attempts if failure is not None else 0
         return OpFacts(OpState.INSTALLING, f"installing {spec.key}", attempts=attempts, installed_url=url)
+    if failure is not None and failure.config:
+        return OpFacts(OpState.CONFIG_ERROR, failure.message, installed_url=url)
     if failure is not None and failure.busy:
         return OpFacts(OpState.INSTALLING, f"installing {spec.key} (the base is busy with it)",
                        attempts=failure.attempts, installed_url=url)
@@ -110,7 +126,7 @@ def op_facts(ledger: BaseLedger, spec: BizSpec, refused: str | None, url: str | 
         message = f"{failure.message} (attempt {failure.attempts}, retried with backoff)"
         return OpFacts(OpState.INSTALL_FAILED, message, attempts=failure.attempts,
                        failed_at_ms=failure.at_ms, installed_url=url)
-    return OpFacts(OpState.IDLE, installed_url=url)
+    return OpFacts(OpState.IDLE, installed_url=url, crash_loop=crash_loop, last_restart=last_restart)
 
 
 def base_pod_statuses(
@@ -122,6 +138,7 @@ def base_pod_statuses(
     now: float,
     stamp: str,
     hold_of: Callable[[Mapping[str, Any]], str | None] = lambda pod: None,
+    crash_loop: frozenset[BizKey] = frozenset(),
 ) -> StatusPlan:
     """The status each pod of the base should show (see the module docstring). ``hold_of(pod)``: why a release
     holds the pod's Ready (None: not held)."""
@@ -181,7 +198,12 @@ def base_pod_statuses(
                 ops[spec.key] = OpFacts(OpState.OUTRANKED, f"a newer revision of this pod's workload has "
                                         f"{spec.name} on the base; {spec.key} is not installed over it")
                 continue
-            ops[spec.key] = op_facts(ledger, spec, view.refused, url)
+            looping = None
+            if spec.key in crash_loop:
+                restart = ledger.restarts.get(spec.key)
+                wait_s = max(0, round(ledger.restart_allowed_at(spec.key) - now)) if restart is not None else 0
+                looping = f"back-off {wait_s}s restarting failed container={spec.name} pod={view.key}"
+            ops[spec.key] = op_facts(ledger, spec, view.refused, url, crash_loop=looping)
         workload = view.workload
         pod_active = {b.name: b.key for b in pod_bizs.values() if b.state is BizState.ACTIVATED} or active
         replaced = frozenset(
@@ -200,6 +222,8 @@ def base_pod_statuses(
         desired = pod_status(view.pod, view.modules, pod_bizs, ops, base_ip=base.ip, now_iso=stamp,
                              replaced_in_rollout=replaced, base=base.condition, base_message=base.message,
                              finished=finished)
+        if view.kubelet_readiness:
+            desired = with_probe_readiness(desired, view.pod, view.probes, stamp)
         if is_ready_status(desired):
             hold = hold_of(view.pod)
             if hold is not None:

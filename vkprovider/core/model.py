@@ -7,6 +7,7 @@ controllers and the pure status functions never see wire casing or optional-fiel
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 
@@ -59,15 +60,28 @@ class BizKey:
 
 @dataclass(frozen=True, slots=True)
 class BizSpec:
-    """A biz a pod wants installed: the container name is the bizName, the image is the jar URL."""
+    """A biz a pod wants installed: the container name is the bizName, the image is the jar URL.
+
+    ``args`` and ``envs`` are the container's configuration (``core.containerconfig.resolve``), sent as installBiz
+    ``args`` and ``envs``. They are not part of the biz's identity (``key``: name and version) and never shown:
+    they may hold Secret data, so the repr (and so every log line or message that formats a BizSpec) leaves them
+    out. ``with_config`` makes the spec that carries them.
+    """
 
     name: str
     version: str
     url: str
+    args: tuple[str, ...] = field(default=(), repr=False)
+    envs: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     @property
     def key(self) -> BizKey:
         return BizKey(self.name, self.version)
+
+    def with_config(self, args: Sequence[str], envs: Mapping[str, str] | Sequence[tuple[str, str]]) -> BizSpec:
+        """This biz with installBiz ``args`` and ``envs`` (e.g. a ``containerconfig.Resolved``'s)."""
+        pairs = tuple(envs.items()) if isinstance(envs, Mapping) else tuple(envs)
+        return BizSpec(self.name, self.version, self.url, tuple(args), pairs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +152,20 @@ class BaseHeartbeat:
 
 
 @dataclass(frozen=True, slots=True)
+class CpuTicks:
+    """Arklet's ``cpu`` figures: its machine's CPU time since arklet started, not a rate.
+
+    Arklet (``CpuIndicator``) reads the machine's tick counters (oshi, /proc/stat: every CPU, every process) once
+    when it starts and again on each ``health``: ``total used (%)`` is, despite its name, the milliseconds of CPU
+    time in every state on every CPU between the two; ``user used (%)`` and ``system used (%)`` are shares of it.
+    """
+
+    total_ms: float
+    user_pct: float
+    system_pct: float
+
+
+@dataclass(frozen=True, slots=True)
 class BaseHealth:
     """Resource facts from arklet's ``health`` command. ``None`` means the base did not say."""
 
@@ -149,6 +177,12 @@ class BaseHealth:
     master_biz_name: str | None = None
     master_biz_version: str | None = None
     master_biz_state: str | None = None  # the base itself: ACTIVATED while serving, else shutting down
+    # What the base uses, for ``kubectl top node`` (``core.stats``). Left out of equality: these move with every
+    # answer, and an answer that differs only in them changes nothing the Node shows.
+    cpu: CpuTicks | None = field(default=None, compare=False)
+    heap_used_bytes: int | None = field(default=None, compare=False)
+    non_heap_used_bytes: int | None = field(default=None, compare=False)  # Metaspace, code cache, class space
+    uptime_s: float | None = field(default=None, compare=False)  # "run time(s)": since the JVM started
 
 
 class CommandOutcome(enum.StrEnum):
@@ -158,6 +192,9 @@ class CommandOutcome(enum.StrEnum):
     REPEAT = "REPEAT_BIZ"
     NOT_FOUND = "NOT_FOUND_BIZ"
     CONFLICT = "CONFLICT"
+    EXPIRED = "EXPIRED"
+    """arklet >= 1.4.3 refused an uninstall whose ``bizModelVersion`` is not the one the biz was installed with:
+    the command is stale (another pod owns the biz now). Read the base again; do not retry it blindly."""
     FAILED = "FAILED"
 
 

@@ -1,4 +1,5 @@
-"""Which bizs a pod asks for: container name = bizName, image = biz jar URL, env BIZ_VERSION = version.
+"""Which bizs a pod asks for: container name = bizName, image = biz jar URL, env BIZ_VERSION = version (a literal, or
+a fieldRef to a pod label or annotation).
 
 Pure parsing of pod dicts (raw JSON from the API). Problems are returned per container, never raised, so one
 bad container gives that pod a clear reason without stopping anything else.
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from vkprovider.core.containerconfig import POD_ONLY_FIELDS, FieldRefError, field_ref_value, referenced_annotations
 from vkprovider.core.model import BizSpec, InstallStrategy
 
 MODULE_LABELS = ("module-controller.koupleless.io/component", "virtual-kubelet.koupleless.io/component")
@@ -163,13 +165,30 @@ def parse_namespace_policy(text: str) -> NamespacePolicy:
     return NamespacePolicy(rules)
 
 
-def _biz_version(container: Mapping[str, Any]) -> tuple[str | None, str | None]:
+def _biz_version(pod: Mapping[str, Any], container: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """The biz version: env BIZ_VERSION's literal value (not expanded), or its ``fieldRef`` resolved from the pod
+    (a label or an annotation, say; ``core.containerconfig.POD_ONLY_FIELDS``). Other sources are refused: the
+    version names the biz before any ConfigMap or Secret is read (no I/O here)."""
     for env in container.get("env") or []:
-        if env.get("name") == BIZ_VERSION_ENV:
-            if "valueFrom" in env:
-                return None, "BIZ_VERSION must be a literal value, valueFrom is not supported"
-            value = str(env.get("value") or "").strip()
-            return (value, None) if value else (None, "env BIZ_VERSION is empty")
+        if env.get("name") != BIZ_VERSION_ENV:
+            continue
+        literal = str(env.get("value") or "").strip()
+        value_from = env.get("valueFrom")
+        if not literal and value_from is not None:
+            field_ref = value_from.get("fieldRef") if isinstance(value_from, Mapping) else None
+            if not isinstance(field_ref, Mapping):
+                return None, ("BIZ_VERSION must be a literal value or a fieldRef (a pod label or annotation); "
+                              "configMapKeyRef, secretKeyRef and resourceFieldRef are not supported")
+            path = str(field_ref.get("fieldPath") or "")
+            if path not in POD_ONLY_FIELDS and not path.startswith(("metadata.labels['", "metadata.annotations['")):
+                return None, f"BIZ_VERSION cannot come from fieldRef {path[:100]!r}: it is not a field of the pod"
+            try:
+                literal = field_ref_value(pod, field_ref).strip()
+            except FieldRefError as exc:
+                return None, f"BIZ_VERSION: {exc}"
+            if not literal:
+                return None, f"env BIZ_VERSION is empty (fieldRef {path[:100]})"
+        return (literal, None) if literal else (None, "env BIZ_VERSION is empty")
     return None, "container has no env BIZ_VERSION (the biz version is required)"
 
 
@@ -188,7 +207,7 @@ def pod_modules(pod: Mapping[str, Any], schemes: frozenset[str] | UrlPolicy,
         if not is_biz_image(url):
             sidecars.append(name)
             continue
-        version, version_problem = _biz_version(container)
+        version, version_problem = _biz_version(pod, container)
         url_problem = check_biz_url(url, policy)
         if strategy is None:
             problems.append(ContainerProblem(name, "InvalidInstallStrategy", (
@@ -207,30 +226,58 @@ def pod_modules(pod: Mapping[str, Any], schemes: frozenset[str] | UrlPolicy,
 _KEPT_METADATA = ("name", "namespace", "uid", "resourceVersion", "labels", "ownerReferences", "creationTimestamp",
                   "deletionTimestamp", "deletionGracePeriodSeconds")
 _KEPT_ANNOTATIONS = frozenset({INSTALL_STRATEGY_ANNOTATION})
+#: Besides its name and image, what a container keeps in the cache: its configuration (``containerconfig.resolve``)
+#: and what a kubelet runs for it (probes, lifecycle hooks, the ports they name).
+_KEPT_CONTAINER = ("args", "command", "env", "envFrom", "ports", "readinessProbe", "livenessProbe", "startupProbe",
+                   "lifecycle")
+_KEPT_SPEC = ("readinessGates", "terminationGracePeriodSeconds")  # besides the node (what probes and stops read)
+
+
 
 
 def trim_pod(pod: dict[str, Any]) -> dict[str, Any]:
     """The part of a pod vkprovider reads, for its cache: memory grows with module pods at a few KB each.
 
-    Kept: identity and ownership metadata, labels, the annotations vkprovider reads, deletion facts; the node; each
-    container's name, image and BIZ_VERSION; the whole status (it is compared with what vkprovider writes).
+    Kept: identity and ownership metadata, labels, the annotations vkprovider reads (the install strategy, and those
+    an env fieldRef reads), deletion facts; the node and (when a fieldRef reads it) the service account; each
+    container's name, image and configuration (args, env, envFrom, and its resources when a resourceFieldRef
+    reads them), its probes and lifecycle hooks; the readiness gates and the grace period; the whole status (it is
+    compared with what vkprovider writes). ``containerconfig.resolve`` and ``pod_modules`` give the same answers on
+    the trimmed pod as on the whole one.
     """
     md = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
+    containers_in = [c for c in spec.get("containers") or [] if isinstance(c, dict)]
     kept_metadata = {k: md[k] for k in _KEPT_METADATA if k in md}
-    annotations = {k: v for k, v in (md.get("annotations") or {}).items() if k in _KEPT_ANNOTATIONS}
+    wanted = _KEPT_ANNOTATIONS | referenced_annotations(containers_in)
+    annotations = {k: v for k, v in (md.get("annotations") or {}).items() if k in wanted}
     if annotations:
         kept_metadata["annotations"] = annotations
+    reads_resources = {str(ref.get("containerName") or "") for c in containers_in for ref in _resource_refs(c)}
+    reads_account = any(_field_path(var) == "spec.serviceAccountName" for c in containers_in
+                        for var in c.get("env") or [])
     containers = []
-    for container in spec.get("containers") or []:
+    for container in containers_in:
         kept: dict[str, Any] = {"name": container.get("name"), "image": container.get("image")}
-        env = [e for e in container.get("env") or [] if e.get("name") == BIZ_VERSION_ENV]
-        if env:
-            kept["env"] = env
+        for key in _KEPT_CONTAINER:
+            if container.get(key):
+                kept[key] = container[key]
+        named = container.get("name") in reads_resources or ("" in reads_resources and _resource_refs(container))
+        if named and container.get("resources"):
+            kept["resources"] = container["resources"]
         containers.append(kept)
     trimmed_spec: dict[str, Any] = {"containers": containers}
+    init = [{"name": c.get("name"), "resources": c["resources"]} for c in spec.get("initContainers") or []
+            if isinstance(c, dict) and c.get("name") in reads_resources and c.get("resources")]
+    if init:  # a resourceFieldRef may name an init container
+        trimmed_spec["initContainers"] = init
     if spec.get("nodeName"):
         trimmed_spec["nodeName"] = spec["nodeName"]
+    for key in _KEPT_SPEC:
+        if spec.get(key):
+            trimmed_spec[key] = spec[key]
+    if reads_account and spec.get("serviceAccountName"):
+        trimmed_spec["serviceAccountName"] = spec["serviceAccountName"]
     return {
         "apiVersion": pod.get("apiVersion", "v1"),
         "kind": pod.get("kind", "Pod"),
@@ -238,3 +285,19 @@ def trim_pod(pod: dict[str, Any]) -> dict[str, Any]:
         "spec": trimmed_spec,
         "status": pod.get("status") or {},
     }
+
+
+def _resource_refs(container: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    refs = []
+    for var in container.get("env") or []:
+        value_from = var.get("valueFrom") if isinstance(var, Mapping) else None
+        ref = value_from.get("resourceFieldRef") if isinstance(value_from, Mapping) else None
+        if isinstance(ref, Mapping):
+            refs.append(ref)
+    return refs
+
+
+def _field_path(var: object) -> str:
+    value_from = var.get("valueFrom") if isinstance(var, Mapping) else None
+    field_ref = value_from.get("fieldRef") if isinstance(value_from, Mapping) else None
+    return str(field_ref.get("fieldPath") or "") if isinstance(field_ref, Mapping) else ""

@@ -58,6 +58,9 @@ ANNOTATION_TUNNEL = "base.koupleless.io/tunnel"
 ANNOTATION_IDENTITY = "base.koupleless.io/identity"
 ANNOTATION_ADDRESS = "base.koupleless.io/address"  # ip:port of the base's arklet (InternalIP may be ours)
 ANNOTATION_TTL = "node.alpha.kubernetes.io/ttl"  # the TTL controller's; set at create only
+#: metrics-server (0.7 and later) scrapes a Node's kubelet at this path instead of /metrics/resource: the path names
+#: the vnode, so the replica that holds it answers for it alone (``kubelet.server``; docs/operations.md "kubectl top").
+ANNOTATION_METRICS_PATH = "metrics.k8s.io/resource-metrics-path"
 TAINT_VIRTUAL_NODE = "schedule.koupleless.io/virtual-node"
 TAINT_NODE_ENV = "schedule.koupleless.io/node-env"
 TAINT_NOT_READY = "node.kubernetes.io/not-ready"
@@ -184,7 +187,8 @@ def taints_to_write(current: list[dict[str, str]], cfg: NodeConfig, readiness: B
     Taints of others are kept as they are; of ours, missing ones are added (not-ready with ``timeAdded``),
     unwanted ones removed (the env taint when it is off, not-ready once the base is back). ``not-ready:NoSchedule``
     is the node-lifecycle controller's (it taints every new Node so, and lifts it once Ready, as for a kubelet):
-    removing it too only raced that controller, one extra write on a tenth of the vnodes of a 1,000-base start.
+    removing it too only raced that controller, an extra write on many vnodes of a start (docs/performance.md, "Measured
+    reasons in the code").
     """
     wanted = {(t["key"], t["effect"]): t for t in node_taints(cfg, readiness)}
     result: list[dict[str, str]] = []
@@ -354,7 +358,7 @@ def new_node(hb: BaseHeartbeat, cfg: NodeConfig, status: dict[str, object] | Non
         "metadata": {
             "name": node_name(hb.identity, cfg.env),
             "labels": node_labels(hb, cfg),
-            "annotations": {**node_annotations(hb), ANNOTATION_TTL: "0"},
+            "annotations": {**node_annotations(hb, cfg), ANNOTATION_TTL: "0"},
         },
         "spec": {"providerID": provider_id(hb.identity, cfg.env), "taints": node_taints(cfg, readiness)},
     }
@@ -363,13 +367,22 @@ def new_node(hb: BaseHeartbeat, cfg: NodeConfig, status: dict[str, object] | Non
     return node
 
 
-def node_annotations(hb: BaseHeartbeat) -> dict[str, str]:
-    """The annotations vkprovider keeps in sync on a vnode (all its own)."""
-    return {
+def resource_metrics_path(node: str) -> str:
+    """Where the vnode's kubelet API serves its ``/metrics/resource`` (named by ``ANNOTATION_METRICS_PATH``)."""
+    return f"/metrics/resource/{node}"
+
+
+def node_annotations(hb: BaseHeartbeat, cfg: NodeConfig) -> dict[str, str]:
+    """The annotations vkprovider keeps in sync on a vnode (all its own); the metrics path only while the kubelet
+    API is served."""
+    annotations = {
         ANNOTATION_TUNNEL: hb.tunnel,
         ANNOTATION_IDENTITY: hb.identity,
         ANNOTATION_ADDRESS: f"{hb.ip}:{hb.port}",
     }
+    if cfg.kubelet_address:
+        annotations[ANNOTATION_METRICS_PATH] = resource_metrics_path(node_name(hb.identity, cfg.env))
+    return annotations
 
 
 def ready_status(node: Mapping[str, Any] | None) -> str | None:
@@ -381,9 +394,15 @@ def ready_status(node: Mapping[str, Any] | None) -> str | None:
     return None
 
 
-def annotations_to_patch(current: Mapping[str, str], hb: BaseHeartbeat) -> dict[str, str]:
-    """A merge-patch of our annotations whose value differs; every other annotation is left as it is."""
-    return {k: v for k, v in node_annotations(hb).items() if current.get(k) != v}
+def annotations_to_patch(current: Mapping[str, str], hb: BaseHeartbeat, cfg: NodeConfig) -> dict[str, str | None]:
+    """A merge-patch of our annotations whose value differs; our metrics path is removed once the kubelet API is
+    off. Every other annotation is left as it is."""
+    wanted = node_annotations(hb, cfg)
+    patch: dict[str, str | None] = {k: v for k, v in wanted.items() if current.get(k) != v}
+    ours = resource_metrics_path(node_name(hb.identity, cfg.env))
+    if ANNOTATION_METRICS_PATH not in wanted and current.get(ANNOTATION_METRICS_PATH) == ours:
+        patch[ANNOTATION_METRICS_PATH] = None
+    return patch
 
 
 def heartbeat_from_node(node: Mapping[str, Any], env: str) -> BaseHeartbeat | None:

@@ -27,6 +27,10 @@ old pod can never remove what a new pod installed. Further rules:
 - an old version stays while a new version of the same name is being installed (install before remove);
 - failed commands wait for their backoff, and then for a read of the base sent after the failure (an unanswered
   command may have run: it is never sent twice on a guess); an unowned biz of unknown origin waits ``orphan_grace_s``;
+- a biz whose container's liveness (or startup) probe failed past its threshold is reinstalled (``restart``), at
+  once the first time and then after the kubelet's crash-loop backoff (``BaseLedger.restart_allowed_at``);
+- a deleted pod whose preStop hook still runs (``stopping``) keeps its bizs: nothing of it is uninstalled and it
+  is not finalized before the hook has ended (the module serves until then), or its grace period is over;
 - a deleted pod is finalized once its bizs are gone, or when its grace period is over (the biz then stays
   tracked as an orphan whose uninstall is retried with backoff), so no pod stays Terminating forever - also while
   the base's biz list is unknown (a pod that wants no biz goes at once, the others at the end of their grace
@@ -64,6 +68,8 @@ class PodWant:
     workload: str | None = None
     revision: int = 0  # the Deployment revision of the pod's ReplicaSet; 0 when unknown
     strategy: InstallStrategy = InstallStrategy.AUTO
+    stopping: bool = False  # terminating and its preStop hook still runs: its bizs keep serving until it ends
+    restart: frozenset[BizKey] = frozenset()  # bizs whose container's liveness (or startup) probe failed
 
     @property
     def lineage(self) -> str:
@@ -96,13 +102,15 @@ class BasePlan:
     orphans: Mapping[BizKey, float] = field(default_factory=dict)
     wait_s: float | None = None
     outranked: frozenset[tuple[str, BizKey]] = frozenset()  # (pod, biz) left out for a newer revision
+    restart: tuple[BizSpec, ...] = ()  # reinstalls a failed liveness (or startup) probe asked for
+    crash_loop: frozenset[BizKey] = frozenset()  # restarts due, waiting for their backoff
     kept: frozenset[BizKey] = frozenset()  # on the base, not wanted, kept because an older revision's pod serves it
     replace: Mapping[BizKey, Replace] = field(default_factory=dict)  # installs that may use uninstallThenInstall
 
     def is_idle(self) -> bool:
         """Nothing to send, finalize or wait for, and no pod left out."""
-        return not (self.install or self.reinstall or self.uninstall or self.finalize or self.force_finalize
-                    or self.orphans or self.outranked) and self.wait_s is None
+        return not (self.install or self.reinstall or self.restart or self.uninstall or self.finalize
+                    or self.force_finalize or self.orphans or self.outranked or self.crash_loop) and self.wait_s is None
 
 
 def _revisions(live: list[PodWant], ledger: BaseLedger) -> dict[tuple[str, str], frozenset[int]]:
@@ -170,7 +178,8 @@ def plan_base(pods: Iterable[PodWant], ledger: BaseLedger, *, now: float, orphan
             wanted[spec.key] = spec
             first_wanted_by.setdefault(spec.key, pod.order)
     actual = ledger.bizs
-    kept = _kept(live, outranked, revisions, wanted, actual or {})
+    kept = _kept(live, outranked, revisions, wanted, actual or {}) | {
+        spec.key for p in pods if p.terminating and p.stopping and not _over(p, now) for spec in p.bizs}
     released = frozenset({spec.key for p in pods if p.terminating for spec in p.bizs} - wanted.keys() - kept)
     timers: list[float] = []
     if actual is None:
@@ -199,6 +208,9 @@ def plan_base(pods: Iterable[PodWant], ledger: BaseLedger, *, now: float, orphan
 
     install: list[BizSpec] = []
     reinstall: list[BizSpec] = []
+    restart: list[BizSpec] = []
+    crash_loop: set[BizKey] = set()
+    restarting = {key for p in live for key in p.restart}
     for key in sorted(wanted, key=lambda k: (first_wanted_by[k], k.name, k.version)):
         spec = wanted[key]
         if key in inflight or spec.name in busy_names:
@@ -214,6 +226,14 @@ def plan_base(pods: Iterable[PodWant], ledger: BaseLedger, *, now: float, orphan
             if backing_off(key, (CommandKind.REINSTALL, CommandKind.INSTALL)):
                 continue
             reinstall.append(spec)
+            busy_names.add(spec.name)
+        elif key in restarting:
+            allowed_at = ledger.restart_allowed_at(key)
+            if allowed_at > now:
+                crash_loop.add(key)
+                timers.append(allowed_at - now)
+                continue
+            restart.append(spec)
             busy_names.add(spec.name)
 
     installing_names = {k.name for k in inflight if k in wanted} | {s.name for s in install}
@@ -241,7 +261,7 @@ def plan_base(pods: Iterable[PodWant], ledger: BaseLedger, *, now: float, orphan
     finalize, force = _finalizable(
         pods, lambda spec: spec.key in busy or (spec.key in actual and spec.key not in wanted
                                                 and spec.key not in kept), now, timers)
-    changing = {s.key for s in (*install, *reinstall)}
+    changing = {s.key for s in (*install, *reinstall, *restart)}
     return BasePlan(
         wanted=frozenset(wanted),
         released=released,
@@ -253,6 +273,8 @@ def plan_base(pods: Iterable[PodWant], ledger: BaseLedger, *, now: float, orphan
         orphans=orphans,
         wait_s=min(timers) if timers else None,
         outranked=frozenset(outranked),
+        restart=tuple(restart),
+        crash_loop=frozenset(crash_loop),
         kept=kept,
         replace={k: m for k, m in _replace_modes(live, wanted, actual).items() if k in changing},
     )
@@ -281,15 +303,20 @@ def _kept(live: list[PodWant], outranked: set[tuple[str, BizKey]], revisions: Ma
     return frozenset(kept)
 
 
+def _over(pod: PodWant, now: float) -> bool:
+    return pod.deadline is not None and pod.deadline <= now
+
+
 def _finalizable(pods: list[PodWant], blocks: Callable[[BizSpec], bool], now: float,
                  timers: list[float]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Terminating pods that may go (none of their bizs ``blocks``), and those whose grace period is over."""
+    """Terminating pods that may go (none of their bizs ``blocks``, their preStop ended), and those whose grace
+    period is over."""
     finalize: list[str] = []
     force: list[str] = []
     for pod in pods:
         if not pod.terminating:
             continue
-        if not any(blocks(s) for s in pod.bizs):
+        if not (pod.stopping and not _over(pod, now)) and not any(blocks(s) for s in pod.bizs):
             finalize.append(pod.key)
         elif pod.deadline is not None:
             if pod.deadline <= now:

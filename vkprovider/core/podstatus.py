@@ -28,6 +28,13 @@ Pod phase: Failed when a biz was deactivated (the seeds' BizDeactivate contract)
 or once the pod has been Running (a base restart shows as containers waiting, as kubelet shows a restart);
 Pending otherwise. Terminal phases are never left.
 
+Probes and readiness gates (``with_probe_readiness``, after ``pod_status``): a running biz container is ready only
+when its probes say so (``core.probe``), and the pod's Ready is True only when every container is ready and every
+``spec.readinessGates[].conditionType`` has a True condition in ``status.conditions``. The ContainersReady and Ready
+conditions then read as kubelet writes them (``ready_conditions``: reason ContainersNotReady with "containers with
+unready status: [a b]", ReadinessGatesNotReady with "corresponding condition of pod readiness gate "x" does not
+exist."), unless the pod failed or its base is not ready: those reasons stay.
+
 One exception to Failed: when the version that took over belongs to a pod of the SAME workload (a rolling update
 of one Deployment or DaemonSet), the old pod stays Running but not Ready, with reason BizDeactivate. Its controller
 then removes it while scaling the old revision down (not-ready pods go first); a Failed pod would instead be
@@ -46,6 +53,7 @@ from typing import Any
 from vkprovider.core.compare import holds
 from vkprovider.core.model import BizInfo, BizKey, BizState
 from vkprovider.core.module import PodModules
+from vkprovider.core.probe import ContainerProbeState
 from vkprovider.core.sanitize import clean
 
 REASON_BIZ_DEACTIVATE = "BizDeactivate"
@@ -69,6 +77,7 @@ class OpState(enum.StrEnum):
     INSTALL_FAILED = "INSTALL_FAILED"
     UNINSTALLING = "UNINSTALLING"
     OUTRANKED = "OUTRANKED"  # not installed: a newer revision of the pod's workload has this biz on the base
+    CONFIG_ERROR = "CONFIG_ERROR"  # not installed: its configuration cannot be made (CreateContainerConfigError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +89,8 @@ class OpFacts:
     attempts: int = 0  # consecutive failed installs (for restartCount / CrashLoopBackOff-like status)
     failed_at_ms: int | None = None
     installed_url: str | None = None  # the URL the biz on the base came from, when known
+    crash_loop: str | None = None  # a restart is due and waits for its backoff: the CrashLoopBackOff message
+    last_restart: tuple[str, int] | None = None  # (why, when in epoch ms) of the last restart a probe asked for
     refused: str | None = None  # policy refusal (namespace policy): the biz is not installed at all
 
 
@@ -127,9 +138,13 @@ def _container_state(
             return _waiting(REASON_INSTALL_FAILED, op.message), False
         if op is not None and op.state is OpState.OUTRANKED:
             return _waiting(REASON_SUPERSEDED, op.message), False
+        if op is not None and op.state is OpState.CONFIG_ERROR:
+            return _waiting("CreateContainerConfigError", op.message), False
         return _waiting("ContainerCreating", op.message if op else ""), False
     record = biz.last_record
     message = record.message if record else ""
+    if biz.state is BizState.ACTIVATED and op is not None and op.crash_loop:
+        return _waiting("CrashLoopBackOff", op.crash_loop), False
     if biz.state is BizState.ACTIVATED:
         return {"running": {"startedAt": _started_at(biz, previous, now_iso)}}, True
     if biz.state is BizState.DEACTIVATED:
@@ -223,8 +238,13 @@ def pod_status(
             prev_state = previous.get("state") or {}
             prev_started = (prev_state.get("running") or {}).get("startedAt")
             now_started = (state.get("running") or {}).get("startedAt")
-            if prev_started and ("waiting" in state or (now_started and now_started != prev_started)):
-                restarts += 1  # it ran and had to be installed again (the base lost it): a restart
+            waiting_now = str((state.get("waiting") or {}).get("reason") or "")
+            was_looping = ((prev_state.get("waiting") or {}).get("reason") == "CrashLoopBackOff")
+            if (prev_started and ((waiting_now and waiting_now != "CrashLoopBackOff")
+                                  or (now_started and now_started != prev_started))) or (was_looping and now_started):
+                # it ran and had to be installed again (the base lost it, a probe restarted it): a restart; a
+                # crash-loop backoff counts when the container runs again after it, as the kubelet counts
+                restarts += 1
             if op is not None:
                 if op.state is OpState.INSTALL_FAILED and op.failed_at_ms is not None:
                     failed_at = ms_to_iso(op.failed_at_ms)
@@ -233,6 +253,10 @@ def pod_status(
                     last_shown = ((previous.get("lastState") or {}).get("terminated") or {}).get("finishedAt")
                     if last_shown != failed_at and op.attempts > 1:
                         restarts += 1  # another failed attempt since the status was last shown
+                elif op.last_restart is not None and last_state is None:
+                    why, at_ms = op.last_restart
+                    last_state = {"terminated": {"exitCode": 143, "reason": "Error", "message": clean(why),
+                                                 "finishedAt": ms_to_iso(at_ms)}}
                 if op.installed_url and biz is not None:
                     image = op.installed_url
             if biz is not None:
@@ -415,3 +439,91 @@ def with_base_not_ready(current: Mapping[str, Any], base: BaseCondition, message
     if not status_changed({"containerStatuses": statuses, "conditions": conditions}, current):
         return None
     return _with_times(wanted, current, now_iso)
+
+
+# --- probes and readiness gates (kubelet's pkg/kubelet/status/generate.go) ------------------------------------
+
+REASON_CONTAINERS_NOT_READY = "ContainersNotReady"
+REASON_READINESS_GATES_NOT_READY = "ReadinessGatesNotReady"
+
+
+def _go_list(names: list[str]) -> str:
+    return "[" + " ".join(names) + "]"  # Go's %s of a []string
+
+
+def ready_conditions(pod: Mapping[str, Any], container_ready: Mapping[str, bool], *,
+                     phase: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ContainersReady and Ready conditions kubelet computes (``GenerateContainersReadyCondition``,
+    ``GeneratePodReadyCondition``), without times.
+
+    ``container_ready`` maps each container with a status to whether it is ready (a container of the spec missing
+    from it has an unknown status). ``phase`` defaults to the pod's own. Ready needs ContainersReady and every
+    readiness gate's condition True in the pod's ``status.conditions``.
+    """
+    phase = phase if phase is not None else (pod.get("status") or {}).get("phase")
+    unknown: list[str] = []
+    unready: list[str] = []
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        name = str(container.get("name", ""))
+        if name not in container_ready:
+            unknown.append(name)
+        elif not container_ready[name]:
+            unready.append(name)
+    if (phase == "Succeeded" and not unknown) or phase == "Failed":
+        reason = "PodCompleted" if phase == "Succeeded" else "PodFailed"
+        return _condition("ContainersReady", False, reason), _condition("Ready", False, reason)
+    messages = []
+    if unknown:
+        messages.append(f"containers with unknown status: {_go_list(unknown)}")
+    if unready:
+        messages.append(f"containers with unready status: {_go_list(unready)}")
+    if messages:
+        message = ", ".join(messages)
+        return (_condition("ContainersReady", False, REASON_CONTAINERS_NOT_READY, message),
+                _condition("Ready", False, REASON_CONTAINERS_NOT_READY, message))
+    have = {c.get("type"): c for c in (pod.get("status") or {}).get("conditions") or []}
+    gates = []
+    for gate in (pod.get("spec") or {}).get("readinessGates") or []:
+        kind = str(gate.get("conditionType", "")) if isinstance(gate, Mapping) else ""
+        cond = have.get(kind)
+        if cond is None:
+            gates.append(f'corresponding condition of pod readiness gate "{kind}" does not exist.')
+        elif cond.get("status") != "True":
+            gates.append(f'the status of pod readiness gate "{kind}" is not "True", but {cond.get("status")}')
+    if gates:
+        return (_condition("ContainersReady", True),
+                _condition("Ready", False, REASON_READINESS_GATES_NOT_READY, ", ".join(gates)))
+    return _condition("ContainersReady", True), _condition("Ready", True)
+
+
+def with_probe_readiness(status: Mapping[str, Any], pod: Mapping[str, Any],
+                         probes: Mapping[str, ContainerProbeState], now_iso: str) -> dict[str, Any]:
+    """``status`` (from ``pod_status``) with the probes' verdicts and the readiness gates applied.
+
+    A running container named in ``probes`` is ready only if its probes say so and ``started`` follows its
+    startup probe; a container that is not running is left as it is. ContainersReady and Ready are then kubelet's
+    (``ready_conditions``), except when ``status`` holds them False for a reason of its own (the pod failed, its
+    base is unreachable or deactivated): that stays. Pass probe states only for biz containers (a sidecar runs
+    nowhere to be probed). Apply it before ``with_ready_held`` (a batch gate holds Ready on top).
+    """
+    statuses = []
+    ready: dict[str, bool] = {}
+    for shown in status.get("containerStatuses") or []:
+        name = str(shown.get("name", ""))
+        probe = probes.get(name)
+        entry = dict(shown)
+        if probe is not None and "running" in (entry.get("state") or {}):
+            entry["ready"] = bool(entry.get("ready")) and probe.ready
+            entry["started"] = probe.started
+        statuses.append(entry)
+        ready[name] = bool(entry.get("ready"))
+    conditions = [{k: v for k, v in c.items() if k not in ("lastProbeTime", "lastTransitionTime")}
+                  for c in status.get("conditions") or []]
+    held = next((c for c in conditions if c.get("type") == "ContainersReady" and c.get("status") != "True"
+                 and c.get("reason") not in (None, REASON_CONTAINERS_NOT_READY)), None)
+    if held is None:
+        containers_ready, pod_ready = ready_conditions(pod, ready, phase=status.get("phase"))
+        fresh = {"ContainersReady": containers_ready, "Ready": pod_ready}
+        conditions = [fresh.pop(str(c.get("type")), c) for c in conditions] + list(fresh.values())
+    current = pod.get("status") or {}
+    return _with_times({**status, "containerStatuses": statuses, "conditions": conditions}, current, now_iso)

@@ -25,17 +25,20 @@ from vkprovider.core.model import (
     BaseHeartbeat,
     BaseMetadata,
     BizInfo,
+    BizKey,
     BizSpec,
     BizState,
     BizStateRecord,
     CommandOutcome,
     CommandResult,
+    CpuTicks,
 )
 from vkprovider.core.node import identity_refusal
 from vkprovider.core.sanitize import clean
 
 __all__ = [
     "CONFLICT_MARKER",
+    "EXPIRED_MARKER",
     "LABEL_PREFIXES",
     "MAX_EXTRA_LABELS",
     "WireError",
@@ -55,6 +58,9 @@ __all__ = [
 
 CONFLICT_MARKER: Final = "conflict, exist unfinished command"
 """Arklet's top-level message when a command on the same name:version is still running."""
+
+EXPIRED_MARKER: Final = "can not access biz because the command is expired"
+"""arklet >= 1.4.3's whole answer to an uninstall whose bizModelVersion is not the biz's (UninstallBizHandler)."""
 
 LABEL_PREFIXES: Final = ("topology.kubernetes.io/", "base.koupleless.io/")
 """The only node-label keys a base may ask for through the ``labels`` heartbeat extension."""
@@ -303,11 +309,29 @@ def _optional_int(value: object) -> int | None:
     return int(value)
 
 
-def _mib_to_bytes(value: object) -> int | None:
-    """Arklet's ``... (M)`` figures (MiB, a float) in bytes; ``None`` for missing, non-positive or non-numeric."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+def _optional_float(value: object) -> float | None:
+    """A finite, non-negative JSON number; ``None`` otherwise (arklet's -1 and its -9.5e-7 mean unknown)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return int(value * 1024 * 1024)
+    if not math.isfinite(value) or value < 0:
+        return None
+    return float(value)
+
+
+def _mib_to_bytes(value: object) -> int | None:
+    """Arklet's ``...(M)`` figures are bytes / 1024 / 1024 as a double."""
+    mib = _optional_float(value)
+    return None if mib is None else round(mib * 1024 * 1024)
+
+
+def _cpu_ticks(cpu: Mapping[str, Any]) -> CpuTicks | None:
+    """Arklet's CPU time since it started (see ``CpuTicks``); None unless all three figures make sense."""
+    total = _optional_float(cpu.get("total used (%)"))
+    user = _optional_float(cpu.get("user used (%)"))
+    system = _optional_float(cpu.get("system used (%)"))
+    if total is None or user is None or system is None or user + system > 100.0 + 1e-6:
+        return None
+    return CpuTicks(total_ms=total, user_pct=user, system_pct=system)
 
 
 def _optional_str(value: object) -> str | None:
@@ -315,7 +339,12 @@ def _optional_str(value: object) -> str | None:
 
 
 def parse_health(data: object) -> BaseHealth:
-    """The ``data`` of a ``health`` answer (``{"healthData": {...}}``, or healthData itself) → BaseHealth."""
+    """The ``data`` of a ``health`` answer (``{"healthData": {...}}``, or healthData itself) → BaseHealth.
+
+    Resources: ``cpu.count`` and Metaspace (the vnode's capacity). Usage, for ``kubectl top node``: the machine's
+    CPU time since arklet started (``CpuTicks``), the JVM's used heap and non-heap (``used heap memory(M)``,
+    ``used non heap memory(M)``) and its ``run time(s)``. A figure that is missing, negative or not a number is
+    None, never a guess."""
     if not isinstance(data, Mapping):
         raise WireError("health data is not an object")
     health = data.get("healthData", data)
@@ -337,6 +366,10 @@ def parse_health(data: object) -> BaseHealth:
         master_biz_name=_optional_str(master.get("bizName")),
         master_biz_version=_optional_str(master.get("bizVersion")),
         master_biz_state=(_optional_str(master.get("bizState")) or "").upper() or None,
+        cpu=_cpu_ticks(cpu),
+        heap_used_bytes=_mib_to_bytes(jvm.get("used heap memory(M)")),
+        non_heap_used_bytes=_mib_to_bytes(jvm.get("used non heap memory(M)")),
+        uptime_s=_optional_float(jvm.get("run time(s)")),
     )
 
 
@@ -428,6 +461,8 @@ def _fold(code: object, data: object, message: object, stack: object) -> Command
         return CommandResult(CommandOutcome.SUCCESS, data_message or outer_message or "", bizs)
     if outer_message and CONFLICT_MARKER in outer_message:
         return CommandResult(CommandOutcome.CONFLICT, outer_message, bizs)
+    if code == "FAILED" and outer_message and EXPIRED_MARKER in outer_message:
+        return CommandResult(CommandOutcome.EXPIRED, outer_message, bizs)
     text = data_message or outer_message or f"arklet answered {code}"
     cause = _first_line(stack)
     if cause and cause not in text:
@@ -475,28 +510,57 @@ def parse_batch_install_result(
 
 
 # --- request bodies ----------------------------------------------------------------------------------------
+#
+# installBiz input (arklet's InstallBizHandler.Input): bizName, bizVersion, bizUrl, installStrategy, and
+# - ``args``: a list of strings, given to the biz's ``main`` (Spring Boot reads ``--name=value`` as properties);
+# - ``envs``: a map of strings. arklet hands it to sofa-ark, whose MainMethodRunner drops it (a "TODO: add envs into
+#   the tenant of jdk" up to sofa-ark 3.1.11): on a standard JDK the biz cannot see them (docs/protocol.md §B);
+# - ``bizModelVersion`` (arklet >= 1.4.3; older arklets ignore it): the owner of this install. arklet stores it with
+#   the biz at install, and refuses an uninstall carrying another non-empty value ("can not access biz because the
+#   command is expired", CommandOutcome.EXPIRED); an empty value is always allowed. Keys are sent only when they
+#   have a value, so a plain biz's bodies are byte for byte those of the Go controller.
+# batchInstallBiz (HTTP) and the MQTT baseline take a list of the same inputs. Never log a body: envs and args may
+# hold Secret data.
 
 
-def _install_input(biz: BizSpec) -> dict[str, str]:
-    return {"bizName": biz.name, "bizVersion": biz.version, "bizUrl": biz.url}
+def _install_input(biz: BizSpec, biz_model_version: str = "") -> dict[str, Any]:
+    body: dict[str, Any] = {"bizName": biz.name, "bizVersion": biz.version, "bizUrl": biz.url}
+    if biz.args:
+        body["args"] = list(biz.args)
+    if biz.envs:
+        body["envs"] = dict(biz.envs)
+    if biz_model_version:
+        body["bizModelVersion"] = biz_model_version
+    return body
 
 
-def install_request(biz: BizSpec, *, replace_other_versions: bool = False) -> bytes:
+def install_request(biz: BizSpec, *, replace_other_versions: bool = False, biz_model_version: str = "") -> bytes:
     """installBiz input; ``replace_other_versions`` asks arklet to uninstall other versions of the biz first."""
-    body: dict[str, str] = _install_input(biz)
+    body = _install_input(biz, biz_model_version)
     if replace_other_versions:
         body["installStrategy"] = "uninstallThenInstall"
     return orjson.dumps(body)
 
 
-def uninstall_request(name: str, version: str) -> bytes:
-    return orjson.dumps({"bizName": name, "bizVersion": version})
+def uninstall_request(name: str, version: str, *, biz_model_version: str = "") -> bytes:
+    body = {"bizName": name, "bizVersion": version}
+    if biz_model_version:
+        body["bizModelVersion"] = biz_model_version
+    return orjson.dumps(body)
 
 
-def batch_install_request(bizs: Sequence[BizSpec]) -> bytes:
-    return orjson.dumps({"bizList": [_install_input(biz) for biz in bizs]})
+def _inputs(bizs: Sequence[BizSpec], biz_model_versions: Mapping[BizKey, str] | None) -> list[dict[str, Any]]:
+    versions = biz_model_versions or {}
+    return [_install_input(biz, versions.get(biz.key, "")) for biz in bizs]
 
 
-def baseline_response(bizs: Sequence[BizSpec]) -> bytes:
-    """The answer to ``queryBaseline``: ``[{"bizName","bizVersion","bizUrl"}]``."""
-    return orjson.dumps([_install_input(biz) for biz in bizs])
+def batch_install_request(bizs: Sequence[BizSpec], *,
+                          biz_model_versions: Mapping[BizKey, str] | None = None) -> bytes:
+    """batchInstallBiz input: one installBiz input per biz (``biz_model_versions`` by name:version)."""
+    return orjson.dumps({"bizList": _inputs(bizs, biz_model_versions)})
+
+
+def baseline_response(bizs: Sequence[BizSpec], *, biz_model_versions: Mapping[BizKey, str] | None = None) -> bytes:
+    """The answer to ``queryBaseline``, also the MQTT batch install (``base/baseline``): installBiz inputs
+    ``[{"bizName","bizVersion","bizUrl",...}]``."""
+    return orjson.dumps(_inputs(bizs, biz_model_versions))

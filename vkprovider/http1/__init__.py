@@ -1,10 +1,9 @@
 """HTTP/1.1 for vkprovider's hot paths, on httptools (llhttp: the parser of Node.js, used by uvicorn).
 
-Why it exists: at 1,000 bases vkprovider's steady work is about 100 Lease renewals, 85 heartbeats and 25 arklet
-calls a second, and aiohttp's per-request machinery was most of the CPU of each. Measured on this project's
-machine (docs/performance.md): a Lease PATCH cost 0.39 ms of CPU through aiohttp and 0.16 ms here, a heartbeat
-0.25 ms in an aiohttp server (0.31 ms with the tunnel's handler) and 0.06 ms in a bare protocol. This module keeps
-what such a request needs and nothing else:
+Why it exists: vkprovider's steady work is small requests, hundreds a second at 1,000 bases (Lease renewals,
+heartbeats, arklet calls), and aiohttp's per-request machinery was most of the CPU of each; a request costs a
+fraction of that here (the figures, aiohttp's and this module's: docs/performance.md, "HTTP/1.1 on httptools").
+This package keeps what such a request needs and nothing else:
 
 - :class:`Pool`: keep-alive connections to one origin (TLS, or through an HTTP CONNECT proxy), one request at a
   time on each, a total time limit per request, a size cap per answer, and streamed answers for watches. Its

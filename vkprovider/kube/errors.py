@@ -78,6 +78,17 @@ class ApiError(Exception):
             isinstance(c, Mapping) and c.get("reason") == "NamespaceTerminating" for c in causes)
 
     @property
+    def is_disruption_budget(self) -> bool:
+        """An eviction refused by a PodDisruptionBudget (429 with the cause ``DisruptionBudget``): the caller asks
+        again later, as ``kubectl drain`` does; not a rejection by API priority and fairness."""
+        if self.status != 429 or not isinstance(self.body, Mapping):
+            return False
+        details = self.body.get("details")
+        causes = details.get("causes") if isinstance(details, Mapping) else None
+        return isinstance(causes, list) and any(
+            isinstance(c, Mapping) and c.get("reason") == "DisruptionBudget" for c in causes)
+
+    @property
     def is_unauthorized(self) -> bool:
         return self.status == 401
 
@@ -154,7 +165,8 @@ def api_error_from_response(status: int, http_reason: str | None, raw: bytes,
 def should_retry(exc: BaseException, *, idempotent: bool) -> bool:
     """Whether one call may be repeated after ``exc``.
 
-    - 429: the server rejected the request before handling it (API priority and fairness) - always safe.
+    - 429: the server rejected the request before handling it (API priority and fairness) - always safe; but not an
+      eviction a PodDisruptionBudget refused (the caller decides when to ask again).
     - A connection that was never established: the request was not sent - always safe.
     - Other transport failures and 5xx: only when repeating the call cannot do harm (``idempotent``).
     """
@@ -164,7 +176,7 @@ def should_retry(exc: BaseException, *, idempotent: bool) -> bool:
         return (not exc.sent) or idempotent
     if isinstance(exc, ApiError):
         if exc.status == 429:
-            return True
+            return not exc.is_disruption_budget
         return idempotent and exc.status >= 500 and exc.status != 501
     return False
 

@@ -97,7 +97,8 @@ class _Credentials:
 @dataclass(frozen=True, slots=True)
 class _Direct:
     """An API server and static credentials, found without kubernetes-asyncio (importing its client package costs
-    33 MB of memory for good): what ``_ssl_context``, ``_auth_header`` and ``connect`` read of a configuration."""
+    memory for good: docs/performance.md, "Measured reasons in the code"): what ``_ssl_context``, ``_auth_header``
+    and ``connect`` read of a configuration."""
 
     host: str
     ssl_ca_cert: str | None = None

@@ -64,6 +64,9 @@ RIGHTS: tuple[Right, ...] = (
     Right("", "pods/status", "patch", "the module controller writes biz states as pod status, and marks non-module "
                                       "pods bound to a vnode (controllers/modules/status.py), through the vnode's "
                                       "write port (controllers/fence.py)"),
+    Right("", "pods/eviction", "create", "the drain controller evicts the module pods of a vnode whose base is going, "
+                                         "so PodDisruptionBudgets hold (controllers/drain.py), through the vnode's "
+                                         "write port (controllers/fence.py)"),
     Right("", "events", "create", "EventRecorder posts Events on vnodes, pods and Deployments (kube/events.py)"),
     Right("", "events", "patch", "EventRecorder aggregates a repeated Event: count and lastTimestamp "
                                  "(kube/events.py)"),
@@ -84,8 +87,11 @@ RIGHTS: tuple[Right, ...] = (
           "LeaseKeeper deletes the Lease of a removed vnode, and its member Lease on stop (controllers/ownership.py, "
           "through controllers/leases.py)"),
     Right("", "configmaps", "get",
-          "KubeletApi._load_client_ca reads the client CA that verifies the apiserver's client certificate "
-          "(kubelet/server.py)", names=("extension-apiserver-authentication",)),
+          "RefStore reads the ConfigMaps module containers name in env/envFrom (kube/refs.py); KubeletApi."
+          "_load_client_ca reads the client CA in extension-apiserver-authentication (kubelet/server.py)"),
+    Right("", "secrets", "get",
+          "RefStore reads the Secrets module containers name in env/envFrom, by name only: no list or watch "
+          "(kube/refs.py; docs/security.md)"),
     Right("authentication.k8s.io", "tokenreviews", "create",
           "KubeletApi._token_user authenticates a bearer token sent to the kubelet API (kubelet/server.py)"),
     Right("authorization.k8s.io", "subjectaccessreviews", "create",

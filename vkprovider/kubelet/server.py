@@ -7,13 +7,24 @@ holds and answers 404 for others. Routes exist only for what a Koupleless module
 
 - ``GET /containerLogs/{namespace}/{pod}/{container}``: the biz's lifecycle log (``controllers.bizlog``) with
   ``tailLines``, ``limitBytes``, ``sinceSeconds``, ``sinceTime``, ``timestamps`` and ``follow``;
+- ``GET /metrics/resource/{node}`` and ``GET /stats/summary/{node}``: the vnode's CPU and memory from its base's
+  health answers (``core.stats``), for ``kubectl top node``;
 - exec, attach, run and port-forward: a clear "not supported for Koupleless modules" error.
+
+Usage is routed by the path, not the port: one replica serves many vnodes on one address and port, and neither a
+kubelet's ``/metrics/resource`` nor its ``/stats/summary`` names the node, so each vnode's Node carries
+``metrics.k8s.io/resource-metrics-path: /metrics/resource/<vnode>``, the path metrics-server (0.7 and later)
+scrapes instead (``core.node``); the bare kubelet paths answer 404 saying so. The vnode named in the path is
+authorized, and served only by the replica that holds it. A scrape asks the base for health first when the last
+answer is older than ``VKP_BASE_METRICS_MAX_AGE`` and waits for it at most ``READ_WAIT_S`` (a read under way is
+shared); a vnode whose base is not Ready, or that has no answer, is 503 (metrics-server then leaves it out, as a
+kubelet that does not answer).
 
 Authentication as the kubelet does it: a client certificate verified against the cluster's client CA (the
 ``client-ca-file`` of ConfigMap kube-system/extension-apiserver-authentication, re-read every 10 minutes), or a
 bearer token through a TokenReview; neither is 401. Authorization through a SubjectAccessReview on
-``nodes/<vnode>`` with the kubelet's subresource mapping (``log`` for /logs, ``stats`` for /stats, else ``proxy``)
-and the verb of the HTTP method; denied is 403. Both answers are cached briefly.
+``nodes/<vnode>`` with the kubelet's subresource mapping (``log`` for /logs, ``stats`` for /stats, ``metrics`` for
+/metrics, else ``proxy``) and the verb of the HTTP method; denied is 403. Both answers are cached briefly.
 """
 
 from __future__ import annotations
@@ -37,14 +48,19 @@ from aiohttp import web
 from vkprovider import serving
 from vkprovider.config import Settings
 from vkprovider.core.logview import format_line, parse_query, render
+from vkprovider.core.stats import METRICS_CONTENT_TYPE, Reading, refresh_due, resource_metrics, stats_summary
 from vkprovider.kube.client import ApiError, Kube
 
 log = logging.getLogger(__name__)
 
 CA_REFRESH_S = 600.0
 AUTHN_TTL_S = 60.0
-AUTHZ_TTL_S = 30.0
+AUTHZ_TTL_S = 300.0  # an allowed SubjectAccessReview, as the kubelet caches it (5 min): metrics-server asks per vnode
 DENY_TTL_S = 5.0
+READ_WAIT_S = 3.0  # a scrape waits this long for a fresh health answer (metrics-server gives a kubelet 10 s)
+WHICH_VNODE = ("{path} names no node, and this kubelet API serves many vnodes: ask {path}/<vnode>, the path each "
+               "vnode's Node names in its annotation metrics.k8s.io/resource-metrics-path (metrics-server 0.7 and "
+               "later scrapes it)")
 NOT_SUPPORTED = ("{what} is not supported for Koupleless modules: a module is a biz inside its base's JVM, "
                  "with no process or container of its own to {verb}")
 
@@ -64,6 +80,14 @@ class ModuleSource(Protocol):
     def lines(self, node: str, name: str, version: str) -> list[Any]: ...
 
     def follow(self, node: str, name: str, version: str) -> AsyncIterator[Any]: ...
+
+    def readings(self, node: str) -> tuple[Reading | None, Reading | None]:
+        """The latest health answer of the vnode's base and the one before it."""
+        ...
+
+    def base_ready(self, node: str) -> bool: ...
+
+    async def read_health(self, node: str, timeout_s: float) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +153,10 @@ class KubeletApi:
         await self._load_client_ca()
         app = serving.application()
         app.router.add_get("/containerLogs/{namespace}/{pod}/{container}", self._container_logs)
+        app.router.add_get("/metrics/resource/{node}", self._resource_metrics)
+        app.router.add_get("/stats/summary/{node}", self._stats_summary)
+        app.router.add_get("/metrics/resource", self._which_vnode)
+        app.router.add_get("/stats/summary", self._which_vnode)
         for verb in ("exec", "attach", "run", "portForward"):
             app.router.add_route("*", f"/{verb}/{{tail:.*}}", self._not_supported)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
@@ -271,6 +299,42 @@ class KubeletApi:
             if self._source.pod(f"{namespace}/{name}") is None:
                 break
         return response
+
+    async def _usage(self, request: web.Request, subresource: str) -> web.Response | tuple[Reading, Reading | None]:
+        """The readings to serve for the vnode of the path, or the answer that refuses it."""
+        node = request.match_info["node"]
+        denied = await self._check(request, node, subresource)
+        if denied is not None:
+            return denied
+        if not self._source.serves(node):
+            return web.Response(status=404, text=f"vnode {node} is not served by this replica")
+        if not self._source.base_ready(node):
+            return web.Response(status=503, text=f"the base of vnode {node} is not Ready: no figures")
+        latest, earlier = self._source.readings(node)
+        if refresh_due(latest, time.time(), self._settings.base_metrics_max_age_s):
+            await self._source.read_health(node, READ_WAIT_S)
+            latest, earlier = self._source.readings(node)
+        if latest is None:
+            return web.Response(status=503, text=f"the base of vnode {node} has not answered health yet")
+        return latest, earlier
+
+    async def _resource_metrics(self, request: web.Request) -> web.Response:
+        usage = await self._usage(request, "metrics")
+        if isinstance(usage, web.Response):
+            return usage
+        return web.Response(body=resource_metrics(usage[0]).encode(), headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+    async def _stats_summary(self, request: web.Request) -> web.Response:
+        usage = await self._usage(request, "stats")
+        if isinstance(usage, web.Response):
+            return usage
+        return web.json_response(stats_summary(request.match_info["node"], *usage))
+
+    async def _which_vnode(self, request: web.Request) -> web.Response:
+        denied = await self._check(request, "unknown", "stats" if request.path.startswith("/stats") else "metrics")
+        if denied is not None:
+            return denied
+        return web.Response(status=404, text=WHICH_VNODE.format(path=request.path))
 
     async def _not_supported(self, request: web.Request) -> web.Response:
         parts = request.path.strip("/").split("/")

@@ -4,8 +4,26 @@ This is the part of the simulator that does not care how commands arrive: the HT
 (``http_transport``) and a future MQTT transport both call ``SimArklet.handle(command, body)`` and send the
 envelope it returns. It reproduces what vkprovider must cope with on a real base: lowercase biz states with
 state records, REPEAT_BIZ / NOT_FOUND_BIZ, the per-name:version "conflict, exist unfinished command" answer,
-install latency that does not block other commands, injected failures (auto-uninstalled like sofa-ark), and
-what happens to the other versions of a biz when a new version starts.
+install latency that does not block other commands, injected failures (auto-uninstalled like sofa-ark), what
+happens to the other versions of a biz when a new version starts, and ``health`` figures shaped as arklet's (the
+machine's CPU ticks since arklet started with their user/system shares, heap and non-heap in MiB) that move with
+the base's ``Usage``.
+
+The fence of arklet 1.4.3 (koupleless/runtime #247, #248: BizOpsPodCoordinator), on unless
+``ArkletBehaviour.model_version_fence`` is off (arklet before 1.4.3, e.g. 2.1.6, ignores ``bizModelVersion``):
+
+- a successful ``installBiz`` stores its ``bizModelVersion`` (empty when absent) under the request's name:version,
+  replacing any stored one. ``batchInstallBiz`` stores nothing (its handler does not), nor does an
+  ``uninstallThenInstall`` that removes other versions (their stored values stay);
+- ``uninstallBiz`` (after the "conflict" check) is refused with arklet's own answer,
+  ``{"code":"FAILED","message":"can not access biz because the command is expired"}``, when it carries a non-empty
+  ``bizModelVersion`` and a different non-empty one is stored; an empty one is always allowed, and so is any when
+  nothing (or empty) is stored. A successful uninstall forgets the stored value: unconditionally when it carried
+  none, else only if it is the stored one;
+- a base restart forgets everything (the map lives in the JVM; a restart is a new ``SimArklet``).
+
+Each biz keeps the ``args`` and ``envs`` it was installed with (``SimBiz.args`` / ``envs``, never in an answer), so
+tests can see what vkprovider sent.
 """
 
 from __future__ import annotations
@@ -21,6 +39,7 @@ from typing import Any, Final
 BIZ_COMMANDS: Final = frozenset({"installBiz", "uninstallBiz", "switchBiz", "batchInstallBiz"})
 QUERY_COMMANDS: Final = frozenset({"health", "queryAllBiz"})
 ALLOWED_URL_PREFIXES: Final = ("http://", "https://", "file://")
+EXPIRED_MESSAGE: Final = "can not access biz because the command is expired"
 
 _BIZ_MODEL_FRAME: Final = "com.alipay.sofa.ark.container.model.BizModel.start(BizModel.java)"
 
@@ -56,6 +75,24 @@ class ArkletBehaviour:
     query_latency_s: float = 0.0  # queryAllBiz takes this long (reads overtaken by command answers)
     fail_uninstall_bizs: frozenset[str] = frozenset()  # uninstalls of these bizs fail (an orphan stays)
     malformed_biz_list: bool = False  # queryAllBiz lists one entry without a version (a list no client can parse)
+    model_version_fence: bool = True  # arklet >= 1.4.3: a stale bizModelVersion cannot uninstall (module docstring)
+    batch_install: bool = True  # False: no batchInstallBiz (arklet < 2.1.7: CMD_NOT_FOUND; MQTT < 1.4.1: biz list)
+
+
+#: The simulated JVM's code cache and compressed class space, on top of its Metaspace (its used non-heap).
+NON_HEAP_BESIDES_METASPACE: Final = 24 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What one simulated base uses: the busy fraction of its machine's CPUs and its used heap (``kubectl top
+    node``), its used Metaspace (memory pressure; None: ``ArkletBehaviour.metaspace_used_bytes``). The control
+    API's ``POST /bases/{identity}/usage`` sets them; committed Metaspace follows the used figure up, as the JVM
+    commits Metaspace while it loads classes."""
+
+    cpu: float = 0.05
+    heap_used_bytes: int = 256 * 1024 * 1024
+    metaspace_used_bytes: int | None = None
 
 
 @dataclass(slots=True)
@@ -81,6 +118,8 @@ class SimBiz:
     url: str
     state: str = "unresolved"
     records: list[StateRecord] = field(default_factory=list)
+    args: tuple[str, ...] = field(default=(), repr=False)  # installBiz args, as received
+    envs: dict[str, str] = field(default_factory=dict, repr=False)  # installBiz envs, as received
 
     def move(self, state: str, reason: str, message: str = "", *, now_ms: int) -> None:
         self.state = state
@@ -124,6 +163,19 @@ def _blank(value: object) -> bool:
     return not isinstance(value, str) or not value.strip()
 
 
+def _model_version(body: Mapping[str, Any]) -> str:
+    value = body.get("bizModelVersion")
+    return value if isinstance(value, str) else ""
+
+
+def _args(value: object) -> tuple[str, ...]:
+    return tuple(str(v) for v in value) if isinstance(value, list) else ()
+
+
+def _envs(value: object) -> dict[str, str]:
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+
 class SimArklet:
     """One base's arklet. All state lives here; a JVM restart is a new instance.
 
@@ -137,18 +189,25 @@ class SimArklet:
         *,
         rng: random.Random | None = None,
         clock_ms: Callable[[], int] = _now_ms,
+        clock_s: Callable[[], float] = time.monotonic,
+        usage: Usage | None = None,
     ) -> None:
         self.behaviour = behaviour
         self._rng = rng or random.Random()
         self._clock_ms = clock_ms
+        self._clock_s = clock_s
+        self._started = clock_s()  # arklet takes its first CPU ticks when it starts
+        self._busy_ms = 0.0  # busy CPU time up to _usage_since
+        self._usage_since = self._started
+        self.usage = usage or Usage()
         self.bizs: dict[str, SimBiz] = {}
         self._running: dict[str, str] = {}  # name:version -> the command running on it
         self.install_calls = 0
         self.uninstall_calls = 0
         self.batch_calls = 0
         self.calls_by_biz: dict[str, list[int]] = {}  # name:version -> [installs, uninstalls]
+        self.model_versions: dict[str, str] = {}  # name:version -> bizModelVersion stored at install (1.4.3)
         self.state = "activated"  # the base itself (masterBizInfo): "deactivated" while shutting down
-        self.metaspace_used: int | None = None  # set through the control API (None: the behaviour's)
         self.health_calls = 0
 
     # --- dispatch ----------------------------------------------------------------------------------------
@@ -162,7 +221,7 @@ class SimArklet:
             if self.behaviour.query_latency_s > 0:
                 await asyncio.sleep(self.behaviour.query_latency_s)
             return {"code": "SUCCESS", "data": snapshot}
-        if command not in BIZ_COMMANDS:
+        if command not in BIZ_COMMANDS or (command == "batchInstallBiz" and not self.behaviour.batch_install):
             return {"code": "CMD_NOT_FOUND", "message": f"Internal Error: command {command} not found"}
         if body is None:
             return _internal_error("request body is empty")
@@ -202,28 +261,57 @@ class SimArklet:
             listed.append({"bizName": "mystery", "bizState": "activated"})
         return listed
 
-    def set_metaspace_used(self, used_bytes: int) -> None:
-        """This JVM's metaspace use from now on (memory pressure); committed follows it up, as the JVM commits
-        metaspace while it loads classes. A restart (a new SimArklet) starts from the behaviour's again."""
-        self.metaspace_used = used_bytes
+    def set_usage(self, cpu: float | None = None, heap_used_bytes: int | None = None,
+                  metaspace_used_bytes: int | None = None) -> Usage:
+        """From now on the machine's CPUs are ``cpu`` busy (a fraction), the heap holds ``heap_used_bytes`` and the
+        Metaspace ``metaspace_used_bytes`` (None: each stays as it was)."""
+        now = self._clock_s()
+        self._busy_ms += (now - self._usage_since) * self.usage.cpu * self.behaviour.cpu_count * 1000
+        self._usage_since = now
+        u = self.usage
+        self.usage = Usage(cpu=u.cpu if cpu is None else cpu,
+                           heap_used_bytes=u.heap_used_bytes if heap_used_bytes is None else heap_used_bytes,
+                           metaspace_used_bytes=u.metaspace_used_bytes if metaspace_used_bytes is None
+                           else metaspace_used_bytes)
+        return self.usage
+
+    def metaspace_used(self) -> int:
+        """The Metaspace this JVM uses now: the control API's figure, else the behaviour's."""
+        used = self.usage.metaspace_used_bytes
+        return self.behaviour.metaspace_used_bytes if used is None else used
+
+    def _cpu(self) -> dict[str, Any]:
+        """Arklet's ``cpu``: whole milliseconds of CPU ticks on every CPU since it started, with the busy share
+        split 3:1 between user and system (arklet's CpuIndicator; see core.model.CpuTicks)."""
+        b = self.behaviour
+        now = self._clock_s()
+        total = int((now - self._started) * b.cpu_count * 1000)
+        busy = min(total, int(self._busy_ms + (now - self._usage_since) * self.usage.cpu * b.cpu_count * 1000))
+        share = 100.0 * busy / total if total else 0.0
+        return {"count": b.cpu_count, "type": "simulated", "total used (%)": float(total),
+                "user used (%)": share * 0.75, "system used (%)": share * 0.25, "free (%)": 100.0 - share}
 
     def health(self) -> Envelope:
         self.health_calls += 1
         b = self.behaviour
-        used = b.metaspace_used_bytes if self.metaspace_used is None else self.metaspace_used
+        mib = 1024.0 * 1024.0
+        heap = self.usage.heap_used_bytes
+        used = self.metaspace_used()
         return {
             "code": "SUCCESS",
             "data": {
                 "healthData": {
-                    "jvm": {
+                    "jvm": {  # arklet's JvmIndicator: Metaspace in bytes, the rest in MiB as doubles
                         "java max metaspace": b.metaspace_max_bytes,
                         "java committed metaspace": max(b.metaspace_committed_bytes, used),
                         "java used metaspace": used,
                         "max heap memory(M)": b.heap_max_mb,
-                        "java max memory": 2 * 1024 * 1024 * 1024,
-                        "java used memory": 300 * 1024 * 1024,
+                        "committed heap memory(M)": max(heap, 512 * 1024 * 1024) / mib,
+                        "used heap memory(M)": heap / mib,
+                        "used non heap memory(M)": (used + NON_HEAP_BESIDES_METASPACE) / mib,
+                        "run time(s)": round(self._clock_s() - self._started, 3),
                     },
-                    "cpu": {"count": b.cpu_count, "total used (%)": 7.5, "type": "simulated"},
+                    "cpu": self._cpu(),
                     "masterBizInfo": {
                         "bizName": b.master_biz_name,
                         "bizState": self.state,
@@ -253,13 +341,13 @@ class SimArklet:
             return True
         return self.behaviour.failure_rate > 0 and self._rng.random() < self.behaviour.failure_rate
 
-    async def install(self, body: Mapping[str, Any]) -> Envelope:
+    async def install(self, body: Mapping[str, Any], *, batch: bool = False) -> Envelope:
         name, version, url = body.get("bizName"), body.get("bizVersion"), body.get("bizUrl")
         for field_name, value in (("bizName", name), ("bizVersion", version), ("bizUrl", url)):
             if _blank(value):
                 return _internal_error(f"{field_name} should not be blank")
         assert isinstance(name, str) and isinstance(version, str) and isinstance(url, str)
-        key = _key(name, version)
+        key = requested = _key(name, version)
         conflict = self._conflict("installBiz", key)
         if conflict is not None:
             return conflict
@@ -297,7 +385,7 @@ class SimArklet:
             if body.get("installStrategy") == "uninstallThenInstall":
                 for old in self._versions_of(name, other_than=version):
                     await self._stop_and_remove(old)
-            biz = SimBiz(name, version, url)
+            biz = SimBiz(name, version, url, args=_args(body.get("args")), envs=_envs(body.get("envs")))
             biz.move("resolved", "Created", now_ms=started_ms)
             self.bizs[key] = biz
             if self.behaviour.install_latency_s > 0:
@@ -307,6 +395,8 @@ class SimArklet:
             if self._should_fail(name, version):
                 return self._fail_install(biz, cost, started_ms)
             self._activate(biz, now_ms)
+            if self.behaviour.model_version_fence and not batch:  # InstallBizHandler stores it, batch does not
+                self.model_versions[requested] = _model_version(body)
             return {
                 "code": "SUCCESS",
                 "data": {
@@ -365,6 +455,9 @@ class SimArklet:
         conflict = self._conflict("uninstallBiz", key)
         if conflict is not None:
             return conflict
+        owner = _model_version(body)
+        if self.behaviour.model_version_fence and owner and self.model_versions.get(key, "") not in ("", owner):
+            return {"code": "FAILED", "message": EXPIRED_MESSAGE}
         biz = self.bizs.get(key)
         if biz is None:
             return {
@@ -383,6 +476,8 @@ class SimArklet:
             await self._stop_and_remove(biz)
         finally:
             self._running.pop(key, None)
+        if not owner or self.model_versions.get(key) == owner:
+            self.model_versions.pop(key, None)
         return {"code": "SUCCESS", "data": {"code": "SUCCESS", "message": f"Uninstall biz: {key} success."}}
 
     def switch(self, body: Mapping[str, Any]) -> Envelope:
@@ -416,7 +511,7 @@ class SimArklet:
         for item in biz_list:
             self._count(item, install=True)
         started = self._clock_ms()
-        answers = await asyncio.gather(*(self.install(item) for item in biz_list))
+        answers = await asyncio.gather(*(self.install(item, batch=True) for item in biz_list))
         per_url: dict[str, Any] = {}
         for item, answer in zip(biz_list, answers, strict=True):
             data = answer.get("data") or {}

@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 import sys
 
 from vkprovider.sim.arklet import ArkletBehaviour, MultiVersionMode
-from vkprovider.sim.simulator import SimConfig, Simulator
+from vkprovider.sim.control import start_control_api
+from vkprovider.sim.simulator import SimConfig, Simulator, base_address
 
 log = logging.getLogger(__name__)
 _MB = 1024 * 1024
@@ -35,6 +37,16 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _loopback(text: str) -> str:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address") from None
+    if address.version != 4 or not address.is_loopback:
+        raise argparse.ArgumentTypeError(f"{text} is not in the loopback network 127.0.0.0/8")
+    return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the simulator's flags to ``parser`` (the ``vkprovider sim`` sub-command)."""
     add = parser.add_argument
@@ -48,6 +60,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="first heartbeats are spread over this many seconds (1)",
     )
     add("--host", default="127.0.0.1", help="address the arklet servers and the control API bind to")
+    add("--loopback-ips", type=_loopback, default=None, metavar="127.X.Y.Z",
+        help="give each base its own loopback address: base i is this address plus i (its arklet and web server "
+             "listen there, its heartbeats come from there); default: every base is --host")
+    add("--web-port", type=int, default=None,
+        help="each base serves its ACTIVATED bizs' HTTP paths (/<biz>/version, /<biz>/health) on this port "
+             "(8080 with --loopback-ips; without it base i uses port+i; 0: ephemeral); default: no web server")
     add(
         "--port-start",
         type=int,
@@ -103,6 +121,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add("--malformed-biz-list", action="store_true",
         help="queryAllBiz lists one more entry, without a bizVersion (an unparseable list)")
+    add("--no-batch-install", action="store_true",
+        help="no batch installs, like arklet < 2.1.7 over HTTP (batchInstallBiz: CMD_NOT_FOUND) and < 1.4.1 over "
+             "MQTT (a baseline is installed one by one and answered with the biz list)")
+    add("--no-model-version-fence", action="store_true",
+        help="ignore bizModelVersion like arklet < 1.4.3 (by default an uninstall carrying another pod's "
+             "bizModelVersion is refused as expired, like arklet 1.4.3)")
     add("--cpu-count", type=int, default=4, help="cpu count health reports")
     add("--metaspace-max-mb", type=int, default=512, help="'java max metaspace' health reports, in MiB")
     add("--metaspace-committed-mb", type=int, default=96)
@@ -127,6 +151,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         query_latency_s=args.query_latency,
         fail_uninstall_bizs=frozenset(args.fail_uninstall),
         malformed_biz_list=args.malformed_biz_list,
+        model_version_fence=not args.no_model_version_fence,
+        batch_install=not args.no_batch_install,
     )
     return SimConfig(
         bases=args.bases,
@@ -152,7 +178,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         mqtt_password=args.mqtt_password,
         mqtt_ca_path=args.mqtt_ca,
         mqtt_client_prefix=args.mqtt_client_prefix,
-        control_port=args.control_port,
+        loopback_ips=args.loopback_ips,
+        web_port=args.web_port if args.web_port is not None else (8080 if args.loopback_ips else None),
         seed=args.seed,
         behaviour=behaviour,
     )
@@ -170,7 +197,7 @@ def _raise_open_file_limit(bases: int) -> None:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if soft < bases * 3 + 64:
+    if soft < bases * 4 + 64:
         log.warning("open file limit %d is low for %d bases", soft, bases)
 
 
@@ -178,7 +205,13 @@ async def run_sim(args: argparse.Namespace) -> None:
     """Run the simulator until SIGINT/SIGTERM."""
     config = config_from_args(args)
     _raise_open_file_limit(config.bases)
-    sim = Simulator(config)
+    try:
+        sim = Simulator(config)
+        if config.loopback_ips:
+            base_address(config, config.bases - 1)
+    except ValueError as exc:
+        sys.stderr.write(f"vkprovider sim: {exc}\n")
+        raise SystemExit(2) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -186,8 +219,12 @@ async def run_sim(args: argparse.Namespace) -> None:
             loop.add_signal_handler(sig, stop.set)
     await sim.start()
     try:
-        sys.stdout.write(f"SIM READY control={sim.control_port} bases={len(sim.bases)}\n")
-        sys.stdout.flush()
-        await stop.wait()
+        control, control_port = await start_control_api(sim, config.host, args.control_port)
+        try:
+            sys.stdout.write(f"SIM READY control={control_port} bases={len(sim.bases)}\n")
+            sys.stdout.flush()
+            await stop.wait()
+        finally:
+            await control.cleanup()
     finally:
         await sim.stop()

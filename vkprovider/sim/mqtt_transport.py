@@ -213,6 +213,13 @@ class MqttBaseTransport:
         elif command == "baseline":
             if not isinstance(body, list):
                 return
+            if not arklet.behaviour.batch_install:  # arklet < 1.4.1: one by one, then its biz list
+                for item in body:
+                    if isinstance(item, dict):
+                        await arklet.handle("installBiz", item)
+                payload = self._connection.envelope([simple_biz(b) for b in arklet.bizs.values()])
+                await self._connection.publish_raw(self.topic("simpleBiz"), payload)
+                return
             envelope = await arklet.handle("batchInstallBiz", {"bizList": body})
             answer = {"command": "batchInstallBiz", "response": mqtt_output(envelope)}
             await self._connection.publish(self.topic("batchInstallBizResponse"), answer)

@@ -5,11 +5,21 @@ HTTP server and a heartbeat sender, over MQTT (``--tunnel mqtt``) a ``MqttBaseTr
 broker connection. ``Simulator`` owns them all plus the shared HTTP client session or MQTT connection, and offers
 what tests need to play with bases: stop one (the JVM dies), start it again (a restart loses every biz, keeps
 identity and port), add more, read the counters.
+
+Addresses: by default every base is ``host`` (127.0.0.1) with its own arklet port, as before. With
+``loopback_ips`` (``--loopback-ips 127.10.0.1``) base i is that address plus i (Linux routes all of 127.0.0.0/8 to
+lo, no setup needed): its arklet and its web server listen there, its heartbeats name it in ``localIP`` and come
+from it (a session bound to it: vkprovider's HTTP tunnel calls a base only at the address its heartbeat came from),
+so the pod IP of a module (= the base's IP) reaches that base alone, as on a real network. With ``web_port`` each
+base also serves its ACTIVATED bizs' HTTP paths there (``sim.web``: ``/<biz>/version``, ``/<biz>/health``), like a
+Spring Boot base on 8080, so module probes run against it for real; ``biz_health`` is the knob that makes a biz's
+health path fail (the control API's ``POST /bases/{id}/bizs/{name}/health``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import random
 from dataclasses import dataclass, field
@@ -19,9 +29,10 @@ import aiohttp
 import orjson
 
 from vkprovider.core.credentials import base_token
-from vkprovider.sim.arklet import ArkletBehaviour, SimArklet
+from vkprovider.sim.arklet import ArkletBehaviour, SimArklet, Usage
 from vkprovider.sim.http_transport import ArkletHttpServer, HeartbeatSender
 from vkprovider.sim.mqtt_transport import MqttBaseTransport, MqttSimConnection
+from vkprovider.sim.web import BizHealth, BizWebServer
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +64,10 @@ class SimConfig:
     mqtt_password: str | None = None
     mqtt_ca_path: str | None = None
     mqtt_client_prefix: str = "koupleless"
-    control_port: int | None = None  # None: no control API (in-process use)
+    loopback_ips: str | None = None  # first address of the bases (127.x.y.z): base i is it plus i; None: all `host`
+    # each base serves its bizs' HTTP on this port (with loopback_ips: every base on its own address; without:
+    # base i on web_port + i; 0: an ephemeral port each); None: no web server
+    web_port: int | None = None
     seed: int | None = None
     behaviour: ArkletBehaviour = field(default_factory=ArkletBehaviour)
 
@@ -66,13 +80,22 @@ class SimBase:
         self.index = index
         self.identity = f"{config.identity_prefix}-{index:04d}"
         self.zone = config.zones[index % len(config.zones)] if config.zones else None
+        self.address = base_address(config, index)
         self._sim = sim
-        self.arklet = SimArklet(config.behaviour, rng=random.Random(sim.rng.random()))
+        # Distinct figures for kubectl top node: 2 % to 23 % of the CPUs busy, 256 MiB to 704 MiB of heap used.
+        usage = Usage(cpu=0.02 + 0.03 * (index % 8), heap_used_bytes=(256 + 64 * (index % 8)) * 1024 * 1024)
+        self.arklet = SimArklet(config.behaviour, rng=random.Random(sim.rng.random()), usage=usage)
         self.heartbeats_sent = 0
         self.heartbeat_failures = 0
+        self.biz_health: dict[str, BizHealth] = {}  # a test's knob: what /<biz>/health answers (kept over restarts)
         self._heartbeat_body: bytes | None = None
         self._sender: HeartbeatSender | None = None
+        self._own_session: aiohttp.ClientSession | None = None  # heartbeats from this base's own address
         self.server: ArkletHttpServer | None = None
+        self.web: BizWebServer | None = None
+        if config.web_port is not None:
+            web_port = config.web_port if config.loopback_ips or config.web_port == 0 else config.web_port + index
+            self.web = BizWebServer(lambda: self.arklet, lambda: self.biz_health, self.address, web_port)
         self.mqtt: MqttBaseTransport | None = None
         if sim.mqtt is not None:
             self.mqtt = MqttBaseTransport(
@@ -86,7 +109,7 @@ class SimBase:
                 on_result=self._on_heartbeat,
             )
         else:
-            self.server = ArkletHttpServer(lambda: self.arklet, config.host, port)
+            self.server = ArkletHttpServer(lambda: self.arklet, self.address, port)
 
     def token(self) -> str | None:
         """The bearer token this base sends: its own (from the secret) or the shared one."""
@@ -99,6 +122,11 @@ class SimBase:
     def port(self) -> int:
         """The arklet HTTP port; 0 over MQTT, as arklet's MQTT heartbeat says."""
         return self.server.port if self.server is not None else 0
+
+    @property
+    def web_port(self) -> int | None:
+        """The port this base serves its bizs' HTTP on, None without a web server."""
+        return self.web.port if self.web is not None else None
 
     @property
     def running(self) -> bool:
@@ -123,7 +151,7 @@ class SimBase:
                 "version": config.base_version,
             },
             "localHostName": self.identity,
-            "localIP": config.host,
+            "localIP": self.address,
             "port": self.port,
             "state": self.arklet.state,
         }
@@ -148,6 +176,8 @@ class SimBase:
         """Start the JVM: arklet listens, then heartbeats begin. Called after ``stop`` it is a restart."""
         if self.running:
             return
+        if self.web is not None and not self.web.listening:
+            await self.web.start()
         if self.mqtt is not None:
             await self.mqtt.start()
             return
@@ -156,8 +186,12 @@ class SimBase:
         self._heartbeat_body = None
         if self._sim.session is not None:
             config = self._sim.config
+            session = self._sim.session
+            if config.loopback_ips:
+                connector = aiohttp.TCPConnector(limit=4, local_addr=(self.address, 0))
+                self._own_session = session = aiohttp.ClientSession(connector=connector)
             self._sender = HeartbeatSender(
-                self._sim.session,
+                session,
                 config.endpoint,
                 self.heartbeat_body,
                 interval_s=config.heartbeat_interval_s,
@@ -185,22 +219,25 @@ class SimBase:
         if self._sender is not None:
             await self._sender.stop()
             self._sender = None
+        if self._own_session is not None:
+            await self._own_session.close()
+            self._own_session = None
         if self.server is not None:
             await self.server.stop()
+        if self.web is not None:
+            await self.web.stop()
         if self.mqtt is not None:
             await self.mqtt.stop()
         if partition:
             return
         stats = (self.arklet.install_calls, self.arklet.uninstall_calls, self.arklet.calls_by_biz,
                  self.arklet.batch_calls)
-        self.arklet = SimArklet(self._sim.config.behaviour, rng=random.Random(self._sim.rng.random()))
+        # A new JVM: its CPU ticks count from its start again; it does the same work.
+        self.arklet = SimArklet(self._sim.config.behaviour, rng=random.Random(self._sim.rng.random()),
+                                usage=self.arklet.usage)
         # Call counters describe what vkprovider did to this base; they survive the restart.
         (self.arklet.install_calls, self.arklet.uninstall_calls, self.arklet.calls_by_biz,
          self.arklet.batch_calls) = stats
-
-    def metaspace_used_mb(self) -> float:
-        used = self.arklet.metaspace_used
-        return (self._sim.config.behaviour.metaspace_used_bytes if used is None else used) / (1024 * 1024)
 
     def describe(self) -> dict[str, Any]:
         config = self._sim.config
@@ -210,18 +247,22 @@ class SimBase:
             "version": config.base_version,
             "clusterName": config.cluster_name,
             "port": self.port,
+            "address": self.address,
+            "webPort": self.web_port,
             "zone": self.zone,
             "running": self.running,
             "state": self.arklet.state,
-            "metaspaceUsedMb": self.metaspace_used_mb(),
             "healthCalls": self.arklet.health_calls,
             "bizs": [
-                {"bizName": b.name, "bizVersion": b.version, "bizState": b.state}
+                {"bizName": b.name, "bizVersion": b.version, "bizState": b.state, "args": list(b.args),
+                 "envs": dict(b.envs)}
                 for b in self.arklet.bizs.values()
             ],
             "installCalls": self.arklet.install_calls,
             "uninstallCalls": self.arklet.uninstall_calls,
             "batchInstallCalls": self.arklet.batch_calls,
+            "usage": {"cpu": self.arklet.usage.cpu, "heapUsedBytes": self.arklet.usage.heap_used_bytes,
+                      "metaspaceUsedBytes": self.arklet.metaspace_used()},
             "heartbeatsSent": self.heartbeats_sent,
             "heartbeatFailures": self.heartbeat_failures,
             **({"queryCalls": self.mqtt.query_calls, "heldBizLists": len(self.mqtt.held_biz_lists)}
@@ -229,10 +270,24 @@ class SimBase:
         }
 
 
+def base_address(config: SimConfig, index: int) -> str:
+    """Where base ``index`` listens and what its heartbeats name: ``loopback_ips`` plus ``index``, else ``host``."""
+    if not config.loopback_ips:
+        return config.host
+    first = ipaddress.ip_address(config.loopback_ips)
+    address = first + index
+    if first.version != 4 or not first.is_loopback or not address.is_loopback:
+        raise ValueError(f"--loopback-ips {config.loopback_ips}: base {index} would be {address}, outside the "
+                         "loopback network 127.0.0.0/8")
+    return str(address)
+
+
 class Simulator:
     """N simulated bases. ``start`` returns once every arklet port listens (heartbeats run on their own)."""
 
     def __init__(self, config: SimConfig) -> None:
+        if config.loopback_ips:
+            base_address(config, 0)  # a clear error now, not a half-started simulator
         self.config = config
         self.rng = random.Random(config.seed)
         self.bases: dict[str, SimBase] = {}
@@ -250,8 +305,6 @@ class Simulator:
             )
         elif config.tunnel != "http":
             raise ValueError(f"unknown sim tunnel {config.tunnel!r}")
-        self.control_port: int | None = None
-        self._control_runner: Any = None
 
     async def start(self, *, heartbeats: bool = True) -> None:
         if self.mqtt is not None:
@@ -260,17 +313,8 @@ class Simulator:
             connector = aiohttp.TCPConnector(limit=64, limit_per_host=64)
             self.session = aiohttp.ClientSession(connector=connector)
         await self.add_bases(self.config.bases)
-        if self.config.control_port is not None:
-            from vkprovider.sim.control import start_control_api
-
-            self._control_runner, self.control_port = await start_control_api(
-                self, self.config.host, self.config.control_port
-            )
 
     async def stop(self) -> None:
-        if self._control_runner is not None:
-            await self._control_runner.cleanup()
-            self._control_runner = None
         await asyncio.gather(*(base.stop() for base in self.bases.values()), return_exceptions=True)
         if self.mqtt is not None:
             await self.mqtt.stop()
@@ -281,6 +325,8 @@ class Simulator:
     async def add_bases(self, count: int) -> list[SimBase]:
         """Start ``count`` more bases (ports continue from ``port_start`` when it is set)."""
         first = len(self.bases)
+        if self.config.loopback_ips and count > 0:
+            base_address(self.config, first + count - 1)  # all of them fit in 127.0.0.0/8, or none is added
         new: list[SimBase] = []
         for index in range(first, first + count):
             port = 0 if self.config.port_start is None else self.config.port_start + index

@@ -7,7 +7,7 @@ MQTT where the answer arrives on another topic.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -16,6 +16,7 @@ from vkprovider.core.model import (
     BaseHeartbeat,
     BaseMetadata,
     BizInfo,
+    BizKey,
     BizSpec,
     CommandResult,
 )
@@ -76,20 +77,31 @@ class Tunnel(Protocol):
         ...
 
     async def install_biz(
-        self, base: BaseHeartbeat, biz: BizSpec, *, replace_other_versions: bool = False
+        self, base: BaseHeartbeat, biz: BizSpec, *, replace_other_versions: bool = False,
+        biz_model_version: str = "",
     ) -> CommandResult:
-        """Install a biz; with ``replace_other_versions`` the base uninstalls other versions of it first."""
+        """Install a biz; with ``replace_other_versions`` the base uninstalls other versions of it first.
+
+        ``biz_model_version`` (the owning pod's UID): arklet >= 1.4.3 stores it with the biz, and refuses a later
+        uninstall that carries another non-empty value (``core.wire``)."""
         ...
 
-    async def uninstall_biz(self, base: BaseHeartbeat, name: str, version: str) -> CommandResult: ...
+    async def uninstall_biz(self, base: BaseHeartbeat, name: str, version: str, *,
+                            biz_model_version: str = "") -> CommandResult:
+        """Uninstall a biz. With a ``biz_model_version`` arklet >= 1.4.3 refuses the command when the biz was
+        installed with another one (``CommandOutcome.EXPIRED``: read the base again); empty is always allowed."""
+        ...
 
     def release(self, base: BaseHeartbeat) -> None:
         """This replica no longer commands ``base`` (its vnode went to another replica)."""
         ...
 
-    async def batch_install_biz(self, base: BaseHeartbeat, bizs: Sequence[BizSpec]) -> dict[str, CommandResult]:
-        """Install several bizs in one call; the answer is keyed by biz URL.
+    async def batch_install_biz(self, base: BaseHeartbeat, bizs: Sequence[BizSpec], *,
+                                biz_model_versions: Mapping[BizKey, str] | None = None) -> dict[str, CommandResult]:
+        """Install several bizs in one call; the answer is keyed by biz URL. ``biz_model_versions``: each biz's
+        bizModelVersion by name:version (arklet 1.4.3's batch install does not store it; single installs do).
 
-        A base without batchInstallBiz (arklet before 2.1.7) is served by single installs instead.
+        A base without batchInstallBiz (arklet before 2.1.7) is served by single installs instead
+        (``tunnels.batch.BatchSupport``).
         """
         ...

@@ -29,11 +29,12 @@ from vkprovider.config import Settings
 from vkprovider.core import wire
 from vkprovider.core.backoff import ARKLET_QUERY
 from vkprovider.core.credentials import TOKEN_PREFIX, token_matches
-from vkprovider.core.model import BaseHealth, BaseHeartbeat, BizInfo, BizSpec, CommandOutcome, CommandResult
+from vkprovider.core.model import BaseHealth, BaseHeartbeat, BizInfo, BizKey, BizSpec, CommandResult
 from vkprovider.core.sanitize import clean
 from vkprovider.serving import Served
 from vkprovider.tunnels import metrics
 from vkprovider.tunnels.base import BaseEvents, TunnelError
+from vkprovider.tunnels.batch import BatchSupport, install_one_by_one
 from vkprovider.tunnels.metrics import HEARTBEATS_TOTAL, TUNNEL_REQUEST_SECONDS
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,8 @@ class HttpTunnel:
         self._events: BaseEvents | None = None
         self._served: Served | None = None
         self._limiter = _BaseLimiter(settings.arklet_max_inflight_per_base)
-        self._no_batch: set[str] = set()  # bases (ip:port) whose arklet predates batchInstallBiz
+        # bases (ip:port) whose arklet predates batchInstallBiz: one CMD_NOT_FOUND proves it
+        self._batch = BatchSupport(strikes=1, lacks="batchInstallBiz (arklet < 2.1.7)")
         token = settings.heartbeat_token
         self._shared_token = token.encode() if token else None
         self._secret = settings.secret()
@@ -410,41 +412,36 @@ class HttpTunnel:
             raise TunnelError(f"queryAllBiz from {base.identity}: {exc.reason}") from None
 
     async def install_biz(
-        self, base: BaseHeartbeat, biz: BizSpec, *, replace_other_versions: bool = False
+        self, base: BaseHeartbeat, biz: BizSpec, *, replace_other_versions: bool = False,
+        biz_model_version: str = "",
     ) -> CommandResult:
-        body = wire.install_request(biz, replace_other_versions=replace_other_versions)
+        body = wire.install_request(biz, replace_other_versions=replace_other_versions,
+                                    biz_model_version=biz_model_version)
         envelope = await self._call(base, "installBiz", body, idempotent=False, judge=_command_ok)
         return wire.parse_command_result(envelope)
 
-    async def uninstall_biz(self, base: BaseHeartbeat, name: str, version: str) -> CommandResult:
-        envelope = await self._call(
-            base, "uninstallBiz", wire.uninstall_request(name, version), idempotent=False, judge=_command_ok
-        )
+    async def uninstall_biz(self, base: BaseHeartbeat, name: str, version: str, *,
+                            biz_model_version: str = "") -> CommandResult:
+        body = wire.uninstall_request(name, version, biz_model_version=biz_model_version)
+        envelope = await self._call(base, "uninstallBiz", body, idempotent=False, judge=_command_ok)
         return wire.parse_command_result(envelope)
 
     async def batch_install_biz(
-        self, base: BaseHeartbeat, bizs: Sequence[BizSpec]
+        self, base: BaseHeartbeat, bizs: Sequence[BizSpec], *, biz_model_versions: Mapping[BizKey, str] | None = None
     ) -> dict[str, CommandResult]:
         if not bizs:
             return {}
+        versions = biz_model_versions or {}
         address = f"{base.ip}:{base.port}"
-        if address not in self._no_batch:
-            envelope = await self._call(
-                base, "batchInstallBiz", wire.batch_install_request(bizs), idempotent=False, judge=_command_ok
-            )
+        if self._batch.supported(address):
+            body = wire.batch_install_request(bizs, biz_model_versions=versions)
+            envelope = await self._call(base, "batchInstallBiz", body, idempotent=False, judge=_command_ok)
             if envelope.get("code") != "CMD_NOT_FOUND":
+                self._batch.batch_answer(address)
                 return wire.parse_batch_install_result(envelope, [biz.url for biz in bizs])
-            log.info("base %s has no batchInstallBiz (arklet < 2.1.7): installing one by one", base.identity)
-            self._no_batch.add(address)
-        results = await asyncio.gather(*(self.install_biz(base, biz) for biz in bizs), return_exceptions=True)
-        answers: dict[str, CommandResult] = {}
-        for biz, result in zip(bizs, results, strict=True):
-            if isinstance(result, BaseException):
-                answers[biz.url] = CommandResult(CommandOutcome.FAILED, f"base unreachable: {result}")
-            else:
-                answers[biz.url] = result
-        return answers
-
+            self._batch.no_batch_answer(address, base.identity)
+        return await install_one_by_one(
+            lambda biz: self.install_biz(base, biz, biz_model_version=versions.get(biz.key, "")), bizs)
 
 def _host(ip: str) -> str:
     return f"[{ip}]" if ":" in ip else ip

@@ -58,6 +58,7 @@ from vkprovider.core.model import (
     BaseHealth,
     BaseHeartbeat,
     BizInfo,
+    BizKey,
     BizSpec,
     BizState,
     CommandOutcome,
@@ -65,6 +66,7 @@ from vkprovider.core.model import (
 )
 from vkprovider.tunnels import metrics
 from vkprovider.tunnels.base import BaseEvents, TunnelError
+from vkprovider.tunnels.batch import BatchSupport, install_one_by_one
 from vkprovider.tunnels.metrics import HEARTBEATS_TOTAL, TUNNEL_REQUEST_SECONDS
 
 log = logging.getLogger(__name__)
@@ -382,9 +384,9 @@ class MqttTunnel:
         self._ops = _Waiters()  # (identity, command, name, version) -> caller of installBiz / uninstallBiz
         self._batches = _Waiters()  # identity -> caller of batch_install_biz
         self._op_locks = _KeyedLocks()
-        self._no_batch: set[str] = set()  # bases whose arklet answers a baseline without batchInstallBizResponse
+        # bases whose arklet answers a baseline with a biz list, not batchInstallBizResponse: twice in a row proves it
+        self._batch = BatchSupport(strikes=2, lacks="batchInstallBizResponse (arklet < 1.4.1)")
         self._batch_requested: dict[str, frozenset[tuple[str, str]]] = {}  # identity -> name:version in flight
-        self._list_answers: dict[str, int] = {}  # identity -> baselines answered by a biz list (old arklet)
         self._batch_responders: set[str] = set()  # bases seen answering with batchInstallBizResponse
         self._answering: set[str] = set()  # bases whose answer topics are subscribed on this connection
         self._wanted: set[str] = set()  # bases this replica commands (subscribed again after a reconnect)
@@ -666,8 +668,7 @@ class MqttTunnel:
             raise MessageDropped("invalid", "batchInstallBizResponse without a response object")
         self._order(identity).answered(stamp, self._clock_ms())
         self._batch_responders.add(identity)  # a new-enough arklet: never fall back to single installs
-        self._list_answers.pop(identity, None)
-        self._no_batch.discard(identity)
+        self._batch.batch_answer(identity)
         if not self._batches.resolve(identity, data["response"]):
             log.debug("batchInstallBizResponse from %s nobody waited for (a baseline answer)", identity)
 
@@ -816,29 +817,35 @@ class MqttTunnel:
         return await self._timed(command, call(), lambda result: result.ok)
 
     async def install_biz(
-        self, base: BaseHeartbeat, biz: BizSpec, *, replace_other_versions: bool = False
+        self, base: BaseHeartbeat, biz: BizSpec, *, replace_other_versions: bool = False,
+        biz_model_version: str = "",
     ) -> CommandResult:
-        body = wire.install_request(biz, replace_other_versions=replace_other_versions)
+        body = wire.install_request(biz, replace_other_versions=replace_other_versions,
+                                    biz_model_version=biz_model_version)
         return await self._biz_operation(base, "installBiz", biz.name, biz.version, body)
 
-    async def uninstall_biz(self, base: BaseHeartbeat, name: str, version: str) -> CommandResult:
-        return await self._biz_operation(base, "uninstallBiz", name, version, wire.uninstall_request(name, version))
+    async def uninstall_biz(self, base: BaseHeartbeat, name: str, version: str, *,
+                            biz_model_version: str = "") -> CommandResult:
+        body = wire.uninstall_request(name, version, biz_model_version=biz_model_version)
+        return await self._biz_operation(base, "uninstallBiz", name, version, body)
 
     async def batch_install_biz(
-        self, base: BaseHeartbeat, bizs: Sequence[BizSpec]
+        self, base: BaseHeartbeat, bizs: Sequence[BizSpec], *, biz_model_versions: Mapping[BizKey, str] | None = None
     ) -> dict[str, CommandResult]:
         """Arklet >= 1.4.1 batch-installs what it receives on ``base/baseline`` and answers on
         ``base/batchInstallBizResponse``; an older one installs one by one and answers with its biz list."""
         if not bizs:
             return {}
+        versions = biz_model_versions or {}
         urls = [biz.url for biz in bizs]
-        if base.identity not in self._no_batch:
+        if self._batch.supported(base.identity):
             topic = baseline_topic(self._env, base.identity)
             timeout_s = self._settings.arklet_install_timeout_s
+            payload = wire.baseline_response(bizs, biz_model_versions=versions)
 
             async def send() -> None:
                 await self._listen_to(base.identity, self._settings.arklet_query_timeout_s)
-                await self._publish(topic, wire.baseline_response(bizs), self._settings.arklet_query_timeout_s)
+                await self._publish(topic, payload, self._settings.arklet_query_timeout_s)
 
             async def call() -> Any:
                 async with self._op_locks.hold(("batch", base.identity)):
@@ -852,22 +859,11 @@ class MqttTunnel:
             answer = await self._timed("batchInstallBiz", call(), _batch_ok)
             if isinstance(answer, Mapping):
                 return wire.parse_batch_install_result(answer, urls)
-            answered = self._list_answers.get(base.identity, 0) + 1
-            self._list_answers[base.identity] = answered
-            if answered >= 2:  # twice in a row, never a batchInstallBizResponse: an old arklet
-                log.info("base %s answers baselines without batchInstallBizResponse (arklet < 1.4.1): "
-                         "installing one by one from now on", base.identity)
-                self._no_batch.add(base.identity)
+            # twice in a row, never a batchInstallBizResponse: an old arklet
+            self._batch.no_batch_answer(base.identity, base.identity)
             return _results_from_bizs(bizs, answer)
-        results = await asyncio.gather(*(self.install_biz(base, biz) for biz in bizs), return_exceptions=True)
-        answers: dict[str, CommandResult] = {}
-        for biz, result in zip(bizs, results, strict=True):
-            if isinstance(result, BaseException):
-                answers[biz.url] = CommandResult(CommandOutcome.FAILED, f"base unreachable: {result}")
-            else:
-                answers[biz.url] = result
-        return answers
-
+        return await install_one_by_one(
+            lambda biz: self.install_biz(base, biz, biz_model_version=versions.get(biz.key, "")), bizs)
 
 class _Timeout(TunnelError):
     """The base did not answer in time."""

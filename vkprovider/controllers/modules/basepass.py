@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,10 +31,11 @@ from vkprovider.controllers.fence import VnodeScope, VnodeWrites
 from vkprovider.controllers.modules.commands import CommandRunner, now_ms
 from vkprovider.controllers.modules.records import PodIndex, PodRecord
 from vkprovider.controllers.modules.status import PodStatusQueue
+from vkprovider.controllers.modules.stops import GracefulStops
 from vkprovider.core.backoff import BIZ_INSTALL
 from vkprovider.core.basestate import BaseLedger
 from vkprovider.core.basestatus import BaseFacts, PodView, base_pod_statuses, finished_containers
-from vkprovider.core.model import BizInfo, BizKey
+from vkprovider.core.model import BizInfo, BizKey, BizState
 from vkprovider.core.module import is_module_pod, is_terminal, is_terminating
 from vkprovider.core.node import BaseReadiness
 from vkprovider.core.plan import PodWant, plan_base
@@ -45,8 +47,10 @@ from vkprovider.core.podstatus import (
     not_a_module_condition,
     second_to_iso,
 )
+from vkprovider.core.probe import ContainerProbeState
 from vkprovider.core.sanitize import MAX_LOG_TEXT, clean
 from vkprovider.kube.client import ApiError
+from vkprovider.probes import ContainerInput, ProbeManager
 from vkprovider.tunnels.base import TunnelError
 
 log = logging.getLogger(__name__)
@@ -61,8 +65,6 @@ _BASE_CONDITION = {
 
 
 def now_iso() -> str:
-    import time
-
     return second_to_iso(int(time.time()))
 
 
@@ -107,8 +109,9 @@ class BasePass:
     """The per-base reconcile (see the module docstring); ``run(node)`` is the module queue's handler."""
 
     def __init__(self, cfg: ModuleSettings, registry: BaseRegistry, index: PodIndex, writes: VnodeWrites,
-                 commands: CommandRunner, statuses: PodStatusQueue, bizlog: BizLog, *, clock: Callable[[], float],
-                 revision_of: Callable[[Mapping[str, Any]], int],
+                 commands: CommandRunner, statuses: PodStatusQueue, bizlog: BizLog, probes: ProbeManager,
+                 stops: GracefulStops, *,
+                 clock: Callable[[], float], revision_of: Callable[[Mapping[str, Any]], int],
                  ready_hold: Callable[[Mapping[str, Any]], str | None]) -> None:
         self._cfg = cfg
         self._registry = registry
@@ -117,6 +120,8 @@ class BasePass:
         self._commands = commands
         self._statuses = statuses
         self._bizlog = bizlog
+        self._probes = probes
+        self._stops = stops
         self._clock = clock
         self._revision_of = revision_of
         self._ready_hold = ready_hold
@@ -162,6 +167,7 @@ class BasePass:
         queued = self._statuses.queued
         wants: list[PodWant] = []
         refused: dict[str, str] = {}
+        probed: dict[str, dict[str, ContainerProbeState]] = {}
         cluster = view.heartbeat.metadata.cluster_name
         for record in module_records:
             pod = record.pod
@@ -173,9 +179,15 @@ class BasePass:
             finished = finished_containers(pod)
             bizs = tuple(spec for spec in facts.modules.bizs
                          if spec.name not in finished and spec.key not in ledger.superseded and refusal is None)
+            deadline = self._deadline(record, now)
+            stopping = deadline is not None and now < deadline and self._stops.stopping(
+                record, view.heartbeat.ip, deadline)
+            probes = probed[record.key] = self._probe(record, record.shown(now), view, now)
+            restart = frozenset(s.key for s in bizs if (p := probes.get(s.name)) is not None and p.restart)
             wants.append(PodWant(record.key, bizs, terminating=is_terminating(pod), terminal=is_terminal(pod),
-                                 order=facts.order, deadline=self._deadline(record, now), workload=facts.workload,
-                                 revision=self._revision_of(pod), strategy=facts.modules.strategy))
+                                 order=facts.order, deadline=deadline, workload=facts.workload,
+                                 revision=self._revision_of(pod), strategy=facts.modules.strategy, stopping=stopping,
+                                 restart=restart))
         ledger.expire_baselines(now, self._cfg.baseline_wait_s)
         plan = plan_base(wants, ledger, now=now, orphan_grace_s=self._cfg.orphan_grace_s)
         ledger.planned(plan.wanted, plan.released, plan.orphans)
@@ -184,12 +196,21 @@ class BasePass:
                 self._commands.start_installs(view, plan.install, plan.replace)
             for spec in plan.reinstall:
                 self._commands.start_reinstall(view, spec, plan.replace.get(spec.key))
+            for spec in plan.restart:
+                why = next((p.restart for w in wants if spec in w.bizs
+                            for name, p in probed.get(w.key, {}).items() if name == spec.name and p.restart), "")
+                self._commands.start_restart(view, spec, why or "a probe failed")
+        # A base shutting down (DEACTIVATED) still answers arklet: the bizs of pods evicted by its drain are
+        # uninstalled there too, so the pods are finalized without waiting for their grace period.
+        going = readiness is BaseReadiness.DEACTIVATED and self._writes.reaches(view.heartbeat)
+        if (reachable or going) and ledger.bizs is not None:
             for biz_key in plan.uninstall:
                 self._commands.start_uninstall(view, biz_key)
         if plan.finalize or plan.force_finalize:
             await asyncio.gather(*(self._finalize(scope, key) for key in plan.finalize),
                                  *(self._force_finalize(scope, view, key) for key in plan.force_finalize))
-        recheck = self._statuses_for(view, module_records, readiness, refused, plan.outranked, now)
+        recheck = self._statuses_for(view, module_records, readiness, refused, plan.outranked, plan.crash_loop, probed,
+                                     now)
         if (recheck is None and plan.is_idle() and not refused and self._statuses.queued == queued
                 and ledger.settled() and ledger.version == quiet.ledger and all(map(_settled, pods))
                 and not any(self._statuses.busy(r.key) for r in module_records)):
@@ -300,7 +321,9 @@ class BasePass:
         await self._finalize(scope, key)
 
     def _statuses_for(self, view: BaseView, records: list[PodRecord], readiness: BaseReadiness,
-                      refused: Mapping[str, str], outranked: frozenset[tuple[str, BizKey]], now: float) -> float | None:
+                      refused: Mapping[str, str], outranked: frozenset[tuple[str, BizKey]],
+                      crash_loop: frozenset[BizKey], probed: Mapping[str, Mapping[str, ContainerProbeState]],
+                      now: float) -> float | None:
         """Hand the status each pod of the base should show to the status queue; returns when to look again for
         pods whose first status was deferred (``core.basestatus``)."""
         started = self._commands.install_started
@@ -308,14 +331,60 @@ class BasePass:
         views = []
         for record in records:
             facts = record.facts(self._cfg.url_policy)
-            views.append(PodView(record.key, record.shown(now), facts.modules, facts.workload, facts.order,
+            shown = record.shown(now)
+            views.append(PodView(record.key, shown, facts.modules, facts.workload, facts.order,
                                  refused.get(record.key),
-                                 tuple(started.get((node, s.key)) for s in facts.modules.bizs)))
+                                 tuple(started.get((node, s.key)) for s in facts.modules.bizs),
+                                 probed.get(record.key) or {}))
         base = BaseFacts(view.heartbeat.identity, view.heartbeat.ip, _BASE_CONDITION[readiness])
         plan = base_pod_statuses(views, view.ledger, base, outranked=outranked, now=now, stamp=now_iso(),
-                                 hold_of=self._ready_hold)
+                                 hold_of=self._ready_hold, crash_loop=crash_loop)
         for record in records:
             desired = plan.wanted.get(record.key)
             if desired is not None:
                 self._statuses.want(record, node, desired)
         return plan.recheck_s
+
+    def _probe(self, record: PodRecord, shown: Mapping[str, Any], view: BaseView,
+               now: float) -> dict[str, ContainerProbeState]:
+        """Bring the pod's probes up to date with what the base says of its bizs; their verdicts for its status."""
+        facts = record.facts(self._cfg.url_policy)
+        pod = record.pod
+        if not facts.probes or is_terminal(pod):
+            if record.probed:
+                self._probes.forget(record.key)
+                record.probed = False
+            return {}
+        bizs = view.ledger.bizs or {}
+        wall = time.time()
+        statuses = {str(c.get("name")): c for c in (shown.get("status") or {}).get("containerStatuses") or []}
+        pod_ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                        for c in (shown.get("status") or {}).get("conditions") or [])
+        inputs: dict[str, ContainerInput] = {}
+        for spec in facts.modules.bizs:
+            probes = facts.probes.get(spec.name)
+            if probes is None:
+                continue
+            info = bizs.get(spec.key)
+            status = statuses.get(spec.name) or {}
+            activated_at: float | None = None
+            if info is not None and info.state is BizState.ACTIVATED:
+                # Since when it runs: its ACTIVATED record, else the start its pod shows (a 2.1.6 base sends records
+                # without times; the pod status survives a restart or a takeover), else when this replica saw it.
+                # Worked out once per activation: the probes take another value for another start of the biz.
+                at_ms = info.time_entered(BizState.ACTIVATED)
+                if at_ms is None:
+                    at_ms = _iso_to_ms(((status.get("state") or {}).get("running") or {}).get("startedAt"))
+                seen = record.activated_seen.get(spec.name)
+                if seen is None or seen[0] != at_ms:
+                    start = now if at_ms is None else min(now, now - (wall - at_ms / 1000))
+                    seen = record.activated_seen[spec.name] = (at_ms, start)
+                activated_at = seen[1]
+            else:
+                record.activated_seen.pop(spec.name, None)
+            inputs[spec.name] = ContainerInput(probes, activated_at,
+                                               shown_ready=pod_ready and bool(status.get("ready")),
+                                               shown_started=bool(status.get("started")))
+        self._probes.sync(record.key, record.uid, view.heartbeat.ip, inputs, terminating=is_terminating(pod))
+        record.probed = True
+        return self._probes.state(record.key)

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import Counter, Histogram
@@ -30,6 +30,7 @@ from vkprovider.controllers.bizlog import BizLog
 from vkprovider.controllers.fence import Fenced, Lost, VnodeScope, VnodeWrites, node_ref
 from vkprovider.controllers.queue import Drop
 from vkprovider.core.basestate import CommandKind, Inflight
+from vkprovider.core.containerconfig import ConfigError
 from vkprovider.core.model import BizKey, BizSpec, CommandOutcome, CommandResult
 from vkprovider.core.plan import Replace
 from vkprovider.core.sanitize import MAX_LOG_TEXT, clean
@@ -46,11 +47,14 @@ BIZ_COMMAND_SECONDS = Histogram(
 )
 for _cmd in ("install", "uninstall", "reinstall"):
     BIZ_COMMAND_SECONDS.labels(_cmd)
-    for _outcome in ("SUCCESS", "FAILED", "REPEAT_BIZ", "NOT_FOUND_BIZ", "CONFLICT", "ERROR"):
+    for _outcome in ("SUCCESS", "FAILED", "REPEAT_BIZ", "NOT_FOUND_BIZ", "CONFLICT", "EXPIRED", "ERROR"):
         BIZ_COMMANDS.labels(_cmd, _outcome)
 
 #: The pods of a vnode that want a biz (not terminating), as Event subjects.
 PodsWanting = Callable[[str, BizKey], list[dict[str, Any]]]
+#: The spec to send for a biz of a vnode, with its container's args and envs (``containerconfig.resolve``), and
+#: what redacts Secret values from the base's answers; or why the container cannot be configured now.
+Configure = Callable[[str, BizSpec], Awaitable["tuple[BizSpec, Callable[[str], str]] | ConfigError"]]
 #: The pods of a vnode that are terminating and wanted a biz.
 PodsReleasing = Callable[[str, BizKey], list[dict[str, Any]]]
 
@@ -69,7 +73,9 @@ class CommandRunner:
 
     def __init__(self, registry: BaseRegistry, writes: VnodeWrites, bizlog: BizLog, *,
                  clock: Callable[[], float], requeue: Callable[[str], None], wanting: PodsWanting,
-                 releasing: PodsReleasing) -> None:
+                 releasing: PodsReleasing, configure: Configure | None = None) -> None:
+        """``wanting(node, key)``: the live pods of the vnode wanting a biz, oldest first (the newest one's uid is
+        the bizModelVersion an install sends); ``releasing(node, key)``: its terminating pods that wanted it."""
         self._registry = registry
         self._writes = writes
         self._bizlog = bizlog
@@ -77,6 +83,7 @@ class CommandRunner:
         self._requeue = requeue
         self._wanting = wanting
         self._releasing = releasing
+        self._configure = configure
         self._tasks: dict[str, set[asyncio.Task[None]]] = {}  # node -> its command tasks
         self.install_started: dict[tuple[str, BizKey], float] = {}
 
@@ -154,12 +161,17 @@ class CommandRunner:
         if view is None:
             return
         scope = self._writes.scope(node)
+        configured = await self._configured(scope, spec)
+        if configured is None:
+            return
+        spec, redact = configured
         started = time.perf_counter()
         replaced: list[BizKey] = []
         try:
             others = [k for k in (view.ledger.bizs or {}) if k.name == spec.name and k != spec.key]
             first = replace is Replace.FIRST and bool(others)
-            result = await scope.install_biz(view.heartbeat, spec, replace=first)
+            owner = self._owner(node, spec.key)
+            result = await scope.install_biz(view.heartbeat, spec, replace=first, owner=owner)
             if first and result.ok:
                 replaced = others
             elif result.outcome is CommandOutcome.FAILED and others and replace is Replace.ON_FAILURE:
@@ -170,7 +182,7 @@ class CommandRunner:
                 self._bizlog.add(node, spec.name, spec.version,
                                  f"install failed next to {', '.join(map(str, others))} ({result.message}); "
                                  "retrying with installStrategy uninstallThenInstall")
-                result = await scope.install_biz(view.heartbeat, spec, replace=True)
+                result = await scope.install_biz(view.heartbeat, spec, replace=True, owner=owner)
                 if result.ok:
                     replaced = others
         except TunnelError as exc:
@@ -179,28 +191,61 @@ class CommandRunner:
         else:
             BIZ_COMMANDS.labels(kind, result.outcome.value).inc()
         BIZ_COMMAND_SECONDS.labels(kind).observe(time.perf_counter() - started)
-        self._install_done(scope, spec, result, time.perf_counter() - started, replaced)
+        result = CommandResult(result.outcome, redact(result.message), result.bizs)
+        self._install_done(scope, spec, result, time.perf_counter() - started, replaced, owner)
+
+    async def _configured(self, scope: VnodeScope, spec: BizSpec) -> tuple[BizSpec, Callable[[str], str]] | None:
+        """The spec with its container's configuration; None when it cannot be made (recorded, reported, and
+        retried when what it waits for appears, or after a backoff step)."""
+        if self._configure is None:
+            return spec, _same
+        made = await self._configure(scope.node, spec)
+        if not isinstance(made, ConfigError):
+            return made
+        view = self._registry.get(scope.node)
+        self.install_started.pop((scope.node, spec.key), None)
+        if view is not None:
+            view.ledger.finish_install(spec, ok=False, message=made.message, now=self._clock(), at_ms=now_ms(),
+                                       config=True)
+        for pod in self._wanting(scope.node, spec.key):
+            scope.warning(pod, "Failed", f"Error: {made.message}")
+        self._requeue(scope.node)
+        return None
+
+    def _owner(self, node: str, key: BizKey) -> str:
+        """The bizModelVersion an install of ``key`` sends: the uid of the newest pod wanting it (arklet >= 1.4.3
+        refuses a later uninstall carrying another pod's uid, so a stale uninstall never removes what a newer pod
+        installed)."""
+        pods = self._wanting(node, key)
+        return str((pods[-1].get("metadata") or {}).get("uid") or "") if pods else ""
 
     async def _batch_install(self, node: str, specs: list[BizSpec]) -> None:
         view = self._registry.get(node)
         if view is None:
             return
         scope = self._writes.scope(node)
+        configured = [made for made in [await self._configured(scope, spec) for spec in specs] if made is not None]
+        specs = [spec for spec, _ in configured]
+        redactors = {spec.key: redact for spec, redact in configured}
+        if not specs:
+            return
         started = time.perf_counter()
+        owners = {spec.key: self._owner(node, spec.key) for spec in specs}
         try:
-            results = await scope.batch_install_biz(view.heartbeat, specs)
+            results = await scope.batch_install_biz(view.heartbeat, specs, owners=owners)
         except TunnelError as exc:
             results = {s.url: CommandResult(CommandOutcome.FAILED, f"base unreachable: {exc}") for s in specs}
         took = time.perf_counter() - started
         for spec in specs:
             missing = CommandResult(CommandOutcome.FAILED, "no answer for this biz in the batch")
             result = results.get(spec.url) or missing
+            result = CommandResult(result.outcome, redactors[spec.key](result.message), result.bizs)
             BIZ_COMMANDS.labels("install", result.outcome.value).inc()
             BIZ_COMMAND_SECONDS.labels("install").observe(took)
-            self._install_done(scope, spec, result, took, [])
+            self._install_done(scope, spec, result, took, [], owners.get(spec.key, ""))
 
     def _install_done(self, scope: VnodeScope, spec: BizSpec, result: CommandResult, took_s: float,
-                      replaced: Sequence[BizKey]) -> None:
+                      replaced: Sequence[BizKey], owner: str = "") -> None:
         node = scope.node
         view = self._registry.get(node)
         self.install_started.pop((node, spec.key), None)
@@ -221,7 +266,7 @@ class CommandRunner:
             for pod in pods:
                 scope.warning(pod, "BizNameMismatch", f"container {spec.name}: {message}")
         view.ledger.finish_install(spec, ok=ok, reported=result.bizs, message=message, now=self._clock(),
-                                   at_ms=now_ms(), replaced=replaced, busy=busy)
+                                   at_ms=now_ms(), replaced=replaced, busy=busy, owner=owner)
         if ok:
             extra = f", replacing {', '.join(map(str, replaced))}" if replaced else ""
             log.info("installed %s on %s for %s in %.2fs%s", spec.key, node, names, took_s, extra, extra=context)
@@ -246,6 +291,17 @@ class CommandRunner:
                 scope.warning(pod, "BizInstallFailed", f"biz {spec.key}: {message}")
         self._requeue(node)
 
+    # --- restart (a failed liveness or startup probe) ---
+    def start_restart(self, view: BaseView, spec: BizSpec, why: str) -> None:
+        """Reinstall ``spec`` because its container's probe asked for it (the kubelet restarts the container)."""
+        view.ledger.restart_started(spec.key, why, self._clock(), now_ms())
+        started = view.ledger.start(spec.key, CommandKind.REINSTALL, spec, self._clock())
+        self._bizlog.add(view.node, spec.name, spec.version, f"restarting: {why}")
+        log.info("restarting %s on %s: %s", spec.key, view.node, why, extra={"node": view.node,
+                                                                              "biz": str(spec.key)})
+        self._spawn(view.node, self._reinstall(view.node, spec, None), f"restart-{view.node}-{spec.key}",
+                    {spec.key: started})
+
     # --- reinstall ---------------------------------------------------------------------------------------
     def start_reinstall(self, view: BaseView, spec: BizSpec, replace: Replace | None) -> None:
         started = view.ledger.start(spec.key, CommandKind.REINSTALL, spec, self._clock())
@@ -261,7 +317,8 @@ class CommandRunner:
             return
         scope = self._writes.scope(node)
         try:
-            result = await scope.uninstall_biz(view.heartbeat, spec.name, spec.version)
+            result = await scope.uninstall_biz(view.heartbeat, spec.name, spec.version,
+                                               owner=view.ledger.owner(spec.key))
         except TunnelError as exc:
             result = CommandResult(CommandOutcome.FAILED, f"base unreachable: {exc}")
         if not (result.ok or result.outcome is CommandOutcome.NOT_FOUND):
@@ -270,6 +327,15 @@ class CommandRunner:
             self._install_done(scope, spec, failed, 0.0, [])
             return
         await self._install(node, spec, kind="reinstall", replace=replace)
+
+    def _uninstall_owner(self, view: BaseView, key: BizKey) -> str:
+        """The bizModelVersion an uninstall sends: what this process installed it with, else the uid of the one
+        deleted pod releasing it; empty for a biz no pod owns (an orphan: always allowed)."""
+        owner = view.ledger.owner(key)
+        if owner:
+            return owner
+        releasing = self._releasing(view.node, key)
+        return str((releasing[0].get("metadata") or {}).get("uid") or "") if len(releasing) == 1 else ""
 
     # --- uninstall ---------------------------------------------------------------------------------------
     def start_uninstall(self, view: BaseView, key: BizKey) -> None:
@@ -284,7 +350,8 @@ class CommandRunner:
         scope = self._writes.scope(node)
         started = time.perf_counter()
         try:
-            result = await scope.uninstall_biz(view.heartbeat, key.name, key.version)
+            result = await scope.uninstall_biz(view.heartbeat, key.name, key.version,
+                                               owner=self._uninstall_owner(view, key))
             BIZ_COMMANDS.labels("uninstall", result.outcome.value).inc()
         except TunnelError as exc:
             result = CommandResult(CommandOutcome.FAILED, f"base unreachable: {exc}")
@@ -295,9 +362,11 @@ class CommandRunner:
         if view is None:
             return
         ok = result.ok or result.outcome is CommandOutcome.NOT_FOUND
+        expired = result.outcome is CommandOutcome.EXPIRED
         if result.outcome is not CommandOutcome.FAILED:
             self._registry.answered(node)
-        view.ledger.finish_uninstall(key, ok=ok, message=clean(result.message), now=self._clock(), at_ms=now_ms())
+        view.ledger.finish_uninstall(key, ok=ok, message=clean(result.message), now=self._clock(), at_ms=now_ms(),
+                                     expired=expired)
         context = {"node": node, "biz": str(key)}
         if ok:
             log.info("uninstalled %s from %s in %.2fs", key, node, took, extra=context)
@@ -308,6 +377,10 @@ class CommandRunner:
             if not releasing:
                 scope.normal(node_ref(node), "OrphanBizUninstalled",
                              f"biz {key}, which no pod wanted, was uninstalled")
+        elif expired:
+            log.info("uninstall of %s from %s refused: another pod's install owns it now (%s); reading the base "
+                     "again", key, node, clean(result.message, MAX_LOG_TEXT), extra=context)
+            self._bizlog.add(node, key.name, key.version, "uninstall refused as expired: read the base again")
         else:
             failure = view.ledger.failures.get(key)
             delay = (failure.retry_at - self._clock()) if failure is not None else 0.0
@@ -317,6 +390,10 @@ class CommandRunner:
             scope.warning(node_ref(node), "BizUninstallFailed",
                           f"uninstall of {key} failed: {clean(result.message)}; retrying in {delay:.0f}s")
         self._requeue(node)
+
+
+def _same(text: str) -> str:
+    return text
 
 
 def _key(pod: Mapping[str, Any]) -> str:

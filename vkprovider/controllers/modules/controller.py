@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 from vkprovider.config import ModuleSettings
 from vkprovider.controllers.bases import BaseRegistry
@@ -28,10 +28,14 @@ from vkprovider.controllers.modules.basepass import BasePass, plans_alike
 from vkprovider.controllers.modules.commands import CommandRunner
 from vkprovider.controllers.modules.records import PodIndex, PodRecord
 from vkprovider.controllers.modules.status import PodStatusQueue
+from vkprovider.controllers.modules.stops import GracefulStops
 from vkprovider.controllers.queue import WorkQueue
 from vkprovider.core.basestatus import finished_containers
+from vkprovider.core.containerconfig import ConfigError, Lookups, Ref, container_references, resolve
 from vkprovider.core.model import BizInfo, BizKey, BizSpec
 from vkprovider.core.module import is_module_pod, is_terminal, is_terminating
+from vkprovider.core.probe import ProbeEvent
+from vkprovider.probes import ProbeManager
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,17 @@ def _started(pod: Mapping[str, Any]) -> bool:
     return str((pod.get("status") or {}).get("phase") or "Pending") != "Pending"
 
 
+class ConfigRefs(Protocol):
+    """The ConfigMaps and Secrets containers refer to (``kube.refs.RefStore``): reads, and waits for one to appear."""
+
+    async def lookups(self, refs: Iterable[Ref], *, host_ips: tuple[str, ...] = (), pod_ips: tuple[str, ...] = (),
+                      allocatable: Mapping[str, str] | None = None) -> Lookups: ...
+
+    def wait_for(self, waiter: str, refs: Iterable[Ref]) -> None: ...
+
+    def forget(self, waiter: str) -> None: ...
+
+
 class ModuleController:
     """See the module docstring. ``revision_of`` and ``ready_hold`` are the release controller's answers (a pod's
     Deployment revision; why a pod of a batched release must not turn Ready yet)."""
@@ -48,18 +63,28 @@ class ModuleController:
     def __init__(self, cfg: ModuleSettings, registry: BaseRegistry, writes: VnodeWrites, *,
                  clock: Callable[[], float], bizlog: BizLog | None = None,
                  revision_of: Callable[[Mapping[str, Any]], int] = lambda pod: 0,
-                 ready_hold: Callable[[Mapping[str, Any]], str | None] = lambda pod: None) -> None:
+                 ready_hold: Callable[[Mapping[str, Any]], str | None] = lambda pod: None,
+                 refs: ConfigRefs | None = None,
+                 allocatable: Callable[[str], Mapping[str, str]] = lambda node: {}) -> None:
+        """``refs``: where a container's ConfigMaps and Secrets are read (None: only literal configuration);
+        ``allocatable(node)``: the vnode's allocatable (a resourceFieldRef without a limit reads it)."""
         self.cfg = cfg
         self.registry = registry
         self.writes = writes
         self.clock = clock
         self.bizlog = bizlog if bizlog is not None else BizLog(cfg.biz_log_lines)
         self.index = PodIndex(cfg.env)
+        self.probes = ProbeManager(on_change=self._probe_changed, on_event=self._probe_event)
         self.statuses = PodStatusQueue(self.index, writes, clock=clock, on_written=self._written)
+        self.refs = refs
+        self.allocatable = allocatable
+        self.configs: dict[str, dict[str, BizSpec]] = {}  # pod key -> container -> the spec last sent (baseline)
         self.commands = CommandRunner(registry, writes, self.bizlog, clock=clock, requeue=self._requeue,
-                                      wanting=self.pods_wanting, releasing=self.pods_releasing)
+                                      wanting=self.pods_wanting, releasing=self.pods_releasing,
+                                      configure=self._configure)
+        self.stops = GracefulStops(writes, cfg.url_policy, done=self._requeue)
         self.bases = BasePass(cfg, registry, self.index, writes, self.commands, self.statuses, self.bizlog,
-                              clock=clock, revision_of=revision_of, ready_hold=ready_hold)
+                              self.probes, self.stops, clock=clock, revision_of=revision_of, ready_hold=ready_hold)
         self.queue = WorkQueue("module", self.bases.run, workers=cfg.workers)
 
     async def run(self) -> None:
@@ -68,6 +93,8 @@ class ModuleController:
             await asyncio.gather(self.queue.run(), self.statuses.queue.run())
         finally:
             self.commands.cancel_all()
+            self.stops.cancel_all()
+            await self.probes.close()
 
     def ready(self) -> bool:
         return self.queue.running and self.statuses.queue.running
@@ -79,8 +106,10 @@ class ModuleController:
 
     async def stop(self) -> None:
         self.commands.cancel_all()
+        self.stops.cancel_all()
         await self.queue.stop()
         await self.statuses.stop()
+        await self.probes.close()
 
     def _requeue(self, node: str) -> None:
         self.queue.add(node)
@@ -88,6 +117,13 @@ class ModuleController:
     # --- events -----------------------------------------------------------------------------------------
     def on_pod_change(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         change = self.index.apply(key, old, new)
+        if change.gone is not None:
+            self.stops.forget(key)
+            self.configs.pop(key, None)
+            if self.refs is not None:
+                self.refs.forget(key)
+            if change.gone.probed:
+                self.probes.forget(key)
         if change.old_node and change.old_node != change.new_node:
             self.queue.add(change.old_node)
         record, node = change.record, change.new_node
@@ -122,6 +158,10 @@ class ModuleController:
             self.statuses.drop(record)
             record.unstarted_since = None
             record.seeded = False
+            self.stops.forget(record.key)
+            if record.probed:
+                self.probes.forget(record.key)
+                record.probed = False
         self.bases.forget(node)
 
     def on_base_changed(self, node: str) -> None:
@@ -140,14 +180,78 @@ class ModuleController:
             self.bases.log_changes(node, before, view.ledger.bizs or {})
         self.queue.add(node)
 
+    async def _configure(self, node: str, spec: BizSpec) -> tuple[BizSpec, Callable[[str], str]] | ConfigError:
+        """The spec an install sends: the container's args and envs resolved as the kubelet resolves them, from the
+        newest pod wanting the biz (``core.containerconfig``); or the kubelet's CreateContainerConfigError."""
+        pods = self.pods_wanting(node, spec.key)
+        if not pods:
+            return spec, _same
+        pod = pods[-1]
+        key = f"{pod['metadata'].get('namespace', '')}/{pod['metadata'].get('name', '')}"
+        container = next((c for c in (pod.get("spec") or {}).get("containers") or [] if c.get("name") == spec.name),
+                         None)
+        if container is None:
+            return spec, _same
+        view = self.registry.get(node)
+        base_ips = (view.heartbeat.ip,) if view is not None else ()
+        refs = container_references(str(pod["metadata"].get("namespace") or ""), container)
+        if refs and self.refs is None:
+            return ConfigError("this vkprovider reads no ConfigMaps or Secrets")
+        lookups = await self.refs.lookups(refs, host_ips=base_ips, allocatable=self.allocatable(node)) \
+            if self.refs is not None else Lookups(host_ips=base_ips, allocatable=dict(self.allocatable(node)))
+        resolved = resolve(pod, container, lookups)
+        if isinstance(resolved, ConfigError):
+            if self.refs is not None and resolved.waiting_for:
+                self.refs.wait_for(key, resolved.waiting_for)
+            return resolved
+        if self.refs is not None:
+            self.refs.forget(key)
+        configured = spec.with_config(resolved.args, resolved.envs) if resolved.args or resolved.envs else spec
+        self.configs.setdefault(key, {})[spec.name] = configured
+        return configured, resolved.redact
+
+    def on_refs_changed(self, waiters: frozenset[str]) -> None:
+        """A ConfigMap or Secret that pods wait for appeared or changed: their installs are tried again now."""
+        for key in waiters:
+            record = self.index.get(key)
+            if record is None or record.node is None:
+                continue
+            view = self.registry.get(record.node)
+            if view is not None:
+                for spec in record.facts(self.cfg.url_policy).modules.bizs:
+                    view.ledger.retry_config(spec.key)
+            self.bases.quiet.pop(record.node, None)
+            self.queue.add(record.node)
+
+    def _probe_changed(self, pod_key: str) -> None:
+        """A probe changed what a pod shows (ready, started, a restart due): a pass over its base."""
+        record = self.index.get(pod_key)
+        if record is not None and record.node is not None:
+            self.bases.quiet.pop(record.node, None)  # what the pass derives from the probes changed
+            self.queue.add(record.node)
+
+    def _probe_event(self, pod_key: str, uid: str, container: str, event: ProbeEvent) -> None:
+        record = self.index.get(pod_key)
+        if record is None or record.uid != uid or record.node is None:
+            return
+        scope = self.writes.scope(record.node)
+        post = scope.warning if event.type == "Warning" else scope.normal
+        post(record.pod, event.reason, event.message)
+
     # --- questions ----------------------------------------------------------------------------------------
     def _module_records(self, node: str) -> list[PodRecord]:
         return [r for r in self.index.on(node) if is_module_pod(r.pod)]
 
+    def pods_on(self, node: str) -> list[dict[str, Any]]:
+        """The pods bound to ``node`` (module pods and others)."""
+        return [r.pod for r in self.index.on(node)]
+
     def pods_wanting(self, node: str, key: BizKey) -> list[dict[str, Any]]:
-        """The live module pods of ``node`` that want ``key``."""
-        return [r.pod for r in self._module_records(node) if not is_terminating(r.pod)
-                and any(s.key == key for s in r.facts(self.cfg.url_policy).modules.bizs)]
+        """The live module pods of ``node`` that want ``key``, oldest first."""
+        policy = self.cfg.url_policy
+        records = [r for r in self._module_records(node) if not is_terminating(r.pod)
+                   and any(s.key == key for s in r.facts(policy).modules.bizs)]
+        return [r.pod for r in sorted(records, key=lambda r: (r.facts(policy).order, r.key))]
 
     def pods_releasing(self, node: str, key: BizKey) -> list[dict[str, Any]]:
         """The terminating module pods of ``node`` that wanted ``key``."""
@@ -175,9 +279,10 @@ class ModuleController:
             if self.cfg.namespace_policy.refusal(str(pod["metadata"].get("namespace") or ""), cluster) is not None:
                 continue
             finished = finished_containers(pod)
+            sent = self.configs.get(record.key, {})
             for spec in record.facts(self.cfg.url_policy).modules.bizs:
                 if spec.name not in finished and spec.key not in superseded:
-                    specs.setdefault(spec.key, spec)
+                    specs.setdefault(spec.key, sent.get(spec.name, spec))
         if view is not None and specs:
             view.ledger.start_baseline(specs.values(), self.clock())
             self.queue.add(node)
@@ -243,3 +348,7 @@ class ModuleController:
             return
         record.warned.add(mark)
         self.writes.scope(record.node).warning(record.pod, reason, message)
+
+
+def _same(text: str) -> str:
+    return text

@@ -19,6 +19,7 @@ from typing import Any
 
 from vkprovider.core.module import PodModules, UrlPolicy, pod_key, pod_modules, workload_of
 from vkprovider.core.node import is_vnode_name
+from vkprovider.core.probe import ContainerProbes, pod_probes
 
 #: How long a status, once its write was answered, is trusted to show up in the watch before an unchanged cache makes
 #: it be sent again.
@@ -37,6 +38,7 @@ class PodFacts:
     modules: PodModules
     workload: str | None
     order: str
+    probes: dict[str, ContainerProbes]  # the biz containers that have probes (or a preStop hook)
 
 
 @dataclass(slots=True)
@@ -77,10 +79,18 @@ class PodRecord:
     unstarted_since: float | None = None  # first seen on a held vnode, not started yet (the pod start SLI)
     wanted: Wanted | None = None  # a status waiting to be written
     sent: Sent | None = None  # the last status sent, until the watch shows it
+    probed: bool = False  # its containers' probes run (``probes.ProbeManager``)
+    pre_stop_done: bool = False  # terminating, and its preStop hooks have ended (``stops``)
+    # container -> (its activation time as the base or the pod says it, in ms; the same on this replica's clock)
+    activated_seen: dict[str, tuple[int | None, float]] = field(default_factory=dict)
 
     def facts(self, policy: UrlPolicy) -> PodFacts:
         if self._facts is None or self._facts_of is not self.pod:
-            self._facts = PodFacts(pod_modules(self.pod, policy), workload_of(self.pod), creation_order(self.pod))
+            modules = pod_modules(self.pod, policy)
+            bizs = {s.name for s in modules.bizs}
+            probes = {name: p for name, p in pod_probes(self.pod).items()
+                      if name in bizs and (p.any or p.problems or p.pre_stop is not None)}
+            self._facts = PodFacts(modules, workload_of(self.pod), creation_order(self.pod), probes)
             self._facts_of = self.pod
         return self._facts
 

@@ -1,0 +1,130 @@
+"""The figures a scenario computes from what it counted: percentiles of its own clocks, and what vkprovider's and the
+apiserver's ``/metrics`` say between two reads.
+
+Why it exists: every scenario reports the same kinds of figures (a latency's p50/p99, vkprovider's API writes, the
+apiserver's writes by resource, its refusals by FlowSchema, a histogram's quantile over a window); computed once
+here, they mean the same thing in every result. The Prometheus text is read with prometheus-client's parser
+(``tests/promtext.py``), never with a regex. Everything here is pure: a scenario reads the text, these compute.
+"""
+
+from __future__ import annotations
+
+import math
+
+from tests import promtext
+
+WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+APISERVER_WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE", "APPLY", "CREATE", "UPDATE")
+EXCHANGES = {  # what vkprovider sends or receives, by kind: the samples of its /metrics that count them
+    "api_requests": "rest_client_requests_total",
+    "heartbeats_in": "vkprovider_heartbeats_total",
+    "arklet_calls": "vkprovider_tunnel_request_duration_seconds_count",
+    "watch_events_in": "vkprovider_informer_events_total",
+}
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank ``q``-th percentile (0..100) of ``values``; nan for none."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))
+    return ordered[index]
+
+
+def histogram_quantile(q: float, before: dict[float, float], after: dict[float, float]) -> float:
+    """The q-quantile (0..1) of what a cumulative histogram counted between two reads, interpolated within its
+    bucket as Prometheus's histogram_quantile does (the last finite bound when it falls in +Inf)."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return math.nan
+    rank = q * counts[-1]
+    lower, below = 0.0, 0.0
+    for bound, count in zip(bounds, counts, strict=True):
+        if count >= rank:
+            if math.isinf(bound):
+                return lower
+            return lower + (bound - lower) * ((rank - below) / (count - below) if count > below else 1.0)
+        lower, below = bound, count
+    return lower
+
+
+def histogram(text: str, name: str, **labels: str) -> dict[float, float]:
+    """One histogram as {upper bound: cumulative count}, its series that carry ``labels`` summed."""
+    out: dict[float, float] = {}
+    for s in promtext.samples(text, name + "_bucket", **labels):
+        bound = float(s.labels["le"])  # "+Inf" reads as inf
+        out[bound] = out.get(bound, 0.0) + s.value
+    return out
+
+
+def sum_and_count(text: str, name: str, **labels: str) -> tuple[float, float]:
+    """(sum, count) of one histogram, its series that carry ``labels`` summed."""
+    return promtext.total(text, name + "_sum", **labels), promtext.total(text, name + "_count", **labels)
+
+
+def mean_between(before: tuple[float, float], after: tuple[float, float]) -> float:
+    """The mean of what a histogram observed between two :func:`sum_and_count` reads (nan for nothing)."""
+    count = after[1] - before[1]
+    return (after[0] - before[0]) / count if count > 0 else math.nan
+
+
+def provider_writes(text: str) -> float:
+    """vkprovider's API writes so far (its client's requests with a write method)."""
+    by_method = promtext.by_label(text, "rest_client_requests_total", "method")
+    return sum(n for method, n in by_method.items() if method in WRITE_METHODS)
+
+
+def module_reconciles(text: str) -> float:
+    """vkprovider's module reconciles so far (every result)."""
+    return promtext.total(text, "controller_runtime_reconcile_total", controller="module")
+
+
+def exchanges(text: str) -> dict[str, float]:
+    """Cumulative network exchanges of vkprovider by kind (see ``EXCHANGES``)."""
+    return {kind: promtext.total(text, name) for kind, name in EXCHANGES.items()}
+
+
+def apiserver_writes(text: str) -> dict[str, float]:
+    """Writes the apiserver served, by verb and resource[/subresource] (every client, from its /metrics)."""
+    out: dict[str, float] = {}
+    for s in promtext.samples(text, "apiserver_request_total"):
+        labels = s.labels
+        if labels.get("verb") not in APISERVER_WRITE_VERBS:
+            continue
+        what = labels.get("resource", "?") + ("/" + labels["subresource"] if labels.get("subresource") else "")
+        key = f"{labels['verb']} {what}"
+        out[key] = out.get(key, 0.0) + s.value
+    return out
+
+
+def writes_between(before: dict[str, float], after: dict[str, float], minutes: float,
+                   nodes: int) -> dict[str, float]:
+    """Writes per node per minute by resource and verb between two :func:`apiserver_writes` reads."""
+    per = {k: (v - before.get(k, 0.0)) / max(nodes, 1) / max(minutes, 1e-9) for k, v in after.items()}
+    return {k: round(v, 3) for k, v in sorted(per.items(), key=lambda kv: -kv[1]) if v > 0.0005}
+
+
+def refused_by_flow_schema(metrics_text: str) -> dict[str, float]:
+    """The apiserver's ``apiserver_flowcontrol_rejected_requests_total`` summed by FlowSchema (over its reasons)."""
+    out: dict[str, float] = {}
+    for s in promtext.samples(metrics_text, "apiserver_flowcontrol_rejected_requests_total"):
+        key = s.labels.get("flow_schema", "?")
+        out[key] = out.get(key, 0.0) + s.value
+    return out
+
+
+def refused_between(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """What was refused between two reads of :func:`refused_by_flow_schema`, by FlowSchema (none left out)."""
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0) > 0}
+
+
+def events_between(before: dict[str, tuple[str, int]], after: dict[str, tuple[str, int]]) -> dict[str, int]:
+    """Events recorded between two ``Bench.event_counts`` reads, by component and reason."""
+    out: dict[str, int] = {}
+    for uid, (what, count) in after.items():
+        new = count - before.get(uid, (what, 0))[1]
+        if new > 0:
+            out[what] = out.get(what, 0) + new
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))

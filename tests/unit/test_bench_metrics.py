@@ -1,0 +1,88 @@
+"""bench.metrics: the figures the scenarios compute from vkprovider's and the apiserver's /metrics, read with
+prometheus-client's parser (vkprovider's writes, a histogram's buckets and mean, the apiserver's writes by verb and
+resource, vkprovider's network exchanges)."""
+
+from __future__ import annotations
+
+import math
+
+from bench import metrics
+
+PROVIDER = "\n".join([
+    "# HELP rest_client_requests_total Number of HTTP requests, partitioned by status code, method, and host.",
+    "# TYPE rest_client_requests_total counter",
+    'rest_client_requests_total{code="200",host="h",method="GET"} 40.0',
+    'rest_client_requests_total{code="200",host="h",method="PATCH"} 100.0',
+    'rest_client_requests_total{code="429",host="h",method="PATCH"} 2.0',
+    'rest_client_requests_total{code="201",host="h",method="POST"} 30.0',
+    'rest_client_requests_total{code="200",host="h",method="DELETE"} 5.0',
+    "# HELP rest_client_requests_created Number of HTTP requests, partitioned by status code, method, and host.",
+    "# TYPE rest_client_requests_created gauge",
+    'rest_client_requests_created{code="200",host="h",method="PATCH"} 1.7e+09',
+    "# HELP vkprovider_pod_start_duration_seconds First sight of a pod to its Running write answered.",
+    "# TYPE vkprovider_pod_start_duration_seconds histogram",
+    'vkprovider_pod_start_duration_seconds_bucket{le="0.5"} 10.0',
+    'vkprovider_pod_start_duration_seconds_bucket{le="1.0"} 30.0',
+    'vkprovider_pod_start_duration_seconds_bucket{le="+Inf"} 32.0',
+    "vkprovider_pod_start_duration_seconds_count 32.0",
+    "vkprovider_pod_start_duration_seconds_sum 20.0",
+    "# HELP vkprovider_heartbeats_total Heartbeats received.",
+    "# TYPE vkprovider_heartbeats_total counter",
+    'vkprovider_heartbeats_total{result="ok",tunnel="http"} 80.0',
+    'vkprovider_heartbeats_total{result="unauthorized",tunnel="http"} 3.0',
+    "# HELP controller_runtime_reconcile_total Reconciles.",
+    "# TYPE controller_runtime_reconcile_total counter",
+    'controller_runtime_reconcile_total{controller="module",result="success"} 9.0',
+    'controller_runtime_reconcile_total{controller="module",result="requeue"} 1.0',
+    'controller_runtime_reconcile_total{controller="node",result="success"} 50.0',
+    "",
+])
+
+APISERVER = "\n".join([
+    "# HELP apiserver_request_total [STABLE] Counter of apiserver requests broken out for each verb, ...",
+    "# TYPE apiserver_request_total counter",
+    'apiserver_request_total{code="201",component="apiserver",dry_run="",group="",resource="pods",scope="resource",'
+    'subresource="",verb="POST",version="v1"} 12',
+    'apiserver_request_total{code="200",component="apiserver",dry_run="",group="",resource="pods",scope="resource",'
+    'subresource="status",verb="PATCH",version="v1"} 30',
+    'apiserver_request_total{code="409",component="apiserver",dry_run="",group="",resource="pods",scope="resource",'
+    'subresource="status",verb="PATCH",version="v1"} 2',
+    'apiserver_request_total{code="200",component="apiserver",dry_run="",group="",resource="pods",scope="namespace",'
+    'subresource="",verb="LIST",version="v1"} 7',
+    'apiserver_request_total{code="200",component="apiserver",dry_run="",group="coordination.k8s.io",'
+    'resource="leases",scope="resource",subresource="",verb="APPLY",version="v1"} 4',
+    "",
+])
+
+
+def test_vkproviders_writes_are_its_requests_with_a_write_method() -> None:
+    assert metrics.provider_writes(PROVIDER) == 100.0 + 2.0 + 30.0 + 5.0  # not the GETs, not the _created gauge
+
+
+def test_a_histogram_reads_as_cumulative_counts_by_bound_and_its_mean_between_two_reads() -> None:
+    assert metrics.histogram(PROVIDER, "vkprovider_pod_start_duration_seconds") == {0.5: 10.0, 1.0: 30.0,
+                                                                                     math.inf: 32.0}
+    after = metrics.sum_and_count(PROVIDER, "vkprovider_pod_start_duration_seconds")
+    assert after == (20.0, 32.0)
+    assert metrics.mean_between((4.0, 12.0), after) == 16.0 / 20.0
+    assert math.isnan(metrics.mean_between(after, after))
+
+
+def test_exchanges_and_module_reconciles() -> None:
+    assert metrics.exchanges(PROVIDER) == {"api_requests": 177.0, "heartbeats_in": 83.0, "arklet_calls": 0.0,
+                                           "watch_events_in": 0.0}
+    assert metrics.module_reconciles(PROVIDER) == 10.0
+
+
+def test_the_apiservers_writes_by_verb_and_resource_and_per_node_per_minute() -> None:
+    writes = metrics.apiserver_writes(APISERVER)
+    assert writes == {"POST pods": 12.0, "PATCH pods/status": 32.0, "APPLY leases": 4.0}  # LIST is no write
+    before = {"POST pods": 2.0, "PATCH pods/status": 12.0, "APPLY leases": 4.0}
+    assert metrics.writes_between(before, writes, 2.0, 5) == {"PATCH pods/status": 2.0, "POST pods": 1.0}
+
+
+def test_percentile_is_the_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert (metrics.percentile(values, 50), metrics.percentile(values, 99), metrics.percentile(values, 100)) == (
+        50.0, 99.0, 100.0)
+    assert math.isnan(metrics.percentile([], 50))
