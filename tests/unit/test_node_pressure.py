@@ -108,3 +108,28 @@ async def test_an_unusable_max_pods_label_is_said_once_and_the_setting_applies()
                          "label base.koupleless.io/max-pods='lots' is not a whole number 1..65535: the vnode's pod "
                          "capacity is 100 (VKP_NODE_MAX_PODS)")]
     assert rig.cache[NODE]["status"]["capacity"]["pods"] == "100"
+
+
+async def test_a_node_not_seen_yet_does_not_reset_the_pressure_it_shows() -> None:
+    """A Node this replica's cache does not show yet (it exists: the create is refused as AlreadyExists) gives no
+    state to remember: once the cache shows it, the base in the band between the marks keeps the Node's True."""
+    from vkprovider.controllers.queue import Requeue
+    from vkprovider.kube.client import ApiError
+
+    now = [100.0]
+    cache: dict[str, Any] = {}
+    rig = Rig(now, cache)
+    rig.registry.health(NODE, used(0.85))
+
+    async def exists(path: str, obj: Any, *, params: Any = None) -> Any:
+        raise ApiError(409, "AlreadyExists", f"nodes {NODE} already exists")
+
+    rig.api.create = exists  # type: ignore[method-assign]
+    try:
+        await rig.controller.reconcile(NODE)
+    except Requeue:
+        pass
+    cache[NODE] = node_with(True)  # the informer catches up
+    now[0] += 2.0
+    assert await rig.look(used(0.85)) is None  # nothing written: MemoryPressure stays True
+    assert rig.cache[NODE]["status"]["conditions"][1]["status"] == "True"

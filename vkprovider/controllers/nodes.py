@@ -274,6 +274,7 @@ class NodeController:
                                             unreachable_after_s=self.settings.base_unreachable_after_s,
                                             memory_pressure=pressure)
             current = await self._create(scope, view, vnode.with_times(desired, None, stamp), readiness)
+            self._pressure[node] = pressure
             if self.nodes.get(node) is None:
                 self._created[node] = (current, self.clock())
             self._status_written[node] = now
@@ -365,17 +366,21 @@ class NodeController:
                         current: Mapping[str, Any] | None) -> bool:
         """The vnode's memory pressure now (``core.resources.memory_pressure``), from what it was: the last pass's
         state, or after a start or a takeover what its Node says. A base that is not Ready keeps its state (its
-        condition shows Unknown meanwhile)."""
+        condition shows Unknown meanwhile). The state is remembered only once a Node carries it: with no Node in
+        the cache (one being created, or one the cache does not show yet) it is worked out and not kept, so a Node
+        that turns out to exist is read, not overruled; ``reconcile`` keeps what a Node it creates says."""
         node = view.node
         before = self._pressure.get(node)
         if before is None:
             before = resources.pressure_shown(current)
         if readiness is not BaseReadiness.READY:
-            self._pressure[node] = before
+            if current is not None:
+                self._pressure[node] = before
             return before
         limits = self.settings.metaspace_pressure
         after = resources.memory_pressure(before, view.health, limits)
-        self._pressure[node] = after
+        if current is not None:
+            self._pressure[node] = after
         if after != before:
             use = resources.describe_use(view.health)
             why = (f"{use}, above VKP_METASPACE_PRESSURE_HIGH={limits.high:g}" if after
