@@ -401,7 +401,8 @@ async def test_control_api(env: Env) -> None:
             assert (await r.json())["code"] == "SUCCESS"
         async with session.get(f"{url}/bases") as r:
             bases = {b["identity"]: b for b in await r.json()}
-        assert {"bizName": "orphan", "bizVersion": "9", "bizState": "activated"} in bases["sim-0001"]["bizs"]
+        assert {"bizName": "orphan", "bizVersion": "9", "bizState": "activated", "args": [], "envs": {}} in \
+            bases["sim-0001"]["bizs"]  # installed directly: no configuration
         assert bases["sim-0001"]["running"] is True and bases["sim-0001"]["clusterName"] == "default"
         async with session.post(f"{url}/bases/nobody/stop") as r:
             assert r.status == 404
