@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests import promtext
 from tests.helpers import figure
 from tests.integration.conftest import TUNNELS
 from tests.integration.harness import condition, is_ready, module_pod, pods_of, wait_ready_vnodes, wait_until
@@ -102,14 +103,32 @@ async def test_metaspace_pressure_taints_the_vnode_keeps_its_pods_and_clears_bel
     pods = f"/api/v1/namespaces/{namespace}/pods"
     await admin.create(pods, module_pod("before", env_name, node=hot_node))
 
+    async def health_reads(count: int) -> None:
+        """Wait until vkprovider has read the hot base's health ``count`` more times."""
+        async def calls() -> int:
+            return int(next(b for b in await sim.bases() if b["identity"] == hot)["healthCalls"])
+
+        target = await calls() + count
+        await wait_until(lambda: _at_least(calls, target), 30, what=f"{count} more health reads")
+
+    async def writes_for(change: Any) -> dict[str, float]:
+        """The Node writes a change of pressure costs, once it shows and vkprovider has read the base twice more
+        (anything answering the node-lifecycle controller's taint would have been written by then)."""
+        before = await node_writes(provider)
+        await change()
+        await health_reads(2)
+        after = await node_writes(provider)
+        return {kind: after.get(kind, 0.0) - before.get(kind, 0.0) for kind in after.keys() | before.keys()
+                if after.get(kind, 0.0) != before.get(kind, 0.0)}
+
     async def ready_pod(name: str) -> bool:
         return is_ready(await admin.get(f"{pods}/{name}"))
 
     await wait_until(lambda: ready_pod("before"), 40, what="a module pod Running on the base")
     assert condition(await vnode_of(admin, hot_node), "MemoryPressure")["reason"] == "KubeletHasSufficientMemory"
 
-    started = time.monotonic()
-    await sim.set_usage(hot, metaspace_mib=480)
+    started: float = 0.0  # when the change was made
+    node: dict[str, Any] = {}  # the Node that shows it the change was made, the Node that shows it
     seen: dict[str, float] = {}
 
     async def pressed() -> dict[str, Any] | None:
@@ -120,7 +139,14 @@ async def test_metaspace_pressure_taints_the_vnode_keeps_its_pods_and_clears_bel
             seen.setdefault("taint", time.monotonic() - started)
         return node if len(seen) == 2 else None
 
-    node = await wait_until(pressed, 30, interval_s=0.1, what="MemoryPressure True and the memory-pressure taint")
+    async def press() -> None:
+        nonlocal started, node
+        started = time.monotonic()
+        await sim.set_usage(hot, metaspace_mib=480)
+        node = await wait_until(pressed, 30, interval_s=0.1, what="MemoryPressure True and the memory-pressure taint")
+
+    # One status write per change, and nothing else: the taint is the node-lifecycle controller's, never answered.
+    assert await writes_for(press) == {"status": 1.0}
     cond = condition(node, "MemoryPressure")
     assert (cond["reason"], cond["message"]) == ("KubeletHasInsufficientMemory",
                                                  "kubelet has insufficient memory available"), cond
@@ -149,14 +175,6 @@ async def test_metaspace_pressure_taints_the_vnode_keeps_its_pods_and_clears_bel
     figure(f"pressure_refusal_{tunnel}", (await wait_until(refused, 30, what="the scheduler refusing"))[:160])
     assert await ready_pod("before")
 
-    async def health_reads(count: int) -> None:
-        """Wait until vkprovider has read the hot base's health ``count`` more times."""
-        async def calls() -> int:
-            return int(next(b for b in await sim.bases() if b["identity"] == hot)["healthCalls"])
-
-        target = await calls() + count
-        await wait_until(lambda: _at_least(calls, target), 30, what=f"{count} more health reads")
-
     await sim.set_usage(hot, metaspace_mib=440)  # between the marks: nothing changes
     await health_reads(2)
     node = await vnode_of(admin, hot_node)
@@ -169,8 +187,6 @@ async def test_metaspace_pressure_taints_the_vnode_keeps_its_pods_and_clears_bel
     assert condition(node, "MemoryPressure")["status"] == "True", condition(node, "MemoryPressure")
     assert (PRESSURE_TAINT, "NoSchedule") in taint_keys(node)
 
-    started = time.monotonic()
-    await sim.set_usage(hot, metaspace_mib=300)
     cleared: dict[str, float] = {}
 
     async def released() -> dict[str, Any] | None:
@@ -181,12 +197,22 @@ async def test_metaspace_pressure_taints_the_vnode_keeps_its_pods_and_clears_bel
             cleared.setdefault("taint", time.monotonic() - started)
         return node if len(cleared) == 2 else None
 
-    node = await wait_until(released, 30, interval_s=0.1, what="MemoryPressure False and the taint gone")
+    async def release() -> None:
+        nonlocal started, node
+        started = time.monotonic()
+        await sim.set_usage(hot, metaspace_mib=300)
+        node = await wait_until(released, 30, interval_s=0.1, what="MemoryPressure False and the taint gone")
+
+    assert await writes_for(release) == {"status": 1.0}
     assert condition(node, "MemoryPressure")["reason"] == "KubeletHasSufficientMemory"
     figure(f"pressure_clear_to_condition_s_{tunnel}", round(cleared["condition"], 2))
     figure(f"pressure_clear_to_taint_gone_s_{tunnel}", round(cleared["taint"], 2))
     await wait_until(lambda: ready_pod("after"), 40, what="the waiting pod scheduled and Running")
     assert await ready_pod("before")
+
+
+async def node_writes(provider: Any) -> dict[str, float]:
+    return promtext.by_label(await provider.metrics(), "vkprovider_node_writes_total", "kind")
 
 
 async def _at_least(value: Any, target: int) -> bool:

@@ -21,6 +21,13 @@ from its Node's MemoryPressure condition the first time it is looked at after a 
 holds across restarts; its changes are Normal Events, as the kubelet's (``NodeHasInsufficientMemory``,
 ``NodeHasSufficientMemory``). The pressure taint is the node-lifecycle controller's (``core.node``). It is as fresh
 as the health answers: ``VKP_BASE_HEALTH_INTERVAL``, or sooner when an MQTT base publishes its health.
+
+A change is written once. Until the informer delivers the event of vkprovider's own last write to a Node (its
+resourceVersion, the apiserver's answer), the cache may show the Node as it was before that write: another manager
+reacting to the same change (the TTL controller's annotation, the node-lifecycle controller's taint) writes in
+between, and its event comes first. A pass that then derives the same metadata patch, or the same status, as the
+write still unseen sends nothing (``_Unseen``; at most ``CREATED_TRUST_S``, for a watch that skips events); the
+event of that write brings the next look. Anything else is written as usual.
 """
 
 from __future__ import annotations
@@ -65,6 +72,17 @@ CREATED_TRUST_S = 10.0  # how long a Node this replica created stands in for the
 # Registration is a few API round trips per base: many workers, so 1,000 new bases register concurrently (the kube
 # facade bounds the requests in flight).
 NODE_WORKERS = 256
+
+
+@dataclass(slots=True)
+class _Unseen:
+    """vkprovider's last writes to a Node that the informer has not shown yet: the metadata patch and the status
+    (without times) sent, and the resourceVersion of the newest answer (its event shows them all)."""
+
+    version: str
+    at: float
+    meta: dict[str, Any] | None = None
+    status: dict[str, object] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +167,7 @@ class NodeController:
         # reconcile queued during the create (the health answer) must not POST it again (an AlreadyExists for a
         # quarter of the vnodes of a 1,000-base start).
         self._created: dict[str, tuple[dict[str, Any], float]] = {}
+        self._unseen: dict[str, _Unseen] = {}  # our writes the cache has not shown yet (module docstring)
         self.on_base_changed: list[Callable[[str], None]] = []
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -167,6 +186,10 @@ class NodeController:
 
     def on_node_change(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         self._created.pop(key, None)  # the cache has caught up with our create (or the Node is gone)
+        unseen = self._unseen.get(key)
+        if unseen is not None and (new is None or (new.get("metadata") or {}).get("resourceVersion")
+                                   == unseen.version):
+            del self._unseen[key]  # our last write shows (events come in order: the earlier ones did too)
         if new is not None:
             if key not in self.registry:
                 hb = vnode.heartbeat_from_node(new, self.settings.env)
@@ -206,6 +229,7 @@ class NodeController:
         self._status_written.pop(node, None)
         self._synced.pop(node, None)
         self._created.pop(node, None)
+        self._unseen.pop(node, None)
 
     def _notify(self, node: str) -> None:
         for callback in self.on_base_changed:
@@ -283,11 +307,13 @@ class NodeController:
             status = current.get("status") or {}
             last = self._status_written.get(node)
             refresh_due = last is not None and now - last >= self.settings.node_status_refresh_s
-            if vnode.status_differs(desired, status) or refresh_due:
+            if (vnode.status_differs(desired, status) or refresh_due) and not self._written_unseen(
+                    node, "status", desired, now):
                 body = vnode.with_times(desired, status, stamp)
-                await scope.patch_node_status({"status": body})
+                answer = await scope.patch_node_status({"status": body})
                 NODE_WRITES.labels("status").inc()
                 self._status_written[node] = now
+                self._sent(node, answer, now, status=desired)
             else:
                 if last is None:
                     self._status_written[node] = now
@@ -507,13 +533,48 @@ class NodeController:
             patch["spec"] = {"taints": taints}
         if provider_id:
             patch.setdefault("spec", {})["providerID"] = provider_id
+        sent = {**patch, "metadata": {k: v for k, v in patch["metadata"].items() if k != "resourceVersion"}}
+        now = self.clock()
+        if self._written_unseen(view.node, "meta", sent, now):
+            return
         try:
-            await scope.patch_node(patch)
+            answer = await scope.patch_node(patch)
         except ApiError as exc:
             if exc.is_conflict:
                 raise Requeue("node changed while updating its taints") from exc
             raise
         NODE_WRITES.labels("meta").inc()
+        self._sent(view.node, answer, now, meta=sent)
+
+    def _written_unseen(self, node: str, kind: str, what: Mapping[str, Any], now: float) -> bool:
+        """Whether ``what`` (a metadata patch or a status) is what this replica last wrote of that kind and the
+        cache has not shown yet (module docstring): then writing it again is the same write twice."""
+        unseen = self._unseen.get(node)
+        if unseen is None or now - unseen.at >= CREATED_TRUST_S:
+            return False
+        same = (unseen.meta == what) if kind == "meta" else (
+            unseen.status is not None and not vnode.status_differs(dict(what), unseen.status))
+        if same:
+            log.debug("vnode %s: the %s written at resourceVersion %s is not in the cache yet; not written again",
+                      node, kind, unseen.version, extra={"node": node})
+        return same
+
+    def _sent(self, node: str, answer: Any, now: float, *, meta: dict[str, Any] | None = None,
+              status: dict[str, object] | None = None) -> None:
+        """Remember a write the apiserver answered until the informer shows it (``on_node_change``)."""
+        version = ((answer or {}).get("metadata") or {}).get("resourceVersion") if isinstance(answer, Mapping) \
+            else None
+        if not version:
+            self._unseen.pop(node, None)
+            return
+        unseen = self._unseen.get(node)
+        if unseen is None or now - unseen.at >= CREATED_TRUST_S:
+            unseen = self._unseen[node] = _Unseen(str(version), now)
+        unseen.version, unseen.at = str(version), now
+        if meta is not None:
+            unseen.meta = meta
+        if status is not None:
+            unseen.status = status
 
     async def _delete(self, scope: VnodeScope, current: Mapping[str, Any] | None, why: str) -> None:
         scope.check()
@@ -528,6 +589,7 @@ class NodeController:
         self._status_written.pop(node, None)
         self._synced.pop(node, None)
         self._created.pop(node, None)
+        self._unseen.pop(node, None)
         self._readiness.pop(node, None)
         self._pressure.pop(node, None)
         self._capacity_said.pop(node, None)
