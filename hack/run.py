@@ -31,7 +31,7 @@ def sim_groups(bases: int) -> list[list[str]]:
 
     The seeds' Deployments ask for base version 1.1.1 (seed 000) and 1.0.0 (seed 003, spread over zones), the
     DaemonSet for every base named base; the BizDeactivate demo (module-pod-v1/v2) has a base of its own in
-    cluster "demo", which no other sample selects.
+    cluster "demo", which no other sample selects, and says its own pod capacity (20, the README's capacity line).
     """
     if bases <= 0:
         return []
@@ -40,7 +40,7 @@ def sim_groups(bases: int) -> list[list[str]]:
         groups.append(["--bases", str(bases), "--base-version", version, "--zone", ZONES,
                        "--identity-prefix", f"base-{version.replace('.', '')}", "--control-port", str(7780 + i)])
     groups.append(["--bases", "1", "--base-version", "2.0.0", "--cluster-name", "demo", "--identity-prefix",
-                   "demo", "--control-port", "7782"])
+                   "demo", "--control-port", "7782", "--max-pods", "20"])
     return groups
 
 

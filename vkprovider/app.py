@@ -181,7 +181,7 @@ class Provider:
                 raise ConfigError(str(exc)) from None
             kubelet_port = self.kubelet.port
         node_cfg = vnode.NodeConfig(
-            env=s.env, stack=s.node_stack, max_pods=s.node_max_pods,
+            env=s.env, stack=s.node_stack, max_pods=s.node_max_pods, max_pods_by_base=s.max_pods_by_base,
             kubelet_version=f"{git_version}-vkprovider.{__version__}", kubelet_port=kubelet_port,
             env_taint=s.node_env_taint, architecture=s.node_architecture or default_architecture(),
             kubelet_address=kubelet_address,

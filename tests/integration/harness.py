@@ -157,9 +157,12 @@ class SimProcess:
     async def activate_base(self, identity: str) -> None:
         await self.call("POST", f"/bases/{identity}/activate")
 
-    async def set_usage(self, identity: str, *, cpu: float | None = None, heap_mib: float | None = None) -> Any:
-        """What the base's health says it uses from now on: the busy fraction of its CPUs, its used heap."""
-        params = {k: str(v) for k, v in (("cpu", cpu), ("heapMiB", heap_mib)) if v is not None}
+    async def set_usage(self, identity: str, *, cpu: float | None = None, heap_mib: float | None = None,
+                        metaspace_mib: float | None = None) -> Any:
+        """What the base's health says it uses from now on: the busy fraction of its CPUs, its used heap, its used
+        Metaspace (memory pressure); vkprovider sees it at its next health read."""
+        params = {k: str(v) for k, v in (("cpu", cpu), ("heapMiB", heap_mib), ("metaspaceMiB", metaspace_mib))
+                  if v is not None}
         return await self.call("POST", f"/bases/{identity}/usage", params=params)
 
     async def hold_biz_lists(self, identity: str) -> None:

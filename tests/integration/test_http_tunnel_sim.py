@@ -304,6 +304,7 @@ async def test_health(env: Env) -> None:
         memory_max_bytes=512 * 1024 * 1024,
         memory_committed_bytes=96 * 1024 * 1024,
         memory_used_bytes=90 * 1024 * 1024,
+        heap_max_bytes=2048 * 1024 * 1024,
         master_biz_name="base",
         master_biz_version="1.0.0",
         master_biz_state="ACTIVATED",
@@ -405,6 +406,19 @@ async def test_control_api(env: Env) -> None:
         assert bases["sim-0001"]["running"] is True and bases["sim-0001"]["clusterName"] == "default"
         async with session.post(f"{url}/bases/nobody/stop") as r:
             assert r.status == 404
+        async with session.post(f"{url}/bases/sim-0001/usage?metaspaceMiB=480") as r:
+            answer = await r.json()
+        mib = 1024 * 1024
+        assert (answer["metaspaceUsedBytes"], answer["metaspaceMaxBytes"]) == (480 * mib, 512 * mib), answer
+        health = await env.tunnel.health(await env.base("sim-0001"))
+        assert health.memory_used_bytes == 480 * 1024 * 1024 and health.memory_max_bytes == 512 * 1024 * 1024
+        for bad in ("-1", "x", "nan", "inf", ""):
+            async with session.post(f"{url}/bases/sim-0001/usage?metaspaceMiB={bad}") as r:
+                assert r.status == 400, bad
+        async with session.get(f"{url}/bases") as r:
+            bases = {b["identity"]: b for b in await r.json()}
+        assert bases["sim-0001"]["usage"]["metaspaceUsedBytes"] == 480 * mib and bases["sim-0001"]["healthCalls"] >= 1
+        assert bases["sim-0000"]["usage"]["metaspaceUsedBytes"] == 90 * mib
         async with session.post(f"{url}/bases?count=1") as r:
             (added,) = await r.json()
         assert added["identity"] == "sim-0003"

@@ -352,3 +352,54 @@ def test_the_release_walkthrough_as_printed(make_run: MakeRun) -> None:
     finally:
         kc(kubectl, "delete", "-f", "samples/module-deployment-batched.yaml", "--wait=true", "--ignore-not-found",
            timeout=120)
+
+
+def test_the_capacity_and_memory_pressure_lines_as_printed(make_run: MakeRun) -> None:
+    """The README's capacity and memory-pressure lines, run as printed: the demo base's own pod capacity (its
+    max-pods label) next to the others' default; the control API call fills a base's Metaspace, and within the
+    health interval the kubectl line shows the kubelet's reason and the node-lifecycle controller's taint. The
+    pressure is cleared afterwards (the README's ``metaspaceMiB=90``), so the demo stays as the README describes it."""
+    kubectl = kubectl_argv(yaml.safe_load((REPO / ".local" / "cluster" / "state.json").read_text())["kcp"])
+    capacity, fill, look = code_block_after("Each vnode's pod capacity and memory pressure")
+    assert fill.startswith("curl ") and "metaspaceMiB=480" in fill and "metaspaceMiB=90" in README
+    node = shlex.split(look)[5]
+    table: dict[str, Any] = {}
+
+    def every_vnode_sized() -> bool:
+        # make run's cluster keeps the Nodes of an earlier run: wait for this run's vkprovider to have sized them
+        out = sh(readme_kubectl(capacity, kubectl), check=False).stdout
+        table["out"] = out
+        rows = [row.split() for row in out.strip().splitlines()[1:]]
+        pods = {row[0]: row[1] for row in rows if len(row) == 3 and row[2] != "<none>"}
+        return len(rows) == 7 and node in pods and all(
+            p == ("20" if n.startswith("vnode.demo-") else "200") for n, p in pods.items()) and len(pods) == 7
+
+    try:
+        wait_for_sync(every_vnode_sized, timeout=90, interval=0.5,
+                      what="make run's 7 vnodes sized: the demo base's own 20 pods, the others VKP_NODE_MAX_PODS")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {table.get('out')}") from None
+    figure("readme capacity", "\n" + str(table["out"]).strip())
+    shown: dict[str, str] = {}
+
+    def says(reason: str, tainted: bool) -> bool:
+        shown["out"] = sh(readme_kubectl(look, kubectl)).stdout.strip()
+        words = shown["out"].split()
+        return bool(words) and words[0] == reason and \
+            ("node.kubernetes.io/memory-pressure" in words[1:]) is tainted
+
+    try:
+        started = time.monotonic()
+        assert '"metaspaceUsedBytes":503316480' in sh(shlex.split(fill)).stdout.replace(" ", "")
+        try:
+            wait_for_sync(lambda: says("KubeletHasInsufficientMemory", True), timeout=90, interval=1.0,
+                          what="MemoryPressure and its taint on make run's base")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {shown}") from None
+        figure(f"readme_pressure_shown_s = {time.monotonic() - started:.1f}")
+    finally:
+        started = time.monotonic()
+        sh(shlex.split(fill.replace("metaspaceMiB=480", "metaspaceMiB=90")))
+        wait_for_sync(lambda: says("KubeletHasSufficientMemory", False), timeout=90, interval=1.0,
+                      what="the pressure cleared again")
+        figure(f"readme_pressure_cleared_s = {time.monotonic() - started:.1f}")

@@ -36,6 +36,19 @@ CASES = [
     ({"VKP_STATIC_BIZS": "a,:1"}, "invalid VKP_STATIC_BIZS='a,:1': static biz ':1'"),
     ({"VKP_LEASE_DURATION": "10", "VKP_LEASE_RENEW_INTERVAL": "10"},
      "VKP_LEASE_RENEW_INTERVAL < VKP_LEASE_RENEW_DEADLINE < VKP_LEASE_DURATION must hold"),
+    ({"VKP_NODE_MAX_PODS_BY_BASE": "small"},
+     "invalid VKP_NODE_MAX_PODS_BY_BASE='small': rule 'small' is not name=N or name:version=N"),
+    ({"VKP_NODE_MAX_PODS_BY_BASE": "small:1.0.0=0"},
+     "invalid VKP_NODE_MAX_PODS_BY_BASE='small:1.0.0=0': rule 'small:1.0.0=0': '0' is not a whole number 1..65535"),
+    ({"VKP_NODE_MAX_PODS_BY_BASE": "*=5"}, "invalid VKP_NODE_MAX_PODS_BY_BASE='*=5': rule '*=5': '*' is not a base"),
+    ({"VKP_NODE_MAX_PODS": "70000"}, "invalid VKP_NODE_MAX_PODS='70000': Input should be less than or equal to 65535"),
+    ({"VKP_METASPACE_PRESSURE_HIGH": "1.5"},
+     "invalid VKP_METASPACE_PRESSURE_HIGH='1.5': Input should be less than or equal to 1"),
+    ({"VKP_METASPACE_PRESSURE_LOW": "0"}, "invalid VKP_METASPACE_PRESSURE_LOW='0': Input should be greater than 0"),
+    ({"VKP_METASPACE_PRESSURE_HIGH": "0.7"},
+     "VKP_METASPACE_PRESSURE_LOW < VKP_METASPACE_PRESSURE_HIGH must hold (got 0.8 / 0.7)"),
+    ({"VKP_METASPACE_PRESSURE_HIGH": "0.85", "VKP_METASPACE_PRESSURE_LOW": "0.85"},
+     "VKP_METASPACE_PRESSURE_LOW < VKP_METASPACE_PRESSURE_HIGH must hold (got 0.85 / 0.85)"),
     ({"ENABLE_HTTP_TUNNEL": "false"}, "no tunnel enabled"),
     ({"ENABLE_MQTT_TUNNEL": "true", "MQTT_PASSWORD": "x"}, "MQTT_PASSWORD would be sent without TLS"),
 ]
@@ -57,6 +70,10 @@ def test_defaults_are_accepted_and_nothing_is_clamped() -> None:
     assert module_settings(load_settings({})).static_bizs == ()
     assert module_settings(load_settings({"VKP_STATIC_BIZS": "a, b:1.0"})).static_bizs == (
         BizPattern("a"), BizPattern("b", "1.0"))
+    assert (settings.node_max_pods, settings.max_pods_by_base) == (200, {})
+    assert load_settings({"VKP_NODE_MAX_PODS_BY_BASE": "small:1.0.0=2; big=400"}).max_pods_by_base == {
+        ("small", "1.0.0"): 2, ("big", None): 400}
+    assert (settings.metaspace_pressure_high, settings.metaspace_pressure_low) == (0.9, 0.8)
 
 
 def _run(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -219,3 +219,80 @@ def test_label_patch_adds_the_load_balancer_exclusion_once_whatever_its_value():
     assert vnode.labels_to_patch(current, desired) == {label: "true"}
     assert vnode.labels_to_patch({**current, label: ""}, desired) == {}
     assert vnode.labels_to_patch({**current, label: "true"}, desired) == {}
+
+
+def test_pod_capacity_follows_the_base_then_the_setting_then_the_default():
+    """status.capacity.pods (what the scheduler counts against: "Too many pods") per base, not one number."""
+    cfg = vnode.NodeConfig(env="dev", stack="java", max_pods=200, kubelet_version="v", kubelet_port=1,
+                           max_pods_by_base={("small", "1.0.0"): 2, ("small", None): 4})
+    small = BaseHeartbeat(metadata=BaseMetadata("s1", "small", "1.0.0", "default"), host_name="h", ip="10.0.0.6",
+                          port=1238)
+    cases = [
+        (HB, "200"),  # not named: VKP_NODE_MAX_PODS
+        (small, "2"),  # name:version
+        (BaseHeartbeat(metadata=BaseMetadata("s2", "small", "9.9.9", "default"), host_name="h", ip="10.0.0.7",
+                       port=1238), "4"),  # name
+        (BaseHeartbeat(metadata=small.metadata, host_name="h", ip="10.0.0.6", port=1238,
+                       labels=(("base.koupleless.io/max-pods", "7"),)), "7"),  # the base's own word
+    ]
+    for heartbeat, pods in cases:
+        st = vnode.node_status(heartbeat, None, cfg, readiness=R.READY, silent_for_s=0)
+        assert (st["capacity"]["pods"], st["allocatable"]["pods"]) == (pods, pods), heartbeat
+    # The label is shown on the Node too (a base.koupleless.io/ label, owned: removed when the base stops saying it).
+    labelled = cases[3][0]
+    assert vnode.node_labels(labelled, cfg)["base.koupleless.io/max-pods"] == "7"
+
+
+def test_memory_is_the_max_metaspace_else_the_max_heap_never_zero():
+    mib = 1024 * 1024
+    for health, memory in [
+        (BaseHealth(cpu_count=2, memory_max_bytes=512 * mib, heap_max_bytes=4096 * mib), str(512 * mib)),
+        (BaseHealth(cpu_count=2, memory_max_bytes=None, heap_max_bytes=6028 * mib), str(6028 * mib)),  # -1 on the wire
+        (BaseHealth(cpu_count=2), None),
+    ]:
+        st = vnode.node_status(HB, health, CFG, readiness=R.READY, silent_for_s=0)
+        assert st["capacity"].get("memory") == memory and st["allocatable"].get("memory") == memory
+
+
+def memory_condition(st: dict[str, object]) -> dict[str, str]:
+    return next(c for c in st["conditions"] if c["type"] == "MemoryPressure")  # type: ignore[attr-defined]
+
+
+def test_memory_pressure_condition_speaks_as_the_kubelet():
+    """The kubelet's reasons and messages (pkg/kubelet/nodestatus/setters.go): tools that read them read ours."""
+    under = memory_condition(vnode.node_status(HB, None, CFG, readiness=R.READY, silent_for_s=0,
+                                               memory_pressure=True))
+    assert under == {"type": "MemoryPressure", "status": "True", "reason": "KubeletHasInsufficientMemory",
+                     "message": "kubelet has insufficient memory available"}
+    fine = memory_condition(vnode.node_status(HB, None, CFG, readiness=R.READY, silent_for_s=0))
+    assert fine == {"type": "MemoryPressure", "status": "False", "reason": "KubeletHasSufficientMemory",
+                    "message": "kubelet has sufficient memory available"}
+    for readiness, reason in ((R.UNREACHABLE, "BaseUnreachable"), (R.DEACTIVATED, "BaseDeactivated")):
+        unknown = memory_condition(vnode.node_status(HB, None, CFG, readiness=readiness, silent_for_s=30,
+                                                     memory_pressure=True))
+        assert (unknown["status"], unknown["reason"]) == ("Unknown", reason)
+    # A change of pressure is a status write; its transition time moves.
+    before = vnode.with_times(vnode.node_status(HB, None, CFG, readiness=R.READY, silent_for_s=0), None, "t0")
+    after = vnode.node_status(HB, None, CFG, readiness=R.READY, silent_for_s=0, memory_pressure=True)
+    assert vnode.status_differs(after, before)
+    assert memory_condition(vnode.with_times(after, before, "t1"))["lastTransitionTime"] == "t1"
+
+
+def test_taints_of_other_managers_stay_through_our_taint_writes():
+    """The memory-pressure taint is the node-lifecycle controller's (TaintNodesByCondition, from the condition), a
+    cordon's is kubectl's: whatever vkprovider writes of its own taints, theirs stay as they are."""
+    virtual = {"key": "schedule.koupleless.io/virtual-node", "value": "True", "effect": "NoExecute"}
+    pressure = {"key": "node.kubernetes.io/memory-pressure", "effect": "NoSchedule", "timeAdded": "t"}
+    cordon = {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule", "timeAdded": "t"}
+    user = {"key": "example.com/team", "value": "a", "effect": "NoSchedule"}
+    others = [pressure, cordon, user]
+    cases = [  # (current, readiness, what is written: None = nothing)
+        ([virtual, *others], R.READY, None),
+        ([*others], R.READY, [*others, virtual]),  # ours added, theirs kept in place
+        ([virtual, *others], R.DEACTIVATED, [virtual, *others, {"key": "node.kubernetes.io/not-ready",
+                                                                 "effect": "NoExecute", "timeAdded": "now"}]),
+        ([virtual, pressure, {"key": "node.kubernetes.io/not-ready", "effect": "NoExecute"}, cordon], R.READY,
+         [virtual, pressure, cordon]),  # ours removed, theirs kept
+    ]
+    for current, readiness, written in cases:
+        assert vnode.taints_to_write(current, CFG, readiness, "now") == written, (current, readiness)

@@ -203,7 +203,12 @@ async def test_a_heartbeat_paced_look_at_an_unchanged_base_computes_and_writes_n
     await controller.reconcile(node)
     assert len(computed) == 2 and [p for p, _ in writes()] == [f"/api/v1/nodes/{node}", f"/api/v1/nodes/{node}/status"]
     api.calls.clear()
-    edited = {**created, "status": {**status, "conditions": []}}  # someone edited the Node: a new object
+    # the informer shows our writes (their answer's resourceVersion), then someone edits the Node: a new object
+    ours = {**created, "metadata": {**created["metadata"], "resourceVersion": str(api.last_rv)}}
+    controller.on_node_change(node, created, ours)
+    edited = {**created, "metadata": {**created["metadata"], "resourceVersion": "9999"},
+              "status": {**status, "conditions": []}}
+    controller.on_node_change(node, ours, edited)
     cache[node] = edited
     await controller.reconcile(node)
     assert len(computed) == 3 and f"/api/v1/nodes/{node}/status" in [p for p, _ in writes()]

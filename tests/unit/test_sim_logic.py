@@ -11,7 +11,7 @@ import pytest
 
 from vkprovider.core import wire
 from vkprovider.core.model import CommandOutcome
-from vkprovider.sim.arklet import ArkletBehaviour, MultiVersionMode, SimArklet
+from vkprovider.sim.arklet import NON_HEAP_BESIDES_METASPACE, ArkletBehaviour, MultiVersionMode, SimArklet
 
 
 def _arklet(**behaviour: Any) -> SimArklet:
@@ -345,7 +345,7 @@ def test_health_figures_move_with_the_bases_usage_as_arklets_do():
     """The simulated base's health reads as a real one's: CPU ticks counted since its arklet started, busy at the
     rate its Usage says (set_usage changes it from then on), the used heap it is told, MiB as doubles."""
     from vkprovider.core import stats
-    from vkprovider.sim.arklet import NON_HEAP_BESIDES_METASPACE, Usage
+    from vkprovider.sim.arklet import Usage
 
     now = [1000.0]
     arklet = SimArklet(ArkletBehaviour(cpu_count=4), clock_s=lambda: now[0], usage=Usage(0.25, 300 * 1024 * 1024))
@@ -398,3 +398,22 @@ async def test_static_bizs_are_in_the_jvm_at_each_start_before_its_first_heartbe
         await base.stop()
     with pytest.raises(SystemExit):
         parser.parse_args(["--static-biz", "nover"])
+
+
+async def test_a_bases_metaspace_use_can_be_set_and_health_reports_it_as_arklet_does() -> None:
+    """The control API's knob for memory pressure: used metaspace of one base (committed follows it up); the max
+    heap in arklet's own key and unit (MiB); every health question counted."""
+    mib = 1024 * 1024
+    arklet = _arklet(metaspace_max_bytes=512 * mib, metaspace_committed_bytes=96 * mib, metaspace_used_bytes=90 * mib)
+    health = wire.parse_health((await arklet.handle("health", {}))["data"])
+    assert (health.memory_used_bytes, health.memory_committed_bytes) == (90 * mib, 96 * mib)
+    assert health.heap_max_bytes == 2048 * mib
+    arklet.set_usage(metaspace_used_bytes=480 * mib)
+    health = wire.parse_health((await arklet.handle("health", {}))["data"])
+    assert (health.memory_max_bytes, health.memory_committed_bytes, health.memory_used_bytes) == (
+        512 * mib, 480 * mib, 480 * mib)
+    arklet.set_usage(metaspace_used_bytes=100 * mib)
+    health = wire.parse_health((await arklet.handle("health", {}))["data"])
+    assert (health.memory_committed_bytes, health.memory_used_bytes) == (100 * mib, 100 * mib)
+    assert health.non_heap_used_bytes == 100 * mib + NON_HEAP_BESIDES_METASPACE  # non-heap holds the Metaspace
+    assert arklet.health_calls == 3

@@ -555,3 +555,19 @@ def test_usage_figures_do_not_make_an_answer_differ():
     busier["healthData"]["jvm"]["used heap memory(M)"] = 500.0
     second = wire.parse_health(busier)
     assert second == first and second.cpu != first.cpu and second.heap_used_bytes != first.heap_used_bytes
+
+
+@pytest.mark.parametrize(
+    ("jvm", "heap"),
+    [
+        ({"max heap memory(M)": 6028.0}, 6028 * 1024 * 1024),  # a real base (docs/protocol.md): MiB, a float
+        ({"max heap memory(M)": 0.5}, 512 * 1024),
+        ({"max heap memory(M)": -1}, None),
+        ({"max heap memory(M)": "6028"}, None),
+        ({"max heap memory(M)": float("inf")}, None),
+        ({}, None),
+    ],
+)
+def test_parse_health_reads_the_max_heap_in_mib(jvm: dict[str, Any], heap: int | None) -> None:
+    """The vnode's memory when the base has no max metaspace (-1, the JVM's default) is its max heap."""
+    assert wire.parse_health({"healthData": {"jvm": jvm}}).heap_max_bytes == heap

@@ -15,6 +15,19 @@ replica behind the same Service), so a base is Ready as long as it answers, whic
 A takeover never deletes a Node at once (issue 27): the base's silence counts from what this replica saw of its
 Node (``BaseRegistry.adopted``), never from this replica's start, and the first reconcile that finds it past the
 dead window asks the base first; only a probe that fails (or a base with no tunnel to ask through) lets the Node go.
+
+Memory pressure follows the base's health (``core.resources``): the state of each held vnode is kept here, taken
+from its Node's MemoryPressure condition the first time it is looked at after a start or a takeover, so hysteresis
+holds across restarts; its changes are Normal Events, as the kubelet's (``NodeHasInsufficientMemory``,
+``NodeHasSufficientMemory``). The pressure taint is the node-lifecycle controller's (``core.node``). It is as fresh
+as the health answers: ``VKP_BASE_HEALTH_INTERVAL``, or sooner when an MQTT base publishes its health.
+
+A change is written once. Until the informer delivers the event of vkprovider's own last write to a Node (its
+resourceVersion, the apiserver's answer), the cache may show the Node as it was before that write: another manager
+reacting to the same change (the TTL controller's annotation, the node-lifecycle controller's taint) writes in
+between, and its event comes first. A pass that then derives the same metadata patch, or the same status, as the
+write still unseen sends nothing (``_Unseen``; at most ``CREATED_TRUST_S``, for a watch that skips events); the
+event of that write brings the next look. Anything else is written as usual.
 """
 
 from __future__ import annotations
@@ -35,6 +48,7 @@ from vkprovider.controllers.fence import Hold, VnodeScope, VnodeWrites, node_ref
 from vkprovider.controllers.queue import Requeue, WorkQueue
 from vkprovider.core import node as vnode
 from vkprovider.core import ownership as own
+from vkprovider.core import resources
 from vkprovider.core.node import BaseReadiness
 from vkprovider.core.sanitize import MAX_LOG_TEXT, clean
 from vkprovider.kube.client import ApiError
@@ -60,6 +74,17 @@ CREATED_TRUST_S = 10.0  # how long a Node this replica created stands in for the
 NODE_WORKERS = 256
 
 
+@dataclass(slots=True)
+class _Unseen:
+    """vkprovider's last writes to a Node that the informer has not shown yet: the metadata patch and the status
+    (without times) sent, and the resourceVersion of the newest answer (its event shows them all)."""
+
+    version: str
+    at: float
+    meta: dict[str, Any] | None = None
+    status: dict[str, object] | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class _Synced:
     """The inputs of the last pass that found a Node in sync. The same Node object (the informer replaces it on
@@ -70,10 +95,11 @@ class _Synced:
     heartbeat: object
     health: object
     readiness: BaseReadiness
+    pressure: bool
 
-    def holds(self, node: Mapping[str, Any], view: BaseView, readiness: BaseReadiness) -> bool:
+    def holds(self, node: Mapping[str, Any], view: BaseView, readiness: BaseReadiness, pressure: bool) -> bool:
         return (self.node is node and self.heartbeat is view.heartbeat and self.health is view.health
-                and self.readiness is readiness)
+                and self.readiness is readiness and self.pressure is pressure)
 
 
 def iso_time(dt: datetime) -> str:
@@ -131,6 +157,8 @@ class NodeController:
         self.queue = WorkQueue("node", self.reconcile, workers=NODE_WORKERS)
         self._status_written: dict[str, float] = {}
         self._readiness: dict[str, BaseReadiness] = {}
+        self._pressure: dict[str, bool] = {}  # memory pressure per held vnode (seeded from its Node)
+        self._capacity_said: dict[str, str] = {}  # the unusable max-pods label last said per vnode (said once)
         self._probes: dict[str, asyncio.Task[None]] = {}
         self._probed_at: dict[str, float] = {}
         self._unprobed: set[str] = set()  # taken over, and the base not asked yet: no deletion until it is
@@ -138,6 +166,7 @@ class NodeController:
         # Nodes this replica created that the informer has not shown yet (node -> (the answer, when)): a
         # reconcile queued during the create (the health answer) must not POST it again (docs/performance.md).
         self._created: dict[str, tuple[dict[str, Any], float]] = {}
+        self._unseen: dict[str, _Unseen] = {}  # our writes the cache has not shown yet (module docstring)
         self.on_base_changed: list[Callable[[str], None]] = []
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -156,6 +185,10 @@ class NodeController:
 
     def on_node_change(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         self._created.pop(key, None)  # the cache has caught up with our create (or the Node is gone)
+        unseen = self._unseen.get(key)
+        if unseen is not None and (new is None or (new.get("metadata") or {}).get("resourceVersion")
+                                   == unseen.version):
+            del self._unseen[key]  # our last write shows (events come in order: the earlier ones did too)
         if new is not None:
             if key not in self.registry:
                 hb = vnode.heartbeat_from_node(new, self.settings.env)
@@ -172,6 +205,7 @@ class NodeController:
         silence, the Node is not deleted before that probe has been answered or has failed."""
         self._status_written.pop(node, None)
         self._synced.pop(node, None)
+        self._pressure.pop(node, None)  # the previous holder kept the Node's condition: start from it
         current = self.nodes.get(node)
         view = self.registry.get(node)
         if view is None and current is not None:
@@ -189,9 +223,12 @@ class NodeController:
         if task is not None:
             task.cancel()
         self._readiness.pop(node, None)
+        self._pressure.pop(node, None)
+        self._capacity_said.pop(node, None)
         self._status_written.pop(node, None)
         self._synced.pop(node, None)
         self._created.pop(node, None)
+        self._unseen.pop(node, None)
 
     def _notify(self, node: str) -> None:
         for callback in self.on_base_changed:
@@ -232,15 +269,18 @@ class NodeController:
         readiness = view.readiness(now, self.settings.base_unreachable_after_s)
         self._maybe_probe(view, now)
         self._track_readiness(scope, view, readiness, current)
+        pressure = self._track_pressure(scope, view, readiness, current)
         scope.check()
         synced = self._synced.get(node)
-        if current is not None and synced is not None and synced.holds(current, view, readiness) and not (
+        if current is not None and synced is not None and synced.holds(current, view, readiness, pressure) and not (
                 now - self._status_written.get(node, now) >= self.settings.node_status_refresh_s):
             return self._next_look(node, view, readiness, now, silent)  # nothing changed since the last pass
         self._synced.pop(node, None)
+        self._say_capacity_problem(scope, view)
         stamp = iso_time(self.wall())
         desired = vnode.node_status(view.heartbeat, view.health, self.cfg, readiness=readiness, silent_for_s=silent,
-                                    unreachable_after_s=self.settings.base_unreachable_after_s)
+                                    unreachable_after_s=self.settings.base_unreachable_after_s,
+                                    memory_pressure=pressure)
         if current is None:
             if view.health is None and readiness is BaseReadiness.READY:
                 # Registering: ask the base for its resources first, so the Node is created with its capacity
@@ -251,10 +291,13 @@ class NodeController:
                 scope.check()
                 silent = view.silent_for(now)
                 readiness = view.readiness(now, self.settings.base_unreachable_after_s)
+                pressure = self._track_pressure(scope, view, readiness, None)
                 desired = vnode.node_status(view.heartbeat, view.health, self.cfg, readiness=readiness,
                                             silent_for_s=silent,
-                                            unreachable_after_s=self.settings.base_unreachable_after_s)
+                                            unreachable_after_s=self.settings.base_unreachable_after_s,
+                                            memory_pressure=pressure)
             current = await self._create(scope, view, vnode.with_times(desired, None, stamp), readiness)
+            self._pressure[node] = pressure
             if self.nodes.get(node) is None:
                 self._created[node] = (current, self.clock())
             self._status_written[node] = now
@@ -263,16 +306,18 @@ class NodeController:
             status = current.get("status") or {}
             last = self._status_written.get(node)
             refresh_due = last is not None and now - last >= self.settings.node_status_refresh_s
-            if vnode.status_differs(desired, status) or refresh_due:
+            if (vnode.status_differs(desired, status) or refresh_due) and not self._written_unseen(
+                    node, "status", desired, now):
                 body = vnode.with_times(desired, status, stamp)
-                await scope.patch_node_status({"status": body})
+                answer = await scope.patch_node_status({"status": body})
                 NODE_WRITES.labels("status").inc()
                 self._status_written[node] = now
+                self._sent(node, answer, now, status=desired)
             else:
                 if last is None:
                     self._status_written[node] = now
                 if current is self.nodes.get(node):  # nothing written: this Node is in sync with this view
-                    self._synced[node] = _Synced(current, view.heartbeat, view.health, readiness)
+                    self._synced[node] = _Synced(current, view.heartbeat, view.health, readiness, pressure)
         return self._next_look(node, view, readiness, now, silent)
 
     def _next_look(self, node: str, view: BaseView, readiness: BaseReadiness, now: float, silent: float) -> float:
@@ -341,6 +386,50 @@ class NodeController:
         if readiness is BaseReadiness.READY:
             view.ledger.request_read()  # it was away: it may have restarted and lost its bizs
         self._notify(node)
+
+    def _track_pressure(self, scope: VnodeScope, view: BaseView, readiness: BaseReadiness,
+                        current: Mapping[str, Any] | None) -> bool:
+        """The vnode's memory pressure now (``core.resources.memory_pressure``), from what it was: the last pass's
+        state, or after a start or a takeover what its Node says. A base that is not Ready keeps its state (its
+        condition shows Unknown meanwhile). The state is remembered only once a Node carries it: with no Node in
+        the cache (one being created, or one the cache does not show yet) it is worked out and not kept, so a Node
+        that turns out to exist is read, not overruled; ``reconcile`` keeps what a Node it creates says."""
+        node = view.node
+        before = self._pressure.get(node)
+        if before is None:
+            before = resources.pressure_shown(current)
+        if readiness is not BaseReadiness.READY:
+            if current is not None:
+                self._pressure[node] = before
+            return before
+        limits = self.settings.metaspace_pressure
+        after = resources.memory_pressure(before, view.health, limits)
+        if current is not None:
+            self._pressure[node] = after
+        if after != before:
+            use = resources.describe_use(view.health)
+            why = (f"{use}, above VKP_METASPACE_PRESSURE_HIGH={limits.high:g}" if after
+                   else f"{use}, below VKP_METASPACE_PRESSURE_LOW={limits.low:g}" if view.health is not None
+                   and resources.metaspace_use(view.health) is not None else use)
+            scope.normal(node_ref(node), resources.PRESSURE_EVENT[after],
+                         f"Node {node} status is now: {resources.PRESSURE_EVENT[after]} ({why})")
+            log.info("vnode %s %s memory pressure: %s", node, "under" if after else "no longer under", why,
+                     extra={"node": node})
+        return after
+
+    def _say_capacity_problem(self, scope: VnodeScope, view: BaseView) -> None:
+        """A base whose own max-pods label cannot be used gets a Warning Event once (per value it sends)."""
+        capacity = resources.pod_capacity(view.heartbeat, self.cfg.max_pods_by_base, self.cfg.max_pods)
+        node = view.node
+        if capacity.problem == self._capacity_said.get(node):
+            return
+        if capacity.problem is None:
+            self._capacity_said.pop(node, None)
+            return
+        self._capacity_said[node] = capacity.problem
+        message = f"{capacity.problem}: the vnode's pod capacity is {capacity.pods} ({capacity.source})"
+        scope.warning(node_ref(node), "InvalidMaxPods", message)
+        log.warning("vnode %s: %s", node, message, extra={"node": node})
 
     def _probe_after(self) -> float:
         """Probe well before a silent base would be declared unreachable."""
@@ -448,13 +537,48 @@ class NodeController:
             patch["spec"] = {"taints": taints}
         if provider_id:
             patch.setdefault("spec", {})["providerID"] = provider_id
+        sent = {**patch, "metadata": {k: v for k, v in patch["metadata"].items() if k != "resourceVersion"}}
+        now = self.clock()
+        if self._written_unseen(view.node, "meta", sent, now):
+            return
         try:
-            await scope.patch_node(patch)
+            answer = await scope.patch_node(patch)
         except ApiError as exc:
             if exc.is_conflict:
                 raise Requeue("node changed while updating its taints") from exc
             raise
         NODE_WRITES.labels("meta").inc()
+        self._sent(view.node, answer, now, meta=sent)
+
+    def _written_unseen(self, node: str, kind: str, what: Mapping[str, Any], now: float) -> bool:
+        """Whether ``what`` (a metadata patch or a status) is what this replica last wrote of that kind and the
+        cache has not shown yet (module docstring): then writing it again is the same write twice."""
+        unseen = self._unseen.get(node)
+        if unseen is None or now - unseen.at >= CREATED_TRUST_S:
+            return False
+        same = (unseen.meta == what) if kind == "meta" else (
+            unseen.status is not None and not vnode.status_differs(dict(what), unseen.status))
+        if same:
+            log.debug("vnode %s: the %s written at resourceVersion %s is not in the cache yet; not written again",
+                      node, kind, unseen.version, extra={"node": node})
+        return same
+
+    def _sent(self, node: str, answer: Any, now: float, *, meta: dict[str, Any] | None = None,
+              status: dict[str, object] | None = None) -> None:
+        """Remember a write the apiserver answered until the informer shows it (``on_node_change``)."""
+        version = ((answer or {}).get("metadata") or {}).get("resourceVersion") if isinstance(answer, Mapping) \
+            else None
+        if not version:
+            self._unseen.pop(node, None)
+            return
+        unseen = self._unseen.get(node)
+        if unseen is None or now - unseen.at >= CREATED_TRUST_S:
+            unseen = self._unseen[node] = _Unseen(str(version), now)
+        unseen.version, unseen.at = str(version), now
+        if meta is not None:
+            unseen.meta = meta
+        if status is not None:
+            unseen.status = status
 
     async def _delete(self, scope: VnodeScope, current: Mapping[str, Any] | None, why: str) -> None:
         scope.check()
@@ -469,7 +593,10 @@ class NodeController:
         self._status_written.pop(node, None)
         self._synced.pop(node, None)
         self._created.pop(node, None)
+        self._unseen.pop(node, None)
         self._readiness.pop(node, None)
+        self._pressure.pop(node, None)
+        self._capacity_said.pop(node, None)
         self._notify(node)
 
     async def _gauges_forever(self) -> None:

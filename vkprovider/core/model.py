@@ -175,6 +175,7 @@ class BaseHealth:
     memory_max_bytes: int | None = None
     memory_committed_bytes: int | None = None
     memory_used_bytes: int | None = None
+    heap_max_bytes: int | None = None  # "max heap memory(M)": the vnode's memory when max metaspace is -1
     master_biz_name: str | None = None
     master_biz_version: str | None = None
     master_biz_state: str | None = None  # the base itself: ACTIVATED while serving, else shutting down

@@ -15,6 +15,11 @@ controller deletes a Node it cannot find in its cloud, unless the providerID nam
 controller reads the label's presence: a value another manager gave it stays). The apiserver lets a providerID be
 set once, from empty: a Node created before (an older vkprovider's, the Go controller's) gets ours by patch, and one
 that has another keeps it.
+
+A vnode's capacity (pods, cpu, memory) and its MemoryPressure condition follow ``core.resources``; the pressure
+taint ``node.kubernetes.io/memory-pressure:NoSchedule`` is the node-lifecycle controller's (it taints every Node by
+its conditions, TaintNodesByCondition, at once on the Node's update), so vkprovider writes the condition and keeps
+that taint as another manager's, like ``node.kubernetes.io/unschedulable`` of a ``kubectl cordon``.
 """
 
 from __future__ import annotations
@@ -22,13 +27,21 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from vkprovider.core.compare import holds
 from vkprovider.core.model import BaseHealth, BaseHeartbeat, BaseMetadata
 from vkprovider.core.module import SKELETON
 from vkprovider.core.ownership import MANAGED_BY, MANAGED_BY_LABEL
+from vkprovider.core.resources import (
+    CONDITION_MEMORY_PRESSURE,
+    PRESSURE_MESSAGE,
+    PRESSURE_REASON,
+    MaxPodsTable,
+    memory_capacity,
+    pod_capacity,
+)
 
 NODE_PREFIX = "vnode."
 LABEL_COMPONENT = "virtual-kubelet.koupleless.io/component"
@@ -91,6 +104,7 @@ class NodeConfig:
     env_taint: bool = False
     architecture: str = "amd64"
     kubelet_address: str | None = None  # where the apiserver reaches our kubelet API (None: not served)
+    max_pods_by_base: MaxPodsTable = field(default_factory=dict)  # VKP_NODE_MAX_PODS_BY_BASE
 
 
 def node_name(identity: str, env: str) -> str:
@@ -226,16 +240,17 @@ def provider_id_to_set(current: str | None, wanted: str) -> str | None:
     return None if current else wanted
 
 
-def _resources(health: BaseHealth | None, cfg: NodeConfig) -> tuple[dict[str, str], dict[str, str]]:
-    capacity = {"pods": str(cfg.max_pods)}
-    allocatable = {"pods": str(cfg.max_pods)}
-    if health is not None:
-        if health.cpu_count is not None and health.cpu_count > 0:
-            capacity["cpu"] = allocatable["cpu"] = str(health.cpu_count)
-        if health.memory_max_bytes is not None and health.memory_max_bytes > 0:
-            # Allocatable is the base's max heap, not max minus what is committed now: committed memory moves
-            # with every GC, and a node status that follows it would be rewritten on every health answer.
-            capacity["memory"] = allocatable["memory"] = str(health.memory_max_bytes)
+def _resources(hb: BaseHeartbeat, health: BaseHealth | None,
+               cfg: NodeConfig) -> tuple[dict[str, str], dict[str, str]]:
+    """Capacity and allocatable (the same: a base reserves nothing for itself), by ``core.resources``' rules."""
+    pods = str(pod_capacity(hb, cfg.max_pods_by_base, cfg.max_pods).pods)
+    capacity = {"pods": pods}
+    allocatable = {"pods": pods}
+    if health is not None and health.cpu_count is not None and health.cpu_count > 0:
+        capacity["cpu"] = allocatable["cpu"] = str(health.cpu_count)
+    memory = memory_capacity(health)
+    if memory is not None:
+        capacity["memory"] = allocatable["memory"] = str(memory)
     return capacity, allocatable
 
 
@@ -256,9 +271,11 @@ def node_status(
     readiness: BaseReadiness,
     silent_for_s: float,
     unreachable_after_s: float = 25.0,
+    memory_pressure: bool = False,
 ) -> dict[str, object]:
-    """The node status a base deserves, WITHOUT timestamps (see ``with_times``)."""
-    capacity, allocatable = _resources(health, cfg)
+    """The node status a base deserves, WITHOUT timestamps (see ``with_times``). ``memory_pressure`` is the state
+    ``core.resources.memory_pressure`` decided; it shows while the base is Ready (else the condition is Unknown)."""
+    capacity, allocatable = _resources(hb, health, cfg)
     if readiness is BaseReadiness.READY:
         ready = {"type": "Ready", "status": "True", "reason": "BaseReady", "message": "base is heartbeating"}
     elif readiness is BaseReadiness.DEACTIVATED:
@@ -273,9 +290,14 @@ def node_status(
             "message": f"no heartbeat or answer from the base for more than {unreachable_after_s:g}s",
         }
     pressure = "False" if readiness is BaseReadiness.READY else "Unknown"
+    if readiness is BaseReadiness.READY:
+        memory = {"type": CONDITION_MEMORY_PRESSURE, "status": str(memory_pressure),
+                  "reason": PRESSURE_REASON[memory_pressure], "message": PRESSURE_MESSAGE[memory_pressure]}
+    else:
+        memory = {"type": CONDITION_MEMORY_PRESSURE, "status": "Unknown", "reason": ready["reason"], "message": ""}
     conditions = [
         ready,
-        {"type": "MemoryPressure", "status": pressure, "reason": "BaseHasSufficientMemory", "message": ""},
+        memory,
         {"type": "DiskPressure", "status": pressure, "reason": "BaseHasNoDiskPressure", "message": ""},
         {"type": "PIDPressure", "status": pressure, "reason": "BaseHasSufficientPID", "message": ""},
     ]

@@ -375,6 +375,7 @@ def parse_health(data: object) -> BaseHealth:
         memory_max_bytes=_optional_int(jvm.get("java max metaspace")),
         memory_committed_bytes=_optional_int(jvm.get("java committed metaspace")),
         memory_used_bytes=_optional_int(jvm.get("java used metaspace")),
+        heap_max_bytes=_mib_to_bytes(jvm.get("max heap memory(M)")),
         master_biz_name=_optional_str(master.get("bizName")),
         master_biz_version=_optional_str(master.get("bizVersion")),
         master_biz_state=(_optional_str(master.get("bizState")) or "").upper() or None,

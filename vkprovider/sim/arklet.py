@@ -69,6 +69,7 @@ class ArkletBehaviour:
     metaspace_max_bytes: int = 512 * 1024 * 1024
     metaspace_committed_bytes: int = 96 * 1024 * 1024
     metaspace_used_bytes: int = 90 * 1024 * 1024
+    heap_max_mb: float = 2048.0  # "max heap memory(M)", as arklet says it (MiB)
     master_biz_name: str = "base"
     master_biz_version: str = "1.0.0"
     query_latency_s: float = 0.0  # queryAllBiz takes this long (reads overtaken by command answers)
@@ -85,10 +86,13 @@ NON_HEAP_BESIDES_METASPACE: Final = 24 * 1024 * 1024
 @dataclass(frozen=True, slots=True)
 class Usage:
     """What one simulated base uses: the busy fraction of its machine's CPUs and its used heap (``kubectl top
-    node``; the control API's ``POST /bases/{identity}/usage`` sets them)."""
+    node``), its used Metaspace (memory pressure; None: ``ArkletBehaviour.metaspace_used_bytes``). The control
+    API's ``POST /bases/{identity}/usage`` sets them; committed Metaspace follows the used figure up, as the JVM
+    commits Metaspace while it loads classes."""
 
     cpu: float = 0.05
     heap_used_bytes: int = 256 * 1024 * 1024
+    metaspace_used_bytes: int | None = None
 
 
 @dataclass(slots=True)
@@ -204,6 +208,7 @@ class SimArklet:
         self.calls_by_biz: dict[str, list[int]] = {}  # name:version -> [installs, uninstalls]
         self.model_versions: dict[str, str] = {}  # name:version -> bizModelVersion stored at install (1.4.3)
         self.state = "activated"  # the base itself (masterBizInfo): "deactivated" while shutting down
+        self.health_calls = 0
 
     # --- dispatch ----------------------------------------------------------------------------------------
 
@@ -261,14 +266,24 @@ class SimArklet:
             listed.append({"bizName": "mystery", "bizState": "activated"})
         return listed
 
-    def set_usage(self, cpu: float | None = None, heap_used_bytes: int | None = None) -> Usage:
-        """From now on the machine's CPUs are ``cpu`` busy (a fraction) and the heap holds ``heap_used_bytes``."""
+    def set_usage(self, cpu: float | None = None, heap_used_bytes: int | None = None,
+                  metaspace_used_bytes: int | None = None) -> Usage:
+        """From now on the machine's CPUs are ``cpu`` busy (a fraction), the heap holds ``heap_used_bytes`` and the
+        Metaspace ``metaspace_used_bytes`` (None: each stays as it was)."""
         now = self._clock_s()
         self._busy_ms += (now - self._usage_since) * self.usage.cpu * self.behaviour.cpu_count * 1000
         self._usage_since = now
-        self.usage = Usage(cpu=self.usage.cpu if cpu is None else cpu,
-                           heap_used_bytes=self.usage.heap_used_bytes if heap_used_bytes is None else heap_used_bytes)
+        u = self.usage
+        self.usage = Usage(cpu=u.cpu if cpu is None else cpu,
+                           heap_used_bytes=u.heap_used_bytes if heap_used_bytes is None else heap_used_bytes,
+                           metaspace_used_bytes=u.metaspace_used_bytes if metaspace_used_bytes is None
+                           else metaspace_used_bytes)
         return self.usage
+
+    def metaspace_used(self) -> int:
+        """The Metaspace this JVM uses now: the control API's figure, else the behaviour's."""
+        used = self.usage.metaspace_used_bytes
+        return self.behaviour.metaspace_used_bytes if used is None else used
 
     def _cpu(self) -> dict[str, Any]:
         """Arklet's ``cpu``: whole milliseconds of CPU ticks on every CPU since it started, with the busy share
@@ -282,21 +297,23 @@ class SimArklet:
                 "user used (%)": share * 0.75, "system used (%)": share * 0.25, "free (%)": 100.0 - share}
 
     def health(self) -> Envelope:
+        self.health_calls += 1
         b = self.behaviour
         mib = 1024.0 * 1024.0
         heap = self.usage.heap_used_bytes
+        used = self.metaspace_used()
         return {
             "code": "SUCCESS",
             "data": {
                 "healthData": {
                     "jvm": {  # arklet's JvmIndicator: Metaspace in bytes, the rest in MiB as doubles
                         "java max metaspace": b.metaspace_max_bytes,
-                        "java committed metaspace": b.metaspace_committed_bytes,
-                        "java used metaspace": b.metaspace_used_bytes,
-                        "max heap memory(M)": 2048.0,
+                        "java committed metaspace": max(b.metaspace_committed_bytes, used),
+                        "java used metaspace": used,
+                        "max heap memory(M)": b.heap_max_mb,
                         "committed heap memory(M)": max(heap, 512 * 1024 * 1024) / mib,
                         "used heap memory(M)": heap / mib,
-                        "used non heap memory(M)": (b.metaspace_used_bytes + NON_HEAP_BESIDES_METASPACE) / mib,
+                        "used non heap memory(M)": (used + NON_HEAP_BESIDES_METASPACE) / mib,
                         "run time(s)": round(self._clock_s() - self._started, 3),
                     },
                     "cpu": self._cpu(),

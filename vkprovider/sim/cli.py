@@ -86,6 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--identity-prefix", default="sim", help="identities are <prefix>-0000, <prefix>-0001, ...")
     add("--zone", default="", help="comma list of zones, assigned round-robin (topology.kubernetes.io/zone)")
     add("--stack", default=None, help="value of the base.koupleless.io/stack label the bases ask for")
+    add("--max-pods", default=None,
+        help="value of the base.koupleless.io/max-pods label the bases send (their own pod capacity)")
     add("--token", default=None, help="Bearer token sent with heartbeats (a token shared by every base)")
     add("--token-secret", default=None,
         help="each base sends its own token, derived from this secret (vkprovider's VKP_HEARTBEAT_SECRET)")
@@ -176,6 +178,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         identity_prefix=args.identity_prefix,
         zones=tuple(z.strip() for z in args.zone.split(",") if z.strip()),
         stack=args.stack,
+        max_pods=args.max_pods,
         token=args.token,
         token_secret=args.token_secret,
         env=args.env,

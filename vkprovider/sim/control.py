@@ -4,8 +4,9 @@ Routes: ``GET /bases``, ``GET /stats``, ``POST /bases?count=N``, ``POST /bases/{
 ``?partition=true``: the network to it is cut, it keeps its bizs), ``POST /bases/{identity}/start``,
 ``POST /bases/{identity}/bizs`` (install an orphan biz directly),
 ``POST /bases/{identity}/deactivate`` and ``.../activate`` (graceful shutdown and back),
-``POST /bases/{identity}/usage?cpu=F&heapMiB=N`` (what its health says it uses: the busy fraction 0..1 of its CPUs,
-its used heap),
+``POST /bases/{identity}/usage?cpu=F&heapMiB=N&metaspaceMiB=N`` (what its health says it uses from now on, each
+optional: the busy fraction 0..1 of its CPUs, its used heap, its used Metaspace: memory pressure once vkprovider
+next reads its health; a restart of the base keeps them),
 ``POST /bases/{identity}/hold-biz-lists`` and ``.../release-biz-lists?count=N`` (MQTT bases: queryAllBiz answers
 are held back, then published late with their original publishTimestamp, the N oldest, the rest dropped),
 ``POST /bases/{identity}/bizs/{name}/health`` with ``{"status": 500, "delaySeconds": 0}`` (what the base's web
@@ -127,16 +128,20 @@ async def _install_orphan(request: web.Request) -> web.Response:
 async def _set_usage(request: web.Request) -> web.Response:
     base = _base_or_404(request)
     try:
-        cpu = float(request.query["cpu"]) if "cpu" in request.query else None
-        heap_mib = float(request.query["heapMiB"]) if "heapMiB" in request.query else None
+        cpu, heap_mib, metaspace_mib = (float(request.query[k]) if k in request.query else None
+                                        for k in ("cpu", "heapMiB", "metaspaceMiB"))
     except ValueError:
-        return _json({"error": "cpu and heapMiB must be numbers"}, status=400)
-    if cpu is not None and not 0.0 <= cpu <= 1.0:
+        return _json({"error": "cpu, heapMiB and metaspaceMiB must be numbers"}, status=400)
+    if cpu is not None and not 0.0 <= cpu <= 1.0:  # NaN fails every comparison
         return _json({"error": "cpu is the busy fraction of the base's CPUs: 0..1"}, status=400)
-    if heap_mib is not None and not 0.0 <= heap_mib <= 1024 * 1024:
-        return _json({"error": "heapMiB must be 0..1048576"}, status=400)
-    usage = base.arklet.set_usage(cpu, None if heap_mib is None else round(heap_mib * 1024 * 1024))
-    return _json({"identity": base.identity, "cpu": usage.cpu, "heapUsedBytes": usage.heap_used_bytes})
+    for name, mib in (("heapMiB", heap_mib), ("metaspaceMiB", metaspace_mib)):
+        if mib is not None and not 0.0 <= mib <= 1024 * 1024:
+            return _json({"error": f"{name} must be 0..1048576"}, status=400)
+    usage = base.arklet.set_usage(cpu, None if heap_mib is None else round(heap_mib * 1024 * 1024),
+                                  None if metaspace_mib is None else round(metaspace_mib * 1024 * 1024))
+    return _json({"identity": base.identity, "cpu": usage.cpu, "heapUsedBytes": usage.heap_used_bytes,
+                  "metaspaceUsedBytes": base.arklet.metaspace_used(),
+                  "metaspaceMaxBytes": base.arklet.behaviour.metaspace_max_bytes})
 
 
 def _mqtt_or_409(base: SimBase) -> MqttBaseTransport:

@@ -55,6 +55,7 @@ class SimConfig:
     identity_prefix: str = "sim"
     zones: tuple[str, ...] = ()
     stack: str | None = None
+    max_pods: str | None = None  # the base.koupleless.io/max-pods label the bases send (their own pod capacity)
     token: str | None = None
     token_secret: str | None = None  # per-base tokens: base_token(secret, identity), as `vkprovider token` prints
     env: str = "default"
@@ -166,6 +167,8 @@ class SimBase:
             labels["topology.kubernetes.io/zone"] = self.zone
         if config.stack:
             labels["base.koupleless.io/stack"] = config.stack
+        if config.max_pods:
+            labels["base.koupleless.io/max-pods"] = config.max_pods
         if labels:
             body["labels"] = labels
         return body
@@ -265,6 +268,7 @@ class SimBase:
             "zone": self.zone,
             "running": self.running,
             "state": self.arklet.state,
+            "healthCalls": self.arklet.health_calls,
             "bizs": [
                 {"bizName": b.name, "bizVersion": b.version, "bizState": b.state, "args": list(b.args),
                  "envs": dict(b.envs)}
@@ -273,7 +277,8 @@ class SimBase:
             "installCalls": self.arklet.install_calls,
             "uninstallCalls": self.arklet.uninstall_calls,
             "batchInstallCalls": self.arklet.batch_calls,
-            "usage": {"cpu": self.arklet.usage.cpu, "heapUsedBytes": self.arklet.usage.heap_used_bytes},
+            "usage": {"cpu": self.arklet.usage.cpu, "heapUsedBytes": self.arklet.usage.heap_used_bytes,
+                      "metaspaceUsedBytes": self.arklet.metaspace_used()},
             "heartbeatsSent": self.heartbeats_sent,
             "heartbeatFailures": self.heartbeat_failures,
             **({"queryCalls": self.mqtt.query_calls, "heldBizLists": len(self.mqtt.held_biz_lists)}
