@@ -129,7 +129,7 @@ class _KubeletSource:
     async def read_health(self, node: str, timeout_s: float) -> None:
         controller = getattr(self._provider, "node_controller", None)
         if controller is not None:
-            await controller.read_health(node, timeout_s)
+            await controller.health.read(node, timeout_s)
 
 
 class Provider:
@@ -223,7 +223,7 @@ class Provider:
             allocatable=lambda node: ((nodes.get(node) or {}).get("status") or {}).get("allocatable") or {},
             node_annotation=lambda node, key: (((nodes.get(node) or {}).get("metadata") or {}).get("annotations")
                                                or {}).get(key),
-            ask_health=node_controller.ask_health)
+            ask_health=node_controller.health.ask)
         refs.on_change(module_controller.on_refs_changed)
         self.admission = Admission(admission_settings(s), self.registry, node_changed=node_controller.queue.add,
                                    modules=module_controller)

@@ -273,7 +273,7 @@ async def test_a_probe_answered_after_a_deactivated_heartbeat_does_not_bring_the
     controller = NodeController(node_settings(settings), registry, {}, fakes.Claims(),
                                 VnodeWrites(fakes.Holds(), fakes.Api(), fakes.Events(), {"http": Tunnel()}), cfg,
                                 clock=lambda: now[0])
-    probe = controller._start_probe(node)
+    probe = controller.health.start(node)
     await asyncio.wait_for(asked.wait(), 5)
     now[0] += 1.0
     registry.heartbeat(hb("b1", state="DEACTIVATED"))  # the base shuts down while the probe is on the wire
@@ -286,7 +286,7 @@ async def test_a_probe_answered_after_a_deactivated_heartbeat_does_not_bring_the
     # A probe sent after the heartbeat is newer: the base is serving again.
     answer.clear()
     asked.clear()
-    probe = controller._start_probe(node)
+    probe = controller.health.start(node)
     await asyncio.wait_for(asked.wait(), 5)
     now[0] += 1.0
     answer.set()
@@ -401,13 +401,13 @@ async def test_a_takeover_counts_a_base_silence_from_what_the_node_showed_not_fr
     holds.of["vnode.b1.test"] = Hold.HELD
     controller.on_gained("vnode.b1.test")
     await controller.reconcile("vnode.b1.test")
-    await asyncio.gather(*controller._probes.values())  # the takeover's probe: no answer
+    await asyncio.gather(*controller.health.tasks.values())  # the takeover's probe: no answer
     await controller.reconcile("vnode.b1.test")
     assert (_deleted(api) == ["/api/v1/nodes/vnode.b1.test"]) is deleted, api.calls
     if not deleted:  # it goes only once the silence counted from the Node passes the dead window
         now[0] = (unready_at if unready_at is not None else taken_at) + 600.5
         await controller.reconcile("vnode.b1.test")
-        await asyncio.gather(*controller._probes.values())
+        await asyncio.gather(*controller.health.tasks.values())
         await controller.reconcile("vnode.b1.test")
         assert _deleted(api) == ["/api/v1/nodes/vnode.b1.test"]
 
@@ -430,8 +430,8 @@ async def test_a_takeover_asks_the_base_before_deleting_its_node_and_an_answer_k
     holds.of["vnode.b1.test"] = Hold.HELD
     controller.on_gained("vnode.b1.test")
     await controller.reconcile("vnode.b1.test")
-    assert _deleted(api) == [] and controller._probes  # asked first
-    await asyncio.gather(*controller._probes.values())
+    assert _deleted(api) == [] and controller.health.tasks  # asked first
+    await asyncio.gather(*controller.health.tasks.values())
     assert asked == [700.0]
     await controller.reconcile("vnode.b1.test")
     view = registry.get("vnode.b1.test")
@@ -503,7 +503,7 @@ async def test_scrapes_that_find_an_old_answer_share_one_health_read_and_wait_a_
                                 clock=lambda: 0.0)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    await asyncio.gather(*(controller.read_health(view.node, 0.2) for _ in range(3)))
+    await asyncio.gather(*(controller.health.read(view.node, 0.2) for _ in range(3)))
     assert 0.2 <= loop.time() - started < 2.0 and asked == [1] and view.reading is None
     answer.set()  # the one read lands in the registry after all
     await wait_for(lambda: view.reading is not None, timeout=5, what="the health answer recorded")

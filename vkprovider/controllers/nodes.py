@@ -10,7 +10,8 @@ turns Ready to False with reason ``BaseDeactivated`` and a not-ready taint at on
 the base does. Only after the dead window is a silent base's Node deleted. A Node deleted by hand is recreated
 while its base lives. Liveness counts heartbeats heard by this replica and answers of the base's arklet: the
 owner probes a base it has not heard for ``VKP_BASE_PROBE_AFTER`` (its heartbeats may be going to another
-replica behind the same Service), so a base is Ready as long as it answers, whichever replica it heartbeats to.
+replica behind the same Service), so a base is Ready as long as it answers, whichever replica it heartbeats to
+(the reads: ``controllers.health``).
 
 A takeover never deletes a Node at once (issue 27): the base's silence counts from what this replica saw of its
 Node (``BaseRegistry.adopted``), never from this replica's start, and the first reconcile that finds it past the
@@ -33,7 +34,6 @@ event of that write brings the next look. Anything else is written as usual.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -45,14 +45,13 @@ from prometheus_client import Counter, Gauge
 from vkprovider.config import NodeSettings
 from vkprovider.controllers.bases import BaseRegistry, BaseView, Clock
 from vkprovider.controllers.fence import Hold, VnodeScope, VnodeWrites, node_ref
+from vkprovider.controllers.health import PROBE_EVERY_S, HealthReads
 from vkprovider.controllers.queue import Requeue, WorkQueue
 from vkprovider.core import node as vnode
 from vkprovider.core import ownership as own
 from vkprovider.core import resources
 from vkprovider.core.node import BaseReadiness
-from vkprovider.core.sanitize import MAX_LOG_TEXT, clean
 from vkprovider.kube.client import ApiError
-from vkprovider.tunnels.base import TunnelError
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +65,6 @@ for _ready in ("true", "false", "unknown"):
     VNODES.labels(_ready)
 
 _READY_LABEL = {BaseReadiness.READY: "true", BaseReadiness.DEACTIVATED: "false", BaseReadiness.UNREACHABLE: "unknown"}
-PROBE_EVERY_S = 5.0  # while a held base is silent, ask it this often whether it is alive
 HEALTH_BEFORE_CREATE_S = 2.0  # how long a registration waits for the base's resources before creating its Node
 CREATED_TRUST_S = 10.0  # how long a Node this replica created stands in for the informer's copy
 # Registration is a few API round trips per base: many workers, so 1,000 new bases register concurrently (the kube
@@ -159,8 +157,8 @@ class NodeController:
         self._readiness: dict[str, BaseReadiness] = {}
         self._pressure: dict[str, bool] = {}  # memory pressure per held vnode (seeded from its Node)
         self._capacity_said: dict[str, str] = {}  # the unusable max-pods label last said per vnode (said once)
-        self._probes: dict[str, asyncio.Task[None]] = {}
-        self._probed_at: dict[str, float] = {}
+        self.health = HealthReads(settings, registry, writes, clock, answered=self.queue.add,
+                                  done=self._health_read_done)
         self._unprobed: set[str] = set()  # taken over, and the base not asked yet: no deletion until it is
         self._synced: dict[str, _Synced] = {}  # what each Node was last found in sync with (no write needed)
         # Nodes this replica created that the informer has not shown yet (node -> (the answer, when)): a
@@ -177,8 +175,7 @@ class NodeController:
         try:
             await asyncio.gather(self.queue.run(), self._gauges_forever())
         finally:
-            for task in self._probes.values():
-                task.cancel()
+            self.health.cancel_all()
 
     def ready(self) -> bool:
         return self.queue.running
@@ -219,9 +216,7 @@ class NodeController:
 
     def on_lost(self, node: str) -> None:
         self._unprobed.discard(node)
-        task = self._probes.pop(node, None)
-        if task is not None:
-            task.cancel()
+        self.health.cancel(node)
         self._readiness.pop(node, None)
         self._pressure.pop(node, None)
         self._capacity_said.pop(node, None)
@@ -262,12 +257,12 @@ class NodeController:
         dead_after = self.settings.base_dead_after_s
         if silent > dead_after:
             if node in self._unprobed:  # taken over: ask the base before its Node goes (the probe re-queues)
-                self._start_probe(node)
+                self.health.start(node)
                 return PROBE_EVERY_S
             await self._delete(scope, current, f"base silent for {int(silent)}s")
             return None
         readiness = view.readiness(now, self.settings.base_unreachable_after_s)
-        self._maybe_probe(view, now)
+        self.health.maybe(view, now)
         self._track_readiness(scope, view, readiness, current)
         pressure = self._track_pressure(scope, view, readiness, current)
         scope.check()
@@ -285,7 +280,7 @@ class NodeController:
             if view.health is None and readiness is BaseReadiness.READY:
                 # Registering: ask the base for its resources first, so the Node is created with its capacity
                 # (one write) instead of created and then patched when the answer comes (two).
-                await self._health_before_create(view)
+                await self.health.read(view.node, HEALTH_BEFORE_CREATE_S)
                 # everything may have moved during the wait: derive again
                 view, now = self.registry.get(node) or view, self.clock()
                 scope.check()
@@ -327,7 +322,7 @@ class NodeController:
         waits = [self.settings.node_status_refresh_s - (now - self._status_written.get(node, now))]
         if readiness is BaseReadiness.READY:
             waits.append(self.settings.base_unreachable_after_s - silent + 0.2)
-            waits.append(self._probe_after() - silent + 0.2)
+            waits.append(self.health.probe_after() - silent + 0.2)
         else:
             waits.append(dead_after - silent + 0.5)
             waits.append(PROBE_EVERY_S)
@@ -351,7 +346,7 @@ class NodeController:
                         self.settings.max_vnodes, extra={"node": node})
             return False
         if view is not None and view.health is None and heard:
-            self._start_probe(view.node)  # the Node is created with the answer: ask while the Lease is written
+            self.health.start(view.node)  # the Node is created with the answer: ask while the Lease is written
         try:
             return await self.keeper.claim(node)
         except ApiError as exc:
@@ -431,70 +426,9 @@ class NodeController:
         scope.warning(node_ref(node), "InvalidMaxPods", message)
         log.warning("vnode %s: %s", node, message, extra={"node": node})
 
-    def _probe_after(self) -> float:
-        """Probe well before a silent base would be declared unreachable."""
-        return min(self.settings.base_probe_after_s, 0.6 * self.settings.base_unreachable_after_s)
-
-    def _maybe_probe(self, view: BaseView, now: float) -> None:
-        """Ask the base for its health when it is due (resources) or when it has been silent (liveness)."""
-        if view.deactivated:
-            return
-        silent = view.silent_for(now)
-        due_health = now - view.health_at >= self.settings.base_health_interval_s
-        due_liveness = silent >= self._probe_after() and \
-            now - self._probed_at.get(view.node, -1e18) >= PROBE_EVERY_S
-        if not (due_health or due_liveness):
-            return
-        self._start_probe(view.node)
-
-    def _start_probe(self, node: str) -> asyncio.Task[None]:
-        task = self._probes.get(node)
-        if task is None or task.done():
-            self._probed_at[node] = self.clock()
-            task = self._probes[node] = asyncio.create_task(self._probe(node), name=f"probe-{node}")
-        return task
-
-    async def _health_before_create(self, view: BaseView) -> None:
-        await self.read_health(view.node, HEALTH_BEFORE_CREATE_S)
-
-    def ask_health(self, node: str) -> None:
-        """Start a read of the base's health now, unless one is under way (the module controller's static bizs
-        need a reading newer than an orphan's first sighting, ``core.staticbizs``)."""
-        self._start_probe(node)
-
-    async def read_health(self, node: str, timeout_s: float) -> None:
-        """Ask the base for its health now and wait for the answer, at most ``timeout_s`` (the read goes on after
-        that); a read already under way is shared, not repeated. A scrape of the vnode's metrics asks this when its
-        last answer is old (``kubelet.server``)."""
-        task = self._start_probe(node)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(task), timeout_s)
-
-    async def _probe(self, node: str) -> None:
-        try:
-            await self._ask(node)
-        finally:
-            if self._probes.get(node) is asyncio.current_task():
-                del self._probes[node]
-            if node in self._unprobed:  # the takeover's question is answered (or failed): judge again
-                self._unprobed.discard(node)
-                self.queue.add(node)
-
-    async def _ask(self, node: str) -> None:
-        view = self.registry.get(node)
-        if view is None:
-            return
-        if not self.writes.reaches(view.heartbeat):
-            return
-        sent = self.clock()
-        try:
-            health = await self.writes.reads(view.heartbeat).health(view.heartbeat)
-        except TunnelError as exc:
-            log.debug("health of %s failed: %s", node, clean(exc, MAX_LOG_TEXT))
-            view.health_at = self.clock()
-            return
-        was_silent = view.silent_for(self.clock()) > self.settings.base_unreachable_after_s or view.deactivated
-        if self.registry.probed(node, health, sent) or was_silent:  # the registry decides what the answer says
+    def _health_read_done(self, node: str) -> None:
+        if node in self._unprobed:  # the takeover's question is answered (or failed): judge again
+            self._unprobed.discard(node)
             self.queue.add(node)
 
     async def _create(self, scope: VnodeScope, view: BaseView, status: dict[str, object],
