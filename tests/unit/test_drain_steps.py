@@ -24,6 +24,9 @@ def test_a_going_base_is_cordoned_and_its_module_pods_evicted():
     (DrainPod("ns/x", terminating=True), False),  # going already
     (DrainPod("ns/x", terminal=True), False),  # finished
     (DrainPod("ns/x", daemon=True), False),  # its DaemonSet would put it back: kubectl drain skips it too
+    # no controller would replace it: evicting it loses the module for good (kubectl drain refuses it without
+    # --force); it stays, not Ready while its base is deactivated, Ready again if the base comes back
+    (DrainPod("ns/x", unmanaged=True), False),
     (DrainPod("ns/x"), True),
 ])
 def test_which_pods_are_evicted(pod, evicted):

@@ -206,6 +206,7 @@ def _drain_pod(pod: Mapping[str, Any], drain: _Drain | None) -> DrainPod:
     key = pod_key(pod)
     owners = (pod.get("metadata") or {}).get("ownerReferences") or []
     daemon = any(o.get("kind") == "DaemonSet" and o.get("controller") for o in owners)
+    unmanaged = not any(o.get("controller") for o in owners)
     return DrainPod(key, terminating=is_terminating(pod), terminal=is_terminal(pod), daemon=daemon,
-                    refused_at=drain.refused_at.get(key) if drain is not None else None)
+                    unmanaged=unmanaged, refused_at=drain.refused_at.get(key) if drain is not None else None)
 

@@ -11,6 +11,9 @@ drains a node:
   bases, and each evicted pod's bizs are uninstalled as for any deleted pod (after its graceful stop);
 - pods of a DaemonSet are not evicted (their controller would put them back on the cordoned node; kubectl drain
   skips them too), nor are terminating or finished pods;
+- nor are pods no controller owns (a bare pod): nothing would replace one, so evicting it would lose the module for
+  good (kubectl drain refuses them unless ``--force``); it stays, not Ready while its base is deactivated
+  (``BaseDeactivated``), and Ready again if the base comes back; if the base does go, its pod shows that;
 - the drain stops at ``timeout_s`` after it began (measured on this replica's clock from when it first saw the
   drain: a failover restarts the count, which drains longer, never shorter) and says so;
 - when the base comes back (ACTIVATED again) before it went, a cordon vkprovider made is lifted; a cordon a user
@@ -45,6 +48,7 @@ class DrainPod:
     terminating: bool = False
     terminal: bool = False
     daemon: bool = False  # owned by a DaemonSet
+    unmanaged: bool = False  # no controller owns it (nothing would replace it)
     refused_at: float | None = None  # when its last eviction was refused (a PDB)
 
 
@@ -66,7 +70,7 @@ def drain_step(*, going: bool, cordoned: bool, cordoned_by_us: bool, pods: tuple
     cordon = not cordoned
     if started_at is not None and now - started_at >= timeout_s:
         return DrainStep(DrainState.TIMED_OUT, cordon=cordon)
-    candidates = [p for p in pods if not (p.terminating or p.terminal or p.daemon)]
+    candidates = [p for p in pods if not (p.terminating or p.terminal or p.daemon or p.unmanaged)]
     evict = tuple(p.key for p in candidates if p.refused_at is None or now - p.refused_at >= EVICTION_RETRY_S)
     waits = [EVICTION_RETRY_S - (now - p.refused_at) for p in candidates
              if p.refused_at is not None and now - p.refused_at < EVICTION_RETRY_S]
