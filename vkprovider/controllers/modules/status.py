@@ -115,8 +115,10 @@ class PodStatusQueue:
         written = str(((answer or {}).get("metadata") or {}).get("resourceVersion") or "") if isinstance(
             answer, dict) else ""
         self._settled(record, wanted, written or None)
-        POD_STATUS_WRITES.labels(wanted.desired["phase"]).inc()
-        if wanted.desired["phase"] == "Running" and record.unstarted_since is not None:
+        # a status that leaves the phase alone (a pod that is not a module: one condition) counts as the pod's own
+        phase = wanted.desired.get("phase") or (record.pod.get("status") or {}).get("phase") or "Pending"
+        POD_STATUS_WRITES.labels(phase).inc()
+        if phase == "Running" and record.unstarted_since is not None:
             POD_START_SECONDS.observe(self._clock() - record.unstarted_since)
             record.unstarted_since = None
         self._on_written(record, wanted.desired)
