@@ -257,8 +257,12 @@ class Checker:
             assert follow.served_until - follow.seen_at >= PRESTOP_S - 0.5, follow
             # and then its biz went, within the grace period
             assert follow.stopped_at is not None and follow.stopped_at - follow.seen_at < GRACE_S, follow
+            # gone: not found, the pod finalized (its uninstall done), or already the new version's pod on that base
+            # (it can land there only once the old pod is gone: required anti-affinity) between two polls
             stop = follow.stop_answer
-            assert stop is not None and (stop[0] == 404 or stop == (0, FINALIZED)), follow
+            assert stop is not None and (
+                stop[0] == 404 or stop == (0, FINALIZED) or (stop[0] == 200 and stop[1] != follow.version)
+            ), follow
             # while terminating its endpoint was not ready but still serving (EndpointSlice semantics)
             assert self.terminating_seen.get(follow.name) == {(False, True, True)}, (follow.name, self.terminating_seen)
 
