@@ -19,75 +19,26 @@ import aiohttp
 import orjson
 
 from vkprovider.sim.arklet import SimArklet
+from vkprovider.sim.rawserver import RawServer
 
 log = logging.getLogger(__name__)
 
-MAX_HEAD_BYTES: Final = 16 * 1024
 MAX_BODY_BYTES: Final = 1024 * 1024
 READ_TIMEOUT_S: Final = 30.0
 SILENT_HOLD_S: Final = 300.0  # how long a request that gets "no answer" keeps its connection
 
 
-class ArkletHttpServer:
+class ArkletHttpServer(RawServer):
     """Serves one base's arklet on 127.0.0.1:port the way Netty arklet does.
 
     ``arklet`` is read through a callable so a JVM restart (a new SimArklet) needs no new server object.
     """
 
+    what = "sim arklet"
+
     def __init__(self, get_arklet: Callable[[], SimArklet], host: str, port: int) -> None:
         self._get_arklet = get_arklet
-        self.host = host
-        self.port = port
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
-
-    @property
-    def listening(self) -> bool:
-        return self._server is not None
-
-    async def start(self) -> None:
-        server = await asyncio.start_server(
-            self._on_connection, self.host, self.port, reuse_address=True, backlog=128, limit=MAX_HEAD_BYTES
-        )
-        self.port = server.sockets[0].getsockname()[1]
-        self._server = server
-
-    async def stop(self) -> None:
-        """Close the port and drop every open connection, like a JVM that dies."""
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-        tasks = list(self._connections)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        if server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 1.0)
-
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
-        try:
-            await self._serve_one(reader, writer)
-        except (
-            asyncio.IncompleteReadError,
-            asyncio.LimitOverrunError,
-            ConnectionError,
-            TimeoutError,
-            ValueError,
-        ):
-            pass
-        except asyncio.CancelledError:
-            writer.transport.abort()
-            raise
-        except Exception:
-            log.exception("sim arklet on port %d failed on a request", self.port)
-        finally:
-            self._connections.discard(task)
-            writer.close()
+        super().__init__(host, port)
 
     async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT_S)

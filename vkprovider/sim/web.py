@@ -22,7 +22,6 @@ to a biz: it survives a reinstall of the biz, so a liveness probe keeps failing 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,10 +29,10 @@ from http import HTTPStatus
 from typing import Final
 
 from vkprovider.sim.arklet import SimArklet, SimBiz
+from vkprovider.sim.rawserver import RawServer
 
 log = logging.getLogger(__name__)
 
-MAX_HEAD_BYTES: Final = 16 * 1024
 READ_TIMEOUT_S: Final = 10.0
 
 
@@ -53,71 +52,33 @@ def active_biz(arklet: SimArklet, name: str) -> SimBiz | None:
     return max(running, key=lambda b: b.records[-1].change_time_ms if b.records else 0)
 
 
-class BizWebServer:
+class BizWebServer(RawServer):
     """Serves one base's bizs on ``host:port``; the arklet and the knobs are read through callables (a JVM restart
     makes a new SimArklet)."""
+
+    what = "sim web server"
 
     def __init__(self, get_arklet: Callable[[], SimArklet], get_health: Callable[[], Mapping[str, BizHealth]],
                  host: str, port: int) -> None:
         self._get_arklet = get_arklet
         self._get_health = get_health
-        self.host = host
-        self.port = port
+        super().__init__(host, port)
         self.requests = 0
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
 
-    @property
-    def listening(self) -> bool:
-        return self._server is not None
-
-    async def start(self) -> None:
-        server = await asyncio.start_server(self._on_connection, self.host, self.port, reuse_address=True,
-                                            backlog=128, limit=MAX_HEAD_BYTES)
-        self.port = int(server.sockets[0].getsockname()[1])
-        self._server = server
-
-    async def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.close()
-        tasks = list(self._connections)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        if server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 1.0)
-
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
+    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT_S)
+        method, _, rest = head.decode("latin-1").partition(" ")
+        path = rest.partition(" ")[0].split("?", 1)[0]
+        self.requests += 1
+        status, body = await self.answer(method, path)
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT_S)
-            method, _, rest = head.decode("latin-1").partition(" ")
-            path = rest.partition(" ")[0].split("?", 1)[0]
-            self.requests += 1
-            status, body = await self.answer(method, path)
-            try:
-                reason = HTTPStatus(status).phrase
-            except ValueError:
-                reason = "Status"
-            content_type = b"application/json" if body.startswith(b"{") else b"text/plain;charset=UTF-8"
-            writer.write(b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
-                         % (status, reason.encode(), content_type, len(body)) + (b"" if method == "HEAD" else body))
-            await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, TimeoutError, ValueError):
-            pass
-        except asyncio.CancelledError:
-            writer.transport.abort()
-            raise
-        except Exception:
-            log.exception("sim web server %s:%d failed on a request", self.host, self.port)
-        finally:
-            self._connections.discard(task)
-            writer.close()
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = "Status"
+        content_type = b"application/json" if body.startswith(b"{") else b"text/plain;charset=UTF-8"
+        writer.write(b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                     % (status, reason.encode(), content_type, len(body)) + (b"" if method == "HEAD" else body))
+        await writer.drain()
 
     async def answer(self, method: str, path: str) -> tuple[int, bytes]:
         """The status and body for one request (the table of the module docstring)."""
