@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import platform
+import random
 import signal
 import time
 from collections.abc import Callable
@@ -48,6 +49,8 @@ from vkprovider.controllers.ownership import (
 from vkprovider.controllers.releases import ReleaseController
 from vkprovider.controllers.shard import Shard
 from vkprovider.core import node as vnode
+from vkprovider.core import ownership as own
+from vkprovider.core.backoff import API_CALL
 from vkprovider.core.module import MODULE_LABEL_VALUE, MODULE_LABELS, is_module_pod, trim_pod
 from vkprovider.core.node import BaseReadiness
 from vkprovider.core.stats import Reading
@@ -194,14 +197,18 @@ class Provider:
 
         # Leases get a lane of their own: a renewal never queues behind a rollout's status writes in this process.
         keeper = self.keeper = LeaseKeeper(s, lease_client(kube, lease_timing(s), LEASE_WRITES_INFLIGHT), events,
-                                           clock=self.clock, wall=wall)
+                                           clock=self.clock, wall=wall, reads=kube)
         # Nodes and module pods of vnodes another replica holds are kept as skeletons (controllers.shard).
         shard = self.shard = Shard(kube, keeper)
         nodes = Informer(kube, "/api/v1/nodes", trim_object=shard.trim_node, page_size=LIST_PAGE,
                          label_selector=f"{vnode.LABEL_COMPONENT}=vnode,{vnode.LABEL_ENV}={s.env}")
-        leases = Informer(kube, f"/apis/coordination.k8s.io/v1/namespaces/{vnode.LEASE_NAMESPACE}/leases",
-                          label_selector=vnode.LEASE_SELECTOR, on_change=keeper.on_lease_change,
-                          resource="leases-vnode")
+        # The vnode Leases a replica watches: those labelled with its own name, and those with no holder label
+        # (the Go controller's, an older vkprovider's); the rest it reads whole now and then (``keeper.sweep``).
+        lease_path = f"/apis/coordination.k8s.io/v1/namespaces/{vnode.LEASE_NAMESPACE}/leases"
+        leases = Informer(kube, lease_path, on_change=keeper.on_lease_change, resource="leases-vnode",
+                          label_selector=f"{vnode.LEASE_SELECTOR},{own.HOLDER_LABEL}={keeper.label}")
+        unlabelled = Informer(kube, lease_path, on_change=keeper.on_lease_change, resource="leases-vnode-unlabelled",
+                              label_selector=f"{vnode.LEASE_SELECTOR},!{own.HOLDER_LABEL}")
         members = Informer(kube, f"/apis/coordination.k8s.io/v1/namespaces/{s.namespace}/leases",
                            label_selector=f"{MEMBER_LABEL}={s.env}", on_change=keeper.on_member_change,
                            resource="leases-member")
@@ -212,7 +219,7 @@ class Provider:
         releases = self.release_controller = ReleaseController(s, kube, events, nodes=nodes, pods=pods,
                                                                members=keeper.live_members, clock=self.clock,
                                                                wall=wall)
-        self.informers = [nodes, leases, members, *pods.informers, *releases.informers]
+        self.informers = [nodes, leases, unlabelled, members, *pods.informers, *releases.informers]
         self.writes = writes = VnodeWrites(keeper, kube, events, tunnels)
         node_controller = self.node_controller = NodeController(node_settings(s), self.registry, nodes, keeper,
                                                                 writes, node_cfg, clock=self.clock, wall=wall)
@@ -235,6 +242,7 @@ class Provider:
                                  trim_object=trim_pod)
             base_pods.subscribe(BasePodWatch(self.registry, drain).on_pod_change)
             self.informers.append(base_pods)
+        nodes.subscribe(keeper.on_node_change)
         nodes.subscribe(node_controller.on_node_change)
         nodes.subscribe(releases.on_node_change)
         nodes.subscribe(drain.on_node_change)
@@ -252,12 +260,14 @@ class Provider:
             spawn("kubelet-client-ca", self.kubelet.run())
         # Leases first: the share (which vnodes another replica holds) decides how much of each Node and pod the
         # other informers keep as they list them.
-        for informer in (leases, members):
+        first = (leases, unlabelled, members)
+        for informer in first:
             spawn(f"informer-{informer.resource}", informer.run())
-        for informer in (leases, members):
+        for informer in first:
             await _synced(informer, self.supervisor)
+        await _swept(keeper)
         for informer in self.informers:
-            if informer not in (leases, members):
+            if informer not in first:
                 spawn(f"informer-{informer.resource}", informer.run())
         for informer in self.informers:
             await _synced(informer, self.supervisor)
@@ -397,6 +407,20 @@ async def _synced(informer: Informer, supervisor: Supervisor) -> None:
     ended.cancel()
     if supervisor.failed is not None:
         raise ConfigError(f"vkprovider could not start: root task {supervisor.failed}")
+
+
+async def _swept(keeper: LeaseKeeper) -> None:
+    """Read every vnode Lease once before the Node and pod informers list (they keep other replicas' vnodes as
+    skeletons), trying again with the one backoff while the API does not answer."""
+    failures = 0
+    while True:
+        try:
+            await keeper.sweep()
+            return
+        except ApiError as exc:
+            failures += 1
+            log.warning("reading every vnode Lease at start failed (%s); trying again", exc)
+            await asyncio.sleep(API_CALL.delay(failures, random.random))
 
 
 def _log_setting_notes(s: Settings) -> None:

@@ -153,12 +153,12 @@ class Claims:
     me = "me"
 
     def __init__(self, lease: object = None) -> None:
-        self.lease = lease  # what lease_of answers (None: nobody holds it)
+        self.lease = lease  # a Lease of every vnode (None: nobody holds it)
         self.dropped: list[str] = []
         self.claimed: list[str] = []
 
-    def lease_of(self, node: str) -> Any:
-        return self.lease
+    def lease_exists(self, node: str) -> bool:
+        return self.lease is not None
 
     def live_members(self) -> list[str]:
         return [self.me]

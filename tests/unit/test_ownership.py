@@ -179,3 +179,98 @@ def test_decision_schedule_decides_all_on_new_inputs_then_only_touched_and_due()
     assert sorted(schedule.due((("me", "other"), False), known, 12.0)) == ["a", "b", "c"]  # new members: all
     schedule.decide_all_again()
     assert sorted(schedule.due((("me", "other"), False), known, 12.0)) == ["a", "b", "c"]
+
+
+# --- membership fencing (issue 31): a replica watches only its own vnode Leases ------------------------------------
+
+def labelled(holder: str, rv: str = "1") -> own.LeaseFacts:
+    """A vnode Lease written by a vkprovider that fences itself by its membership (the holder label)."""
+    return own.LeaseFacts.from_object({"metadata": {"name": "vnode.x.dev", "resourceVersion": rv, "labels": {
+        own.MANAGED_BY_LABEL: own.MANAGED_BY, own.HOLDER_LABEL: own.holder_label(holder)}},
+        "spec": {"holderIdentity": holder, "leaseDurationSeconds": 20}}, 20)
+
+
+@pytest.mark.parametrize("holder,value", [
+    ("vkp-a", "vkp-a"),
+    ("vkprovider-dev", "vkprovider-dev"),
+    ("Go_Client.1", "Go_Client.1"),
+    ("has space", "h-" + __import__("hashlib").blake2b(b"has space", digest_size=8).hexdigest()),
+    ("x" * 64, "h-" + __import__("hashlib").blake2b(b"x" * 64, digest_size=8).hexdigest()),
+    ("-lead", "h-" + __import__("hashlib").blake2b(b"-lead", digest_size=8).hexdigest()),
+])
+def test_holder_label_is_the_holder_or_a_digest_of_it(holder: str, value: str):
+    assert own.holder_label(holder) == value
+
+
+def test_a_lease_is_member_fenced_only_when_its_label_names_its_holder():
+    assert labelled(OTHER).member_fenced
+    assert not facts(OTHER).member_fenced  # no label: an older vkprovider's, or the Go controller's
+    stale = own.LeaseFacts.from_object({"metadata": {"labels": {own.HOLDER_LABEL: ME}},
+                                        "spec": {"holderIdentity": OTHER}}, 20)
+    assert not stale.member_fenced and stale.labelled == ME  # a writer that did not relabel: the older rule
+    nobody = own.LeaseFacts.from_object({"metadata": {"labels": {own.HOLDER_LABEL: ""}}, "spec": {}}, 20)
+    assert not nobody.member_fenced
+
+
+@pytest.mark.parametrize("since,members,want", [
+    (95.0, (ME, OTHER), own.Action.NOTHING),  # live holder, renewals seen
+    (0.0, (ME, OTHER), own.Action.NOTHING),  # live holder, renewals unseen for long: still its own
+    (99.0, (ME,), "preferred"),  # holder not live: free at once (it fenced itself)
+])
+def test_a_member_fenced_lease_is_its_holders_exactly_while_the_holder_is_live(since, members, want):
+    lease = own.Observed(labelled(OTHER), since=since)
+    decision = decide(lease, now=100.0, members=members)
+    if want == "preferred":
+        assert decision.action is own.Action.ACQUIRE and "no longer a live replica" in decision.why
+    else:
+        assert decision.action is want
+
+
+def test_a_member_fenced_lease_of_a_dead_holder_goes_to_the_preferred_live_member_first():
+    members = [ME, "vkp-c"]
+    lease = own.Observed(labelled(OTHER), since=100.0)
+    for node in (f"vnode.{i}.dev" for i in range(40)):
+        mine = own.rendezvous(node, members) == ME
+        got = own.decide(node, lease, me=ME, members=members, held=None, now=100.0, timing=T)
+        assert (got.action is own.Action.ACQUIRE) == mine
+        later = own.decide(node, lease, me=ME, members=members, held=None, now=140.0, timing=T)
+        assert later.action is own.Action.ACQUIRE  # its preferred owner did not take it in two durations
+
+
+def test_a_late_membership_fences_every_held_vnode_and_blocks_acquiring():
+    held = own.Held(renewed_at=99.0, resource_version="1")
+    mine = own.Observed(labelled(ME), since=99.0)
+    got = own.decide("vnode.x.dev", mine, me=ME, members=[ME], held=held, now=100.0, timing=T, membership_late=True)
+    assert got.action is own.Action.FENCE and "membership" in got.why
+    for lease in (mine, own.Observed(facts(""), 0.0), own.Observed(labelled(OTHER), 0.0)):
+        assert own.decide("vnode.x.dev", lease, me=ME, members=[ME], held=None, now=100.0, timing=T,
+                          may_acquire=False).action is own.Action.NOTHING
+
+
+def test_an_expired_membership_counts_as_live_until_a_fresh_read_confirms_it():
+    seen = {"m-b": own.Observed(facts(OTHER, "7"), since=0.0)}
+    assert own.live_members(seen, ME, 100.0) == [ME]  # no confirmation asked for: the older rule
+    assert own.live_members(seen, ME, 100.0, {}) == [ME, OTHER]  # expired, not read again yet
+    assert own.live_members(seen, ME, 100.0, {"m-b": "6"}) == [ME, OTHER]  # a read of an older version
+    assert own.live_members(seen, ME, 100.0, {"m-b": "7"}) == [ME]  # read again, unchanged: gone
+    assert own.live_members(seen, ME, 10.0, {"m-b": "7"}) == [ME, OTHER]  # not expired: live
+
+
+@pytest.mark.parametrize("lease,members,kept", [
+    (labelled(OTHER), (ME, OTHER), False),  # a live member's: its holder keeps it, nothing to watch
+    (labelled(OTHER), (ME,), True),  # a dead member's: to take
+    (labelled(ME), (ME,), True),  # our own
+    (facts(OTHER), (ME, OTHER), True),  # unlabelled: the older rule needs its renewals
+    (facts(""), (ME, OTHER), True),  # released
+    (facts(OTHER, managed=False), (ME, OTHER), True),  # the Go controller's
+])
+def test_which_swept_leases_a_replica_keeps_observing(lease, members, kept):
+    assert own.observed_here(lease, ME, members) is kept
+
+
+def test_unheld_counts_no_holder_a_dead_labelled_holder_or_an_expired_unlabelled_lease():
+    assert own.unheld(own.Observed(facts(""), 99.0), [ME], 100.0)
+    assert own.unheld(own.Observed(labelled(OTHER), 99.0), [ME], 100.0)
+    assert not own.unheld(own.Observed(labelled(OTHER), 0.0), [ME, OTHER], 100.0)
+    assert own.unheld(own.Observed(facts(OTHER), 0.0), [ME, OTHER], 100.0)
+    assert not own.unheld(own.Observed(facts(OTHER), 99.0), [ME, OTHER], 100.0)

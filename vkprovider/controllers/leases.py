@@ -137,13 +137,17 @@ class LeaseWriter:
             raise
         return own.Held(sent, resource_version(answer))
 
-    async def hand_over(self, name: str, held: own.Held, transitions: int, to: str) -> bool:
-        """Write ``to`` as the holder; a 409 (our own renewal raced it) is retried once on the fresh version if the
-        Lease still names us."""
+    async def hand_over(self, name: str, held: own.Held, transitions: int, to: str,
+                        labels: Mapping[str, str] | None = None) -> bool:
+        """Write ``to`` as the holder (and ``labels`` with it); a 409 (our own renewal raced it) is retried once on
+        the fresh version if the Lease still names us."""
         stamp = micro_time(self._wall())
         version = held.resource_version
         for _ in range(2):
-            body = {"metadata": {"resourceVersion": version},
+            metadata: dict[str, Any] = {"resourceVersion": version}
+            if labels:
+                metadata["labels"] = dict(labels)
+            body = {"metadata": metadata,
                     "spec": {"holderIdentity": to, "acquireTime": stamp, "renewTime": stamp,
                              "leaseTransitions": transitions + 1}}
             try:

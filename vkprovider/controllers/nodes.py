@@ -109,7 +109,7 @@ class VnodeClaims(Protocol):
 
     me: str
 
-    def lease_of(self, node: str) -> own.Observed | None: ...
+    def lease_exists(self, node: str) -> bool: ...
 
     def live_members(self) -> list[str]: ...
 
@@ -333,7 +333,7 @@ class NodeController:
                            now: float) -> bool:
         """Take a vnode nobody holds: a base heard for the first time (no Lease yet), or a Node left without a
         Lease (its preferred replica claims it). Held by somebody else: not ours."""
-        if self.keeper.lease_of(node) is not None:
+        if self.keeper.lease_exists(node):
             return False
         heard = view is not None and view.last_heard is not None and not view.deactivated
         if not heard:

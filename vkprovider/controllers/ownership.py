@@ -1,10 +1,16 @@
 """Lease keeping: acquires, renews, hands over and releases vnode Leases, and says which vnodes this replica holds.
 
 The decisions are ``core.ownership``'s (observed time on the local clock, resourceVersion preconditions, fencing
-by renew deadline, rendezvous spread over live replicas); this module observes Leases through two informers
-(the vnode Leases in ``kube-node-lease`` and the replicas' membership Leases in ``NAMESPACE``), carries the
-decisions out, and tells the node and module controllers when a vnode is gained or lost. Everything that writes
-for a vnode asks ``may_write(node)`` right before writing.
+by renew deadline and by membership, rendezvous spread over live replicas); this module observes Leases, carries
+the decisions out, and tells the node and module controllers when a vnode is gained or lost. Everything that
+writes for a vnode asks ``may_write(node)`` right before writing.
+
+What it watches follows its share (issue 31, ``core.ownership``: membership fencing): the vnode Leases labelled
+with its own name and those with no holder label (two informers in ``kube-node-lease``), and every replica's
+membership Lease in ``NAMESPACE``. Every other vnode Lease it reads whole (``sweep``: one paged LIST) at start,
+when a member leaves (its membership seen expired and read again unchanged: ``Membership.confirm``) and every
+``SWEEP_S``: that is how it learns whose each vnode is (``foreign``) and which a dead member left. A Lease that
+leaves its watch no longer names it: the vnode is given up at once and the Lease read once to learn its holder.
 
 One loop (``run``) ticks every ``TICK_S``: it starts the renewal of this replica's membership Lease when due (in
 the background, like every Lease write: a write stalled on a dead connection never holds up the tick, and so never
@@ -55,6 +61,7 @@ log = logging.getLogger(__name__)
 TICK_S = 0.5
 FENCED_RETRY_S = 1.0  # a reconcile that met a fenced (held, renewal late) vnode comes back after this
 STALL_S = 3.0  # a tick this late: the process was not running
+SWEEP_S = 60.0  # every vnode Lease is read whole this often (and at start, and when a member leaves)
 # Lease writes at once (the keeper's client lane has the same bound): enough that renewals keep their deadline under a
 # rollout, no more than a slow apiserver can take (docs/performance.md, "Measured reasons in the code").
 LEASE_WRITES_INFLIGHT = 128
@@ -110,19 +117,63 @@ class Membership:
         self.timing = timing
         self.clock = clock
         self.lease = membership_lease_name(settings.env, settings.client_id)
+        self._kube = kube
+        self._path = f"/apis/coordination.k8s.io/v1/namespaces/{settings.namespace}/leases"
         self.writer = LeaseWriter(kube, settings.namespace, settings.client_id, settings.node_lease_duration_s,
                                   clock=clock, wall=wall)
         self.seen: dict[str, own.Observed] = {}  # membership lease name -> as last seen
         self._seen_since: dict[str, float] = {}
+        self._gone: dict[str, str] = {}  # expired membership -> the version a fresh read found unchanged
+        self._confirming: dict[str, asyncio.Task[None]] = {}
         self._held: own.Held | None = None
         self._write: asyncio.Task[None] | None = None
         self.leaving = False
 
     def live(self) -> list[str]:
-        return own.live_members(self.seen, self.me, self.clock())
+        return own.live_members(self.seen, self.me, self.clock(), self._gone)
+
+    def blocks(self, now: float) -> bool:
+        """No write for any vnode now: the membership was never written yet, this replica is leaving, or its last
+        renewal is past the renew deadline (``core.ownership``, membership fencing)."""
+        return self.leaving or self._held is None or own.fenced(self._held, now, self.timing)
+
+    async def first_written(self, timeout_s: float) -> None:
+        """Wait (at most ``timeout_s``) for the first write of the membership, under way: nothing is held before it,
+        and no vnode may be taken or written for without it."""
+        if self._held is None and self._write is not None and not self._write.done():
+            await asyncio.wait({self._write}, timeout=timeout_s)
+
+    def late(self, now: float) -> bool:
+        """Written before, and its renewal now past the renew deadline: every held vnode is to be given up."""
+        return self._held is not None and own.fenced(self._held, now, self.timing)
+
+    def confirm(self, now: float) -> None:
+        """Read again each membership seen expired, before it counts as gone (``core.ownership.live_members``)."""
+        for name, observed in self.seen.items():
+            if (own.expired(observed, now) and self._gone.get(name) != observed.facts.resource_version
+                    and name not in self._confirming):
+                self._confirming[name] = asyncio.create_task(self._confirm(name, observed.facts.resource_version),
+                                                             name=f"member-confirm-{name}")
+
+    async def _confirm(self, name: str, version: str) -> None:
+        try:
+            fresh = await self._kube.get(f"{self._path}/{name}")
+        except ApiError as exc:
+            if exc.is_not_found:
+                self.seen.pop(name, None)
+                self._seen_since.pop(name, None)
+            return
+        finally:
+            self._confirming.pop(name, None)
+        facts = own.LeaseFacts.from_object(fresh, self.timing.lease_duration_s)
+        if facts.resource_version == version:
+            self._gone[name] = version
+        elif name in self.seen:
+            self.seen[name] = own.observe(self.seen[name], facts, self.clock())  # our watch is behind
 
     def on_change(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         name = key.split("/", 1)[-1]
+        self._gone.pop(name, None)
         if new is None:
             self.seen.pop(name, None)
             self._seen_since.pop(name, None)
@@ -178,9 +229,11 @@ class LeaseKeeper:
         *,
         clock: Clock,
         wall: Callable[[], datetime] | None = None,
+        reads: Kube | None = None,
     ) -> None:
         self.settings = settings
         self.kube = kube
+        self._reads = reads or kube  # the whole-ENV reads of every vnode Lease (``sweep``)
         self.writer = LeaseWriter(kube, vnode.LEASE_NAMESPACE, settings.client_id, settings.node_lease_duration_s,
                                   clock=clock, wall=wall or (lambda: datetime.now(UTC)))
 
@@ -214,6 +267,14 @@ class LeaseKeeper:
         self.loader: Callable[[str], Awaitable[None]] | None = None
         self._shrunk: set[str] = set()  # became foreign since last read whole
         self._loading: dict[str, asyncio.Task[None]] = {}
+        # Which Leases this replica watches (its own label, and none: ``core.ownership``, membership fencing): the
+        # holder of every vnode Lease as last read (watched or swept), and which of them the watches carry now.
+        self._holders: dict[str, str] = {}
+        self._scoped: set[str] = set()
+        self._swept_at: float | None = None
+        self._sweep: asyncio.Task[None] | None = None
+        self._members_before: tuple[str, ...] = ()
+        self.label = own.holder_label(self.me)
 
     # --- what others ask -----------------------------------------------------------------------------------
 
@@ -223,21 +284,27 @@ class LeaseKeeper:
         held = self._held.get(node)
         if held is None:
             return Hold.LOST
-        return Hold.FENCED if node in self._loading or own.fenced(held, self.clock(), self.timing) else Hold.HELD
+        now = self.clock()
+        return (Hold.FENCED if node in self._loading or own.fenced(held, now, self.timing)
+                or self.membership.blocks(now) else Hold.HELD)
 
     def may_write(self, node: str) -> bool:
         """True only while this replica holds ``node``'s Lease and renewed it before the renew deadline (and has
         read the vnode whole, when it was another replica's)."""
         held = self._held.get(node)
-        return held is not None and node not in self._loading and not own.fenced(held, self.clock(), self.timing)
+        if held is None or node in self._loading:
+            return False
+        now = self.clock()
+        return not own.fenced(held, now, self.timing) and not self.membership.blocks(now)
 
     def foreign(self, node: str) -> bool:
         """Whether ``node``'s Lease, as last seen, names another replica that this one does not hold it for: its
         Node and pods are that replica's to keep whole (issue 31)."""
-        if node in self._held:
-            return False
-        observed = self._observed.get(node)
-        return observed is not None and observed.facts.holder not in ("", self.me)
+        return node not in self._held and self._holders.get(node, "") not in ("", self.me)
+
+    def lease_exists(self, node: str) -> bool:
+        """Whether ``node`` has a Lease, as far as this replica read (a base with none is claimed by a create)."""
+        return node in self._held or node in self._holders or node in self._observed
 
     def _check_foreign(self, node: str) -> None:
         if node not in self._shrunk and self.foreign(node):
@@ -252,7 +319,9 @@ class LeaseKeeper:
         """Held, but the last renewal is older than the renew deadline (one is under way, or failing): no writes
         until it lands. Whoever skipped work because of it looks again shortly (see ``FENCED_RETRY_S``)."""
         held = self._held.get(node)
-        return held is not None and (node in self._loading or own.fenced(held, self.clock(), self.timing))
+        now = self.clock()
+        return held is not None and (node in self._loading or own.fenced(held, now, self.timing)
+                                     or self.membership.blocks(now))
 
     def held_count(self) -> int:
         """How many vnodes this replica holds (fenced ones included): O(1), for the VKP_MAX_VNODES cap."""
@@ -267,22 +336,88 @@ class LeaseKeeper:
     # --- informer hooks ------------------------------------------------------------------------------------
 
     def on_lease_change(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        """A vnode Lease this replica watches (labelled with its name, or with no holder label) changed, appeared
+        or left the watch. One that left it no longer names this replica: not ours from now on, and read once to
+        learn whose it is (a deletion, a hand-over, a takeover)."""
         node = key.split("/", 1)[-1]
         if not vnode.is_vnode_name(node, self.env):
             return
-        self._schedule.touch(node)
         if new is None:
+            self._scoped.discard(node)
             self._observed.pop(node, None)
+            self._schedule.touch(node)
             if node in self._held:
-                self._wake.set()
+                self._lose(node, "its Lease no longer names this replica")
+            self._stale.add(node)
+            self._wake.set()
             return
-        facts = own.LeaseFacts.from_object(new, self.timing.lease_duration_s)
-        self._observed[node] = own.observe(self._observed.get(node), facts, self.clock())
-        self._stale.discard(node)
-        self._check_foreign(node)
+        self._scoped.add(node)
+        facts = self._note(node, new)
         held = self._held.get(node)
         if (held is not None and facts.holder != self.me) or (held is None and facts.holder in ("", self.me)):
             self._wake.set()
+
+    def on_node_change(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        """A vnode's Node appeared whose Lease this replica has not read (another replica claimed a new base since
+        the last sweep): read the Lease once, so the vnode is known as that replica's (``foreign``) at once."""
+        node = key.split("/", 1)[-1]
+        if new is not None and old is None and not self.lease_exists(node) and vnode.is_vnode_name(node, self.env):
+            self._stale.add(node)
+            self._wake.set()
+
+    def _note(self, node: str, lease: dict[str, Any]) -> own.LeaseFacts:
+        """Record a vnode Lease as read (watched, swept or read again): its holder, and the observation the
+        decisions use when this replica watches it or may come to take it (``core.ownership.observed_here``)."""
+        facts = own.LeaseFacts.from_object(lease, self.timing.lease_duration_s)
+        self._holders[node] = facts.holder
+        self._stale.discard(node)
+        if node in self._scoped or node in self._held or own.observed_here(facts, self.me, self.live_members()):
+            self._observed[node] = own.observe(self._observed.get(node), facts, self.clock())
+            self._schedule.touch(node)
+        elif self._observed.pop(node, None) is not None:
+            self._schedule.touch(node)
+        self._check_foreign(node)
+        return facts
+
+    def _forget(self, node: str) -> None:
+        """``node``'s Lease is gone."""
+        self._holders.pop(node, None)
+        self._observed.pop(node, None)
+        self._stale.discard(node)
+        self._schedule.touch(node)
+
+    async def sweep(self) -> None:
+        """Read every vnode Lease of the ENV once (one paged LIST) and record each that the watches do not carry:
+        at start, when a member left, and every ``SWEEP_S`` (``core.ownership``, membership fencing)."""
+        started = self.clock()
+        items, _, _ = await self._reads.list_all(self._lease_path(), params={"labelSelector": vnode.LEASE_SELECTOR})
+        listed: set[str] = set()
+        for lease in items:
+            node = str((lease.get("metadata") or {}).get("name") or "")
+            if not vnode.is_vnode_name(node, self.env):
+                continue
+            listed.add(node)
+            if node not in self._scoped:
+                self._note(node, lease)
+        for node in [n for n in self._holders if n not in listed and n not in self._scoped and n not in self._held]:
+            self._forget(node)
+        self._swept_at = started
+        self._wake.set()
+
+    def _sweep_when_due(self, members: list[str], now: float) -> None:
+        """Start a sweep in the background: when a member left since the last tick, or ``SWEEP_S`` after the last."""
+        left = bool(set(self._members_before) - set(members))
+        self._members_before = tuple(members)
+        if self._sweep is not None and not self._sweep.done():
+            return
+        if left or self._swept_at is None or now - self._swept_at >= SWEEP_S:
+            self._sweep = asyncio.create_task(self._sweep_logged(), name="lease-sweep")
+
+    async def _sweep_logged(self) -> None:
+        try:
+            await self.sweep()
+        except ApiError as exc:
+            log.warning("reading every vnode Lease failed: %s; trying again on a later tick", exc)
 
     def on_member_change(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         self.membership.on_change(key, old, new)
@@ -300,8 +435,11 @@ class LeaseKeeper:
                     raise
                 except Exception:
                     log.exception("lease keeping failed; trying again")
+                # ``asyncio.timeout``, not ``wait_for``: on Python 3.11 ``wait_for`` swallows a cancel that comes as
+                # the wake is set (the stop never ended: test_the_keeper_loop_ends_when_it_is_cancelled_as_it_is_woken)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), TICK_S)
+                    async with asyncio.timeout(TICK_S):
+                        await self._wake.wait()
                 self._wake.clear()
         finally:
             watchdog.cancel()
@@ -323,21 +461,27 @@ class LeaseKeeper:
         if self._stopping:
             return
         self.membership.renew(now)
+        await self.membership.first_written(own.lease_write_budget(self.timing).total_s)
+        now = self.clock()
+        self.membership.confirm(now)
         members = self.live_members()
         MEMBERS.set(len(members))
+        self._sweep_when_due(members, now)
+        late, blocked = self.membership.late(now), self.membership.blocks(now)
         handoffs = self._handoff_budget(members, now)
         todo: list[tuple[str, own.Decision]] = []
         if self._stale:
             await self._refresh_stale()
         known = self._observed.keys() | self._held.keys()
-        for node in self._schedule.due((tuple(members), self._settled(now)), known, now):
+        for node in self._schedule.due((tuple(members), self._settled(now), late, blocked), known, now):
             if node in self._busy or node in self._stale:
                 continue  # decided again when its write lands (``_carry_out``) or it was read again
             self.decisions += 1
             decision = own.decide(node, self._observed.get(node), me=self.me, members=members,
                                   held=self._held.get(node), now=now, timing=self.timing,
                                   may_hand_off=handoffs > 0 and self._settled(now)
-                                  and now - self._held_since.get(node, now) >= self.timing.lease_duration_s)
+                                  and now - self._held_since.get(node, now) >= self.timing.lease_duration_s,
+                                  membership_late=late, may_acquire=not blocked)
             if decision.action is own.Action.HANDOFF:
                 if not self.membership.ready(decision.to, now):
                     decision = own.Decision(own.Action.NOTHING)
@@ -365,8 +509,8 @@ class LeaseKeeper:
         HELD.set(len(self._held))
 
     def _unheld_count(self) -> float:
-        now = self.clock()
-        return sum(1 for o in self._observed.values() if not o.facts.holder or own.expired(o, now))
+        now, members = self.clock(), self.live_members()
+        return sum(1 for o in self._observed.values() if own.unheld(o, members, now))
 
     def _settled(self, now: float) -> bool:
         """Hand vnodes over only once this replica has watched the members for a lease duration."""
@@ -398,13 +542,9 @@ class LeaseKeeper:
                     fresh = await self.kube.get(f"{self._lease_path()}/{node}")
                 except ApiError as exc:
                     if exc.is_not_found:
-                        self._observed.pop(node, None)
-                        self._stale.discard(node)
+                        self._forget(node)
                     return
-            facts = own.LeaseFacts.from_object(fresh, self.timing.lease_duration_s)
-            self._observed[node] = own.observe(self._observed.get(node), facts, self.clock())
-            self._stale.discard(node)
-            self._schedule.touch(node)
+            self._note(node, fresh)
 
         await asyncio.gather(*(refresh(n) for n in list(self._stale)[:200]))
 
@@ -418,11 +558,13 @@ class LeaseKeeper:
     async def claim(self, node: str) -> bool:
         """Create the Lease of a vnode nobody holds yet (a base heard for the first time). Atomic: of several
         replicas claiming at once one wins; the others see AlreadyExists."""
-        if node in self._observed or node in self._held or self._stopping:
+        if self.lease_exists(node) or self._stopping:
             return self.may_write(node)
-        held = await self.writer.create(node, vnode.lease_labels(self.env))
+        held = await self.writer.create(node, self._labels())
         if held is None:
+            self._stale.add(node)  # somebody was faster: read whose it is
             return False
+        self._holders[node] = self.me
         self._gain(node, own.Held(held.renewed_at, held.resource_version, self._first_renewal(held.renewed_at)),
                    "claimed a new base")
         return True
@@ -464,7 +606,7 @@ class LeaseKeeper:
         if observed is None:
             return
         facts = observed.facts
-        held = await self.writer.acquire(node, facts, vnode.lease_labels(self.env))
+        held = await self.writer.acquire(node, facts, self._labels())
         if held is None:
             # Somebody else was faster, or it is gone: what we saw is out of date (our watch may be behind). Read
             # it again before deciding again, not a PATCH and a 409 on every tick (module docstring).
@@ -484,7 +626,15 @@ class LeaseKeeper:
         observed = self._observed.get(node)
         transitions = observed.facts.transitions if observed is not None else 0
         self._lose(node, f"handing over to {to} ({why})", handed_over=True)
-        return await self.writer.hand_over(node, held, transitions, to)
+        handed = await self.writer.hand_over(node, held, transitions, to, {own.HOLDER_LABEL: own.holder_label(to)})
+        if handed and node not in self._scoped:
+            self._holders[node] = to
+            self._check_foreign(node)
+        return handed
+
+    def _labels(self) -> dict[str, str]:
+        """The labels of a vnode Lease this replica writes itself in as the holder of."""
+        return {**vnode.lease_labels(self.env), own.HOLDER_LABEL: self.label}
 
     def _gain(self, node: str, held: own.Held, why: str) -> None:
         fresh = node not in self._held
@@ -551,7 +701,7 @@ class LeaseKeeper:
         if held is None or not self.may_write(node):
             return
         self._lose(node, "its base is gone")
-        self._observed.pop(node, None)
+        self._forget(node)
         await self.writer.delete(node, held)
 
     # --- shutdown ---------------------------------------------------------------------------------------------
@@ -566,8 +716,7 @@ class LeaseKeeper:
         await self.membership.leave()
         if self._writes_in_flight:  # let renewals under way land first: their answers carry the newest version
             await asyncio.wait(set(self._writes_in_flight), timeout=5.0)
-        now = self.clock()
-        others = [m for m in own.live_members(self.membership.seen, self.me, now) if m != self.me]
+        others = [m for m in self.membership.live() if m != self.me]
         if others:
             moves = []
             for node in list(self._held):

@@ -19,6 +19,17 @@ rules follow client-go's leaderelection and KWOK's node-lease controller:
   ``(member, vnode)``. Expired and released leases go to their preferred owner; a holder hands a vnode over when
   another live member is preferred (a new replica, bounded per round by the caller); a dead member's vnodes
   spread over the rest.
+- **Membership fencing, and who watches what** (issue 31). A replica holds its vnodes only while its own
+  membership Lease is renewed in time: once that renewal is past the renew deadline it stops acting for every
+  vnode (``membership_late``), as it would for one vnode whose renewal is late. A vnode Lease says so with the
+  ``HOLDER_LABEL`` label naming its holder (``holder_label``), written with the holder by every acquire, create and
+  hand-over (``LeaseFacts.member_fenced``). Such a Lease is its holder's for as long as the holder is a live
+  member, whatever its renewals, and is free the moment the holder is not (its membership seen unchanged for a
+  lease duration and read again: the holder fenced itself before that). So a replica need not watch other
+  replicas' renewals to take over from a dead one: it watches the vnode Leases labelled with its own name (and
+  those without the label: the Go controller's, an older vkprovider's), and reads all of them only at start, when
+  a member leaves and once a minute (``observed_here`` says which of those it keeps). A Lease without the label
+  follows the older rule: free once seen unchanged for its duration.
 - **Adoption.** A lease held by this replica's own identity (a restart) is taken back at once; so is one written
   by a controller that is not vkprovider (the Go ModuleController: no ``app.kubernetes.io/managed-by`` label), as
   the migration procedure stops that controller first.
@@ -40,12 +51,22 @@ import enum
 import functools
 import hashlib
 import heapq
+import re
 from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "vkprovider"
+HOLDER_LABEL = "vkprovider.koupleless.io/holder"
+_LABEL_VALUE = re.compile(r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
+
+
+def holder_label(holder: str) -> str:
+    """``holder`` as a label value: itself when it is a valid one, else a digest of it (``h-`` and 16 hex digits)."""
+    if _LABEL_VALUE.fullmatch(holder):
+        return holder
+    return "h-" + hashlib.blake2b(holder.encode(), digest_size=8).hexdigest()
 
 
 class Phase(enum.StrEnum):
@@ -67,6 +88,8 @@ class LeaseFacts:
     duration_s: float
     transitions: int
     managed: bool  # written by vkprovider (else: a foreign controller such as the Go ModuleController)
+    member_fenced: bool = False  # labelled with its holder: the holder fences itself by its membership
+    labelled: str | None = None  # the HOLDER_LABEL value (None: no such label)
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any], default_duration_s: float) -> LeaseFacts:
@@ -74,13 +97,17 @@ class LeaseFacts:
         spec = obj.get("spec") or {}
         duration = spec.get("leaseDurationSeconds")
         labels = md.get("labels") or {}
+        holder = str(spec.get("holderIdentity") or "")
+        labelled = labels.get(HOLDER_LABEL)
         return cls(
             name=str(md.get("name") or ""),
-            holder=str(spec.get("holderIdentity") or ""),
+            holder=holder,
             resource_version=str(md.get("resourceVersion") or ""),
             duration_s=float(duration) if isinstance(duration, int | float) and duration > 0 else default_duration_s,
             transitions=int(spec.get("leaseTransitions") or 0),
             managed=labels.get(MANAGED_BY_LABEL) == MANAGED_BY,
+            member_fenced=bool(holder) and labelled == holder_label(holder),
+            labelled=labelled if isinstance(labelled, str) else None,
         )
 
 
@@ -192,15 +219,21 @@ def decide(
     now: float,
     timing: Timing,
     may_hand_off: bool = True,
+    membership_late: bool = False,
+    may_acquire: bool = True,
 ) -> Decision:
     """What this replica should do about one vnode's lease now.
 
     ``lease`` is None when there is no Lease (creating one is the node controller's business: it claims a new
-    base with a create, which is atomic). ``members`` are the live replicas including ``me``.
+    base with a create, which is atomic). ``members`` are the live replicas including ``me``; ``membership_late``:
+    this replica's own membership renewal is past its renew deadline (module docstring); ``may_acquire`` False:
+    it may not take any Lease now (its membership is not written yet, or late, or it is leaving).
     """
     if held is not None:
         if fenced(held, now, timing):
             return Decision(Action.FENCE, why="renew deadline passed")
+        if membership_late:
+            return Decision(Action.FENCE, why="this replica's membership renewal is past its renew deadline")
         if lease is not None and lease.facts.holder != me and lease.facts.resource_version != held.resource_version:
             return Decision(Action.FENCE, why=f"lease now held by {lease.facts.holder or 'nobody'}")
         preferred = rendezvous(vnode, members)
@@ -209,18 +242,23 @@ def decide(
         if now >= renew_due(held, timing):
             return Decision(Action.RENEW)
         return Decision(Action.NOTHING)
-    if lease is None:
+    if lease is None or not may_acquire:
         return Decision(Action.NOTHING)
     facts = lease.facts
     if facts.holder == me:
         return Decision(Action.ACQUIRE, why="held under our identity (a restart)")
-    if facts.holder and facts.managed and not expired(lease, now):
-        return Decision(Action.NOTHING)
-    if facts.holder and facts.holder in members and not expired(lease, now):
-        return Decision(Action.NOTHING)
+    if facts.member_fenced:
+        if facts.holder in members:
+            return Decision(Action.NOTHING)
+        why = f"its holder {facts.holder} is no longer a live replica"
+    else:
+        if facts.holder and facts.managed and not expired(lease, now):
+            return Decision(Action.NOTHING)
+        if facts.holder and facts.holder in members and not expired(lease, now):
+            return Decision(Action.NOTHING)
+        why = ("released" if not facts.holder else
+               "written by another controller" if not facts.managed else f"expired (holder {facts.holder})")
     preferred = rendezvous(vnode, members)
-    why = ("released" if not facts.holder else
-           "written by another controller" if not facts.managed else f"expired (holder {facts.holder})")
     if preferred == me:
         return Decision(Action.ACQUIRE, why=why)
     # Not ours to take first; if the preferred replica does not take it within another lease duration (it may
@@ -230,11 +268,34 @@ def decide(
     return Decision(Action.NOTHING)
 
 
-def live_members(observed: Mapping[str, Observed], me: str, now: float) -> list[str]:
-    """Replicas whose membership lease is fresh (observed changing within its duration), always with ``me``."""
-    alive = {o.facts.holder for o in observed.values() if o.facts.holder and not expired(o, now)}
+def live_members(observed: Mapping[str, Observed], me: str, now: float,
+                 gone: Mapping[str, str] | None = None) -> list[str]:
+    """Replicas whose membership lease is fresh (observed changing within its duration), always with ``me``.
+
+    With ``gone`` (membership lease name -> the resourceVersion a fresh read found still unchanged after it
+    expired), an expired membership counts as alive until such a read confirms it: a watch that stopped delivering
+    never makes a live replica look dead (its vnodes are taken on this, see the module docstring)."""
+    alive = {o.facts.holder for name, o in observed.items()
+             if o.facts.holder and (not expired(o, now)
+                                    or (gone is not None and gone.get(name) != o.facts.resource_version))}
     alive.add(me)
     return sorted(alive)
+
+
+def observed_here(facts: LeaseFacts, me: str, members: Sequence[str]) -> bool:
+    """Whether a replica keeps an observation of a vnode Lease it read whole (at start, after a member left, once a
+    minute): those it may come to take (no holder, its own name, another controller's, one without the holder
+    label, one whose holder is not live), not those a live member holds under the label (module docstring)."""
+    return not (facts.member_fenced and facts.holder != me and facts.holder in members)
+
+
+def unheld(observed: Observed, members: Sequence[str], now: float) -> bool:
+    """A vnode Lease with no live holder: no holder, a labelled holder that is not live, or unlabelled and expired."""
+    if not observed.facts.holder:
+        return True
+    if observed.facts.member_fenced:
+        return observed.facts.holder not in members
+    return expired(observed, now)
 
 
 def next_deadline(node: str, held: Held | None, observed: Observed | None, *, me: str, members: Sequence[str],
@@ -248,6 +309,8 @@ def next_deadline(node: str, held: Held | None, observed: Observed | None, *, me
         return renew_due(held, timing)
     if observed is None:
         return None
+    if observed.facts.member_fenced and observed.facts.holder != me and observed.facts.holder in members:
+        return None  # its live holder's until the members change (which decides every vnode again)
     duration = observed.facts.duration_s
     for deadline in (observed.since + duration, observed.since + 2 * duration):
         if deadline > now:
