@@ -30,9 +30,15 @@ def _loaded_after(code: str) -> list[str]:
 
 
 def test_the_run_path_imports_no_heavy_library() -> None:
-    """What `vkprovider run` imports with the default settings (HTTP tunnel, kubelet API, a static kubeconfig)."""
+    """What `vkprovider run` imports with the default settings (HTTP tunnel, kubelet API, a static kubeconfig):
+    the command line up to the first check of the start (no kubeconfig here: exit 2), then the listeners' and the
+    kube facade's modules it imports next."""
     loaded = _loaded_after("""
-        import vkprovider.cli, vkprovider.config, vkprovider.app, vkprovider.logs
+        import os
+        for name in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST"):
+            os.environ.pop(name, None)
+        import vkprovider.cli
+        assert vkprovider.cli.main(["run"]) == 2
         import vkprovider.kubelet.server, vkprovider.tunnels.http_tunnel, vkprovider.kube.client
     """)
     assert loaded == []
