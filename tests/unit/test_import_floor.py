@@ -11,8 +11,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-#: Loaded by `vkprovider run` only on a path a setting asks for, or never (sim, tests, bench).
-HEAVY = ("kubernetes_asyncio", "cryptography", "aiomqtt", "paho", "grpc", "vkprovider.sim", "numpy")
+#: Loaded by `vkprovider run` only on a path a setting asks for, or never (sim, tests, bench). yaml: only to read
+#: a kubeconfig file (in a cluster the service account needs none).
+HEAVY = ("kubernetes_asyncio", "cryptography", "aiomqtt", "paho", "grpc", "vkprovider.sim", "numpy", "yaml")
 
 
 def _loaded_after(code: str) -> list[str]:
@@ -30,7 +31,7 @@ def _loaded_after(code: str) -> list[str]:
 
 
 def test_the_run_path_imports_no_heavy_library() -> None:
-    """What `vkprovider run` imports with the default settings (HTTP tunnel, kubelet API, a static kubeconfig):
+    """What `vkprovider run` imports with the default settings (HTTP tunnel, kubelet API, in a cluster):
     the command line up to the first check of the start (no kubeconfig here: exit 2), then the listeners' and the
     kube facade's modules it imports next."""
     loaded = _loaded_after("""
