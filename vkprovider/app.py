@@ -201,7 +201,7 @@ class Provider:
                          label_selector=f"{vnode.LABEL_COMPONENT}=vnode,{vnode.LABEL_ENV}={s.env}")
         leases = Informer(kube, f"/apis/coordination.k8s.io/v1/namespaces/{vnode.LEASE_NAMESPACE}/leases",
                           label_selector=vnode.LEASE_SELECTOR, on_change=keeper.on_lease_change,
-                          resource="leases-vnode")
+                          keep=lease_of_env(s.env), resource="leases-vnode")
         members = Informer(kube, f"/apis/coordination.k8s.io/v1/namespaces/{s.namespace}/leases",
                            label_selector=f"{MEMBER_LABEL}={s.env}", on_change=keeper.on_member_change,
                            resource="leases-member")
@@ -358,6 +358,18 @@ class Provider:
                                                         header_timeout_s=s.http_header_timeout_s))
             except serving.ListenError as exc:
                 raise ConfigError(str(exc)) from None
+
+
+def lease_of_env(env: str) -> Callable[[dict[str, Any]], bool]:
+    """Whether a vnode Lease is of a vnode of ``env``: the only ones the informer keeps. The watch's selector names
+    no ENV, and a replica kept every other ENV's Leases for nothing (the keeper reads only its own ENV's): with 900
+    of them an idle replica was 66.1 MB, 64.6 MB without keeping them (issue 31, tests/integration/test_idle_replica.py;
+    listing them in pages of 100 instead of 500 saved nothing measurable)."""
+
+    def of_env(lease: dict[str, Any]) -> bool:
+        return vnode.is_vnode_name(str((lease.get("metadata") or {}).get("name") or ""), env)
+
+    return of_env
 
 
 def module_pods(kube: Kube, env: str, *, trim_module: Callable[[dict[str, Any]], dict[str, Any]] = trim_pod
