@@ -2,6 +2,10 @@
 
 A wrong setting ends ``run`` with one line on stderr naming the variable, the value and what is accepted, and
 exit code 2 (no traceback).
+
+The simulator's flags are added to the parser only for ``vkprovider sim``: they live in ``vkprovider.sim.cli``, and
+importing it loads the whole simulator with aiomqtt and paho, which a provider would then keep for good (issue 31,
+the idle replica's floor; ``tests/unit/test_import_floor.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ import uvloop
 from vkprovider import __version__
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, sim_flags: bool = True) -> argparse.ArgumentParser:
+    """The command line; without ``sim_flags`` the ``sim`` sub-command has no flags (and the simulator is not
+    imported)."""
     parser = argparse.ArgumentParser(
         prog="vkprovider",
         description="Koupleless bases as virtual Kubernetes nodes, modules as pods (ModuleController v2 in Python).",
@@ -34,10 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
                            "(derived from VKP_HEARTBEAT_SECRET or VKP_HEARTBEAT_SECRET_FILE)")
     token.add_argument("identity", nargs="+", help="base identity (its baseMetadata.identity)")
     sim = sub.add_parser("sim", help="run simulated Koupleless bases (arklet-compatible)")
-    from vkprovider.sim.cli import add_arguments
+    if sim_flags:
+        from vkprovider.sim.cli import add_arguments
 
-    add_arguments(sim)
+        add_arguments(sim)
     return parser
+
+
+def command_of(argv: list[str]) -> str | None:
+    """The sub-command ``argv`` names: its first word that is not an option (the top-level options take no
+    value)."""
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
 def _fail(message: str) -> int:
@@ -76,7 +89,9 @@ def run_event_loop(main: Coroutine[Any, Any, _T]) -> _T:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(sim_flags=command_of(argv) == "sim")
     args = parser.parse_args(argv)
     if args.command in ("run", "token"):
         from vkprovider.config import ConfigError, load_settings

@@ -390,7 +390,8 @@ class LeaseKeeper:
         """Read every vnode Lease of the ENV once (one paged LIST) and record each that the watches do not carry:
         at start, when a member left, and every ``SWEEP_S`` (``core.ownership``, membership fencing)."""
         started = self.clock()
-        items, _, _ = await self._reads.list_all(self._lease_path(), params={"labelSelector": vnode.LEASE_SELECTOR})
+        selector = f"{vnode.LEASE_SELECTOR},{vnode.LABEL_ENV}={self.env}"  # a holder label comes with the ENV's
+        items, _, _ = await self._reads.list_all(self._lease_path(), params={"labelSelector": selector})
         listed: set[str] = set()
         for lease in items:
             node = str((lease.get("metadata") or {}).get("name") or "")

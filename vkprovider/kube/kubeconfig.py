@@ -3,7 +3,8 @@ files, basic auth, an HTTP proxy) and the in-cluster service account, read witho
 package where a file says everything (``static_kubeconfig``); its config loaders otherwise (exec plugins).
 
 A service-account token file is read again when it changes (the kubelet rotates it), and certificates given as
-data are written to private temporary files that are removed at exit.
+data are written to private temporary files that are removed at exit. PyYAML is imported only to read a kubeconfig
+file: in a cluster (the service account) it is never loaded, and a process keeps what it imported (issue 31).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
 import yarl
 
 from vkprovider import http1
@@ -136,6 +136,8 @@ def static_kubeconfig(path: str) -> _Direct | None:
     impersonation, several files in KUBECONFIG), which kubernetes-asyncio's loader handles."""
     if os.pathsep in path:
         return None
+    import yaml  # here, not at the top: in a cluster no kubeconfig file is read (docs/performance.md, issue 31)
+
     with open(os.path.expanduser(path), encoding="utf-8") as fh:
         doc = yaml.safe_load(fh) or {}
 

@@ -30,12 +30,10 @@ bearer token through a TokenReview; neither is 401. Authorization through a Subj
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import datetime as dt
 import hashlib
-import ipaddress
 import logging
 import ssl
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -46,10 +44,11 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from vkprovider import serving
-from vkprovider.config import Settings
+from vkprovider.config import ConfigError, Settings
 from vkprovider.core.logview import format_line, parse_query, render
 from vkprovider.core.stats import METRICS_CONTENT_TYPE, Reading, refresh_due, resource_metrics, stats_summary
 from vkprovider.kube.client import ApiError, Kube
+from vkprovider.kubelet import selfsigned
 
 log = logging.getLogger(__name__)
 
@@ -96,29 +95,18 @@ class User:
     groups: tuple[str, ...]
 
 
-def self_signed(address: str, directory: Path) -> tuple[Path, Path]:
-    """A serving certificate for ``address`` (files in ``directory``): when none is configured."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vkprovider-kubelet")])
-    now = dt.datetime.now(dt.UTC)
-    sans: list[x509.GeneralName] = [x509.DNSName("localhost")]
-    with contextlib.suppress(ValueError):
-        sans.append(x509.IPAddress(ipaddress.ip_address(address)))
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=365)).add_extension(x509.SubjectAlternativeName(sans), False)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = directory / "kubelet.crt", directory / "kubelet.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_path.chmod(0o600)
-    return cert_path, key_path
+async def self_signed(address: str, directory: Path) -> tuple[Path, Path]:
+    """A serving certificate for ``address`` (files in ``directory``): when none is configured. Made in a child
+    process (``kubelet.selfsigned``: cryptography stays out of this one)."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-P", selfsigned.__file__, address, str(directory),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    _, err = await child.communicate()
+    if child.returncode != 0:
+        last = (err.decode(errors="replace").strip().splitlines() or [f"exit code {child.returncode}"])[-1]
+        raise ConfigError(f"cannot make the kubelet API's self-signed certificate ({last}): set VKP_KUBELET_TLS_CERT "
+                          "and VKP_KUBELET_TLS_KEY, or KUBELET_PROXY_ENABLED=false")
+    return directory / selfsigned.CERT_FILE, directory / selfsigned.KEY_FILE
 
 
 class KubeletApi:
@@ -145,7 +133,7 @@ class KubeletApi:
             cert, key = Path(s.kubelet_tls_cert), Path(s.kubelet_tls_key)
         else:
             self._tmp = tempfile.TemporaryDirectory(prefix="vkprovider-kubelet-")
-            cert, key = self_signed(self._address, Path(self._tmp.name))
+            cert, key = await self_signed(self._address, Path(self._tmp.name))
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(str(cert), str(key))
         context.verify_mode = ssl.CERT_OPTIONAL  # a caller without a certificate may bring a bearer token
