@@ -22,9 +22,12 @@ kubelet that does not answer).
 
 Authentication as the kubelet does it: a client certificate verified against the cluster's client CA (the
 ``client-ca-file`` of ConfigMap kube-system/extension-apiserver-authentication, re-read every 10 minutes), or a
-bearer token through a TokenReview; neither is 401. Authorization through a SubjectAccessReview on
-``nodes/<vnode>`` with the kubelet's subresource mapping (``log`` for /logs, ``stats`` for /stats, ``metrics`` for
-/metrics, else ``proxy``) and the verb of the HTTP method; denied is 403. Both answers are cached briefly.
+bearer token through a TokenReview; neither is 401. That CA is the only trust for client certificates, as a kubelet's
+``--client-ca-file``: the TLS context is a bare ``ssl.SSLContext`` (no default verify paths or system store, no
+``SSLKEYLOGFILE``), so a certificate of any other CA the machine trusts fails the handshake. Authorization through a
+SubjectAccessReview on ``nodes/<vnode>`` with the kubelet's subresource mapping (``log`` for /logs, ``stats`` for
+/stats, ``metrics`` for /metrics, else ``proxy``) and the verb of the HTTP method; denied is 403. Both answers are
+cached briefly.
 """
 
 from __future__ import annotations
@@ -134,7 +137,9 @@ class KubeletApi:
         else:
             self._tmp = tempfile.TemporaryDirectory(prefix="vkprovider-kubelet-")
             cert, key = await self_signed(self._address, Path(self._tmp.name))
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        # Bare, not ssl.create_default_context (module docstring): trusted are only the CAs _load_client_ca adds.
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(str(cert), str(key))
         context.verify_mode = ssl.CERT_OPTIONAL  # a caller without a certificate may bring a bearer token
         self._context = context
