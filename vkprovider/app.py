@@ -202,14 +202,16 @@ class Provider:
         shard = self.shard = Shard(kube, keeper)
         nodes = Informer(kube, "/api/v1/nodes", trim_object=shard.trim_node, page_size=LIST_PAGE,
                          label_selector=f"{vnode.LABEL_COMPONENT}=vnode,{vnode.LABEL_ENV}={s.env}")
-        # The vnode Leases a replica watches: those labelled with its own name, and those with no holder label
-        # (the Go controller's, an older vkprovider's), of its own ENV's vnodes; the rest it reads whole now and then
+        # The vnode Leases a replica watches: those being handed over to it, and those with no holder label (the Go
+        # controller's, an older vkprovider's), of its own ENV's vnodes; all of them it reads whole now and then
         # (``keeper.sweep``).
         lease_path = f"/apis/coordination.k8s.io/v1/namespaces/{vnode.LEASE_NAMESPACE}/leases"
         leases = Informer(kube, lease_path, on_change=keeper.on_lease_change, resource="leases-vnode",
-                          label_selector=f"{vnode.LEASE_SELECTOR},{vnode.LABEL_ENV}={s.env},{own.HOLDER_LABEL}={keeper.label}",
+                          label_selector=f"{vnode.LEASE_SELECTOR},{vnode.LABEL_ENV}={s.env},"
+                                         f"{own.HANDED_TO_LABEL}={keeper.label}",
                           keep=lease_of_env(s.env))
-        unlabelled = Informer(kube, lease_path, on_change=keeper.on_lease_change, resource="leases-vnode-unlabelled",
+        unlabelled = Informer(kube, lease_path, on_change=keeper.on_unlabelled_change,
+                              resource="leases-vnode-unlabelled",
                               label_selector=f"{vnode.LEASE_SELECTOR},!{own.HOLDER_LABEL}", keep=lease_of_env(s.env))
         members = Informer(kube, f"/apis/coordination.k8s.io/v1/namespaces/{s.namespace}/leases",
                            label_selector=f"{MEMBER_LABEL}={s.env}", on_change=keeper.on_member_change,

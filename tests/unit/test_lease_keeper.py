@@ -349,9 +349,10 @@ async def test_a_dead_members_vnodes_are_taken_from_a_sweep_without_watching_its
     assert _patches_of_any(leases, nodes) == sorted(nodes)  # one acquire each, no 409
 
 
-async def test_a_held_vnode_whose_lease_leaves_the_watch_is_given_up_at_once():
-    """Its Lease no longer carries this replica's label: another replica took it (this one was fenced) or it
-    was deleted. Nothing is written for the vnode from that moment; one read says whose it is now."""
+async def test_a_held_vnode_taken_meanwhile_is_given_up_at_its_next_renewal():
+    """A replica does not watch its own Leases (their renewals would be all its watch carries). One taken from it
+    (possible only once it fenced itself) answers its next renewal 409: the vnode is given up then, and known as
+    the other replica's."""
     leases, clock = _Leases(), _Clock()
     keeper = _keeper(leases, clock)
     lost: list[str] = []
@@ -360,13 +361,44 @@ async def test_a_held_vnode_whose_lease_leaves_the_watch_is_given_up_at_once():
     await _tick(keeper)
     node = _name(1)
     assert await keeper.claim(node)
-    keeper.on_lease_change(f"{vnode.LEASE_NAMESPACE}/{node}", None, _labelled_lease(node, "me", "2"))
-    leases.current[node] = _labelled_lease(node, "other", "3")
-    keeper.on_lease_change(f"{vnode.LEASE_NAMESPACE}/{node}", _labelled_lease(node, "me", "2"), None)
+    leases.current[node] = _labelled_lease(node, "other", "300")
+    while not lost:
+        assert clock.now < 1000.0 + 11.0, "renewed within its renew interval"
+        clock.now += TICK_S
+        await _tick(keeper)
     assert lost == [node] and not keeper.may_write(node)
     clock.now += TICK_S
+    await _tick(keeper)  # one read of the Lease: whose it is now
+    assert keeper.foreign(node) and leases.gets.count(node) == 2  # the renewal's 409, then that read
+    patches = len(_patches_of(leases, node))
+    for _ in range(20):
+        clock.now += TICK_S
+        await _tick(keeper)
+    assert len(_patches_of(leases, node)) == patches  # a live member's: not taken back
+
+
+async def test_a_vnode_handed_over_arrives_through_the_hand_over_watch_and_leaves_it_once_taken():
+    leases, clock = _Leases(), _Clock()
+    keeper = _keeper(leases, clock)
+    lost: list[str] = []
+    keeper.on_lost.append(lost.append)
+    keeper.on_member_change(f"default/vkprovider-{ENV}-other", None, _member("other", "3"))
     await _tick(keeper)
-    assert keeper.foreign(node) and leases.gets.count(node) == 1
+    node = _name(2)
+    handed = _labelled_lease(node, "me", "7")
+    handed["metadata"]["labels"][own.HANDED_TO_LABEL] = "me"  # type: ignore[index]
+    leases.current[node] = handed
+    keeper.on_lease_change(f"{vnode.LEASE_NAMESPACE}/{node}", None, handed)
+    clock.now += TICK_S
+    await _tick(keeper)
+    assert keeper.may_write(node)
+    del leases.current[node]  # (the stand-in keeps no versions of its own: renewals simply land from here on)
+    taken = _labelled_lease(node, "me", "8")  # the acquire removed the hand-over label: out of the watch
+    keeper.on_lease_change(f"{vnode.LEASE_NAMESPACE}/{node}", taken, None)
+    for _ in range(30):
+        clock.now += TICK_S
+        await _tick(keeper)
+    assert keeper.may_write(node) and lost == [] and leases.gets.count(node) == 0
 
 
 def _patches_of_any(leases: _Leases, nodes: list[str]) -> list[str]:

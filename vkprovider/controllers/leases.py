@@ -119,7 +119,7 @@ class LeaseWriter:
         return Renewal(own.Held(sent, resource_version(answer)), conflict=True)
 
     async def acquire(self, name: str, facts: own.LeaseFacts,
-                      labels: Mapping[str, str]) -> own.Held | None:
+                      labels: Mapping[str, str | None]) -> own.Held | None:
         """Take (or keep) a Lease seen as ``facts``; None when it changed meanwhile (somebody else wrote it, or our own
         copy sent twice landed first) or it is gone: the caller reads it again before deciding again."""
         stamp = micro_time(self._wall())

@@ -5,12 +5,13 @@ by renew deadline and by membership, rendezvous spread over live replicas); this
 the decisions out, and tells the node and module controllers when a vnode is gained or lost. Everything that
 writes for a vnode asks ``may_write(node)`` right before writing.
 
-What it watches follows its share (issue 31, ``core.ownership``: membership fencing): the vnode Leases labelled
-with its own name and those with no holder label (two informers in ``kube-node-lease``), and every replica's
-membership Lease in ``NAMESPACE``. Every other vnode Lease it reads whole (``sweep``: one paged LIST) at start,
-when a member leaves (its membership seen expired and read again unchanged: ``Membership.confirm``) and every
-``SWEEP_S``: that is how it learns whose each vnode is (``foreign``) and which a dead member left. A Lease that
-leaves its watch no longer names it: the vnode is given up at once and the Lease read once to learn its holder.
+What it watches does not grow with its share (issue 31, ``core.ownership``: membership fencing): the vnode Leases
+being handed over to it and those with no holder label (two informers in ``kube-node-lease``: in a steady state
+both carry nothing, not even the echo of its own renewals), and every replica's membership Lease in ``NAMESPACE``.
+Its own Leases it knows from its own writes: one taken from it (only possible once it fenced itself) or deleted
+answers its next renewal 409 or 404. Every vnode Lease it reads whole (``sweep``: one paged LIST) at start, when a
+member leaves (its membership seen expired and read again unchanged: ``Membership.confirm``) and every
+``SWEEP_S``: that is how it learns whose each vnode is (``foreign``) and which a dead member left.
 
 One loop (``run``) ticks every ``TICK_S``: it starts the renewal of this replica's membership Lease when due (in
 the background, like every Lease write: a write stalled on a dead connection never holds up the tick, and so never
@@ -270,7 +271,8 @@ class LeaseKeeper:
         # Which Leases this replica watches (its own label, and none: ``core.ownership``, membership fencing): the
         # holder of every vnode Lease as last read (watched or swept), and which of them the watches carry now.
         self._holders: dict[str, str] = {}
-        self._scoped: set[str] = set()
+        self._handed: set[str] = set()  # in the watch of Leases handed over to this replica
+        self._unlabelled: set[str] = set()  # in the watch of Leases without the holder label
         self._swept_at: float | None = None
         self._sweep: asyncio.Task[None] | None = None
         self._members_before: tuple[str, ...] = ()
@@ -336,22 +338,31 @@ class LeaseKeeper:
     # --- informer hooks ------------------------------------------------------------------------------------
 
     def on_lease_change(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
-        """A vnode Lease this replica watches (labelled with its name, or with no holder label) changed, appeared
-        or left the watch. One that left it no longer names this replica: not ours from now on, and read once to
-        learn whose it is (a deletion, a hand-over, a takeover)."""
+        """The watch of vnode Leases handed over to this replica (``core.ownership.HANDED_TO_LABEL``): one appears
+        when another replica hands it over, and leaves the watch when this replica takes it (the label goes)."""
+        self._on_watched(self._handed, key, new)
+
+    def on_unlabelled_change(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        """The watch of vnode Leases without the holder label (the Go controller's, an older vkprovider's): one
+        leaves it when a vkprovider takes it (the label comes)."""
+        self._on_watched(self._unlabelled, key, new)
+
+    def _scoped(self, node: str) -> bool:
+        return node in self._handed or node in self._unlabelled
+
+    def _on_watched(self, watched: set[str], key: str, new: dict[str, Any] | None) -> None:
+        """A Lease of one of the two watches changed, appeared or left it. One that left it and that this replica
+        does not hold is read once, to learn whose it is now (a takeover by another replica, a deletion)."""
         node = key.split("/", 1)[-1]
         if not vnode.is_vnode_name(node, self.env):
             return
         if new is None:
-            self._scoped.discard(node)
-            self._observed.pop(node, None)
-            self._schedule.touch(node)
-            if node in self._held:
-                self._lose(node, "its Lease no longer names this replica")
-            self._stale.add(node)
-            self._wake.set()
+            watched.discard(node)
+            if node not in self._held and not self._scoped(node):
+                self._stale.add(node)
+                self._wake.set()
             return
-        self._scoped.add(node)
+        watched.add(node)
         facts = self._note(node, new)
         held = self._held.get(node)
         if (held is not None and facts.holder != self.me) or (held is None and facts.holder in ("", self.me)):
@@ -371,7 +382,7 @@ class LeaseKeeper:
         facts = own.LeaseFacts.from_object(lease, self.timing.lease_duration_s)
         self._holders[node] = facts.holder
         self._stale.discard(node)
-        if node in self._scoped or node in self._held or own.observed_here(facts, self.me, self.live_members()):
+        if self._scoped(node) or node in self._held or own.observed_here(facts, self.me, self.live_members()):
             self._observed[node] = own.observe(self._observed.get(node), facts, self.clock())
             self._schedule.touch(node)
         elif self._observed.pop(node, None) is not None:
@@ -398,9 +409,9 @@ class LeaseKeeper:
             if not vnode.is_vnode_name(node, self.env):
                 continue
             listed.add(node)
-            if node not in self._scoped:
+            if not self._scoped(node):
                 self._note(node, lease)
-        for node in [n for n in self._holders if n not in listed and n not in self._scoped and n not in self._held]:
+        for node in [n for n in self._holders if n not in listed and not self._scoped(n) and n not in self._held]:
             self._forget(node)
         self._swept_at = started
         self._wake.set()
@@ -561,11 +572,12 @@ class LeaseKeeper:
         replicas claiming at once one wins; the others see AlreadyExists."""
         if self.lease_exists(node) or self._stopping:
             return self.may_write(node)
-        held = await self.writer.create(node, self._labels())
+        held = await self.writer.create(node, {k: v for k, v in self._labels().items() if v is not None})
         if held is None:
             self._stale.add(node)  # somebody was faster: read whose it is
             return False
         self._holders[node] = self.me
+        self._own_write(node, held.resource_version, 0)
         self._gain(node, own.Held(held.renewed_at, held.resource_version, self._first_renewal(held.renewed_at)),
                    "claimed a new base")
         return True
@@ -597,10 +609,13 @@ class LeaseKeeper:
             raise
         if renewal.conflict:
             LEASE_EVENTS.labels("conflict").inc()
-        if renewal.held is None:
+        if renewal.held is None:  # taken or deleted: read whose it is before deciding again
+            self._observed.pop(node, None)
+            self._stale.add(node)
             self._lose(node, renewal.lost)
         elif node in self._held:
             self._held[node] = renewal.held
+            self._own_write(node, renewal.held.resource_version)
 
     async def _acquire(self, node: str, why: str) -> None:
         observed = self._observed.get(node)
@@ -613,6 +628,8 @@ class LeaseKeeper:
             # it again before deciding again, not a PATCH and a 409 on every tick (module docstring).
             self._stale.add(node)
             return
+        self._holders[node] = self.me
+        self._own_write(node, held.resource_version, facts.transitions + (facts.holder != self.me))
         self._gain(node, own.Held(held.renewed_at, held.resource_version, self._first_renewal(held.renewed_at)),
                    why if facts.holder != self.me else "")
         if facts.holder and facts.holder != self.me:
@@ -627,15 +644,31 @@ class LeaseKeeper:
         observed = self._observed.get(node)
         transitions = observed.facts.transitions if observed is not None else 0
         self._lose(node, f"handing over to {to} ({why})", handed_over=True)
-        handed = await self.writer.hand_over(node, held, transitions, to, {own.HOLDER_LABEL: own.holder_label(to)})
-        if handed and node not in self._scoped:
+        label = own.holder_label(to)
+        handed = await self.writer.hand_over(node, held, transitions, to,
+                                             {own.HOLDER_LABEL: label, own.HANDED_TO_LABEL: label})
+        if not handed:
+            self._stale.add(node)  # read whose it is before deciding again
+        elif not self._scoped(node):
+            self._observed.pop(node, None)  # a live member's now: nothing to decide here
             self._holders[node] = to
             self._check_foreign(node)
         return handed
 
-    def _labels(self) -> dict[str, str]:
-        """The labels of a vnode Lease this replica writes itself in as the holder of."""
-        return {**vnode.lease_labels(self.env), own.HOLDER_LABEL: self.label}
+    def _own_write(self, node: str, version: str, transitions: int | None = None) -> None:
+        """Observe this replica's own write of ``node``'s Lease (its watches do not carry its own Leases): what a
+        FENCE, a hand-over or a restart decides from is then the Lease as it is."""
+        before = self._observed.get(node)
+        if transitions is None:
+            transitions = before.facts.transitions if before is not None else 0
+        facts = own.LeaseFacts(name=node, holder=self.me, resource_version=version,
+                               duration_s=self.timing.lease_duration_s, transitions=transitions, managed=True,
+                               member_fenced=True, labelled=self.label)
+        self._observed[node] = own.observe(before, facts, self.clock())
+
+    def _labels(self) -> dict[str, str | None]:
+        """The labels of a vnode Lease this replica writes itself in as the holder of (a hand-over's label gone)."""
+        return {**vnode.lease_labels(self.env), own.HOLDER_LABEL: self.label, own.HANDED_TO_LABEL: None}
 
     def _gain(self, node: str, held: own.Held, why: str) -> None:
         fresh = node not in self._held

@@ -26,9 +26,10 @@ rules follow client-go's leaderelection and KWOK's node-lease controller:
   hand-over (``LeaseFacts.member_fenced``). Such a Lease is its holder's for as long as the holder is a live
   member, whatever its renewals, and is free the moment the holder is not (its membership seen unchanged for a
   lease duration and read again: the holder fenced itself before that). So a replica need not watch other
-  replicas' renewals to take over from a dead one: it watches the vnode Leases labelled with its own name (and
-  those without the label: the Go controller's, an older vkprovider's), and reads all of them only at start, when
-  a member leaves and once a minute (``observed_here`` says which of those it keeps). A Lease without the label
+  replicas' renewals to take over from a dead one, nor its own: it watches the vnode Leases being handed over to
+  it (``HANDED_TO_LABEL``, written with the new holder by a hand-over and removed by its acquire) and those without
+  the holder label (the Go controller's, an older vkprovider's), and reads all of them only at start, when a
+  member leaves and once a minute (``observed_here`` says which of those it keeps). A Lease without the label
   follows the older rule: free once seen unchanged for its duration.
 - **Adoption.** A lease held by this replica's own identity (a restart) is taken back at once; so is one written
   by a controller that is not vkprovider (the Go ModuleController: no ``app.kubernetes.io/managed-by`` label), as
@@ -59,6 +60,7 @@ from typing import Any
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "vkprovider"
 HOLDER_LABEL = "vkprovider.koupleless.io/holder"
+HANDED_TO_LABEL = "vkprovider.koupleless.io/handed-to"  # written by a hand-over, removed by the receiver's acquire
 _LABEL_VALUE = re.compile(r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 
 
