@@ -39,7 +39,7 @@ class Right:
 _NODE_CACHE = "the vnode informer on /api/v1/nodes, this ENV's vnodes by label (app.py)"
 _POD_CACHE = "the pod informers: module pods per module label, and non-module pods bound and Pending (app.py)"
 _LEASE_CACHE = ("LeaseKeeper's informers on the vnode Leases (kube-node-lease) and on this ENV's member Leases "
-                "(app.py)")
+                "(app.py), and its reads of every vnode Lease of its ENV (controllers/ownership.py, sweep)")
 _DEPLOYMENT_CACHE = ("ReleaseController's informer on Deployments, keeping those with a release strategy "
                      "(controllers/releases.py)")
 _REPLICASET_CACHE = ("UnionOfReplicaSets: informers on module ReplicaSets, for revisions and the batch gate "
@@ -71,7 +71,8 @@ RIGHTS: tuple[Right, ...] = (
     Right("", "events", "patch", "EventRecorder aggregates a repeated Event: count and lastTimestamp "
                                  "(kube/events.py)"),
     Right("coordination.k8s.io", "leases", "get",
-          "LeaseKeeper re-reads a vnode Lease after a conflict, a hand-over or a stall (controllers/ownership.py); "
+          "LeaseKeeper re-reads a vnode Lease after a conflict, a hand-over or a stall, and a replica's membership "
+          "Lease seen expired before taking its vnodes (controllers/ownership.py); "
           "the Elector reads the release Lease every poll (controllers/releases.py)"),
     Right("coordination.k8s.io", "leases", "list", _LEASE_CACHE),
     Right("coordination.k8s.io", "leases", "watch", _LEASE_CACHE),
