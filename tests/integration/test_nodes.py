@@ -83,10 +83,12 @@ async def test_twenty_bases_become_ready_nodes_with_labels_and_taints(admin, env
         lease = await admin.get(f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{name}")
         assert lease["spec"]["holderIdentity"] == f"vkprovider-{env_name}"
         assert lease["spec"]["leaseDurationSeconds"] == 20
-        # The Go controller's lease labels, so either controller finds the other's Leases.
+        # The Go controller's lease labels, so either controller finds the other's Leases; plus who manages it and
+        # who holds it (vkprovider's replicas fence themselves by their membership: docs/operations.md).
         assert lease["metadata"]["labels"] == {"virtual-kubelet.koupleless.io/component": "vnode-lease",
                                                "virtual-kubelet.koupleless.io/env": env_name,
-                                               "app.kubernetes.io/managed-by": "vkprovider"}
+                                               "app.kubernetes.io/managed-by": "vkprovider",
+                                               "vkprovider.koupleless.io/holder": f"vkprovider-{env_name}"}
 
 
 async def test_seed_affinity_pod_is_bound_only_to_a_matching_vnode(admin, env_name, namespace, provider_factory,
