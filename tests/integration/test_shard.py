@@ -123,15 +123,18 @@ async def test_each_replica_keeps_whole_only_what_it_holds_and_reads_a_takeover_
         assert (await installs(sim), await uninstalls(sim)) == before
 
         # A third replica joins: what it is handed it keeps whole; what r1 handed away, r1 keeps as skeletons.
-        await start("r3")
-        holders = await wait_until(balanced, 60, interval_s=0.5, what="a share handed to r3")
-        assert "r3" in holders.values()
+        # Its name is one that rendezvous prefers for at least one vnode (the vnode names change with each run's
+        # ENV: with 6 vnodes and two replicas, "r3" alone got none in one run in 64).
+        third = next(f"r{i}" for i in range(3, 100) if any(rendezvous(n, ["r1", f"r{i}"]) == f"r{i}" for n in holders))
+        await start(third)
+        holders = await wait_until(balanced, 60, interval_s=0.5, what=f"a share handed to {third}")
+        assert third in holders.values()
         await wait_until(lambda: kept_as_held(holders), 30, interval_s=0.5,
-                         what="r1 and r3 each keeping whole only what they hold")
+                         what=f"r1 and {third} each keeping whole only what they hold")
         assert await all_ready()
         assert (await installs(sim), await uninstalls(sim)) == before
-        figure(f"shard: r2's {len(taken)} vnodes read whole by r1 at the takeover; r3 handed "
-               f"{sum(1 for h in holders.values() if h == 'r3')} of {BASES}; 0 installs or uninstalls again")
+        figure(f"shard: r2's {len(taken)} vnodes read whole by r1 at the takeover; {third} handed "
+               f"{sum(1 for h in holders.values() if h == third)} of {BASES}; 0 installs or uninstalls again")
     finally:
         for proc in replicas.values():
             proc.kill()
