@@ -30,7 +30,9 @@ rules follow client-go's leaderelection and KWOK's node-lease controller:
   it (``HANDED_TO_LABEL``, written with the new holder by a hand-over and removed by its acquire) and those without
   the holder label (the Go controller's, an older vkprovider's), and reads all of them only at start, when a
   member leaves and once a minute (``observed_here`` says which of those it keeps). A Lease without the label
-  follows the older rule: free once seen unchanged for its duration.
+  follows the older rule: free once seen unchanged for its duration. During a rolling upgrade from an older
+  vkprovider (no label, no membership fencing) one edge is left: a Lease a new replica hands to an old one keeps
+  the label, so it is free once the old replica's membership expires, even were its vnode renewals still landing.
 - **Adoption.** A lease held by this replica's own identity (a restart) is taken back at once; so is one written
   by a controller that is not vkprovider (the Go ModuleController: no ``app.kubernetes.io/managed-by`` label), as
   the migration procedure stops that controller first.
