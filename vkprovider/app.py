@@ -37,11 +37,11 @@ from vkprovider.controllers.bases import BaseRegistry
 from vkprovider.controllers.bizlog import BizLog
 from vkprovider.controllers.drain import BasePodWatch, DrainController
 from vkprovider.controllers.fence import VnodeWrites
+from vkprovider.controllers.membership import MEMBER_LABEL
 from vkprovider.controllers.modules import ModuleController
 from vkprovider.controllers.nodes import NodeController
 from vkprovider.controllers.ownership import (
     LEASE_WRITES_INFLIGHT,
-    MEMBER_LABEL,
     LeaseKeeper,
     lease_client,
     lease_timing,

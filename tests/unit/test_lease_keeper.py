@@ -349,16 +349,22 @@ async def test_a_dead_members_vnodes_are_taken_from_a_sweep_without_watching_its
     assert _patches_of_any(leases, nodes) == sorted(nodes)  # one acquire each, no 409
 
 
-async def test_a_held_vnode_taken_meanwhile_is_given_up_at_its_next_renewal():
-    """A replica does not watch its own Leases (their renewals would be all its watch carries). One taken from it
-    (possible only once it fenced itself) answers its next renewal 409: the vnode is given up then, and known as
-    the other replica's."""
+async def _keeper_beside_other() -> tuple[_Leases, _Clock, LeaseKeeper, list[str]]:
+    """A keeper whose membership is written, with another live replica ("other"), and the vnodes it loses."""
     leases, clock = _Leases(), _Clock()
     keeper = _keeper(leases, clock)
     lost: list[str] = []
     keeper.on_lost.append(lost.append)
     keeper.on_member_change(f"default/vkprovider-{ENV}-other", None, _member("other", "3"))
     await _tick(keeper)
+    return leases, clock, keeper, lost
+
+
+async def test_a_held_vnode_taken_meanwhile_is_given_up_at_its_next_renewal():
+    """A replica does not watch its own Leases (their renewals would be all its watch carries). One taken from it
+    (possible only once it fenced itself) answers its next renewal 409: the vnode is given up then, and known as
+    the other replica's."""
+    leases, clock, keeper, lost = await _keeper_beside_other()
     node = _name(1)
     assert await keeper.claim(node)
     leases.current[node] = _labelled_lease(node, "other", "300")
@@ -378,12 +384,7 @@ async def test_a_held_vnode_taken_meanwhile_is_given_up_at_its_next_renewal():
 
 
 async def test_a_vnode_handed_over_arrives_through_the_hand_over_watch_and_leaves_it_once_taken():
-    leases, clock = _Leases(), _Clock()
-    keeper = _keeper(leases, clock)
-    lost: list[str] = []
-    keeper.on_lost.append(lost.append)
-    keeper.on_member_change(f"default/vkprovider-{ENV}-other", None, _member("other", "3"))
-    await _tick(keeper)
+    leases, clock, keeper, lost = await _keeper_beside_other()
     node = _name(2)
     handed = _labelled_lease(node, "me", "7")
     handed["metadata"]["labels"][own.HANDED_TO_LABEL] = "me"  # type: ignore[index]
