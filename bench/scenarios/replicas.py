@@ -93,6 +93,13 @@ async def window(procs: dict[str, ProviderProcess], seconds: float) -> dict[str,
     return out
 
 
+def per_exchange(measured: dict[str, object]) -> float | None:
+    """CPU-ms per exchange (API request, heartbeat, arklet call, watch event) of one process over a window."""
+    rates = measured["exchanges_per_s"]
+    total = sum(float(v) for v in rates.values()) if isinstance(rates, dict) else 0.0
+    return round(float(measured["cpu"]) * 1000 / total, 3) if total else None  # type: ignore[arg-type]
+
+
 async def idle_replica(b: Bench, seconds: float = 20.0) -> tuple[float, float]:
     """RSS (MiB) and CPU share of a replica serving an ENV with no bases, over ``seconds`` after it is ready: what a
     replica costs before any vnode (the floor every replica pays)."""
@@ -260,6 +267,11 @@ async def run(b: Bench) -> Result:
         "rss_mb_per_replica": rss3,
         "watch_events_per_s_per_replica": [three[n]["events_per_s"] for n in NAMES],
         "watch_events_share_of_one_replica": [round(e / one_events, 3) if one_events else None for e in events3],
+        # what the CPU is spent on: exchanges per second and CPU-ms per exchange, one replica against each of three
+        "one_replica_exchanges_per_s": one["exchanges_per_s"],
+        "exchanges_per_s_per_replica": [three[n]["exchanges_per_s"] for n in NAMES],
+        "one_replica_cpu_ms_per_exchange": per_exchange(one),
+        "cpu_ms_per_exchange_per_replica": [per_exchange(three[n]) for n in NAMES],
         "cpu_ratio_to_one_replica": round(cpu_ratio, 3),
         "rss_ratio_to_one_replica": round(rss_ratio, 3),
         "rss_above_idle_ratio_to_one_replica": round((max(rss3) - floor) / (one_rss - floor), 3)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -179,13 +179,15 @@ class FakeKube:
         self.scripts: list[list[dict[str, Any] | BaseException] | BaseException] = []
         self.list_errors: list[BaseException] = []
 
-    async def list_all(self, path: str, *, params: Mapping[str, Any] | None = None,
-                       page_size: int = 500) -> tuple[list[dict[str, Any]], str, str]:
+    async def list_all(self, path: str, *, params: Mapping[str, Any] | None = None, page_size: int = 500,
+                       each: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None,
+                       ) -> tuple[list[dict[str, Any]], str, str]:
         self.lists += 1
         if self.list_errors:
             raise self.list_errors.pop(0)
         items = [orjson.loads(orjson.dumps(o)) for o in self.objects.values()]
-        return items, str(self.rv), "ConfigMap"
+        mapped = items if each is None else [m for m in map(each, items) if m is not None]
+        return mapped, str(self.rv), "ConfigMap"
 
     async def watch(self, path: str, *, params: Mapping[str, Any] | None = None
                     ) -> AsyncGenerator[dict[str, Any], None]:
@@ -695,3 +697,37 @@ async def test_a_lease_write_on_a_dead_pooled_connection_is_sent_again_on_a_fres
     with pytest.raises(ApiConnectionError):
         await lane.patch("/apis/coordination.k8s.io/v1/namespaces/n/leases/l", {"spec": {}}, kind="merge")
     assert loop.time() - started < 0.9 + 0.2
+
+
+async def test_an_informer_list_trims_each_page_before_it_reads_the_next() -> None:
+    """A LIST of a large ENV is never held whole and untrimmed: the informer keeps (or drops) and trims each page's
+    objects as the page arrives, so the peak is one page of full objects, not the whole ENV's (issue 31: the
+    resident size a replica keeps after its first LIST follows what it caches, not what the apiserver sent)."""
+    asked: list[dict[str, str]] = []
+
+    class _Paged(Kube):
+        def __init__(self) -> None:
+            pass
+
+        async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+            asked.append(dict(kwargs["params"]))
+            page = len(asked)
+            items = [{"metadata": {"name": f"p{page}-{i}", "namespace": "ns", "resourceVersion": "5"},
+                      "spec": {"big": "x" * 100}} for i in range(3)]
+            more = {"continue": f"tok{page}"} if page < 3 else {}
+            return {"kind": "PodList", "apiVersion": "v1", "items": items,
+                    "metadata": {"resourceVersion": "30", **more}}
+
+    trimmed_at: dict[str, int] = {}
+
+    def trim_object(o: dict[str, Any]) -> dict[str, Any]:
+        trimmed_at[o["metadata"]["name"]] = len(asked)
+        return {"metadata": o["metadata"]}
+
+    inf = Informer(_Paged(), "/api/v1/pods", page_size=3, trim_object=trim_object,
+                   keep=lambda o: not o["metadata"]["name"].endswith("-1"))
+    await inf._list()
+    assert trimmed_at == {f"p{p}-{i}": p for p in (1, 2, 3) for i in (0, 2)}  # page p trimmed before p+1 was asked
+    assert sorted(inf.keys()) == sorted(f"ns/p{p}-{i}" for p in (1, 2, 3) for i in (0, 2))
+    assert all("spec" not in o for o in inf.items())
+    assert inf.synced.is_set()

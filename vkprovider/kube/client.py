@@ -23,7 +23,7 @@ import asyncio
 import copy
 import logging
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any, Literal
 from urllib.parse import quote, urlencode
 
@@ -393,12 +393,16 @@ class Kube:
             raise
 
     async def list_all(self, path: str, *, params: Mapping[str, Any] | None = None,
-                       page_size: int = 500, max_restarts: int = 3) -> tuple[list[dict[str, Any]], str, str]:
+                       page_size: int = 500, max_restarts: int = 3,
+                       each: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None,
+                       ) -> tuple[list[dict[str, Any]], str, str]:
         """LIST every item under ``path`` in pages of ``page_size`` (limit/continue).
 
         Returns ``(items, resourceVersion, kind)`` where kind is the item kind (``PodList`` -> ``Pod``). Items get
         ``kind``/``apiVersion`` filled in, which LIST answers leave out. A 410 on a continue token (the snapshot
-        expired mid-way) restarts the LIST from the first page, up to ``max_restarts`` times.
+        expired mid-way) restarts the LIST from the first page, up to ``max_restarts`` times. ``each`` maps every
+        item as its page arrives (``None`` drops it), so a caller that keeps a part of each object never holds the
+        whole LIST untrimmed: the peak is one page.
         """
         restarts = 0
         while True:
@@ -424,7 +428,9 @@ class Kube:
                                 item.setdefault("kind", kind)
                             if api_version:
                                 item.setdefault("apiVersion", api_version)
-                            items.append(item)
+                            mapped = item if each is None else each(item)
+                            if mapped is not None:
+                                items.append(mapped)
                     meta = page.get("metadata") or {}
                     token = meta.get("continue") or None
                     if not token:

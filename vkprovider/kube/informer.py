@@ -243,14 +243,21 @@ class Informer:
         if self._lists:
             self._relists.inc()
         self._lists += 1
-        items, rv, _kind = await self._kube.list_all(self._path, params=self._selectors(),
-                                                     page_size=self._page_size)
-        fresh: dict[str, Obj] = {}
-        for item in items:
+        def take(item: Obj) -> Obj | None:  # each page kept and trimmed as it arrives: never a whole LIST untrimmed
             if self._keep is not None and not self._keep(item):
-                continue
+                return None
             try:
-                kept = self._trim(item)
+                return self._trim(item)
+            except Exception:
+                self._events["INVALID"].inc()
+                log.warning("informer %s: cannot trim a listed object; skipped", self.resource, exc_info=True)
+                return None
+
+        items, rv, _kind = await self._kube.list_all(self._path, params=self._selectors(),
+                                                     page_size=self._page_size, each=take)
+        fresh: dict[str, Obj] = {}
+        for kept in items:
+            try:
                 fresh[self._key(kept)] = kept
             except Exception:
                 self._events["INVALID"].inc()

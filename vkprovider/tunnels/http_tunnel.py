@@ -35,14 +35,13 @@ from vkprovider.serving import Served
 from vkprovider.tunnels import metrics
 from vkprovider.tunnels.base import BaseEvents, TunnelError
 from vkprovider.tunnels.batch import BatchSupport, install_one_by_one
-from vkprovider.tunnels.metrics import HEARTBEATS_TOTAL, TUNNEL_REQUEST_SECONDS
 
 log = logging.getLogger(__name__)
 
 TUNNEL_NAME: Final = "http"
 _T = TypeVar("_T")
 
-metrics.precreate(TUNNEL_NAME)
+METRICS = metrics.TunnelMetrics.create(TUNNEL_NAME)
 
 _QUERY_ATTEMPTS: Final = 3
 _ARKLET_HEADERS: Final = (("Content-Type", "application/json"), ("Connection", "close"))
@@ -209,7 +208,7 @@ class HttpTunnel:
         """A request refused before it was whole (body too large or too slow, malformed): counted like the
         handler's own refusals."""
         if path == "/heartbeat":
-            HEARTBEATS_TOTAL.labels(TUNNEL_NAME, {413: "too_large", 408: "timeout"}.get(status, "invalid")).inc()
+            METRICS.heartbeats[{413: "too_large", 408: "timeout"}.get(status, "invalid")].inc()
 
     def _credential(self, request: http1.Request) -> _Credential | http1.Response:
         """The credential a request carries, or the 401 to answer."""
@@ -308,7 +307,7 @@ class HttpTunnel:
             log.exception("heartbeat handling failed")
             return _error("internal error", 500)
         finally:
-            HEARTBEATS_TOTAL.labels(TUNNEL_NAME, result).inc()
+            METRICS.heartbeats[result].inc()
 
     def _on_query_baseline(self, request: http1.Request) -> http1.Response:
         credential = self._credential(request)
@@ -391,7 +390,7 @@ class HttpTunnel:
             result = "timeout"
             raise
         finally:
-            TUNNEL_REQUEST_SECONDS.labels(TUNNEL_NAME, command, result).observe(time.perf_counter() - started)
+            METRICS.requests[command, result].observe(time.perf_counter() - started)
 
     async def _attempts(
         self, base: BaseHeartbeat, command: str, body: bytes, timeout_s: float, idempotent: bool

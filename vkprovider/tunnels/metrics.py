@@ -1,12 +1,15 @@
 """Prometheus metrics shared by every tunnel.
 
 A metric name can be registered only once per process, and both tunnels report heartbeats and command durations
-under the same names (told apart by the ``tunnel`` label), so the metric objects live here and each tunnel imports
-them and pre-creates its own label sets.
+under the same names (told apart by the ``tunnel`` label), so the metric objects live here and each tunnel creates
+its own label sets up front and keeps them (``TunnelMetrics``): a heartbeat or a command counts into its child
+directly, without prometheus-client's ``labels`` lookup (a lock and a validation on every call, about 1 % of the
+steady state's CPU at 80 heartbeats a second).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
 
 from prometheus_client import Counter, Histogram
@@ -27,10 +30,15 @@ TUNNEL_REQUEST_SECONDS = Histogram(
 )
 
 
-def precreate(tunnel: str) -> None:
-    """Create every label set of ``tunnel`` up front, so dashboards see zeros rather than missing series."""
-    for result in HEARTBEAT_RESULTS:
-        HEARTBEATS_TOTAL.labels(tunnel, result)
-    for command in COMMANDS:
-        for result in REQUEST_RESULTS:
-            TUNNEL_REQUEST_SECONDS.labels(tunnel, command, result)
+@dataclass(frozen=True, slots=True)
+class TunnelMetrics:
+    """One tunnel's label sets of the shared metrics, created up front (dashboards see zeros, not missing series)."""
+
+    heartbeats: dict[str, Counter]  # by result
+    requests: dict[tuple[str, str], Histogram]  # by (command, result)
+
+    @classmethod
+    def create(cls, tunnel: str) -> TunnelMetrics:
+        return cls({result: HEARTBEATS_TOTAL.labels(tunnel, result) for result in HEARTBEAT_RESULTS},
+                   {(command, result): TUNNEL_REQUEST_SECONDS.labels(tunnel, command, result)
+                    for command in COMMANDS for result in REQUEST_RESULTS})

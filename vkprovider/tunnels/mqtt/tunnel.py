@@ -33,7 +33,6 @@ from vkprovider.core.model import (
 from vkprovider.tunnels import metrics
 from vkprovider.tunnels.base import BaseEvents, TunnelError
 from vkprovider.tunnels.batch import BatchSupport, install_one_by_one
-from vkprovider.tunnels.metrics import HEARTBEATS_TOTAL, TUNNEL_REQUEST_SECONDS
 from vkprovider.tunnels.mqtt.answers import (
     AnswerTimeout,
     BizListOrder,
@@ -70,7 +69,7 @@ MQTT_DROPPED_TOTAL = Counter(
 )
 for _reason in DROP_REASONS:
     MQTT_DROPPED_TOTAL.labels(_reason)
-metrics.precreate(TUNNEL_NAME)
+METRICS = metrics.TunnelMetrics.create(TUNNEL_NAME)
 
 _T = TypeVar("_T")
 
@@ -218,7 +217,7 @@ class MqttTunnel:
                 raise MessageDropped("invalid", f"heartbeat of {identity}: {refused.reason}")
             result = "accepted"
         finally:
-            HEARTBEATS_TOTAL.labels(TUNNEL_NAME, result).inc()
+            METRICS.heartbeats[result].inc()
 
     def _on_query_baseline(self, identity: str, data: Any) -> None:
         if not isinstance(data, Mapping):
@@ -434,7 +433,7 @@ async def _timed(command: str, call: Awaitable[_T], judge: Callable[[_T], bool])
         result = "timeout"
         raise
     finally:
-        TUNNEL_REQUEST_SECONDS.labels(TUNNEL_NAME, command, result).observe(time.perf_counter() - started)
+        METRICS.requests[command, result].observe(time.perf_counter() - started)
 
 
 def _succeeded(answer: Mapping[str, Any]) -> bool:
