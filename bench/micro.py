@@ -4,6 +4,7 @@
     python -m bench.micro heartbeat  # no cluster needed
     python -m bench.micro patch      # starts the local control plane in .local/micro-cluster
     python -m bench.micro probes     # no cluster needed (about 50 s)
+    python -m bench.micro watches    # starts the local control plane in .local/micro-cluster (about 3 minutes)
 
 - heartbeat: a client process sends heartbeats at 100 a second over keep-alive connections; the server process's
   CPU per heartbeat is measured for a bare aiohttp handler and for vkprovider's heartbeat listener (HttpTunnel on
@@ -16,6 +17,12 @@
   share of one core it takes at that rate, and the CPU of one ``sync`` of an unchanged pod (the controller calls it
   for every pod after each pass over a base).
 
+- watches: the two ways a replica could see the module pods it serves (issue 31), each in a child process of its own:
+  one pod watch of the whole ENV, as vkprovider does (its own vnodes' pods trimmed, the others' kept as skeletons),
+  and one watch per vnode it holds, as a kubelet does (``fieldSelector=spec.nodeName``, its pods trimmed). 900
+  vnodes with one module pod each, a replica holding 300 of them: the watching process's RSS above a bare client,
+  its CPU over a window in which every pod changes once, and the apiserver's RSS growth for the watches.
+
 Process CPU (time.process_time) over a fixed amount of work, so it does not depend on the machine's other load as
 much as wall time does; on a 2-core machine run it alone.
 """
@@ -23,7 +30,9 @@ much as wall time does; on a 2-core machine run it alone.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import os
 import subprocess
 import sys
 import time
@@ -188,6 +197,104 @@ def cluster(action: str) -> None:
     subprocess.run([*cmd, "--purge"] if action == "down" else cmd, check=action == "up", capture_output=True)
 
 
+# ------------------------------------------------------------------------------------------------ watches
+
+WATCH_VNODES = 900  # the ENV's vnodes, one module pod each
+WATCH_HELD = 300  # the share of one replica of three
+WATCH_NAMESPACE = "micro-watches"
+WATCH_LABEL = "micro.vkprovider.io/watches"
+
+
+async def watch_client(mode: str) -> None:
+    """A replica's pod view in one process (``whole`` or ``per-vnode``): prints its RSS once synced, then, after the
+    parent changed every pod once, its CPU seconds and the events it received."""
+    from bench.procstat import sample
+    from vkprovider.core.module import pod_skeleton, trim_pod
+    from vkprovider.kube.informer import Informer
+
+    kube = await Kube.connect(str(CLUSTER_DIR / "admin.kubeconfig"))
+    await kube.get("/version")
+    held = {f"micro-vnode-{i}" for i in range(WATCH_HELD)}
+    bare = sample(os.getpid()).rss_bytes
+    events = [0]
+
+    def seen(key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        events[0] += 1
+
+    def trim(pod: dict[str, Any]) -> dict[str, Any]:
+        return trim_pod(pod) if (pod.get("spec") or {}).get("nodeName") in held else pod_skeleton(pod)
+
+    path = f"/api/v1/namespaces/{WATCH_NAMESPACE}/pods"
+    if mode == "whole":
+        informers = [Informer(kube, path, label_selector=WATCH_LABEL, trim_object=trim, on_change=seen,
+                              page_size=100)]
+    else:
+        informers = [Informer(kube, path, field_selector=f"spec.nodeName={node}", trim_object=trim_pod,
+                              on_change=seen, resource=f"pods-{node}") for node in sorted(held)]
+    tasks = [asyncio.create_task(inf.run()) for inf in informers]
+    await asyncio.gather(*(inf.synced.wait() for inf in informers))
+    gc.collect()
+    cpu0 = time.process_time()
+    print(f"synced {sample(os.getpid()).rss_bytes - bare} {len(informers)}", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)  # the parent changed every pod
+    await asyncio.sleep(5)  # the last events arrive
+    print(f"done {time.process_time() - cpu0} {events[0]}", flush=True)
+    for task in tasks:
+        task.cancel()
+    await kube.close()
+
+
+async def watches() -> dict[str, float]:
+    """Both candidates against one local control plane (see the module docstring)."""
+    from bench.objects import module_deployment
+    from bench.procstat import sample
+
+    kube = await Kube.connect(str(CLUSTER_DIR / "admin.kubeconfig"))
+    pgrep = await asyncio.create_subprocess_exec("pgrep", "-f", f"kube-apiserver.*{CLUSTER_DIR}",
+                                                 stdout=subprocess.PIPE)
+    apiserver = int((await pgrep.communicate())[0].split()[0])
+    await kube.create("/api/v1/namespaces", {"metadata": {"name": WATCH_NAMESPACE}})
+    template = module_deployment(1, 1, "1.0.0", fake_nodes=True)["spec"]["template"]
+    gate = asyncio.Semaphore(32)
+
+    async def pod(i: int) -> None:
+        body = {"metadata": {"name": f"module-{i}", "labels": {**template["metadata"]["labels"], WATCH_LABEL: "1"}},
+                "spec": {**template["spec"], "nodeName": f"micro-vnode-{i}"}}
+        body["spec"].pop("nodeSelector", None)
+        body["spec"].pop("topologySpreadConstraints", None)
+        async with gate:
+            await kube.create(f"/api/v1/namespaces/{WATCH_NAMESPACE}/pods", body)
+
+    async def touch(i: int, round_: int) -> None:
+        async with gate:
+            await kube.patch(f"/api/v1/namespaces/{WATCH_NAMESPACE}/pods/module-{i}",
+                             {"metadata": {"annotations": {"micro.vkprovider.io/round": str(round_)}}}, kind="merge")
+
+    await asyncio.gather(*(pod(i) for i in range(WATCH_VNODES)))
+    found: dict[str, float] = {}
+    for round_, mode in enumerate(("whole", "per-vnode"), start=1):
+        before = sample(apiserver).rss_bytes
+        child = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.micro", "watch-client", mode,
+                                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=ROOT)
+        assert child.stdin is not None and child.stdout is not None
+        _, grown, count = (await child.stdout.readline()).decode().split()
+        await asyncio.sleep(10)
+        apiserver_grown = sample(apiserver).rss_bytes - before
+        await asyncio.gather(*(touch(i, round_) for i in range(WATCH_VNODES)))
+        child.stdin.write(b"go\n")
+        await child.stdin.drain()
+        _, cpu, events = (await child.stdout.readline()).decode().split()
+        await child.wait()
+        key = mode.replace("-", "_")
+        found[f"watches_{key}_watches"] = float(count)
+        found[f"watches_{key}_rss_mb"] = round(int(grown) / 2**20, 1)
+        found[f"watches_{key}_apiserver_rss_mb"] = round(apiserver_grown / 2**20, 1)
+        found[f"watches_{key}_cpu_ms_for_{WATCH_VNODES}_changes"] = round(float(cpu) * 1000, 1)
+        found[f"watches_{key}_events"] = float(events)
+    await kube.close()
+    return found
+
+
 # ------------------------------------------------------------------------------------------------ probes
 
 PROBE_PODS = 1000
@@ -266,6 +373,13 @@ async def main(which: list[str]) -> dict[str, float]:
             found[f"heartbeat_server_cpu_ms_{kind}"] = await heartbeat_server(kind)
     if "probes" in which:
         found.update(await probes())
+    if "watches" in which:
+        cluster("down")
+        cluster("up")
+        try:
+            found.update(await watches())
+        finally:
+            cluster("down")
     if "patch" in which:
         cluster("down")
         cluster("up")
@@ -281,6 +395,9 @@ async def main(which: list[str]) -> dict[str, float]:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["heartbeat-client"]:
         uvloop.run(heartbeat_client(int(sys.argv[2])))
+        sys.exit(0)
+    if sys.argv[1:2] == ["watch-client"]:
+        uvloop.run(watch_client(sys.argv[2]))
         sys.exit(0)
     if sys.argv[1:2] == ["probe-server"]:
         uvloop.run(probe_server())
