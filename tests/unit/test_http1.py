@@ -8,6 +8,7 @@ not asyncio's classes, which once broke the first version of this module under u
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import ssl
 import struct
@@ -105,6 +106,70 @@ def test_a_pool_keeps_one_connection_for_requests_in_turn(run: Runner) -> None:
             await pool.close()
 
     run(scenario())
+
+
+def test_a_pool_closes_the_connections_a_burst_opened_once_they_idle_past_idle_s(run: Runner) -> None:
+    """A burst of requests at once opens one connection each; once the burst is over they must not stay open for
+    good while requests in turn keep reusing the newest one (each idle TLS connection to the apiserver holds tens of
+    KB: after a 1,000-base start, hundreds of them were most of a replica's memory)."""
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            await asyncio.sleep(0.05)  # slow enough that a burst needs a connection per request
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    async def scenario() -> None:
+        async with Scripted(script) as server:
+            pool = http1.Pool("127.0.0.1", server.port, idle_s=0.3)
+            await asyncio.gather(*(pool.request(get(), timeout_s=5) for _ in range(8)))
+            assert len(pool) == 8
+            loop = asyncio.get_running_loop()
+            until = loop.time() + 1.0
+            while loop.time() < until:  # requests in turn, past the idle time of the burst's connections
+                await pool.request(get(), timeout_s=5)
+            assert len(pool) == 1
+            await pool.close()
+
+    run(scenario())
+
+
+def live(kind: type) -> int:
+    """Instances of ``kind`` still alive (gc.get_objects sees them with the collector off too)."""
+    return sum(1 for o in gc.get_objects() if isinstance(o, kind))
+
+
+def test_a_closed_client_connection_is_freed_without_the_cycle_collector(run: Runner) -> None:
+    """A connection, its parser and its transport refer to each other while it is open; once closed, reference
+    counting alone must free them. vkprovider runs the cycle collector rarely (``cli.tune_gc``): before, every arklet
+    call's and every dropped API connection's objects waited for it, thousands at once at 600 bases."""
+    async def arklet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\n{}")
+        await writer.drain()
+
+    async def keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+            await writer.drain()
+
+    async def scenario() -> None:
+        connection = http1.client._ClientConnection
+        async with Scripted(arklet) as one_shot, Scripted(keep_alive) as pooled:
+            before = live(connection)
+            for _ in range(5):
+                await http1.exchange("127.0.0.1", one_shot.port, post(b"{}"), timeout_s=5, limit=100)
+            pool = http1.Pool("127.0.0.1", pooled.port)
+            await asyncio.gather(*(pool.request(get(), timeout_s=5) for _ in range(3)))
+            await pool.close()
+            await wait_for(lambda: live(connection) == before, timeout=5)
+
+    gc.disable()
+    try:
+        run(scenario())
+    finally:
+        gc.enable()
 
 
 def test_an_answer_without_a_length_ends_at_eof_and_its_size_is_capped(run: Runner) -> None:
@@ -477,6 +542,27 @@ def test_requests_on_one_connection_are_answered_in_order(run: Runner) -> None:
             assert served.guard.open == 0 and served.guard.incomplete == 0
 
     run(scenario())
+
+
+def test_a_closed_server_connection_is_freed_without_the_cycle_collector(run: Runner) -> None:
+    """The heartbeat listener's connections too (see the client's test): a base opens one per heartbeat."""
+    async def scenario() -> None:
+        async with Served() as served:
+            before = live(http1.ServerConnection)
+            for _ in range(5):
+                reader, writer = await served.connect()
+                writer.write(post(b"{}"))
+                assert await answers(reader, 1) == [(200, b"SUCCESS")]
+                writer.close()
+            await wait_for(lambda: served.guard.open == 0, timeout=5)
+            served.transports.clear()
+            await wait_for(lambda: live(http1.ServerConnection) == before, timeout=5)
+
+    gc.disable()
+    try:
+        run(scenario())
+    finally:
+        gc.enable()
 
 
 def test_too_large_too_slow_and_malformed_requests_are_refused_and_closed(run: Runner) -> None:
