@@ -37,15 +37,11 @@ from vkprovider.controllers.bases import BaseRegistry
 from vkprovider.controllers.bizlog import BizLog
 from vkprovider.controllers.drain import BasePodWatch, DrainController
 from vkprovider.controllers.fence import VnodeWrites
+from vkprovider.controllers.leases import lease_client, lease_timing
 from vkprovider.controllers.membership import MEMBER_LABEL
 from vkprovider.controllers.modules import ModuleController
 from vkprovider.controllers.nodes import NodeController
-from vkprovider.controllers.ownership import (
-    LEASE_WRITES_INFLIGHT,
-    LeaseKeeper,
-    lease_client,
-    lease_timing,
-)
+from vkprovider.controllers.ownership import LEASE_WRITES_INFLIGHT, LeaseKeeper
 from vkprovider.controllers.releases import ReleaseController
 from vkprovider.controllers.shard import Shard
 from vkprovider.core import node as vnode
@@ -218,8 +214,8 @@ class Provider:
                            resource="leases-member")
         self.pods = pods = module_pods(kube, s.env, trim_module=shard.trim_pod)
         shard.bind(nodes, pods)
-        keeper.on_foreign.append(shard.on_foreign)
-        keeper.loader = shard.load
+        keeper.gains.on_foreign.append(shard.on_foreign)
+        keeper.gains.loader = shard.load
         releases = self.release_controller = ReleaseController(s, kube, events, nodes=nodes, pods=pods,
                                                                members=keeper.live_members, clock=self.clock,
                                                                wall=wall)
@@ -254,8 +250,8 @@ class Provider:
         pods.subscribe(releases.on_pod_change)
         pods.subscribe(drain.on_pod_change)
         releases.on_gate_changed.append(module_controller.on_base_changed)
-        keeper.on_gained += [node_controller.on_gained, module_controller.on_gained]
-        keeper.on_lost += [node_controller.on_lost, module_controller.on_lost, drain.on_lost]
+        keeper.gains.on_gained += [node_controller.on_gained, module_controller.on_gained]
+        keeper.gains.on_lost += [node_controller.on_lost, module_controller.on_lost, drain.on_lost]
         node_controller.on_base_changed += [module_controller.on_base_changed, drain.on_base_changed]
 
         spawn = self.supervisor.spawn

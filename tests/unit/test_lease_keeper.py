@@ -151,7 +151,7 @@ async def test_a_vnode_whose_renewals_fail_is_fenced_at_its_renew_deadline():
     leases, clock = _Leases(), _Clock()
     keeper = _keeper(leases, clock)
     lost: list[tuple[str, float]] = []
-    keeper.on_lost.append(lambda node: lost.append((node, clock.now)))
+    keeper.gains.on_lost.append(lambda node: lost.append((node, clock.now)))
     assert await keeper.claim(_name(1))
     claimed_at = clock.now
     leases.failing = True
@@ -240,7 +240,7 @@ async def test_a_stalled_membership_renewal_does_not_hold_up_the_vnode_renewals(
     leases, clock = StalledMembership(), _Clock()
     keeper = _keeper(leases, clock)
     lost: list[str] = []
-    keeper.on_lost.append(lost.append)
+    keeper.gains.on_lost.append(lost.append)
     await _tick(keeper)  # creates the membership Lease (answered)
     written = clock.now
     for i in range(20):
@@ -295,7 +295,7 @@ async def test_a_renewal_that_landed_twice_is_still_ours():
     leases, clock = LandedTwice(), _Clock()
     keeper = _keeper(leases, clock)
     lost: list[str] = []
-    keeper.on_lost.append(lost.append)
+    keeper.gains.on_lost.append(lost.append)
     assert await keeper.claim(_name(1))
     while not stamps:
         clock.now += TICK_S
@@ -354,7 +354,7 @@ async def _keeper_beside_other() -> tuple[_Leases, _Clock, LeaseKeeper, list[str
     leases, clock = _Leases(), _Clock()
     keeper = _keeper(leases, clock)
     lost: list[str] = []
-    keeper.on_lost.append(lost.append)
+    keeper.gains.on_lost.append(lost.append)
     keeper.on_member_change(f"default/vkprovider-{ENV}-other", None, _member("other", "3"))
     await _tick(keeper)
     return leases, clock, keeper, lost

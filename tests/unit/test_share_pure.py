@@ -169,7 +169,7 @@ async def test_a_vnode_is_foreign_while_its_lease_names_another_replica() -> Non
     leases, clock = _Leases(), _Clock()
     keeper = _keeper(leases, clock)
     became: list[str] = []
-    keeper.on_foreign.append(became.append)
+    keeper.gains.on_foreign.append(became.append)
     mine, theirs, nobodys = _name(1), _name(2), _name(3)
     assert await keeper.claim(mine)
     keeper.on_lease_change(f"kube-node-lease/{mine}", None, _foreign_lease(mine, "me", "1"))
@@ -191,9 +191,9 @@ async def test_a_vnode_gained_from_another_replica_is_fenced_until_read_whole_th
         reads.append(name)
         await release.wait()
 
-    keeper.loader = load
+    keeper.gains.loader = load
     gained: list[str] = []
-    keeper.on_gained.append(gained.append)
+    keeper.gains.on_gained.append(gained.append)
     keeper.on_lease_change(f"kube-node-lease/{node}", None, _foreign_lease(node, "other", "5"))
     assert keeper.foreign(node)
     # The other replica hands it over: this replica adopts it (a write), and reads it whole before acting.
@@ -216,9 +216,9 @@ async def test_a_vnode_this_replica_never_saw_held_elsewhere_is_gained_at_once()
     async def load(name: str) -> None:
         raise AssertionError("a whole cache needs no read")
 
-    keeper.loader = load
+    keeper.gains.loader = load
     gained: list[str] = []
-    keeper.on_gained.append(gained.append)
+    keeper.gains.on_gained.append(gained.append)
     assert await keeper.claim(_name(1))  # a new base
     keeper.on_lease_change(f"kube-node-lease/{_name(2)}", None, _foreign_lease(_name(2), "me", "3"))  # a restart
     await _tick(keeper)
@@ -239,11 +239,11 @@ async def test_a_failed_read_is_tried_again_and_a_vnode_lost_meanwhile_is_never_
         if name == other:
             await stuck.wait()
 
-    keeper.loader = load
+    keeper.gains.loader = load
     gained: list[str] = []
     lost: list[str] = []
-    keeper.on_gained.append(gained.append)
-    keeper.on_lost.append(lost.append)
+    keeper.gains.on_gained.append(gained.append)
+    keeper.gains.on_lost.append(lost.append)
     for name in (node, other):
         keeper.on_lease_change(f"kube-node-lease/{name}", None, _foreign_lease(name, "other", "5"))
         keeper.on_lease_change(f"kube-node-lease/{name}", None, _handed_to_me(name, "6"))
@@ -256,7 +256,7 @@ async def test_a_failed_read_is_tried_again_and_a_vnode_lost_meanwhile_is_never_
     assert keeper.hold(other) is Hold.FENCED
     keeper._lose(other, "taken")  # lost while it was being read: the controllers never hear of it
     await asyncio.sleep(0)
-    assert lost == [] and gained == [node] and keeper.hold(other) is Hold.LOST and other not in keeper._loading
+    assert lost == [] and gained == [node] and keeper.hold(other) is Hold.LOST and not keeper.gains.loading(other)
 
 
 # --- the share: trims by the owners, shrinks a vnode handed away, reads one gained ----------------------------------

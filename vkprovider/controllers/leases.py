@@ -2,7 +2,7 @@
 replica's membership Lease and the release writer's Lease alike.
 
 Every write but a create carries the resourceVersion it was decided on (a 409 means somebody else wrote the Lease
-meanwhile) and goes through the Lease lane of the kube facade (``ownership.lease_client``: a time budget below the
+meanwhile) and goes through the Lease lane of the kube facade (``lease_client``: a time budget below the
 renew deadline, one retry on a fresh connection). A write retried after its first answer was lost may meet the
 version its own first copy made: a 409 is therefore resolved by reading the Lease - it names us with the
 ``renewTime`` stamp we wrote (our write landed), it names us with another stamp (someone else touched it: write
@@ -18,10 +18,24 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from vkprovider.config import Settings
 from vkprovider.core import ownership as own
-from vkprovider.kube.client import ApiError
+from vkprovider.kube.client import ApiError, Kube
 
 log = logging.getLogger(__name__)
+
+
+def lease_timing(settings: Settings) -> own.Timing:
+    return own.Timing(lease_duration_s=settings.node_lease_duration_s, renew_interval_s=settings.node_lease_renew_s,
+                      renew_deadline_s=settings.node_lease_renew_deadline_s)
+
+
+def lease_client(kube: Kube, timing: own.Timing, max_inflight: int) -> Kube:
+    """The client a Lease writer uses: its own bound on requests in flight (a renewal never waits behind bulk
+    writes), each request within the Lease write budget, and its writes safe to send twice (each carries the
+    resourceVersion it was decided on, or, for the membership renewal, only a renewTime)."""
+    budget = own.lease_write_budget(timing)
+    return kube.lane(max_inflight, timeout_s=budget.attempt_s, total_s=budget.total_s, repeatable=True)
 
 
 class LeaseApi(Protocol):

@@ -2,8 +2,8 @@
 
 The decisions are ``core.ownership``'s (observed time on the local clock, resourceVersion preconditions, fencing
 by renew deadline and by membership, rendezvous spread over live replicas); this module observes Leases, carries
-the decisions out, and tells the node and module controllers when a vnode is gained or lost. Everything that
-writes for a vnode asks ``may_write(node)`` right before writing.
+the decisions out, and tells ``controllers.gains`` when a vnode is gained or lost (which tells the node and module
+controllers). Everything that writes for a vnode asks ``may_write(node)`` right before writing.
 
 What it watches does not grow with its share (issue 31, ``core.ownership``: membership fencing): the vnode Leases
 being handed over to it and those with no holder label (two informers in ``kube-node-lease``: in a steady state
@@ -23,7 +23,7 @@ decisions a second (due, then landed, per renewal), not two thousand. A change o
 vnode again. A tick that comes far too late means the process was stalled (SIGSTOP, swapping): every observation is
 then restarted from now, because what was "unchanged for a lease duration" was only unseen.
 
-Every Lease write goes through a lane of its own (``lease_client``) bounded by ``core.ownership.lease_write_budget``:
+Every Lease write goes through a lane of its own (``leases.lease_client``) bounded by ``core.ownership.lease_write_budget``:
 an attempt that gets no answer is sent once more on a fresh connection, all of it before the renew deadline; a
 copy that lands twice answers 409, and the writer finds its own renewTime in the Lease (``_after_conflict``).
 
@@ -39,7 +39,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,11 +48,11 @@ from prometheus_client import Counter, Gauge, Histogram
 from vkprovider.config import Settings
 from vkprovider.controllers.bases import Clock
 from vkprovider.controllers.fence import Hold
-from vkprovider.controllers.leases import LeaseWriter
+from vkprovider.controllers.gains import Gains
+from vkprovider.controllers.leases import LeaseWriter, lease_timing
 from vkprovider.controllers.membership import Membership
 from vkprovider.core import node as vnode
 from vkprovider.core import ownership as own
-from vkprovider.core.backoff import API_CALL as LOAD_BACKOFF
 from vkprovider.kube.client import ApiError, Kube
 from vkprovider.kube.events import EventRecorder
 
@@ -83,19 +83,6 @@ RENEW_SECONDS = Histogram(
 STALLS = Counter("vkprovider_stalls_total", "Times this process found it had not run for a while.")
 for _event in ("acquired", "lost", "handed_over", "released", "renew_failed", "conflict"):
     LEASE_EVENTS.labels(_event)
-
-
-def lease_timing(settings: Settings) -> own.Timing:
-    return own.Timing(lease_duration_s=settings.node_lease_duration_s, renew_interval_s=settings.node_lease_renew_s,
-                      renew_deadline_s=settings.node_lease_renew_deadline_s)
-
-
-def lease_client(kube: Kube, timing: own.Timing, max_inflight: int) -> Kube:
-    """The client a Lease writer uses: its own bound on requests in flight (a renewal never waits behind bulk
-    writes), each request within the Lease write budget, and its writes safe to send twice (each carries the
-    resourceVersion it was decided on, or, for the membership renewal, only a renewTime)."""
-    budget = own.lease_write_budget(timing)
-    return kube.lane(max_inflight, timeout_s=budget.attempt_s, total_s=budget.total_s, repeatable=True)
 
 
 class LeaseKeeper:
@@ -138,15 +125,8 @@ class LeaseKeeper:
         self._schedule = own.DecisionSchedule()  # when each vnode is to be decided again
         self.decisions = 0  # vnode decisions made (a unit test's measure of the tick's work)
         UNHELD.set_function(self._unheld_count)
-        self.on_gained: list[Callable[[str], None]] = []
-        self.on_lost: list[Callable[[str], None]] = []
-        # The share (issue 31, module docstring): vnodes whose Lease names another replica are "foreign" and their
-        # Nodes and pods are kept as skeletons (``controllers.shard``); ``on_foreign(node)`` says when one becomes so.
-        # A vnode gained after that is read whole again (``loader``) before anything acts for it.
-        self.on_foreign: list[Callable[[str], None]] = []
-        self.loader: Callable[[str], Awaitable[None]] | None = None
-        self._shrunk: set[str] = set()  # became foreign since last read whole
-        self._loading: dict[str, asyncio.Task[None]] = {}
+        # What the controllers are told: a vnode gained (read whole first when it was foreign), lost, or foreign.
+        self.gains = Gains(held=lambda node: node in self._held, foreign=self.foreign, loaded=self._schedule.touch)
         # Which Leases this replica watches (its own label, and none: ``core.ownership``, membership fencing): the
         # holder of every vnode Lease as last read (watched or swept), and which of them the watches carry now.
         self._holders: dict[str, str] = {}
@@ -166,14 +146,14 @@ class LeaseKeeper:
         if held is None:
             return Hold.LOST
         now = self.clock()
-        return (Hold.FENCED if node in self._loading or own.fenced(held, now, self.timing)
+        return (Hold.FENCED if self.gains.loading(node) or own.fenced(held, now, self.timing)
                 or self.membership.blocks(now) else Hold.HELD)
 
     def may_write(self, node: str) -> bool:
         """True only while this replica holds ``node``'s Lease and renewed it before the renew deadline (and has
         read the vnode whole, when it was another replica's)."""
         held = self._held.get(node)
-        if held is None or node in self._loading:
+        if held is None or self.gains.loading(node):
             return False
         now = self.clock()
         return not own.fenced(held, now, self.timing) and not self.membership.blocks(now)
@@ -187,12 +167,6 @@ class LeaseKeeper:
         """Whether ``node`` has a Lease, as far as this replica read (a base with none is claimed by a create)."""
         return node in self._held or node in self._holders or node in self._observed
 
-    def _check_foreign(self, node: str) -> None:
-        if node not in self._shrunk and self.foreign(node):
-            self._shrunk.add(node)
-            for callback in self.on_foreign:
-                callback(node)
-
     def held_nodes(self) -> list[str]:
         return [n for n in self._held if self.may_write(n)]
 
@@ -201,7 +175,7 @@ class LeaseKeeper:
         until it lands. Whoever skipped work because of it looks again shortly (see ``FENCED_RETRY_S``)."""
         held = self._held.get(node)
         now = self.clock()
-        return held is not None and (node in self._loading or own.fenced(held, now, self.timing)
+        return held is not None and (self.gains.loading(node) or own.fenced(held, now, self.timing)
                                      or self.membership.blocks(now))
 
     def held_count(self) -> int:
@@ -266,7 +240,7 @@ class LeaseKeeper:
             self._schedule.touch(node)
         elif self._observed.pop(node, None) is not None:
             self._schedule.touch(node)
-        self._check_foreign(node)
+        self.gains.check_foreign(node)
         return facts
 
     def _forget(self, node: str) -> None:
@@ -439,8 +413,6 @@ class LeaseKeeper:
 
         await asyncio.gather(*(refresh(n) for n in list(self._stale)[:200]))
 
-    # --- membership ---------------------------------------------------------------------------------------
-
     # --- acting ---------------------------------------------------------------------------------------------
 
     def _lease_path(self) -> str:
@@ -531,7 +503,7 @@ class LeaseKeeper:
         elif not self._scoped(node):
             self._observed.pop(node, None)  # a live member's now: nothing to decide here
             self._holders[node] = to
-            self._check_foreign(node)
+            self.gains.check_foreign(node)
         return handed
 
     def _own_write(self, node: str, version: str, transitions: int | None = None) -> None:
@@ -555,43 +527,10 @@ class LeaseKeeper:
         self._schedule.touch(node)
         if fresh:
             self._held_since[node] = self.clock()
-        if fresh:
             LEASE_EVENTS.labels("acquired").inc()
             if why:
                 log.info("holding vnode %s (%s)", node, why, extra={"node": node})
-            if node in self._shrunk and self.loader is not None:
-                # Its Node and pods are skeletons here: read them whole before anyone acts (fenced meanwhile).
-                self._loading[node] = asyncio.create_task(self._load(node), name=f"load-{node}")
-                return
-            self._gained(node)
-
-    def _gained(self, node: str) -> None:
-        for callback in self.on_gained:
-            callback(node)
-
-    async def _load(self, node: str) -> None:
-        """Read a gained vnode's Node and pods whole (``loader``), then tell the controllers it is held. A read
-        that fails is tried again (the vnode stays fenced) until it succeeds or the vnode is lost."""
-        assert self.loader is not None
-        failures = 0
-        try:
-            while node in self._held:
-                try:
-                    await self.loader(node)
-                    break
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    failures += 1
-                    log.warning("reading vnode %s whole failed (%s); trying again", node, exc, extra={"node": node})
-                    await asyncio.sleep(LOAD_BACKOFF.delay(failures, random.random))
-        finally:
-            if self._loading.get(node) is asyncio.current_task():
-                del self._loading[node]
-        if node in self._held:
-            self._shrunk.discard(node)
-            self._schedule.touch(node)
-            self._gained(node)
+            self.gains.gained(node)
 
     def _lose(self, node: str, why: str, *, handed_over: bool = False) -> None:
         self._held_since.pop(node, None)
@@ -600,13 +539,7 @@ class LeaseKeeper:
             return
         LEASE_EVENTS.labels("handed_over" if handed_over else "lost").inc()
         log.info("no longer acting for vnode %s: %s", node, why, extra={"node": node})
-        loading = self._loading.pop(node, None)
-        if loading is not None:
-            loading.cancel()  # the controllers were never told it was gained: nothing to undo
-        else:
-            for callback in self.on_lost:
-                callback(node)
-        self._check_foreign(node)
+        self.gains.lost(node)
 
     async def drop(self, node: str) -> None:
         """The base is gone for good: give the vnode up and delete its Lease (only the version we hold)."""

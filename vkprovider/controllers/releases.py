@@ -31,8 +31,7 @@ from prometheus_client import Counter, Gauge
 
 from vkprovider.config import Settings
 from vkprovider.controllers.bases import Clock
-from vkprovider.controllers.leases import LeaseWriter
-from vkprovider.controllers.ownership import lease_client, lease_timing
+from vkprovider.controllers.leases import LeaseWriter, lease_client, lease_timing
 from vkprovider.controllers.queue import WorkQueue
 from vkprovider.core import ownership as own
 from vkprovider.core import release as rel

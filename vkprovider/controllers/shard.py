@@ -14,7 +14,7 @@ The rules:
 - **Trimmed at arrival.** The informers trim each object as it is listed or watched (``trim_node``, ``trim_pod``),
   by what the Lease keeper knows at that moment.
 - **Shrunk when another replica holds it.** When a vnode's Lease is first seen naming another replica
-  (``LeaseKeeper.on_foreign``: a hand-over away, a Lease seen at start), its cached Node and pods become skeletons
+  (``Gains.on_foreign``: a hand-over away, a Lease seen at start), its cached Node and pods become skeletons
   (``Informer.retrim``).
 - **Read whole before acting.** A vnode gained after that (a hand-over to this replica, a takeover) is fenced until
   its Node and pods are read again from the API (``load``: a LIST by ``metadata.name`` and one by ``spec.nodeName``,
@@ -91,7 +91,7 @@ class Shard:
             self._pods.retrim(list(self._pods_by_node.get(node, ())))
 
     async def load(self, node: str) -> None:
-        """Read ``node``'s Node and the pods bound to it from the API and cache them whole (``LeaseKeeper.loader``).
+        """Read ``node``'s Node and the pods bound to it from the API and cache them whole (``Gains.loader``).
 
         Each read is at least as new as its cache (``resourceVersionMatch=NotOlderThan`` the informers' version), so
         every skeleton cached before the vnode was gained is replaced; one left over (it cannot be, but a skeleton
