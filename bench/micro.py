@@ -5,6 +5,7 @@
     python -m bench.micro patch      # starts the local control plane in .local/micro-cluster
     python -m bench.micro probes     # no cluster needed (about 50 s)
     python -m bench.micro watches    # starts the local control plane in .local/micro-cluster (about 3 minutes)
+    python -m bench.micro wakeups    # no cluster needed (about 90 s)
 
 - heartbeat: a client process sends heartbeats at 100 a second over keep-alive connections; the server process's
   CPU per heartbeat is measured for a bare aiohttp handler and for vkprovider's heartbeat listener (HttpTunnel on
@@ -22,6 +23,11 @@
   and one watch per vnode it holds, as a kubelet does (``fieldSelector=spec.nodeName``, its pods trimmed). 900
   vnodes with one module pod each, a replica holding 300 of them: the watching process's RSS above a bare client,
   its CPU over a window in which every pod changes once, and the apiserver's RSS growth for the watches.
+
+- wakeups: arklet calls (``http1.exchange``: one connection each, as arklet closes after its answer) against an
+  arklet stand-in in another process, 25 and 75 a second, sent at random times and sent on the one-second timer
+  grid (``core.grid``: the same calls, batched); the caller's CPU per call. The evidence for ``core.grid``: a
+  process pays for every wake-up apart from the work it wakes for.
 
 Process CPU (time.process_time) over a fixed amount of work, so it does not depend on the machine's other load as
 much as wall time does; on a 2-core machine run it alone.
@@ -363,6 +369,80 @@ async def probes() -> dict[str, float]:
     }
 
 
+# ---------------------------------------------------------------------------------------------- wakeups
+
+WAKEUP_RATES = (25, 75)
+WAKEUP_MEASURE_S = 20.0
+ARKLET_ANSWER = b'{"code":"SUCCESS","data":{"healthData":{"jvm":{"java used metaspace":1},"cpu":{"count":2}}}}'
+
+
+async def arklet_server() -> None:
+    """An arklet stand-in in its own process: answers every request and closes, as arklet does; prints its port."""
+    class Arklet(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            self.transport, self.head = transport, b""
+
+        def data_received(self, data: bytes) -> None:
+            self.head += data
+            if b"\r\n\r\n" in self.head:
+                self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + ARKLET_ANSWER)
+                self.transport.close()
+
+    server = await asyncio.get_running_loop().create_server(Arklet, "127.0.0.1", 0, backlog=1024)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await asyncio.Event().wait()
+
+
+async def calls_at(port: int, rate: float, gridded: bool) -> float:
+    """Caller CPU milliseconds per call, for ``rate`` calls a second at random (Poisson) times, or the same times
+    each rounded up to the timer grid of a 30 s poll."""
+    import random
+
+    from vkprovider import http1
+    from vkprovider.core.grid import on_grid
+
+    request = b"POST /health HTTP/1.1\r\nHost: arklet\r\nContent-Length: 2\r\n\r\n{}"
+    rng = random.Random(7)
+    loop = asyncio.get_running_loop()
+    done = 0
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one() -> None:
+        nonlocal done
+        await http1.exchange("127.0.0.1", port, request, timeout_s=10.0, limit=1 << 16)
+        done += 1
+
+    cpu0 = time.process_time()
+    start = due = loop.time()
+    while due - start < WAKEUP_MEASURE_S:
+        due += rng.expovariate(rate)
+        at = on_grid(due, 30.0) if gridded else due
+        await asyncio.sleep(max(0.0, at - loop.time()))
+        task = asyncio.create_task(one())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    await asyncio.gather(*tasks)
+    return round(1000 * (time.process_time() - cpu0) / done, 3)
+
+
+async def wakeups() -> dict[str, float]:
+    server = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.micro", "arklet-server", cwd=ROOT,
+                                                  stdout=asyncio.subprocess.PIPE)
+    assert server.stdout is not None
+    port = int((await server.stdout.readline()).decode())
+    found: dict[str, float] = {}
+    try:
+        for rate in WAKEUP_RATES:
+            for gridded in (False, True):
+                name = f"arklet_call_cpu_ms_{rate}_per_s_{'on_the_grid' if gridded else 'at_random_times'}"
+                found[name] = await calls_at(port, rate, gridded)
+    finally:
+        server.kill()
+        await server.wait()
+    return found
+
+
 # ------------------------------------------------------------------------------------------------- main
 
 
@@ -373,6 +453,8 @@ async def main(which: list[str]) -> dict[str, float]:
             found[f"heartbeat_server_cpu_ms_{kind}"] = await heartbeat_server(kind)
     if "probes" in which:
         found.update(await probes())
+    if "wakeups" in which:
+        found.update(await wakeups())
     if "watches" in which:
         cluster("down")
         cluster("up")
@@ -398,6 +480,9 @@ if __name__ == "__main__":
         sys.exit(0)
     if sys.argv[1:2] == ["watch-client"]:
         uvloop.run(watch_client(sys.argv[2]))
+        sys.exit(0)
+    if sys.argv[1:2] == ["arklet-server"]:
+        uvloop.run(arklet_server())
         sys.exit(0)
     if sys.argv[1:2] == ["probe-server"]:
         uvloop.run(probe_server())

@@ -6,7 +6,9 @@ are due (``VKP_BASE_HEALTH_INTERVAL``: capacity, Metaspace pressure, ``kubectl t
 somebody needs a reading now (a Node about to be created, a metrics scrape whose figures are old, the module
 controller's static bizs, a takeover). At most one read per base is under way; a second asker waits for the same
 one. The answer goes to the base registry, which decides what it means; ``answered(node)`` is called when the node
-controller should look again, ``done(node)`` when a read ended whatever its outcome.
+controller should look again, ``done(node)`` when a read ended whatever its outcome. Reads due by the interval are
+noticed at whatever moment a heartbeat comes; they start together on the timer grid (``core.grid``: one wake-up for
+all the reads due in a grid step).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from vkprovider.config import NodeSettings
 from vkprovider.controllers.bases import BaseRegistry, BaseView, Clock
 from vkprovider.controllers.fence import VnodeWrites
+from vkprovider.core.grid import on_grid
 from vkprovider.core.sanitize import MAX_LOG_TEXT, clean
 from vkprovider.tunnels.base import TunnelError
 
@@ -40,6 +43,8 @@ class HealthReads:
         self._done = done
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self._started_at: dict[str, float] = {}
+        self._due: set[str] = set()  # reads due by the interval, to start at the next grid step
+        self._due_timer: asyncio.TimerHandle | None = None
 
     def probe_after(self) -> float:
         """Probe well before a silent base would be declared unreachable."""
@@ -52,8 +57,36 @@ class HealthReads:
         due_health = now - view.health_at >= self.settings.base_health_interval_s
         due_liveness = view.silent_for(now) >= self.probe_after() and \
             now - self._started_at.get(view.node, -1e18) >= PROBE_EVERY_S
-        if due_health or due_liveness:
+        if due_liveness:
             self.start(view.node)
+        elif due_health:
+            self._on_grid(view.node)
+
+    def pending(self, node: str) -> bool:
+        """Whether a read of ``node`` waits for the grid or is under way (``done(node)`` is called when it ends)."""
+        task = self.tasks.get(node)
+        return node in self._due or (task is not None and not task.done())
+
+    def _on_grid(self, node: str) -> None:
+        """Start a read due by the interval at the next step of the timer grid, with every other read due in it."""
+        if self.pending(node):
+            return
+        self._due.add(node)
+        if self._due_timer is None:
+            loop = asyncio.get_running_loop()
+            self._due_timer = loop.call_at(on_grid(loop.time(), self.settings.base_health_interval_s),
+                                           self._start_due)
+
+    def _start_due(self) -> None:
+        self._due_timer = None
+        due, self._due = self._due, set()
+        now = self.clock()
+        for node in due:
+            view = self.registry.get(node)
+            if view is not None and now - view.health_at >= self.settings.base_health_interval_s:
+                self.start(node)
+            else:
+                self._done(node)  # a read that landed meanwhile answered it, or the base is gone
 
     def start(self, node: str) -> asyncio.Task[None]:
         """Start a read of the base's health now, unless one is under way (then that one)."""
@@ -75,11 +108,16 @@ class HealthReads:
             await asyncio.wait_for(asyncio.shield(task), timeout_s)
 
     def cancel(self, node: str) -> None:
+        self._due.discard(node)
         task = self.tasks.pop(node, None)
         if task is not None:
             task.cancel()
 
     def cancel_all(self) -> None:
+        self._due.clear()
+        if self._due_timer is not None:
+            self._due_timer.cancel()
+            self._due_timer = None
         for task in self.tasks.values():
             task.cancel()
 

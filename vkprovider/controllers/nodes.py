@@ -50,6 +50,7 @@ from vkprovider.controllers.queue import Requeue, WorkQueue
 from vkprovider.core import node as vnode
 from vkprovider.core import ownership as own
 from vkprovider.core import resources
+from vkprovider.core.grid import next_tick
 from vkprovider.core.node import BaseReadiness
 from vkprovider.kube.client import ApiError
 
@@ -326,7 +327,8 @@ class NodeController:
         else:
             waits.append(dead_after - silent + 0.5)
             waits.append(PROBE_EVERY_S)
-        waits.append(self.settings.base_health_interval_s - (now - view.health_at))
+        if not self.health.pending(node):  # a read waiting or under way says when it is done (``_health_read_done``)
+            waits.append(self.settings.base_health_interval_s - (now - view.health_at))
         return max(min(waits), 0.2)
 
     async def _maybe_claim(self, node: str, view: BaseView | None, current: Mapping[str, Any] | None,
@@ -427,9 +429,10 @@ class NodeController:
         log.warning("vnode %s: %s", node, message, extra={"node": node})
 
     def _health_read_done(self, node: str) -> None:
-        if node in self._unprobed:  # the takeover's question is answered (or failed): judge again
-            self._unprobed.discard(node)
-            self.queue.add(node)
+        """A health read ended, whatever its outcome: look again (the next read's time, or the takeover's question
+        answered or failed)."""
+        self._unprobed.discard(node)
+        self.queue.add(node)
 
     async def _create(self, scope: VnodeScope, view: BaseView, status: dict[str, object],
                       readiness: BaseReadiness) -> dict[str, Any]:
@@ -534,8 +537,9 @@ class NodeController:
         self._notify(node)
 
     async def _gauges_forever(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(next_tick(loop.time(), 2.0) - loop.time())  # on the grid (``core.grid``)
             counts = {"true": 0, "false": 0, "unknown": 0}
             oldest = 0.0
             now = self.clock()

@@ -23,9 +23,10 @@ decisions a second (due, then landed, per renewal), not two thousand. A change o
 vnode again. A tick that comes far too late means the process was stalled (SIGSTOP, swapping): every observation is
 then restarted from now, because what was "unchanged for a lease duration" was only unseen.
 
-Every Lease write goes through a lane of its own (``leases.lease_client``) bounded by ``core.ownership.lease_write_budget``:
-an attempt that gets no answer is sent once more on a fresh connection, all of it before the renew deadline; a
-copy that lands twice answers 409, and the writer finds its own renewTime in the Lease (``_after_conflict``).
+Every Lease write goes through a lane of its own (``leases.lease_client``) bounded by
+``core.ownership.lease_write_budget``: an attempt that gets no answer is sent once more on a fresh connection, all of
+it before the renew deadline; a copy that lands twice answers 409, and the writer finds its own renewTime in the
+Lease (``_after_conflict``).
 
 An acquire answered 409 (or 404) proves the observation it was decided from out of date: the Lease changed (its
 holder renewed it, another replica took it) without the watch saying so yet. The vnode is then not decided again
@@ -53,6 +54,7 @@ from vkprovider.controllers.leases import LeaseWriter, lease_timing
 from vkprovider.controllers.membership import Membership
 from vkprovider.core import node as vnode
 from vkprovider.core import ownership as own
+from vkprovider.core.grid import next_tick
 from vkprovider.kube.client import ApiError, Kube
 from vkprovider.kube.events import EventRecorder
 
@@ -292,6 +294,7 @@ class LeaseKeeper:
     async def run(self) -> None:
         """Tick forever (cancel to stop; call ``release_all`` first for a graceful hand-over)."""
         watchdog = asyncio.create_task(self._watch_the_loop(), name="lease-keeper-watchdog")
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 try:
@@ -302,8 +305,10 @@ class LeaseKeeper:
                     log.exception("lease keeping failed; trying again")
                 # ``asyncio.timeout``, not ``wait_for``: on Python 3.11 ``wait_for`` swallows a cancel that comes as
                 # the wake is set (the stop never ended: test_the_keeper_loop_ends_when_it_is_cancelled_as_it_is_woken)
+                # On the grid of TICK_S (``core.grid``): the tick, the watchdog and every other periodic loop wake up
+                # together.
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(TICK_S):
+                    async with asyncio.timeout_at(next_tick(loop.time(), TICK_S)):
                         await self._wake.wait()
                 self._wake.clear()
         finally:
@@ -313,10 +318,12 @@ class LeaseKeeper:
     async def _watch_the_loop(self) -> None:
         """Notice when this process did not run at all for a while (SIGSTOP, a frozen VM), as opposed to being
         busy: a task that only sleeps and looks at the clock is late only when nothing ran."""
+        loop = asyncio.get_running_loop()
         while True:
             before = self.clock()
-            await asyncio.sleep(TICK_S)
-            gap = self.clock() - before - TICK_S
+            wait = next_tick(loop.time(), TICK_S) - loop.time()
+            await asyncio.sleep(wait)
+            gap = self.clock() - before - wait
             if gap > STALL_S:
                 self._stalled(gap)
 

@@ -1,8 +1,9 @@
 """A keyed work queue, as in controller-runtime: one key is handled by one worker at a time, many in parallel.
 
 Adding a key that is already waiting does nothing; adding one that is being handled re-queues it once after the
-handler returns (so no change is lost and no key runs twice at once); ``add_after`` schedules timers. What a
-handler's outcome means is decided here, in one place (controller-runtime's ``reconcileHandler`` switch):
+handler returns (so no change is lost and no key runs twice at once); ``add_after`` schedules timers, on a shared
+grid (``core.grid``). What a handler's outcome means is decided here, in one place (controller-runtime's
+``reconcileHandler`` switch):
 
 - it returns None: done (until the key is added again);
 - it returns seconds: look at the key again after that long;
@@ -25,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import Counter, Gauge, Histogram
 
 from vkprovider.core.backoff import RECONCILE, Backoff
+from vkprovider.core.grid import on_grid
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +133,13 @@ class WorkQueue:
         self._depth.set(len(self._waiting))
 
     def add_after(self, key: str, delay_s: float) -> None:
-        """Add ``key`` after ``delay_s``; an earlier timer for the key wins over a later one."""
+        """Add ``key`` after ``delay_s``, rounded up to the shared timer grid (``core.grid``: the keys due in one
+        step come in one wake-up); an earlier timer for the key wins over a later one."""
         if delay_s <= 0:
             self.add(key)
             return
         loop = asyncio.get_running_loop()
-        when = loop.time() + delay_s
+        when = on_grid(loop.time() + delay_s, delay_s)
         old = self._timers.get(key)
         if old is not None and not old.cancelled() and old.when() <= when:
             return

@@ -35,6 +35,7 @@ from vkprovider.controllers.leases import LeaseWriter, lease_client, lease_timin
 from vkprovider.controllers.queue import WorkQueue
 from vkprovider.core import ownership as own
 from vkprovider.core import release as rel
+from vkprovider.core.grid import next_tick
 from vkprovider.core.module import MODULE_LABEL_VALUE, MODULE_LABELS, is_terminal, is_terminating
 from vkprovider.kube.client import ApiError, Kube
 from vkprovider.kube.events import EventRecorder
@@ -155,7 +156,8 @@ class Elector:
                 log.warning("release lease %s: %s", self.name, exc)
             except Exception:
                 log.exception("release lease %s: step failed", self.name)
-            await asyncio.sleep(self.poll_s)
+            loop = asyncio.get_running_loop()  # on the grid (``core.grid``): with the other periodic loops
+            await asyncio.sleep(next_tick(loop.time(), self.poll_s) - loop.time())
 
     async def step(self) -> None:
         now = self.clock()

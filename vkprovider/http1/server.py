@@ -11,6 +11,7 @@ from typing import Any, Protocol, cast
 
 import httptools
 
+from vkprovider.core.grid import on_grid
 from vkprovider.http1.client import _PHRASES, MAX_HEAD_BYTES, WRITE_HIGH_WATER, WRITE_LOW_WATER
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class ServerConnection(asyncio.Protocol):
         self._in_request = False
         self._head_complete = False
         self._deadline = 0.0
+        self._after_s = 0.0  # how far ahead the deadline was set (its timer fires on that delay's grid)
         self._timer: asyncio.TimerHandle | None = None
         self._url = b""
         self._headers: dict[str, str] = {}
@@ -282,15 +284,16 @@ class ServerConnection(asyncio.Protocol):
     def _arm(self, after_s: float) -> None:
         """Move the connection's one deadline; its timer is re-armed only when it fires early."""
         self._deadline = self._loop.time() + after_s
+        self._after_s = after_s
         if self._timer is None:
-            self._timer = self._loop.call_at(self._deadline, self._expired)
+            self._timer = self._loop.call_at(on_grid(self._deadline, after_s), self._expired)
 
     def _expired(self) -> None:
         self._timer = None
         if self._closed:
             return
         if self._loop.time() < self._deadline:
-            self._timer = self._loop.call_at(self._deadline, self._expired)
+            self._timer = self._loop.call_at(on_grid(self._deadline, self._after_s), self._expired)
             return
         if self._blocked:
             self._abort()  # its answers untaken for a whole timeout: a close would wait for them forever
