@@ -44,7 +44,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import orjson
@@ -380,8 +380,7 @@ async def arklet_server() -> None:
     """An arklet stand-in in its own process: answers every request and closes, as arklet does; prints its port."""
     class Arklet(asyncio.Protocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            assert isinstance(transport, asyncio.Transport)
-            self.transport, self.head = transport, b""
+            self.transport, self.head = cast(asyncio.Transport, transport), b""  # uvloop's is not a subclass
 
         def data_received(self, data: bytes) -> None:
             self.head += data
