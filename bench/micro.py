@@ -5,7 +5,7 @@
     python -m bench.micro patch      # starts the local control plane in .local/micro-cluster
     python -m bench.micro probes     # no cluster needed (about 50 s)
     python -m bench.micro watches    # starts the local control plane in .local/micro-cluster (about 3 minutes)
-    python -m bench.micro wakeups    # no cluster needed (about 90 s)
+    python -m bench.micro wakeups    # no cluster needed (about 100 s)
 
 - heartbeat: a client process sends heartbeats at 100 a second over keep-alive connections; the server process's
   CPU per heartbeat is measured for a bare aiohttp handler and for vkprovider's heartbeat listener (HttpTunnel on
@@ -26,8 +26,9 @@
 
 - wakeups: arklet calls (``http1.exchange``: one connection each, as arklet closes after its answer) against an
   arklet stand-in in another process, 25 and 75 a second, sent at random times and sent on the one-second timer
-  grid (``core.grid``: the same calls, batched); the caller's CPU per call. The evidence for ``core.grid``: a
-  process pays for every wake-up apart from the work it wakes for.
+  grid (``core.grid``: the same calls, batched); the caller's CPU per call. And the CPU of one wake-up of a process
+  that only sleeps, at 25 and 400 wake-ups a second. The evidence for ``core.grid``: a process pays for every
+  wake-up apart from the work it wakes for.
 
 Process CPU (time.process_time) over a fixed amount of work, so it does not depend on the machine's other load as
 much as wall time does; on a 2-core machine run it alone.
@@ -425,12 +426,22 @@ async def calls_at(port: int, rate: float, gridded: bool) -> float:
     return round(1000 * (time.process_time() - cpu0) / done, 3)
 
 
+async def wake_up_cpu_ms(per_s: float, seconds: float = 10.0) -> float:
+    """CPU milliseconds per wake-up of this process when all it does is sleep ``1 / per_s`` and wake up."""
+    cpu0, end = time.process_time(), time.monotonic() + seconds
+    wakes = 0
+    while time.monotonic() < end:
+        await asyncio.sleep(1 / per_s)
+        wakes += 1
+    return round(1000 * (time.process_time() - cpu0) / wakes, 3)
+
+
 async def wakeups() -> dict[str, float]:
+    found: dict[str, float] = {f"wake_up_cpu_ms_{n}_per_s": await wake_up_cpu_ms(n) for n in (25, 400)}
     server = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.micro", "arklet-server", cwd=ROOT,
                                                   stdout=asyncio.subprocess.PIPE)
     assert server.stdout is not None
     port = int((await server.stdout.readline()).decode())
-    found: dict[str, float] = {}
     try:
         for rate in WAKEUP_RATES:
             for gridded in (False, True):
