@@ -14,7 +14,7 @@ from vkprovider.config import load_settings, node_settings
 from vkprovider.controllers.bases import BaseRegistry
 from vkprovider.controllers.fence import VnodeWrites
 from vkprovider.controllers.queue import WorkQueue
-from vkprovider.core.grid import next_tick, on_grid, step_for
+from vkprovider.core.grid import next_tick, on_grid, round_up, step_for
 from vkprovider.core.model import BaseHealth, BaseHeartbeat
 
 
@@ -39,6 +39,12 @@ def test_a_timer_lands_on_the_grid_never_early_and_late_by_at_most_an_eighth(whe
     assert math.isclose(landed, expected) and when <= landed <= when + delay_s / 8
 
 
+@pytest.mark.parametrize(("when", "step", "expected"), [(10.2, 0.25, 10.25), (10.25, 0.25, 10.25), (10.2, 0.0, 10.2)])
+def test_round_up_keeps_a_time_on_its_step_and_a_step_of_zero_exact(when: float, step: float,
+                                                                     expected: float) -> None:
+    assert math.isclose(round_up(when, step), expected)
+
+
 @pytest.mark.parametrize(("now", "step", "expected"), [(10.2, 0.5, 10.5), (10.5, 0.5, 11.0), (3.9, 2.0, 4.0)])
 def test_the_next_tick_is_strictly_after_now(now: float, step: float, expected: float) -> None:
     assert math.isclose(next_tick(now, step), expected)
@@ -50,12 +56,13 @@ async def test_keys_requeued_far_ahead_share_a_grid_step_and_a_short_requeue_sta
 
     queue = WorkQueue("grid", handler, workers=1)
     loop = asyncio.get_running_loop()
+    await asyncio.sleep(next_tick(loop.time(), 1.0) - loop.time() + 0.3)  # a third into a step: both in the next
     asked = loop.time()
     queue.add_after("a", 30.0)
-    queue.add_after("b", 29.7)
+    queue.add_after("b", 29.8)
     queue.add_after("c", 0.3)
     timers = queue._timers
-    assert timers["a"].when() == timers["b"].when() == math.ceil((asked + 30.0) / 1.0)
+    assert timers["a"].when() == timers["b"].when() == math.ceil(asked + 30.0)
     assert asked + 0.3 <= timers["c"].when() < asked + 0.31
     await queue.stop()
 

@@ -1,11 +1,12 @@
 """Timers rounded up to a shared grid, so that the work vkprovider gives itself comes in batches, not one by one.
 
 Waking up costs a process CPU of its own, apart from the work it wakes for, and far more on a virtual machine
-whose idle CPUs halt: on the machine the bench runs on, one HTTP exchange cost 0.49 ms of CPU when 25 a second
-came at random times and 0.21 ms when the same 25 came in two batches a second (``python -m bench.micro
-wakeups``). Most of what vkprovider does on its own is due tens of seconds ahead (the biz list poll of every base,
-every vnode's next look, health reads, retries): a timer that fires a small fraction of its delay later changes
-nothing anyone sees, and with hundreds of them one wake-up then serves every timer of a grid step.
+whose idle CPUs halt: on the machine the bench runs on, an arklet call cost 0.49-0.58 ms of CPU when 25 a second
+came at random times and 0.25-0.28 ms when the same calls came on the one-second grid (``python -m bench.micro
+wakeups``, two runs). Most of what vkprovider does on its own is due tens of seconds ahead (the biz list poll of
+every base, every vnode's next look, health reads, retries): a timer that fires a small fraction of its delay later
+changes nothing anyone sees, and with hundreds of them one wake-up then serves every timer of a grid step. The probe
+manager starts the checks due in one slice together with the same rounding (``round_up``).
 
 A delay is rounded up to the coarsest of ``STEPS_S`` that is at most ``1 / MAX_LATE`` of it (a 30 s poll lands on
 the next whole second, at most 1 s late; a 2 s retry on the next quarter second); a delay too short for the
@@ -28,12 +29,14 @@ def step_for(delay_s: float) -> float:
     return 0.0
 
 
+def round_up(when: float, step_s: float) -> float:
+    """The first multiple of ``step_s`` at or after ``when`` (``when`` itself for a step of 0)."""
+    return math.ceil(when / step_s) * step_s if step_s > 0 else when
+
+
 def on_grid(when: float, delay_s: float) -> float:
     """The time at or after ``when`` on the grid of ``step_for(delay_s)`` (``when`` itself when exact)."""
-    step = step_for(delay_s)
-    if step == 0.0:
-        return when
-    return math.ceil(when / step) * step
+    return round_up(when, step_for(delay_s))
 
 
 def next_tick(now: float, step_s: float) -> float:

@@ -37,7 +37,6 @@ import asyncio
 import heapq
 import itertools
 import logging
-import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -46,6 +45,7 @@ from typing import Final
 
 from prometheus_client import Counter, Histogram
 
+from vkprovider.core.grid import round_up
 from vkprovider.core.probe import (
     REASON_UNSUPPORTED,
     ContainerProbes,
@@ -262,8 +262,7 @@ class ProbeManager:
         if not self._heap:
             return
         when = self._heap[0][0]
-        if self._batch_s:
-            when = math.ceil(when / self._batch_s) * self._batch_s  # one wake-up for every check due in the slice
+        when = round_up(when, self._batch_s)  # one wake-up for every check due in the slice (``core.grid``)
         if self._timer is not None and self._timer_at is not None and self._timer_at <= when:
             return
         if self._timer is not None:
