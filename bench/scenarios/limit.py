@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import time
 from typing import Any
 
@@ -170,11 +171,13 @@ async def null_kubelet_run(b: Bench, ns: str, deployments: int, prefix: str, *,
     try:
         async with running(clock.informer):
             start_t = time.monotonic()
+            cpu_before = b.component_cpu()
             for i in range(deployments):  # names of their own: never one of scheduler-only's still being deleted
                 await kube.create(f"/apis/apps/v1/namespaces/{ns}/deployments",
                                   module_deployment(100 + i, b.bases, "0.0.1", fake_nodes=True))
             done = await until(lambda: len(clock.alive) >= pods and clock.count_running() >= pods,
                                b.args.timeout, "all null-kubelet pods Running")
+            cores = b.cores_used_since(cpu_before, done - start_t)
     finally:
         if renewals is not None:
             renewals.cancel()
@@ -187,7 +190,12 @@ async def null_kubelet_run(b: Bench, ns: str, deployments: int, prefix: str, *,
         await writer.close()
     return {f"null_kubelet_{prefix}_total_s": round(done - start_t, 2),
             f"null_kubelet_{prefix}_bound_to_running_p50_s": round(percentile(latencies, 50), 3),
-            f"null_kubelet_{prefix}_bound_to_running_p99_s": round(percentile(latencies, 99), 3)}
+            f"null_kubelet_{prefix}_bound_to_running_p99_s": round(percentile(latencies, 99), 3),
+            # the control plane's CPU for the same pods with a kubelet that costs nothing (the bench is the null
+            # kubelet): read against the control plane's CPU in vkprovider's scenario, it says whether vkprovider
+            # makes the control plane work more per pod, or only takes CPU from it
+            f"null_kubelet_{prefix}_control_plane_cpu_s": cores["control_plane_cpu_s"],
+            f"null_kubelet_{prefix}_cores_bench": cores.get("cores_bench", math.nan)}
 
 
 async def renew_forever(writer: Kube, fleet: list[str]) -> None:

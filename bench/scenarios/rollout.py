@@ -111,6 +111,11 @@ async def run(b: Bench) -> Result:
         "null_kubelet_fleet_rollout_s": fleet_floor,
         "null_kubelet_fleet_ratio_to_scheduler_only": round(fleet_floor / b.scheduler_only_s, 3),
         "ratio_to_kubelet_fleet_floor": round(total / fleet_floor, 3),
+        # the control plane's CPU for these pods against the same pods with the kubelet fleet: above 1 is work
+        # vkprovider's rollout makes the control plane do that a fleet does not (or its longer time's background)
+        "control_plane_cpu_ratio_to_kubelet_fleet": round(
+            cores["control_plane_cpu_s"] / b.null_kubelet.get("null_kubelet_fleet_rollout_control_plane_cpu_s",
+                                                              math.nan), 3),
         "bound_to_running_p50_s": round(percentile(latencies, 50), 3),
         "bound_to_running_p99_s": round(percentile(latencies, 99), 3),
         "bound_to_running_max_s": round(max(latencies, default=math.nan), 3),
