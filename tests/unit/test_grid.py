@@ -14,7 +14,7 @@ from vkprovider.config import load_settings, node_settings
 from vkprovider.controllers.bases import BaseRegistry
 from vkprovider.controllers.fence import VnodeWrites
 from vkprovider.controllers.queue import WorkQueue
-from vkprovider.core.grid import next_tick, on_grid, round_up, step_for
+from vkprovider.core.grid import next_tick, on_grid, round_down, round_up, step_for
 from vkprovider.core.model import BaseHealth, BaseHeartbeat
 
 
@@ -43,6 +43,12 @@ def test_a_timer_lands_on_the_grid_never_early_and_late_by_at_most_an_eighth(whe
 def test_round_up_keeps_a_time_on_its_step_and_a_step_of_zero_exact(when: float, step: float,
                                                                      expected: float) -> None:
     assert math.isclose(round_up(when, step), expected)
+
+
+@pytest.mark.parametrize(("when", "step", "expected"), [(10.2, 0.25, 10.0), (10.25, 0.25, 10.25), (10.2, 0.0, 10.2)])
+def test_round_down_keeps_a_time_on_its_step_and_a_step_of_zero_exact(when: float, step: float,
+                                                                       expected: float) -> None:
+    assert math.isclose(round_down(when, step), expected)
 
 
 @pytest.mark.parametrize(("now", "step", "expected"), [(10.2, 0.5, 10.5), (10.5, 0.5, 11.0), (3.9, 2.0, 4.0)])

@@ -67,6 +67,10 @@ def test_holder_renews_on_time_and_is_fenced_past_the_deadline():
     assert decide(lease, held=early, now=100.0, members=(ME,)).action is own.Action.RENEW
     assert decide(lease, held=later, now=100.0, members=(ME,)).action is own.Action.NOTHING
     assert own.renew_due(own.Held(98.0, "7"), T) == 98.0 + T.renew_interval_s
+    # decided on a grid: due a renew interval after the tick it was sent on, while the deadline counts from sending
+    on_ticks = own.Timing(lease_duration_s=20, renew_interval_s=10, renew_deadline_s=15, tick_s=0.5)
+    assert own.renew_due(own.Held(98.03, "7"), on_ticks) == 108.0
+    assert not own.fenced(own.Held(98.03, "7"), 113.02, on_ticks) and own.fenced(own.Held(98.03, "7"), 113.03, on_ticks)
 
 
 def test_a_holder_that_sees_someone_else_in_its_lease_stops():

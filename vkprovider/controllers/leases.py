@@ -6,7 +6,10 @@ meanwhile) and goes through the Lease lane of the kube facade (``lease_client``:
 renew deadline, one retry on a fresh connection). A write retried after its first answer was lost may meet the
 version its own first copy made: a 409 is therefore resolved by reading the Lease - it names us with the
 ``renewTime`` stamp we wrote (our write landed), it names us with another stamp (someone else touched it: write
-again on the fresh version), or it names somebody else (lost). Callers keep the decisions (``core.ownership``);
+again on the fresh version), or it names somebody else (lost). A renewal whose answer never came (a timeout) may
+land later: its stamp is kept until a renewal of that Lease is answered, so the 409 the next renewal meets is known
+as this replica's own late write and written over without suspecting another controller. Callers keep the
+decisions (``core.ownership``);
 this class only writes and says what happened.
 """
 
@@ -21,13 +24,17 @@ from typing import Any, Protocol
 from vkprovider.config import Settings
 from vkprovider.core import ownership as own
 from vkprovider.kube.client import ApiError, Kube
+from vkprovider.kube.errors import ApiConnectionError
 
 log = logging.getLogger(__name__)
 
+UNANSWERED_KEPT = 4  # unanswered renewal stamps kept per Lease (one renewal per interval: the last 40 s at 10 s)
 
-def lease_timing(settings: Settings) -> own.Timing:
+
+def lease_timing(settings: Settings, *, tick_s: float = 0.0) -> own.Timing:
+    """The Lease timing of ``settings``; ``tick_s``: the grid its renewals are decided on (``own.Timing``)."""
     return own.Timing(lease_duration_s=settings.node_lease_duration_s, renew_interval_s=settings.node_lease_renew_s,
-                      renew_deadline_s=settings.node_lease_renew_deadline_s)
+                      renew_deadline_s=settings.node_lease_renew_deadline_s, tick_s=tick_s)
 
 
 def lease_client(kube: Kube, timing: own.Timing, max_inflight: int) -> Kube:
@@ -82,6 +89,8 @@ class LeaseWriter:
         self._duration = int(duration_s)
         self._clock = clock
         self._wall = wall
+        # per Lease, the stamps of renewals sent since the last answered one whose answer never came: they may land
+        self._unanswered: dict[str, list[str]] = {}
 
     def _facts(self, lease: Mapping[str, Any]) -> own.LeaseFacts:
         return own.LeaseFacts.from_object(lease, self._duration)
@@ -111,21 +120,31 @@ class LeaseWriter:
             answer = await self._kube.patch(f"{self._path}/{name}", body, kind="merge")
         except ApiError as exc:
             if exc.is_not_found:
+                self._unanswered.pop(name, None)
                 return Renewal(None, "its Lease was deleted")
             if not exc.is_conflict:
+                if not (isinstance(exc, ApiConnectionError) and not exc.sent):  # it may still land
+                    self._unanswered.setdefault(name, []).append(stamp)
+                    del self._unanswered[name][:-UNANSWERED_KEPT]
                 raise
             return await self._after_conflict(name, stamp, sent)
+        self._unanswered.pop(name, None)
         return Renewal(own.Held(sent, resource_version(answer)))
 
     async def _after_conflict(self, name: str, stamp: str, sent: float) -> Renewal:
         fresh = await self._kube.get(f"{self._path}/{name}")
         facts = self._facts(fresh)
+        unanswered = self._unanswered.pop(name, [])
         if facts.holder != self.me:
             return Renewal(None, f"taken by {facts.holder or 'nobody'}", conflict=True)
-        if ((fresh.get("spec") or {}) if isinstance(fresh, Mapping) else {}).get("renewTime") == stamp:
+        written = ((fresh.get("spec") or {}) if isinstance(fresh, Mapping) else {}).get("renewTime")
+        if written == stamp:
             return Renewal(own.Held(sent, facts.resource_version), conflict=True)  # our own write landed
-        log.warning("lease %s was written by someone else while we hold it (is another controller, e.g. the Go "
-                    "ModuleController, still running with CLIENT_ID=%s?)", name, self.me)
+        if written in unanswered:  # an earlier renewal of ours landed after its answer timed out: renew on it
+            log.debug("lease %s: an earlier renewal whose answer never came landed; renewing on it", name)
+        else:
+            log.warning("lease %s was written by someone else while we hold it (is another controller, e.g. the Go "
+                        "ModuleController, still running with CLIENT_ID=%s?)", name, self.me)
         sent = self._clock()
         answer = await self._kube.patch(f"{self._path}/{name}",
                                         {"metadata": {"resourceVersion": facts.resource_version},

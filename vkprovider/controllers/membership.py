@@ -124,7 +124,7 @@ class Membership:
     def renew(self, now: float) -> None:
         """Start the membership renewal when it is due and none is under way; never wait for it."""
         held = self._held
-        if held is not None and now - held.renewed_at < self.timing.renew_interval_s:
+        if held is not None and now < own.renew_due(held, self.timing):
             return
         if self._write is None or self._write.done():
             self._write = asyncio.create_task(self._keep(), name="lease-membership")

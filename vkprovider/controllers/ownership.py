@@ -111,7 +111,7 @@ class LeaseKeeper:
         self.wall = wall or (lambda: datetime.now(UTC))
         self.me = settings.client_id
         self.env = settings.env
-        self.timing = lease_timing(settings)
+        self.timing = lease_timing(settings, tick_s=TICK_S)
         self.membership = Membership(settings, kube, self.timing, clock=clock, wall=wall or (lambda: datetime.now(UTC)))
         self._observed: dict[str, own.Observed] = {}  # node name -> its Lease as last seen
         self._held: dict[str, own.Held] = {}

@@ -129,7 +129,8 @@ class Elector:
 
     def __init__(self, settings: Settings, kube: Kube, *, members: Callable[[], list[str]], clock: Clock,
                  wall: Callable[[], datetime]) -> None:
-        self.timing = lease_timing(settings)
+        self.poll_s = min(2.0, settings.node_lease_renew_s / 2)
+        self.timing = lease_timing(settings, tick_s=self.poll_s)
         self.kube = lease_client(kube, self.timing, 2)  # bounded by the Lease write budget, like the vnode Leases
         self.writer = LeaseWriter(self.kube, settings.namespace, settings.client_id, self.timing.lease_duration_s,
                                   clock=clock, wall=wall)
@@ -138,7 +139,6 @@ class Elector:
         self.path = f"/apis/coordination.k8s.io/v1/namespaces/{settings.namespace}/leases"
         self.members = members
         self.clock = clock
-        self.poll_s = min(2.0, settings.node_lease_renew_s / 2)
         self._observed: own.Observed | None = None
         self._held: own.Held | None = None
         self.on_change: list[Callable[[bool], None]] = []
@@ -164,7 +164,7 @@ class Elector:
         was = self.leading()
         if self._held is not None and not self.leading():
             self._set(None, "renew deadline passed")
-        if self._held is not None and now - self._held.renewed_at < self.timing.renew_interval_s:
+        if self._held is not None and now < own.renew_due(self._held, self.timing):
             return
         try:
             lease = await self.kube.get(f"{self.path}/{self.name}")

@@ -34,6 +34,11 @@ def round_up(when: float, step_s: float) -> float:
     return math.ceil(when / step_s) * step_s if step_s > 0 else when
 
 
+def round_down(when: float, step_s: float) -> float:
+    """The last multiple of ``step_s`` at or before ``when`` (``when`` itself for a step of 0)."""
+    return math.floor(when / step_s) * step_s if step_s > 0 else when
+
+
 def on_grid(when: float, delay_s: float) -> float:
     """The time at or after ``when`` on the grid of ``step_for(delay_s)`` (``when`` itself when exact)."""
     return round_up(when, step_for(delay_s))

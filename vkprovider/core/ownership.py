@@ -59,6 +59,8 @@ from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Any
 
+from vkprovider.core.grid import round_down
+
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "vkprovider"
 HOLDER_LABEL = "vkprovider.koupleless.io/holder"
@@ -149,6 +151,11 @@ class Timing:
     lease_duration_s: float
     renew_interval_s: float
     renew_deadline_s: float
+    # The grid the renewals are decided on (0: exact). A renewal is sent a moment after its tick, so its hold counts
+    # from that moment (the deadline stays safe) while its next renewal is due a renew interval after the tick: on a
+    # tick, with the whole write budget before the deadline (due a renew interval after the moment of sending, it
+    # would miss that tick and go a tick later, every time).
+    tick_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.renew_interval_s < self.renew_deadline_s < self.lease_duration_s:
@@ -171,8 +178,10 @@ def lease_write_budget(timing: Timing) -> WriteBudget:
 
 
 def renew_due(held: Held, timing: Timing) -> float:
-    """When ``held`` is to be renewed next."""
-    return held.renewed_at + timing.renew_interval_s if held.renew_at is None else held.renew_at
+    """When ``held`` is to be renewed next: a renew interval after the tick it was renewed on (``Timing.tick_s``)."""
+    if held.renew_at is not None:
+        return held.renew_at
+    return round_down(held.renewed_at, timing.tick_s) + timing.renew_interval_s
 
 
 def fenced(held: Held, now: float, timing: Timing) -> bool:
