@@ -19,6 +19,7 @@ from typing import Any
 
 from bench import charts
 from bench.context import CLUSTER_DIR, Bench
+from bench.cores import CONTROL_PLANE
 from bench.metrics import percentile
 from bench.objects import fake_node, micro_now, module_deployment, ready_status
 from bench.report import Result, log
@@ -195,7 +196,8 @@ async def null_kubelet_run(b: Bench, ns: str, deployments: int, prefix: str, *,
             # kubelet): read against the control plane's CPU in vkprovider's scenario, it says whether vkprovider
             # makes the control plane work more per pod, or only takes CPU from it
             f"null_kubelet_{prefix}_control_plane_cpu_s": cores["control_plane_cpu_s"],
-            f"null_kubelet_{prefix}_cores_bench": cores.get("cores_bench", math.nan)}
+            **{f"null_kubelet_{prefix}_cores_{name}": cores.get(f"cores_{name}", math.nan)
+               for name in (*CONTROL_PLANE, "bench")}}
 
 
 async def renew_forever(writer: Kube, fleet: list[str]) -> None:
