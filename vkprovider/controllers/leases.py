@@ -39,10 +39,11 @@ def lease_timing(settings: Settings, *, tick_s: float = 0.0) -> own.Timing:
 
 def lease_client(kube: Kube, timing: own.Timing, max_inflight: int) -> Kube:
     """The client a Lease writer uses: its own bound on requests in flight (a renewal never waits behind bulk
-    writes), each request within the Lease write budget, and its writes safe to send twice (each carries the
-    resourceVersion it was decided on, or, for the membership renewal, only a renewTime)."""
+    writes), each request within the Lease write budget, a second copy beside one unanswered after an attempt's
+    time (``Kube.lane``'s ``hedged``), and its writes safe to send twice (each carries the resourceVersion it was
+    decided on, or, for the membership renewal, only a renewTime)."""
     budget = own.lease_write_budget(timing)
-    return kube.lane(max_inflight, timeout_s=budget.attempt_s, total_s=budget.total_s, repeatable=True)
+    return kube.lane(max_inflight, timeout_s=budget.attempt_s, total_s=budget.total_s, repeatable=True, hedged=True)
 
 
 class LeaseApi(Protocol):

@@ -156,6 +156,7 @@ class Kube:
         self._timeout_s = timeout_s
         self._total_s: float | None = None  # all attempts of one request together (None: only MAX_ATTEMPTS)
         self._repeatable = False  # every request of this client is safe to send again (see ``lane``)
+        self._hedged = False  # a request unanswered after an attempt's time gets a second copy beside it (``lane``)
         # Which replica wrote what shows in the apiserver's audit log: the instance rides in the User-Agent.
         self._user_agent = f"vkprovider/{__version__}" + (f" ({instance})" if instance else "")
         self._origin = f"http://{pool.authority}" if pool.absolute_targets else ""
@@ -189,12 +190,14 @@ class Kube:
         return self._host
 
     def lane(self, max_inflight: int, *, timeout_s: float | None = None, total_s: float | None = None,
-             repeatable: bool = False) -> Kube:
+             repeatable: bool = False, hedged: bool = False) -> Kube:
         """The same server, connection pool and credentials with a request bound of its own: for requests that
         must not wait behind bulk writes in this process (a vnode's lease renewal behind a rollout's pod status
         PATCHes). ``timeout_s`` bounds each attempt, ``total_s`` all attempts of a request with the waits between
         them; ``repeatable`` says every write of the lane may be sent twice (a resourceVersion precondition makes
-        a second copy a 409). Close the client the lane came from, not the lane."""
+        a second copy a 409). ``hedged`` (with ``total_s`` and ``repeatable``): a request unanswered after
+        ``timeout_s`` keeps waiting for its answer while a second copy goes on a new connection, and the first
+        answer wins (``_send_hedged``). Close the client the lane came from, not the lane."""
         lane = copy.copy(self)
         lane._sem = asyncio.Semaphore(max_inflight)
         if timeout_s is not None:
@@ -202,6 +205,7 @@ class Kube:
         if total_s is not None:
             lane._total_s = total_s
         lane._repeatable = repeatable or self._repeatable
+        lane._hedged = hedged and lane._repeatable and lane._total_s is not None
         return lane
 
     async def close(self) -> None:
@@ -278,6 +282,15 @@ class Kube:
         ctype = content_type if data is not None else None
         while True:
             try:
+                if self._hedged and until is not None:
+                    try:
+                        return await self._send_hedged(method, path, query, data, ctype, until)
+                    except ApiError as answered:  # a 429 or a 5xx: again after its wait, within the budget
+                        if (isinstance(answered, ApiConnectionError) or not should_retry(answered, idempotent=safe)
+                                or past(wait := retry_wait_s(answered, 1))):
+                            raise
+                    await asyncio.sleep(wait)
+                    continue
                 try:  # the first attempt needs no retry machinery (the hot path: one object fewer per call)
                     return await self._send_once(method, path, query, data, ctype, attempt_s())
                 except ApiError as first:
@@ -305,6 +318,45 @@ class Kube:
                     continue
                 raise
             raise AssertionError("unreachable")  # pragma: no cover - tenacity either returns or raises
+
+    async def _send_hedged(self, method: str, path: str, query: dict[str, str] | None, data: bytes | None,
+                           content_type: str | None, until: float) -> Any:
+        """One copy that waits until ``until``; a second on a new connection when the first has had an attempt's
+        time without an answer or its connection failed. The first success wins; else the error of the last copy
+        to end, an HTTP answer (a 409 says a copy landed) before a connection error.
+
+        Why not give up on the first: a starved apiserver answers late, and a copy sent again waits at the back of
+        its line (the rollout bench lost Leases whose first copy would have been answered within the budget). Why
+        a second copy at all: a pooled connection may be dead (a middlebox that lost its flows, issue 27)."""
+        def left() -> float:
+            return max(until - time.monotonic(), 0.001)
+
+        def send(fresh: bool) -> asyncio.Task[Any]:
+            return asyncio.ensure_future(self._send_once(method, path, query, data, content_type, left(), fresh))
+
+        copies = [send(False)]
+        try:
+            await asyncio.wait(copies, timeout=min(self._timeout_s, left()))
+            first = copies[0]
+            if first.done() and not isinstance(first.exception(), ApiConnectionError):
+                return first.result()  # answered (an HTTP error is the caller's: a 409 is resolved there)
+            copies.append(send(True))
+            pending = {c for c in copies if not c.done()}
+            failure: BaseException | None = first.exception() if first.done() else None
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for copy_ in done:
+                    exc = copy_.exception()
+                    if exc is None:
+                        return copy_.result()
+                    if failure is None or isinstance(failure, ApiConnectionError):
+                        failure = exc
+            assert failure is not None
+            raise failure
+        finally:
+            for copy_ in copies:
+                copy_.cancel()
+            await asyncio.gather(*copies, return_exceptions=True)
 
     async def _send_once(self, method: str, path: str, query: dict[str, str] | None, data: bytes | None,
                          content_type: str | None, timeout_s: float, fresh: bool = False) -> Any:
