@@ -724,6 +724,26 @@ async def test_a_lease_write_a_slow_apiserver_answers_within_its_budget_is_not_g
     assert loop.time() - started < 0.9
 
 
+async def test_a_lease_write_waiting_for_a_request_slot_gives_up_within_its_budget(
+        blackhole: tuple[Kube, _Blackhole]) -> None:
+    """Every slot of a Lease lane held by writes stuck in an apiserver stall: a renewal waiting for a slot used to
+    wait as long as they did and be sent after its deadline. The wait counts against its budget now, and a write
+    that never got a slot says so (never sent: safe to send again)."""
+    kube, api = blackhole
+    api.everything = True  # nothing answers
+    lane = kube.lane(1, timeout_s=0.3, total_s=0.9, repeatable=True, hedged=True)
+    path = "/apis/coordination.k8s.io/v1/namespaces/n/leases/l"
+    loop = asyncio.get_running_loop()
+    stuck = asyncio.ensure_future(lane.patch(path, {"spec": {}}, kind="merge"))
+    await asyncio.sleep(0.05)
+    started = loop.time()
+    with pytest.raises(ApiConnectionError) as waited:
+        await lane.patch(path, {"spec": {}}, kind="merge")
+    assert loop.time() - started < 0.9 + 0.2 and not waited.value.sent
+    with pytest.raises(ApiConnectionError):
+        await stuck
+
+
 async def test_an_informer_list_trims_each_page_before_it_reads_the_next() -> None:
     """A LIST of a large ENV is never held whole and untrimmed: the informer keeps (or drops) and trims each page's
     objects as the page arrives, so the peak is one page of full objects, not the whole ENV's (issue 31: the

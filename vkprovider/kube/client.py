@@ -358,13 +358,30 @@ class Kube:
                 copy_.cancel()
             await asyncio.gather(*copies, return_exceptions=True)
 
+    async def _slot(self, method: str, timeout_s: float) -> float:
+        """Take a request slot (release ``_sem`` after); what is left of ``timeout_s`` once it is taken. In a lane
+        with a time budget (``total_s``: the Lease writes) the wait counts against it: a renewal that waited out its
+        deadline for a slot, behind writes stuck in an apiserver stall, would be sent when it could no longer help."""
+        if self._total_s is None:
+            await self._sem.acquire()
+            return timeout_s
+        asked = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._sem.acquire()
+        except TimeoutError:
+            raise ApiConnectionError("Timeout", f"{method}: no request slot free within {timeout_s:.3g}s",
+                                     sent=False) from None
+        return max(timeout_s - (time.monotonic() - asked), 0.001)
+
     async def _send_once(self, method: str, path: str, query: dict[str, str] | None, data: bytes | None,
                          content_type: str | None, timeout_s: float, fresh: bool = False) -> Any:
         target = self._target(path, query, remember=method != "GET")
         request = self._head(method, target, content_type, len(data) if data is not None else None)
         if data:
             request += data
-        async with self._sem:
+        timeout_s = await self._slot(method, timeout_s)
+        try:
             started = time.perf_counter()
             code = "<error>"
             try:
@@ -375,6 +392,8 @@ class Kube:
             finally:
                 REQUEST_DURATION.labels(method, self._host_label).observe(time.perf_counter() - started)
                 REQUESTS.labels(code, method, self._host_label).inc()
+        finally:
+            self._sem.release()
         raw = answer.body
         if answer.status >= 300:
             raise api_error_from_response(answer.status, answer.reason, raw, answer.headers.get("retry-after"))
