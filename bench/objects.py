@@ -4,9 +4,10 @@ module pods, fake Nodes and their Ready status.
 Why it exists: the same Deployment runs on vkprovider's vnodes (burst, rollout, churn) and on limit's fake nodes
 (scheduler-only and the null kubelet floors), so the two compare only if one function builds both, differing in
 nothing but where the pods may go. A fake node is shaped as a vnode for the scheduler (the base labels the sample's
-node affinity asks for, the virtual-node taint), so a floor's pods cost the scheduler what vkprovider's do: until
-issue 31's fourth stop they went by a plain nodeSelector to untainted nodes, and the scheduler spent 27 CPU-s on
-the fleet's 5,000 pods against 48 on vkprovider's.
+node affinity asks for, the virtual-node taint), so a floor's pods cost the scheduler what vkprovider's do. Until
+issue 31's fourth stop they went by a plain nodeSelector to untainted nodes: the scheduler spent 27 CPU-s on the
+kubelet fleet's 5,000 pods against 48 on vkprovider's (one run); shaped alike, 33, 42 and 35 against 39, 50 and 49
+(three runs, docs/performance.md).
 """
 
 from __future__ import annotations

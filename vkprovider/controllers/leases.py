@@ -2,15 +2,14 @@
 replica's membership Lease and the release writer's Lease alike.
 
 Every write but a create carries the resourceVersion it was decided on (a 409 means somebody else wrote the Lease
-meanwhile) and goes through the Lease lane of the kube facade (``lease_client``: a time budget below the
-renew deadline, one retry on a fresh connection). A write retried after its first answer was lost may meet the
-version its own first copy made: a 409 is therefore resolved by reading the Lease - it names us with the
+meanwhile) and goes through the Lease lane of the kube facade (``lease_client``: a time budget below the renew
+deadline, a second copy on a fresh connection beside a first unanswered for two thirds of it). The copy that lands
+second meets the version the first made: a 409 is therefore resolved by reading the Lease - it names us with the
 ``renewTime`` stamp we wrote (our write landed), it names us with another stamp (someone else touched it: write
 again on the fresh version), or it names somebody else (lost). A renewal whose answer never came (a timeout) may
 land later: its stamp is kept until a renewal of that Lease is answered, so the 409 the next renewal meets is known
-as this replica's own late write and written over without suspecting another controller. Callers keep the
-decisions (``core.ownership``);
-this class only writes and says what happened.
+as this replica's own late write and written over without suspecting another controller. Callers keep the decisions
+(``core.ownership``); this class only writes and says what happened.
 """
 
 from __future__ import annotations

@@ -171,8 +171,8 @@ class WriteBudget:
 
 
 def lease_write_budget(timing: Timing) -> WriteBudget:
-    """A renewal sent when due must land before the renew deadline: the window between them, two thirds of it
-    for the first attempt and the rest for one retry on a fresh connection."""
+    """A renewal sent when due must land before the renew deadline: the window between them for the whole write,
+    and after two thirds of it a second copy on a fresh connection beside the first (``Kube.lane``'s ``hedged``)."""
     total = timing.renew_deadline_s - timing.renew_interval_s
     return WriteBudget(attempt_s=total * 2 / 3, total_s=total)
 
