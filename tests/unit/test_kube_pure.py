@@ -21,11 +21,9 @@ from vkprovider.kube.client import (
     ApiConnectionError,
     ApiError,
     Kube,
-    LineSplitter,
     WatchStalled,
     api_error_from_response,
     parse_retry_after,
-    parse_watch_line,
     resource_of,
     should_retry,
 )
@@ -39,6 +37,7 @@ from vkprovider.kube.informer import (
     resource_version,
     trim,
 )
+from vkprovider.kube.watchlines import LineSplitter, parse_watch_line
 
 # ------------------------------------------------------------------------------------------- pure helpers
 

@@ -9,12 +9,12 @@ tenacity retries only around a single call that is safe to repeat, and client-go
 
 A request sent again after its connection died or stalled goes on a new connection, never on another pooled one
 (which may be as dead). A lane (``Kube.lane``) may bound its requests tighter than the client: a timeout per
-attempt and a time for all attempts together, and mark its writes safe to repeat; the Lease writers' lanes do
+attempt and a time for all attempts together (its wait for a request slot included), mark its writes safe to
+repeat, and hedge them (a second copy beside a first unanswered for an attempt's time); the Lease writers' lanes do
 (``core.ownership.lease_write_budget``: a renewal is useless after its renew deadline).
 
 Errors and the retry rule live in ``kube.errors``, where the API is and the credentials in ``kube.kubeconfig``;
-both are re-exported here. The watch-line helpers (:func:`parse_watch_line`, :class:`LineSplitter`) are pure
-functions, unit-tested without a cluster.
+both are re-exported here; a watch stream's framing in ``kube.watchlines``.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from vkprovider.kube.kubeconfig import (
     proxy_from_url,
     static_kubeconfig,
 )
+from vkprovider.kube.watchlines import LineSplitter, parse_watch_line
 
 log = logging.getLogger(__name__)
 
@@ -95,45 +96,6 @@ REQUEST_DURATION = Histogram(
     ["verb", "host"],
     buckets=(0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0),
 )
-
-
-# --------------------------------------------------------------------------------------------- errors
-
-
-class LineSplitter:
-    """Reassemble newline-delimited JSON from arbitrary network chunks (no line-length limit)."""
-
-    __slots__ = ("_buf",)
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        self._buf += chunk
-        if b"\n" not in chunk:
-            return []
-        *lines, rest = bytes(self._buf).split(b"\n")
-        self._buf = bytearray(rest)
-        return [line for line in lines if line.strip()]
-
-    def flush(self) -> bytes | None:
-        """The trailing bytes when the stream ends without a final newline."""
-        rest = bytes(self._buf).strip()
-        self._buf = bytearray()
-        return rest or None
-
-
-def parse_watch_line(line: bytes) -> dict[str, Any] | None:
-    """Parse one watch line into ``{"type": ..., "object": {...}}``; None when it is not a watch event."""
-    try:
-        event = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(event, dict):
-        return None
-    if not isinstance(event.get("type"), str) or not isinstance(event.get("object"), dict):
-        return None
-    return event
 
 
 # ---------------------------------------------------------------------------------------- credentials
