@@ -128,3 +128,41 @@ def events_between(before: dict[str, tuple[str, int]], after: dict[str, tuple[st
         if new > 0:
             out[what] = out.get(what, 0) + new
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def control_plane_work(before: dict[str, str], after: dict[str, str]) -> dict[str, float]:
+    """What the control plane did between two ``Bench.component_metrics`` reads, as counts that do not depend on
+    how fast it ran: each component's Go allocations (GB: its work, where CPU seconds also count the waits of
+    a shared machine), the watch events the apiserver sent by resource, the requests it refused with a 429 by
+    verb and resource, and the scheduler's attempts by result. Read against the same figures of a floor, they say
+    whether a scenario made the control plane do more or only gave it less CPU."""
+    def delta(component: str, name: str, label: str, **labels: str) -> dict[str, float]:
+        was = promtext.by_label(before[component], name, label, **labels)
+        now = promtext.by_label(after[component], name, label, **labels)
+        return {k: v - was.get(k, 0.0) for k, v in now.items() if v - was.get(k, 0.0) > 0}
+
+    out: dict[str, float] = {}
+    for component, text in after.items():
+        allocated = (promtext.total(text, "go_memstats_alloc_bytes_total")
+                     - promtext.total(before[component], "go_memstats_alloc_bytes_total"))
+        out[f"alloc_gb_{component}"] = round(allocated / 1e9, 2)
+    api = "kube-apiserver"
+    for resource, n in delta(api, "apiserver_watch_events_total", "resource").items():
+        if n >= 100:
+            out[f"watch_events_{resource}"] = n
+    for resource, n in delta(api, "apiserver_watch_events_sizes_sum", "resource").items():
+        if n >= 1e6:
+            out[f"watch_mb_{resource}"] = round(n / 1e6, 1)
+    def refused(text: str) -> dict[str, float]:
+        found: dict[str, float] = {}
+        for s in promtext.samples(text, "apiserver_request_total", code="429"):
+            sub = s.labels.get("subresource")
+            key = f"refused_{s.labels.get('verb', '')} {s.labels.get('resource', '')}{'/' + sub if sub else ''}"
+            found[key] = found.get(key, 0.0) + s.value
+        return found
+
+    was_refused = refused(before[api])
+    out |= {k: n - was_refused.get(k, 0.0) for k, n in refused(after[api]).items() if n > was_refused.get(k, 0.0)}
+    for result, n in delta("kube-scheduler", "scheduler_schedule_attempts_total", "result").items():
+        out[f"scheduler_attempts_{result}"] = n
+    return out

@@ -98,6 +98,24 @@ def fake_node(name: str) -> dict[str, Any]:
             "spec": {"taints": [{"key": TAINT_VIRTUAL_NODE, "value": "True", "effect": "NoExecute"}]}}
 
 
+def kubelet_status(pod: dict[str, Any], host_ip: str = "10.0.0.1") -> dict[str, Any]:
+    """The status a kubelet writes when a pod's containers are up: phase, the conditions with their times, the
+    addresses and a running state per container, as vkprovider writes for a module (so a floor's pod objects are
+    as large as vkprovider's for every watcher; ``kubectl get pods`` shows them READY 1/1)."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    containers = (pod.get("spec") or {}).get("containers") or []
+    return {"status": {
+        "phase": "Running",
+        "conditions": [{"type": t, "status": "True", "lastProbeTime": None, "lastTransitionTime": now}
+                       for t in ("PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady")],
+        "hostIP": host_ip, "hostIPs": [{"ip": host_ip}], "podIP": host_ip, "podIPs": [{"ip": host_ip}],
+        "startTime": now,
+        "containerStatuses": [{"name": c["name"], "image": c.get("image", ""), "imageID": c.get("image", ""),
+                               "containerID": f"null-kubelet://{c['name']}", "ready": True, "started": True,
+                               "restartCount": 0, "state": {"running": {"startedAt": now}}}
+                              for c in containers]}}
+
+
 def ready_status() -> dict[str, Any]:
     """A fake node's status patch: Ready, with a fresh heartbeat time."""
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

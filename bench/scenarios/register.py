@@ -72,6 +72,8 @@ async def run(b: Bench) -> Result:
                                                                "vkprovider_node_writes_total", "kind")
     if profiler is not None:
         result.metrics["profile_top"] = await b.finish_profile(profiler, "register")
+    # the controller-manager's share of registration (TTL annotations, taint passes): done before the rollout
+    result.metrics["control_plane_settled_s"] = await b.settle_nodes(f"virtual-kubelet.koupleless.io/env={ENV}")
     result.targets += [target("time_to_all_ready_s", elapsed, 5),  # issue 17's targets
                        target("api_writes_per_node", writes / b.bases, 3.5)]
     log(f"register: {result.metrics}")

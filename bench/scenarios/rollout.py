@@ -38,6 +38,7 @@ class Counted:
     refused_429: float
     status_writes: dict[str, float]  # by the phase written
     module_reconciles: float
+    node_writes: dict[str, float]  # by kind (create, meta, status, delete)
 
     @classmethod
     async def read(cls, b: Bench) -> Counted:
@@ -45,7 +46,7 @@ class Counted:
         return cls(promtext.total(text, "vkprovider_lease_transitions_total", event="lost"),
                    metrics.histogram(text, RENEW), promtext.total(text, "rest_client_requests_total", code="429"),
                    promtext.by_label(text, "vkprovider_pod_status_writes_total", "phase"),
-                   metrics.module_reconciles(text))
+                   metrics.module_reconciles(text), promtext.by_label(text, "vkprovider_node_writes_total", "kind"))
 
 
 async def run(b: Bench) -> Result:
@@ -67,6 +68,7 @@ async def run(b: Bench) -> Result:
     log(f"rollout: {b.modules} Deployments x {b.bases} replicas = {pods} module pods")
     profiler = b.start_profile(300, "rollout") if b.args.profile else None
     installs0 = (await b.sim.stats()).get("installCalls", 0) if b.sim else 0
+    work_before = await b.component_metrics(keep_as="rollout-before")
     cpu_before = b.component_cpu()
     before = await Counted.read(b)
     by_kind0 = metrics.apiserver_writes(await b.apiserver_metrics())
@@ -78,6 +80,7 @@ async def run(b: Bench) -> Result:
                        b.args.timeout, "all module pods Running", tick=tick, interval_s=0.5)
     total = done - start
     cores = b.cores_used_since(cpu_before, total)
+    work = metrics.control_plane_work(work_before, await b.component_metrics(keep_as="rollout-after"))
     if profiler is not None:
         profiler.send_signal(signal.SIGINT)  # py-spy writes what it sampled so far on an interrupt
         result.metrics["profile_top"] = await b.finish_profile(profiler, "rollout")
@@ -116,6 +119,10 @@ async def run(b: Bench) -> Result:
         "control_plane_cpu_ratio_to_kubelet_fleet": round(
             cores["control_plane_cpu_s"] / b.null_kubelet.get("null_kubelet_fleet_rollout_control_plane_cpu_s",
                                                               math.nan), 3),
+        # what the control plane did (allocations, watch events sent, refusals, attempts) against the same with
+        # the kubelet fleet: counts that do not depend on the shared cores' speed
+        "control_plane_work": work,
+        "kubelet_fleet_control_plane_work": b.null_kubelet.get("null_kubelet_fleet_rollout_control_plane_work", {}),
         "bound_to_running_p50_s": round(percentile(latencies, 50), 3),
         "bound_to_running_p99_s": round(percentile(latencies, 99), 3),
         "bound_to_running_max_s": round(max(latencies, default=math.nan), 3),
@@ -135,6 +142,7 @@ async def run(b: Bench) -> Result:
         "provider_pod_status_writes_per_pod": round(sum(status_writes.values()) / pods, 2),
         # module reconciles (one looks at every pod of its base) per pod: how often a base was looked at again
         "provider_module_reconciles_per_pod": round((after.module_reconciles - before.module_reconciles) / pods, 2),
+        "provider_node_writes": {kind: n - before.node_writes.get(kind, 0.0) for kind, n in after.node_writes.items()},
         "provider_pod_status_writes_per_pod_by_phase": {k: round(v / pods, 2) for k, v in status_writes.items()},
         # every client's writes per module pod: the scheduler's bindings, the controllers', vkprovider's
         "apiserver_writes_per_pod": {

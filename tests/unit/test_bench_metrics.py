@@ -1,6 +1,6 @@
 """bench.metrics: the figures the scenarios compute from vkprovider's and the apiserver's /metrics, read with
 prometheus-client's parser (vkprovider's writes, a histogram's buckets and mean, the apiserver's writes by verb and
-resource, vkprovider's network exchanges)."""
+resource, vkprovider's network exchanges, the control plane's work between two reads)."""
 
 from __future__ import annotations
 
@@ -86,3 +86,40 @@ def test_percentile_is_the_nearest_rank() -> None:
     assert (metrics.percentile(values, 50), metrics.percentile(values, 99), metrics.percentile(values, 100)) == (
         50.0, 99.0, 100.0)
     assert math.isnan(metrics.percentile([], 50))
+
+
+def _apiserver(alloc: float, pod_events: float, pod_bytes: float, lease_events: float, refused_pods: float,
+               refused_bindings: float) -> str:
+    return "\n".join([
+        "# TYPE go_memstats_alloc_bytes_total counter", f"go_memstats_alloc_bytes_total {alloc}",
+        "# TYPE apiserver_watch_events_total counter",
+        f'apiserver_watch_events_total{{group="",resource="pods",version="v1"}} {pod_events}',
+        f'apiserver_watch_events_total{{group="coordination.k8s.io",resource="leases",version="v1"}} {lease_events}',
+        "# TYPE apiserver_watch_events_sizes histogram",
+        f'apiserver_watch_events_sizes_sum{{group="",resource="pods",version="v1"}} {pod_bytes}',
+        f'apiserver_watch_events_sizes_count{{group="",resource="pods",version="v1"}} {pod_events}',
+        "# TYPE apiserver_request_total counter",
+        f'apiserver_request_total{{code="429",resource="pods",subresource="",verb="POST"}} {refused_pods}',
+        f'apiserver_request_total{{code="429",resource="pods",subresource="binding",verb="POST"}} {refused_bindings}',
+        'apiserver_request_total{code="201",resource="pods",subresource="",verb="POST"} 9000',
+        "",
+    ])
+
+
+def test_the_control_planes_work_between_two_reads_is_counts_that_do_not_depend_on_its_speed() -> None:
+    before = {"kube-apiserver": _apiserver(1e9, 100, 3e5, 10, 4, 0),
+              "kube-scheduler": "# TYPE go_memstats_alloc_bytes_total counter\ngo_memstats_alloc_bytes_total 2e9\n"
+                                "# TYPE scheduler_schedule_attempts_total counter\n"
+                                'scheduler_schedule_attempts_total{profile="default",result="scheduled"} 10\n'}
+    after = {"kube-apiserver": _apiserver(8.5e9, 15100, 5.53e7, 60, 34, 0),
+             "kube-scheduler": "# TYPE go_memstats_alloc_bytes_total counter\ngo_memstats_alloc_bytes_total 1.2e10\n"
+                               "# TYPE scheduler_schedule_attempts_total counter\n"
+                               'scheduler_schedule_attempts_total{profile="default",result="scheduled"} 5010\n'
+                               'scheduler_schedule_attempts_total{profile="default",result="unschedulable"} 3\n'}
+    assert metrics.control_plane_work(before, after) == {
+        "alloc_gb_kube-apiserver": 7.5, "alloc_gb_kube-scheduler": 10.0,
+        "watch_events_pods": 15000.0,  # under 100 events (the Leases' 50) is left out: nothing to read
+        "watch_mb_pods": 55.0,
+        "refused_POST pods": 30.0,  # refusals that did not grow between the reads (bindings) are left out
+        "scheduler_attempts_scheduled": 5000.0, "scheduler_attempts_unschedulable": 3.0,
+    }
