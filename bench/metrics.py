@@ -136,10 +136,18 @@ def control_plane_work(before: dict[str, str], after: dict[str, str]) -> dict[st
     a shared machine), the watch events the apiserver sent by resource, the requests it refused with a 429 by
     verb and resource, and the scheduler's attempts by result. Read against the same figures of a floor, they say
     whether a scenario made the control plane do more or only gave it less CPU."""
-    def delta(component: str, name: str, label: str, **labels: str) -> dict[str, float]:
-        was = promtext.by_label(before[component], name, label, **labels)
-        now = promtext.by_label(after[component], name, label, **labels)
+    def delta(component: str, name: str, label: str) -> dict[str, float]:
+        was = promtext.by_label(before[component], name, label)
+        now = promtext.by_label(after[component], name, label)
         return {k: v - was.get(k, 0.0) for k, v in now.items() if v - was.get(k, 0.0) > 0}
+
+    def refused(text: str) -> dict[str, float]:  # the apiserver's 429s by verb and resource[/subresource]
+        found: dict[str, float] = {}
+        for s in promtext.samples(text, "apiserver_request_total", code="429"):
+            sub = s.labels.get("subresource")
+            key = f"refused_{s.labels.get('verb', '')} {s.labels.get('resource', '')}{'/' + sub if sub else ''}"
+            found[key] = found.get(key, 0.0) + s.value
+        return found
 
     out: dict[str, float] = {}
     for component, text in after.items():
@@ -153,14 +161,6 @@ def control_plane_work(before: dict[str, str], after: dict[str, str]) -> dict[st
     for resource, n in delta(api, "apiserver_watch_events_sizes_sum", "resource").items():
         if n >= 1e6:
             out[f"watch_mb_{resource}"] = round(n / 1e6, 1)
-    def refused(text: str) -> dict[str, float]:
-        found: dict[str, float] = {}
-        for s in promtext.samples(text, "apiserver_request_total", code="429"):
-            sub = s.labels.get("subresource")
-            key = f"refused_{s.labels.get('verb', '')} {s.labels.get('resource', '')}{'/' + sub if sub else ''}"
-            found[key] = found.get(key, 0.0) + s.value
-        return found
-
     was_refused = refused(before[api])
     out |= {k: n - was_refused.get(k, 0.0) for k, n in refused(after[api]).items() if n > was_refused.get(k, 0.0)}
     for result, n in delta("kube-scheduler", "scheduler_schedule_attempts_total", "result").items():
