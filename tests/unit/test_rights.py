@@ -47,10 +47,10 @@ UNRESOLVED_BY_DESIGN = {("kube/informer.py", "list_all"), ("kube/informer.py", "
 
 
 def parse(source: str, filename: str = "<unknown>") -> ast.Module:
-    """``ast.parse``, again on CPython 3.11.7's "AST constructor recursion depth mismatch" (the AST
-    module's recursion counter is shared by every thread, so a thread building an AST at the same moment, such as
-    a dataclass being made elsewhere in the test session, can trip it; the source is not at fault). Seen twice in
-    CI runs of the whole suite."""
+    """``ast.parse``, again on CPython 3.11.7's "AST constructor recursion depth mismatch": the AST module's
+    recursion counter is the interpreter's, not the call's, so another AST being built meanwhile (code another
+    thread or the garbage collector runs mid-parse) can trip it; the source is not at fault. Seen twice in CI runs
+    of the whole suite, never alone."""
     for _ in range(4):
         try:
             return ast.parse(source, filename)
