@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 from pathlib import Path
@@ -14,6 +15,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from tests.helpers import wait_for
 from vkprovider.controllers.leases import lease_client
 from vkprovider.core import ownership as own
 from vkprovider.kube import client as client_module
@@ -723,26 +725,46 @@ async def test_a_lease_write_a_slow_apiserver_answers_within_its_budget_is_not_g
     assert loop.time() - started < 0.9
 
 
-async def test_a_lease_write_waiting_for_a_request_slot_gives_up_within_its_budget(
+async def test_a_hedged_write_sent_and_never_answered_says_so_when_its_second_copy_found_no_slot(
         blackhole: tuple[Kube, _Blackhole]) -> None:
-    """Every slot of a Lease lane held by writes stuck in an apiserver stall: a renewal waiting for a slot used to
-    wait as long as they did and be sent after its deadline. The wait counts against its budget now, and a write
-    that never got a slot says so (never sent: safe to send again). The slot is held here for longer than the
-    write's budget: a stuck write of the same lane would let it go at its own deadline, a moment before this
-    one's, and a copy sent in that moment is rightly reported as sent (a CI run met that)."""
+    """A Lease renewal's first copy holds the lane's one slot, sent and unanswered; its second copy waits for that
+    slot until the budget ends. Both end at the deadline, and the error used to be whichever was looked at last: a
+    "never sent" there made the renewal forget its stamp, so the 409 its landed copy causes next read as a Lease
+    taken by another writer. A copy that was sent decides: the write may have landed."""
     kube, api = blackhole
     api.everything = True  # nothing answers
     lane = kube.lane(1, timeout_s=0.3, total_s=0.9, repeatable=True, hedged=True)
     path = "/apis/coordination.k8s.io/v1/namespaces/n/leases/l"
-    loop = asyncio.get_running_loop()
-    await lane._sem.acquire()  # the lane's one slot, held by a write stuck in the stall
-    try:
-        started = loop.time()
-        with pytest.raises(ApiConnectionError) as waited:
+    for _ in range(3):
+        with pytest.raises(ApiConnectionError) as unanswered:
             await lane.patch(path, {"spec": {}}, kind="merge")
-        assert loop.time() - started < 0.9 + 0.2 and not waited.value.sent
-    finally:
-        lane._sem.release()
+        assert unanswered.value.sent
+
+
+async def test_a_lease_write_waiting_for_a_request_slot_gives_up_within_its_budget(
+        blackhole: tuple[Kube, _Blackhole]) -> None:
+    """Every slot of a Lease lane held by writes stuck in an apiserver stall: a renewal waiting for a slot used to
+    wait as long as they did and be sent after its deadline. The wait counts against its budget now, and a write
+    that never got a slot says so (never sent: safe to send again). The write stuck in the stall has a longer
+    budget than the renewal's: a stuck write with the same budget lets the slot go at its own deadline, a moment
+    before the renewal's, and a copy sent in that moment is rightly reported as sent (a CI run met that)."""
+    kube, api = blackhole
+    api.everything = True  # nothing answers
+    stuck_lane = kube.lane(1, timeout_s=0.3, total_s=2.0, repeatable=True, hedged=True)
+    lane = copy.copy(stuck_lane)  # the same slot, a renewal's budget
+    lane._total_s = 0.9
+    path = "/apis/coordination.k8s.io/v1/namespaces/n/leases/l"
+    loop = asyncio.get_running_loop()
+    stuck = asyncio.ensure_future(stuck_lane.patch(path, {"spec": {}}, kind="merge"))
+    await wait_for(stuck_lane._sem.locked, timeout=5, interval=0.01, what="the stuck write holding the slot")
+    started = loop.time()
+    with pytest.raises(ApiConnectionError) as waited:
+        await lane.patch(path, {"spec": {}}, kind="merge")
+    assert loop.time() - started < 0.9 + 0.2 and not waited.value.sent
+    assert not stuck.done()  # it held the slot all along
+    with pytest.raises(ApiConnectionError) as gave_up:
+        await stuck
+    assert gave_up.value.sent  # sent, never answered: whether it applied is unknown
 
 
 async def test_an_informer_list_trims_each_page_before_it_reads_the_next() -> None:

@@ -284,8 +284,9 @@ class Kube:
     async def _send_hedged(self, method: str, path: str, query: dict[str, str] | None, data: bytes | None,
                            content_type: str | None, until: float) -> Any:
         """One copy that waits until ``until``; a second on a new connection when the first has had an attempt's
-        time without an answer or its connection failed. The first success wins; else the error of the last copy
-        to end, an HTTP answer (a 409 says a copy landed) before a connection error.
+        time without an answer or its connection failed. The first success wins; else the error that says most of
+        what happened: an HTTP answer (a 409 says a copy landed), then a copy that was sent and never answered (it
+        may have landed), then one never sent (no slot, no connection); among equals the first to end.
 
         Why not give up on the first: a starved apiserver answers late, and a copy sent again waits at the back of
         its line (the rollout bench lost Leases whose first copy would have been answered within the budget). Why
@@ -311,7 +312,7 @@ class Kube:
                     exc = copy_.exception()
                     if exc is None:
                         return copy_.result()
-                    if failure is None or isinstance(failure, ApiConnectionError):
+                    if failure is None or _tells(exc) > _tells(failure):
                         failure = exc
             assert failure is not None
             raise failure
@@ -541,6 +542,14 @@ class Kube:
             raise _connection_error(exc, "watch stream stalled") from exc
         finally:
             streamed.close()
+
+
+def _tells(failure: BaseException) -> int:
+    """How much a failed copy of a hedged write says of the write: an HTTP answer, then sent and unanswered (it
+    may have landed), then never sent."""
+    if not isinstance(failure, ApiConnectionError):
+        return 2
+    return 1 if failure.sent else 0
 
 
 def _connection_error(exc: http1.HttpError, timed_out: str) -> ApiConnectionError:
