@@ -166,3 +166,30 @@ def control_plane_work(before: dict[str, str], after: dict[str, str]) -> dict[st
     for result, n in delta("kube-scheduler", "scheduler_schedule_attempts_total", "result").items():
         out[f"scheduler_attempts_{result}"] = n
     return out
+
+
+STALL_GAP_S = 0.5  # a pause in a stage's progress at least this long counts as a stall
+
+
+def progress_stalls(start: float, stages: dict[str, list[float]], gap_s: float = STALL_GAP_S) -> dict[str, float]:
+    """Where a run made no progress: for each stage (``{"created": [times], ...}``: when each pod reached it) and
+    for all stages together (``any``), the seconds between ``start`` and the stage's last event spent in pauses
+    of at least ``gap_s`` with no pod reaching it, and the longest such pause. A rollout's time is CPU spent, or
+    waiting with nothing moving (a refused create or binding retried after its backoff); read against the same
+    figures of a floor, they say which of the two a longer run spent its time on."""
+    def gaps(times: list[float]) -> tuple[float, float]:
+        stalled = longest = 0.0
+        last = start
+        for t in sorted(times):
+            if t - last >= gap_s:
+                stalled += t - last
+                longest = max(longest, t - last)
+            last = max(last, t)
+        return stalled, longest
+
+    out: dict[str, float] = {}
+    for stage, times in (*stages.items(), ("any", [t for ts in stages.values() for t in ts])):
+        stalled, longest = gaps(times)
+        out[f"{stage}_stalled_s"] = round(stalled, 2)
+        out[f"{stage}_longest_stall_s"] = round(longest, 2)
+    return out

@@ -61,6 +61,11 @@ class PodClock:
     def count_running(self, keys: set[str] | None = None) -> int:
         return sum(1 for k in (keys or self.alive) if k in self.running)
 
+    def stages(self) -> dict[str, list[float]]:
+        """When each pod alive now was first seen, bound and Running (``bench.metrics.progress_stalls``' input)."""
+        return {stage: [seen[k] for k in self.alive if k in seen]
+                for stage, seen in (("created", self.created), ("bound", self.bound), ("running", self.running))}
+
 
 class NodeWatch:
     def __init__(self, kube: Kube, selector: str) -> None:

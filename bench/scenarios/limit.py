@@ -22,7 +22,7 @@ from typing import Any
 from bench import charts
 from bench.context import CLUSTER_DIR, Bench
 from bench.cores import CONTROL_PLANE
-from bench.metrics import control_plane_work, percentile
+from bench.metrics import control_plane_work, percentile, progress_stalls
 from bench.objects import FAKE_LABEL, fake_node, kubelet_status, micro_now, module_deployment, ready_status
 from bench.report import Result, log
 from bench.watch import PodClock, gather_limited, running, until
@@ -196,6 +196,7 @@ async def null_kubelet_run(b: Bench, ns: str, deployments: int, prefix: str, *,
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     latencies = [clock.running[k] - clock.bound[k] for k in clock.alive if k in clock.running and k in clock.bound]
+    stalls = progress_stalls(start_t, clock.stages())
     await clear_fake_pods(b, ns)
     if fleet is not None:
         await gather_limited([writer.delete(f"{LEASES}/{n}") for n in fleet], 64)
@@ -208,6 +209,7 @@ async def null_kubelet_run(b: Bench, ns: str, deployments: int, prefix: str, *,
             # makes the control plane work more per pod, or only takes CPU from it
             f"null_kubelet_{prefix}_control_plane_cpu_s": cores["control_plane_cpu_s"],
             f"null_kubelet_{prefix}_control_plane_work": work,
+            f"null_kubelet_{prefix}_progress_stalls": stalls,
             **{f"null_kubelet_{prefix}_cores_{name}": cores.get(f"cores_{name}", math.nan)
                for name in (*CONTROL_PLANE, "bench")}}
 

@@ -85,6 +85,8 @@ async def run(b: Bench) -> Result:
         profiler.send_signal(signal.SIGINT)  # py-spy writes what it sampled so far on an interrupt
         result.metrics["profile_top"] = await b.finish_profile(profiler, "rollout")
     latencies = [clock.running[k] - clock.bound[k] for k in clock.alive if k in clock.running and k in clock.bound]
+    stalls = metrics.progress_stalls(start, clock.stages())
+    fleet_stalls = b.null_kubelet.get("null_kubelet_fleet_rollout_progress_stalls", {})
     stats = await b.sim.stats() if b.sim else {}
     # RSS against running pods: slope = bytes per module pod, r^2 = how linear the growth is
     points = [(n, rss) for _, _, n, rss in timeline if n > 0]
@@ -123,6 +125,13 @@ async def run(b: Bench) -> Result:
         # the kubelet fleet: counts that do not depend on the shared cores' speed
         "control_plane_work": work,
         "kubelet_fleet_control_plane_work": b.null_kubelet.get("null_kubelet_fleet_rollout_control_plane_work", {}),
+        # pauses of 0.5 s or more in which no pod was created, bound or Running (and none of the three): what
+        # the run spent waiting with nothing moving, against the same of the kubelet fleet's run
+        "progress_stalls": stalls,
+        "kubelet_fleet_progress_stalls": fleet_stalls,
+        # the ratio to the fleet's run of the time something moved (each run's time less its stalls of all stages)
+        "ratio_to_kubelet_fleet_floor_moving": round(
+            (total - stalls["any_stalled_s"]) / (fleet_floor - fleet_stalls.get("any_stalled_s", math.nan)), 3),
         "bound_to_running_p50_s": round(percentile(latencies, 50), 3),
         "bound_to_running_p99_s": round(percentile(latencies, 99), 3),
         "bound_to_running_max_s": round(max(latencies, default=math.nan), 3),

@@ -123,3 +123,25 @@ def test_the_control_planes_work_between_two_reads_is_counts_that_do_not_depend_
         "refused_POST pods": 30.0,  # refusals that did not grow between the reads (bindings) are left out
         "scheduler_attempts_scheduled": 5000.0, "scheduler_attempts_unschedulable": 3.0,
     }
+
+
+def test_progress_stalls_counts_pauses_of_each_stage_and_of_all_together() -> None:
+    stages = {
+        # the first create 1.0 s after the start, then steady, then a 2.1 s pause (a refused create's backoff)
+        "created": [11.0, 11.2, 11.4, 13.5, 13.6],
+        # bindings follow, with a pause of their own that creates do not share
+        "bound": [11.3, 11.5, 11.7, 12.9, 13.8],
+        "running": [],  # none yet: no stall counted
+    }
+    stalls = metrics.progress_stalls(10.0, stages)
+    assert stalls["created_stalled_s"] == 3.1 and stalls["created_longest_stall_s"] == 2.1
+    assert stalls["bound_stalled_s"] == 3.4 and stalls["bound_longest_stall_s"] == 1.3  # 1.3 + 1.2 + 0.9
+    assert stalls["running_stalled_s"] == 0.0 and stalls["running_longest_stall_s"] == 0.0
+    # together: 10.0 -> 11.0, 11.7 -> 12.9 and 12.9 -> 13.5; what one stage did while another paused is progress
+    assert stalls["any_stalled_s"] == 2.8 and stalls["any_longest_stall_s"] == 1.2
+
+
+def test_progress_stalls_ignores_pauses_shorter_than_the_gap_and_unsorted_input() -> None:
+    stalls = metrics.progress_stalls(0.0, {"bound": [0.9, 0.3, 0.6]}, gap_s=0.5)
+    assert stalls == {"bound_stalled_s": 0.0, "bound_longest_stall_s": 0.0,
+                      "any_stalled_s": 0.0, "any_longest_stall_s": 0.0}
