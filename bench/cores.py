@@ -11,6 +11,7 @@ thread's end made go back is no wait.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from pathlib import Path
 
@@ -51,6 +52,7 @@ def cores_used(before: dict[str, float], after: dict[str, float], wall_s: float)
     # writes). A floor above a time target means the control plane, not vkprovider, is what stops it.
     control_plane = sum(after[n] - before[n] for n in CONTROL_PLANE if n in after and n in before)
     used["control_plane_cpu_s"] = round(control_plane, 1)
+    used["cores_control_plane"] = round(control_plane / wall_s, 2) if wall_s > 0 else math.nan
     used["control_plane_floor_s"] = round(control_plane / (os.cpu_count() or 1), 2)
     return used
 

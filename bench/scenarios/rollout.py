@@ -121,6 +121,12 @@ async def run(b: Bench) -> Result:
         "control_plane_cpu_ratio_to_kubelet_fleet": round(
             cores["control_plane_cpu_s"] / b.null_kubelet.get("null_kubelet_fleet_rollout_control_plane_cpu_s",
                                                               math.nan), 3),
+        # the cores the control plane had in the fleet's run over those it had here: the time ratio is this times
+        # control_plane_cpu_ratio_to_kubelet_fleet (its CPU seconds = its cores x the time), so it says how much of
+        # the ratio is the CPU vkprovider and the simulated bases took from it, and how much more work it did here
+        "control_plane_cores_ratio_kubelet_fleet_to_rollout": round(
+            b.null_kubelet.get("null_kubelet_fleet_rollout_cores_control_plane", math.nan)
+            / cores["cores_control_plane"], 3),
         # what the control plane did (allocations, watch events sent, refusals, attempts) against the same with
         # the kubelet fleet: counts that do not depend on the shared cores' speed
         "control_plane_work": work,

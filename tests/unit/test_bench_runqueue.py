@@ -16,7 +16,7 @@ def test_wait_is_reported_apart_and_kept_out_of_the_cpu_sums() -> None:
     used = cores_used(before, after, 10.0)
     assert used["cores_kube-apiserver"] == 2.0 and used["cores_vkprovider"] == 0.6
     assert used["cores_all"] == 2.6  # CPU only: waiting is not using
-    assert used["control_plane_cpu_s"] == 20.0
+    assert used["control_plane_cpu_s"] == 20.0 and used["cores_control_plane"] == 2.0
     assert used["runq_wait_kube-apiserver"] == 0.8 and used["runq_wait_vkprovider"] == 1.2
     assert not any(k.startswith("cores_runq") for k in used)
 
