@@ -211,7 +211,7 @@ async def null_kubelet_run(b: Bench, ns: str, deployments: int, prefix: str, *,
             f"null_kubelet_{prefix}_control_plane_work": work,
             f"null_kubelet_{prefix}_progress_stalls": stalls,
             **{f"null_kubelet_{prefix}_cores_{name}": cores.get(f"cores_{name}", math.nan)
-               for name in (*CONTROL_PLANE, "control_plane", "bench")}}
+               for name in (*CONTROL_PLANE, "control_plane", "bench", "all")}}
 
 
 async def renew_forever(writer: Kube, fleet: list[str]) -> None:
