@@ -105,9 +105,6 @@ async def run(b: Bench) -> Result:
     null_floor = b.null_kubelet.get("null_kubelet_rollout_total_s", math.nan)
     fleet_floor = b.null_kubelet.get("null_kubelet_fleet_rollout_total_s", math.nan)
     status_writes = {phase: n - before.status_writes.get(phase, 0.0) for phase, n in after.status_writes.items()}
-    # each run's time less its stalls: the ratio left when the control plane's pauses (refused creates and bindings
-    # waiting out their backoff, which fall on either run) are not counted
-    moving_ratio = (total - stalls["any_stalled_s"]) / (fleet_floor - fleet_stalls.get("any_stalled_s", math.nan))
     result.metrics.update({
         "total_s": round(total, 2),
         "scheduler_only_s": round(b.scheduler_only_s, 2),
@@ -138,7 +135,6 @@ async def run(b: Bench) -> Result:
         # the run spent waiting with nothing moving, against the same of the kubelet fleet's run
         "progress_stalls": stalls,
         "kubelet_fleet_progress_stalls": fleet_stalls,
-        "ratio_to_kubelet_fleet_floor_moving": round(moving_ratio, 3),
         "bound_to_running_p50_s": round(percentile(latencies, 50), 3),
         "bound_to_running_p99_s": round(percentile(latencies, 99), 3),
         "bound_to_running_max_s": round(max(latencies, default=math.nan), 3),
@@ -171,7 +167,6 @@ async def run(b: Bench) -> Result:
                floor=fleet_floor / b.scheduler_only_s),
         # issue 31's: within a quarter of a kubelet fleet that costs nothing, measured in the same run
         target("ratio_to_kubelet_fleet_floor", total / fleet_floor, 1.25),
-        target("ratio_to_kubelet_fleet_floor_moving", moving_ratio, 1.25),
         target("rss_per_pod_kb", per_pod_settled / 1024, 100),
         target("leases_lost", leases_lost, 0),
     ]
